@@ -1,0 +1,1 @@
+//! `pgferry check`: every prerequisite of a PostgreSQL source, each with its fix.

@@ -1,0 +1,1 @@
+//! Typed configuration with the old connectors' key names and clear validation errors.

@@ -1,0 +1,1 @@
+//! Replication stream frames (XLogData, primary keepalive) and standby status updates.
