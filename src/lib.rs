@@ -8,3 +8,4 @@ pub mod check;
 pub mod config;
 pub mod decode;
 pub mod pg;
+pub mod secret;

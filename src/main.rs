@@ -38,14 +38,15 @@ fn init_logging(format: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: could not start the async runtime: {error}");
             return ExitCode::from(70);
         }
     };
-    runtime.block_on(async move {
-        match cli.command {}
-    })
+    runtime.block_on(async move { match cli.command {} })
 }
