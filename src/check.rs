@@ -1,1 +1,547 @@
 //! `pgferry check`: every prerequisite of a PostgreSQL source, each with its fix.
+//!
+//! Checks run in order over one connection, plus one replication connection that proves
+//! wal2json loads (a temporary slot is created and dropped). Each check yields a line with ✓ or ✗
+//! and, for every ✗, the exact fix: the `postgresql.conf` line, the `ALTER ROLE`, the package,
+//! or the SQL to run. LOG_BASED prerequisites only warn (⚠) for FULL_TABLE configs, which do
+//! not need them. A check that cannot run because an earlier one failed is skipped (–).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::config::{PgSourceConfig, ReplicationMethod};
+use crate::pg::query::quote_literal;
+use crate::pg::replication::{ReplicationClient, SlotSnapshot};
+use crate::pg::{Connection, PgError};
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// The prerequisite holds.
+    Pass,
+    /// The prerequisite does not hold: the run would fail.
+    Fail,
+    /// Not needed for this config, but would be for LOG_BASED.
+    Warn,
+    /// Could not be checked because an earlier check failed.
+    Skip,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// Stable identifier, for machines (`wal_level`, `replication_privilege`, …).
+    pub name: &'static str,
+    /// The outcome.
+    pub status: Status,
+    /// What was found, in one sentence.
+    pub detail: String,
+    /// How to fix it, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// All checks of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Whether every check passed (warnings and skips aside, a skip implies a failure).
+    pub ok: bool,
+    /// The checks, in the order they ran.
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    /// The report for people: one line per check, fixes indented below.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for check in &self.checks {
+            let mark = match check.status {
+                Status::Pass => "✓",
+                Status::Fail => "✗",
+                Status::Warn => "⚠",
+                Status::Skip => "–",
+            };
+            let _ = writeln!(out, "{mark} {}: {}", check.name, check.detail);
+            if let Some(fix) = &check.fix {
+                for (index, line) in fix.lines().enumerate() {
+                    let lead = if index == 0 { "fix:" } else { "    " };
+                    let _ = writeln!(out, "    {lead} {line}");
+                }
+            }
+        }
+        let failed = self
+            .checks
+            .iter()
+            .filter(|c| c.status == Status::Fail)
+            .count();
+        if failed == 0 {
+            let _ = writeln!(out, "all checks passed");
+        } else {
+            let _ = writeln!(out, "{failed} check(s) failed");
+        }
+        out
+    }
+}
+
+/// Minor releases with the logical decoding bug (BUG #15114) the old connector refused:
+/// (major as in server_version_num / 100 for 9.x, first fixed version_num).
+const BUGGY_BEFORE: &[(u32, u32, &str)] = &[
+    (904, 90_421, "9.4.21"),
+    (905, 90_516, "9.5.16"),
+    (906, 90_612, "9.6.12"),
+    (1000, 100_007, "10.7"),
+    (1100, 110_002, "11.2"),
+];
+
+/// Judges a server version: `Err(reason, fix)` when pgferry must refuse it.
+pub fn judge_version(version_num: u32) -> Result<(), (String, String)> {
+    if version_num < 90_400 {
+        return Err((
+            format!(
+                "PostgreSQL {} is older than 9.4, the first release with logical decoding",
+                format_version(version_num)
+            ),
+            "upgrade PostgreSQL to 9.4.21 or later (a supported release is best)".into(),
+        ));
+    }
+    let series = if version_num >= 100_000 {
+        version_num / 10_000 * 100
+    } else {
+        version_num / 100
+    };
+    for (buggy_series, fixed, fixed_text) in BUGGY_BEFORE {
+        if series == *buggy_series && version_num < *fixed {
+            return Err((
+                format!(
+                    "PostgreSQL {} has a logical decoding bug (BUG #15114) that can lose changes",
+                    format_version(version_num)
+                ),
+                format!("upgrade to {fixed_text} or a later minor release"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn format_version(num: u32) -> String {
+    if num >= 100_000 {
+        format!("{}.{}", num / 10_000, num % 10_000)
+    } else {
+        format!("{}.{}.{}", num / 10_000, num / 100 % 100, num % 100)
+    }
+}
+
+struct Checker {
+    checks: Vec<Check>,
+    log_based: bool,
+}
+
+impl Checker {
+    fn pass(&mut self, name: &'static str, detail: impl Into<String>) {
+        self.checks.push(Check {
+            name,
+            status: Status::Pass,
+            detail: detail.into(),
+            fix: None,
+        });
+    }
+
+    /// A failure; for FULL_TABLE configs, failures of LOG_BASED prerequisites are warnings.
+    fn fail(
+        &mut self,
+        name: &'static str,
+        log_based_only: bool,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        let status = if log_based_only && !self.log_based {
+            Status::Warn
+        } else {
+            Status::Fail
+        };
+        self.checks.push(Check {
+            name,
+            status,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        });
+    }
+
+    fn skip(&mut self, name: &'static str, why: &str) {
+        self.checks.push(Check {
+            name,
+            status: Status::Skip,
+            detail: format!("not checked: {why}"),
+            fix: None,
+        });
+    }
+
+    fn report(self) -> Report {
+        let ok = !self
+            .checks
+            .iter()
+            .any(|c| matches!(c.status, Status::Fail | Status::Skip));
+        Report {
+            ok,
+            checks: self.checks,
+        }
+    }
+}
+
+async fn setting(connection: &mut Connection, name: &str) -> Result<String, PgError> {
+    let row = connection
+        .query_one(&format!(
+            "SELECT setting FROM pg_settings WHERE name = {}",
+            quote_literal(name)
+        ))
+        .await?;
+    Ok(row
+        .and_then(|row| row.get(0).map(str::to_owned))
+        .unwrap_or_default())
+}
+
+async fn count(connection: &mut Connection, sql: &str) -> Result<i64, PgError> {
+    let row = connection.query_one(sql).await?;
+    Ok(row
+        .and_then(|row| row.get(0).and_then(|v| v.parse().ok()))
+        .unwrap_or(0))
+}
+
+/// Runs every check against the source in `config`.
+pub async fn run(config: &PgSourceConfig) -> Report {
+    let mut checker = Checker {
+        checks: Vec::new(),
+        log_based: config.replication_method == ReplicationMethod::LogBased,
+    };
+    let options = config.connect_options();
+    let mut connection = match Connection::connect(&options).await {
+        Ok(connection) => {
+            let tls = if connection.is_tls() { "TLS" } else { "no TLS" };
+            checker.pass(
+                "connection",
+                format!(
+                    "connected to {} as {:?}, database {:?} ({tls})",
+                    options.address(),
+                    config.user,
+                    config.dbname
+                ),
+            );
+            connection
+        }
+        Err(error) => {
+            checker.fail(
+                "connection",
+                false,
+                format!(
+                    "cannot connect to {}: {}",
+                    options.address(),
+                    first_line(&error.to_string())
+                ),
+                connection_fix(&error, config),
+            );
+            for name in [
+                "server_version",
+                "primary",
+                "wal_level",
+                "max_replication_slots",
+                "max_wal_senders",
+                "replication_privilege",
+                "wal2json",
+                "replication_slot",
+            ] {
+                checker.skip(name, "no connection");
+            }
+            return checker.report();
+        }
+    };
+    if let Err(error) = run_on(&mut checker, &mut connection, config).await {
+        checker.fail("query", false, format!("a check query failed: {}", first_line(&error.to_string())), "see the server log; the role may lack privileges to read pg_settings or pg_replication_slots");
+    }
+    connection.close().await;
+    checker.report()
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or(text)
+}
+
+fn connection_fix(error: &PgError, config: &PgSourceConfig) -> String {
+    match error.code() {
+        Some("28P01") => format!("check the password of role {:?} (config key \"password\")", config.user),
+        Some("28000") => format!(
+            "allow the connection in pg_hba.conf, e.g.\nhost {} {} <client address>/32 scram-sha-256\nthen reload PostgreSQL (SELECT pg_reload_conf();)",
+            config.dbname, config.user
+        ),
+        Some("3D000") => format!("database {:?} does not exist: check \"dbname\", or CREATE DATABASE", config.dbname),
+        _ => error
+            .to_string()
+            .lines()
+            .find_map(|line| line.strip_prefix("HINT: "))
+            .unwrap_or("check host, port, user, password and dbname in the config")
+            .to_owned(),
+    }
+}
+
+async fn run_on(
+    checker: &mut Checker,
+    connection: &mut Connection,
+    config: &PgSourceConfig,
+) -> Result<(), PgError> {
+    let version_num: u32 = setting(connection, "server_version_num")
+        .await?
+        .parse()
+        .unwrap_or(0);
+    let version_text = setting(connection, "server_version").await?;
+    match judge_version(version_num) {
+        Ok(()) => checker.pass(
+            "server_version",
+            format!("PostgreSQL {version_text} (9.4 or later, without the logical decoding bug)"),
+        ),
+        Err((detail, fix)) => checker.fail("server_version", false, detail, fix),
+    }
+
+    let in_recovery = connection
+        .query_one("SELECT pg_is_in_recovery()")
+        .await?
+        .and_then(|r| r.get(0).map(|v| v == "t"))
+        .unwrap_or(false);
+    if in_recovery {
+        checker.fail("primary", true, "this server is a standby (in recovery); log-based replication needs the primary (master)", "point \"host\" at the primary instance; use_secondary/secondary_host can read FULL_TABLE data from a replica");
+    } else {
+        checker.pass("primary", "the server is a primary (not in recovery)");
+    }
+
+    let wal_level = setting(connection, "wal_level").await?;
+    let wal_level_ok = wal_level == "logical";
+    if wal_level_ok {
+        checker.pass("wal_level", "wal_level = logical");
+    } else {
+        checker.fail("wal_level", true, format!("wal_level is {wal_level:?}; logical decoding needs \"logical\""), "in postgresql.conf set\nwal_level = logical\nthen restart PostgreSQL (or run ALTER SYSTEM SET wal_level = logical; and restart)");
+    }
+
+    let candidates = config.slot_candidates();
+    let slot_list = candidates
+        .iter()
+        .map(|name| quote_literal(name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let existing = connection
+        .query(&format!("SELECT slot_name, plugin, slot_type, database, active, confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name IN ({slot_list}) ORDER BY array_position(ARRAY[{slot_list}]::text[], slot_name::text)"))
+        .await?;
+    let slot_exists = !existing.is_empty();
+
+    let max_slots: i64 = setting(connection, "max_replication_slots")
+        .await?
+        .parse()
+        .unwrap_or(0);
+    let used_slots = count(connection, "SELECT count(*) FROM pg_replication_slots").await?;
+    if max_slots == 0 {
+        checker.fail(
+            "max_replication_slots",
+            true,
+            "max_replication_slots = 0: no replication slot can exist",
+            "in postgresql.conf set\nmax_replication_slots = 5\nthen restart PostgreSQL",
+        );
+    } else if used_slots >= max_slots && !slot_exists {
+        checker.fail("max_replication_slots", true, format!("all {max_slots} replication slots are in use"), format!("raise max_replication_slots in postgresql.conf (e.g. to {}) and restart, or drop an unused slot: SELECT pg_drop_replication_slot('<name>');", max_slots + 5));
+    } else {
+        checker.pass(
+            "max_replication_slots",
+            format!("max_replication_slots = {max_slots}, {used_slots} in use"),
+        );
+    }
+
+    let max_senders: i64 = setting(connection, "max_wal_senders")
+        .await?
+        .parse()
+        .unwrap_or(0);
+    let used_senders = count(connection, "SELECT count(*) FROM pg_stat_replication").await?;
+    if max_senders == 0 {
+        checker.fail(
+            "max_wal_senders",
+            true,
+            "max_wal_senders = 0: no replication connection is allowed",
+            "in postgresql.conf set\nmax_wal_senders = 5\nthen restart PostgreSQL",
+        );
+    } else if used_senders >= max_senders {
+        checker.fail(
+            "max_wal_senders",
+            true,
+            format!("all {max_senders} WAL senders are busy"),
+            format!(
+                "raise max_wal_senders in postgresql.conf (e.g. to {}) and restart PostgreSQL",
+                max_senders + 5
+            ),
+        );
+    } else {
+        checker.pass(
+            "max_wal_senders",
+            format!("max_wal_senders = {max_senders}, {used_senders} in use"),
+        );
+    }
+
+    let privileged = connection
+        .query_one("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user")
+        .await?
+        .and_then(|row| row.get(0).map(|v| v == "t"))
+        .unwrap_or(false);
+    if privileged {
+        checker.pass(
+            "replication_privilege",
+            format!("role {:?} may start replication", config.user),
+        );
+    } else {
+        checker.fail(
+            "replication_privilege",
+            true,
+            format!("role {:?} lacks the REPLICATION attribute", config.user),
+            format!(
+                "as a superuser run: ALTER ROLE {} REPLICATION;",
+                crate::pg::query::quote_identifier(&config.user)
+            ),
+        );
+    }
+
+    if !wal_level_ok || !privileged || max_slots == 0 || max_senders == 0 {
+        checker.skip("wal2json", "the checks above must pass first");
+    } else {
+        check_wal2json(checker, config, version_num).await;
+    }
+
+    match existing.first() {
+        Some(slot) => {
+            let name = slot.get(0).unwrap_or_default();
+            let plugin = slot.get(1).unwrap_or_default();
+            let database = slot.get(3).unwrap_or_default();
+            if slot.get(2) != Some("logical") || plugin != "wal2json" {
+                checker.fail("replication_slot", true, format!("slot {name:?} exists but uses plugin {plugin:?}; pgferry reads wal2json"), format!("drop and recreate it (this loses its position):\nSELECT pg_drop_replication_slot({});\nSELECT * FROM pg_create_logical_replication_slot({}, 'wal2json');", quote_literal(name), quote_literal(name)));
+            } else if database != config.dbname {
+                checker.fail("replication_slot", true, format!("slot {name:?} belongs to database {database:?}, not {:?}", config.dbname), "set \"replication_slot\" to a slot of this database, or create one: SELECT * FROM pg_create_logical_replication_slot('<name>', 'wal2json'); in that database");
+            } else {
+                let active = if slot.get(4) == Some("t") {
+                    ", in use by another session"
+                } else {
+                    ""
+                };
+                checker.pass(
+                    "replication_slot",
+                    format!(
+                        "slot {name:?} exists with plugin wal2json, confirmed up to {}{active}",
+                        slot.get(5).unwrap_or("?")
+                    ),
+                );
+            }
+        }
+        None => {
+            let name = &candidates[0];
+            checker.pass("replication_slot", format!("slot {name:?} does not exist yet; `pgferry run` creates it with a consistent snapshot (to create it yourself: SELECT * FROM pg_create_logical_replication_slot({}, 'wal2json');)", quote_literal(name)));
+        }
+    }
+    Ok(())
+}
+
+/// Proves wal2json loads and replication connections are allowed: a temporary slot is created
+/// over a replication connection and dropped at once.
+async fn check_wal2json(checker: &mut Checker, config: &PgSourceConfig, version_num: u32) {
+    let options = config.connect_options();
+    let mut client = match ReplicationClient::connect(&options).await {
+        Ok(client) => client,
+        Err(error) => {
+            checker.fail("wal2json", true, format!("a replication connection was refused: {}", first_line(&error.to_string())), "allow it in pg_hba.conf for this database and user (logical replication matches the database name, not the keyword \"replication\"), then SELECT pg_reload_conf();");
+            return;
+        }
+    };
+    let slot = format!("pgferry_check_{}", std::process::id());
+    let temporary = version_num >= 100_000;
+    match client
+        .create_logical_slot(&slot, "wal2json", SlotSnapshot::Nothing, temporary)
+        .await
+    {
+        Ok(_) => {
+            let dropped = client.drop_slot(&slot, false).await;
+            match dropped {
+                Ok(()) => checker.pass(
+                    "wal2json",
+                    "the wal2json output plugin loads (a test slot was created and dropped)",
+                ),
+                Err(error) => checker.fail(
+                    "wal2json",
+                    true,
+                    format!(
+                        "wal2json loads, but the test slot {slot:?} could not be dropped: {}",
+                        first_line(&error.to_string())
+                    ),
+                    format!("drop it by hand: SELECT pg_drop_replication_slot('{slot}');"),
+                ),
+            }
+        }
+        Err(error) if error.code() == Some("58P01") => {
+            let major = if version_num >= 100_000 {
+                (version_num / 10_000).to_string()
+            } else {
+                format!("{}.{}", version_num / 10_000, version_num / 100 % 100)
+            };
+            checker.fail("wal2json", true, "the wal2json output plugin is not installed on the server", format!("install it on the database server: Debian/Ubuntu: apt-get install postgresql-{major}-wal2json; RHEL/Fedora: dnf install wal2json_{}; or build it from source (no restart needed)", major.replace('.', "")));
+        }
+        Err(error) => checker.fail(
+            "wal2json",
+            true,
+            format!(
+                "a test slot with wal2json could not be created: {}",
+                first_line(&error.to_string())
+            ),
+            "see the error above and the server log",
+        ),
+    }
+    client.into_inner().close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_judged_like_the_old_connector() {
+        assert!(judge_version(90_399).is_err());
+        assert!(judge_version(90_420).unwrap_err().0.contains("15114"));
+        assert!(judge_version(90_421).is_ok());
+        assert!(judge_version(90_515).is_err());
+        assert!(judge_version(90_611).is_err());
+        assert!(judge_version(100_006).is_err());
+        assert!(judge_version(100_007).is_ok());
+        assert!(judge_version(110_001).unwrap_err().1.contains("11.2"));
+        assert!(judge_version(110_002).is_ok());
+        assert!(judge_version(150_018).is_ok());
+    }
+
+    #[test]
+    fn text_report_marks_failures_with_their_fix() {
+        let report = Report {
+            ok: false,
+            checks: vec![
+                Check {
+                    name: "wal_level",
+                    status: Status::Fail,
+                    detail: "wal_level is \"replica\"".into(),
+                    fix: Some("in postgresql.conf set\nwal_level = logical".into()),
+                },
+                Check {
+                    name: "primary",
+                    status: Status::Pass,
+                    detail: "ok".into(),
+                    fix: None,
+                },
+            ],
+        };
+        let text = report.to_text();
+        assert!(text.contains("✗ wal_level"), "{text}");
+        assert!(
+            text.contains("    fix: in postgresql.conf set\n         wal_level = logical"),
+            "{text}"
+        );
+        assert!(text.contains("✓ primary: ok"));
+        assert!(text.ends_with("1 check(s) failed\n"));
+    }
+}

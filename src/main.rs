@@ -1,5 +1,6 @@
 //! The `pgferry` command line: parses arguments, sets up logging, and calls into the library.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -20,7 +21,52 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Check every prerequisite of a PostgreSQL source and print what to fix.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// Source config (the old tap's keys) or a pipeline file with a `source` object.
+    #[arg(short, long)]
+    config: PathBuf,
+    /// Output for people (`text`) or machines (`json`).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    format: String,
+}
+
+/// Exit code for a configuration or usage error: fix the input, do not retry.
+const EXIT_CONFIG: u8 = 2;
+/// Exit code for a failed check or run: the environment needs attention.
+const EXIT_FAILURE: u8 = 1;
+
+async fn check(args: CheckArgs) -> ExitCode {
+    let config = match pgferry::config::PgSourceConfig::from_file(&args.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let report = pgferry::check::run(&config).await;
+    if args.format == "json" {
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(error) => {
+                eprintln!("error: could not encode the report: {error}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILURE)
+    }
+}
 
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGFERRY_LOG")
@@ -48,5 +94,9 @@ fn main() -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    runtime.block_on(async move { match cli.command {} })
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Check(args) => check(args).await,
+        }
+    })
 }

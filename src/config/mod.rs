@@ -1,1 +1,41 @@
 //! Typed configuration with the old connectors' key names and clear validation errors.
+//!
+//! Config files are JSON objects. Keys are checked against the known set: an unknown key is an
+//! error that names the closest known key ("did you mean"), because a typo in `replication_slot`
+//! would otherwise silently fall back to a default. Values are accepted in the shapes the old
+//! Singer configs used (a port as `5432` or `"5432"`, a flag as `true` or `"true"`). Secrets may
+//! be written as `{"env": "NAME"}` to read them from the environment instead of the file.
+
+mod error;
+mod source;
+mod value;
+
+pub use error::ConfigError;
+pub use source::{PgSourceConfig, ReplicationMethod};
+pub use value::did_you_mean;
+
+use std::path::Path;
+
+/// Reads a JSON config file into an object, with the file name in every error.
+pub fn read_json_object(
+    path: &Path,
+) -> Result<serde_json::Map<String, serde_json::Value>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|error| ConfigError::Json {
+            path: path.display().to_string(),
+            line: error.line(),
+            column: error.column(),
+            detail: error.to_string(),
+        })?;
+    match value {
+        serde_json::Value::Object(map) => Ok(map),
+        _ => Err(ConfigError::Invalid {
+            key: "(top level)".into(),
+            detail: format!("{} must hold a JSON object {{ … }}", path.display()),
+        }),
+    }
+}

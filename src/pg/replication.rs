@@ -118,6 +118,11 @@ impl ReplicationClient {
         &mut self.connection
     }
 
+    /// Gives back the connection, e.g. to close it politely.
+    pub fn into_inner(self) -> Connection {
+        self.connection
+    }
+
     /// `IDENTIFY_SYSTEM`: system id, timeline, current WAL position, database.
     pub async fn identify_system(&mut self) -> Result<SystemIdentity, PgError> {
         const DURING: &str = "reading IDENTIFY_SYSTEM";
