@@ -516,7 +516,7 @@ impl Connection {
                 .await
                 .map_err(|error| PgError::io(during, error))?;
             if read == 0 {
-                if startup && !self.read_buf.is_empty() {
+                if startup && self.read_buf.first().is_some_and(|tag| !STARTUP_TAGS.contains(tag)) {
                     return Err(PgError::protocol(
                         during,
                         format!(
