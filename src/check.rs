@@ -219,6 +219,7 @@ pub async fn run(config: &PgSourceConfig) -> Report {
     let mut connection = match Connection::connect(&options).await {
         Ok(connection) => {
             let tls = if connection.is_tls() { "TLS" } else { "no TLS" };
+            let tls = format!("{tls}, {} authentication", connection.authentication());
             checker.pass(
                 "connection",
                 format!(

@@ -127,6 +127,7 @@ pub struct Connection {
     address: String,
     tls: bool,
     tls_peer_certificate: Option<Vec<u8>>,
+    authentication: &'static str,
     /// Set when a COPY was abandoned half-way: the protocol state is unknown.
     pub(crate) desynchronized: bool,
 }
@@ -210,6 +211,7 @@ impl Connection {
             address,
             tls: peer_certificate.is_some(),
             tls_peer_certificate: peer_certificate.filter(|der| !der.is_empty()),
+            authentication: "trust",
             desynchronized: false,
         };
         connection.startup(options).await?;
@@ -263,12 +265,14 @@ impl Connection {
                 Message::AuthenticationOk => return Ok(()),
                 Message::AuthenticationCleartextPassword => {
                     let password = require_password(options, "cleartext password")?;
+                    self.authentication = "password";
                     frontend::password_message(password.expose().as_bytes(), &mut self.write_buf)
                         .map_err(|error| PgError::protocol(DURING, error.to_string()))?;
                     self.flush(DURING).await?;
                 }
                 Message::AuthenticationMd5Password(body) => {
                     let password = require_password(options, "MD5")?;
+                    self.authentication = "md5";
                     let hash = postgres_protocol::authentication::md5_hash(
                         options.user.as_bytes(),
                         password.expose().as_bytes(),
@@ -340,6 +344,7 @@ impl Connection {
                 detail: format!("the server offers only SASL mechanisms {mechanisms:?}; pgferry supports SCRAM-SHA-256 and SCRAM-SHA-256-PLUS"),
             });
         }
+        self.authentication = mechanism;
         let mut scram = ScramSha256::new(password.expose().as_bytes(), binding);
         frontend::sasl_initial_response(mechanism, scram.message(), &mut self.write_buf)
             .map_err(|error| PgError::protocol(DURING, error.to_string()))?;
@@ -386,6 +391,12 @@ impl Connection {
     /// The process and cancel key of this session.
     pub fn backend_key(&self) -> Option<BackendKey> {
         self.backend_key
+    }
+
+    /// How the server authenticated us: `trust`, `password`, `md5`, `SCRAM-SHA-256` or
+    /// `SCRAM-SHA-256-PLUS` (channel binding to the TLS session).
+    pub fn authentication(&self) -> &'static str {
+        self.authentication
     }
 
     /// Whether the connection runs over TLS.
@@ -516,7 +527,12 @@ impl Connection {
                 .await
                 .map_err(|error| PgError::io(during, error))?;
             if read == 0 {
-                if startup && self.read_buf.first().is_some_and(|tag| !STARTUP_TAGS.contains(tag)) {
+                if startup
+                    && self
+                        .read_buf
+                        .first()
+                        .is_some_and(|tag| !STARTUP_TAGS.contains(tag))
+                {
                     return Err(PgError::protocol(
                         during,
                         format!(
