@@ -40,3 +40,46 @@ pub fn decrypt_pkcs8(
         decrypted.as_bytes().to_vec(),
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A throwaway P-256 test key, encrypted with `openssl pkcs8 -topk8 -v2 aes-256-cbc`
+    /// and the passphrase `fixture-pass`; newlines flattened to spaces as UIs do. The expected
+    /// digest is `openssl pkcs8 -topk8 -nocrypt -outform DER` of the plain key, hashed.
+    const ENCRYPTED: &str = "-----BEGIN ENCRYPTED PRIVATE KEY----- MIHsMFcGCSqGSIb3DQEFDTBKMCkGCSqGSIb3DQEFDDAcBAjuBzLZ129+KQICCAAw DAYIKoZIhvcNAgkFADAdBglghkgBZQMEASoEEND8ku43ZuCsst7bqqOrp8AEgZAF vQTZF2aj7qzA4xNW6WL56QzYWqmmu8LJh3130GLHNS8ucqzN8oO4blRJMjnQNdJ9 4LVvgyv8xwYYN57zkg8wFV6YUl7NwdvPa19a+pb2OkOZ+XjLYgF3eIP+mFKsHvZs o4rz0HJYJH42B3Pi5D4Xdf7/KZJUv8xwWbG6WIhQuduurO724Z9vHl25Zf+em1k= -----END ENCRYPTED PRIVATE KEY-----";
+
+    fn normalized() -> String {
+        crate::pg::tls::normalize_pem(ENCRYPTED)
+    }
+
+    #[test]
+    fn decrypts_with_the_right_passphrase() {
+        use sha2::Digest;
+        let key = decrypt_pkcs8(&normalized(), Some(&Secret::new("fixture-pass"))).unwrap();
+        let PrivateKeyDer::Pkcs8(der) = key else {
+            panic!("expected PKCS#8");
+        };
+        let digest: String = sha2::Sha256::digest(der.secret_pkcs8_der())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            digest,
+            "441d52e1c097fd914fa49cb4e838af80049baba00054108bafe3a071f22a963a"
+        );
+    }
+
+    #[test]
+    fn a_wrong_or_missing_passphrase_is_a_config_error_without_secrets() {
+        let wrong = decrypt_pkcs8(&normalized(), Some(&Secret::new("not-it"))).unwrap_err();
+        assert!(wrong.to_string().contains("wrong passphrase"), "{wrong}");
+        assert!(!wrong.to_string().contains("not-it"));
+        let missing = decrypt_pkcs8(&normalized(), None).unwrap_err();
+        assert!(
+            missing.to_string().contains("ssl_client_password"),
+            "{missing}"
+        );
+    }
+}
