@@ -7,5 +7,6 @@
 pub mod check;
 pub mod config;
 pub mod decode;
+pub mod gdn;
 pub mod pg;
 pub mod secret;

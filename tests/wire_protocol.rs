@@ -104,7 +104,10 @@ async fn md5_handshake_then_a_query_decodes_rows_as_text() {
         let startup = read_startup(&mut stream).await;
         assert_eq!(&startup[..4], &196_608u32.to_be_bytes(), "protocol 3.0");
         let text = String::from_utf8_lossy(&startup[4..]);
-        assert!(text.contains("user\0alice\0") && text.contains("database\0shop\0"), "{text}");
+        assert!(
+            text.contains("user\0alice\0") && text.contains("database\0shop\0"),
+            "{text}"
+        );
         stream.write_all(&auth(5, &[1, 2, 3, 4])).await.unwrap();
         let (tag, body) = read_frontend(&mut stream).await;
         assert_eq!(tag, b'p');
@@ -124,7 +127,13 @@ async fn md5_handshake_then_a_query_decodes_rows_as_text() {
         data_row.extend_from_slice(&(-1i32).to_be_bytes());
         let reply = [
             msg(b'T', &row_description),
-            msg(b'N', &[b'S', b'N', b'O', b'T', b'I', b'C', b'E', 0, b'C', b'0', b'0', b'0', b'0', b'0', 0, b'M', b'h', b'i', 0, 0]),
+            msg(
+                b'N',
+                &[
+                    b'S', b'N', b'O', b'T', b'I', b'C', b'E', 0, b'C', b'0', b'0', b'0', b'0',
+                    b'0', 0, b'M', b'h', b'i', 0, 0,
+                ],
+            ),
             msg(b'D', &data_row),
             msg(b'C', &cstr("SELECT 1")),
             ready(),
@@ -168,9 +177,9 @@ fn postgres_protocol_md5(user: &str, password: &str, salt: [u8; 4]) -> String {
 /// A straightforward MD5 (RFC 1321), so the test does not trust the code under test.
 fn md5_digest(input: &[u8]) -> [u8; 16] {
     const S: [u32; 64] = [
-        7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 5, 9, 14, 20, 5, 9, 14, 20, 5, 9,
-        14, 20, 5, 9, 14, 20, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 6, 10, 15,
-        21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21,
+        7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 5, 9, 14, 20, 5, 9, 14, 20, 5,
+        9, 14, 20, 5, 9, 14, 20, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 6, 10,
+        15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21,
     ];
     let k: Vec<u32> = (0..64)
         .map(|i| ((i as f64 + 1.0).sin().abs() * 4_294_967_296.0) as u32)
@@ -182,7 +191,8 @@ fn md5_digest(input: &[u8]) -> [u8; 16] {
         message.push(0);
     }
     message.extend_from_slice(&bit_len.to_le_bytes());
-    let (mut a0, mut b0, mut c0, mut d0) = (0x67452301u32, 0xefcdab89u32, 0x98badcfeu32, 0x10325476u32);
+    let (mut a0, mut b0, mut c0, mut d0) =
+        (0x67452301u32, 0xefcdab89u32, 0x98badcfeu32, 0x10325476u32);
     for chunk in message.chunks(64) {
         let m: Vec<u32> = chunk
             .chunks(4)
@@ -253,7 +263,10 @@ async fn server_errors_carry_every_field_and_never_the_password() {
 async fn a_password_request_without_password_is_a_clear_auth_error() {
     let (port, server) = fake_server(|mut stream| async move {
         read_startup(&mut stream).await;
-        stream.write_all(&auth(10, &[cstr("SCRAM-SHA-256"), vec![0]].concat())).await.unwrap();
+        stream
+            .write_all(&auth(10, &[cstr("SCRAM-SHA-256"), vec![0]].concat()))
+            .await
+            .unwrap();
         let mut rest = Vec::new();
         let _ = stream.read_to_end(&mut rest).await;
     })
@@ -268,7 +281,10 @@ async fn a_password_request_without_password_is_a_clear_auth_error() {
 async fn garbage_instead_of_the_protocol_is_named_at_once() {
     let (port, server) = fake_server(|mut stream| async move {
         read_startup(&mut stream).await;
-        stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await.unwrap();
+        stream
+            .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            .await
+            .unwrap();
         let mut rest = Vec::new();
         let _ = stream.read_to_end(&mut rest).await;
     })
@@ -277,7 +293,10 @@ async fn garbage_instead_of_the_protocol_is_named_at_once() {
     let error = Connection::connect(&options(port)).await.unwrap_err();
     assert!(matches!(error, PgError::Protocol { .. }), "{error:?}");
     assert!(error.to_string().contains("HTTP/1.1"), "{error}");
-    assert!(started.elapsed() < Duration::from_secs(2), "no waiting for a body that will not come");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no waiting for a body that will not come"
+    );
     server.await.unwrap();
 }
 
@@ -285,7 +304,10 @@ async fn garbage_instead_of_the_protocol_is_named_at_once() {
 async fn an_impossible_length_is_rejected_without_allocating_it() {
     let (port, server) = fake_server(|mut stream| async move {
         read_startup(&mut stream).await;
-        stream.write_all(&[b'R', 0x7f, 0xff, 0xff, 0xff]).await.unwrap();
+        stream
+            .write_all(&[b'R', 0x7f, 0xff, 0xff, 0xff])
+            .await
+            .unwrap();
         let mut rest = Vec::new();
         let _ = stream.read_to_end(&mut rest).await;
     })
@@ -333,7 +355,10 @@ async fn a_refused_port_is_a_connect_error_naming_the_address() {
     drop(listener);
     let error = Connection::connect(&options(port)).await.unwrap_err();
     assert!(matches!(error, PgError::Connect { .. }), "{error:?}");
-    assert!(error.to_string().contains(&format!("127.0.0.1:{port}")), "{error}");
+    assert!(
+        error.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -398,13 +423,22 @@ async fn a_query_error_leaves_the_connection_usable() {
         stream.write_all(&accept_session()).await.unwrap();
         read_frontend(&mut stream).await;
         let reply = [
-            error_response(&[(b'S', "ERROR"), (b'V', "ERROR"), (b'C', "42P01"), (b'M', "relation \"nope\" does not exist"), (b'P', "15")]),
+            error_response(&[
+                (b'S', "ERROR"),
+                (b'V', "ERROR"),
+                (b'C', "42P01"),
+                (b'M', "relation \"nope\" does not exist"),
+                (b'P', "15"),
+            ]),
             ready(),
         ]
         .concat();
         stream.write_all(&reply).await.unwrap();
         read_frontend(&mut stream).await;
-        stream.write_all(&[msg(b'C', &cstr("SET")), ready()].concat()).await.unwrap();
+        stream
+            .write_all(&[msg(b'C', &cstr("SET")), ready()].concat())
+            .await
+            .unwrap();
     })
     .await;
     let mut connection = Connection::connect(&options(port)).await.unwrap();
@@ -422,7 +456,10 @@ async fn replication_stream_decodes_frames_and_answers_keepalives() {
         assert!(String::from_utf8_lossy(&startup).contains("replication\0database\0"));
         stream.write_all(&accept_session()).await.unwrap();
         let (_, command) = read_frontend(&mut stream).await;
-        assert_eq!(command, cstr("START_REPLICATION SLOT \"s\" LOGICAL 0/10 (\"format-version\" '2')"));
+        assert_eq!(
+            command,
+            cstr("START_REPLICATION SLOT \"s\" LOGICAL 0/10 (\"format-version\" '2')")
+        );
         let mut xlog = vec![b'w'];
         xlog.extend_from_slice(&0x20u64.to_be_bytes());
         xlog.extend_from_slice(&0x30u64.to_be_bytes());
@@ -432,14 +469,27 @@ async fn replication_stream_decodes_frames_and_answers_keepalives() {
         keepalive.extend_from_slice(&0x40u64.to_be_bytes());
         keepalive.extend_from_slice(&0i64.to_be_bytes());
         keepalive.push(1);
-        let reply = [msg(b'W', &[0, 0, 0]), msg(b'd', &xlog), msg(b'd', &keepalive)].concat();
+        let reply = [
+            msg(b'W', &[0, 0, 0]),
+            msg(b'd', &xlog),
+            msg(b'd', &keepalive),
+        ]
+        .concat();
         stream.write_all(&reply).await.unwrap();
         // The keepalive asked for a reply: a standby status update must come at once.
         let (tag, body) = read_frontend(&mut stream).await;
         assert_eq!(tag, b'd');
         assert_eq!(body[0], b'r');
-        assert_eq!(u64::from_be_bytes(body[1..9].try_into().unwrap()), 0x20, "written = received");
-        assert_eq!(u64::from_be_bytes(body[9..17].try_into().unwrap()), 0x10, "flushed = confirmed only");
+        assert_eq!(
+            u64::from_be_bytes(body[1..9].try_into().unwrap()),
+            0x20,
+            "written = received"
+        );
+        assert_eq!(
+            u64::from_be_bytes(body[9..17].try_into().unwrap()),
+            0x10,
+            "flushed = confirmed only"
+        );
         // A malformed frame ends the stream with a typed error.
         stream.write_all(&msg(b'd', b"k\x00")).await.unwrap();
         let mut rest = Vec::new();
@@ -448,7 +498,12 @@ async fn replication_stream_decodes_frames_and_answers_keepalives() {
     .await;
     let client = ReplicationClient::connect(&options(port)).await.unwrap();
     let mut stream = client
-        .start_logical("s", "0/10".parse().unwrap(), &[("format-version".into(), "2".into())], Duration::from_secs(60))
+        .start_logical(
+            "s",
+            "0/10".parse().unwrap(),
+            &[("format-version".into(), "2".into())],
+            Duration::from_secs(60),
+        )
         .await
         .unwrap();
     match stream.next().await.unwrap() {
@@ -463,7 +518,10 @@ async fn replication_stream_decodes_frames_and_answers_keepalives() {
         other => panic!("expected a keepalive, got {other:?}"),
     }
     let error = stream.next().await.unwrap_err();
-    assert!(error.to_string().contains("malformed replication frame"), "{error}");
+    assert!(
+        error.to_string().contains("malformed replication frame"),
+        "{error}"
+    );
     drop(stream);
     server.await.unwrap();
 }

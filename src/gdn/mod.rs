@@ -1,0 +1,3 @@
+//! GDN as a destination and a source: keys, batching, the HTTP/2 writer, readers.
+
+pub mod keys;
