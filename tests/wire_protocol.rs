@@ -534,3 +534,105 @@ fn frame_builder_matches_the_documented_layout() {
     expected.put_u8(b'I');
     assert_eq!(ready(), expected.to_vec());
 }
+
+#[tokio::test]
+async fn copy_out_and_copy_in_follow_the_message_flow() {
+    let (port, server) = fake_server(|mut stream| async move {
+        read_startup(&mut stream).await;
+        stream.write_all(&accept_session()).await.unwrap();
+        // COPY TO STDOUT: CopyOutResponse (binary, 1 column), two CopyData, CopyDone, tag, ready.
+        let (_, query) = read_frontend(&mut stream).await;
+        assert_eq!(query, cstr("COPY t TO STDOUT"));
+        let reply = [
+            msg(b'H', &[1, 0, 1, 0, 1]),
+            msg(b'd', b"row-1"),
+            msg(b'd', b"row-2"),
+            msg(b'c', &[]),
+            msg(b'C', &cstr("COPY 2")),
+            ready(),
+        ]
+        .concat();
+        stream.write_all(&reply).await.unwrap();
+        // COPY FROM STDIN: CopyInResponse (text), then the client's CopyData x2 and CopyDone.
+        let (_, query) = read_frontend(&mut stream).await;
+        assert_eq!(query, cstr("COPY t FROM STDIN"));
+        stream.write_all(&msg(b'G', &[0, 0, 0])).await.unwrap();
+        assert_eq!(read_frontend(&mut stream).await, (b'd', b"a\n".to_vec()));
+        assert_eq!(read_frontend(&mut stream).await, (b'd', b"b\n".to_vec()));
+        assert_eq!(read_frontend(&mut stream).await, (b'c', vec![]));
+        stream
+            .write_all(&[msg(b'C', &cstr("COPY 2")), ready()].concat())
+            .await
+            .unwrap();
+        // An empty query.
+        read_frontend(&mut stream).await;
+        stream
+            .write_all(&[msg(b'I', &[]), ready()].concat())
+            .await
+            .unwrap();
+        // COPY FROM STDIN aborted by the client: CopyFail, then the server's error and ready.
+        read_frontend(&mut stream).await;
+        stream.write_all(&msg(b'G', &[0, 0, 0])).await.unwrap();
+        let (tag, reason) = read_frontend(&mut stream).await;
+        assert_eq!((tag, reason), (b'f', cstr("changed my mind")));
+        let reply = [
+            error_response(&[
+                (b'S', "ERROR"),
+                (b'V', "ERROR"),
+                (b'C', "57014"),
+                (b'M', "COPY from stdin failed: changed my mind"),
+            ]),
+            ready(),
+        ]
+        .concat();
+        stream.write_all(&reply).await.unwrap();
+        read_frontend(&mut stream).await;
+    })
+    .await;
+    let mut connection = Connection::connect(&options(port)).await.unwrap();
+    let mut out = connection.copy_out("COPY t TO STDOUT").await.unwrap();
+    assert_eq!(out.format(), pgferry::pg::copy::CopyFormat::Binary);
+    assert_eq!(out.next().await.unwrap().as_deref(), Some(&b"row-1"[..]));
+    assert_eq!(out.next().await.unwrap().as_deref(), Some(&b"row-2"[..]));
+    assert_eq!(out.next().await.unwrap(), None);
+    assert_eq!(out.rows(), Some(2));
+    let mut input = connection.copy_in("COPY t FROM STDIN").await.unwrap();
+    input.send(b"a\n").await.unwrap();
+    input.send(b"b\n").await.unwrap();
+    assert_eq!(input.finish().await.unwrap(), 2);
+    assert!(connection.query("").await.unwrap().is_empty());
+    let input = connection.copy_in("COPY t FROM STDIN").await.unwrap();
+    input.abort("changed my mind").await.unwrap();
+    connection.close().await;
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_invalid_scram_challenge_is_an_auth_error() {
+    let (port, server) = fake_server(|mut stream| async move {
+        read_startup(&mut stream).await;
+        stream
+            .write_all(&auth(10, &[cstr("SCRAM-SHA-256"), vec![0]].concat()))
+            .await
+            .unwrap();
+        let (tag, body) = read_frontend(&mut stream).await;
+        assert_eq!(tag, b'p');
+        assert!(
+            String::from_utf8_lossy(&body).contains("n,,n=,r="),
+            "client-first without channel binding"
+        );
+        stream
+            .write_all(&auth(11, b"r=not-our-nonce,s=c2FsdA==,i=4096"))
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+    })
+    .await;
+    let mut options = options(port);
+    options.password = Some(Secret::new("pw"));
+    let error = Connection::connect(&options).await.unwrap_err();
+    assert!(matches!(error, PgError::Auth { .. }), "{error:?}");
+    assert!(error.to_string().contains("SCRAM"), "{error}");
+    server.await.unwrap();
+}
