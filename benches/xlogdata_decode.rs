@@ -3,7 +3,7 @@
 //! replication stream does before any JSON is looked at).
 
 use bytes::{BufMut, BytesMut};
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_main, Criterion, Throughput};
 use pgferry::decode::replication::ReplicationMessage;
 use postgres_protocol::message::backend::Message;
 
@@ -61,5 +61,9 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+#[allow(missing_docs)]
+mod group {
+    criterion::criterion_group!(benches, super::bench);
+}
+use group::benches;
 criterion_main!(benches);

@@ -2,4 +2,6 @@
 //! can be unit-tested from byte fixtures, benchmarked with criterion and fuzzed alone.
 
 pub mod copy_binary;
+pub mod json_out;
 pub mod replication;
+pub mod value;

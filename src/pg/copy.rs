@@ -181,36 +181,34 @@ impl Connection {
         frontend::query(sql, &mut self.write_buf)
             .map_err(|error| PgError::protocol(DURING, error.to_string()))?;
         self.flush(DURING).await?;
-        loop {
-            match self.read_message(DURING).await? {
-                Message::CopyOutResponse(body) => {
-                    self.desynchronized = true;
-                    let format = if body.format() == 1 {
-                        CopyFormat::Binary
-                    } else {
-                        CopyFormat::Text
-                    };
-                    return Ok(CopyOut {
-                        connection: self,
-                        format,
-                        rows: None,
-                        finished: false,
-                    });
-                }
-                Message::ErrorResponse(body) => {
-                    let error = server_error(body.fields());
-                    self.read_until_ready(DURING).await?;
-                    return Err(error);
-                }
-                Message::RowDescription(_) | Message::DataRow(_) | Message::CommandComplete(_) => {
-                    self.read_until_ready(DURING).await?;
-                    return Err(PgError::protocol(
-                        DURING,
-                        "the statement is not a COPY … TO STDOUT",
-                    ));
-                }
-                other => return Err(unexpected(DURING, &other)),
+        match self.read_message(DURING).await? {
+            Message::CopyOutResponse(body) => {
+                self.desynchronized = true;
+                let format = if body.format() == 1 {
+                    CopyFormat::Binary
+                } else {
+                    CopyFormat::Text
+                };
+                Ok(CopyOut {
+                    connection: self,
+                    format,
+                    rows: None,
+                    finished: false,
+                })
             }
+            Message::ErrorResponse(body) => {
+                let error = server_error(body.fields());
+                self.read_until_ready(DURING).await?;
+                Err(error)
+            }
+            Message::RowDescription(_) | Message::DataRow(_) | Message::CommandComplete(_) => {
+                self.read_until_ready(DURING).await?;
+                Err(PgError::protocol(
+                    DURING,
+                    "the statement is not a COPY … TO STDOUT",
+                ))
+            }
+            other => Err(unexpected(DURING, &other)),
         }
     }
 
@@ -221,34 +219,32 @@ impl Connection {
         frontend::query(sql, &mut self.write_buf)
             .map_err(|error| PgError::protocol(DURING, error.to_string()))?;
         self.flush(DURING).await?;
-        loop {
-            match self.read_message(DURING).await? {
-                Message::CopyInResponse(body) => {
-                    self.desynchronized = true;
-                    let format = if body.format() == 1 {
-                        CopyFormat::Binary
-                    } else {
-                        CopyFormat::Text
-                    };
-                    return Ok(CopyIn {
-                        connection: self,
-                        format,
-                    });
-                }
-                Message::ErrorResponse(body) => {
-                    let error = server_error(body.fields());
-                    self.read_until_ready(DURING).await?;
-                    return Err(error);
-                }
-                Message::RowDescription(_) | Message::DataRow(_) | Message::CommandComplete(_) => {
-                    self.read_until_ready(DURING).await?;
-                    return Err(PgError::protocol(
-                        DURING,
-                        "the statement is not a COPY … FROM STDIN",
-                    ));
-                }
-                other => return Err(unexpected(DURING, &other)),
+        match self.read_message(DURING).await? {
+            Message::CopyInResponse(body) => {
+                self.desynchronized = true;
+                let format = if body.format() == 1 {
+                    CopyFormat::Binary
+                } else {
+                    CopyFormat::Text
+                };
+                Ok(CopyIn {
+                    connection: self,
+                    format,
+                })
             }
+            Message::ErrorResponse(body) => {
+                let error = server_error(body.fields());
+                self.read_until_ready(DURING).await?;
+                Err(error)
+            }
+            Message::RowDescription(_) | Message::DataRow(_) | Message::CommandComplete(_) => {
+                self.read_until_ready(DURING).await?;
+                Err(PgError::protocol(
+                    DURING,
+                    "the statement is not a COPY … FROM STDIN",
+                ))
+            }
+            other => Err(unexpected(DURING, &other)),
         }
     }
 

@@ -264,16 +264,14 @@ impl ReplicationClient {
         frontend::query(&command, &mut self.connection.write_buf)
             .map_err(|error| PgError::protocol(DURING, error.to_string()))?;
         self.connection.flush(DURING).await?;
-        loop {
-            match self.connection.read_backend(DURING).await? {
-                Backend::CopyBothResponse => break,
-                Backend::Message(Message::ErrorResponse(body)) => {
-                    let error = server_error(body.fields());
-                    self.connection.read_until_ready(DURING).await?;
-                    return Err(error);
-                }
-                Backend::Message(other) => return Err(unexpected(DURING, &other)),
+        match self.connection.read_backend(DURING).await? {
+            Backend::CopyBothResponse => {}
+            Backend::Message(Message::ErrorResponse(body)) => {
+                let error = server_error(body.fields());
+                self.connection.read_until_ready(DURING).await?;
+                return Err(error);
             }
+            Backend::Message(other) => return Err(unexpected(DURING, &other)),
         }
         Ok(LogicalStream {
             connection: self.connection,

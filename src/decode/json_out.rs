@@ -1,0 +1,53 @@
+//! Writing JSON text directly into an output buffer: strings escaped per RFC 8259, numbers as
+//! given. Documents are built this way (no intermediate `serde_json::Value`), so exact numeric
+//! literals pass through untouched.
+
+/// Appends `text` as a JSON string literal, quotes included.
+pub fn write_string(text: &str, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(text.len() + 2);
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (index, &byte) in bytes.iter().enumerate() {
+        let escape: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0C => b"\\f",
+            0x00..=0x1F => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..index]);
+        if escape.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(byte >> 4)]);
+            out.push(HEX[usize::from(byte & 0xF)]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = index + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_what_rfc_8259_requires_and_nothing_else() {
+        let mut out = Vec::new();
+        write_string("a\"b\\c\nd\u{1}é/€", &mut out);
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "\"a\\\"b\\\\c\\nd\\u0001é/€\""
+        );
+        let back: String = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back, "a\"b\\c\nd\u{1}é/€");
+    }
+}

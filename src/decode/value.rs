@@ -1,0 +1,1064 @@
+//! PostgreSQL binary values (COPY binary / `*_send` formats) → JSON, with exact rules.
+//!
+//! Each column gets a [`TypeCodec`] once, from the catalog (domains resolved to their base
+//! type, enums and other text-like types as `Text`, types without a binary decoder selected as
+//! `::text` by the query and decoded as `Text`). [`decode`] turns one field into a [`Value`];
+//! [`Value::write_json`] appends it to a document. The rules, and where they differ from the
+//! old source (which lost data), are in `docs/values.md`; in short:
+//!
+//! * integers → JSON numbers; `float4/8` → shortest round-trip numbers, `NaN`/`±Infinity` →
+//!   strings; `numeric` → exact digits, as a number or a string per column (`NumericOut`),
+//!   `NaN`/`±Infinity` always strings;
+//! * `date`/`timestamp[tz]` → ISO 8601 with `+00:00` (`timestamptz` is stored in UTC), years
+//!   outside 0000–9999 in ISO 8601's expanded form (`-0043-03-15…` for 44 BC, `+10000-…`),
+//!   `±infinity` → the strings `"infinity"`/`"-infinity"`; `time` keeps `24:00:00`;
+//!   `timetz` keeps its offset; `interval` → ISO 8601 duration;
+//! * `json`/`jsonb` → embedded JSON; `hstore` → object; arrays → nested arrays;
+//! * `bit(1)` → boolean, other bit strings → `"0101"`; `bytea` → `"\\x…"` hex; `uuid`, `inet`,
+//!   `cidr`, `macaddr[8]` → their canonical text; `money` → exact decimal string.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use crate::decode::json_out::write_string;
+
+/// How a `numeric` column is written, stable for all its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NumericOut {
+    /// A JSON number literal with every digit (for `numeric(p,s)` with p ≤ 15 in `auto`).
+    Number,
+    /// A JSON string with every digit (wider or unconstrained numeric in `auto`).
+    String,
+}
+
+/// The decoder for one column's binary values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TypeCodec {
+    /// `boolean`.
+    Bool,
+    /// `smallint`.
+    Int2,
+    /// `integer`.
+    Int4,
+    /// `bigint`.
+    Int8,
+    /// `oid` and other unsigned 32-bit identifiers.
+    Oid,
+    /// `real`.
+    Float4,
+    /// `double precision`.
+    Float8,
+    /// `numeric`, written per [`NumericOut`].
+    Numeric(NumericOut),
+    /// Text-like: `text`, `varchar`, `char(n)`, `name`, `citext`, enums, `xml`, and `::text` casts.
+    Text,
+    /// The single-byte `"char"` type.
+    Char,
+    /// `bytea`.
+    Bytea,
+    /// `uuid`.
+    Uuid,
+    /// `json`.
+    Json,
+    /// `jsonb`.
+    Jsonb,
+    /// `date`.
+    Date,
+    /// `time without time zone`.
+    Time,
+    /// `time with time zone`.
+    TimeTz,
+    /// `timestamp without time zone`.
+    Timestamp,
+    /// `timestamp with time zone`.
+    TimestampTz,
+    /// `interval`.
+    Interval,
+    /// `money` with `frac_digits` decimals (2 for most `lc_monetary` settings).
+    Money {
+        /// Decimal places of the currency.
+        frac_digits: u32,
+    },
+    /// `inet` and `cidr`.
+    Inet,
+    /// `macaddr`.
+    MacAddr,
+    /// `macaddr8`.
+    MacAddr8,
+    /// `bit(n)`; `bit(1)` becomes a boolean.
+    Bit {
+        /// Whether the column is `bit(1)`.
+        single: bool,
+    },
+    /// `bit varying`.
+    VarBit,
+    /// `hstore` (extension type).
+    Hstore,
+    /// An array of the element codec (any number of dimensions).
+    Array(Box<TypeCodec>),
+}
+
+/// A decoded value, borrowing from the field where it can.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value<'a> {
+    /// SQL NULL.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A 64-bit integer.
+    Int(i64),
+    /// A finite double.
+    Float(f64),
+    /// An exact decimal literal written as a JSON number.
+    Number(String),
+    /// A string.
+    Str(Cow<'a, str>),
+    /// JSON text from `json`/`jsonb`, already validated.
+    RawJson(&'a str),
+    /// An array.
+    Array(Vec<Value<'a>>),
+    /// An object with string keys, in order.
+    Object(Vec<(Cow<'a, str>, Value<'a>)>),
+}
+
+/// Why a binary value could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid binary {type_name} value: {detail}")]
+pub struct ValueError {
+    /// The PostgreSQL type being decoded.
+    pub type_name: &'static str,
+    /// What was wrong.
+    pub detail: String,
+}
+
+fn bad(type_name: &'static str, detail: impl Into<String>) -> ValueError {
+    ValueError {
+        type_name,
+        detail: detail.into(),
+    }
+}
+
+fn fixed<const N: usize>(raw: &[u8], type_name: &'static str) -> Result<[u8; N], ValueError> {
+    raw.try_into()
+        .map_err(|_| bad(type_name, format!("{} bytes, expected {N}", raw.len())))
+}
+
+/// A cursor over a binary value with checked reads.
+struct Reader<'a> {
+    raw: &'a [u8],
+    at: usize,
+    type_name: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn new(raw: &'a [u8], type_name: &'static str) -> Reader<'a> {
+        Reader {
+            raw,
+            at: 0,
+            type_name,
+        }
+    }
+
+    fn take(&mut self, len: usize) -> Result<&'a [u8], ValueError> {
+        let end = self
+            .at
+            .checked_add(len)
+            .filter(|end| *end <= self.raw.len());
+        let end = end.ok_or_else(|| bad(self.type_name, "value is truncated"))?;
+        let slice = &self.raw[self.at..end];
+        self.at = end;
+        Ok(slice)
+    }
+
+    fn i16(&mut self) -> Result<i16, ValueError> {
+        Ok(i16::from_be_bytes(fixed(self.take(2)?, self.type_name)?))
+    }
+
+    fn u16(&mut self) -> Result<u16, ValueError> {
+        Ok(u16::from_be_bytes(fixed(self.take(2)?, self.type_name)?))
+    }
+
+    fn i32(&mut self) -> Result<i32, ValueError> {
+        Ok(i32::from_be_bytes(fixed(self.take(4)?, self.type_name)?))
+    }
+
+    fn u8(&mut self) -> Result<u8, ValueError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn done(&self) -> Result<(), ValueError> {
+        if self.at == self.raw.len() {
+            Ok(())
+        } else {
+            Err(bad(
+                self.type_name,
+                format!("{} unexpected trailing bytes", self.raw.len() - self.at),
+            ))
+        }
+    }
+}
+
+fn utf8<'a>(raw: &'a [u8], type_name: &'static str) -> Result<&'a str, ValueError> {
+    std::str::from_utf8(raw).map_err(|error| bad(type_name, format!("not UTF-8: {error}")))
+}
+
+/// Decodes one non-NULL field with `codec`.
+pub fn decode<'a>(codec: &TypeCodec, raw: &'a [u8]) -> Result<Value<'a>, ValueError> {
+    Ok(match codec {
+        TypeCodec::Bool => match fixed::<1>(raw, "boolean")?[0] {
+            0 => Value::Bool(false),
+            1 => Value::Bool(true),
+            other => return Err(bad("boolean", format!("byte {other}"))),
+        },
+        TypeCodec::Int2 => Value::Int(i16::from_be_bytes(fixed(raw, "smallint")?).into()),
+        TypeCodec::Int4 => Value::Int(i32::from_be_bytes(fixed(raw, "integer")?).into()),
+        TypeCodec::Int8 => Value::Int(i64::from_be_bytes(fixed(raw, "bigint")?)),
+        TypeCodec::Oid => Value::Int(u32::from_be_bytes(fixed(raw, "oid")?).into()),
+        TypeCodec::Float4 => float(f64::from(f32::from_be_bytes(fixed(raw, "real")?)), true),
+        TypeCodec::Float8 => float(f64::from_be_bytes(fixed(raw, "double precision")?), false),
+        TypeCodec::Numeric(out) => numeric(raw, *out)?,
+        TypeCodec::Text => Value::Str(Cow::Borrowed(utf8(raw, "text")?)),
+        TypeCodec::Char => {
+            let byte = fixed::<1>(raw, "\"char\"").or_else(|_| {
+                if raw.is_empty() {
+                    Ok([0])
+                } else {
+                    Err(bad("\"char\"", "more than one byte"))
+                }
+            })?[0];
+            Value::Str(Cow::Owned(match byte {
+                0 => String::new(),
+                1..=127 => char::from(byte).to_string(),
+                _ => format!("\\{byte:03o}"),
+            }))
+        }
+        TypeCodec::Bytea => {
+            let mut text = String::with_capacity(2 + raw.len() * 2);
+            text.push_str("\\x");
+            for byte in raw {
+                let _ = write!(text, "{byte:02x}");
+            }
+            Value::Str(Cow::Owned(text))
+        }
+        TypeCodec::Uuid => {
+            let bytes = fixed::<16>(raw, "uuid")?;
+            let mut text = String::with_capacity(36);
+            for (index, byte) in bytes.iter().enumerate() {
+                if matches!(index, 4 | 6 | 8 | 10) {
+                    text.push('-');
+                }
+                let _ = write!(text, "{byte:02x}");
+            }
+            Value::Str(Cow::Owned(text))
+        }
+        TypeCodec::Json => Value::RawJson(json_text(raw, "json")?),
+        TypeCodec::Jsonb => match raw.split_first() {
+            Some((1, text)) => Value::RawJson(json_text(text, "jsonb")?),
+            Some((version, _)) => {
+                return Err(bad("jsonb", format!("unknown jsonb version {version}")))
+            }
+            None => return Err(bad("jsonb", "empty value")),
+        },
+        TypeCodec::Date => date(i32::from_be_bytes(fixed(raw, "date")?)),
+        TypeCodec::Time => Value::Str(Cow::Owned(time_of_day(
+            i64::from_be_bytes(fixed(raw, "time")?),
+            "time",
+        )?)),
+        TypeCodec::TimeTz => {
+            let mut reader = Reader::new(raw, "time with time zone");
+            let micros = i64::from_be_bytes(fixed(reader.take(8)?, "time with time zone")?);
+            let zone_west = reader.i32()?;
+            reader.done()?;
+            let mut text = time_of_day(micros, "time with time zone")?;
+            push_offset(&mut text, -i64::from(zone_west));
+            Value::Str(Cow::Owned(text))
+        }
+        TypeCodec::Timestamp | TypeCodec::TimestampTz => {
+            timestamp(i64::from_be_bytes(fixed(raw, "timestamp")?))
+        }
+        TypeCodec::Interval => Value::Str(Cow::Owned(interval(raw)?)),
+        TypeCodec::Money { frac_digits } => {
+            let cents = i64::from_be_bytes(fixed(raw, "money")?);
+            Value::Str(Cow::Owned(scaled_decimal(cents, *frac_digits)))
+        }
+        TypeCodec::Inet => Value::Str(Cow::Owned(inet(raw)?)),
+        TypeCodec::MacAddr => Value::Str(Cow::Owned(mac(&fixed::<6>(raw, "macaddr")?))),
+        TypeCodec::MacAddr8 => Value::Str(Cow::Owned(mac(&fixed::<8>(raw, "macaddr8")?))),
+        TypeCodec::Bit { single } => {
+            let bits = bit_string(raw, "bit")?;
+            if *single && bits.len() == 1 {
+                Value::Bool(bits == "1")
+            } else {
+                Value::Str(Cow::Owned(bits))
+            }
+        }
+        TypeCodec::VarBit => Value::Str(Cow::Owned(bit_string(raw, "bit varying")?)),
+        TypeCodec::Hstore => hstore(raw)?,
+        TypeCodec::Array(element) => array(element, raw)?,
+    })
+}
+
+fn float(value: f64, single: bool) -> Value<'static> {
+    if value.is_nan() {
+        Value::Str(Cow::Borrowed("NaN"))
+    } else if value == f64::INFINITY {
+        Value::Str(Cow::Borrowed("Infinity"))
+    } else if value == f64::NEG_INFINITY {
+        Value::Str(Cow::Borrowed("-Infinity"))
+    } else if single {
+        // Shortest text that round-trips the f32, as PostgreSQL prints it.
+        Value::Number((value as f32).to_string())
+    } else {
+        Value::Float(value)
+    }
+}
+
+/// Shortest round-trip text of a finite double, as a JSON number.
+fn format_float(value: f64) -> String {
+    serde_json::Number::from_f64(value)
+        .map(|number| number.to_string())
+        .unwrap_or_else(|| "null".into())
+}
+
+fn json_text<'a>(raw: &'a [u8], type_name: &'static str) -> Result<&'a str, ValueError> {
+    let text = utf8(raw, type_name)?;
+    serde_json::from_str::<&serde_json::value::RawValue>(text)
+        .map_err(|error| bad(type_name, format!("not valid JSON: {error}")))?;
+    Ok(text)
+}
+
+/// Decodes `numeric`'s binary form (base-10000 digits) into exact decimal text.
+fn numeric(raw: &[u8], out: NumericOut) -> Result<Value<'static>, ValueError> {
+    const NAME: &str = "numeric";
+    let mut reader = Reader::new(raw, NAME);
+    let ndigits = reader.i16()?;
+    let weight = reader.i16()?;
+    let sign = reader.u16()?;
+    let dscale = reader.u16()?;
+    let special = match sign {
+        0x0000 | 0x4000 => None,
+        0xC000 => Some("NaN"),
+        0xD000 => Some("Infinity"),
+        0xF000 => Some("-Infinity"),
+        other => return Err(bad(NAME, format!("unknown sign word {other:#06x}"))),
+    };
+    let ndigits = usize::try_from(ndigits).map_err(|_| bad(NAME, "negative digit count"))?;
+    let mut digits = Vec::with_capacity(ndigits);
+    for _ in 0..ndigits {
+        let digit = reader.i16()?;
+        if !(0..10_000).contains(&digit) {
+            return Err(bad(NAME, format!("digit group {digit} out of range")));
+        }
+        digits.push(digit as u16);
+    }
+    reader.done()?;
+    if let Some(text) = special {
+        return Ok(Value::Str(Cow::Borrowed(text)));
+    }
+    let dscale = usize::from(dscale & 0x3FFF);
+    let weight = i32::from(weight);
+    let group = |index: i32| -> u16 {
+        usize::try_from(index)
+            .ok()
+            .and_then(|index| digits.get(index).copied())
+            .unwrap_or(0)
+    };
+    let mut text = String::with_capacity(ndigits * 4 + dscale + 3);
+    if sign == 0x4000 && digits.iter().any(|digit| *digit != 0) {
+        text.push('-');
+    }
+    if weight < 0 {
+        text.push('0');
+    } else {
+        for position in 0..=weight {
+            let value = group(position);
+            if position == 0 {
+                let _ = write!(text, "{value}");
+            } else {
+                let _ = write!(text, "{value:04}");
+            }
+        }
+    }
+    if dscale > 0 {
+        text.push('.');
+        let mut written = 0;
+        let mut position = weight + 1;
+        while written < dscale {
+            let chunk = format!("{:04}", group(position));
+            let take = (dscale - written).min(4);
+            text.push_str(&chunk[..take]);
+            written += take;
+            position += 1;
+        }
+    }
+    Ok(match out {
+        NumericOut::Number => Value::Number(text),
+        NumericOut::String => Value::Str(Cow::Owned(text)),
+    })
+}
+
+const MICROS_PER_SECOND: i64 = 1_000_000;
+const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SECOND;
+/// Days from 1970-01-01 to 2000-01-01, PostgreSQL's epoch.
+const PG_EPOCH_DAYS: i64 = 10_957;
+
+/// Civil date from days since 1970-01-01 (proleptic Gregorian, astronomical years).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+fn push_year(text: &mut String, year: i64) {
+    if (0..=9999).contains(&year) {
+        let _ = write!(text, "{year:04}");
+    } else if year > 9999 {
+        let _ = write!(text, "+{year}");
+    } else {
+        let _ = write!(text, "-{:04}", -year);
+    }
+}
+
+fn date(days: i32) -> Value<'static> {
+    match days {
+        i32::MAX => Value::Str(Cow::Borrowed("infinity")),
+        i32::MIN => Value::Str(Cow::Borrowed("-infinity")),
+        days => {
+            let (year, month, day) = civil_from_days(i64::from(days) + PG_EPOCH_DAYS);
+            let mut text = String::with_capacity(26);
+            push_year(&mut text, year);
+            let _ = write!(text, "-{month:02}-{day:02}T00:00:00+00:00");
+            Value::Str(Cow::Owned(text))
+        }
+    }
+}
+
+fn push_clock(text: &mut String, micros_of_day: i64) {
+    let seconds = micros_of_day / MICROS_PER_SECOND;
+    let fraction = micros_of_day % MICROS_PER_SECOND;
+    let _ = write!(
+        text,
+        "{:02}:{:02}:{:02}",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
+    );
+    if fraction != 0 {
+        let _ = write!(text, ".{fraction:06}");
+    }
+}
+
+fn time_of_day(micros: i64, type_name: &'static str) -> Result<String, ValueError> {
+    if !(0..=MICROS_PER_DAY).contains(&micros) {
+        return Err(bad(
+            type_name,
+            format!("{micros} µs is outside 00:00:00–24:00:00"),
+        ));
+    }
+    let mut text = String::with_capacity(21);
+    push_clock(&mut text, micros);
+    Ok(text)
+}
+
+fn push_offset(text: &mut String, offset_seconds: i64) {
+    let sign = if offset_seconds < 0 { '-' } else { '+' };
+    let total = offset_seconds.abs();
+    let _ = write!(text, "{sign}{:02}:{:02}", total / 3600, total / 60 % 60);
+    if total % 60 != 0 {
+        let _ = write!(text, ":{:02}", total % 60);
+    }
+}
+
+fn timestamp(micros: i64) -> Value<'static> {
+    match micros {
+        i64::MAX => Value::Str(Cow::Borrowed("infinity")),
+        i64::MIN => Value::Str(Cow::Borrowed("-infinity")),
+        micros => {
+            let days = micros.div_euclid(MICROS_PER_DAY);
+            let of_day = micros.rem_euclid(MICROS_PER_DAY);
+            let (year, month, day) = civil_from_days(days + PG_EPOCH_DAYS);
+            let mut text = String::with_capacity(32);
+            push_year(&mut text, year);
+            let _ = write!(text, "-{month:02}-{day:02}T");
+            push_clock(&mut text, of_day);
+            text.push_str("+00:00");
+            Value::Str(Cow::Owned(text))
+        }
+    }
+}
+
+/// `interval` as an ISO 8601 duration, as PostgreSQL's `IntervalStyle = iso_8601` prints it.
+fn interval(raw: &[u8]) -> Result<String, ValueError> {
+    let mut reader = Reader::new(raw, "interval");
+    let micros = i64::from_be_bytes(fixed(reader.take(8)?, "interval")?);
+    let days = reader.i32()?;
+    let months = reader.i32()?;
+    reader.done()?;
+    if micros == i64::MAX && days == i32::MAX && months == i32::MAX {
+        return Ok("infinity".into());
+    }
+    if micros == i64::MIN && days == i32::MIN && months == i32::MIN {
+        return Ok("-infinity".into());
+    }
+    if micros == 0 && days == 0 && months == 0 {
+        return Ok("PT0S".into());
+    }
+    let mut text = String::from("P");
+    let (years, months) = (months / 12, months % 12);
+    for (amount, unit) in [
+        (i64::from(years), 'Y'),
+        (i64::from(months), 'M'),
+        (i64::from(days), 'D'),
+    ] {
+        if amount != 0 {
+            let _ = write!(text, "{amount}{unit}");
+        }
+    }
+    if micros != 0 {
+        text.push('T');
+        let hours = micros / (3600 * MICROS_PER_SECOND);
+        let minutes = micros / (60 * MICROS_PER_SECOND) % 60;
+        let sub_minute = micros % (60 * MICROS_PER_SECOND);
+        if hours != 0 {
+            let _ = write!(text, "{hours}H");
+        }
+        if minutes != 0 {
+            let _ = write!(text, "{minutes}M");
+        }
+        if sub_minute != 0 {
+            let sign = if sub_minute < 0 { "-" } else { "" };
+            let abs = sub_minute.abs();
+            let _ = write!(text, "{sign}{}", abs / MICROS_PER_SECOND);
+            let fraction = abs % MICROS_PER_SECOND;
+            if fraction != 0 {
+                let digits = format!("{fraction:06}");
+                let _ = write!(text, ".{}", digits.trim_end_matches('0'));
+            }
+            text.push('S');
+        }
+    }
+    Ok(text)
+}
+
+fn scaled_decimal(value: i64, scale: u32) -> String {
+    let negative = value < 0;
+    let digits = value.unsigned_abs().to_string();
+    let scale = scale as usize;
+    let mut text = String::with_capacity(digits.len() + 3);
+    if negative {
+        text.push('-');
+    }
+    if scale == 0 {
+        text.push_str(&digits);
+    } else if digits.len() > scale {
+        text.push_str(&digits[..digits.len() - scale]);
+        text.push('.');
+        text.push_str(&digits[digits.len() - scale..]);
+    } else {
+        text.push_str("0.");
+        text.push_str(&"0".repeat(scale - digits.len()));
+        text.push_str(&digits);
+    }
+    text
+}
+
+fn inet(raw: &[u8]) -> Result<String, ValueError> {
+    const NAME: &str = "inet";
+    let mut reader = Reader::new(raw, NAME);
+    let family = reader.u8()?;
+    let bits = reader.u8()?;
+    let is_cidr = reader.u8()? != 0;
+    let length = reader.u8()?;
+    let address = reader.take(usize::from(length))?;
+    reader.done()?;
+    let (text, max_bits) = match (family, address.len()) {
+        (2, 4) => (
+            std::net::Ipv4Addr::from(fixed::<4>(address, NAME)?).to_string(),
+            32,
+        ),
+        (3, 16) => (
+            std::net::Ipv6Addr::from(fixed::<16>(address, NAME)?).to_string(),
+            128,
+        ),
+        _ => {
+            return Err(bad(
+                NAME,
+                format!("family {family} with {} address bytes", address.len()),
+            ))
+        }
+    };
+    if bits > max_bits {
+        return Err(bad(
+            NAME,
+            format!("netmask /{bits} longer than the address"),
+        ));
+    }
+    Ok(if is_cidr || bits != max_bits {
+        format!("{text}/{bits}")
+    } else {
+        text
+    })
+}
+
+fn mac(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn bit_string(raw: &[u8], type_name: &'static str) -> Result<String, ValueError> {
+    let mut reader = Reader::new(raw, type_name);
+    let bits = usize::try_from(reader.i32()?).map_err(|_| bad(type_name, "negative bit length"))?;
+    let bytes = reader.take(bits.div_ceil(8))?;
+    reader.done()?;
+    Ok((0..bits)
+        .map(|bit| {
+            if bytes[bit / 8] & (0x80 >> (bit % 8)) != 0 {
+                '1'
+            } else {
+                '0'
+            }
+        })
+        .collect())
+}
+
+fn hstore(raw: &[u8]) -> Result<Value<'_>, ValueError> {
+    const NAME: &str = "hstore";
+    let mut reader = Reader::new(raw, NAME);
+    let count = usize::try_from(reader.i32()?).map_err(|_| bad(NAME, "negative pair count"))?;
+    let mut pairs = Vec::with_capacity(count.min(raw.len() / 8));
+    for _ in 0..count {
+        let key_len =
+            usize::try_from(reader.i32()?).map_err(|_| bad(NAME, "NULL or negative key length"))?;
+        let key = utf8(reader.take(key_len)?, NAME)?;
+        let value_len = reader.i32()?;
+        let value = if value_len == -1 {
+            Value::Null
+        } else {
+            let len = usize::try_from(value_len).map_err(|_| bad(NAME, "negative value length"))?;
+            Value::Str(Cow::Borrowed(utf8(reader.take(len)?, NAME)?))
+        };
+        pairs.push((Cow::Borrowed(key), value));
+    }
+    reader.done()?;
+    Ok(Value::Object(pairs))
+}
+
+fn array<'a>(element: &TypeCodec, raw: &'a [u8]) -> Result<Value<'a>, ValueError> {
+    const NAME: &str = "array";
+    let mut reader = Reader::new(raw, NAME);
+    let ndim = usize::try_from(reader.i32()?).map_err(|_| bad(NAME, "negative dimension count"))?;
+    if ndim > 6 {
+        return Err(bad(
+            NAME,
+            format!("{ndim} dimensions, PostgreSQL allows at most 6"),
+        ));
+    }
+    let _has_nulls = reader.i32()?;
+    let _element_oid = reader.i32()?;
+    let mut dims = Vec::with_capacity(ndim);
+    for _ in 0..ndim {
+        let size =
+            usize::try_from(reader.i32()?).map_err(|_| bad(NAME, "negative dimension size"))?;
+        let _lower_bound = reader.i32()?;
+        dims.push(size);
+    }
+    if ndim == 0 {
+        reader.done()?;
+        return Ok(Value::Array(Vec::new()));
+    }
+    let total = dims
+        .iter()
+        .try_fold(1usize, |acc, size| acc.checked_mul(*size));
+    let total = total
+        .filter(|total| *total <= raw.len() / 4 + 1)
+        .ok_or_else(|| bad(NAME, "dimensions larger than the value"))?;
+    let mut flat = Vec::with_capacity(total);
+    for _ in 0..total {
+        let len = reader.i32()?;
+        if len == -1 {
+            flat.push(Value::Null);
+        } else {
+            let len = usize::try_from(len).map_err(|_| bad(NAME, "negative element length"))?;
+            flat.push(decode(element, reader.take(len)?)?);
+        }
+    }
+    reader.done()?;
+    Ok(nest(&dims, &mut flat.into_iter()))
+}
+
+fn nest<'a>(dims: &[usize], flat: &mut impl Iterator<Item = Value<'a>>) -> Value<'a> {
+    match dims.split_first() {
+        Some((size, [])) => Value::Array(flat.take(*size).collect()),
+        Some((size, rest)) => Value::Array((0..*size).map(|_| nest(rest, flat)).collect()),
+        None => Value::Array(Vec::new()),
+    }
+}
+
+impl Value<'_> {
+    /// Appends this value as JSON text.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            Value::Null => out.extend_from_slice(b"null"),
+            Value::Bool(true) => out.extend_from_slice(b"true"),
+            Value::Bool(false) => out.extend_from_slice(b"false"),
+            Value::Int(value) => {
+                let _ = std::io::Write::write_fmt(out, format_args!("{value}"));
+            }
+            Value::Float(value) => out.extend_from_slice(format_float(*value).as_bytes()),
+            Value::Number(text) => out.extend_from_slice(text.as_bytes()),
+            Value::Str(text) => write_string(text, out),
+            Value::RawJson(text) => out.extend_from_slice(text.as_bytes()),
+            Value::Array(items) => {
+                out.push(b'[');
+                for (index, item) in items.iter().enumerate() {
+                    if index > 0 {
+                        out.push(b',');
+                    }
+                    item.write_json(out);
+                }
+                out.push(b']');
+            }
+            Value::Object(pairs) => {
+                out.push(b'{');
+                for (index, (key, value)) in pairs.iter().enumerate() {
+                    if index > 0 {
+                        out.push(b',');
+                    }
+                    write_string(key, out);
+                    out.push(b':');
+                    value.write_json(out);
+                }
+                out.push(b'}');
+            }
+        }
+    }
+
+    /// This value as JSON text.
+    pub fn to_json_string(&self) -> String {
+        let mut out = Vec::new();
+        self.write_json(&mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// The text a key column contributes to a document key: strings as they are, numbers as
+    /// their literal, anything else as its JSON text.
+    pub fn key_text(&self) -> Cow<'_, str> {
+        match self {
+            Value::Str(text) => Cow::Borrowed(text),
+            Value::Number(text) => Cow::Borrowed(text),
+            Value::Int(value) => Cow::Owned(value.to_string()),
+            Value::Bool(value) => Cow::Borrowed(if *value { "true" } else { "false" }),
+            other => Cow::Owned(other.to_json_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(codec: &TypeCodec, raw: &[u8]) -> String {
+        decode(codec, raw).unwrap().to_json_string()
+    }
+
+    fn numeric_bytes(weight: i16, sign: u16, dscale: u16, digits: &[i16]) -> Vec<u8> {
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&(digits.len() as i16).to_be_bytes());
+        raw.extend_from_slice(&weight.to_be_bytes());
+        raw.extend_from_slice(&sign.to_be_bytes());
+        raw.extend_from_slice(&dscale.to_be_bytes());
+        for digit in digits {
+            raw.extend_from_slice(&digit.to_be_bytes());
+        }
+        raw
+    }
+
+    #[test]
+    fn integers_floats_and_booleans() {
+        assert_eq!(json(&TypeCodec::Int2, &(-2i16).to_be_bytes()), "-2");
+        assert_eq!(
+            json(&TypeCodec::Int4, &i32::MAX.to_be_bytes()),
+            "2147483647"
+        );
+        assert_eq!(
+            json(&TypeCodec::Int8, &i64::MIN.to_be_bytes()),
+            "-9223372036854775808"
+        );
+        assert_eq!(json(&TypeCodec::Oid, &u32::MAX.to_be_bytes()), "4294967295");
+        assert_eq!(json(&TypeCodec::Float4, &0.1f32.to_be_bytes()), "0.1");
+        assert_eq!(json(&TypeCodec::Float8, &0.1f64.to_be_bytes()), "0.1");
+        assert_eq!(json(&TypeCodec::Float8, &1e300f64.to_be_bytes()), "1e+300");
+        assert_eq!(json(&TypeCodec::Float8, &f64::NAN.to_be_bytes()), "\"NaN\"");
+        assert_eq!(
+            json(&TypeCodec::Float4, &f32::NEG_INFINITY.to_be_bytes()),
+            "\"-Infinity\""
+        );
+        assert_eq!(json(&TypeCodec::Bool, &[1]), "true");
+        assert!(decode(&TypeCodec::Bool, &[2]).is_err());
+        assert!(decode(&TypeCodec::Int4, &[0, 0, 1]).is_err());
+    }
+
+    #[test]
+    fn numeric_keeps_every_digit() {
+        let number = TypeCodec::Numeric(NumericOut::Number);
+        let string = TypeCodec::Numeric(NumericOut::String);
+        assert_eq!(json(&number, &numeric_bytes(0, 0, 0, &[])), "0");
+        assert_eq!(json(&number, &numeric_bytes(0, 0, 2, &[])), "0.00");
+        assert_eq!(
+            json(&number, &numeric_bytes(0, 0, 4, &[1234, 5600])),
+            "1234.5600"
+        );
+        assert_eq!(
+            json(&number, &numeric_bytes(-1, 0x4000, 4, &[12])),
+            "-0.0012"
+        );
+        assert_eq!(
+            json(&number, &numeric_bytes(5, 0, 0, &[1])),
+            "100000000000000000000"
+        );
+        assert_eq!(
+            json(&number, &numeric_bytes(0, 0, 10, &[1, 5000])),
+            "1.5000000000"
+        );
+        // 38 digits: 12345678901234567890123456789012345678
+        let digits = [12, 3456, 7890, 1234, 5678, 9012, 3456, 7890, 1234, 5678];
+        assert_eq!(
+            json(&string, &numeric_bytes(9, 0, 0, &digits)),
+            "\"12345678901234567890123456789012345678\""
+        );
+        assert_eq!(json(&number, &numeric_bytes(0, 0xC000, 0, &[])), "\"NaN\"");
+        assert_eq!(
+            json(&number, &numeric_bytes(0, 0xD000, 0, &[])),
+            "\"Infinity\""
+        );
+        assert_eq!(
+            json(&number, &numeric_bytes(0, 0xF000, 0, &[])),
+            "\"-Infinity\""
+        );
+        assert!(decode(&number, &numeric_bytes(0, 0, 0, &[10_000])).is_err());
+        assert!(decode(&number, &numeric_bytes(0, 0x1234, 0, &[])).is_err());
+        assert!(decode(&number, &numeric_bytes(0, 0, 0, &[1])[..9]).is_err());
+    }
+
+    #[test]
+    /// Expected dates were checked against PostgreSQL: `SELECT '2000-01-01'::date + n`.
+    fn dates_and_timestamps_are_iso_8601_in_utc() {
+        assert_eq!(
+            json(&TypeCodec::Date, &0i32.to_be_bytes()),
+            "\"2000-01-01T00:00:00+00:00\""
+        );
+        assert_eq!(
+            json(&TypeCodec::Date, &(-730_119i32).to_be_bytes()),
+            "\"0001-01-01T00:00:00+00:00\""
+        );
+        assert_eq!(
+            json(&TypeCodec::Date, &(-730_120i32).to_be_bytes()),
+            "\"0000-12-31T00:00:00+00:00\"",
+            "1 BC is year 0"
+        );
+        assert_eq!(
+            json(&TypeCodec::Date, &(-746_190i32).to_be_bytes()),
+            "\"-0043-01-01T00:00:00+00:00\"",
+            "44 BC"
+        );
+        assert_eq!(
+            json(&TypeCodec::Date, &2_922_790i32.to_be_bytes()),
+            "\"+10002-04-30T00:00:00+00:00\""
+        );
+        assert_eq!(
+            json(&TypeCodec::Date, &i32::MAX.to_be_bytes()),
+            "\"infinity\""
+        );
+        assert_eq!(
+            json(&TypeCodec::TimestampTz, &0i64.to_be_bytes()),
+            "\"2000-01-01T00:00:00+00:00\""
+        );
+        assert_eq!(
+            json(&TypeCodec::Timestamp, &1_500_000i64.to_be_bytes()),
+            "\"2000-01-01T00:00:01.500000+00:00\""
+        );
+        assert_eq!(
+            json(&TypeCodec::Timestamp, &(-1i64).to_be_bytes()),
+            "\"1999-12-31T23:59:59.999999+00:00\""
+        );
+        assert_eq!(
+            json(&TypeCodec::Timestamp, &i64::MIN.to_be_bytes()),
+            "\"-infinity\""
+        );
+    }
+
+    #[test]
+    fn times_keep_24_00_and_their_offsets() {
+        assert_eq!(
+            json(&TypeCodec::Time, &MICROS_PER_DAY.to_be_bytes()),
+            "\"24:00:00\""
+        );
+        assert_eq!(
+            json(&TypeCodec::Time, &3_723_000_001i64.to_be_bytes()),
+            "\"01:02:03.000001\""
+        );
+        assert!(decode(&TypeCodec::Time, &(MICROS_PER_DAY + 1).to_be_bytes()).is_err());
+        let mut timetz = (10 * 3600 * MICROS_PER_SECOND).to_be_bytes().to_vec();
+        timetz.extend_from_slice(&(-3600i32).to_be_bytes());
+        assert_eq!(json(&TypeCodec::TimeTz, &timetz), "\"10:00:00+01:00\"");
+        let mut west = 0i64.to_be_bytes().to_vec();
+        west.extend_from_slice(&(5 * 3600 + 30 * 60i32).to_be_bytes());
+        assert_eq!(json(&TypeCodec::TimeTz, &west), "\"00:00:00-05:30\"");
+    }
+
+    #[test]
+    fn intervals_are_iso_8601_durations() {
+        let interval = |micros: i64, days: i32, months: i32| {
+            let mut raw = micros.to_be_bytes().to_vec();
+            raw.extend_from_slice(&days.to_be_bytes());
+            raw.extend_from_slice(&months.to_be_bytes());
+            json(&TypeCodec::Interval, &raw)
+        };
+        assert_eq!(interval(0, 0, 0), "\"PT0S\"");
+        assert_eq!(
+            interval(4 * 3_600_000_000 + 5 * 60_000_000 + 6_500_000, 3, 14),
+            "\"P1Y2M3DT4H5M6.5S\""
+        );
+        assert_eq!(interval(-1_500_000, 0, 0), "\"PT-1.5S\"");
+        assert_eq!(interval(0, -1, -1), "\"P-1M-1D\"");
+    }
+
+    #[test]
+    fn network_identifier_and_bit_types() {
+        assert_eq!(
+            json(&TypeCodec::Inet, &[2, 32, 0, 4, 192, 168, 0, 1]),
+            "\"192.168.0.1\""
+        );
+        assert_eq!(
+            json(&TypeCodec::Inet, &[2, 24, 0, 4, 192, 168, 0, 1]),
+            "\"192.168.0.1/24\""
+        );
+        assert_eq!(
+            json(&TypeCodec::Inet, &[2, 8, 1, 4, 10, 0, 0, 0]),
+            "\"10.0.0.0/8\""
+        );
+        let mut v6 = vec![3, 128, 0, 16];
+        v6.extend_from_slice(&[0; 15]);
+        v6.push(1);
+        assert_eq!(json(&TypeCodec::Inet, &v6), "\"::1\"");
+        assert!(decode(&TypeCodec::Inet, &[2, 33, 0, 4, 1, 2, 3, 4]).is_err());
+        assert_eq!(
+            json(&TypeCodec::MacAddr, &[8, 0, 0x2b, 1, 2, 3]),
+            "\"08:00:2b:01:02:03\""
+        );
+        assert_eq!(
+            json(
+                &TypeCodec::Uuid,
+                &[
+                    0xa0, 0xee, 0xbc, 0x99, 0x9c, 0x0b, 0x4e, 0xf8, 0xbb, 0x6d, 0x6b, 0xb9, 0xbd,
+                    0x38, 0x0a, 0x11
+                ]
+            ),
+            "\"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\""
+        );
+        assert_eq!(
+            json(&TypeCodec::Bit { single: true }, &[0, 0, 0, 1, 0x80]),
+            "true"
+        );
+        assert_eq!(
+            json(&TypeCodec::Bit { single: false }, &[0, 0, 0, 3, 0xA0]),
+            "\"101\""
+        );
+        assert_eq!(json(&TypeCodec::VarBit, &[0, 0, 0, 0]), "\"\"");
+        assert_eq!(json(&TypeCodec::Bytea, &[0xde, 0xad]), "\"\\\\xdead\"");
+        assert_eq!(
+            json(&TypeCodec::Money { frac_digits: 2 }, &(-5i64).to_be_bytes()),
+            "\"-0.05\""
+        );
+        assert_eq!(
+            json(
+                &TypeCodec::Money { frac_digits: 2 },
+                &123_456i64.to_be_bytes()
+            ),
+            "\"1234.56\""
+        );
+    }
+
+    #[test]
+    fn structured_types_keep_their_structure() {
+        assert_eq!(
+            json(&TypeCodec::Jsonb, b"\x01{\"a\": [1, 2.50]}"),
+            "{\"a\": [1, 2.50]}"
+        );
+        assert!(decode(&TypeCodec::Jsonb, b"\x02{}").is_err());
+        assert!(decode(&TypeCodec::Json, b"{oops").is_err());
+        let mut hstore = 2i32.to_be_bytes().to_vec();
+        for (key, value) in [("a", Some("1")), ("b\"", None)] {
+            hstore.extend_from_slice(&(key.len() as i32).to_be_bytes());
+            hstore.extend_from_slice(key.as_bytes());
+            match value {
+                Some(value) => {
+                    hstore.extend_from_slice(&(value.len() as i32).to_be_bytes());
+                    hstore.extend_from_slice(value.as_bytes());
+                }
+                None => hstore.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        assert_eq!(
+            json(&TypeCodec::Hstore, &hstore),
+            "{\"a\":\"1\",\"b\\\"\":null}"
+        );
+        // int4[2][2] = {{1,2},{3,NULL}}
+        let mut array = Vec::new();
+        for word in [2i32, 1, 23, 2, 1, 2, 1] {
+            array.extend_from_slice(&word.to_be_bytes());
+        }
+        for value in [Some(1i32), Some(2), Some(3), None] {
+            match value {
+                Some(value) => {
+                    array.extend_from_slice(&4i32.to_be_bytes());
+                    array.extend_from_slice(&value.to_be_bytes());
+                }
+                None => array.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        let int_array = TypeCodec::Array(Box::new(TypeCodec::Int4));
+        assert_eq!(json(&int_array, &array), "[[1,2],[3,null]]");
+        let empty = [0i32, 0, 23]
+            .iter()
+            .flat_map(|w| w.to_be_bytes())
+            .collect::<Vec<_>>();
+        assert_eq!(json(&int_array, &empty), "[]");
+        let huge = [1i32, 0, 23, i32::MAX, 1]
+            .iter()
+            .flat_map(|w| w.to_be_bytes())
+            .collect::<Vec<_>>();
+        assert!(
+            decode(&int_array, &huge).is_err(),
+            "dimensions beyond the data are refused before allocating"
+        );
+    }
+
+    #[test]
+    fn key_text_is_the_plain_value() {
+        assert_eq!(
+            decode(&TypeCodec::Int4, &7i32.to_be_bytes())
+                .unwrap()
+                .key_text(),
+            "7"
+        );
+        assert_eq!(decode(&TypeCodec::Text, b"a b").unwrap().key_text(), "a b");
+        let numeric = numeric_bytes(0, 0, 2, &[1, 5000]);
+        assert_eq!(
+            decode(&TypeCodec::Numeric(NumericOut::String), &numeric)
+                .unwrap()
+                .key_text(),
+            "1.50"
+        );
+    }
+}
