@@ -1,6 +1,7 @@
 //! The PostgreSQL wire client, hand-built on `postgres-protocol`: connections, authentication,
 //! TLS, the simple query protocol, COPY streams and the replication protocol.
 
+pub mod catalog;
 pub mod conn;
 pub mod copy;
 pub mod error;

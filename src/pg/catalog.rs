@@ -1,0 +1,511 @@
+//! Discovery: tables and views, their columns and types, keys, replica identity, row estimates.
+//!
+//! Types are resolved once per column: a domain to its base type (through any depth of
+//! domains), an array to its element, extension types (`hstore`, `citext`) by name, enums to
+//! text. [`Column::codec`] then says how the snapshot decodes the column's binary values, and
+//! whether the query must select it as `::text` (types without a binary decoder here).
+//!
+//! Key columns are the primary key, else the columns of the replica identity index; a table
+//! with neither has no key (`check` and the run say how to add one).
+
+use std::collections::HashMap;
+
+use crate::decode::value::{NumericOut, TypeCodec};
+use crate::pg::query::quote_literal;
+use crate::pg::{Connection, PgError};
+
+/// What kind of relation a table is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelationKind {
+    /// An ordinary table.
+    Table,
+    /// A partitioned table (its partitions hold the rows).
+    PartitionedTable,
+    /// A view: FULL_TABLE only.
+    View,
+    /// A materialized view: FULL_TABLE only.
+    MaterializedView,
+    /// A foreign table: FULL_TABLE only.
+    ForeignTable,
+}
+
+impl RelationKind {
+    /// Whether changes to it are decoded from WAL (views and foreign tables have none).
+    pub fn supports_log_based(self) -> bool {
+        matches!(self, RelationKind::Table | RelationKind::PartitionedTable)
+    }
+
+    /// Whether the old source's catalog marks it `is-view`.
+    pub fn is_view(self) -> bool {
+        matches!(self, RelationKind::View | RelationKind::MaterializedView)
+    }
+}
+
+/// `pg_class.relreplident`: what an UPDATE/DELETE logs of the old row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaIdentity {
+    /// The primary key (if any).
+    Default,
+    /// Nothing: UPDATE/DELETE carry no old key.
+    Nothing,
+    /// Every column.
+    Full,
+    /// The columns of a chosen unique index.
+    Index,
+}
+
+/// Where a table's key columns come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource {
+    /// The primary key.
+    PrimaryKey,
+    /// The replica identity index.
+    ReplicaIdentityIndex,
+    /// No key: rows cannot be matched for update or delete.
+    None,
+}
+
+/// A type as the catalog describes it, with what decoding needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeInfo {
+    /// `pg_type.oid`.
+    pub oid: u32,
+    /// `pg_type.typname`.
+    pub name: String,
+    /// `pg_type.typtype`: b base, c composite, d domain, e enum, p pseudo, r range, m multirange.
+    pub kind: char,
+    /// Element type of an array type (0 otherwise).
+    pub element: u32,
+    /// Base type of a domain (0 otherwise).
+    pub base: u32,
+    /// Type modifier a domain applies to its base (-1 none).
+    pub domain_typmod: i32,
+}
+
+/// One column of a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Column name.
+    pub name: String,
+    /// `pg_attribute.attnum`.
+    pub position: i16,
+    /// The declared type, as `format_type` prints it (e.g. `numeric(12,2)`, `my_domain`).
+    pub type_name: String,
+    /// The declared type's OID.
+    pub type_oid: u32,
+    /// The type modifier (precision/length), after resolving domains (-1 none).
+    pub typmod: i32,
+    /// Whether the column is NOT NULL.
+    pub not_null: bool,
+    /// The resolved type chain: the declared type, then bases/elements as needed.
+    pub resolved: ResolvedType,
+}
+
+/// A column type with domains resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolvedType {
+    /// A scalar type: its OID and name after domain resolution, and its `typtype`.
+    Scalar {
+        /// Base type OID.
+        oid: u32,
+        /// Base type name.
+        name: String,
+        /// `typtype` of the base.
+        kind: char,
+    },
+    /// An array of a resolved element type.
+    Array(Box<ResolvedType>),
+}
+
+/// A table or view with its columns and keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    /// `pg_class.oid`.
+    pub oid: u32,
+    /// Schema name.
+    pub schema: String,
+    /// Table name.
+    pub name: String,
+    /// Table, view, …
+    pub kind: RelationKind,
+    /// The planner's row estimate (`reltuples`, -1 when never analyzed on PG ≥ 14).
+    pub row_estimate: i64,
+    /// On-disk size of the main fork, for "largest first".
+    pub size_bytes: i64,
+    /// `relreplident`.
+    pub replica_identity: ReplicaIdentity,
+    /// Columns in attnum order.
+    pub columns: Vec<Column>,
+    /// Key column names, in key order.
+    pub key_columns: Vec<String>,
+    /// Where the key comes from.
+    pub key_source: KeySource,
+}
+
+impl Table {
+    /// `schema-table`, the old source's stream id.
+    pub fn stream_id(&self) -> String {
+        format!("{}-{}", self.schema, self.name)
+    }
+
+    /// `"schema"."table"`, quoted for SQL.
+    pub fn qualified_name(&self) -> String {
+        format!(
+            "{}.{}",
+            crate::pg::query::quote_identifier(&self.schema),
+            crate::pg::query::quote_identifier(&self.name)
+        )
+    }
+}
+
+/// How users want `numeric` columns written (see `DESIGN.md`, "Values and keys").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NumericMode {
+    /// Numbers for `numeric(p,s)` with p ≤ 15, strings otherwise.
+    #[default]
+    Auto,
+    /// Always numbers (precision beyond 15 digits is rounded by GDN).
+    Number,
+    /// Always strings.
+    String,
+}
+
+/// Largest precision GDN stores exactly as a double.
+const EXACT_DOUBLE_DIGITS: i32 = 15;
+
+impl Column {
+    /// How to decode this column's binary values, and whether to select it as `::text`.
+    pub fn codec(&self, numeric_mode: NumericMode) -> (TypeCodec, bool) {
+        match codec_for(&self.resolved, self.typmod, numeric_mode) {
+            Some(codec) => (codec, false),
+            None => (TypeCodec::Text, true),
+        }
+    }
+}
+
+fn codec_for(resolved: &ResolvedType, typmod: i32, numeric_mode: NumericMode) -> Option<TypeCodec> {
+    let (oid, name, kind) = match resolved {
+        ResolvedType::Array(element) => {
+            // Element typmods are the column's typmod too (e.g. numeric(5,2)[]).
+            return codec_for(element, typmod, numeric_mode)
+                .map(|codec| TypeCodec::Array(Box::new(codec)));
+        }
+        ResolvedType::Scalar { oid, name, kind } => (*oid, name.as_str(), *kind),
+    };
+    if kind == 'e' {
+        return Some(TypeCodec::Text);
+    }
+    Some(match oid {
+        16 => TypeCodec::Bool,
+        17 => TypeCodec::Bytea,
+        18 => TypeCodec::Char,
+        19 | 25 | 142 | 1042 | 1043 => TypeCodec::Text,
+        20 => TypeCodec::Int8,
+        21 => TypeCodec::Int2,
+        23 => TypeCodec::Int4,
+        26 => TypeCodec::Oid,
+        114 => TypeCodec::Json,
+        650 | 869 => TypeCodec::Inet,
+        700 => TypeCodec::Float4,
+        701 => TypeCodec::Float8,
+        774 => TypeCodec::MacAddr8,
+        790 => TypeCodec::Money { frac_digits: 2 },
+        829 => TypeCodec::MacAddr,
+        1082 => TypeCodec::Date,
+        1083 => TypeCodec::Time,
+        1114 => TypeCodec::Timestamp,
+        1184 => TypeCodec::TimestampTz,
+        1186 => TypeCodec::Interval,
+        1266 => TypeCodec::TimeTz,
+        1560 => TypeCodec::Bit {
+            single: typmod == 1,
+        },
+        1562 => TypeCodec::VarBit,
+        1700 => TypeCodec::Numeric(numeric_out(typmod, numeric_mode)),
+        2950 => TypeCodec::Uuid,
+        3802 => TypeCodec::Jsonb,
+        _ if name == "hstore" => TypeCodec::Hstore,
+        _ if name == "citext" => TypeCodec::Text,
+        _ => return None,
+    })
+}
+
+/// Number or string for a numeric column with `typmod`, per the mode.
+pub fn numeric_out(typmod: i32, mode: NumericMode) -> NumericOut {
+    match mode {
+        NumericMode::Number => NumericOut::Number,
+        NumericMode::String => NumericOut::String,
+        NumericMode::Auto => {
+            let precision = if typmod >= 4 {
+                ((typmod - 4) >> 16) & 0xFFFF
+            } else {
+                i32::MAX
+            };
+            if precision <= EXACT_DOUBLE_DIGITS {
+                NumericOut::Number
+            } else {
+                NumericOut::String
+            }
+        }
+    }
+}
+
+fn parse<T: std::str::FromStr>(value: Option<&str>, what: &'static str) -> Result<T, PgError> {
+    value
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| PgError::protocol("reading the catalog", format!("unexpected {what}")))
+}
+
+/// Reads the selected tables: `schemas` (all when empty), optionally only `table`.
+pub async fn discover(
+    connection: &mut Connection,
+    schemas: &[String],
+    table: Option<&str>,
+) -> Result<Vec<Table>, PgError> {
+    let mut filter = String::from("n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'");
+    if !schemas.is_empty() {
+        let list: Vec<String> = schemas.iter().map(|schema| quote_literal(schema)).collect();
+        filter.push_str(&format!(" AND n.nspname IN ({})", list.join(", ")));
+    }
+    if let Some(table) = table {
+        filter.push_str(&format!(" AND c.relname = {}", quote_literal(table)));
+    }
+    let relations = connection
+        .query(&format!(
+            "SELECT c.oid, n.nspname, c.relname, c.relkind, c.reltuples::bigint, \
+                    pg_relation_size(c.oid), c.relreplident \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition AND {filter} \
+             ORDER BY n.nspname, c.relname"
+        ))
+        .await?;
+    if relations.is_empty() {
+        return Ok(Vec::new());
+    }
+    let oids: Vec<&str> = relations.iter().filter_map(|row| row.get(0)).collect();
+    let oid_list = oids.join(",");
+    let columns = connection
+        .query(&format!(
+            "SELECT a.attrelid, a.attnum, a.attname, a.atttypid, a.atttypmod, \
+                    format_type(a.atttypid, a.atttypmod), a.attnotnull \
+             FROM pg_attribute a \
+             WHERE a.attrelid IN ({oid_list}) AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attrelid, a.attnum"
+        ))
+        .await?;
+    let keys = connection
+        .query(&format!(
+            "SELECT i.indrelid, i.indisprimary, a.attname \
+             FROM pg_index i \
+             CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid IN ({oid_list}) AND (i.indisprimary OR i.indisreplident) \
+             ORDER BY i.indrelid, i.indisprimary DESC, k.ord"
+        ))
+        .await?;
+    let mut type_oids: Vec<u32> = columns
+        .iter()
+        .filter_map(|row| row.get(3)?.parse().ok())
+        .collect();
+    let types = load_types(connection, &mut type_oids).await?;
+
+    let mut tables = Vec::with_capacity(relations.len());
+    for row in &relations {
+        let oid: u32 = parse(row.get(0), "relation oid")?;
+        let kind = match row.get(3) {
+            Some("r") => RelationKind::Table,
+            Some("p") => RelationKind::PartitionedTable,
+            Some("v") => RelationKind::View,
+            Some("m") => RelationKind::MaterializedView,
+            _ => RelationKind::ForeignTable,
+        };
+        let replica_identity = match row.get(6) {
+            Some("n") => ReplicaIdentity::Nothing,
+            Some("f") => ReplicaIdentity::Full,
+            Some("i") => ReplicaIdentity::Index,
+            _ => ReplicaIdentity::Default,
+        };
+        let mut table_columns = Vec::new();
+        for column in columns.iter().filter(|column| column.get(0) == row.get(0)) {
+            let type_oid: u32 = parse(column.get(3), "type oid")?;
+            let mut typmod: i32 = parse(column.get(4), "typmod")?;
+            let resolved = resolve(type_oid, &types, &mut typmod, 0)?;
+            table_columns.push(Column {
+                name: column.get(2).unwrap_or_default().to_owned(),
+                position: parse(column.get(1), "attnum")?,
+                type_name: column.get(5).unwrap_or_default().to_owned(),
+                type_oid,
+                typmod,
+                not_null: column.get(6) == Some("t"),
+                resolved,
+            });
+        }
+        let table_keys: Vec<_> = keys.iter().filter(|key| key.get(0) == row.get(0)).collect();
+        let primary: Vec<String> = table_keys
+            .iter()
+            .filter(|key| key.get(1) == Some("t"))
+            .filter_map(|key| key.get(2).map(str::to_owned))
+            .collect();
+        let identity: Vec<String> = table_keys
+            .iter()
+            .filter(|key| key.get(1) == Some("f"))
+            .filter_map(|key| key.get(2).map(str::to_owned))
+            .collect();
+        let (key_columns, key_source) = if !primary.is_empty() {
+            (primary, KeySource::PrimaryKey)
+        } else if !identity.is_empty() {
+            (identity, KeySource::ReplicaIdentityIndex)
+        } else {
+            (Vec::new(), KeySource::None)
+        };
+        tables.push(Table {
+            oid,
+            schema: row.get(1).unwrap_or_default().to_owned(),
+            name: row.get(2).unwrap_or_default().to_owned(),
+            kind,
+            row_estimate: parse(row.get(4), "row estimate")?,
+            size_bytes: parse(row.get(5), "relation size")?,
+            replica_identity,
+            columns: table_columns,
+            key_columns,
+            key_source,
+        });
+    }
+    Ok(tables)
+}
+
+/// Loads `pg_type` rows for `oids` and, transitively, their domain bases and array elements.
+async fn load_types(
+    connection: &mut Connection,
+    oids: &mut Vec<u32>,
+) -> Result<HashMap<u32, TypeInfo>, PgError> {
+    let mut types = HashMap::new();
+    // Each round resolves one more level of domains/elements; PostgreSQL nests them shallowly.
+    for _ in 0..16 {
+        oids.retain(|oid| *oid != 0 && !types.contains_key(oid));
+        oids.sort_unstable();
+        oids.dedup();
+        if oids.is_empty() {
+            break;
+        }
+        let list = oids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let rows = connection
+            .query(&format!("SELECT oid, typname, typtype, typelem, typbasetype, typtypmod FROM pg_type WHERE oid IN ({list})"))
+            .await?;
+        oids.clear();
+        for row in rows {
+            let info = TypeInfo {
+                oid: parse(row.get(0), "type oid")?,
+                name: row.get(1).unwrap_or_default().to_owned(),
+                kind: row
+                    .get(2)
+                    .and_then(|kind| kind.chars().next())
+                    .unwrap_or('b'),
+                element: parse(row.get(3), "typelem")?,
+                base: parse(row.get(4), "typbasetype")?,
+                domain_typmod: parse(row.get(5), "typtypmod")?,
+            };
+            oids.push(info.element);
+            oids.push(info.base);
+            types.insert(info.oid, info);
+        }
+    }
+    Ok(types)
+}
+
+fn resolve(
+    oid: u32,
+    types: &HashMap<u32, TypeInfo>,
+    typmod: &mut i32,
+    depth: u32,
+) -> Result<ResolvedType, PgError> {
+    let info = types.get(&oid).filter(|_| depth < 32).ok_or_else(|| {
+        PgError::protocol(
+            "reading the catalog",
+            format!("type {oid} could not be resolved"),
+        )
+    })?;
+    if info.kind == 'd' {
+        if *typmod < 0 {
+            *typmod = info.domain_typmod;
+        }
+        return resolve(info.base, types, typmod, depth + 1);
+    }
+    // Array types have typelem set and are named with a leading underscore by convention;
+    // fixed-length types like `name` or `point` also have typelem but subscript differently.
+    if info.element != 0 && info.name.starts_with('_') {
+        return Ok(ResolvedType::Array(Box::new(resolve(
+            info.element,
+            types,
+            typmod,
+            depth + 1,
+        )?)));
+    }
+    Ok(ResolvedType::Scalar {
+        oid: info.oid,
+        name: info.name.clone(),
+        kind: info.kind,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_columns_are_numbers_up_to_15_digits_in_auto_mode() {
+        let typmod = |precision: i32, scale: i32| ((precision << 16) | scale) + 4;
+        assert_eq!(
+            numeric_out(typmod(15, 2), NumericMode::Auto),
+            NumericOut::Number
+        );
+        assert_eq!(
+            numeric_out(typmod(16, 2), NumericMode::Auto),
+            NumericOut::String
+        );
+        assert_eq!(numeric_out(-1, NumericMode::Auto), NumericOut::String);
+        assert_eq!(numeric_out(-1, NumericMode::Number), NumericOut::Number);
+        assert_eq!(
+            numeric_out(typmod(5, 0), NumericMode::String),
+            NumericOut::String
+        );
+    }
+
+    #[test]
+    fn unknown_types_are_read_as_text() {
+        let column = Column {
+            name: "p".into(),
+            position: 1,
+            type_name: "point".into(),
+            type_oid: 600,
+            typmod: -1,
+            not_null: false,
+            resolved: ResolvedType::Scalar {
+                oid: 600,
+                name: "point".into(),
+                kind: 'b',
+            },
+        };
+        assert_eq!(column.codec(NumericMode::Auto), (TypeCodec::Text, true));
+        let bits = Column {
+            resolved: ResolvedType::Array(Box::new(ResolvedType::Scalar {
+                oid: 1560,
+                name: "bit".into(),
+                kind: 'b',
+            })),
+            typmod: 1,
+            ..column
+        };
+        assert_eq!(
+            bits.codec(NumericMode::Auto),
+            (
+                TypeCodec::Array(Box::new(TypeCodec::Bit { single: true })),
+                false
+            )
+        );
+    }
+}
