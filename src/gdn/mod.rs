@@ -1,3 +1,4 @@
 //! GDN as a destination and a source: keys, batching, the HTTP/2 writer, readers.
 
+pub mod document;
 pub mod keys;

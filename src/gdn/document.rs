@@ -1,0 +1,346 @@
+//! Rows → GDN documents: `{"_key": …, "<attribute>": <value>, …}` as JSON bytes.
+//!
+//! A [`DocumentPlan`] is made once per table from the catalog: attribute names (reserved names
+//! renamed), one codec per column, and which columns form the key. Encoding a row then writes
+//! straight into a byte buffer: values go from the binary field to JSON text with no
+//! intermediate tree, and the key is derived from the same decoded values.
+
+use crate::decode::copy_binary::CopyRow;
+use crate::decode::value::{decode, TypeCodec, Value, ValueError};
+use crate::gdn::keys::{document_attribute_names, DocumentKey};
+use crate::pg::catalog::{NumericMode, Table};
+
+/// Why a row could not become a document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DocumentError {
+    /// A field could not be decoded.
+    #[error("table {table}, column {column:?}: {source}")]
+    Value {
+        /// `schema.table`.
+        table: String,
+        /// The column.
+        column: String,
+        /// The decoding error.
+        source: ValueError,
+    },
+    /// A key column is NULL (possible with a replica identity index over nullable columns).
+    #[error("table {table}: key column {column:?} is NULL, so the row has no document key")]
+    NullKey {
+        /// `schema.table`.
+        table: String,
+        /// The key column.
+        column: String,
+    },
+    /// The table has no key: documents could not be updated or deleted later.
+    #[error("table {table} has no primary key or replica identity index\nHINT: add a primary key, or ALTER TABLE {table} REPLICA IDENTITY USING INDEX <unique index on NOT NULL columns>;")]
+    NoKey {
+        /// `schema.table`.
+        table: String,
+    },
+    /// The row has a different number of fields than the plan.
+    #[error("table {table}: a row has {found} fields, expected {expected}")]
+    Shape {
+        /// `schema.table`.
+        table: String,
+        /// Fields in the row.
+        found: usize,
+        /// Fields planned.
+        expected: usize,
+    },
+}
+
+/// How one table's rows become documents.
+#[derive(Debug, Clone)]
+pub struct DocumentPlan {
+    table: String,
+    columns: Vec<String>,
+    attributes: Vec<Vec<u8>>,
+    codecs: Vec<TypeCodec>,
+    text_cast: Vec<bool>,
+    key_indexes: Vec<usize>,
+    key_attribute_is_column: bool,
+}
+
+impl DocumentPlan {
+    /// Plans `table`; tables without a key get an error unless `allow_keyless` (then GDN
+    /// generates keys, which is only safe for whole-collection reloads).
+    pub fn new(
+        table: &Table,
+        numeric_mode: NumericMode,
+        allow_keyless: bool,
+    ) -> Result<DocumentPlan, DocumentError> {
+        let qualified = format!("{}.{}", table.schema, table.name);
+        if table.key_columns.is_empty() && !allow_keyless {
+            return Err(DocumentError::NoKey { table: qualified });
+        }
+        let columns: Vec<String> = table
+            .columns
+            .iter()
+            .map(|column| column.name.clone())
+            .collect();
+        let attributes = document_attribute_names(&columns, &table.key_columns);
+        let mut encoded = Vec::with_capacity(attributes.len());
+        for attribute in &attributes {
+            let mut quoted = Vec::with_capacity(attribute.len() + 3);
+            crate::decode::json_out::write_string(attribute, &mut quoted);
+            quoted.push(b':');
+            encoded.push(quoted);
+        }
+        let (codecs, text_cast) = table
+            .columns
+            .iter()
+            .map(|column| column.codec(numeric_mode))
+            .unzip();
+        let key_indexes = table
+            .key_columns
+            .iter()
+            .filter_map(|key| columns.iter().position(|column| column == key))
+            .collect();
+        Ok(DocumentPlan {
+            table: qualified,
+            key_attribute_is_column: attributes.iter().any(|attribute| attribute == "_key"),
+            columns,
+            attributes: encoded,
+            codecs,
+            text_cast,
+            key_indexes,
+        })
+    }
+
+    /// The select list for the snapshot query: columns quoted, `::text` where needed.
+    pub fn select_list(&self) -> String {
+        self.columns
+            .iter()
+            .zip(&self.text_cast)
+            .map(|(column, cast)| {
+                let quoted = crate::pg::query::quote_identifier(column);
+                if *cast {
+                    format!("{quoted}::text")
+                } else {
+                    quoted
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Number of columns a row must have.
+    pub fn width(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// Appends the row as a JSON document to `out`; returns its key (None for keyless tables).
+    pub fn encode(
+        &self,
+        row: &CopyRow,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<DocumentKey>, DocumentError> {
+        if row.len() != self.columns.len() {
+            return Err(DocumentError::Shape {
+                table: self.table.clone(),
+                found: row.len(),
+                expected: self.columns.len(),
+            });
+        }
+        let mut values = Vec::with_capacity(row.len());
+        for (index, field) in row.iter().enumerate() {
+            values.push(match field {
+                None => Value::Null,
+                Some(raw) => {
+                    decode(&self.codecs[index], raw).map_err(|source| DocumentError::Value {
+                        table: self.table.clone(),
+                        column: self.columns[index].clone(),
+                        source,
+                    })?
+                }
+            });
+        }
+        let key = if self.key_indexes.is_empty() {
+            None
+        } else {
+            let mut parts = Vec::with_capacity(self.key_indexes.len());
+            for &index in &self.key_indexes {
+                if values[index] == Value::Null {
+                    return Err(DocumentError::NullKey {
+                        table: self.table.clone(),
+                        column: self.columns[index].clone(),
+                    });
+                }
+                parts.push(values[index].key_text());
+            }
+            Some(DocumentKey::derive(&parts))
+        };
+        out.push(b'{');
+        let mut first = true;
+        if let (Some(key), false) = (&key, self.key_attribute_is_column) {
+            out.extend_from_slice(b"\"_key\":");
+            crate::decode::json_out::write_string(key.as_str(), out);
+            first = false;
+        }
+        for (index, value) in values.iter().enumerate() {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            if self.attributes[index] == b"\"_key\":" {
+                // The table's own `_key` column is its key; write the derived (valid) key.
+                out.extend_from_slice(&self.attributes[index]);
+                match &key {
+                    Some(key) => crate::decode::json_out::write_string(key.as_str(), out),
+                    None => value.write_json(out),
+                }
+                continue;
+            }
+            out.extend_from_slice(&self.attributes[index]);
+            value.write_json(out);
+        }
+        out.push(b'}');
+        Ok(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::catalog::{Column, KeySource, RelationKind, ReplicaIdentity, ResolvedType};
+    use bytes::Bytes;
+
+    fn column(name: &str, oid: u32, type_name: &str) -> Column {
+        Column {
+            name: name.into(),
+            position: 1,
+            type_name: type_name.into(),
+            type_oid: oid,
+            typmod: -1,
+            not_null: false,
+            resolved: ResolvedType::Scalar {
+                oid,
+                name: type_name.into(),
+                kind: 'b',
+            },
+        }
+    }
+
+    fn table(columns: Vec<Column>, keys: &[&str]) -> Table {
+        Table {
+            oid: 1,
+            schema: "public".into(),
+            name: "t".into(),
+            kind: RelationKind::Table,
+            row_estimate: 0,
+            size_bytes: 0,
+            replica_identity: ReplicaIdentity::Default,
+            columns,
+            key_columns: keys.iter().map(|key| key.to_string()).collect(),
+            key_source: if keys.is_empty() {
+                KeySource::None
+            } else {
+                KeySource::PrimaryKey
+            },
+        }
+    }
+
+    fn encode(
+        plan: &DocumentPlan,
+        row: Vec<Option<&'static [u8]>>,
+    ) -> (String, Option<DocumentKey>) {
+        let row: CopyRow = row
+            .into_iter()
+            .map(|field| field.map(Bytes::from_static))
+            .collect();
+        let mut out = Vec::new();
+        let key = plan.encode(&row, &mut out).unwrap();
+        (String::from_utf8(out).unwrap(), key)
+    }
+
+    #[test]
+    fn rows_become_documents_with_a_key_and_renamed_reserved_columns() {
+        let plan = DocumentPlan::new(
+            &table(
+                vec![
+                    column("id", 23, "int4"),
+                    column("_id", 25, "text"),
+                    column("note", 25, "text"),
+                ],
+                &["id"],
+            ),
+            NumericMode::Auto,
+            false,
+        )
+        .unwrap();
+        let (json, key) = encode(&plan, vec![Some(&[0, 0, 0, 7]), Some(b"x"), None]);
+        assert_eq!(json, r#"{"_key":"7","id":7,"__id":"x","note":null}"#);
+        assert_eq!(key.unwrap().as_str(), "7");
+    }
+
+    #[test]
+    fn a_key_column_named_key_is_the_documents_key() {
+        let plan = DocumentPlan::new(
+            &table(
+                vec![column("_key", 25, "text"), column("v", 23, "int4")],
+                &["_key"],
+            ),
+            NumericMode::Auto,
+            false,
+        )
+        .unwrap();
+        let (json, _) = encode(&plan, vec![Some(b"has space"), Some(&[0, 0, 0, 1])]);
+        let sha = DocumentKey::derive(&["has space"]);
+        assert_eq!(json, format!(r#"{{"_key":"{sha}","v":1}}"#));
+    }
+
+    #[test]
+    fn composite_keys_and_unknown_types() {
+        let plan = DocumentPlan::new(
+            &table(
+                vec![
+                    column("a", 25, "text"),
+                    column("b", 23, "int4"),
+                    column("p", 600, "point"),
+                ],
+                &["a", "b"],
+            ),
+            NumericMode::Auto,
+            false,
+        )
+        .unwrap();
+        assert_eq!(plan.select_list(), "\"a\", \"b\", \"p\"::text");
+        let (json, key) = encode(
+            &plan,
+            vec![Some(b"x:y"), Some(&[0, 0, 0, 2]), Some(b"(1,2)")],
+        );
+        assert_eq!(key.unwrap().as_str(), "x%3Ay:2");
+        assert_eq!(json, r#"{"_key":"x%3Ay:2","a":"x:y","b":2,"p":"(1,2)"}"#);
+    }
+
+    #[test]
+    fn keyless_tables_null_keys_and_bad_values_are_errors() {
+        let keyless = table(vec![column("a", 25, "text")], &[]);
+        let error = DocumentPlan::new(&keyless, NumericMode::Auto, false).unwrap_err();
+        assert!(error.to_string().contains("REPLICA IDENTITY"), "{error}");
+        let plan = DocumentPlan::new(&keyless, NumericMode::Auto, true).unwrap();
+        assert_eq!(
+            encode(&plan, vec![Some(b"v")]),
+            (r#"{"a":"v"}"#.to_string(), None)
+        );
+        let keyed = DocumentPlan::new(
+            &table(vec![column("id", 23, "int4")], &["id"]),
+            NumericMode::Auto,
+            false,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        assert!(matches!(
+            keyed.encode(&vec![None], &mut out),
+            Err(DocumentError::NullKey { .. })
+        ));
+        let error = keyed
+            .encode(&vec![Some(Bytes::from_static(&[1, 2]))], &mut out)
+            .unwrap_err();
+        assert!(error.to_string().contains("column \"id\""), "{error}");
+        assert!(matches!(
+            keyed.encode(&vec![], &mut out),
+            Err(DocumentError::Shape { .. })
+        ));
+    }
+}
