@@ -1,0 +1,402 @@
+//! Test harness: private, throwaway PostgreSQL 15 clusters for integration tests.
+//!
+//! Each [`PgCluster`] runs `initdb` in its own temporary directory and starts `postgres` on a
+//! free port (as the `postgres` OS user when the tests run as root, since PostgreSQL refuses to
+//! run as root), with `wal_level=logical`. `Drop` stops it with `pg_ctl stop -m immediate` and
+//! removes the directory, also when a test panics. The harness installs nothing: a missing
+//! binary or wal2json fails with the package to install (`scripts/test.sh` installs them).
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use pgferry::pg::{ConnectOptions, SslMode};
+
+/// Where PostgreSQL's server binaries are (`pg_config --bindir`), with a clear failure.
+fn bindir() -> PathBuf {
+    let from_pg_config = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()));
+    let candidates = [
+        from_pg_config,
+        Some(PathBuf::from("/usr/lib/postgresql/15/bin")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|dir| dir.join("initdb").exists() && dir.join("postgres").exists())
+        .unwrap_or_else(|| {
+            panic!("PostgreSQL server binaries (initdb, postgres) not found: install the Debian package postgresql-15 (scripts/test.sh does)")
+        })
+}
+
+fn pkglibdir() -> PathBuf {
+    let output = Command::new("pg_config").arg("--pkglibdir").output();
+    match output {
+        Ok(output) if output.status.success() => {
+            PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+        }
+        _ => PathBuf::from("/usr/lib/postgresql/15/lib"),
+    }
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("no free TCP port on 127.0.0.1")
+}
+
+/// Certificates made for a TLS-enabled cluster, as PEM text.
+#[derive(Debug, Clone)]
+pub struct TlsFixture {
+    /// The CA that signed the server certificate.
+    pub ca_pem: String,
+    /// An unrelated CA, for negative tests.
+    pub other_ca_pem: String,
+    /// Server certificate (names only `localhost`).
+    pub server_cert_pem: String,
+    /// Server private key.
+    pub server_key_pem: String,
+}
+
+impl TlsFixture {
+    /// A CA and a server certificate for `localhost` only (so `127.0.0.1` is a name mismatch).
+    pub fn generate() -> TlsFixture {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let make_ca = |name: &str| {
+            let key = KeyPair::generate().expect("CA key");
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            let cert = params.self_signed(&key).expect("CA certificate");
+            (cert, key)
+        };
+        let (ca, ca_key) = make_ca("pgferry test CA");
+        let (other_ca, _) = make_ca("unrelated CA");
+        let server_key = KeyPair::generate().expect("server key");
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let server = params
+            .signed_by(&server_key, &ca, &ca_key)
+            .expect("server certificate");
+        TlsFixture {
+            ca_pem: ca.pem(),
+            other_ca_pem: other_ca.pem(),
+            server_cert_pem: server.pem(),
+            server_key_pem: server_key.serialize_pem(),
+        }
+    }
+}
+
+/// Settings for a cluster before it starts.
+#[derive(Debug, Default)]
+pub struct ClusterBuilder {
+    settings: Vec<(String, String)>,
+    hba: Vec<String>,
+    tls: Option<TlsFixture>,
+}
+
+impl ClusterBuilder {
+    /// Overrides a `postgresql.conf` setting (e.g. `wal_level`, `replica`).
+    pub fn setting(mut self, name: &str, value: &str) -> Self {
+        self.settings.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Adds a `pg_hba.conf` line before the defaults (first match wins).
+    pub fn hba(mut self, line: &str) -> Self {
+        self.hba.push(line.to_owned());
+        self
+    }
+
+    /// Turns TLS on with these certificates.
+    pub fn tls(mut self, fixture: TlsFixture) -> Self {
+        self.tls = Some(fixture);
+        self
+    }
+
+    /// Creates and starts the cluster; panics with the server log if it does not come up.
+    pub fn start(self) -> PgCluster {
+        PgCluster::start(self)
+    }
+}
+
+/// A running private cluster; stopped and deleted on drop.
+#[derive(Debug)]
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+    bindir: PathBuf,
+    port: u16,
+    as_postgres: bool,
+    stopped: bool,
+}
+
+impl PgCluster {
+    /// A builder with the defaults: trust for everyone on loopback, `wal_level=logical`.
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder::default()
+    }
+
+    /// A default cluster.
+    pub fn start_default() -> PgCluster {
+        PgCluster::builder().start()
+    }
+
+    fn start(builder: ClusterBuilder) -> PgCluster {
+        let bindir = bindir();
+        let as_postgres = running_as_root();
+        let dir = tempfile::Builder::new()
+            .prefix("pgferry-test-")
+            .tempdir_in("/tmp")
+            .expect("temporary directory");
+        let cluster = PgCluster {
+            port: free_port(),
+            dir,
+            bindir,
+            as_postgres,
+            stopped: true,
+        };
+        if as_postgres {
+            cluster.must("chown", &["-R", "postgres:", &cluster.dir_str()], false);
+        }
+        cluster.must(
+            &cluster.bin("initdb"),
+            &[
+                "-D",
+                &cluster.data_str(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            true,
+        );
+        let mut conf = format!(
+            "port = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = logical\nmax_replication_slots = 10\nmax_wal_senders = 10\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nlogging_collector = off\nwal_sender_timeout = 60s\n",
+            cluster.port,
+            cluster.dir_str()
+        );
+        let mut hba = builder.hba.join("\n");
+        hba.push_str(
+            "\nlocal all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n",
+        );
+        if let Some(tls) = &builder.tls {
+            cluster.write_data_file("server.crt", &tls.server_cert_pem);
+            cluster.write_data_file("server.key", &tls.server_key_pem);
+            cluster.must(
+                "chmod",
+                &[
+                    "600",
+                    &cluster.data().join("server.key").display().to_string(),
+                ],
+                false,
+            );
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        }
+        for (name, value) in &builder.settings {
+            conf.push_str(&format!("{name} = '{value}'\n"));
+        }
+        let existing =
+            std::fs::read_to_string(cluster.data().join("postgresql.conf")).unwrap_or_default();
+        cluster.write_data_file(
+            "postgresql.conf",
+            &format!("{existing}\n# pgferry test harness\n{conf}"),
+        );
+        cluster.write_data_file("pg_hba.conf", &hba);
+        let mut cluster = cluster;
+        cluster.pg_ctl_start();
+        cluster
+    }
+
+    fn pg_ctl_start(&mut self) {
+        let log = self.dir.path().join("server.log").display().to_string();
+        let output = self.run(
+            &self.bin("pg_ctl"),
+            &[
+                "-D",
+                &self.data_str(),
+                "-l",
+                &log,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            true,
+        );
+        if !output.status.success() {
+            panic!(
+                "PostgreSQL did not start:\n{}\n--- server log ---\n{}",
+                String::from_utf8_lossy(&output.stderr),
+                self.server_log()
+            );
+        }
+        self.stopped = false;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL is not accepting TCP connections:\n{}",
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn bin(&self, name: &str) -> String {
+        self.bindir.join(name).display().to_string()
+    }
+
+    fn dir_str(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn data_str(&self) -> String {
+        self.data().display().to_string()
+    }
+
+    fn write_data_file(&self, name: &str, contents: &str) {
+        let path = self.data().join(name);
+        std::fs::write(&path, contents)
+            .unwrap_or_else(|error| panic!("writing {}: {error}", path.display()));
+        if self.as_postgres {
+            self.must("chown", &["postgres:", &path.display().to_string()], false);
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str], as_server_user: bool) -> Output {
+        let mut command = if as_server_user && self.as_postgres {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--", program]);
+            command
+        } else {
+            Command::new(program)
+        };
+        command.args(args).current_dir("/tmp");
+        command
+            .output()
+            .unwrap_or_else(|error| panic!("could not run {program}: {error}"))
+    }
+
+    fn must(&self, program: &str, args: &[&str], as_server_user: bool) {
+        let output = self.run(program, args, as_server_user);
+        assert!(
+            output.status.success(),
+            "{program} {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server log so far.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Runs SQL as the superuser over the Unix socket; returns unaligned, tuples-only output.
+    pub fn psql(&self, sql: &str) -> String {
+        self.psql_in("postgres", sql)
+    }
+
+    /// Runs SQL as the superuser in `database`.
+    pub fn psql_in(&self, database: &str, sql: &str) -> String {
+        let output = Command::new("psql")
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                &self.dir_str(),
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("psql (package postgresql-client-15) must be installed");
+        assert!(
+            output.status.success(),
+            "psql failed for {sql:?}:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .trim_end()
+            .to_owned()
+    }
+
+    /// Re-reads `pg_hba.conf` and reloadable settings.
+    pub fn reload(&self) {
+        self.psql("SELECT pg_reload_conf()");
+    }
+
+    /// Connection options for `user` over TCP, without TLS.
+    pub fn options(&self, user: &str) -> ConnectOptions {
+        let mut options = ConnectOptions::new("127.0.0.1", self.port, user, "postgres");
+        options.sslmode = SslMode::Disable;
+        options.connect_timeout = Duration::from_secs(10);
+        options
+    }
+
+    /// Fails with the package name unless wal2json is installed on this machine.
+    pub fn require_wal2json(&self) {
+        let library = pkglibdir().join("wal2json.so");
+        assert!(Path::new(&library).exists(), "{} is missing: install the Debian package postgresql-15-wal2json (scripts/test.sh does)", library.display());
+    }
+
+    /// Stops the server now (also done on drop).
+    pub fn stop(&mut self) {
+        if !self.stopped {
+            let _ = self.run(
+                &self.bin("pg_ctl"),
+                &["-D", &self.data_str(), "-m", "immediate", "-w", "stop"],
+                true,
+            );
+            self.stopped = true;
+        }
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
