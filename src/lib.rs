@@ -7,6 +7,8 @@
 pub mod check;
 pub mod config;
 pub mod decode;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod gdn;
 pub mod pg;
 pub mod secret;

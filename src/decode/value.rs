@@ -367,17 +367,19 @@ fn numeric(raw: &[u8], out: NumericOut) -> Result<Value<'static>, ValueError> {
     if sign == 0x4000 && digits.iter().any(|digit| *digit != 0) {
         text.push('-');
     }
-    if weight < 0 {
+    // The integer part. PostgreSQL sends normalized digits (no leading zero groups), but a
+    // non-normalized value must still print as a valid number: leading zeros are dropped.
+    let integer_start = text.len();
+    for position in 0..=weight {
+        let _ = write!(text, "{:04}", group(position));
+    }
+    let leading_zeros = text[integer_start..]
+        .bytes()
+        .take_while(|byte| *byte == b'0')
+        .count();
+    text.replace_range(integer_start..integer_start + leading_zeros, "");
+    if text.len() == integer_start {
         text.push('0');
-    } else {
-        for position in 0..=weight {
-            let value = group(position);
-            if position == 0 {
-                let _ = write!(text, "{value}");
-            } else {
-                let _ = write!(text, "{value:04}");
-            }
-        }
     }
     if dscale > 0 {
         text.push('.');
@@ -825,6 +827,11 @@ mod tests {
         assert_eq!(
             json(&number, &numeric_bytes(5, 0, 0, &[1])),
             "100000000000000000000"
+        );
+        assert_eq!(
+            json(&number, &numeric_bytes(1, 0, 3, &[0, 2345, 6780])),
+            "2345.678",
+            "a leading zero group (never sent by PostgreSQL) still prints a valid number"
         );
         assert_eq!(
             json(&number, &numeric_bytes(0, 0, 10, &[1, 5000])),
