@@ -11,4 +11,6 @@ pub mod decode;
 pub mod fuzz_targets;
 pub mod gdn;
 pub mod pg;
+pub mod pipeline;
 pub mod secret;
+pub mod source;

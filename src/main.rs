@@ -24,6 +24,21 @@ struct Cli {
 enum Command {
     /// Check every prerequisite of a PostgreSQL source and print what to fix.
     Check(CheckArgs),
+    /// Run a pipeline: copy the selected PostgreSQL tables into GDN collections (FULL_TABLE).
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Pipeline file: {"source": {…}, "destination": {…}, "tables": […], …}.
+    #[arg(short, long)]
+    config: PathBuf,
+    /// Copy workers (overrides "parallelism" in the file; default: the number of cores).
+    #[arg(long)]
+    parallelism: Option<usize>,
+    /// Write nowhere (decode, encode and batch only): measures the source side alone.
+    #[arg(long, value_parser = ["null"])]
+    destination: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,6 +83,36 @@ async fn check(args: CheckArgs) -> ExitCode {
     }
 }
 
+async fn run(args: RunArgs) -> ExitCode {
+    let mut config = match pgferry::config::PipelineConfig::from_file(&args.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Some(workers) = args.parallelism {
+        if workers == 0 {
+            eprintln!("error: --parallelism must be at least 1");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        config.parallelism = workers;
+    }
+    if args.destination.is_some() {
+        config.destination = pgferry::config::DestinationConfig::Null;
+    }
+    match pgferry::pipeline::run(&config).await {
+        Ok(summary) => {
+            print!("{}", summary.to_text());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGFERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -97,6 +142,7 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Check(args) => check(args).await,
+            Command::Run(args) => run(args).await,
         }
     })
 }

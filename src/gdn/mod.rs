@@ -3,3 +3,4 @@
 pub mod client;
 pub mod document;
 pub mod keys;
+pub mod writer;
