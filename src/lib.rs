@@ -8,5 +8,6 @@ pub mod check;
 pub mod config;
 pub mod decode;
 pub mod gdn;
+pub mod gdnlite;
 pub mod pg;
 pub mod secret;
