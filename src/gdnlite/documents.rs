@@ -189,6 +189,15 @@ fn key_of(value: Option<&Value>, required: bool) -> Result<Option<String>, (u32,
     }
 }
 
+/// The `If-Match` / `If-None-Match` revisions of a request.
+#[derive(Debug, Clone, Default)]
+pub struct Preconditions {
+    /// The revision the document must have.
+    pub if_match: Option<String>,
+    /// Answer 304 when the document has this revision.
+    pub if_none_match: Option<String>,
+}
+
 /// Options of a document write taken from the query string.
 struct WriteOptions {
     wait_for_sync: bool,
@@ -205,10 +214,13 @@ pub async fn handle(
     collection: &str,
     key: Option<&str>,
     query: &Query,
-    if_match: Option<String>,
-    if_none_match: Option<String>,
+    preconditions: Preconditions,
     body: &Bytes,
 ) -> Result<Resp, ApiError> {
+    let Preconditions {
+        if_match,
+        if_none_match,
+    } = preconditions;
     let read = state.store.read()?;
     let Some(meta) = store::collection(&read, collection)? else {
         return Err(ApiError::collection_not_found(collection));

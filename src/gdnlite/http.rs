@@ -228,6 +228,10 @@ async fn route(state: &Arc<State>, request: Request<Incoming>) -> Result<Resp, A
             .and_then(|v| v.to_str().ok())
             .map(|v| v.trim_matches('"').to_string())
     };
+    let preconditions = || super::documents::Preconditions {
+        if_match: header(hyper::header::IF_MATCH),
+        if_none_match: header(hyper::header::IF_NONE_MATCH),
+    };
     match rest {
         ["collection"] => {
             super::collections::handle(state, &method, None, None, &query, &body).await
@@ -246,8 +250,7 @@ async fn route(state: &Arc<State>, request: Request<Incoming>) -> Result<Resp, A
                 collection,
                 None,
                 &query,
-                header(hyper::header::IF_MATCH),
-                header(hyper::header::IF_NONE_MATCH),
+                preconditions(),
                 &body,
             )
             .await
@@ -259,8 +262,7 @@ async fn route(state: &Arc<State>, request: Request<Incoming>) -> Result<Resp, A
                 collection,
                 Some(key),
                 &query,
-                header(hyper::header::IF_MATCH),
-                header(hyper::header::IF_NONE_MATCH),
+                preconditions(),
                 &body,
             )
             .await

@@ -78,6 +78,9 @@ impl GdnLiteConfig {
     }
 }
 
+/// Held by the one consumer of a (stream, subscription) at a time.
+type SubscriptionLock = Arc<tokio::sync::Mutex<()>>;
+
 /// Shared state of a running server.
 pub struct State {
     tenant: String,
@@ -87,7 +90,7 @@ pub struct State {
     store: store::Store,
     cursors: cursor::Cursors,
     max_body: usize,
-    subscriptions: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    subscriptions: Mutex<HashMap<(String, String), SubscriptionLock>>,
     tasks: Mutex<JoinSet<()>>,
 }
 
