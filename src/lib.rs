@@ -10,6 +10,7 @@ pub mod decode;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod gdn;
+pub mod gdnlite;
 pub mod pg;
 pub mod pipeline;
 pub mod secret;

@@ -26,6 +26,65 @@ enum Command {
     Check(CheckArgs),
     /// Run a pipeline: copy the selected PostgreSQL tables into GDN collections (FULL_TABLE).
     Run(RunArgs),
+    /// Run gdnlite, a durable local GDN REST server for development and tests (not a GDN).
+    ///
+    /// Serves the part of the GDN API that pyC8 and the Macrometa connectors use (collections,
+    /// documents, cursors, collection change streams over the Pulsar WebSocket API) over
+    /// HTTP/1.1 and h2c on one port, stored in redb under --data-dir. It is a development and
+    /// test server: no TLS, one fabric, one API key, no replication. Prints
+    /// `gdnlite listening on http://ADDR` on stdout once ready.
+    Gdnlite(GdnliteArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct GdnliteArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8529")]
+    listen: std::net::SocketAddr,
+    /// Directory of the database; reuse it to keep the data across restarts.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// API key clients must send as `Authorization: apikey <key>`.
+    #[arg(long, env = "GDNLITE_API_KEY", hide_env_values = true)]
+    api_key: String,
+    /// Tenant name reported by /_api/user and used in stream topics.
+    #[arg(long, default_value = "_mm")]
+    tenant: String,
+    /// The fabric served.
+    #[arg(long, default_value = "_system")]
+    fabric: String,
+    /// Email accepted by POST /_open/auth (needs --password).
+    #[arg(long, requires = "password")]
+    email: Option<String>,
+    /// Password accepted by POST /_open/auth (needs --email).
+    #[arg(
+        long,
+        env = "GDNLITE_PASSWORD",
+        hide_env_values = true,
+        requires = "email"
+    )]
+    password: Option<String>,
+    /// Largest request body in MiB; larger ones get 413.
+    #[arg(long, default_value_t = 64)]
+    max_body_mib: usize,
+    /// Fault injection: milliseconds added to every fabric request.
+    #[arg(long, default_value_t = 0)]
+    fault_latency_ms: u64,
+    /// Fault injection: share (0..1) of fabric requests answered 503.
+    #[arg(long, default_value_t = 0.0)]
+    fault_5xx_rate: f64,
+    /// Fault injection: share (0..1) of fabric requests answered 429.
+    #[arg(long, default_value_t = 0.0)]
+    fault_429_rate: f64,
+    /// Fault injection: share (0..1) of fabric requests whose connection is dropped.
+    #[arg(long, default_value_t = 0.0)]
+    fault_reset_rate: f64,
+    /// Fault injection: share (0..1) of documents failing with a per-document error.
+    #[arg(long, default_value_t = 0.0)]
+    fault_document_error_rate: f64,
+    /// Seed of the fault generator, for repeatable runs.
+    #[arg(long)]
+    fault_seed: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -81,6 +140,50 @@ async fn check(args: CheckArgs) -> ExitCode {
     } else {
         ExitCode::from(EXIT_FAILURE)
     }
+}
+
+async fn gdnlite(args: GdnliteArgs) -> ExitCode {
+    use pgferry::gdnlite::{FaultConfig, GdnLite, GdnLiteConfig};
+    let mut config = GdnLiteConfig::new(args.data_dir, args.api_key);
+    config.listen = args.listen;
+    config.tenant = args.tenant;
+    config.fabric = args.fabric;
+    config.login = args
+        .email
+        .zip(args.password)
+        .map(|(email, password)| (email, pgferry::secret::Secret::new(password)));
+    config.max_body_bytes = args.max_body_mib.saturating_mul(1024 * 1024);
+    config.faults = FaultConfig {
+        latency: std::time::Duration::from_millis(args.fault_latency_ms),
+        error_5xx_rate: args.fault_5xx_rate,
+        rate_limit_rate: args.fault_429_rate,
+        reset_rate: args.fault_reset_rate,
+        document_error_rate: args.fault_document_error_rate,
+        seed: args.fault_seed,
+    };
+    let handle = match GdnLite::start(config).await {
+        Ok(handle) => handle,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    println!("gdnlite listening on {}", handle.url());
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                eprintln!("error: could not watch for SIGTERM: {error}");
+                handle.stop().await;
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    handle.stop().await;
+    ExitCode::SUCCESS
 }
 
 async fn run(args: RunArgs) -> ExitCode {
@@ -143,6 +246,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Check(args) => check(args).await,
             Command::Run(args) => run(args).await,
+            Command::Gdnlite(args) => gdnlite(args).await,
         }
     })
 }

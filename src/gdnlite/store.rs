@@ -1,0 +1,820 @@
+//! Storage on redb and the group-commit writer.
+//!
+//! Every write goes through one writer thread. It takes all the writes queued at that moment,
+//! applies them in arrival order in one redb transaction, commits once (durably when any of them
+//! asked for `waitForSync`) and then answers all of them, so concurrent requests share the fsync.
+//! Change-stream messages are written in the same transaction as the documents they describe,
+//! so the stream holds exactly the committed changes, in commit order.
+//! Reads use redb's MVCC read transactions and never wait for the writer.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use redb::{Database, Durability, ReadTransaction, ReadableTable, Table, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::documents::{merge_patch, DocBatch, DocItem, DocOutcome, DocResult, WriteKind};
+use super::error::{self, ApiError, GdnLiteError};
+use super::streams::{encode_message, StreamOp, SubscriptionState};
+
+/// Collection metadata by name.
+pub const COLLECTIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("collections");
+/// Documents by (collection, key), stored as the JSON text that is returned to clients.
+pub const DOCUMENTS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("documents");
+/// Change-stream messages by (stream, sequence number).
+pub const MESSAGES: TableDefinition<'_, (&str, u64), &[u8]> =
+    TableDefinition::new("stream_messages");
+/// Subscription positions by (stream, subscription).
+pub const SUBSCRIPTIONS: TableDefinition<'_, (&str, &str), &[u8]> =
+    TableDefinition::new("subscriptions");
+/// Counters that must survive a restart.
+pub const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+
+/// Most writes folded into one transaction.
+const MAX_GROUP: usize = 512;
+
+/// What gdnlite knows about one collection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionMeta {
+    /// Numeric id, unique for the life of the data directory.
+    pub id: u64,
+    /// Collection name.
+    pub name: String,
+    /// Whether changes are published to the collection's stream.
+    pub stream: bool,
+    /// Default `waitForSync` of writes that do not say.
+    pub wait_for_sync: bool,
+    /// Edge collection (type 3) rather than document collection (type 2).
+    pub edge: bool,
+}
+
+/// One queued write and the channel its answer goes back on.
+#[derive(Debug)]
+pub enum Op {
+    /// Create a collection (its id is assigned by the writer).
+    CreateCollection(
+        CollectionMeta,
+        oneshot::Sender<Result<CollectionMeta, ApiError>>,
+    ),
+    /// Drop a collection with its documents, stream and subscriptions.
+    DropCollection(String, oneshot::Sender<Result<CollectionMeta, ApiError>>),
+    /// Remove every document of a collection.
+    Truncate(String, oneshot::Sender<Result<CollectionMeta, ApiError>>),
+    /// Change `stream` and/or `waitForSync` of a collection.
+    SetProperties {
+        /// Collection name.
+        name: String,
+        /// New stream flag.
+        stream: Option<bool>,
+        /// New waitForSync default.
+        wait_for_sync: Option<bool>,
+        /// Answer.
+        reply: oneshot::Sender<Result<CollectionMeta, ApiError>>,
+    },
+    /// A batch of document writes on one collection.
+    Documents(DocBatch, oneshot::Sender<Result<Vec<DocOutcome>, ApiError>>),
+    /// Persist a subscription's acknowledged position.
+    SaveSubscription {
+        /// Stream name.
+        stream: String,
+        /// Subscription name.
+        subscription: String,
+        /// New state.
+        state: SubscriptionState,
+        /// Answer.
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    /// Stop the writer after the writes queued before it.
+    Shutdown,
+}
+
+/// A write and whether its caller waits for a durable commit.
+#[derive(Debug)]
+pub struct Job {
+    /// Commit with fsync before answering.
+    pub sync: bool,
+    /// The write.
+    pub op: Op,
+}
+
+/// The database, the writer queue and the commit counter streams wait on.
+#[derive(Debug)]
+pub struct Store {
+    db: Arc<Database>,
+    queue: mpsc::UnboundedSender<Job>,
+    commits: watch::Receiver<u64>,
+    clock: Arc<AtomicU64>,
+    writer: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Store {
+    /// Opens (or creates) `data_dir/gdnlite.redb` and starts the writer thread.
+    pub fn open(data_dir: &Path) -> Result<Store, GdnLiteError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| GdnLiteError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let storage = |detail: String| GdnLiteError::Storage {
+            path: data_dir.to_path_buf(),
+            detail,
+        };
+        let db =
+            Database::create(data_dir.join("gdnlite.redb")).map_err(|e| storage(e.to_string()))?;
+        let clock_start;
+        {
+            let txn = db.begin_write().map_err(|e| storage(e.to_string()))?;
+            {
+                txn.open_table(COLLECTIONS)
+                    .map_err(|e| storage(e.to_string()))?;
+                txn.open_table(DOCUMENTS)
+                    .map_err(|e| storage(e.to_string()))?;
+                txn.open_table(MESSAGES)
+                    .map_err(|e| storage(e.to_string()))?;
+                txn.open_table(SUBSCRIPTIONS)
+                    .map_err(|e| storage(e.to_string()))?;
+                let meta = txn.open_table(META).map_err(|e| storage(e.to_string()))?;
+                let stored = meta
+                    .get("clock")
+                    .map_err(|e| storage(e.to_string()))?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                clock_start = stored.max(now_micros()) + 1;
+            }
+            txn.commit().map_err(|e| storage(e.to_string()))?;
+        }
+        let db = Arc::new(db);
+        let clock = Arc::new(AtomicU64::new(clock_start));
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let (commit_tx, commits) = watch::channel(0u64);
+        let writer_db = Arc::clone(&db);
+        let writer_clock = Arc::clone(&clock);
+        let writer = std::thread::Builder::new()
+            .name("gdnlite-writer".into())
+            .spawn(move || Writer::new(writer_db, writer_clock, commit_tx).run(receiver))
+            .map_err(|source| GdnLiteError::DataDir {
+                path: data_dir.to_path_buf(),
+                source,
+            })?;
+        Ok(Store {
+            db,
+            queue,
+            commits,
+            clock,
+            writer: std::sync::Mutex::new(Some(writer)),
+        })
+    }
+
+    /// A fresh revision / generated key value: strictly increasing, also across restarts.
+    pub fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues a write; the answer arrives on the op's channel after its commit.
+    pub fn submit(&self, sync: bool, op: Op) -> Result<(), ApiError> {
+        self.queue
+            .send(Job { sync, op })
+            .map_err(|_| ApiError::storage("the writer has stopped (server shutting down)"))
+    }
+
+    /// A watch that changes after every commit; streams wait on it for new messages.
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.commits.clone()
+    }
+
+    /// A consistent snapshot for reads.
+    pub fn read(&self) -> Result<ReadTransaction, ApiError> {
+        self.db.begin_read().map_err(ApiError::storage)
+    }
+
+    /// Stops the writer after the queued writes and waits for it.
+    pub fn shutdown(&self) {
+        let _ = self.queue.send(Job {
+            sync: true,
+            op: Op::Shutdown,
+        });
+        let handle = match self.writer.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Metadata of `name` in a read snapshot.
+pub fn collection(txn: &ReadTransaction, name: &str) -> Result<Option<CollectionMeta>, ApiError> {
+    let table = txn.open_table(COLLECTIONS).map_err(ApiError::storage)?;
+    let found = table.get(name).map_err(ApiError::storage)?;
+    match found {
+        Some(bytes) => Ok(Some(decode_meta(bytes.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// Every collection, by name.
+pub fn collections(txn: &ReadTransaction) -> Result<Vec<CollectionMeta>, ApiError> {
+    let table = txn.open_table(COLLECTIONS).map_err(ApiError::storage)?;
+    let mut out = Vec::new();
+    for entry in table.iter().map_err(ApiError::storage)? {
+        let (_, value) = entry.map_err(ApiError::storage)?;
+        out.push(decode_meta(value.value())?);
+    }
+    Ok(out)
+}
+
+/// One document's stored JSON.
+pub fn document(
+    txn: &ReadTransaction,
+    collection: &str,
+    key: &str,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    let table = txn.open_table(DOCUMENTS).map_err(ApiError::storage)?;
+    let found = table.get((collection, key)).map_err(ApiError::storage)?;
+    Ok(found.map(|v| v.value().to_vec()))
+}
+
+/// Documents of `collection` with keys after `after` (or from the start), at most `limit`.
+pub fn documents_after(
+    txn: &ReadTransaction,
+    collection: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+    let table = txn.open_table(DOCUMENTS).map_err(ApiError::storage)?;
+    let start = after.unwrap_or("");
+    let mut out = Vec::with_capacity(limit.min(4096));
+    for entry in table
+        .range((collection, start)..)
+        .map_err(ApiError::storage)?
+    {
+        if out.len() >= limit {
+            break;
+        }
+        let (key, value) = entry.map_err(ApiError::storage)?;
+        let (coll, key) = key.value();
+        if coll != collection {
+            break;
+        }
+        if after.is_some_and(|a| a == key) {
+            continue;
+        }
+        out.push((key.to_string(), value.value().to_vec()));
+    }
+    Ok(out)
+}
+
+/// Number of documents in `collection`.
+pub fn count(txn: &ReadTransaction, collection: &str) -> Result<u64, ApiError> {
+    let table = txn.open_table(DOCUMENTS).map_err(ApiError::storage)?;
+    let mut n = 0u64;
+    for entry in table.range((collection, "")..).map_err(ApiError::storage)? {
+        let (key, _) = entry.map_err(ApiError::storage)?;
+        if key.value().0 != collection {
+            break;
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Stream messages with sequence numbers `>= from`, at most `limit`.
+pub fn messages_from(
+    txn: &ReadTransaction,
+    stream: &str,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<(u64, Vec<u8>)>, ApiError> {
+    let table = txn.open_table(MESSAGES).map_err(ApiError::storage)?;
+    let mut out = Vec::new();
+    for entry in table
+        .range((stream, from)..=(stream, u64::MAX))
+        .map_err(ApiError::storage)?
+    {
+        if out.len() >= limit {
+            break;
+        }
+        let (key, value) = entry.map_err(ApiError::storage)?;
+        out.push((key.value().1, value.value().to_vec()));
+    }
+    Ok(out)
+}
+
+/// A subscription's persisted state, if it was ever saved.
+pub fn subscription(
+    txn: &ReadTransaction,
+    stream: &str,
+    name: &str,
+) -> Result<Option<SubscriptionState>, ApiError> {
+    let table = txn.open_table(SUBSCRIPTIONS).map_err(ApiError::storage)?;
+    let found = table.get((stream, name)).map_err(ApiError::storage)?;
+    match found {
+        Some(bytes) => serde_json::from_slice(bytes.value())
+            .map(Some)
+            .map_err(|e| ApiError::storage(format!("corrupt subscription state: {e}"))),
+        None => Ok(None),
+    }
+}
+
+/// The `_rev` of a stored document.
+pub fn stored_rev(doc: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Rev {
+        #[serde(rename = "_rev")]
+        rev: Option<String>,
+    }
+    serde_json::from_slice::<Rev>(doc).ok().and_then(|r| r.rev)
+}
+
+fn decode_meta(bytes: &[u8]) -> Result<CollectionMeta, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::storage(format!("corrupt collection metadata: {e}")))
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The answer of one job, sent only after the transaction commits.
+enum Reply {
+    Meta(
+        oneshot::Sender<Result<CollectionMeta, ApiError>>,
+        Result<CollectionMeta, ApiError>,
+    ),
+    Docs(
+        oneshot::Sender<Result<Vec<DocOutcome>, ApiError>>,
+        Result<Vec<DocOutcome>, ApiError>,
+    ),
+    Unit(oneshot::Sender<Result<(), ApiError>>, Result<(), ApiError>),
+}
+
+impl Reply {
+    fn send(self, failure: Option<&ApiError>) {
+        match self {
+            Reply::Meta(tx, r) => {
+                let _ = tx.send(failure.map_or(r, |e| Err(e.clone())));
+            }
+            Reply::Docs(tx, r) => {
+                let _ = tx.send(failure.map_or(r, |e| Err(e.clone())));
+            }
+            Reply::Unit(tx, r) => {
+                let _ = tx.send(failure.map_or(r, |e| Err(e.clone())));
+            }
+        }
+    }
+}
+
+/// The open tables of one group transaction.
+struct Tables<'t> {
+    collections: Table<'t, &'static str, &'static [u8]>,
+    documents: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    messages: Table<'t, (&'static str, u64), &'static [u8]>,
+    subscriptions: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    meta: Table<'t, &'static str, u64>,
+}
+
+struct Writer {
+    db: Arc<Database>,
+    clock: Arc<AtomicU64>,
+    commits: watch::Sender<u64>,
+    commit_count: u64,
+    /// Next sequence number per stream, loaded lazily; cleared when a transaction aborts.
+    next_seq: HashMap<String, u64>,
+}
+
+impl Writer {
+    fn new(db: Arc<Database>, clock: Arc<AtomicU64>, commits: watch::Sender<u64>) -> Writer {
+        Writer {
+            db,
+            clock,
+            commits,
+            commit_count: 0,
+            next_seq: HashMap::new(),
+        }
+    }
+
+    fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Job>) {
+        let mut stop = false;
+        while !stop {
+            let Some(first) = receiver.blocking_recv() else {
+                break;
+            };
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_GROUP {
+                match receiver.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            let durable = jobs.iter().any(|j| j.sync);
+            let mut ops = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                if matches!(job.op, Op::Shutdown) {
+                    stop = true;
+                } else {
+                    ops.push(job.op);
+                }
+            }
+            if ops.is_empty() {
+                continue;
+            }
+            let (replies, outcome) = self.apply_group(ops, durable);
+            match outcome {
+                Ok(()) => {
+                    self.commit_count += 1;
+                    self.commits.send_replace(self.commit_count);
+                    replies.into_iter().for_each(|r| r.send(None));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e.message, "gdnlite: group commit failed");
+                    self.next_seq.clear();
+                    replies.into_iter().for_each(|r| r.send(Some(&e)));
+                }
+            }
+        }
+    }
+
+    fn apply_group(&mut self, ops: Vec<Op>, durable: bool) -> (Vec<Reply>, Result<(), ApiError>) {
+        let mut replies = Vec::with_capacity(ops.len());
+        let txn = match self.db.begin_write() {
+            Ok(txn) => txn,
+            Err(e) => {
+                let err = ApiError::storage(e);
+                let replies = ops
+                    .into_iter()
+                    .filter_map(|op| pending_reply(op, &err))
+                    .collect();
+                return (replies, Err(err));
+            }
+        };
+        let mut txn = txn;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        });
+        let result = (|| -> Result<(), ApiError> {
+            let mut tables = Tables {
+                collections: txn.open_table(COLLECTIONS).map_err(ApiError::storage)?,
+                documents: txn.open_table(DOCUMENTS).map_err(ApiError::storage)?,
+                messages: txn.open_table(MESSAGES).map_err(ApiError::storage)?,
+                subscriptions: txn.open_table(SUBSCRIPTIONS).map_err(ApiError::storage)?,
+                meta: txn.open_table(META).map_err(ApiError::storage)?,
+            };
+            let mut ops = ops.into_iter();
+            for op in ops.by_ref() {
+                match self.apply(&mut tables, op) {
+                    Ok(reply) => replies.push(reply),
+                    Err((fatal, reply)) => {
+                        if let Some(reply) = reply {
+                            replies.push(reply);
+                        }
+                        return Err(fatal);
+                    }
+                }
+            }
+            let clock = self.clock.load(Ordering::Relaxed);
+            tables
+                .meta
+                .insert("clock", clock)
+                .map_err(ApiError::storage)?;
+            Ok(())
+        })();
+        let result = result.and_then(|()| txn.commit().map_err(ApiError::storage));
+        (replies, result)
+    }
+
+    /// Applies one op. A logical error (no such collection, duplicate key) is part of the
+    /// reply; a storage error is fatal for the whole group.
+    fn apply(&mut self, t: &mut Tables<'_>, op: Op) -> Result<Reply, (ApiError, Option<Reply>)> {
+        match op {
+            Op::CreateCollection(meta, reply) => match self.create(t, meta) {
+                Ok(r) => Ok(Reply::Meta(reply, r)),
+                Err(e) => Err((e.clone(), Some(Reply::Meta(reply, Err(e))))),
+            },
+            Op::DropCollection(name, reply) => match self.drop_collection(t, &name) {
+                Ok(r) => Ok(Reply::Meta(reply, r)),
+                Err(e) => Err((e.clone(), Some(Reply::Meta(reply, Err(e))))),
+            },
+            Op::Truncate(name, reply) => match truncate(t, &name) {
+                Ok(r) => Ok(Reply::Meta(reply, r)),
+                Err(e) => Err((e.clone(), Some(Reply::Meta(reply, Err(e))))),
+            },
+            Op::SetProperties {
+                name,
+                stream,
+                wait_for_sync,
+                reply,
+            } => match set_properties(t, &name, stream, wait_for_sync) {
+                Ok(r) => Ok(Reply::Meta(reply, r)),
+                Err(e) => Err((e.clone(), Some(Reply::Meta(reply, Err(e))))),
+            },
+            Op::Documents(batch, reply) => match self.documents(t, batch) {
+                Ok(r) => Ok(Reply::Docs(reply, r)),
+                Err(e) => Err((e.clone(), Some(Reply::Docs(reply, Err(e))))),
+            },
+            Op::SaveSubscription {
+                stream,
+                subscription,
+                state,
+                reply,
+            } => {
+                let bytes = serde_json::to_vec(&state).map_err(|e| (ApiError::storage(e), None))?;
+                match t
+                    .subscriptions
+                    .insert((stream.as_str(), subscription.as_str()), bytes.as_slice())
+                {
+                    Ok(_) => Ok(Reply::Unit(reply, Ok(()))),
+                    Err(e) => {
+                        let e = ApiError::storage(e);
+                        Err((e.clone(), Some(Reply::Unit(reply, Err(e)))))
+                    }
+                }
+            }
+            Op::Shutdown => Err((ApiError::storage("shutdown is not a write"), None)),
+        }
+    }
+
+    fn create(
+        &mut self,
+        t: &mut Tables<'_>,
+        mut meta: CollectionMeta,
+    ) -> Result<Result<CollectionMeta, ApiError>, ApiError> {
+        if t.collections
+            .get(meta.name.as_str())
+            .map_err(ApiError::storage)?
+            .is_some()
+        {
+            return Ok(Err(ApiError::new(
+                hyper::StatusCode::CONFLICT,
+                error::DUPLICATE_NAME,
+                format!(
+                    "duplicate name: a collection named '{}' exists already",
+                    meta.name
+                ),
+            )));
+        }
+        let id = t
+            .meta
+            .get("collection_id")
+            .map_err(ApiError::storage)?
+            .map(|v| v.value())
+            .unwrap_or(0)
+            + 1;
+        t.meta
+            .insert("collection_id", id)
+            .map_err(ApiError::storage)?;
+        meta.id = id;
+        let bytes = serde_json::to_vec(&meta).map_err(ApiError::storage)?;
+        t.collections
+            .insert(meta.name.as_str(), bytes.as_slice())
+            .map_err(ApiError::storage)?;
+        Ok(Ok(meta))
+    }
+
+    fn drop_collection(
+        &mut self,
+        t: &mut Tables<'_>,
+        name: &str,
+    ) -> Result<Result<CollectionMeta, ApiError>, ApiError> {
+        let Some(meta) = load_meta(t, name)? else {
+            return Ok(Err(ApiError::collection_not_found(name)));
+        };
+        t.collections.remove(name).map_err(ApiError::storage)?;
+        remove_documents(t, name)?;
+        t.messages
+            .retain_in((name, 0)..=(name, u64::MAX), |_, _| false)
+            .map_err(ApiError::storage)?;
+        let subs: Vec<String> = {
+            let mut subs = Vec::new();
+            for entry in t
+                .subscriptions
+                .range((name, "")..)
+                .map_err(ApiError::storage)?
+            {
+                let (key, _) = entry.map_err(ApiError::storage)?;
+                let (stream, sub) = key.value();
+                if stream != name {
+                    break;
+                }
+                subs.push(sub.to_string());
+            }
+            subs
+        };
+        for sub in &subs {
+            t.subscriptions
+                .remove((name, sub.as_str()))
+                .map_err(ApiError::storage)?;
+        }
+        self.next_seq.remove(name);
+        Ok(Ok(meta))
+    }
+
+    fn documents(
+        &mut self,
+        t: &mut Tables<'_>,
+        batch: DocBatch,
+    ) -> Result<Result<Vec<DocOutcome>, ApiError>, ApiError> {
+        let Some(meta) = load_meta(t, &batch.collection)? else {
+            return Ok(Err(ApiError::collection_not_found(&batch.collection)));
+        };
+        let coll = batch.collection.as_str();
+        let mut outcomes = Vec::with_capacity(batch.items.len());
+        for item in batch.items {
+            let prepared = match item {
+                DocItem::Failed(num, message) => {
+                    outcomes.push(DocOutcome::Err(num, message));
+                    continue;
+                }
+                DocItem::Ready(p) => p,
+            };
+            let key = prepared.key.as_str();
+            let old: Option<Vec<u8>> = t
+                .documents
+                .get((coll, key))
+                .map_err(ApiError::storage)?
+                .map(|v| v.value().to_vec());
+            let old_rev = old.as_deref().and_then(stored_rev);
+            if let (Some(expected), Some(actual)) = (&prepared.expected_rev, &old_rev) {
+                if expected != actual {
+                    outcomes.push(DocOutcome::Err(
+                        error::CONFLICT,
+                        "conflict, _rev values do not match".into(),
+                    ));
+                    continue;
+                }
+            }
+            let (new_bytes, op) = match (&batch.kind, &old) {
+                (WriteKind::Insert { overwrite: false }, Some(_)) => {
+                    outcomes.push(DocOutcome::Err(
+                        error::UNIQUE_CONSTRAINT_VIOLATED,
+                        format!("unique constraint violated - in index primary of type primary over '_key'; conflicting key: {key}"),
+                    ));
+                    continue;
+                }
+                (WriteKind::Insert { .. }, None) => (prepared.body, StreamOp::Insert),
+                (WriteKind::Insert { .. }, Some(_)) | (WriteKind::Replace, Some(_)) => {
+                    (prepared.body, StreamOp::Update)
+                }
+                (WriteKind::Replace | WriteKind::Update { .. } | WriteKind::Remove, None) => {
+                    outcomes.push(DocOutcome::Err(
+                        error::DOCUMENT_NOT_FOUND,
+                        "document not found".into(),
+                    ));
+                    continue;
+                }
+                (
+                    WriteKind::Update {
+                        keep_null,
+                        merge_objects,
+                    },
+                    Some(old_doc),
+                ) => {
+                    let mut base: serde_json::Map<String, serde_json::Value> =
+                        serde_json::from_slice(old_doc).map_err(|e| {
+                            ApiError::storage(format!("corrupt stored document {coll}/{key}: {e}"))
+                        })?;
+                    merge_patch(
+                        &mut base,
+                        prepared.patch.clone().unwrap_or_default(),
+                        *keep_null,
+                        *merge_objects,
+                    );
+                    base.insert("_key".into(), key.into());
+                    base.insert("_id".into(), format!("{coll}/{key}").into());
+                    base.insert("_rev".into(), prepared.rev.clone().into());
+                    (
+                        serde_json::to_vec(&base).map_err(ApiError::storage)?,
+                        StreamOp::Update,
+                    )
+                }
+                (WriteKind::Remove, Some(_)) => (Vec::new(), StreamOp::Delete),
+            };
+            let payload: Vec<u8>;
+            let stream_payload: &[u8] = if op == StreamOp::Delete {
+                t.documents.remove((coll, key)).map_err(ApiError::storage)?;
+                payload = serde_json::to_vec(&serde_json::json!({
+                    "_key": key,
+                    "_id": format!("{coll}/{key}"),
+                    "_rev": prepared.rev,
+                    "_delete": true,
+                }))
+                .map_err(ApiError::storage)?;
+                &payload
+            } else {
+                t.documents
+                    .insert((coll, key), new_bytes.as_slice())
+                    .map_err(ApiError::storage)?;
+                &new_bytes
+            };
+            if meta.stream {
+                let seq = self.next_seq(t, coll)?;
+                let message = encode_message(op, now_micros(), stream_payload);
+                t.messages
+                    .insert((coll, seq), message.as_slice())
+                    .map_err(ApiError::storage)?;
+            }
+            outcomes.push(DocOutcome::Ok(DocResult {
+                key: prepared.key,
+                rev: if op == StreamOp::Delete {
+                    old_rev.clone().unwrap_or_default()
+                } else {
+                    prepared.rev
+                },
+                old_rev,
+                old: if batch.return_old { old } else { None },
+                new: if batch.return_new && op != StreamOp::Delete {
+                    Some(new_bytes)
+                } else {
+                    None
+                },
+            }));
+        }
+        Ok(Ok(outcomes))
+    }
+
+    fn next_seq(&mut self, t: &mut Tables<'_>, stream: &str) -> Result<u64, ApiError> {
+        let next = match self.next_seq.get(stream) {
+            Some(n) => *n,
+            None => {
+                let last = t
+                    .messages
+                    .range((stream, 0)..=(stream, u64::MAX))
+                    .map_err(ApiError::storage)?
+                    .next_back()
+                    .transpose()
+                    .map_err(ApiError::storage)?
+                    .map(|(k, _)| k.value().1);
+                last.map_or(1, |l| l + 1)
+            }
+        };
+        self.next_seq.insert(stream.to_string(), next + 1);
+        Ok(next)
+    }
+}
+
+fn pending_reply(op: Op, err: &ApiError) -> Option<Reply> {
+    match op {
+        Op::CreateCollection(_, tx) | Op::DropCollection(_, tx) | Op::Truncate(_, tx) => {
+            Some(Reply::Meta(tx, Err(err.clone())))
+        }
+        Op::SetProperties { reply, .. } => Some(Reply::Meta(reply, Err(err.clone()))),
+        Op::Documents(_, tx) => Some(Reply::Docs(tx, Err(err.clone()))),
+        Op::SaveSubscription { reply, .. } => Some(Reply::Unit(reply, Err(err.clone()))),
+        Op::Shutdown => None,
+    }
+}
+
+fn load_meta(t: &Tables<'_>, name: &str) -> Result<Option<CollectionMeta>, ApiError> {
+    let found = t.collections.get(name).map_err(ApiError::storage)?;
+    match found {
+        Some(bytes) => Ok(Some(decode_meta(bytes.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn remove_documents(t: &mut Tables<'_>, name: &str) -> Result<(), ApiError> {
+    // Keys are printable ASCII below DEL, so this range covers every key of the collection.
+    t.documents
+        .retain_in((name, "")..=(name, "\u{7f}"), |_, _| false)
+        .map_err(ApiError::storage)?;
+    Ok(())
+}
+
+fn truncate(t: &mut Tables<'_>, name: &str) -> Result<Result<CollectionMeta, ApiError>, ApiError> {
+    let Some(meta) = load_meta(t, name)? else {
+        return Ok(Err(ApiError::collection_not_found(name)));
+    };
+    remove_documents(t, name)?;
+    Ok(Ok(meta))
+}
+
+fn set_properties(
+    t: &mut Tables<'_>,
+    name: &str,
+    stream: Option<bool>,
+    wait_for_sync: Option<bool>,
+) -> Result<Result<CollectionMeta, ApiError>, ApiError> {
+    let Some(mut meta) = load_meta(t, name)? else {
+        return Ok(Err(ApiError::collection_not_found(name)));
+    };
+    if let Some(s) = stream {
+        meta.stream = s;
+    }
+    if let Some(w) = wait_for_sync {
+        meta.wait_for_sync = w;
+    }
+    let bytes = serde_json::to_vec(&meta).map_err(ApiError::storage)?;
+    t.collections
+        .insert(name, bytes.as_slice())
+        .map_err(ApiError::storage)?;
+    Ok(Ok(meta))
+}

@@ -1,0 +1,431 @@
+//! Collection change streams: the stored message format, subscription positions, and the Apache
+//! Pulsar WebSocket consumer API subset that pyC8's consumers speak.
+//!
+//! WebSocket framing uses tokio-tungstenite over hyper's upgraded connection: RFC 6455 has
+//! enough corner cases (fragmentation, control frames between fragments, masking, close
+//! handshake) that a well-tested crate is the leaner choice over hand-rolled framing.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+/// The kind of change a message carries (the `op` property).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamOp {
+    /// A new document.
+    Insert,
+    /// A replaced or patched document.
+    Update,
+    /// A removed document.
+    Delete,
+}
+
+impl StreamOp {
+    /// The `op` property value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamOp::Insert => "INSERT",
+            StreamOp::Update => "UPDATE",
+            StreamOp::Delete => "DELETE",
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            StreamOp::Insert => 1,
+            StreamOp::Update => 2,
+            StreamOp::Delete => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<StreamOp> {
+        match code {
+            1 => Some(StreamOp::Insert),
+            2 => Some(StreamOp::Update),
+            3 => Some(StreamOp::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// Stored message: op code, publish time (µs since the epoch, little endian), then the payload.
+pub fn encode_message(op: StreamOp, publish_micros: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + payload.len());
+    out.push(op.code());
+    out.extend_from_slice(&publish_micros.to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The parts of a stored message, or `None` if it is corrupt.
+pub fn decode_message(bytes: &[u8]) -> Option<(StreamOp, u64, &[u8])> {
+    let op = StreamOp::from_code(*bytes.first()?)?;
+    let micros = u64::from_le_bytes(bytes.get(1..9)?.try_into().ok()?);
+    Some((op, micros, bytes.get(9..)?))
+}
+
+/// A subscription's acknowledged position: everything up to `through` is acknowledged, and
+/// so are the sequence numbers in `acked` (individual acks above the contiguous prefix).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionState {
+    /// Every message with a sequence number `<= through` is acknowledged.
+    pub through: u64,
+    /// Acknowledged messages above `through`.
+    pub acked: BTreeSet<u64>,
+}
+
+impl SubscriptionState {
+    /// Records an acknowledgement and advances the contiguous prefix (sequence numbers of a
+    /// stream are contiguous, so the prefix catches up once the gaps are acknowledged).
+    pub fn ack(&mut self, seq: u64) {
+        if seq > self.through {
+            self.acked.insert(seq);
+        }
+        while self.acked.remove(&(self.through + 1)) {
+            self.through += 1;
+        }
+    }
+
+    /// Whether a message still needs delivering.
+    pub fn is_acked(&self, seq: u64) -> bool {
+        seq <= self.through || self.acked.contains(&seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let m = encode_message(StreamOp::Delete, 42, b"{\"_key\":\"a\"}");
+        assert_eq!(
+            decode_message(&m),
+            Some((StreamOp::Delete, 42, &b"{\"_key\":\"a\"}"[..]))
+        );
+        assert_eq!(decode_message(&m[..5]), None);
+        assert_eq!(decode_message(&[9; 12]), None);
+    }
+
+    #[test]
+    fn acks_advance_the_contiguous_prefix() {
+        let mut s = SubscriptionState::default();
+        s.ack(2);
+        assert_eq!(s.through, 0);
+        assert!(s.is_acked(2) && !s.is_acked(1));
+        s.ack(1);
+        assert_eq!(s.through, 2);
+        assert!(s.acked.is_empty());
+        s.ack(1);
+        s.ack(4);
+        assert_eq!((s.through, s.acked.len()), (2, 1));
+    }
+}
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use hyper::StatusCode;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::error::{self, ApiError};
+use super::http::{empty_response, json_response, Resp};
+use super::params::Query;
+use super::store::{self, Op};
+use super::State;
+
+/// Messages sent ahead of acknowledgements when the consumer does not say
+/// (Pulsar's `receiverQueueSize`).
+pub const DEFAULT_RECEIVER_QUEUE: u64 = 1000;
+
+/// `GET /_fabric/{f}/_api/streams`: one entry per collection with a change stream.
+pub fn list(state: &State, _query: &Query) -> Result<Resp, ApiError> {
+    let read = state.store.read()?;
+    let result: Vec<serde_json::Value> = store::collections(&read)?
+        .into_iter()
+        .filter(|c| c.stream)
+        .map(|c| {
+            serde_json::json!({
+                "topic": c.name,
+                "local": true,
+                "db": state.fabric,
+                "tenant": state.tenant,
+                "type": 4,
+                "name": format!("persistent://{}/c8local.{}/{}", state.tenant, state.fabric, c.name),
+            })
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"error": false, "code": 200, "result": result}),
+    ))
+}
+
+/// The Pulsar WebSocket consumer endpoint
+/// `/_ws/ws/v2/consumer/persistent/<tenant>/c8local.<fabric>/<stream>/<subscription>`.
+///
+/// Subscriptions are exclusive in effect: a second consumer of the same subscription waits
+/// until the first has disconnected (and its acknowledgements are persisted), then receives
+/// every message not yet acknowledged.
+pub fn consumer(
+    state: &Arc<State>,
+    mut parts: hyper::http::request::Parts,
+    tenant: String,
+    namespace: String,
+    stream: String,
+    subscription: String,
+    query: &Query,
+) -> Result<Resp, ApiError> {
+    if tenant != state.tenant && tenant != "_mm" {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            error::NOT_FOUND,
+            format!("unknown tenant '{tenant}'"),
+        ));
+    }
+    if namespace != format!("c8local.{}", state.fabric) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            error::NOT_FOUND,
+            format!(
+                "unknown namespace '{namespace}': gdnlite serves c8local.{}",
+                state.fabric
+            ),
+        ));
+    }
+    let read = state.store.read()?;
+    match store::collection(&read, &stream)? {
+        Some(meta) if meta.stream => {}
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                error::DATA_SOURCE_NOT_FOUND,
+                format!("stream not found: '{stream}' (a collection with a change stream)"),
+            ))
+        }
+    }
+    drop(read);
+    let upgrade = parts
+        .headers
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = parts.headers.get(SEC_WEBSOCKET_KEY).filter(|_| upgrade) else {
+        return Err(ApiError::bad_parameter(
+            "this is a WebSocket endpoint: send an Upgrade: websocket request",
+        ));
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        return Err(ApiError::bad_parameter(
+            "this connection cannot be upgraded to a WebSocket (use HTTP/1.1)",
+        ));
+    };
+    let queue = match query.get("receiverQueueSize") {
+        Some(v) => v.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            ApiError::bad_parameter("receiverQueueSize must be a positive integer")
+        })?,
+        None => DEFAULT_RECEIVER_QUEUE,
+    };
+    let task_state = Arc::clone(state);
+    state.spawn_task(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+                if let Err(e) = run_consumer(&task_state, ws, &stream, &subscription, queue).await {
+                    tracing::warn!(stream, subscription, error = %e.message, "gdnlite: stream consumer ended with an error");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "gdnlite: WebSocket upgrade failed"),
+        }
+    });
+    let mut response = empty_response(StatusCode::SWITCHING_PROTOCOLS);
+    let headers = response.headers_mut();
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        headers.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    Ok(response)
+}
+
+/// The frame for one message, in the Pulsar WebSocket API's shape.
+pub fn frame(seq: u64, stored: &[u8]) -> Option<String> {
+    let (op, micros, payload) = decode_message(stored)?;
+    Some(
+        serde_json::json!({
+            "messageId": seq.to_string(),
+            "payload": STANDARD.encode(payload),
+            "properties": {"op": op.as_str()},
+            "publishTime": iso8601(micros),
+            "redeliveryCount": 0,
+        })
+        .to_string(),
+    )
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for microseconds since the Unix epoch.
+pub fn iso8601(micros: u64) -> String {
+    let secs = micros / 1_000_000;
+    let millis = (micros / 1000) % 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (proleptic Gregorian calendar).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+fn parse_ack(text: &str) -> Option<u64> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    match value.get("messageId")? {
+        serde_json::Value::String(s) => s.parse().ok(),
+        serde_json::Value::Number(n) => n.as_u64(),
+        _ => None,
+    }
+}
+
+async fn persist(
+    state: &State,
+    stream: &str,
+    subscription: &str,
+    sub: &SubscriptionState,
+) -> Result<(), ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    state.store.submit(
+        true,
+        Op::SaveSubscription {
+            stream: stream.to_string(),
+            subscription: subscription.to_string(),
+            state: sub.clone(),
+            reply: tx,
+        },
+    )?;
+    rx.await
+        .map_err(|_| ApiError::storage("the writer stopped before answering"))?
+}
+
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+async fn run_consumer(
+    state: &Arc<State>,
+    mut ws: Ws,
+    stream: &str,
+    subscription: &str,
+    queue: u64,
+) -> Result<(), ApiError> {
+    let lock = state.subscription_lock(stream, subscription);
+    let _exclusive = lock.lock().await;
+    let mut sub = {
+        let read = state.store.read()?;
+        store::subscription(&read, stream, subscription)?.unwrap_or_default()
+    };
+    let mut commits = state.store.commits();
+    let mut next = sub.through + 1;
+    let mut in_flight = std::collections::BTreeSet::new();
+    let result = async {
+        loop {
+            if (in_flight.len() as u64) < queue {
+                commits.borrow_and_update();
+                let room = queue - in_flight.len() as u64;
+                let batch = {
+                    let read = state.store.read()?;
+                    store::messages_from(&read, stream, next, room as usize)?
+                };
+                for (seq, stored) in batch {
+                    next = seq + 1;
+                    if sub.is_acked(seq) {
+                        continue;
+                    }
+                    let Some(text) = frame(seq, &stored) else {
+                        continue;
+                    };
+                    if ws.send(Message::text(text)).await.is_err() {
+                        return Ok(());
+                    }
+                    in_flight.insert(seq);
+                }
+            }
+            let room = (in_flight.len() as u64) < queue;
+            let incoming = tokio::select! {
+                incoming = ws.next() => incoming,
+                changed = commits.changed(), if room => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            let mut dirty = false;
+            let mut incoming = incoming;
+            loop {
+                match incoming {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Some(seq) = parse_ack(text.as_str()) {
+                            if in_flight.remove(&seq) || (seq < next && !sub.is_acked(seq)) {
+                                sub.ack(seq);
+                                dirty = true;
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                        if dirty {
+                            persist(state, stream, subscription, &sub).await?;
+                        }
+                        return Ok(());
+                    }
+                    Some(Ok(_)) => {}
+                }
+                match ws.next().now_or_never() {
+                    Some(more) => incoming = more,
+                    None => break,
+                }
+            }
+            if dirty {
+                persist(state, stream, subscription, &sub).await?;
+            }
+        }
+    }
+    .await;
+    let _ = ws.close(None).await;
+    result
+}
+
+#[cfg(test)]
+mod consumer_tests {
+    use super::*;
+
+    #[test]
+    fn publish_times_are_iso_8601() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(951_782_400_123_456), "2000-02-29T00:00:00.123Z");
+        assert_eq!(iso8601(1_796_083_199_999_000), "2026-11-30T23:59:59.999Z");
+    }
+
+    #[test]
+    fn acks_accept_string_and_number_ids() {
+        assert_eq!(parse_ack(r#"{"messageId":"17"}"#), Some(17));
+        assert_eq!(parse_ack(r#"{"messageId":17}"#), Some(17));
+        assert_eq!(parse_ack(r#"{"messageId":"x"}"#), None);
+        assert_eq!(parse_ack("not json"), None);
+    }
+}

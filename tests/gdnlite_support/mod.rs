@@ -1,0 +1,228 @@
+//! Helpers for the gdnlite integration tests: an in-process server on a temp dir and an HTTP
+//! client (hyper-util's legacy client, HTTP/1.1 or h2c) that returns status, headers and JSON.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use pgferry::gdnlite::{GdnLite, GdnLiteConfig, GdnLiteHandle};
+use serde_json::Value;
+
+/// The API key every test server uses.
+pub const KEY: &str = "test.key.secret";
+
+/// A started server and its data directory.
+pub struct Server {
+    /// The running server (None after stop).
+    pub handle: Option<GdnLiteHandle>,
+    /// Its data directory, kept for restarts.
+    pub dir: tempfile::TempDir,
+    /// The config it was started with.
+    pub config: GdnLiteConfig,
+}
+
+impl Server {
+    /// Starts a server on a fresh temp dir, after `tweak` adjusts the config.
+    pub async fn start_with(tweak: impl FnOnce(&mut GdnLiteConfig)) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = GdnLiteConfig::new(dir.path(), KEY);
+        tweak(&mut config);
+        let handle = GdnLite::start(config.clone())
+            .await
+            .expect("gdnlite starts");
+        Server {
+            handle: Some(handle),
+            dir,
+            config,
+        }
+    }
+
+    /// Starts a server with the default config.
+    pub async fn start() -> Server {
+        Server::start_with(|_| {}).await
+    }
+
+    /// Base URL.
+    pub fn url(&self) -> String {
+        self.handle.as_ref().expect("running").url()
+    }
+
+    /// Stops and starts again on the same data dir (a new port).
+    pub async fn restart(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.stop().await;
+        }
+        self.handle = Some(
+            GdnLite::start(self.config.clone())
+                .await
+                .expect("gdnlite restarts"),
+        );
+    }
+}
+
+/// One answer: status, headers and the body parsed as JSON (Null when empty or not JSON).
+#[derive(Debug)]
+pub struct Answer {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Parsed body.
+    pub json: Value,
+    /// Raw body.
+    pub raw: Bytes,
+}
+
+impl Answer {
+    /// Asserts a GDN error with this status and errorNum.
+    pub fn assert_error(&self, status: u16, error_num: u64) {
+        assert_eq!(self.status.as_u16(), status, "status; body {}", self.json);
+        assert_eq!(self.json["error"], Value::Bool(true), "body {}", self.json);
+        assert_eq!(
+            self.json["code"].as_u64(),
+            Some(status as u64),
+            "body {}",
+            self.json
+        );
+        assert_eq!(
+            self.json["errorNum"].as_u64(),
+            Some(error_num),
+            "errorNum; body {}",
+            self.json
+        );
+        assert!(self.json["errorMessage"].is_string(), "body {}", self.json);
+    }
+
+    /// Asserts a success status and no errorNum in an object body (pyC8's success test).
+    pub fn assert_ok(&self, status: u16) {
+        assert_eq!(self.status.as_u16(), status, "status; body {}", self.json);
+        if self.json.is_object() {
+            assert!(
+                self.json.get("errorNum").is_none(),
+                "success body carries errorNum: {}",
+                self.json
+            );
+        }
+    }
+}
+
+/// An HTTP client bound to one server and one protocol.
+#[derive(Clone)]
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+    auth: Option<String>,
+}
+
+impl Http {
+    /// HTTP/1.1 client with the API key.
+    pub fn h1(base: &str) -> Http {
+        Http {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            base: base.to_string(),
+            auth: Some(format!("apikey {KEY}")),
+        }
+    }
+
+    /// h2c (HTTP/2 with prior knowledge) client with the API key.
+    pub fn h2(base: &str) -> Http {
+        Http {
+            client: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
+            base: base.to_string(),
+            auth: Some(format!("apikey {KEY}")),
+        }
+    }
+
+    /// The same client with another Authorization header (None: no header).
+    pub fn with_auth(&self, auth: Option<&str>) -> Http {
+        Http {
+            auth: auth.map(str::to_string),
+            ..self.clone()
+        }
+    }
+
+    /// Sends a request with a raw body.
+    pub async fn raw(&self, method: Method, path: &str, body: impl Into<Bytes>) -> Answer {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path))
+            .header("content-type", "application/json")
+            .header("charset", "utf-8");
+        if let Some(auth) = &self.auth {
+            builder = builder.header("authorization", auth);
+        }
+        let request = builder.body(Full::new(body.into())).expect("request");
+        let response = self.client.request(request).await.expect("response");
+        let (parts, body) = response.into_parts();
+        let raw = body.collect().await.expect("body").to_bytes();
+        let json = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            json,
+            raw,
+        }
+    }
+
+    /// Sends a request with a JSON body (Null: empty body).
+    pub async fn call(&self, method: Method, path: &str, body: Value) -> Answer {
+        let bytes = if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        };
+        self.raw(method, path, bytes).await
+    }
+
+    /// Sends a request and returns the transport result (for fault tests).
+    pub async fn try_call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Value,
+    ) -> Result<StatusCode, String> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path))
+            .header("content-type", "application/json");
+        if let Some(auth) = &self.auth {
+            builder = builder.header("authorization", auth);
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| e.to_string())?;
+        match self.client.request(request).await {
+            Ok(response) => Ok(response.status()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// The fabric API prefix.
+pub fn api(path: &str) -> String {
+    format!("/_fabric/_system/_api/{path}")
+}
+
+/// Waits for `condition` to hold, polling, failing after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
