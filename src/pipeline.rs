@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::config::{
     DestinationConfig, PgSourceConfig, PipelineConfig, ReplicationMethod, TableSelection,
 };
-use crate::gdn::client::{GdnClient, GdnError};
+use crate::gdn::client::{retrying, GdnClient, GdnError};
 use crate::gdn::document::{DocumentError, DocumentPlan};
 use crate::gdn::writer::{BatchTarget, Writer, WriterSettings};
 use crate::pg::catalog::{discover, Table};
@@ -189,10 +189,16 @@ pub async fn run(config: &PipelineConfig) -> Result<RunSummary, RunError> {
             (DestinationConfig::Null, None) => table.name.clone(),
         };
         if let Some(client) = &client {
-            client.ensure_collection(&collection, create_stream).await?;
+            retrying(settings.max_retries, || {
+                client.ensure_collection(&collection, create_stream)
+            })
+            .await?;
             if keyless {
                 tracing::info!(table = %table.qualified_name(), %collection, "keyless table: emptying the collection before the reload");
-                client.truncate_collection(&collection).await?;
+                retrying(settings.max_retries, || {
+                    client.truncate_collection(&collection)
+                })
+                .await?;
             }
         }
         tasks.push(CopyTask {

@@ -246,6 +246,7 @@ impl GdnClient {
             .enable_http2()
             .build();
         let http = Client::builder(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
             .http2_only(true)
             .http2_keep_alive_interval(Some(Duration::from_secs(30)))
             .build(connector);
@@ -489,6 +490,26 @@ impl GdnClient {
             durable: answer.status == StatusCode::CREATED,
             failures,
         })
+    }
+}
+
+/// Runs an idempotent call, retrying retryable failures up to `attempts` times with backoff.
+pub async fn retrying<T, F, Fut>(attempts: u32, mut call: F) -> Result<T, GdnError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, GdnError>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match call().await {
+            Err(error) if error.is_retryable() && attempt < attempts.max(1) => {
+                tracing::warn!(attempt, %error, "retrying a GDN call");
+                let delay = 100u64.saturating_mul(1 << attempt.min(7)).min(10_000);
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            result => return result,
+        }
     }
 }
 
