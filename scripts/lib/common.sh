@@ -30,6 +30,14 @@ ensure_postgres() {
     [ -f "$libdir/wal2json.so" ] || die "wal2json.so still missing in $libdir after installing postgresql-${PG_MAJOR}-wal2json"
 }
 
+# Installs a Debian package when its command is missing: ensure_command curl curl
+ensure_command() {
+    command -v "$1" >/dev/null && return 0
+    log "installing $2 (for $1)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >/dev/null
+}
+
 # Installs the rustfmt and clippy components when rustup is there and they are not.
 ensure_rust_components() {
     command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs)"
