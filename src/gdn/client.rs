@@ -440,30 +440,18 @@ impl GdnClient {
             })
     }
 
-    /// Upserts a batch (`body` is a JSON array of documents with `_key`): one POST with
-    /// `overwrite=true`, durable when `wait_for_sync`.
-    pub async fn upsert_documents(
+    /// Writes a batch (`body` is a JSON array of documents) in one POST: with `overwrite`, an
+    /// upsert by `_key` (idempotent); without, plain inserts (keyless reloads: GDN makes keys).
+    /// Durable (201) when `wait_for_sync`.
+    pub async fn write_documents(
         &self,
         collection: &str,
         body: Bytes,
+        overwrite: bool,
         wait_for_sync: bool,
     ) -> Result<BatchOutcome, GdnError> {
         let rest = format!(
-            "document/{}?overwrite=true&waitForSync={wait_for_sync}&returnNew=false&silent=false",
-            encode_path_segment(collection)
-        );
-        self.batch(Method::POST, &rest, body).await
-    }
-
-    /// Inserts a batch without keys (GDN generates them): keyless FULL_TABLE reloads.
-    pub async fn insert_documents(
-        &self,
-        collection: &str,
-        body: Bytes,
-        wait_for_sync: bool,
-    ) -> Result<BatchOutcome, GdnError> {
-        let rest = format!(
-            "document/{}?waitForSync={wait_for_sync}&returnNew=false&silent=false",
+            "document/{}?overwrite={overwrite}&waitForSync={wait_for_sync}&returnNew=false&silent=false",
             encode_path_segment(collection)
         );
         self.batch(Method::POST, &rest, body).await

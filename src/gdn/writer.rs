@@ -227,23 +227,14 @@ impl Writer {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let result = if target.keyless {
-                client
-                    .insert_documents(
-                        &target.collection,
-                        request_body.clone(),
-                        self.settings.wait_for_sync,
-                    )
-                    .await
-            } else {
-                client
-                    .upsert_documents(
-                        &target.collection,
-                        request_body.clone(),
-                        self.settings.wait_for_sync,
-                    )
-                    .await
-            };
+            let result = client
+                .write_documents(
+                    &target.collection,
+                    request_body.clone(),
+                    !target.keyless,
+                    self.settings.wait_for_sync,
+                )
+                .await;
             match result {
                 Ok(outcome) if outcome.failures.is_empty() => {
                     self.stats
