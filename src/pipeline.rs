@@ -58,6 +58,22 @@ pub struct RunSummary {
     pub bytes: u64,
     /// Requests or documents that were retried.
     pub retries: u64,
+    /// The process's peak resident set size (`VmHWM`), when the platform reports it.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// This process's peak resident set size, from `/proc/self/status` (Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 impl RunSummary {
@@ -68,7 +84,12 @@ impl RunSummary {
         let mut total = 0u64;
         for table in &self.copy.tables {
             total += table.rows;
-            text.push_str(&format!("{}: {} rows\n", table.table, table.rows));
+            text.push_str(&format!(
+                "{}: {} rows ({:.0} rows/s)\n",
+                table.table,
+                table.rows,
+                table.rows as f64 / table.elapsed.as_secs_f64().max(1e-9)
+            ));
         }
         text.push_str(&format!(
             "copied {total} rows ({:.1} MB of documents) in {:.2} s: {:.0} rows/s, {} retries\n",
@@ -77,6 +98,9 @@ impl RunSummary {
             total as f64 / seconds,
             self.retries
         ));
+        if let Some(peak) = self.peak_rss_bytes {
+            text.push_str(&format!("peak RSS {:.1} MB\n", peak as f64 / 1e6));
+        }
         text
     }
 }
@@ -229,5 +253,6 @@ pub async fn run(config: &PipelineConfig) -> Result<RunSummary, RunError> {
         documents: stats.documents.load(std::sync::atomic::Ordering::Relaxed),
         bytes: stats.bytes.load(std::sync::atomic::Ordering::Relaxed),
         retries: stats.retries.load(std::sync::atomic::Ordering::Relaxed),
+        peak_rss_bytes: peak_rss_bytes(),
     })
 }

@@ -130,6 +130,8 @@ pub struct TableCopied {
     pub table: String,
     /// Rows read and handed to the writer.
     pub rows: u64,
+    /// From the start of its first chunk to the end of its last (chunks overlap across workers).
+    pub elapsed: Duration,
 }
 
 /// What the copy did.
@@ -235,19 +237,24 @@ pub async fn copy_tables(
             .map(|_| std::sync::atomic::AtomicU64::new(0))
             .collect(),
     );
+    let spans: Arc<Spans> = Arc::new(std::sync::Mutex::new(vec![None; tasks.len()]));
     let mut handles = Vec::new();
     for worker in 0..workers.max(1) {
         let options = options.clone();
         let queue = Arc::clone(&queue);
         let tasks = Arc::clone(&tasks);
         let counts = Arc::clone(&counts);
+        let spans = Arc::clone(&spans);
         let writer = writer.clone();
         let snapshot = snapshot.clone();
         handles.push(tokio::spawn(async move {
-            copy_worker(
-                worker, &options, &snapshot, &queue, &tasks, &counts, limits, &writer,
-            )
-            .await
+            let shared = Shared {
+                queue: &queue,
+                tasks: &tasks,
+                counts: &counts,
+                spans: &spans,
+            };
+            copy_worker(worker, &options, &snapshot, shared, limits, &writer).await
         }));
     }
     let mut first_error = None;
@@ -268,27 +275,43 @@ pub async fn copy_tables(
     if let Some(error) = first_error {
         return Err(error);
     }
+    let spans = spans.lock().map(|spans| spans.clone()).unwrap_or_default();
     Ok(CopySummary {
         tables: tasks
             .iter()
             .zip(counts.iter())
-            .map(|(task, count)| TableCopied {
+            .enumerate()
+            .map(|(index, (task, count))| TableCopied {
                 table: task.target.table.to_string(),
                 rows: count.load(std::sync::atomic::Ordering::Relaxed),
+                elapsed: spans
+                    .get(index)
+                    .copied()
+                    .flatten()
+                    .map_or(Duration::ZERO, |(start, end)| end - start),
             })
             .collect(),
         elapsed: started.elapsed(),
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the workers share: the chunk queue, the tasks, and per-table counters.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    queue: &'a Mutex<VecDeque<Chunk>>,
+    tasks: &'a [CopyTask],
+    counts: &'a [std::sync::atomic::AtomicU64],
+    spans: &'a Spans,
+}
+
+/// Per table, the first chunk's start and the last chunk's end.
+type Spans = std::sync::Mutex<Vec<Option<(Instant, Instant)>>>;
+
 async fn copy_worker(
     worker: usize,
     options: &ConnectOptions,
     snapshot: &str,
-    queue: &Mutex<VecDeque<Chunk>>,
-    tasks: &[CopyTask],
-    counts: &[std::sync::atomic::AtomicU64],
+    shared: Shared<'_>,
     limits: BatchLimits,
     writer: &Writer,
 ) -> Result<(), SnapshotError> {
@@ -307,12 +330,18 @@ async fn copy_worker(
         .await
         .map_err(pg("adopting the exported snapshot"))?;
     loop {
-        let Some(chunk) = queue.lock().await.pop_front() else {
+        let Some(chunk) = shared.queue.lock().await.pop_front() else {
             break;
         };
-        let task = &tasks[chunk.table];
+        let task = &shared.tasks[chunk.table];
+        let started = Instant::now();
         let rows = copy_chunk(&mut connection, task, &chunk, limits, writer).await?;
-        counts[chunk.table].fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
+        shared.counts[chunk.table].fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut spans) = shared.spans.lock() {
+            let span = spans[chunk.table].get_or_insert((started, started));
+            span.0 = span.0.min(started);
+            span.1 = span.1.max(Instant::now());
+        }
     }
     let _ = connection.execute("COMMIT").await;
     connection.close().await;
