@@ -26,6 +26,8 @@ enum Command {
     Check(CheckArgs),
     /// Run a pipeline: copy the selected PostgreSQL tables into GDN collections (FULL_TABLE).
     Run(RunArgs),
+    /// Print the Singer catalog of a PostgreSQL source, as the old source's --discover did.
+    Discover(DiscoverArgs),
     /// Run gdnlite, a durable local GDN REST server for development and tests (not a GDN).
     ///
     /// Serves the part of the GDN API that pyC8 and the Macrometa connectors use (collections,
@@ -85,6 +87,13 @@ struct GdnliteArgs {
     /// Seed of the fault generator, for repeatable runs.
     #[arg(long)]
     fault_seed: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+struct DiscoverArgs {
+    /// Source config (the old tap's keys) or a pipeline file with a `source` object.
+    #[arg(short, long)]
+    config: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -186,6 +195,32 @@ async fn gdnlite(args: GdnliteArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+async fn discover(args: DiscoverArgs) -> ExitCode {
+    let config = match pgferry::config::PgSourceConfig::from_file(&args.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match pgferry::source::discover::catalog(&config).await {
+        Ok(catalog) => match serde_json::to_string_pretty(&catalog) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: could not encode the catalog: {error}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
 async fn run(args: RunArgs) -> ExitCode {
     let mut config = match pgferry::config::PipelineConfig::from_file(&args.config) {
         Ok(config) => config,
@@ -246,6 +281,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Check(args) => check(args).await,
             Command::Run(args) => run(args).await,
+            Command::Discover(args) => discover(args).await,
             Command::Gdnlite(args) => gdnlite(args).await,
         }
     })

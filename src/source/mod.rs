@@ -1,3 +1,5 @@
-//! PostgreSQL as a source: the consistent snapshot copy (change data capture follows).
+//! PostgreSQL as a source: the Singer catalog and the consistent snapshot copy (change data
+//! capture follows).
 
+pub mod discover;
 pub mod snapshot;
