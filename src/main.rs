@@ -107,6 +107,9 @@ struct RunArgs {
     /// Write nowhere (decode, encode and batch only): measures the source side alone.
     #[arg(long, value_parser = ["null"])]
     destination: Option<String>,
+    /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:8000, the old source's port).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -239,7 +242,23 @@ async fn run(args: RunArgs) -> ExitCode {
     if args.destination.is_some() {
         config.destination = pgferry::config::DestinationConfig::Null;
     }
-    match pgferry::pipeline::run(&config).await {
+    let metrics = std::sync::Arc::new(pgferry::metrics::Metrics::new(
+        pgferry::metrics::Labels::from_env(),
+    ));
+    let _server = match args.metrics_addr {
+        Some(addr) => match pgferry::metrics::serve(addr, std::sync::Arc::clone(&metrics)).await {
+            Ok((bound, handle)) => {
+                tracing::info!(%bound, "serving Prometheus metrics");
+                Some(handle)
+            }
+            Err(error) => {
+                eprintln!("error: cannot serve metrics on {addr}: {error}\nHINT: pick a free port for --metrics-addr");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => None,
+    };
+    match pgferry::pipeline::run_with_metrics(&config, metrics).await {
         Ok(summary) => {
             print!("{}", summary.to_text());
             ExitCode::SUCCESS

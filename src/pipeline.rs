@@ -4,6 +4,7 @@
 //! creation, one consistent parallel copy of every selected table, and a summary. LOG_BASED
 //! pipelines are refused with a clear message until change data capture lands.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{
@@ -12,8 +13,10 @@ use crate::config::{
 use crate::gdn::client::{retrying, GdnClient, GdnError};
 use crate::gdn::document::{DocumentError, DocumentPlan};
 use crate::gdn::writer::{BatchTarget, Writer, WriterSettings};
+use crate::metrics::{Labels, Metrics};
 use crate::pg::catalog::{discover, Table};
 use crate::pg::{Connection, PgError};
+use crate::progress::{spawn_display, CopyProgress};
 use crate::source::snapshot::{copy_tables, BatchLimits, CopySummary, CopyTask, SnapshotError};
 
 /// Why a run failed.
@@ -160,8 +163,16 @@ async fn discover_selected(
     Ok(tables)
 }
 
-/// Runs a pipeline to completion.
+/// Runs a pipeline to completion, counting into fresh metrics labelled from the environment.
 pub async fn run(config: &PipelineConfig) -> Result<RunSummary, RunError> {
+    run_with_metrics(config, Arc::new(Metrics::new(Labels::from_env()))).await
+}
+
+/// Runs a pipeline to completion, counting into `metrics` (e.g. served on `--metrics-addr`).
+pub async fn run_with_metrics(
+    config: &PipelineConfig,
+    metrics: Arc<Metrics>,
+) -> Result<RunSummary, RunError> {
     if config.source.replication_method == ReplicationMethod::LogBased {
         return Err(RunError::Unsupported(
             "replication_method LOG_BASED is not available in this version of `pgferry run` yet (change data capture is being built)\nHINT: use \"replication_method\": \"FULL_TABLE\" for a consistent copy of the tables; `pgferry check` already verifies the LOG_BASED prerequisites".into(),
@@ -236,7 +247,14 @@ pub async fn run(config: &PipelineConfig) -> Result<RunSummary, RunError> {
         });
     }
 
-    let writer = Writer::new(client, settings);
+    let writer = Writer::new(client, settings, Arc::clone(&metrics));
+    let progress = Arc::new(CopyProgress::new(tasks.iter().map(|task| {
+        (
+            task.target.table.to_string(),
+            u64::try_from(task.table.row_estimate).unwrap_or(0),
+        )
+    })));
+    let display = spawn_display(Arc::clone(&progress));
     let copy = copy_tables(
         &config.source.connect_options(),
         tasks,
@@ -244,15 +262,21 @@ pub async fn run(config: &PipelineConfig) -> Result<RunSummary, RunError> {
         limits,
         &writer,
         None,
+        Arc::clone(&progress),
     )
-    .await
-    .map_err(|error| RunError::Copy(Box::new(error)))?;
-    let stats = writer.stats();
+    .await;
+    progress.finish();
+    if let Some(display) = display {
+        let _ = display.await;
+    }
+    let copy = copy.map_err(|error| RunError::Copy(Box::new(error)))?;
+    let load =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
     Ok(RunSummary {
         copy,
-        documents: stats.documents.load(std::sync::atomic::Ordering::Relaxed),
-        bytes: stats.bytes.load(std::sync::atomic::Ordering::Relaxed),
-        retries: stats.retries.load(std::sync::atomic::Ordering::Relaxed),
+        documents: load(&metrics.ingested_documents),
+        bytes: load(&metrics.ingested_bytes),
+        retries: load(&metrics.retries),
         peak_rss_bytes: peak_rss_bytes(),
     })
 }

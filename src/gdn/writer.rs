@@ -8,7 +8,7 @@
 //! still cannot be written. Nothing is skipped silently.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::gdn::client::{GdnClient, GdnError};
 use crate::gdn::keys::DocumentKey;
+use crate::metrics::Metrics;
 
 /// Why documents could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -141,24 +142,13 @@ pub struct WriterSettings {
     pub initial_backoff: Duration,
 }
 
-/// Counters for progress and the summary.
-#[derive(Debug, Default)]
-pub struct WriterStats {
-    /// Documents durably written.
-    pub documents: AtomicU64,
-    /// Request bytes sent successfully.
-    pub bytes: AtomicU64,
-    /// Retried requests or documents.
-    pub retries: AtomicU64,
-}
-
 /// Sends batches to GDN with bounded concurrency; `None` client = the null destination.
 #[derive(Debug, Clone)]
 pub struct Writer {
     client: Option<GdnClient>,
     settings: WriterSettings,
     permits: Arc<Semaphore>,
-    stats: Arc<WriterStats>,
+    metrics: Arc<Metrics>,
 }
 
 /// Where a batch goes and which rows it holds (for error messages).
@@ -173,19 +163,23 @@ pub struct BatchTarget {
 }
 
 impl Writer {
-    /// A writer into GDN, or into nothing when `client` is `None`.
-    pub fn new(client: Option<GdnClient>, settings: WriterSettings) -> Writer {
+    /// A writer into GDN, or into nothing when `client` is `None`; counts into `metrics`.
+    pub fn new(
+        client: Option<GdnClient>,
+        settings: WriterSettings,
+        metrics: Arc<Metrics>,
+    ) -> Writer {
         Writer {
             client,
             permits: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
             settings,
-            stats: Arc::new(WriterStats::default()),
+            metrics,
         }
     }
 
     /// The shared counters.
-    pub fn stats(&self) -> Arc<WriterStats> {
-        Arc::clone(&self.stats)
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Starts writing `batch`; waits first for a free slot (backpressure). The handle resolves
@@ -202,7 +196,32 @@ impl Writer {
         let writer = self.clone();
         tokio::spawn(async move {
             let permit = permit?;
-            writer.write(target, batch, permit).await
+            let documents = batch.len() as u64;
+            writer
+                .metrics
+                .requests_in_flight
+                .fetch_add(1, Ordering::Relaxed);
+            let result = writer.write(target, batch, permit).await;
+            writer
+                .metrics
+                .requests_in_flight
+                .fetch_sub(1, Ordering::Relaxed);
+            writer.metrics.batches.fetch_add(1, Ordering::Relaxed);
+            writer
+                .metrics
+                .batch_documents
+                .fetch_add(documents, Ordering::Relaxed);
+            if let Err(error) = &result {
+                let failed = match error {
+                    WriteError::Request { documents, .. } => *documents as u64,
+                    _ => 1,
+                };
+                writer
+                    .metrics
+                    .ingest_errors
+                    .fetch_add(failed, Ordering::Relaxed);
+            }
+            result
         })
     }
 
@@ -214,11 +233,11 @@ impl Writer {
     ) -> Result<(), WriteError> {
         let (body, documents, keys) = batch.into_parts();
         let Some(client) = &self.client else {
-            self.stats
-                .documents
+            self.metrics
+                .ingested_documents
                 .fetch_add(documents.len() as u64, Ordering::Relaxed);
-            self.stats
-                .bytes
+            self.metrics
+                .ingested_bytes
                 .fetch_add(body.len() as u64, Ordering::Relaxed);
             return Ok(());
         };
@@ -237,11 +256,11 @@ impl Writer {
                 .await;
             match result {
                 Ok(outcome) if outcome.failures.is_empty() => {
-                    self.stats
-                        .documents
+                    self.metrics
+                        .ingested_documents
                         .fetch_add(pending.len() as u64, Ordering::Relaxed);
-                    self.stats
-                        .bytes
+                    self.metrics
+                        .ingested_bytes
                         .fetch_add(request_body.len() as u64, Ordering::Relaxed);
                     return Ok(());
                 }
@@ -252,8 +271,8 @@ impl Writer {
                         .filter_map(|failure| pending.get(failure.index).copied())
                         .collect();
                     let written = pending.len() - failed.len();
-                    self.stats
-                        .documents
+                    self.metrics
+                        .ingested_documents
                         .fetch_add(written as u64, Ordering::Relaxed);
                     if attempt >= self.settings.max_retries || target.keyless {
                         // Keyless inserts are not idempotent: re-sending could duplicate.
@@ -271,7 +290,7 @@ impl Writer {
                             attempts: attempt,
                         });
                     }
-                    self.stats
+                    self.metrics
                         .retries
                         .fetch_add(failed.len() as u64, Ordering::Relaxed);
                     request_body = subset(&body, &documents, &failed);
@@ -283,7 +302,7 @@ impl Writer {
                         && attempt < self.settings.max_retries
                         && !target.keyless =>
                 {
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(table = %target.table, collection = %target.collection, attempt, %error, "retrying a GDN write");
                     tokio::time::sleep(self.backoff(attempt)).await;
                 }

@@ -21,6 +21,7 @@ use crate::gdn::writer::{BatchTarget, DocumentBatch, WriteError, Writer};
 use crate::pg::catalog::Table;
 use crate::pg::query::quote_literal;
 use crate::pg::{ConnectOptions, Connection, PgError};
+use crate::progress::CopyProgress;
 
 /// Smallest chunk, in 8 KiB pages (8 MiB): fewer round trips for small tables.
 const MIN_PAGES_PER_CHUNK: u64 = 1024;
@@ -148,6 +149,8 @@ pub struct CopySummary {
 /// With `snapshot = Some(name)` the caller already holds an exported snapshot (e.g. from
 /// `CREATE_REPLICATION_SLOT … (SNAPSHOT 'export')`) and keeps it alive until this returns;
 /// otherwise a coordinator transaction exports one for the duration of the copy.
+///
+/// Rows are counted into `progress` (one entry per task, in task order) as batches are made.
 pub async fn copy_tables(
     options: &ConnectOptions,
     tasks: Vec<CopyTask>,
@@ -155,6 +158,7 @@ pub async fn copy_tables(
     limits: BatchLimits,
     writer: &Writer,
     snapshot: Option<String>,
+    progress: Arc<CopyProgress>,
 ) -> Result<CopySummary, SnapshotError> {
     let started = Instant::now();
     let mut coordinator = Connection::connect(options)
@@ -232,18 +236,13 @@ pub async fn copy_tables(
 
     let queue = Arc::new(Mutex::new(chunks));
     let tasks = Arc::new(tasks);
-    let counts: Arc<Vec<std::sync::atomic::AtomicU64>> = Arc::new(
-        (0..tasks.len())
-            .map(|_| std::sync::atomic::AtomicU64::new(0))
-            .collect(),
-    );
     let spans: Arc<Spans> = Arc::new(std::sync::Mutex::new(vec![None; tasks.len()]));
     let mut handles = Vec::new();
     for worker in 0..workers.max(1) {
         let options = options.clone();
         let queue = Arc::clone(&queue);
         let tasks = Arc::clone(&tasks);
-        let counts = Arc::clone(&counts);
+        let progress = Arc::clone(&progress);
         let spans = Arc::clone(&spans);
         let writer = writer.clone();
         let snapshot = snapshot.clone();
@@ -251,7 +250,7 @@ pub async fn copy_tables(
             let shared = Shared {
                 queue: &queue,
                 tasks: &tasks,
-                counts: &counts,
+                progress: &progress,
                 spans: &spans,
             };
             copy_worker(worker, &options, &snapshot, shared, limits, &writer).await
@@ -279,11 +278,10 @@ pub async fn copy_tables(
     Ok(CopySummary {
         tables: tasks
             .iter()
-            .zip(counts.iter())
             .enumerate()
-            .map(|(index, (task, count))| TableCopied {
+            .map(|(index, task)| TableCopied {
                 table: task.target.table.to_string(),
-                rows: count.load(std::sync::atomic::Ordering::Relaxed),
+                rows: progress.rows(index),
                 elapsed: spans
                     .get(index)
                     .copied()
@@ -300,7 +298,7 @@ pub async fn copy_tables(
 struct Shared<'a> {
     queue: &'a Mutex<VecDeque<Chunk>>,
     tasks: &'a [CopyTask],
-    counts: &'a [std::sync::atomic::AtomicU64],
+    progress: &'a CopyProgress,
     spans: &'a Spans,
 }
 
@@ -335,8 +333,15 @@ async fn copy_worker(
         };
         let task = &shared.tasks[chunk.table];
         let started = Instant::now();
-        let rows = copy_chunk(&mut connection, task, &chunk, limits, writer).await?;
-        shared.counts[chunk.table].fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
+        copy_chunk(
+            &mut connection,
+            task,
+            &chunk,
+            limits,
+            writer,
+            shared.progress,
+        )
+        .await?;
         if let Ok(mut spans) = shared.spans.lock() {
             let span = spans[chunk.table].get_or_insert((started, started));
             span.0 = span.0.min(started);
@@ -355,7 +360,15 @@ async fn copy_chunk(
     chunk: &Chunk,
     limits: BatchLimits,
     writer: &Writer,
-) -> Result<u64, SnapshotError> {
+    progress: &CopyProgress,
+) -> Result<(), SnapshotError> {
+    let metrics = writer.metrics();
+    let count = |rows: usize| {
+        progress.add(chunk.table, rows as u64);
+        metrics
+            .rows_read
+            .fetch_add(rows as u64, std::sync::atomic::Ordering::Relaxed);
+    };
     let table = task.table.qualified_name();
     let mut sql = format!("SELECT {} FROM {}", task.plan.select_list(), table);
     if let Some(predicate) = ctid_predicate(chunk.start_page, chunk.end_page) {
@@ -370,7 +383,6 @@ async fn copy_chunk(
     let mut rows = Vec::new();
     let mut batch = DocumentBatch::with_capacity(limits.bytes.min(1 << 20));
     let mut pending = Vec::new();
-    let mut copied = 0u64;
     while let Some(data) = copy.next().await.map_err(pg(format!("reading {table}")))? {
         decoder
             .decode_chunk(data, &mut rows)
@@ -380,8 +392,8 @@ async fn copy_chunk(
             })?;
         for row in rows.drain(..) {
             batch.push_with(|out| task.plan.encode(&row, out))?;
-            copied += 1;
             if batch.len() >= limits.rows || batch.bytes() >= limits.bytes {
+                count(batch.len());
                 let full = std::mem::replace(
                     &mut batch,
                     DocumentBatch::with_capacity(limits.bytes.min(1 << 20)),
@@ -395,6 +407,7 @@ async fn copy_chunk(
         source,
     })?;
     if !batch.is_empty() {
+        count(batch.len());
         pending.push(writer.submit(task.target.clone(), batch).await);
     }
     for handle in pending {
@@ -402,7 +415,7 @@ async fn copy_chunk(
             .await
             .map_err(|error| WriteError::Task(error.to_string()))??;
     }
-    Ok(copied)
+    Ok(())
 }
 
 #[cfg(test)]
