@@ -381,7 +381,9 @@ async fn copy_chunk(
         .map_err(pg(format!("reading {table}")))?;
     let mut decoder = CopyBinaryDecoder::new(task.plan.width());
     let mut rows = Vec::new();
-    let mut batch = DocumentBatch::with_capacity(limits.bytes.min(1 << 20));
+    // Size each batch's buffer like the previous one, so memory follows the real batch size.
+    let mut capacity = (64 * 1024).min(limits.bytes);
+    let mut batch = DocumentBatch::with_capacity(capacity);
     let mut pending = Vec::new();
     while let Some(data) = copy.next().await.map_err(pg(format!("reading {table}")))? {
         decoder
@@ -394,10 +396,8 @@ async fn copy_chunk(
             batch.push_with(|out| task.plan.encode(&row, out))?;
             if batch.len() >= limits.rows || batch.bytes() >= limits.bytes {
                 count(batch.len());
-                let full = std::mem::replace(
-                    &mut batch,
-                    DocumentBatch::with_capacity(limits.bytes.min(1 << 20)),
-                );
+                capacity = (batch.bytes() + batch.bytes() / 8).min(limits.bytes + 1024);
+                let full = std::mem::replace(&mut batch, DocumentBatch::with_capacity(capacity));
                 pending.push(writer.submit(task.target.clone(), full).await);
             }
         }
