@@ -418,9 +418,18 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// Appends `value` (0 ≤ value < 10^width) zero-padded to `width` digits, without `fmt`.
+fn push_padded(text: &mut String, value: i64, width: u32) {
+    let mut divisor = 10i64.pow(width.saturating_sub(1));
+    while divisor > 0 {
+        text.push(char::from(b'0' + (value / divisor % 10) as u8));
+        divisor /= 10;
+    }
+}
+
 fn push_year(text: &mut String, year: i64) {
     if (0..=9999).contains(&year) {
-        let _ = write!(text, "{year:04}");
+        push_padded(text, year, 4);
     } else if year > 9999 {
         let _ = write!(text, "+{year}");
     } else {
@@ -436,7 +445,11 @@ fn date(days: i32) -> Value<'static> {
             let (year, month, day) = civil_from_days(i64::from(days) + PG_EPOCH_DAYS);
             let mut text = String::with_capacity(26);
             push_year(&mut text, year);
-            let _ = write!(text, "-{month:02}-{day:02}T00:00:00+00:00");
+            text.push('-');
+            push_padded(&mut text, i64::from(month), 2);
+            text.push('-');
+            push_padded(&mut text, i64::from(day), 2);
+            text.push_str("T00:00:00+00:00");
             Value::Str(Cow::Owned(text))
         }
     }
@@ -445,15 +458,14 @@ fn date(days: i32) -> Value<'static> {
 fn push_clock(text: &mut String, micros_of_day: i64) {
     let seconds = micros_of_day / MICROS_PER_SECOND;
     let fraction = micros_of_day % MICROS_PER_SECOND;
-    let _ = write!(
-        text,
-        "{:02}:{:02}:{:02}",
-        seconds / 3600,
-        seconds / 60 % 60,
-        seconds % 60
-    );
+    push_padded(text, seconds / 3600, 2);
+    text.push(':');
+    push_padded(text, seconds / 60 % 60, 2);
+    text.push(':');
+    push_padded(text, seconds % 60, 2);
     if fraction != 0 {
-        let _ = write!(text, ".{fraction:06}");
+        text.push('.');
+        push_padded(text, fraction, 6);
     }
 }
 
@@ -488,7 +500,11 @@ fn timestamp(micros: i64) -> Value<'static> {
             let (year, month, day) = civil_from_days(days + PG_EPOCH_DAYS);
             let mut text = String::with_capacity(32);
             push_year(&mut text, year);
-            let _ = write!(text, "-{month:02}-{day:02}T");
+            text.push('-');
+            push_padded(&mut text, i64::from(month), 2);
+            text.push('-');
+            push_padded(&mut text, i64::from(day), 2);
+            text.push('T');
             push_clock(&mut text, of_day);
             text.push_str("+00:00");
             Value::Str(Cow::Owned(text))
@@ -714,7 +730,7 @@ impl Value<'_> {
             Value::Bool(true) => out.extend_from_slice(b"true"),
             Value::Bool(false) => out.extend_from_slice(b"false"),
             Value::Int(value) => {
-                let _ = std::io::Write::write_fmt(out, format_args!("{value}"));
+                out.extend_from_slice(itoa::Buffer::new().format(*value).as_bytes());
             }
             Value::Float(value) => out.extend_from_slice(format_float(*value).as_bytes()),
             Value::Number(text) => out.extend_from_slice(text.as_bytes()),

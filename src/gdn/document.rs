@@ -5,7 +5,7 @@
 //! straight into a byte buffer: values go from the binary field to JSON text with no
 //! intermediate tree, and the key is derived from the same decoded values.
 
-use crate::decode::copy_binary::CopyRow;
+use crate::decode::copy_binary::RowFields;
 use crate::decode::value::{decode, TypeCodec, Value, ValueError};
 use crate::gdn::keys::{document_attribute_names, DocumentKey};
 use crate::pg::catalog::{NumericMode, Table};
@@ -130,46 +130,33 @@ impl DocumentPlan {
     }
 
     /// Appends the row as a JSON document to `out`; returns its key (None for keyless tables).
-    pub fn encode(
+    ///
+    /// Values go straight from the binary field to JSON text; key columns are decoded once
+    /// more for the key (no per-row buffer of values).
+    pub fn encode<R: RowFields + ?Sized>(
         &self,
-        row: &CopyRow,
+        row: &R,
         out: &mut Vec<u8>,
     ) -> Result<Option<DocumentKey>, DocumentError> {
-        if row.len() != self.columns.len() {
+        if row.field_count() != self.columns.len() {
             return Err(DocumentError::Shape {
                 table: self.table.clone(),
-                found: row.len(),
+                found: row.field_count(),
                 expected: self.columns.len(),
             });
         }
-        let mut values = Vec::with_capacity(row.len());
-        for (index, field) in row.iter().enumerate() {
-            values.push(match field {
-                None => Value::Null,
-                Some(raw) => {
-                    decode(&self.codecs[index], raw).map_err(|source| DocumentError::Value {
-                        table: self.table.clone(),
-                        column: self.columns[index].clone(),
-                        source,
-                    })?
-                }
-            });
-        }
-        let key = if self.key_indexes.is_empty() {
-            None
-        } else {
-            let mut parts = Vec::with_capacity(self.key_indexes.len());
-            for &index in &self.key_indexes {
-                if values[index] == Value::Null {
-                    return Err(DocumentError::NullKey {
-                        table: self.table.clone(),
-                        column: self.columns[index].clone(),
-                    });
-                }
-                parts.push(values[index].key_text());
+        let key = match self.key_indexes.as_slice() {
+            [] => None,
+            [single] => Some(DocumentKey::derive(&[self.key_part(row, *single)?])),
+            several => {
+                let parts = several
+                    .iter()
+                    .map(|&index| self.key_part(row, index))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some(DocumentKey::derive(&parts))
             }
-            Some(DocumentKey::derive(&parts))
         };
+        let mark = out.len();
         out.push(b'{');
         let mut first = true;
         if let (Some(key), false) = (&key, self.key_attribute_is_column) {
@@ -177,25 +164,60 @@ impl DocumentPlan {
             crate::decode::json_out::write_string(key.as_str(), out);
             first = false;
         }
-        for (index, value) in values.iter().enumerate() {
+        for index in 0..self.columns.len() {
             if !first {
                 out.push(b',');
             }
             first = false;
-            if self.attributes[index] == b"\"_key\":" {
-                // The table's own `_key` column is its key; write the derived (valid) key.
-                out.extend_from_slice(&self.attributes[index]);
-                match &key {
-                    Some(key) => crate::decode::json_out::write_string(key.as_str(), out),
-                    None => value.write_json(out),
-                }
-                continue;
-            }
             out.extend_from_slice(&self.attributes[index]);
-            value.write_json(out);
+            if self.attributes[index] == b"\"_key\":" {
+                if let Some(key) = &key {
+                    // The table's own `_key` column is its key; write the derived (valid) key.
+                    crate::decode::json_out::write_string(key.as_str(), out);
+                    continue;
+                }
+            }
+            match self.value(row, index) {
+                Ok(value) => value.write_json(out),
+                Err(error) => {
+                    out.truncate(mark);
+                    return Err(error);
+                }
+            }
         }
         out.push(b'}');
         Ok(key)
+    }
+
+    fn value<'r, R: RowFields + ?Sized>(
+        &self,
+        row: &'r R,
+        index: usize,
+    ) -> Result<Value<'r>, DocumentError> {
+        match row.field(index) {
+            None => Ok(Value::Null),
+            Some(raw) => decode(&self.codecs[index], raw).map_err(|source| DocumentError::Value {
+                table: self.table.clone(),
+                column: self.columns[index].clone(),
+                source,
+            }),
+        }
+    }
+
+    /// The key text of key column `index`; NULL is an error (a document needs a key).
+    fn key_part<R: RowFields + ?Sized>(
+        &self,
+        row: &R,
+        index: usize,
+    ) -> Result<String, DocumentError> {
+        let value = self.value(row, index)?;
+        if value == Value::Null {
+            return Err(DocumentError::NullKey {
+                table: self.table.clone(),
+                column: self.columns[index].clone(),
+            });
+        }
+        Ok(value.key_text().into_owned())
     }
 }
 
@@ -244,7 +266,7 @@ mod tests {
         plan: &DocumentPlan,
         row: Vec<Option<&'static [u8]>>,
     ) -> (String, Option<DocumentKey>) {
-        let row: CopyRow = row
+        let row: crate::decode::copy_binary::CopyRow = row
             .into_iter()
             .map(|field| field.map(Bytes::from_static))
             .collect();

@@ -78,6 +78,18 @@ impl DocumentBatch {
         }
     }
 
+    /// A batch reusing `buffer` (cleared), with room for at least `bytes`.
+    pub fn from_buffer(mut buffer: Vec<u8>, bytes: usize) -> DocumentBatch {
+        buffer.clear();
+        buffer.reserve(bytes + 2);
+        buffer.push(b'[');
+        DocumentBatch {
+            body: buffer,
+            documents: Vec::new(),
+            keys: Vec::new(),
+        }
+    }
+
     /// Appends one document: `encode` writes its JSON into the buffer and returns its key.
     pub fn push_with<E>(
         &mut self,
@@ -149,6 +161,7 @@ pub struct Writer {
     settings: WriterSettings,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    pool: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
 }
 
 /// Where a batch goes and which rows it holds (for error messages).
@@ -174,6 +187,7 @@ impl Writer {
             permits: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
             settings,
             metrics,
+            pool: Arc::default(),
         }
     }
 
@@ -232,6 +246,40 @@ impl Writer {
         _permit: OwnedSemaphorePermit,
     ) -> Result<(), WriteError> {
         let (body, documents, keys) = batch.into_parts();
+        let result = self.write_body(&target, &body, &documents, &keys).await;
+        self.recycle(body);
+        result
+    }
+
+    /// A batch whose buffer is recycled from an earlier one when possible (no fresh pages).
+    pub fn batch(&self, capacity: usize) -> DocumentBatch {
+        let buffer = self
+            .pool
+            .lock()
+            .ok()
+            .and_then(|mut pool| pool.pop())
+            .unwrap_or_default();
+        DocumentBatch::from_buffer(buffer, capacity)
+    }
+
+    /// Takes a sent body's buffer back when nothing else holds it.
+    fn recycle(&self, body: Bytes) {
+        if let Ok(buffer) = body.try_into_mut() {
+            if let Ok(mut pool) = self.pool.lock() {
+                if pool.len() < self.settings.max_in_flight.max(1) * 2 {
+                    pool.push(Vec::from(buffer));
+                }
+            }
+        }
+    }
+
+    async fn write_body(
+        &self,
+        target: &BatchTarget,
+        body: &Bytes,
+        documents: &[Range<usize>],
+        keys: &[Option<DocumentKey>],
+    ) -> Result<(), WriteError> {
         let Some(client) = &self.client else {
             self.metrics
                 .ingested_documents
@@ -293,7 +341,7 @@ impl Writer {
                     self.metrics
                         .retries
                         .fetch_add(failed.len() as u64, Ordering::Relaxed);
-                    request_body = subset(&body, &documents, &failed);
+                    request_body = subset(body, documents, &failed);
                     pending = failed;
                     tokio::time::sleep(self.backoff(attempt)).await;
                 }

@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 
 use crate::decode::copy_binary::{CopyBinaryDecoder, CopyBinaryError};
 use crate::gdn::document::{DocumentError, DocumentPlan};
-use crate::gdn::writer::{BatchTarget, DocumentBatch, WriteError, Writer};
+use crate::gdn::writer::{BatchTarget, WriteError, Writer};
 use crate::pg::catalog::Table;
 use crate::pg::query::quote_literal;
 use crate::pg::{ConnectOptions, Connection, PgError};
@@ -353,6 +353,18 @@ async fn copy_worker(
     Ok(())
 }
 
+/// A row that could not be decoded or encoded.
+enum RowError {
+    Copy(CopyBinaryError),
+    Document(DocumentError),
+}
+
+impl From<CopyBinaryError> for RowError {
+    fn from(error: CopyBinaryError) -> RowError {
+        RowError::Copy(error)
+    }
+}
+
 /// Copies one chunk and waits until every batch of it is written.
 async fn copy_chunk(
     connection: &mut Connection,
@@ -380,26 +392,30 @@ async fn copy_chunk(
         .await
         .map_err(pg(format!("reading {table}")))?;
     let mut decoder = CopyBinaryDecoder::new(task.plan.width());
-    let mut rows = Vec::new();
     // Size each batch's buffer like the previous one, so memory follows the real batch size.
     let mut capacity = (64 * 1024).min(limits.bytes);
-    let mut batch = DocumentBatch::with_capacity(capacity);
+    let mut batch = writer.batch(capacity);
     let mut pending = Vec::new();
     while let Some(data) = copy.next().await.map_err(pg(format!("reading {table}")))? {
+        // PostgreSQL sends one row per message: decode it straight into the batch.
         decoder
-            .decode_chunk(data, &mut rows)
-            .map_err(|source| SnapshotError::Copy {
-                table: table.clone(),
-                source,
+            .decode_chunk_with(data, |row| {
+                batch
+                    .push_with(|out| task.plan.encode(row, out))
+                    .map_err(RowError::Document)
+            })
+            .map_err(|error| match error {
+                RowError::Copy(source) => SnapshotError::Copy {
+                    table: table.clone(),
+                    source,
+                },
+                RowError::Document(error) => SnapshotError::Document(error),
             })?;
-        for row in rows.drain(..) {
-            batch.push_with(|out| task.plan.encode(&row, out))?;
-            if batch.len() >= limits.rows || batch.bytes() >= limits.bytes {
-                count(batch.len());
-                capacity = (batch.bytes() + batch.bytes() / 8).min(limits.bytes + 1024);
-                let full = std::mem::replace(&mut batch, DocumentBatch::with_capacity(capacity));
-                pending.push(writer.submit(task.target.clone(), full).await);
-            }
+        if batch.len() >= limits.rows || batch.bytes() >= limits.bytes {
+            count(batch.len());
+            capacity = (batch.bytes() + batch.bytes() / 8).min(limits.bytes + 1024);
+            let full = std::mem::replace(&mut batch, writer.batch(capacity));
+            pending.push(writer.submit(task.target.clone(), full).await);
         }
     }
     decoder.finish().map_err(|source| SnapshotError::Copy {
