@@ -114,7 +114,7 @@ pub enum Value<'a> {
     /// A string.
     Str(Cow<'a, str>),
     /// JSON text from `json`/`jsonb`, already validated.
-    RawJson(&'a str),
+    RawJson(Cow<'a, str>),
     /// An array.
     Array(Vec<Value<'a>>),
     /// An object with string keys, in order.
@@ -123,7 +123,7 @@ pub enum Value<'a> {
 
 /// Why a binary value could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid binary {type_name} value: {detail}")]
+#[error("invalid {type_name} value: {detail}")]
 pub struct ValueError {
     /// The PostgreSQL type being decoded.
     pub type_name: &'static str,
@@ -131,7 +131,7 @@ pub struct ValueError {
     pub detail: String,
 }
 
-fn bad(type_name: &'static str, detail: impl Into<String>) -> ValueError {
+pub(crate) fn bad(type_name: &'static str, detail: impl Into<String>) -> ValueError {
     ValueError {
         type_name,
         detail: detail.into(),
@@ -251,9 +251,9 @@ pub fn decode<'a>(codec: &TypeCodec, raw: &'a [u8]) -> Result<Value<'a>, ValueEr
             }
             Value::Str(Cow::Owned(text))
         }
-        TypeCodec::Json => Value::RawJson(json_text(raw, "json")?),
+        TypeCodec::Json => Value::RawJson(Cow::Borrowed(json_text(raw, "json")?)),
         TypeCodec::Jsonb => match raw.split_first() {
-            Some((1, text)) => Value::RawJson(json_text(text, "jsonb")?),
+            Some((1, text)) => Value::RawJson(Cow::Borrowed(json_text(text, "jsonb")?)),
             Some((version, _)) => {
                 return Err(bad("jsonb", format!("unknown jsonb version {version}")))
             }
@@ -298,7 +298,7 @@ pub fn decode<'a>(codec: &TypeCodec, raw: &'a [u8]) -> Result<Value<'a>, ValueEr
     })
 }
 
-fn float(value: f64, single: bool) -> Value<'static> {
+pub(crate) fn float(value: f64, single: bool) -> Value<'static> {
     if value.is_nan() {
         Value::Str(Cow::Borrowed("NaN"))
     } else if value == f64::INFINITY {
@@ -419,7 +419,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 /// Appends `value` (0 ≤ value < 10^width) zero-padded to `width` digits, without `fmt`.
-fn push_padded(text: &mut String, value: i64, width: u32) {
+pub(crate) fn push_padded(text: &mut String, value: i64, width: u32) {
     let mut divisor = 10i64.pow(width.saturating_sub(1));
     while divisor > 0 {
         text.push(char::from(b'0' + (value / divisor % 10) as u8));
@@ -427,7 +427,7 @@ fn push_padded(text: &mut String, value: i64, width: u32) {
     }
 }
 
-fn push_year(text: &mut String, year: i64) {
+pub(crate) fn push_year(text: &mut String, year: i64) {
     if (0..=9999).contains(&year) {
         push_padded(text, year, 4);
     } else if year > 9999 {
@@ -481,7 +481,7 @@ fn time_of_day(micros: i64, type_name: &'static str) -> Result<String, ValueErro
     Ok(text)
 }
 
-fn push_offset(text: &mut String, offset_seconds: i64) {
+pub(crate) fn push_offset(text: &mut String, offset_seconds: i64) {
     let sign = if offset_seconds < 0 { '-' } else { '+' };
     let total = offset_seconds.abs();
     let _ = write!(text, "{sign}{:02}:{:02}", total / 3600, total / 60 % 60);
