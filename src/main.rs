@@ -110,6 +110,10 @@ struct RunArgs {
     /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:8000, the old source's port).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// LOG_BASED: stop once caught up with the WAL position at start (a batch run, like the old
+    /// source's break_at_end_lsn); without it pgferry streams until SIGINT/SIGTERM.
+    #[arg(long)]
+    once: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -258,7 +262,30 @@ async fn run(args: RunArgs) -> ExitCode {
         },
         None => None,
     };
-    match pgferry::pipeline::run_with_metrics(&config, metrics).await {
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate => {}
+        }
+        tracing::info!("stopping: flushing what is pending and confirming it");
+        let _ = stop.send(true);
+        // Keep the sender alive so the stream sees the request.
+        std::future::pending::<()>().await;
+    });
+    let control = pgferry::pipeline::RunControl {
+        shutdown,
+        once: args.once,
+    };
+    match pgferry::pipeline::run_with(&config, metrics, control).await {
         Ok(summary) => {
             print!("{}", summary.to_text());
             ExitCode::SUCCESS

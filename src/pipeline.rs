@@ -1,8 +1,10 @@
 //! `pgferry run`: wires the source, the document plans and the writer together.
 //!
-//! Today this runs FULL_TABLE pipelines (PostgreSQL → GDN or → null): discovery, collection
-//! creation, one consistent parallel copy of every selected table, and a summary. LOG_BASED
-//! pipelines are refused with a clear message until change data capture lands.
+//! FULL_TABLE: discovery, collection creation, one consistent parallel copy of every selected
+//! table, and a summary. LOG_BASED (`log_based.rs`): the same copy under the replication slot's
+//! exported snapshot, then change data capture from the slot, resumable from the state file.
+
+mod log_based;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +19,9 @@ use crate::metrics::{Labels, Metrics};
 use crate::pg::catalog::{discover, Table};
 use crate::pg::{Connection, PgError};
 use crate::progress::{spawn_display, CopyProgress};
+use crate::source::cdc::{CdcError, CdcSummary};
 use crate::source::snapshot::{copy_tables, BatchLimits, CopySummary, CopyTask, SnapshotError};
+use crate::source::state::StateError;
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +49,15 @@ pub enum RunError {
     /// The copy failed.
     #[error("{0}")]
     Copy(Box<SnapshotError>),
-    /// The pipeline asks for something this version cannot do yet.
+    /// The pipeline asks for something pgferry cannot do (with the reason and the fix).
     #[error("{0}")]
     Unsupported(String),
+    /// Change data capture failed.
+    #[error(transparent)]
+    Cdc(Box<CdcError>),
+    /// The state file failed.
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// What a run did.
@@ -63,6 +73,8 @@ pub struct RunSummary {
     pub retries: u64,
     /// The process's peak resident set size (`VmHWM`), when the platform reports it.
     pub peak_rss_bytes: Option<u64>,
+    /// LOG_BASED: what streaming did after the copy.
+    pub streaming: Option<CdcSummary>,
 }
 
 /// This process's peak resident set size, from `/proc/self/status` (Linux).
@@ -101,6 +113,12 @@ impl RunSummary {
             total as f64 / seconds,
             self.retries
         ));
+        if let Some(cdc) = &self.streaming {
+            text.push_str(&format!(
+                "streamed {} changes in {} transactions; confirmed up to {}\n",
+                cdc.changes, cdc.transactions, cdc.confirmed
+            ));
+        }
         if let Some(peak) = self.peak_rss_bytes {
             text.push_str(&format!("peak RSS {:.1} MB\n", peak as f64 / 1e6));
         }
@@ -163,21 +181,50 @@ async fn discover_selected(
     Ok(tables)
 }
 
-/// Runs a pipeline to completion, counting into fresh metrics labelled from the environment.
-pub async fn run(config: &PipelineConfig) -> Result<RunSummary, RunError> {
-    run_with_metrics(config, Arc::new(Metrics::new(Labels::from_env()))).await
+/// How a run is steered from outside.
+#[derive(Debug, Clone)]
+pub struct RunControl {
+    /// Becomes `true` on SIGINT/SIGTERM: flush, confirm, stop cleanly.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// LOG_BASED: stop once caught up with the WAL position read at start (a batch run).
+    pub once: bool,
 }
 
-/// Runs a pipeline to completion, counting into `metrics` (e.g. served on `--metrics-addr`).
-pub async fn run_with_metrics(
-    config: &PipelineConfig,
-    metrics: Arc<Metrics>,
-) -> Result<RunSummary, RunError> {
-    if config.source.replication_method == ReplicationMethod::LogBased {
-        return Err(RunError::Unsupported(
-            "replication_method LOG_BASED is not available in this version of `pgferry run` yet (change data capture is being built)\nHINT: use \"replication_method\": \"FULL_TABLE\" for a consistent copy of the tables; `pgferry check` already verifies the LOG_BASED prerequisites".into(),
-        ));
+impl RunControl {
+    /// A batch run that nobody interrupts (the shutdown channel's sender is gone, which the
+    /// stream reads as "never").
+    pub fn once() -> RunControl {
+        let (_, shutdown) = tokio::sync::watch::channel(false);
+        RunControl {
+            shutdown,
+            once: true,
+        }
     }
+}
+
+/// Runs a pipeline to completion (LOG_BASED: until caught up), with fresh metrics.
+pub async fn run(config: &PipelineConfig) -> Result<RunSummary, RunError> {
+    run_with(
+        config,
+        Arc::new(Metrics::new(Labels::from_env())),
+        RunControl::once(),
+    )
+    .await
+}
+
+/// Everything both replication methods need before copying.
+pub(crate) struct Prepared {
+    pub(crate) client: Option<GdnClient>,
+    pub(crate) settings: WriterSettings,
+    pub(crate) limits: BatchLimits,
+    pub(crate) tasks: Vec<CopyTask>,
+}
+
+/// Discovers the selected tables, connects to GDN and makes sure every collection exists.
+pub(crate) async fn prepare(
+    config: &PipelineConfig,
+    allow_keyless: bool,
+) -> Result<Prepared, RunError> {
     let discovered = discover_selected(&config.source, &config.tables).await?;
     let chosen = selected(&discovered, &config.tables)?;
 
@@ -215,8 +262,8 @@ pub async fn run_with_metrics(
     let mut tasks = Vec::with_capacity(chosen.len());
     for (table, collection_override) in chosen {
         // FULL_TABLE may copy keyless tables: the collection is emptied first, so a re-run
-        // replaces its content instead of duplicating it.
-        let plan = DocumentPlan::new(table, config.numeric_mode, true)?;
+        // replaces its content instead of duplicating it. LOG_BASED needs keys.
+        let plan = DocumentPlan::new(table, config.numeric_mode, allow_keyless)?;
         let keyless = table.key_columns.is_empty();
         let collection = match (&config.destination, collection_override) {
             (_, Some(name)) => name,
@@ -246,8 +293,41 @@ pub async fn run_with_metrics(
             table: table.clone(),
         });
     }
+    Ok(Prepared {
+        client,
+        settings,
+        limits,
+        tasks,
+    })
+}
 
-    let writer = Writer::new(client, settings, Arc::clone(&metrics));
+/// Runs a pipeline, counting into `metrics` (e.g. served on `--metrics-addr`).
+pub async fn run_with(
+    config: &PipelineConfig,
+    metrics: Arc<Metrics>,
+    control: RunControl,
+) -> Result<RunSummary, RunError> {
+    if config.source.replication_method == ReplicationMethod::LogBased {
+        return log_based::run(config, metrics, control).await;
+    }
+    let prepared = prepare(config, true).await?;
+    copy_step(config, prepared, &metrics, None).await
+}
+
+/// The consistent copy of every prepared table, under `snapshot` when given.
+pub(crate) async fn copy_step(
+    config: &PipelineConfig,
+    prepared: Prepared,
+    metrics: &Arc<Metrics>,
+    snapshot: Option<String>,
+) -> Result<RunSummary, RunError> {
+    let Prepared {
+        client,
+        settings,
+        limits,
+        tasks,
+    } = prepared;
+    let writer = Writer::new(client, settings, Arc::clone(metrics));
     let progress = Arc::new(CopyProgress::new(tasks.iter().map(|task| {
         (
             task.target.table.to_string(),
@@ -261,7 +341,7 @@ pub async fn run_with_metrics(
         config.parallelism,
         limits,
         &writer,
-        None,
+        snapshot,
         Arc::clone(&progress),
     )
     .await;
@@ -278,5 +358,6 @@ pub async fn run_with_metrics(
         bytes: load(&metrics.ingested_bytes),
         retries: load(&metrics.retries),
         peak_rss_bytes: peak_rss_bytes(),
+        streaming: None,
     })
 }

@@ -457,6 +457,54 @@ impl GdnClient {
         self.batch(Method::POST, &rest, body).await
     }
 
+    /// One document by key; `None` when it does not exist.
+    pub async fn get_document(
+        &self,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<Bytes>, GdnError> {
+        let rest = format!(
+            "document/{}/{}",
+            encode_path_segment(collection),
+            encode_path_segment(key)
+        );
+        match self.call(Method::GET, &rest, None).await {
+            Ok(answer) => Ok(Some(answer.body)),
+            Err(GdnError::Status { status: 404, .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Deletes documents by key (`body` is a JSON array of keys); a missing document is a
+    /// per-document failure with errorNum 1202.
+    pub async fn delete_documents(
+        &self,
+        collection: &str,
+        body: Bytes,
+        wait_for_sync: bool,
+    ) -> Result<BatchOutcome, GdnError> {
+        let rest = format!(
+            "document/{}?waitForSync={wait_for_sync}&returnOld=false&silent=false",
+            encode_path_segment(collection)
+        );
+        self.batch(Method::DELETE, &rest, body).await
+    }
+
+    /// Partially updates documents (`body` is a JSON array of objects with `_key`): attributes
+    /// present replace the stored ones (`mergeObjects=false`, `keepNull=true`), others stay.
+    pub async fn patch_documents(
+        &self,
+        collection: &str,
+        body: Bytes,
+        wait_for_sync: bool,
+    ) -> Result<BatchOutcome, GdnError> {
+        let rest = format!(
+            "document/{}?keepNull=true&mergeObjects=false&waitForSync={wait_for_sync}&returnNew=false&silent=false",
+            encode_path_segment(collection)
+        );
+        self.batch(Method::PATCH, &rest, body).await
+    }
+
     async fn batch(
         &self,
         method: Method,

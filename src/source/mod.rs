@@ -1,5 +1,7 @@
-//! PostgreSQL as a source: the Singer catalog and the consistent snapshot copy (change data
-//! capture follows).
+//! PostgreSQL as a source: the Singer catalog, the consistent snapshot copy, change data
+//! capture from a logical replication slot, and the durable bookmark.
 
+pub mod cdc;
 pub mod discover;
 pub mod snapshot;
+pub mod state;
