@@ -141,9 +141,12 @@ use super::params::Query;
 use super::store::{self, Op};
 use super::State;
 
-/// Messages sent ahead of acknowledgements when the consumer does not say
-/// (Pulsar's `receiverQueueSize`).
+/// Messages read and sent per round when the consumer does not say (Pulsar's
+/// `receiverQueueSize`).
 pub const DEFAULT_RECEIVER_QUEUE: u64 = 1000;
+/// Most messages delivered and not yet acknowledged; delivery pauses beyond (Pulsar's
+/// `maxUnackedMessagesPerConsumer` default).
+pub const MAX_UNACKED: u64 = 50_000;
 
 /// `GET /_fabric/{f}/_api/streams`: one entry per collection with a change stream.
 pub fn list(state: &State, _query: &Query) -> Result<Resp, ApiError> {
@@ -344,13 +347,15 @@ async fn run_consumer(
     let mut in_flight = std::collections::BTreeSet::new();
     let result = async {
         loop {
-            if (in_flight.len() as u64) < queue {
+            let mut maybe_more = false;
+            if (in_flight.len() as u64) < MAX_UNACKED {
                 commits.borrow_and_update();
-                let room = queue - in_flight.len() as u64;
+                let room = (MAX_UNACKED - in_flight.len() as u64).min(queue);
                 let batch = {
                     let read = state.store.read()?;
                     store::messages_from(&read, stream, next, room as usize)?
                 };
+                maybe_more = batch.len() as u64 == room;
                 for (seq, stored) in batch {
                     next = seq + 1;
                     if sub.is_acked(seq) {
@@ -365,8 +370,9 @@ async fn run_consumer(
                     in_flight.insert(seq);
                 }
             }
-            let room = (in_flight.len() as u64) < queue;
+            let room = (in_flight.len() as u64) < MAX_UNACKED;
             let incoming = tokio::select! {
+                biased;
                 incoming = ws.next() => incoming,
                 changed = commits.changed(), if room => {
                     if changed.is_err() {
@@ -374,6 +380,7 @@ async fn run_consumer(
                     }
                     continue;
                 }
+                () = std::future::ready(()), if room && maybe_more => continue,
             };
             let mut dirty = false;
             let mut incoming = incoming;

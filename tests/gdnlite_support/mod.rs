@@ -182,6 +182,38 @@ impl Http {
         self.raw(method, path, bytes).await
     }
 
+    /// Sends a request; `Err` when the connection failed, else status and JSON body.
+    pub async fn try_call_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Value,
+    ) -> Result<(u16, Value), String> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path))
+            .header("content-type", "application/json");
+        if let Some(auth) = &self.auth {
+            builder = builder.header("authorization", auth);
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let raw = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, serde_json::from_slice(&raw).unwrap_or(Value::Null)))
+    }
+
     /// Sends a request and returns the transport result (for fault tests).
     pub async fn try_call(
         &self,
