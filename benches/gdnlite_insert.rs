@@ -13,6 +13,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use pgferry::gdnlite::{GdnLite, GdnLiteConfig};
 
+/// The allocator of the `pgferry` binary, so the numbers match `pgferry gdnlite`.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BATCH: usize = 1000;
 const KEY: &str = "bench.key.secret";
 

@@ -1014,3 +1014,94 @@ async fn injected_faults() {
         "same seed, same per-document faults"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_inputs_get_gdn_errors_and_the_server_keeps_serving() {
+    let server = Server::start().await;
+    let http = Http::h1(&server.url());
+    create(&http, "h", false).await;
+    let bodies: Vec<&[u8]> = vec![
+        b"\x00\x01\x02",
+        b"\xff\xfe{}",
+        b"[[[[[[[[[[",
+        b"{\"_key\": \"a\", \"_key\": }",
+        b"[{\"_key\": \"\\ud800\"}]",
+        b"1e999999",
+        b"[null, true, \"s\", 1.5, []]",
+        b"{\"_key\": \"\\u0000\"}",
+    ];
+    for body in bodies {
+        for (method, path) in [
+            (Method::POST, "document/h"),
+            (Method::PUT, "document/h"),
+            (Method::PATCH, "document/h"),
+            (Method::DELETE, "document/h"),
+            (Method::PUT, "document/h/k"),
+            (Method::POST, "cursor"),
+            (Method::POST, "collection"),
+            (Method::PUT, "collection/h/properties"),
+        ] {
+            let a = http.raw(method.clone(), &api(path), body.to_vec()).await;
+            let status = a.status.as_u16();
+            assert!(
+                status < 500,
+                "{method} {path} {body:?}: {status} {}",
+                a.json
+            );
+            if !(200..300).contains(&status) {
+                assert_eq!(a.json["error"], true, "{method} {path}: {}", a.json);
+                assert!(a.json["errorNum"].is_u64(), "{method} {path}: {}", a.json);
+            }
+        }
+    }
+    // Deep nesting is refused by the JSON parser's recursion limit, not by a stack overflow.
+    let deep = format!("[{}{}]", "[".repeat(10_000), "]".repeat(10_000));
+    http.raw(Method::POST, &api("document/h"), deep)
+        .await
+        .assert_error(400, 600);
+    // Odd paths and query strings.
+    http.call(
+        Method::GET,
+        "/_fabric/_system/_api/document/h/%zz",
+        Value::Null,
+    )
+    .await
+    .assert_error(400, 400);
+    http.call(
+        Method::GET,
+        "/_fabric/_system/_api/document/h/%ff",
+        Value::Null,
+    )
+    .await
+    .assert_error(400, 400);
+    http.call(Method::GET, &api("collection?excludeSystem=%"), Value::Null)
+        .await
+        .assert_error(400, 400);
+    http.call(Method::GET, "/", Value::Null)
+        .await
+        .assert_error(404, 404);
+    // Still serving, and nothing invalid was written.
+    let count = http
+        .call(Method::GET, &api("collection/h/count"), Value::Null)
+        .await;
+    count.assert_ok(200);
+    let keys: Vec<String> = http
+        .call(
+            Method::POST,
+            &api("cursor"),
+            json!({"query": "FOR d IN h RETURN d"}),
+        )
+        .await
+        .json["result"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .map(|d| d["_key"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        keys.iter().all(|k| pgferry::gdnlite::keys::is_valid_key(k)),
+        "{keys:?}"
+    );
+}
