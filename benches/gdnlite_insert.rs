@@ -131,9 +131,50 @@ fn bench(c: &mut Criterion) {
     runtime.block_on(server.stop());
 }
 
+/// The ceiling: redb alone, one thread, 1,000 ~1 KB values per durable transaction, as
+/// gdnlite's writer stores them (no HTTP, no JSON).
+fn redb_ceiling(c: &mut Criterion) {
+    const TABLE: redb::TableDefinition<'_, &[u8], &[u8]> = redb::TableDefinition::new("documents");
+    let Ok(dir) = tempfile::tempdir() else {
+        return;
+    };
+    let Ok(db) = redb::Database::create(dir.path().join("ceiling.redb")) else {
+        return;
+    };
+    let value = vec![b'x'; 1000];
+    let mut next = 0u64;
+    let mut group = c.benchmark_group("redb_ceiling");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10))
+        .warm_up_time(Duration::from_secs(2));
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("insert_1000x1KB_durable_commit", |b| {
+        b.iter(|| {
+            let Ok(mut txn) = db.begin_write() else {
+                panic!("begin_write");
+            };
+            txn.set_durability(redb::Durability::Immediate);
+            if let Ok(mut table) = txn.open_table(TABLE) {
+                for _ in 0..BATCH {
+                    next += 1;
+                    let key = format!("bench\0{next:016}");
+                    if table.insert(key.as_bytes(), value.as_slice()).is_err() {
+                        panic!("insert");
+                    }
+                }
+            }
+            if txn.commit().is_err() {
+                panic!("commit");
+            }
+        });
+    });
+    group.finish();
+}
+
 #[allow(missing_docs)]
 mod group {
-    criterion::criterion_group!(benches, super::bench);
+    criterion::criterion_group!(benches, super::bench, super::redb_ceiling);
 }
 use group::benches;
 criterion_main!(benches);
