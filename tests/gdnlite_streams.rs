@@ -244,3 +244,59 @@ async fn many_changes_arrive_in_commit_order_across_a_reconnect() {
     unique.dedup();
     assert_eq!(unique.len(), 1000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_acknowledgements_redeliver_at_once() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let server = Server::start().await;
+    let http = Http::h1(&server.url());
+    http.call(
+        Method::POST,
+        &api("collection"),
+        json!({"name": "n", "stream": true}),
+    )
+    .await
+    .assert_ok(200);
+    http.call(
+        Method::POST,
+        &api("document/n"),
+        json!([{"_key": "a"}, {"_key": "b"}]),
+    )
+    .await
+    .assert_ok(202);
+    let mut ws = consume(&server.url(), "n", "s", &auth())
+        .await
+        .expect("consumer");
+    let a = next_message(&mut ws).await;
+    let b = next_message(&mut ws).await;
+    assert_eq!(
+        (a.doc["_key"].as_str(), b.doc["_key"].as_str()),
+        (Some("a"), Some("b"))
+    );
+    ws.send(Message::text(
+        json!({"type": "negativeAcknowledge", "messageId": a.id}).to_string(),
+    ))
+    .await
+    .expect("nack");
+    let again = next_message(&mut ws).await;
+    assert_eq!(
+        (again.id.as_str(), again.doc["_key"].as_str()),
+        (a.id.as_str(), Some("a"))
+    );
+    ws.send(Message::text(r#"{"type":"isEndOfTopic"}"#))
+        .await
+        .expect("isEndOfTopic");
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+        .await
+        .expect("answer")
+        .expect("open")
+        .expect("frame");
+    assert_eq!(
+        answer.into_text().expect("text").as_str(),
+        r#"{"endOfTopic":false}"#
+    );
+    ack(&mut ws, &a.id).await;
+    ack(&mut ws, &b.id).await;
+    close(ws).await;
+}

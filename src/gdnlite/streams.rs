@@ -261,6 +261,11 @@ pub fn consumer(
 
 /// The frame for one message, in the Pulsar WebSocket API's shape.
 pub fn frame(seq: u64, stored: &[u8]) -> Option<String> {
+    frame_with_count(seq, stored, 0)
+}
+
+/// The frame for one message delivered `redeliveries` times before.
+pub fn frame_with_count(seq: u64, stored: &[u8], redeliveries: u32) -> Option<String> {
     let (op, micros, payload) = decode_message(stored)?;
     Some(
         serde_json::json!({
@@ -268,7 +273,7 @@ pub fn frame(seq: u64, stored: &[u8]) -> Option<String> {
             "payload": STANDARD.encode(payload),
             "properties": {"op": op.as_str()},
             "publishTime": iso8601(micros),
-            "redeliveryCount": 0,
+            "redeliveryCount": redeliveries,
         })
         .to_string(),
     )
@@ -298,12 +303,34 @@ pub fn iso8601(micros: u64) -> String {
     )
 }
 
-fn parse_ack(text: &str) -> Option<u64> {
-    let value: serde_json::Value = serde_json::from_str(text).ok()?;
-    match value.get("messageId")? {
-        serde_json::Value::String(s) => s.parse().ok(),
-        serde_json::Value::Number(n) => n.as_u64(),
+/// A frame a consumer sends (Pulsar WebSocket API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumerCommand {
+    /// `{"messageId": id}`: acknowledge.
+    Ack(u64),
+    /// `{"type": "negativeAcknowledge", "messageId": id}`: deliver again.
+    Nack(u64),
+    /// `{"type": "isEndOfTopic"}`: answered `{"endOfTopic": false}`.
+    IsEndOfTopic,
+    /// Anything else (permits, unknown or malformed frames): ignored.
+    Ignored,
+}
+
+/// Reads one consumer frame.
+pub fn parse_command(text: &str) -> ConsumerCommand {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+        return ConsumerCommand::Ignored;
+    };
+    let id = match value.get("messageId") {
+        Some(serde_json::Value::String(s)) => s.parse().ok(),
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
         _ => None,
+    };
+    match (value.get("type").and_then(serde_json::Value::as_str), id) {
+        (None | Some("ack"), Some(id)) => ConsumerCommand::Ack(id),
+        (Some("negativeAcknowledge"), Some(id)) => ConsumerCommand::Nack(id),
+        (Some("isEndOfTopic"), _) => ConsumerCommand::IsEndOfTopic,
+        _ => ConsumerCommand::Ignored,
     }
 }
 
@@ -383,17 +410,33 @@ async fn run_consumer(
                 () = std::future::ready(()), if room && maybe_more => continue,
             };
             let mut dirty = false;
+            let mut redeliver = Vec::new();
             let mut incoming = incoming;
             loop {
                 match incoming {
-                    Some(Ok(Message::Text(text))) => {
-                        if let Some(seq) = parse_ack(text.as_str()) {
+                    Some(Ok(Message::Text(text))) => match parse_command(text.as_str()) {
+                        ConsumerCommand::Ack(seq) => {
                             if in_flight.remove(&seq) || (seq < next && !sub.is_acked(seq)) {
                                 sub.ack(seq);
                                 dirty = true;
                             }
                         }
-                    }
+                        ConsumerCommand::Nack(seq) => {
+                            if in_flight.contains(&seq) {
+                                redeliver.push(seq);
+                            }
+                        }
+                        ConsumerCommand::IsEndOfTopic => {
+                            if ws
+                                .send(Message::text(r#"{"endOfTopic":false}"#))
+                                .await
+                                .is_err()
+                            {
+                                return Ok(());
+                            }
+                        }
+                        ConsumerCommand::Ignored => {}
+                    },
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
                         if dirty {
                             persist(state, stream, subscription, &sub).await?;
@@ -405,6 +448,19 @@ async fn run_consumer(
                 match ws.next().now_or_never() {
                     Some(more) => incoming = more,
                     None => break,
+                }
+            }
+            for seq in redeliver {
+                let stored = {
+                    let read = state.store.read()?;
+                    store::messages_from(&read, stream, seq, 1)?
+                };
+                if let Some((found, bytes)) = stored.into_iter().next().filter(|(f, _)| *f == seq) {
+                    if let Some(text) = frame_with_count(found, &bytes, 1) {
+                        if ws.send(Message::text(text)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
                 }
             }
             if dirty {
@@ -429,10 +485,20 @@ mod consumer_tests {
     }
 
     #[test]
-    fn acks_accept_string_and_number_ids() {
-        assert_eq!(parse_ack(r#"{"messageId":"17"}"#), Some(17));
-        assert_eq!(parse_ack(r#"{"messageId":17}"#), Some(17));
-        assert_eq!(parse_ack(r#"{"messageId":"x"}"#), None);
-        assert_eq!(parse_ack("not json"), None);
+    fn consumer_commands() {
+        use ConsumerCommand::*;
+        assert_eq!(parse_command(r#"{"messageId":"17"}"#), Ack(17));
+        assert_eq!(parse_command(r#"{"messageId":17}"#), Ack(17));
+        assert_eq!(
+            parse_command(r#"{"type":"negativeAcknowledge","messageId":"3"}"#),
+            Nack(3)
+        );
+        assert_eq!(parse_command(r#"{"type":"isEndOfTopic"}"#), IsEndOfTopic);
+        assert_eq!(
+            parse_command(r#"{"type":"permit","permitMessages":10}"#),
+            Ignored
+        );
+        assert_eq!(parse_command(r#"{"messageId":"x"}"#), Ignored);
+        assert_eq!(parse_command("not json"), Ignored);
     }
 }
