@@ -192,3 +192,65 @@ async fn acknowledged_writes_and_stream_positions_survive_kill_9() {
     close(ws).await;
     assert_eq!(streamed, stored);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_during_writes_keeps_every_answered_write_and_restarts() {
+    let mut server = gdnlite_support::Server::start().await;
+    let url = server.url();
+    let http = Http::h2(&url);
+    http.call(
+        Method::POST,
+        &api("collection"),
+        json!({"name": "c", "stream": true}),
+    )
+    .await
+    .assert_ok(200);
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let http = if w % 2 == 0 {
+            Http::h2(&url)
+        } else {
+            Http::h1(&url)
+        };
+        let acked = Arc::clone(&acked);
+        writers.push(tokio::spawn(async move {
+            for b in 0.. {
+                let keys: Vec<String> = (0..20).map(|i| format!("w{w}-{b:05}-{i:02}")).collect();
+                let docs: Vec<Value> = keys.iter().map(|k| json!({"_key": k})).collect();
+                // Alternate durable and non-durable writes: a clean stop keeps both.
+                let sync = if b % 2 == 0 { "true" } else { "false" };
+                match http
+                    .try_call_json(
+                        Method::POST,
+                        &api(&format!("document/c?waitForSync={sync}")),
+                        Value::Array(docs),
+                    )
+                    .await
+                {
+                    Ok((201 | 202, _)) => acked.lock().expect("lock").extend(keys),
+                    Ok((status, body)) => panic!("unexpected answer {status}: {body}"),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    wait_for("1,000 answered documents", Duration::from_secs(60), || {
+        let acked = Arc::clone(&acked);
+        async move { acked.lock().expect("lock").len() >= 1000 }
+    })
+    .await;
+    let handle = server.handle.take().expect("running");
+    tokio::time::timeout(Duration::from_secs(20), handle.stop())
+        .await
+        .expect("stop returns while clients are writing");
+    for w in writers {
+        w.await.expect("writer task");
+    }
+    server.restart().await;
+    let http = Http::h1(&server.url());
+    let stored = all_keys(&http, "c").await;
+    let acked: BTreeSet<String> = acked.lock().expect("lock").iter().cloned().collect();
+    let missing = acked.iter().filter(|k| !stored.contains(*k)).count();
+    assert_eq!(missing, 0, "answered documents lost by a clean stop");
+}

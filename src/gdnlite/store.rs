@@ -491,6 +491,19 @@ impl Writer {
                 }
             }
         }
+        // Make the non-durable (202) commits durable before the database closes.
+        let flushed = self.db.begin_write().and_then(|mut txn| {
+            txn.set_durability(Durability::Immediate);
+            Ok(txn)
+        });
+        match flushed {
+            Ok(txn) => {
+                if let Err(e) = txn.commit() {
+                    tracing::error!(error = %e, "gdnlite: final durable commit failed");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "gdnlite: final durable commit failed"),
+        }
     }
 
     fn apply_group(&mut self, ops: Vec<Op>, durable: bool) -> (Vec<Reply>, Result<(), ApiError>) {
