@@ -492,12 +492,9 @@ impl Writer {
             }
         }
         // Make the non-durable (202) commits durable before the database closes.
-        let flushed = self.db.begin_write().and_then(|mut txn| {
-            txn.set_durability(Durability::Immediate);
-            Ok(txn)
-        });
-        match flushed {
-            Ok(txn) => {
+        match self.db.begin_write() {
+            Ok(mut txn) => {
+                txn.set_durability(Durability::Immediate);
                 if let Err(e) = txn.commit() {
                     tracing::error!(error = %e, "gdnlite: final durable commit failed");
                 }
