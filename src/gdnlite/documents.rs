@@ -268,45 +268,78 @@ pub async fn handle(
             ))
         }
     };
-    let (inputs, single) = match key {
-        Some(key) => {
-            let value = if kind == WriteKind::Remove {
-                Value::String(key.to_string())
-            } else {
-                let mut value = super::json::parse_body(body)?;
-                let Value::Object(map) = &mut value else {
+    let ignore_revs = options.ignore_revs && if_match.is_none();
+    let (items, single) = match (key, &kind) {
+        // The hot path: whole documents re-encoded in one pass, no `Value` tree.
+        (None, WriteKind::Insert { .. } | WriteKind::Replace) => {
+            match super::json::transcode_batch(body)? {
+                super::json::TranscodedBody::Array(docs) => (
+                    docs.into_iter()
+                        .map(|doc| prepare_transcoded(state, collection, &kind, doc, ignore_revs))
+                        .collect::<Vec<_>>(),
+                    false,
+                ),
+                super::json::TranscodedBody::Single(super::json::TranscodedDoc::NotObject) => {
                     return Err(ApiError::new(
                         StatusCode::BAD_REQUEST,
                         error::DOCUMENT_TYPE_INVALID,
-                        "invalid document type: the body must be a JSON object",
-                    ));
-                };
-                map.insert("_key".into(), Value::String(key.to_string()));
-                if let Some(rev) = &if_match {
-                    map.insert("_rev".into(), Value::String(rev.clone()));
+                        "invalid document type: the body must be a JSON object or an array",
+                    ))
                 }
-                value
-            };
-            (vec![value], true)
-        }
-        None => match super::json::parse_body(body)? {
-            Value::Array(items) => (items, false),
-            Value::Object(map) => (vec![Value::Object(map)], true),
-            other if kind == WriteKind::Remove && other.is_string() => (vec![other], true),
-            _ => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    error::DOCUMENT_TYPE_INVALID,
-                    "invalid document type: the body must be a JSON object or an array",
-                ))
+                super::json::TranscodedBody::Single(doc) => (
+                    vec![prepare_transcoded(
+                        state,
+                        collection,
+                        &kind,
+                        doc,
+                        ignore_revs,
+                    )],
+                    true,
+                ),
             }
-        },
+        }
+        _ => {
+            let (inputs, single) = match key {
+                Some(key) => {
+                    let value = if kind == WriteKind::Remove {
+                        Value::String(key.to_string())
+                    } else {
+                        let mut value = super::json::parse_body(body)?;
+                        let Value::Object(map) = &mut value else {
+                            return Err(ApiError::new(
+                                StatusCode::BAD_REQUEST,
+                                error::DOCUMENT_TYPE_INVALID,
+                                "invalid document type: the body must be a JSON object",
+                            ));
+                        };
+                        map.insert("_key".into(), Value::String(key.to_string()));
+                        if let Some(rev) = &if_match {
+                            map.insert("_rev".into(), Value::String(rev.clone()));
+                        }
+                        value
+                    };
+                    (vec![value], true)
+                }
+                None => match super::json::parse_body(body)? {
+                    Value::Array(items) => (items, false),
+                    Value::Object(map) => (vec![Value::Object(map)], true),
+                    other if kind == WriteKind::Remove && other.is_string() => (vec![other], true),
+                    _ => {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            error::DOCUMENT_TYPE_INVALID,
+                            "invalid document type: the body must be a JSON object or an array",
+                        ))
+                    }
+                },
+            };
+            let items: Vec<DocItem> = inputs
+                .into_iter()
+                .map(|doc| prepare(state, collection, &kind, doc, ignore_revs))
+                .collect();
+            (items, single)
+        }
     };
-    let ignore_revs = options.ignore_revs && if_match.is_none();
-    let items: Vec<DocItem> = inputs
-        .into_iter()
-        .map(|doc| prepare(state, collection, &kind, doc, ignore_revs))
-        .collect();
     let batch = DocBatch {
         collection: collection.to_string(),
         kind: kind.clone(),
@@ -423,6 +456,48 @@ fn read_one(
         response.headers_mut().insert(hyper::header::ETAG, value);
     }
     Ok(response)
+}
+
+/// Validates one transcoded insert/replace document and closes it with `_key`, `_id`, `_rev`.
+fn prepare_transcoded(
+    state: &State,
+    collection: &str,
+    kind: &WriteKind,
+    doc: super::json::TranscodedDoc,
+    ignore_revs: bool,
+) -> DocItem {
+    if state.faults.document_fails() {
+        return DocItem::Failed(
+            error::INJECTED_FAULT,
+            "injected per-document fault (gdnlite fault injection); retry".into(),
+        );
+    }
+    let super::json::TranscodedDoc::Object {
+        open_body,
+        key,
+        rev,
+    } = doc
+    else {
+        return DocItem::Failed(error::DOCUMENT_TYPE_INVALID, "invalid document type".into());
+    };
+    let key = match key_of(key.as_ref(), *kind == WriteKind::Replace) {
+        Ok(Some(key)) => key,
+        Ok(None) => state.store.tick().to_string(),
+        Err((num, message)) => return DocItem::Failed(num, message),
+    };
+    let expected_rev = match rev {
+        Some(Value::String(rev)) if !ignore_revs => Some(rev),
+        _ => None,
+    };
+    let rev = rev_string(state.store.tick());
+    let body = super::json::TranscodedDoc::finish(&open_body, &key, collection, &rev);
+    DocItem::Ready(PreparedDoc {
+        key,
+        rev,
+        body,
+        patch: None,
+        expected_rev,
+    })
 }
 
 /// Validates one input document and builds what the writer stores.
