@@ -131,6 +131,59 @@ fn bench(c: &mut Criterion) {
     runtime.block_on(server.stop());
 }
 
+/// Preparing a 1,000-document batch for storage: one-pass transcoding (what gdnlite does for
+/// inserts) against parsing into `serde_json::Value` and serialising each document again.
+fn prepare_batch(c: &mut Criterion) {
+    let body = batch_body();
+    let mut group = c.benchmark_group("gdnlite_prepare_batch");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_secs(1));
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("transcode", |b| {
+        b.iter(|| {
+            let Ok(pgferry::gdnlite::json::TranscodedBody::Array(docs)) =
+                pgferry::gdnlite::json::transcode_batch(&body)
+            else {
+                panic!("transcode");
+            };
+            docs.into_iter()
+                .map(|d| match d {
+                    pgferry::gdnlite::json::TranscodedDoc::Object { open_body, .. } => {
+                        pgferry::gdnlite::json::TranscodedDoc::finish(
+                            &open_body, "k", "bench", "_r",
+                        )
+                        .len()
+                    }
+                    pgferry::gdnlite::json::TranscodedDoc::NotObject => 0,
+                })
+                .sum::<usize>()
+        });
+    });
+    group.bench_function("value_tree", |b| {
+        b.iter(|| {
+            let Ok(serde_json::Value::Array(docs)) = pgferry::gdnlite::json::parse_body(&body)
+            else {
+                panic!("parse");
+            };
+            docs.into_iter()
+                .map(|d| {
+                    let mut map = match d {
+                        serde_json::Value::Object(map) => map,
+                        _ => serde_json::Map::new(),
+                    };
+                    map.insert("_key".into(), "k".into());
+                    map.insert("_id".into(), "bench/k".into());
+                    map.insert("_rev".into(), "_r".into());
+                    serde_json::to_vec(&map).map(|v| v.len()).unwrap_or(0)
+                })
+                .sum::<usize>()
+        });
+    });
+    group.finish();
+}
+
 /// The ceiling: redb alone, one thread, 1,000 ~1 KB values per durable transaction, as
 /// gdnlite's writer stores them (no HTTP, no JSON).
 fn redb_ceiling(c: &mut Criterion) {
@@ -174,7 +227,12 @@ fn redb_ceiling(c: &mut Criterion) {
 
 #[allow(missing_docs)]
 mod group {
-    criterion::criterion_group!(benches, super::bench, super::redb_ceiling);
+    criterion::criterion_group!(
+        benches,
+        super::bench,
+        super::redb_ceiling,
+        super::prepare_batch
+    );
 }
 use group::benches;
 criterion_main!(benches);
