@@ -17,6 +17,11 @@ use tokio::process::{Child, Command};
 
 /// Starts `pgferry gdnlite` on a free port and returns the child and its base URL.
 async fn spawn_gdnlite(dir: &std::path::Path) -> (Child, String) {
+    spawn_gdnlite_with(dir, &[]).await
+}
+
+/// As [`spawn_gdnlite`], with extra flags.
+async fn spawn_gdnlite_with(dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgferry"))
         .args([
             "gdnlite",
@@ -27,6 +32,7 @@ async fn spawn_gdnlite(dir: &std::path::Path) -> (Child, String) {
             "--data-dir",
         ])
         .arg(dir)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -253,4 +259,71 @@ async fn stop_during_writes_keeps_every_answered_write_and_restarts() {
     let acked: BTreeSet<String> = acked.lock().expect("lock").iter().cloned().collect();
     let missing = acked.iter().filter(|k| !stored.contains(*k)).count();
     assert_eq!(missing, 0, "answered documents lost by a clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_line_flags_for_login_tenant_and_faults() {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_pgferry"))
+        .args(["gdnlite", "--help"])
+        .output()
+        .expect("help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("development and test server") && help.contains("not a GDN"),
+        "{help}"
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut child, url) = spawn_gdnlite_with(
+        dir.path(),
+        &["--tenant", "acme", "--email", "a@b.c", "--password", "pw"],
+    )
+    .await;
+    let http = Http::h1(&url);
+    assert_eq!(
+        http.call(Method::GET, "/_api/user", Value::Null).await.json["result"][0]["tenant"],
+        "acme"
+    );
+    let login = http
+        .with_auth(None)
+        .call(
+            Method::POST,
+            "/_open/auth",
+            json!({"email": "a@b.c", "password": "pw"}),
+        )
+        .await;
+    login.assert_ok(200);
+    let jwt = login.json["jwt"].as_str().expect("jwt").to_string();
+    http.with_auth(Some(&format!("bearer {jwt}")))
+        .call(Method::GET, &api("collection"), Value::Null)
+        .await
+        .assert_ok(200);
+    child.kill().await.expect("kill");
+
+    // The token is still valid after a restart with the same key (the signing key is derived from it).
+    let (mut child, url) =
+        spawn_gdnlite_with(dir.path(), &["--fault-5xx-rate", "1", "--fault-seed", "3"]).await;
+    let http = Http::h1(&url);
+    http.with_auth(Some(&format!("bearer {jwt}")))
+        .call(Method::GET, &api("collection"), Value::Null)
+        .await
+        .assert_error(503, 503);
+    child.kill().await.expect("kill");
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_pgferry"))
+        .args([
+            "gdnlite",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-key",
+            KEY,
+            "--fault-reset-rate",
+            "2",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("runs");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("reset_rate must be between 0 and 1"));
 }
