@@ -354,10 +354,13 @@ pub async fn handle(
     let outcomes = rx
         .await
         .map_err(|_| ApiError::storage("the writer stopped before answering"))??;
-    let status = if options.wait_for_sync {
-        StatusCode::CREATED
-    } else {
+    // Removals answer 200 when synced (the OpenAPI's DELETE), other writes 201.
+    let status = if !options.wait_for_sync {
         StatusCode::ACCEPTED
+    } else if kind == WriteKind::Remove {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
     };
     if single {
         let Some(outcome) = outcomes.into_iter().next() else {
@@ -366,13 +369,6 @@ pub async fn handle(
         return match outcome {
             DocOutcome::Err(num, message) => Err(ApiError::new(status_of(num), num, message)),
             DocOutcome::Ok(result) => {
-                let status = if kind == WriteKind::Remove && !options.wait_for_sync {
-                    StatusCode::ACCEPTED
-                } else if kind == WriteKind::Remove {
-                    StatusCode::OK
-                } else {
-                    status
-                };
                 if options.silent {
                     return Ok(json_bytes_response(status, b"{}".to_vec()));
                 }
@@ -516,7 +512,18 @@ fn prepare(
     }
     let mut map = match (kind, doc) {
         (_, Value::Object(map)) => map,
-        (WriteKind::Remove, Value::String(key)) => {
+        (WriteKind::Remove, Value::String(selector)) => {
+            // A key, or a document handle `collection/key`.
+            let key = match selector.split_once('/') {
+                None => selector,
+                Some((coll, key)) if coll == collection => key.to_string(),
+                Some(_) => {
+                    return DocItem::Failed(
+                        error::DOCUMENT_HANDLE_BAD,
+                        "illegal document handle: it names another collection".into(),
+                    )
+                }
+            };
             if !is_valid_key(&key) {
                 return DocItem::Failed(error::DOCUMENT_KEY_BAD, "illegal document key".into());
             }
