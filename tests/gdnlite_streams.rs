@@ -300,3 +300,57 @@ async fn negative_acknowledgements_redeliver_at_once() {
     ack(&mut ws, &b.id).await;
     close(ws).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_consumer_takes_the_subscription_over() {
+    use futures_util::StreamExt;
+    let server = Server::start().await;
+    let http = Http::h1(&server.url());
+    http.call(
+        Method::POST,
+        &api("collection"),
+        json!({"name": "t", "stream": true}),
+    )
+    .await
+    .assert_ok(200);
+    http.call(
+        Method::POST,
+        &api("document/t?waitForSync=true"),
+        json!([{"_key": "a"}, {"_key": "b"}, {"_key": "c"}]),
+    )
+    .await
+    .assert_ok(201);
+    let mut first = consume(&server.url(), "t", "s", &auth())
+        .await
+        .expect("first consumer");
+    let a = next_message(&mut first).await;
+    ack(&mut first, &a.id).await;
+    let _b = next_message(&mut first).await;
+    let _c = next_message(&mut first).await;
+    // The first connection is left open (as after a network failure). The ack of "a" reached the
+    // server before the second connection was even opened, and the consumer reads its socket
+    // before it looks at takeovers, so "a" is acknowledged when the second one attaches.
+    let mut second = consume(&server.url(), "t", "s", &auth())
+        .await
+        .expect("second consumer");
+    let m = next_message(&mut second).await;
+    assert_eq!(
+        m.doc["_key"], "b",
+        "unacknowledged messages go to the new consumer"
+    );
+    assert_eq!(next_message(&mut second).await.doc["_key"], "c");
+    // The first consumer was closed by the server.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match first.next().await {
+                None
+                | Some(Err(_))
+                | Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the replaced consumer is closed");
+    close(second).await;
+}

@@ -174,9 +174,9 @@ pub fn list(state: &State, _query: &Query) -> Result<Resp, ApiError> {
 /// The Pulsar WebSocket consumer endpoint
 /// `/_ws/ws/v2/consumer/persistent/<tenant>/c8local.<fabric>/<stream>/<subscription>`.
 ///
-/// Subscriptions are exclusive in effect: a second consumer of the same subscription waits
-/// until the first has disconnected (and its acknowledgements are persisted), then receives
-/// every message not yet acknowledged.
+/// Subscriptions are exclusive: a new consumer of a subscription takes it over from the one
+/// attached (which is closed after its acknowledgements are persisted), then receives every
+/// message not yet acknowledged.
 pub fn consumer(
     state: &Arc<State>,
     mut parts: hyper::http::request::Parts,
@@ -363,8 +363,20 @@ async fn run_consumer(
     subscription: &str,
     queue: u64,
 ) -> Result<(), ApiError> {
-    let lock = state.subscription_lock(stream, subscription);
-    let _exclusive = lock.lock().await;
+    let slot = state.subscription_slot(stream, subscription);
+    let mut takeover = slot.takeover.subscribe();
+    let mut generation = 0;
+    slot.takeover.send_modify(|g| {
+        *g += 1;
+        generation = *g;
+    });
+    takeover.borrow_and_update();
+    // The attached consumer (if any) sees the new generation, persists and lets go.
+    let _exclusive = slot.lock.lock().await;
+    if *takeover.borrow_and_update() != generation {
+        let _ = ws.close(None).await;
+        return Ok(());
+    }
     let mut sub = {
         let read = state.store.read()?;
         store::subscription(&read, stream, subscription)?.unwrap_or_default()
@@ -401,6 +413,12 @@ async fn run_consumer(
             let incoming = tokio::select! {
                 biased;
                 incoming = ws.next() => incoming,
+                changed = takeover.changed() => {
+                    if changed.is_err() || *takeover.borrow_and_update() != generation {
+                        return Ok(()); // taken over; acknowledgements are already persisted
+                    }
+                    continue;
+                }
                 changed = commits.changed(), if room => {
                     if changed.is_err() {
                         return Ok(());
