@@ -356,6 +356,18 @@ async fn persist(
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
+/// How long a frame may wait for a consumer that does not read before it is dropped (so a
+/// half-open connection cannot hold its subscription forever).
+pub const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Sends one text frame; false when the consumer is gone or stalled.
+async fn send_text(ws: &mut Ws, text: String) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::text(text))).await,
+        Ok(Ok(()))
+    )
+}
+
 async fn run_consumer(
     state: &Arc<State>,
     mut ws: Ws,
@@ -403,7 +415,7 @@ async fn run_consumer(
                     let Some(text) = frame(seq, &stored) else {
                         continue;
                     };
-                    if ws.send(Message::text(text)).await.is_err() {
+                    if !send_text(&mut ws, text).await {
                         return Ok(());
                     }
                     in_flight.insert(seq);
@@ -429,6 +441,7 @@ async fn run_consumer(
             };
             let mut dirty = false;
             let mut redeliver = Vec::new();
+            let mut end_of_topic_asked = false;
             let mut incoming = incoming;
             loop {
                 match incoming {
@@ -444,15 +457,7 @@ async fn run_consumer(
                                 redeliver.push(seq);
                             }
                         }
-                        ConsumerCommand::IsEndOfTopic => {
-                            if ws
-                                .send(Message::text(r#"{"endOfTopic":false}"#))
-                                .await
-                                .is_err()
-                            {
-                                return Ok(());
-                            }
-                        }
+                        ConsumerCommand::IsEndOfTopic => end_of_topic_asked = true,
                         ConsumerCommand::Ignored => {}
                     },
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
@@ -468,6 +473,13 @@ async fn run_consumer(
                     None => break,
                 }
             }
+            if dirty {
+                persist(state, stream, subscription, &sub).await?;
+            }
+            // Answers go out after the acknowledgements are persisted.
+            if end_of_topic_asked && !send_text(&mut ws, r#"{"endOfTopic":false}"#.into()).await {
+                return Ok(());
+            }
             for seq in redeliver {
                 let stored = {
                     let read = state.store.read()?;
@@ -475,14 +487,11 @@ async fn run_consumer(
                 };
                 if let Some((found, bytes)) = stored.into_iter().next().filter(|(f, _)| *f == seq) {
                     if let Some(text) = frame_with_count(found, &bytes, 1) {
-                        if ws.send(Message::text(text)).await.is_err() {
+                        if !send_text(&mut ws, text).await {
                             return Ok(());
                         }
                     }
                 }
-            }
-            if dirty {
-                persist(state, stream, subscription, &sub).await?;
             }
         }
     }
