@@ -639,6 +639,44 @@ async fn single_document_forms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_one_key_within_one_batch_see_each_other() {
+    let server = Server::start().await;
+    let http = Http::h1(&server.url());
+    create(&http, "same", false).await;
+    let a = http
+        .call(
+            Method::POST,
+            &api("document/same?overwrite=true&returnOld=true&returnNew=true"),
+            json!([{"_key": "k", "v": 1}, {"_key": "k", "v": 2}, {"_key": "k", "v": 3}]),
+        )
+        .await;
+    a.assert_ok(202);
+    assert!(a.json[0].get("old").is_none());
+    assert_eq!(a.json[1]["old"]["v"], 1);
+    assert_eq!(a.json[2]["old"]["v"], 2);
+    assert_eq!(a.json[2]["_oldRev"], a.json[1]["_rev"]);
+    let p = http
+        .call(
+            Method::PATCH,
+            &api("document/same?returnNew=true"),
+            json!([{"_key": "k", "w": 1}, {"_key": "k", "x": 1}]),
+        )
+        .await;
+    assert_eq!(
+        p.json[1]["new"],
+        json!({"_key": "k", "_id": "same/k", "_rev": p.json[1]["_rev"], "v": 3, "w": 1, "x": 1})
+    );
+    let d = http
+        .call(Method::DELETE, &api("document/same"), json!(["k", "k"]))
+        .await;
+    assert_eq!(d.json[0]["_key"], "k");
+    assert_eq!(d.json[1]["errorNum"], 1202);
+    http.call(Method::GET, &api("document/same/k"), Value::Null)
+        .await
+        .assert_error(404, 1202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_limit_is_413() {
     let server = Server::start_with(|c| c.max_body_bytes = 1024).await;
     for http in [Http::h1(&server.url()), Http::h2(&server.url())] {

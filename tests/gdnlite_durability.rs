@@ -178,6 +178,36 @@ async fn acknowledged_writes_and_stream_positions_survive_kill_9() {
         &missing[..missing.len().min(5)]
     );
 
+    // Documents read back whole, and new writes go after whatever the crash left behind.
+    let one = acked.iter().next().expect("an acknowledged key").clone();
+    let doc = http
+        .call(
+            Method::GET,
+            &api(&format!("document/durable/{one}")),
+            Value::Null,
+        )
+        .await;
+    doc.assert_ok(200);
+    assert_eq!(doc.json["pad"], "x".repeat(200));
+    http.call(
+        Method::POST,
+        &api("document/durable?waitForSync=true"),
+        json!([{"_key": "after-crash", "v": 1}]),
+    )
+    .await
+    .assert_ok(201);
+    assert_eq!(
+        http.call(
+            Method::GET,
+            &api("document/durable/after-crash"),
+            Value::Null
+        )
+        .await
+        .json["v"],
+        1
+    );
+    let stored = all_keys(&http, "durable").await;
+
     // The subscription position survived: s1 resumes at pre4.
     let mut ws = consume(&url, "durable", "s1", &auth)
         .await

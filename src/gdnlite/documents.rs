@@ -409,7 +409,7 @@ pub async fn handle(
 }
 
 fn read_one(
-    read: &redb::ReadTransaction,
+    read: &store::Snapshot,
     collection: &str,
     key: &str,
     if_match: Option<String>,

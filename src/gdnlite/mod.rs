@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod collections;
 pub mod cursor;
+pub mod doclog;
 pub mod documents;
 pub mod error;
 pub mod faults;

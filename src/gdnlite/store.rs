@@ -13,18 +13,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use redb::{Database, Durability, ReadTransaction, ReadableTable, Table, TableDefinition};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, Table,
+    TableDefinition,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::doclog::{DocLog, Pending, Ptr};
 use super::documents::{merge_patch, DocBatch, DocItem, DocOutcome, DocResult, WriteKind};
 use super::error::{self, ApiError, GdnLiteError};
-use super::streams::{encode_message, StreamOp, SubscriptionState};
+use super::streams::{
+    decode_stored, encode_logged_message, encode_message, MessageBody, StreamOp, SubscriptionState,
+};
 
 /// Collection metadata by name.
 pub const COLLECTIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("collections");
-/// Documents by `collection \0 key` (see [`doc_key`]), stored as the JSON text that is
-/// returned to clients. Byte keys compare with one memcmp, which matters on the hot path.
+/// The document index: `collection \0 key` (see [`doc_key`]) → where the document's JSON text
+/// is in the document log ([`Ptr`]). Byte keys compare with one memcmp (hot path).
 pub const DOCUMENTS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("documents");
 /// Change-stream messages by `stream \0 sequence number (big endian)`.
 pub const MESSAGES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("stream_messages");
@@ -135,10 +141,26 @@ pub struct Job {
     pub op: Op,
 }
 
+/// Version of the on-disk layout (documents in the log, pointers in redb).
+const FORMAT: u64 = 2;
+
+/// A consistent read view: a redb snapshot and the log its pointers refer to.
+pub struct Snapshot {
+    txn: ReadTransaction,
+    log: Arc<DocLog>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot").finish_non_exhaustive()
+    }
+}
+
 /// The database, the writer queue and the commit counter streams wait on.
 #[derive(Debug)]
 pub struct Store {
     db: Arc<Database>,
+    log: Arc<DocLog>,
     queue: mpsc::UnboundedSender<Job>,
     commits: watch::Receiver<u64>,
     clock: Arc<AtomicU64>,
@@ -146,7 +168,8 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) `data_dir/gdnlite.redb` and starts the writer thread.
+    /// Opens (or creates) `data_dir/gdnlite.redb` and `data_dir/documents.log` and starts the
+    /// writer thread.
     pub fn open(data_dir: &Path) -> Result<Store, GdnLiteError> {
         std::fs::create_dir_all(data_dir).map_err(|source| GdnLiteError::DataDir {
             path: data_dir.to_path_buf(),
@@ -170,7 +193,28 @@ impl Store {
                     .map_err(|e| storage(e.to_string()))?;
                 txn.open_table(SUBSCRIPTIONS)
                     .map_err(|e| storage(e.to_string()))?;
-                let meta = txn.open_table(META).map_err(|e| storage(e.to_string()))?;
+                let mut meta = txn.open_table(META).map_err(|e| storage(e.to_string()))?;
+                let format = meta
+                    .get("format")
+                    .map_err(|e| storage(e.to_string()))?
+                    .map(|v| v.value());
+                let has_collections = !txn
+                    .open_table(COLLECTIONS)
+                    .map_err(|e| storage(e.to_string()))?
+                    .is_empty()
+                    .map_err(|e| storage(e.to_string()))?;
+                match format {
+                    Some(FORMAT) => {}
+                    None if !has_collections => {
+                        meta.insert("format", FORMAT)
+                            .map_err(|e| storage(e.to_string()))?;
+                    }
+                    other => {
+                        return Err(storage(format!(
+                            "the data directory has layout {other:?}, this gdnlite reads layout {FORMAT}; use a fresh --data-dir"
+                        )))
+                    }
+                }
                 let stored = meta
                     .get("clock")
                     .map_err(|e| storage(e.to_string()))?
@@ -180,21 +224,32 @@ impl Store {
             }
             txn.commit().map_err(|e| storage(e.to_string()))?;
         }
+        let (log, log_end) = DocLog::open(&data_dir.join("documents.log")).map_err(|source| {
+            GdnLiteError::DataDir {
+                path: data_dir.to_path_buf(),
+                source,
+            }
+        })?;
+        let log = Arc::new(log);
         let db = Arc::new(db);
         let clock = Arc::new(AtomicU64::new(clock_start));
         let (queue, receiver) = mpsc::unbounded_channel();
         let (commit_tx, commits) = watch::channel(0u64);
         let writer_db = Arc::clone(&db);
         let writer_clock = Arc::clone(&clock);
+        let writer_log = Arc::clone(&log);
         let writer = std::thread::Builder::new()
             .name("gdnlite-writer".into())
-            .spawn(move || Writer::new(writer_db, writer_clock, commit_tx).run(receiver))
+            .spawn(move || {
+                Writer::new(writer_db, writer_log, log_end, writer_clock, commit_tx).run(receiver)
+            })
             .map_err(|source| GdnLiteError::DataDir {
                 path: data_dir.to_path_buf(),
                 source,
             })?;
         Ok(Store {
             db,
+            log,
             queue,
             commits,
             clock,
@@ -220,8 +275,11 @@ impl Store {
     }
 
     /// A consistent snapshot for reads.
-    pub fn read(&self) -> Result<ReadTransaction, ApiError> {
-        self.db.begin_read().map_err(ApiError::storage)
+    pub fn read(&self) -> Result<Snapshot, ApiError> {
+        Ok(Snapshot {
+            txn: self.db.begin_read().map_err(ApiError::storage)?,
+            log: Arc::clone(&self.log),
+        })
     }
 
     /// Stops the writer after the queued writes and waits for it.
@@ -241,8 +299,11 @@ impl Store {
 }
 
 /// Metadata of `name` in a read snapshot.
-pub fn collection(txn: &ReadTransaction, name: &str) -> Result<Option<CollectionMeta>, ApiError> {
-    let table = txn.open_table(COLLECTIONS).map_err(ApiError::storage)?;
+pub fn collection(snap: &Snapshot, name: &str) -> Result<Option<CollectionMeta>, ApiError> {
+    let table = snap
+        .txn
+        .open_table(COLLECTIONS)
+        .map_err(ApiError::storage)?;
     let found = table.get(name).map_err(ApiError::storage)?;
     match found {
         Some(bytes) => Ok(Some(decode_meta(bytes.value())?)),
@@ -251,8 +312,11 @@ pub fn collection(txn: &ReadTransaction, name: &str) -> Result<Option<Collection
 }
 
 /// Every collection, by name.
-pub fn collections(txn: &ReadTransaction) -> Result<Vec<CollectionMeta>, ApiError> {
-    let table = txn.open_table(COLLECTIONS).map_err(ApiError::storage)?;
+pub fn collections(snap: &Snapshot) -> Result<Vec<CollectionMeta>, ApiError> {
+    let table = snap
+        .txn
+        .open_table(COLLECTIONS)
+        .map_err(ApiError::storage)?;
     let mut out = Vec::new();
     for entry in table.iter().map_err(ApiError::storage)? {
         let (_, value) = entry.map_err(ApiError::storage)?;
@@ -262,26 +326,25 @@ pub fn collections(txn: &ReadTransaction) -> Result<Vec<CollectionMeta>, ApiErro
 }
 
 /// One document's stored JSON.
-pub fn document(
-    txn: &ReadTransaction,
-    collection: &str,
-    key: &str,
-) -> Result<Option<Vec<u8>>, ApiError> {
-    let table = txn.open_table(DOCUMENTS).map_err(ApiError::storage)?;
+pub fn document(snap: &Snapshot, collection: &str, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    let table = snap.txn.open_table(DOCUMENTS).map_err(ApiError::storage)?;
     let found = table
         .get(doc_key(collection, key).as_slice())
         .map_err(ApiError::storage)?;
-    Ok(found.map(|v| v.value().to_vec()))
+    match found {
+        Some(ptr) => Ok(Some(snap.log.read(decode_ptr(ptr.value())?)?)),
+        None => Ok(None),
+    }
 }
 
 /// Documents of `collection` with keys after `after` (or from the start), at most `limit`.
 pub fn documents_after(
-    txn: &ReadTransaction,
+    snap: &Snapshot,
     collection: &str,
     after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
-    let table = txn.open_table(DOCUMENTS).map_err(ApiError::storage)?;
+    let table = snap.txn.open_table(DOCUMENTS).map_err(ApiError::storage)?;
     let (start, end) = prefix_range(collection);
     let start = match after {
         Some(a) => doc_key(collection, a),
@@ -301,17 +364,15 @@ pub fn documents_after(
         if after.is_some_and(|a| a.as_bytes() == key) {
             continue;
         }
-        out.push((
-            String::from_utf8_lossy(key).into_owned(),
-            value.value().to_vec(),
-        ));
+        let doc = snap.log.read(decode_ptr(value.value())?)?;
+        out.push((String::from_utf8_lossy(key).into_owned(), doc));
     }
     Ok(out)
 }
 
 /// Number of documents in `collection`.
-pub fn count(txn: &ReadTransaction, collection: &str) -> Result<u64, ApiError> {
-    let table = txn.open_table(DOCUMENTS).map_err(ApiError::storage)?;
+pub fn count(snap: &Snapshot, collection: &str) -> Result<u64, ApiError> {
+    let table = snap.txn.open_table(DOCUMENTS).map_err(ApiError::storage)?;
     let (start, end) = prefix_range(collection);
     let mut n = 0u64;
     for entry in table
@@ -326,12 +387,12 @@ pub fn count(txn: &ReadTransaction, collection: &str) -> Result<u64, ApiError> {
 
 /// Stream messages with sequence numbers `>= from`, at most `limit`.
 pub fn messages_from(
-    txn: &ReadTransaction,
+    snap: &Snapshot,
     stream: &str,
     from: u64,
     limit: usize,
 ) -> Result<Vec<(u64, Vec<u8>)>, ApiError> {
-    let table = txn.open_table(MESSAGES).map_err(ApiError::storage)?;
+    let table = snap.txn.open_table(MESSAGES).map_err(ApiError::storage)?;
     let start = message_key(stream, from);
     let (_, end) = prefix_range(stream);
     let prefix = stream.len() + 1;
@@ -350,18 +411,28 @@ pub fn messages_from(
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map(u64::from_be_bytes)
             .ok_or_else(|| ApiError::storage("corrupt stream message key"))?;
-        out.push((seq, value.value().to_vec()));
+        // Messages whose payload is a logged document are returned with it inline.
+        let message = match decode_stored(value.value()) {
+            Some((op, micros, MessageBody::Logged(ptr))) => {
+                encode_message(op, micros, &snap.log.read(ptr)?)
+            }
+            _ => value.value().to_vec(),
+        };
+        out.push((seq, message));
     }
     Ok(out)
 }
 
 /// A subscription's persisted state, if it was ever saved.
 pub fn subscription(
-    txn: &ReadTransaction,
+    snap: &Snapshot,
     stream: &str,
     name: &str,
 ) -> Result<Option<SubscriptionState>, ApiError> {
-    let table = txn.open_table(SUBSCRIPTIONS).map_err(ApiError::storage)?;
+    let table = snap
+        .txn
+        .open_table(SUBSCRIPTIONS)
+        .map_err(ApiError::storage)?;
     let found = table.get((stream, name)).map_err(ApiError::storage)?;
     match found {
         Some(bytes) => serde_json::from_slice(bytes.value())
@@ -369,6 +440,10 @@ pub fn subscription(
             .map_err(|e| ApiError::storage(format!("corrupt subscription state: {e}"))),
         None => Ok(None),
     }
+}
+
+fn decode_ptr(bytes: &[u8]) -> Result<Ptr, ApiError> {
+    Ptr::decode(bytes).ok_or_else(|| ApiError::storage("corrupt document index entry"))
 }
 
 /// The `_rev` of a stored document.
@@ -434,6 +509,13 @@ struct Tables<'t> {
 
 struct Writer {
     db: Arc<Database>,
+    log: Arc<DocLog>,
+    /// Where the next group's bodies go in the log.
+    log_end: u64,
+    /// The log holds writes not yet fsynced (from non-durable groups).
+    log_unsynced: bool,
+    /// Bodies appended by the group being applied.
+    pending: Pending,
     clock: Arc<AtomicU64>,
     commits: watch::Sender<u64>,
     commit_count: u64,
@@ -442,9 +524,19 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(db: Arc<Database>, clock: Arc<AtomicU64>, commits: watch::Sender<u64>) -> Writer {
+    fn new(
+        db: Arc<Database>,
+        log: Arc<DocLog>,
+        log_end: u64,
+        clock: Arc<AtomicU64>,
+        commits: watch::Sender<u64>,
+    ) -> Writer {
         Writer {
             db,
+            log,
+            log_end,
+            log_unsynced: false,
+            pending: Pending::default(),
             clock,
             commits,
             commit_count: 0,
@@ -492,6 +584,12 @@ impl Writer {
             }
         }
         // Make the non-durable (202) commits durable before the database closes.
+        if self.log_unsynced {
+            if let Err(e) = self.log.sync() {
+                tracing::error!(error = %e.message, "gdnlite: final log fsync failed");
+                return;
+            }
+        }
         match self.db.begin_write() {
             Ok(mut txn) => {
                 txn.set_durability(Durability::Immediate);
@@ -522,6 +620,8 @@ impl Writer {
         } else {
             Durability::None
         });
+        self.pending.base = self.log_end;
+        self.pending.bytes.clear();
         let result = (|| -> Result<(), ApiError> {
             let mut tables = Tables {
                 collections: txn.open_table(COLLECTIONS).map_err(ApiError::storage)?,
@@ -549,8 +649,45 @@ impl Writer {
                 .map_err(ApiError::storage)?;
             Ok(())
         })();
-        let result = result.and_then(|()| txn.commit().map_err(ApiError::storage));
+        // The bodies reach the log (and the disk, for a durable group) before the commit
+        // that makes pointers to them visible and durable.
+        let result = match result.and_then(|()| self.flush_log(durable)) {
+            Ok(()) => txn.commit().map_err(ApiError::storage),
+            Err(e) => {
+                let _ = txn.abort();
+                Err(e)
+            }
+        };
         (replies, result)
+    }
+
+    /// Writes the group's bodies to the log; fsyncs it for a durable group.
+    fn flush_log(&mut self, durable: bool) -> Result<(), ApiError> {
+        if !self.pending.bytes.is_empty() {
+            let written = self.log.write_at(&self.pending.bytes, self.pending.base);
+            // Even a failed write may have left bytes: never write over them.
+            self.log_end = self.pending.base + self.pending.bytes.len() as u64;
+            self.pending.bytes.clear();
+            if self.pending.bytes.capacity() > 64 * 1024 * 1024 {
+                self.pending.bytes.shrink_to(64 * 1024 * 1024);
+            }
+            written?;
+            self.log_unsynced = true;
+        }
+        if durable && self.log_unsynced {
+            self.log.sync()?;
+            self.log_unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// A stored body: from this group's appends or from the log.
+    fn load(&self, ptr_bytes: &[u8]) -> Result<Vec<u8>, ApiError> {
+        let ptr = decode_ptr(ptr_bytes)?;
+        match self.pending.get(ptr) {
+            Some(bytes) => Ok(bytes.to_vec()),
+            None => self.log.read(ptr),
+        }
     }
 
     /// Applies one op. A logical error (no such collection, duplicate key) is part of the
@@ -701,29 +838,37 @@ impl Writer {
             };
             let key = prepared.key.as_str();
             doc_key_into(&mut kbuf, coll, key);
-            let (op, old, new_bytes) = if let WriteKind::Insert { overwrite } = batch.kind {
-                // One traversal: insert, and put the old document back on a key conflict.
+            // (change, previous document, new document and where it is in the log)
+            let (op, old, new_doc) = if let WriteKind::Insert { overwrite } = batch.kind {
+                // One index traversal: insert, and put the old pointer back on a key conflict.
+                let mark = self.pending.bytes.len();
+                let ptr = self.pending.append(&prepared.body);
                 let previous = t
                     .documents
-                    .insert(kbuf.as_slice(), prepared.body.as_slice())
+                    .insert(kbuf.as_slice(), ptr.encode().as_slice())
                     .map_err(ApiError::storage)?
                     .map(|g| g.value().to_vec());
                 match previous {
-                    Some(old) if !overwrite => {
+                    Some(old_ptr) if !overwrite => {
                         t.documents
-                            .insert(kbuf.as_slice(), old.as_slice())
+                            .insert(kbuf.as_slice(), old_ptr.as_slice())
                             .map_err(ApiError::storage)?;
+                        self.pending.bytes.truncate(mark);
                         outcomes.push(DocOutcome::Err(
                             error::UNIQUE_CONSTRAINT_VIOLATED,
                             format!("unique constraint violated - in index primary of type primary over '_key'; conflicting key: {key}"),
                         ));
                         continue;
                     }
-                    Some(old) => (StreamOp::Update, Some(old), prepared.body),
-                    None => (StreamOp::Insert, None, prepared.body),
+                    Some(old_ptr) => (
+                        StreamOp::Update,
+                        Some(self.load(&old_ptr)?),
+                        Some((prepared.body, ptr)),
+                    ),
+                    None => (StreamOp::Insert, None, Some((prepared.body, ptr))),
                 }
             } else {
-                let Some(old) = t
+                let Some(old_ptr) = t
                     .documents
                     .get(kbuf.as_slice())
                     .map_err(ApiError::storage)?
@@ -735,6 +880,7 @@ impl Writer {
                     ));
                     continue;
                 };
+                let old = self.load(&old_ptr)?;
                 if let Some(expected) = &prepared.expected_rev {
                     if stored_rev(&old).as_deref() != Some(expected.as_str()) {
                         outcomes.push(DocOutcome::Err(
@@ -744,13 +890,8 @@ impl Writer {
                         continue;
                     }
                 }
-                match &batch.kind {
-                    WriteKind::Remove => {
-                        t.documents
-                            .remove(kbuf.as_slice())
-                            .map_err(ApiError::storage)?;
-                        (StreamOp::Delete, Some(old), Vec::new())
-                    }
+                let new_body = match &batch.kind {
+                    WriteKind::Remove => None,
                     WriteKind::Update {
                         keep_null,
                         merge_objects,
@@ -770,34 +911,41 @@ impl Writer {
                         base.insert("_key".into(), key.into());
                         base.insert("_id".into(), format!("{coll}/{key}").into());
                         base.insert("_rev".into(), prepared.rev.clone().into());
-                        let bytes = serde_json::to_vec(&base).map_err(ApiError::storage)?;
-                        t.documents
-                            .insert(kbuf.as_slice(), bytes.as_slice())
-                            .map_err(ApiError::storage)?;
-                        (StreamOp::Update, Some(old), bytes)
+                        Some(serde_json::to_vec(&base).map_err(ApiError::storage)?)
                     }
-                    WriteKind::Replace | WriteKind::Insert { .. } => {
+                    WriteKind::Replace | WriteKind::Insert { .. } => Some(prepared.body),
+                };
+                match new_body {
+                    None => {
                         t.documents
-                            .insert(kbuf.as_slice(), prepared.body.as_slice())
+                            .remove(kbuf.as_slice())
                             .map_err(ApiError::storage)?;
-                        (StreamOp::Update, Some(old), prepared.body)
+                        (StreamOp::Delete, Some(old), None)
+                    }
+                    Some(body) => {
+                        let ptr = self.pending.append(&body);
+                        t.documents
+                            .insert(kbuf.as_slice(), ptr.encode().as_slice())
+                            .map_err(ApiError::storage)?;
+                        (StreamOp::Update, Some(old), Some((body, ptr)))
                     }
                 }
             };
             let old_rev = old.as_deref().and_then(stored_rev);
             if meta.stream {
                 let seq = self.next_seq(t, coll)?;
-                let message = if op == StreamOp::Delete {
-                    let payload = serde_json::to_vec(&serde_json::json!({
-                        "_key": key,
-                        "_id": format!("{coll}/{key}"),
-                        "_rev": old_rev,
-                        "_delete": true,
-                    }))
-                    .map_err(ApiError::storage)?;
-                    encode_message(op, now_micros(), &payload)
-                } else {
-                    encode_message(op, now_micros(), &new_bytes)
+                let message = match &new_doc {
+                    Some((_, ptr)) => encode_logged_message(op, now_micros(), *ptr),
+                    None => {
+                        let payload = serde_json::to_vec(&serde_json::json!({
+                            "_key": key,
+                            "_id": format!("{coll}/{key}"),
+                            "_rev": old_rev,
+                            "_delete": true,
+                        }))
+                        .map_err(ApiError::storage)?;
+                        encode_message(op, now_micros(), &payload)
+                    }
                 };
                 t.messages
                     .insert(message_key(coll, seq).as_slice(), message.as_slice())
@@ -812,8 +960,8 @@ impl Writer {
                 },
                 old_rev,
                 old: if batch.return_old { old } else { None },
-                new: if batch.return_new && op != StreamOp::Delete {
-                    Some(new_bytes)
+                new: if batch.return_new {
+                    new_doc.map(|(body, _)| body)
                 } else {
                     None
                 },

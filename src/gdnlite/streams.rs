@@ -9,6 +9,8 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use super::doclog::Ptr;
+
 /// The kind of change a message carries (the `op` property).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamOp {
@@ -48,20 +50,54 @@ impl StreamOp {
     }
 }
 
-/// Stored message: op code, publish time (µs since the epoch, little endian), then the payload.
+/// Stored message: op code, publish time (µs since the epoch, little endian), a body kind
+/// (0: the payload follows inline; 1: a document-log pointer follows), then the body.
 pub fn encode_message(op: StreamOp, publish_micros: u64, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(9 + payload.len());
+    let mut out = Vec::with_capacity(10 + payload.len());
     out.push(op.code());
     out.extend_from_slice(&publish_micros.to_le_bytes());
+    out.push(0);
     out.extend_from_slice(payload);
     out
 }
 
+/// A stored message whose payload is a document body in the document log.
+pub fn encode_logged_message(op: StreamOp, publish_micros: u64, ptr: Ptr) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10 + super::doclog::PTR_LEN);
+    out.push(op.code());
+    out.extend_from_slice(&publish_micros.to_le_bytes());
+    out.push(1);
+    out.extend_from_slice(&ptr.encode());
+    out
+}
+
+/// Where a stored message's payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageBody<'a> {
+    /// In the message itself.
+    Inline(&'a [u8]),
+    /// In the document log.
+    Logged(Ptr),
+}
+
 /// The parts of a stored message, or `None` if it is corrupt.
-pub fn decode_message(bytes: &[u8]) -> Option<(StreamOp, u64, &[u8])> {
+pub fn decode_stored(bytes: &[u8]) -> Option<(StreamOp, u64, MessageBody<'_>)> {
     let op = StreamOp::from_code(*bytes.first()?)?;
     let micros = u64::from_le_bytes(bytes.get(1..9)?.try_into().ok()?);
-    Some((op, micros, bytes.get(9..)?))
+    let body = match *bytes.get(9)? {
+        0 => MessageBody::Inline(bytes.get(10..)?),
+        1 => MessageBody::Logged(Ptr::decode(bytes.get(10..)?)?),
+        _ => return None,
+    };
+    Some((op, micros, body))
+}
+
+/// The parts of a message with an inline payload, or `None`.
+pub fn decode_message(bytes: &[u8]) -> Option<(StreamOp, u64, &[u8])> {
+    match decode_stored(bytes)? {
+        (op, micros, MessageBody::Inline(payload)) => Some((op, micros, payload)),
+        (_, _, MessageBody::Logged(_)) => None,
+    }
 }
 
 /// A subscription's acknowledged position: everything up to `through` is acknowledged, and
@@ -105,6 +141,13 @@ mod tests {
         );
         assert_eq!(decode_message(&m[..5]), None);
         assert_eq!(decode_message(&[9; 12]), None);
+        let ptr = Ptr { offset: 7, len: 3 };
+        let l = encode_logged_message(StreamOp::Insert, 1, ptr);
+        assert_eq!(
+            decode_stored(&l),
+            Some((StreamOp::Insert, 1, MessageBody::Logged(ptr)))
+        );
+        assert_eq!(decode_message(&l), None);
     }
 
     #[test]
