@@ -273,12 +273,24 @@ pub async fn handle(
         // The hot path: whole documents re-encoded in one pass, no `Value` tree.
         (None, WriteKind::Insert { .. } | WriteKind::Replace) => {
             match super::json::transcode_batch(body)? {
-                super::json::TranscodedBody::Array(docs) => (
-                    docs.into_iter()
-                        .map(|doc| prepare_transcoded(state, collection, &kind, doc, ignore_revs))
-                        .collect::<Vec<_>>(),
-                    false,
-                ),
+                super::json::TranscodedBody::Array(docs) => {
+                    let mut ticks = state.store.reserve(2 * docs.len() as u64);
+                    (
+                        docs.into_iter()
+                            .map(|doc| {
+                                prepare_transcoded(
+                                    state,
+                                    collection,
+                                    &kind,
+                                    doc,
+                                    ignore_revs,
+                                    &mut ticks,
+                                )
+                            })
+                            .collect::<Vec<_>>(),
+                        false,
+                    )
+                }
                 super::json::TranscodedBody::Single(super::json::TranscodedDoc::NotObject) => {
                     return Err(ApiError::new(
                         StatusCode::BAD_REQUEST,
@@ -293,6 +305,7 @@ pub async fn handle(
                         &kind,
                         doc,
                         ignore_revs,
+                        &mut state.store.reserve(2),
                     )],
                     true,
                 ),
@@ -333,9 +346,10 @@ pub async fn handle(
                     }
                 },
             };
+            let mut ticks = state.store.reserve(2 * inputs.len() as u64);
             let items: Vec<DocItem> = inputs
                 .into_iter()
-                .map(|doc| prepare(state, collection, &kind, doc, ignore_revs))
+                .map(|doc| prepare(state, collection, &kind, doc, ignore_revs, &mut ticks))
                 .collect();
             (items, single)
         }
@@ -461,6 +475,7 @@ fn prepare_transcoded(
     kind: &WriteKind,
     doc: super::json::TranscodedDoc,
     ignore_revs: bool,
+    ticks: &mut store::Ticks<'_>,
 ) -> DocItem {
     if state.faults.document_fails() {
         return DocItem::Failed(
@@ -478,14 +493,14 @@ fn prepare_transcoded(
     };
     let key = match key_of(key.as_ref(), *kind == WriteKind::Replace) {
         Ok(Some(key)) => key,
-        Ok(None) => state.store.tick().to_string(),
+        Ok(None) => ticks.take().to_string(),
         Err((num, message)) => return DocItem::Failed(num, message),
     };
     let expected_rev = match rev {
         Some(Value::String(rev)) if !ignore_revs => Some(rev),
         _ => None,
     };
-    let rev = rev_string(state.store.tick());
+    let rev = rev_string(ticks.take());
     let body = super::json::TranscodedDoc::finish(&open_body, &key, collection, &rev);
     DocItem::Ready(PreparedDoc {
         key,
@@ -503,6 +518,7 @@ fn prepare(
     kind: &WriteKind,
     doc: Value,
     ignore_revs: bool,
+    ticks: &mut store::Ticks<'_>,
 ) -> DocItem {
     if state.faults.document_fails() {
         return DocItem::Failed(
@@ -529,7 +545,7 @@ fn prepare(
             }
             return DocItem::Ready(PreparedDoc {
                 key,
-                rev: rev_string(state.store.tick()),
+                rev: rev_string(ticks.take()),
                 body: Vec::new(),
                 patch: None,
                 expected_rev: None,
@@ -539,7 +555,7 @@ fn prepare(
     };
     let key = match key_of(map.get("_key"), !matches!(kind, WriteKind::Insert { .. })) {
         Ok(Some(key)) => key,
-        Ok(None) => state.store.tick().to_string(),
+        Ok(None) => ticks.take().to_string(),
         Err((num, message)) => return DocItem::Failed(num, message),
     };
     let expected_rev = if ignore_revs {
@@ -550,7 +566,7 @@ fn prepare(
             _ => None,
         }
     };
-    let rev = rev_string(state.store.tick());
+    let rev = rev_string(ticks.take());
     match kind {
         WriteKind::Remove => DocItem::Ready(PreparedDoc {
             key,

@@ -167,6 +167,15 @@ mod transcode {
         let _ = serde_json::to_writer(&mut *out, s);
     }
 
+    /// Writes a string serde_json borrowed from the input. It borrows only strings without
+    /// escapes, and valid JSON strings without escapes contain nothing that needs escaping
+    /// (no quote, backslash or control character), so the text is copied as it is.
+    fn write_borrowed_str(out: &mut Vec<u8>, s: &str) {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+
     fn write_f64(out: &mut Vec<u8>, f: f64) {
         match serde_json::Number::from_f64(f) {
             Some(n) => {
@@ -214,6 +223,10 @@ mod transcode {
             write_str(self.0, v);
             Ok(())
         }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<(), E> {
+            write_borrowed_str(self.0, v);
+            Ok(())
+        }
         fn visit_unit<E>(self) -> Result<(), E> {
             self.0.extend_from_slice(b"null");
             Ok(())
@@ -240,12 +253,12 @@ mod transcode {
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
             self.0.push(b'{');
             let mut first = true;
-            while let Some(key) = map.next_key::<KeyString>()? {
+            while let Some(key) = map.next_key::<KeyString<'de>>()? {
                 if !first {
                     self.0.push(b',');
                 }
                 first = false;
-                write_str(self.0, &key.0);
+                key.write(self.0);
                 self.0.push(b':');
                 map.next_value_seed(ValueSeed(&mut *self.0))?;
             }
@@ -254,12 +267,49 @@ mod transcode {
         }
     }
 
-    /// An attribute name.
-    pub(super) struct KeyString(String);
+    /// An attribute name, borrowed from the input when it has no escapes.
+    pub(super) enum KeyString<'de> {
+        /// Borrowed: needs no escaping when written.
+        Borrowed(&'de str),
+        /// Unescaped into a new string.
+        Owned(String),
+    }
 
-    impl<'de> serde::Deserialize<'de> for KeyString {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<KeyString, D::Error> {
-            String::deserialize(d).map(KeyString)
+    impl KeyString<'_> {
+        fn as_str(&self) -> &str {
+            match self {
+                KeyString::Borrowed(s) => s,
+                KeyString::Owned(s) => s,
+            }
+        }
+
+        fn write(&self, out: &mut Vec<u8>) {
+            match self {
+                KeyString::Borrowed(s) => write_borrowed_str(out, s),
+                KeyString::Owned(s) => write_str(out, s),
+            }
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for KeyString<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<KeyString<'de>, D::Error> {
+            struct KeyVisitor;
+            impl<'de> Visitor<'de> for KeyVisitor {
+                type Value = KeyString<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("an attribute name")
+                }
+                fn visit_borrowed_str<E>(self, v: &'de str) -> Result<KeyString<'de>, E> {
+                    Ok(KeyString::Borrowed(v))
+                }
+                fn visit_str<E>(self, v: &str) -> Result<KeyString<'de>, E> {
+                    Ok(KeyString::Owned(v.to_string()))
+                }
+                fn visit_string<E>(self, v: String) -> Result<KeyString<'de>, E> {
+                    Ok(KeyString::Owned(v))
+                }
+            }
+            d.deserialize_str(KeyVisitor)
         }
     }
 
@@ -306,18 +356,18 @@ mod transcode {
             let mut out = Vec::with_capacity(1024);
             out.push(b'{');
             let (mut key, mut rev) = (None, None);
-            while let Some(name) = map.next_key::<KeyString>()? {
-                match name.0.as_str() {
+            while let Some(name) = map.next_key::<KeyString<'de>>()? {
+                match name.as_str() {
                     "_key" => key = Some(map.next_value::<Value>()?),
                     "_rev" => rev = Some(map.next_value::<Value>()?),
                     "_id" => {
                         map.next_value::<IgnoredAny>()?;
                     }
-                    other => {
+                    _ => {
                         if out.len() > 1 {
                             out.push(b',');
                         }
-                        write_str(&mut out, other);
+                        name.write(&mut out);
                         out.push(b':');
                         map.next_value_seed(ValueSeed(&mut out))?;
                     }
@@ -400,7 +450,7 @@ mod transcode_tests {
              "_id": "ignored", "_rev": "r1"},
             {},
             7, "s", null, [1, {"a": 1}],
-            {"\u0041": 1}
+            {"\u0041": 1, "q\"k": {"x\\y": "plain", "e": "\t"}, "emoji": "\ud83d\ude00"}
         ]"#;
         let expected = parse_body(body).unwrap();
         let TranscodedBody::Array(docs) = transcode_batch(body).unwrap() else {

@@ -141,6 +141,26 @@ pub struct Job {
     pub op: Op,
 }
 
+/// A block of clock values reserved by [`Store::reserve`].
+#[derive(Debug)]
+pub struct Ticks<'s> {
+    store: &'s Store,
+    next: u64,
+    end: u64,
+}
+
+impl Ticks<'_> {
+    /// The next value of the block (a fresh one from the clock once the block is used up).
+    pub fn take(&mut self) -> u64 {
+        if self.next < self.end {
+            self.next += 1;
+            self.next - 1
+        } else {
+            self.store.tick()
+        }
+    }
+}
+
 /// Version of the on-disk layout (documents in the log, pointers in redb).
 const FORMAT: u64 = 2;
 
@@ -260,6 +280,18 @@ impl Store {
     /// A fresh revision / generated key value: strictly increasing, also across restarts.
     pub fn tick(&self) -> u64 {
         self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Reserves `n` consecutive clock values for one request, so that the keys it generates
+    /// are adjacent in the index (concurrent requests would otherwise interleave them and turn
+    /// appends into inserts in the middle of index pages).
+    pub fn reserve(&self, n: u64) -> Ticks<'_> {
+        let next = self.clock.fetch_add(n, Ordering::Relaxed);
+        Ticks {
+            store: self,
+            next,
+            end: next + n,
+        }
     }
 
     /// Queues a write; the answer arrives on the op's channel after its commit.
