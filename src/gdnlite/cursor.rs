@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::StatusCode;
-use redb::ReadTransaction;
+
 use serde_json::{Map, Value};
 
 use super::error::{self, ApiError};
@@ -145,7 +145,7 @@ pub fn parse(query: &str, bind_vars: &Map<String, Value>) -> Result<ScanQuery, A
 }
 
 struct Cursor {
-    snapshot: ReadTransaction,
+    snapshot: store::Snapshot,
     collection: String,
     last_key: Option<String>,
     remaining: Option<u64>,

@@ -268,45 +268,92 @@ pub async fn handle(
             ))
         }
     };
-    let (inputs, single) = match key {
-        Some(key) => {
-            let value = if kind == WriteKind::Remove {
-                Value::String(key.to_string())
-            } else {
-                let mut value = super::json::parse_body(body)?;
-                let Value::Object(map) = &mut value else {
+    let ignore_revs = options.ignore_revs && if_match.is_none();
+    let (items, single) = match (key, &kind) {
+        // The hot path: whole documents re-encoded in one pass, no `Value` tree.
+        (None, WriteKind::Insert { .. } | WriteKind::Replace) => {
+            match super::json::transcode_batch(body)? {
+                super::json::TranscodedBody::Array(docs) => {
+                    let mut ticks = state.store.reserve(2 * docs.len() as u64);
+                    (
+                        docs.into_iter()
+                            .map(|doc| {
+                                prepare_transcoded(
+                                    state,
+                                    collection,
+                                    &kind,
+                                    doc,
+                                    ignore_revs,
+                                    &mut ticks,
+                                )
+                            })
+                            .collect::<Vec<_>>(),
+                        false,
+                    )
+                }
+                super::json::TranscodedBody::Single(super::json::TranscodedDoc::NotObject) => {
                     return Err(ApiError::new(
                         StatusCode::BAD_REQUEST,
                         error::DOCUMENT_TYPE_INVALID,
-                        "invalid document type: the body must be a JSON object",
-                    ));
-                };
-                map.insert("_key".into(), Value::String(key.to_string()));
-                if let Some(rev) = &if_match {
-                    map.insert("_rev".into(), Value::String(rev.clone()));
+                        "invalid document type: the body must be a JSON object or an array",
+                    ))
                 }
-                value
-            };
-            (vec![value], true)
-        }
-        None => match super::json::parse_body(body)? {
-            Value::Array(items) => (items, false),
-            Value::Object(map) => (vec![Value::Object(map)], true),
-            other if kind == WriteKind::Remove && other.is_string() => (vec![other], true),
-            _ => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    error::DOCUMENT_TYPE_INVALID,
-                    "invalid document type: the body must be a JSON object or an array",
-                ))
+                super::json::TranscodedBody::Single(doc) => (
+                    vec![prepare_transcoded(
+                        state,
+                        collection,
+                        &kind,
+                        doc,
+                        ignore_revs,
+                        &mut state.store.reserve(2),
+                    )],
+                    true,
+                ),
             }
-        },
+        }
+        _ => {
+            let (inputs, single) = match key {
+                Some(key) => {
+                    let value = if kind == WriteKind::Remove {
+                        Value::String(key.to_string())
+                    } else {
+                        let mut value = super::json::parse_body(body)?;
+                        let Value::Object(map) = &mut value else {
+                            return Err(ApiError::new(
+                                StatusCode::BAD_REQUEST,
+                                error::DOCUMENT_TYPE_INVALID,
+                                "invalid document type: the body must be a JSON object",
+                            ));
+                        };
+                        map.insert("_key".into(), Value::String(key.to_string()));
+                        if let Some(rev) = &if_match {
+                            map.insert("_rev".into(), Value::String(rev.clone()));
+                        }
+                        value
+                    };
+                    (vec![value], true)
+                }
+                None => match super::json::parse_body(body)? {
+                    Value::Array(items) => (items, false),
+                    Value::Object(map) => (vec![Value::Object(map)], true),
+                    other if kind == WriteKind::Remove && other.is_string() => (vec![other], true),
+                    _ => {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            error::DOCUMENT_TYPE_INVALID,
+                            "invalid document type: the body must be a JSON object or an array",
+                        ))
+                    }
+                },
+            };
+            let mut ticks = state.store.reserve(2 * inputs.len() as u64);
+            let items: Vec<DocItem> = inputs
+                .into_iter()
+                .map(|doc| prepare(state, collection, &kind, doc, ignore_revs, &mut ticks))
+                .collect();
+            (items, single)
+        }
     };
-    let ignore_revs = options.ignore_revs && if_match.is_none();
-    let items: Vec<DocItem> = inputs
-        .into_iter()
-        .map(|doc| prepare(state, collection, &kind, doc, ignore_revs))
-        .collect();
     let batch = DocBatch {
         collection: collection.to_string(),
         kind: kind.clone(),
@@ -321,10 +368,13 @@ pub async fn handle(
     let outcomes = rx
         .await
         .map_err(|_| ApiError::storage("the writer stopped before answering"))??;
-    let status = if options.wait_for_sync {
-        StatusCode::CREATED
-    } else {
+    // Removals answer 200 when synced (the OpenAPI's DELETE), other writes 201.
+    let status = if !options.wait_for_sync {
         StatusCode::ACCEPTED
+    } else if kind == WriteKind::Remove {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
     };
     if single {
         let Some(outcome) = outcomes.into_iter().next() else {
@@ -333,13 +383,6 @@ pub async fn handle(
         return match outcome {
             DocOutcome::Err(num, message) => Err(ApiError::new(status_of(num), num, message)),
             DocOutcome::Ok(result) => {
-                let status = if kind == WriteKind::Remove && !options.wait_for_sync {
-                    StatusCode::ACCEPTED
-                } else if kind == WriteKind::Remove {
-                    StatusCode::OK
-                } else {
-                    status
-                };
                 if options.silent {
                     return Ok(json_bytes_response(status, b"{}".to_vec()));
                 }
@@ -380,7 +423,7 @@ pub async fn handle(
 }
 
 fn read_one(
-    read: &redb::ReadTransaction,
+    read: &store::Snapshot,
     collection: &str,
     key: &str,
     if_match: Option<String>,
@@ -425,6 +468,49 @@ fn read_one(
     Ok(response)
 }
 
+/// Validates one transcoded insert/replace document and closes it with `_key`, `_id`, `_rev`.
+fn prepare_transcoded(
+    state: &State,
+    collection: &str,
+    kind: &WriteKind,
+    doc: super::json::TranscodedDoc,
+    ignore_revs: bool,
+    ticks: &mut store::Ticks<'_>,
+) -> DocItem {
+    if state.faults.document_fails() {
+        return DocItem::Failed(
+            error::INJECTED_FAULT,
+            "injected per-document fault (gdnlite fault injection); retry".into(),
+        );
+    }
+    let super::json::TranscodedDoc::Object {
+        open_body,
+        key,
+        rev,
+    } = doc
+    else {
+        return DocItem::Failed(error::DOCUMENT_TYPE_INVALID, "invalid document type".into());
+    };
+    let key = match key_of(key.as_ref(), *kind == WriteKind::Replace) {
+        Ok(Some(key)) => key,
+        Ok(None) => ticks.take().to_string(),
+        Err((num, message)) => return DocItem::Failed(num, message),
+    };
+    let expected_rev = match rev {
+        Some(Value::String(rev)) if !ignore_revs => Some(rev),
+        _ => None,
+    };
+    let rev = rev_string(ticks.take());
+    let body = super::json::TranscodedDoc::finish(&open_body, &key, collection, &rev);
+    DocItem::Ready(PreparedDoc {
+        key,
+        rev,
+        body,
+        patch: None,
+        expected_rev,
+    })
+}
+
 /// Validates one input document and builds what the writer stores.
 fn prepare(
     state: &State,
@@ -432,6 +518,7 @@ fn prepare(
     kind: &WriteKind,
     doc: Value,
     ignore_revs: bool,
+    ticks: &mut store::Ticks<'_>,
 ) -> DocItem {
     if state.faults.document_fails() {
         return DocItem::Failed(
@@ -441,13 +528,24 @@ fn prepare(
     }
     let mut map = match (kind, doc) {
         (_, Value::Object(map)) => map,
-        (WriteKind::Remove, Value::String(key)) => {
+        (WriteKind::Remove, Value::String(selector)) => {
+            // A key, or a document handle `collection/key`.
+            let key = match selector.split_once('/') {
+                None => selector,
+                Some((coll, key)) if coll == collection => key.to_string(),
+                Some(_) => {
+                    return DocItem::Failed(
+                        error::DOCUMENT_HANDLE_BAD,
+                        "illegal document handle: it names another collection".into(),
+                    )
+                }
+            };
             if !is_valid_key(&key) {
                 return DocItem::Failed(error::DOCUMENT_KEY_BAD, "illegal document key".into());
             }
             return DocItem::Ready(PreparedDoc {
                 key,
-                rev: rev_string(state.store.tick()),
+                rev: rev_string(ticks.take()),
                 body: Vec::new(),
                 patch: None,
                 expected_rev: None,
@@ -457,7 +555,7 @@ fn prepare(
     };
     let key = match key_of(map.get("_key"), !matches!(kind, WriteKind::Insert { .. })) {
         Ok(Some(key)) => key,
-        Ok(None) => state.store.tick().to_string(),
+        Ok(None) => ticks.take().to_string(),
         Err((num, message)) => return DocItem::Failed(num, message),
     };
     let expected_rev = if ignore_revs {
@@ -468,7 +566,7 @@ fn prepare(
             _ => None,
         }
     };
-    let rev = rev_string(state.store.tick());
+    let rev = rev_string(ticks.take());
     match kind {
         WriteKind::Remove => DocItem::Ready(PreparedDoc {
             key,

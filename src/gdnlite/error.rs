@@ -32,6 +32,8 @@ pub const INJECTED_FAULT: u32 = 1;
 pub const CONFLICT: u32 = 1200;
 /// No document with that key.
 pub const DOCUMENT_NOT_FOUND: u32 = 1202;
+/// A document handle (`collection/key`) that does not fit the request.
+pub const DOCUMENT_HANDLE_BAD: u32 = 1205;
 /// No collection (or fabric) with that name.
 pub const DATA_SOURCE_NOT_FOUND: u32 = 1203;
 /// A collection with that name exists already.

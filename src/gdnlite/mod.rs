@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod collections;
 pub mod cursor;
+pub mod doclog;
 pub mod documents;
 pub mod error;
 pub mod faults;
@@ -78,8 +79,14 @@ impl GdnLiteConfig {
     }
 }
 
-/// Held by the one consumer of a (stream, subscription) at a time.
-type SubscriptionLock = Arc<tokio::sync::Mutex<()>>;
+/// One subscription's consumer slot: the lock the attached consumer holds, and a generation a
+/// new consumer bumps to take the subscription over (a reconnect after a network failure must
+/// not wait for the old, half-open connection to time out).
+#[derive(Debug, Clone)]
+pub struct SubscriptionSlot {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    takeover: Arc<watch::Sender<u64>>,
+}
 
 /// Shared state of a running server.
 pub struct State {
@@ -90,7 +97,7 @@ pub struct State {
     store: store::Store,
     cursors: cursor::Cursors,
     max_body: usize,
-    subscriptions: Mutex<HashMap<(String, String), SubscriptionLock>>,
+    subscriptions: Mutex<HashMap<(String, String), SubscriptionSlot>>,
     tasks: Mutex<JoinSet<()>>,
 }
 
@@ -104,16 +111,18 @@ impl std::fmt::Debug for State {
 }
 
 impl State {
-    /// The lock that keeps one consumer per subscription at a time.
-    fn subscription_lock(&self, stream: &str, subscription: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// The slot that keeps one consumer per subscription at a time.
+    fn subscription_slot(&self, stream: &str, subscription: &str) -> SubscriptionSlot {
         let mut map = match self.subscriptions.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        Arc::clone(
-            map.entry((stream.to_string(), subscription.to_string()))
-                .or_default(),
-        )
+        map.entry((stream.to_string(), subscription.to_string()))
+            .or_insert_with(|| SubscriptionSlot {
+                lock: Arc::default(),
+                takeover: Arc::new(watch::channel(0).0),
+            })
+            .clone()
     }
 
     /// Spawns a task that `stop` aborts (WebSocket consumers).

@@ -13,26 +13,66 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use redb::{Database, Durability, ReadTransaction, ReadableTable, Table, TableDefinition};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, Table,
+    TableDefinition,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::doclog::{DocLog, Pending, Ptr};
 use super::documents::{merge_patch, DocBatch, DocItem, DocOutcome, DocResult, WriteKind};
 use super::error::{self, ApiError, GdnLiteError};
-use super::streams::{encode_message, StreamOp, SubscriptionState};
+use super::streams::{
+    decode_stored, encode_logged_message, encode_message, MessageBody, StreamOp, SubscriptionState,
+};
 
 /// Collection metadata by name.
 pub const COLLECTIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("collections");
-/// Documents by (collection, key), stored as the JSON text that is returned to clients.
-pub const DOCUMENTS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("documents");
-/// Change-stream messages by (stream, sequence number).
-pub const MESSAGES: TableDefinition<'_, (&str, u64), &[u8]> =
-    TableDefinition::new("stream_messages");
+/// The document index: `collection \0 key` (see [`doc_key`]) → where the document's JSON text
+/// is in the document log ([`Ptr`]). Byte keys compare with one memcmp (hot path).
+pub const DOCUMENTS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("documents");
+/// Change-stream messages by `stream \0 sequence number (big endian)`.
+pub const MESSAGES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("stream_messages");
 /// Subscription positions by (stream, subscription).
 pub const SUBSCRIPTIONS: TableDefinition<'_, (&str, &str), &[u8]> =
     TableDefinition::new("subscriptions");
 /// Counters that must survive a restart.
 pub const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+
+/// `collection \0 key` into `buf`. Names and keys never contain NUL, so one collection's
+/// keys are contiguous and in key order.
+pub fn doc_key_into(buf: &mut Vec<u8>, collection: &str, key: &str) {
+    buf.clear();
+    buf.extend_from_slice(collection.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(key.as_bytes());
+}
+
+/// `collection \0 key`.
+pub fn doc_key(collection: &str, key: &str) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(collection.len() + key.len() + 1);
+    doc_key_into(&mut buf, collection, key);
+    buf
+}
+
+/// The key range `[name \0, name \1)` that holds everything of one collection or stream.
+pub fn prefix_range(name: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut start = name.as_bytes().to_vec();
+    let mut end = start.clone();
+    start.push(0);
+    end.push(1);
+    (start, end)
+}
+
+/// `stream \0 seq` with the sequence number big endian, so messages sort in order.
+pub fn message_key(stream: &str, seq: u64) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(stream.len() + 9);
+    buf.extend_from_slice(stream.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(&seq.to_be_bytes());
+    buf
+}
 
 /// Most writes folded into one transaction.
 const MAX_GROUP: usize = 512;
@@ -101,10 +141,46 @@ pub struct Job {
     pub op: Op,
 }
 
+/// A block of clock values reserved by [`Store::reserve`].
+#[derive(Debug)]
+pub struct Ticks<'s> {
+    store: &'s Store,
+    next: u64,
+    end: u64,
+}
+
+impl Ticks<'_> {
+    /// The next value of the block (a fresh one from the clock once the block is used up).
+    pub fn take(&mut self) -> u64 {
+        if self.next < self.end {
+            self.next += 1;
+            self.next - 1
+        } else {
+            self.store.tick()
+        }
+    }
+}
+
+/// Version of the on-disk layout (documents in the log, pointers in redb).
+const FORMAT: u64 = 2;
+
+/// A consistent read view: a redb snapshot and the log its pointers refer to.
+pub struct Snapshot {
+    txn: ReadTransaction,
+    log: Arc<DocLog>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot").finish_non_exhaustive()
+    }
+}
+
 /// The database, the writer queue and the commit counter streams wait on.
 #[derive(Debug)]
 pub struct Store {
     db: Arc<Database>,
+    log: Arc<DocLog>,
     queue: mpsc::UnboundedSender<Job>,
     commits: watch::Receiver<u64>,
     clock: Arc<AtomicU64>,
@@ -112,7 +188,8 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) `data_dir/gdnlite.redb` and starts the writer thread.
+    /// Opens (or creates) `data_dir/gdnlite.redb` and `data_dir/documents.log` and starts the
+    /// writer thread.
     pub fn open(data_dir: &Path) -> Result<Store, GdnLiteError> {
         std::fs::create_dir_all(data_dir).map_err(|source| GdnLiteError::DataDir {
             path: data_dir.to_path_buf(),
@@ -136,7 +213,28 @@ impl Store {
                     .map_err(|e| storage(e.to_string()))?;
                 txn.open_table(SUBSCRIPTIONS)
                     .map_err(|e| storage(e.to_string()))?;
-                let meta = txn.open_table(META).map_err(|e| storage(e.to_string()))?;
+                let mut meta = txn.open_table(META).map_err(|e| storage(e.to_string()))?;
+                let format = meta
+                    .get("format")
+                    .map_err(|e| storage(e.to_string()))?
+                    .map(|v| v.value());
+                let has_collections = !txn
+                    .open_table(COLLECTIONS)
+                    .map_err(|e| storage(e.to_string()))?
+                    .is_empty()
+                    .map_err(|e| storage(e.to_string()))?;
+                match format {
+                    Some(FORMAT) => {}
+                    None if !has_collections => {
+                        meta.insert("format", FORMAT)
+                            .map_err(|e| storage(e.to_string()))?;
+                    }
+                    other => {
+                        return Err(storage(format!(
+                            "the data directory has layout {other:?}, this gdnlite reads layout {FORMAT}; use a fresh --data-dir"
+                        )))
+                    }
+                }
                 let stored = meta
                     .get("clock")
                     .map_err(|e| storage(e.to_string()))?
@@ -146,21 +244,32 @@ impl Store {
             }
             txn.commit().map_err(|e| storage(e.to_string()))?;
         }
+        let (log, log_end) = DocLog::open(&data_dir.join("documents.log")).map_err(|source| {
+            GdnLiteError::DataDir {
+                path: data_dir.to_path_buf(),
+                source,
+            }
+        })?;
+        let log = Arc::new(log);
         let db = Arc::new(db);
         let clock = Arc::new(AtomicU64::new(clock_start));
         let (queue, receiver) = mpsc::unbounded_channel();
         let (commit_tx, commits) = watch::channel(0u64);
         let writer_db = Arc::clone(&db);
         let writer_clock = Arc::clone(&clock);
+        let writer_log = Arc::clone(&log);
         let writer = std::thread::Builder::new()
             .name("gdnlite-writer".into())
-            .spawn(move || Writer::new(writer_db, writer_clock, commit_tx).run(receiver))
+            .spawn(move || {
+                Writer::new(writer_db, writer_log, log_end, writer_clock, commit_tx).run(receiver)
+            })
             .map_err(|source| GdnLiteError::DataDir {
                 path: data_dir.to_path_buf(),
                 source,
             })?;
         Ok(Store {
             db,
+            log,
             queue,
             commits,
             clock,
@@ -171,6 +280,18 @@ impl Store {
     /// A fresh revision / generated key value: strictly increasing, also across restarts.
     pub fn tick(&self) -> u64 {
         self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Reserves `n` consecutive clock values for one request, so that the keys it generates
+    /// are adjacent in the index (concurrent requests would otherwise interleave them and turn
+    /// appends into inserts in the middle of index pages).
+    pub fn reserve(&self, n: u64) -> Ticks<'_> {
+        let next = self.clock.fetch_add(n, Ordering::Relaxed);
+        Ticks {
+            store: self,
+            next,
+            end: next + n,
+        }
     }
 
     /// Queues a write; the answer arrives on the op's channel after its commit.
@@ -186,8 +307,11 @@ impl Store {
     }
 
     /// A consistent snapshot for reads.
-    pub fn read(&self) -> Result<ReadTransaction, ApiError> {
-        self.db.begin_read().map_err(ApiError::storage)
+    pub fn read(&self) -> Result<Snapshot, ApiError> {
+        Ok(Snapshot {
+            txn: self.db.begin_read().map_err(ApiError::storage)?,
+            log: Arc::clone(&self.log),
+        })
     }
 
     /// Stops the writer after the queued writes and waits for it.
@@ -207,8 +331,11 @@ impl Store {
 }
 
 /// Metadata of `name` in a read snapshot.
-pub fn collection(txn: &ReadTransaction, name: &str) -> Result<Option<CollectionMeta>, ApiError> {
-    let table = txn.open_table(COLLECTIONS).map_err(ApiError::storage)?;
+pub fn collection(snap: &Snapshot, name: &str) -> Result<Option<CollectionMeta>, ApiError> {
+    let table = snap
+        .txn
+        .open_table(COLLECTIONS)
+        .map_err(ApiError::storage)?;
     let found = table.get(name).map_err(ApiError::storage)?;
     match found {
         Some(bytes) => Ok(Some(decode_meta(bytes.value())?)),
@@ -217,8 +344,11 @@ pub fn collection(txn: &ReadTransaction, name: &str) -> Result<Option<Collection
 }
 
 /// Every collection, by name.
-pub fn collections(txn: &ReadTransaction) -> Result<Vec<CollectionMeta>, ApiError> {
-    let table = txn.open_table(COLLECTIONS).map_err(ApiError::storage)?;
+pub fn collections(snap: &Snapshot) -> Result<Vec<CollectionMeta>, ApiError> {
+    let table = snap
+        .txn
+        .open_table(COLLECTIONS)
+        .map_err(ApiError::storage)?;
     let mut out = Vec::new();
     for entry in table.iter().map_err(ApiError::storage)? {
         let (_, value) = entry.map_err(ApiError::storage)?;
@@ -228,55 +358,60 @@ pub fn collections(txn: &ReadTransaction) -> Result<Vec<CollectionMeta>, ApiErro
 }
 
 /// One document's stored JSON.
-pub fn document(
-    txn: &ReadTransaction,
-    collection: &str,
-    key: &str,
-) -> Result<Option<Vec<u8>>, ApiError> {
-    let table = txn.open_table(DOCUMENTS).map_err(ApiError::storage)?;
-    let found = table.get((collection, key)).map_err(ApiError::storage)?;
-    Ok(found.map(|v| v.value().to_vec()))
+pub fn document(snap: &Snapshot, collection: &str, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    let table = snap.txn.open_table(DOCUMENTS).map_err(ApiError::storage)?;
+    let found = table
+        .get(doc_key(collection, key).as_slice())
+        .map_err(ApiError::storage)?;
+    match found {
+        Some(ptr) => Ok(Some(snap.log.read(decode_ptr(ptr.value())?)?)),
+        None => Ok(None),
+    }
 }
 
 /// Documents of `collection` with keys after `after` (or from the start), at most `limit`.
 pub fn documents_after(
-    txn: &ReadTransaction,
+    snap: &Snapshot,
     collection: &str,
     after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
-    let table = txn.open_table(DOCUMENTS).map_err(ApiError::storage)?;
-    let start = after.unwrap_or("");
+    let table = snap.txn.open_table(DOCUMENTS).map_err(ApiError::storage)?;
+    let (start, end) = prefix_range(collection);
+    let start = match after {
+        Some(a) => doc_key(collection, a),
+        None => start,
+    };
+    let prefix = collection.len() + 1;
     let mut out = Vec::with_capacity(limit.min(4096));
     for entry in table
-        .range((collection, start)..)
+        .range(start.as_slice()..end.as_slice())
         .map_err(ApiError::storage)?
     {
         if out.len() >= limit {
             break;
         }
         let (key, value) = entry.map_err(ApiError::storage)?;
-        let (coll, key) = key.value();
-        if coll != collection {
-            break;
-        }
-        if after.is_some_and(|a| a == key) {
+        let key = key.value().get(prefix..).unwrap_or_default();
+        if after.is_some_and(|a| a.as_bytes() == key) {
             continue;
         }
-        out.push((key.to_string(), value.value().to_vec()));
+        let doc = snap.log.read(decode_ptr(value.value())?)?;
+        out.push((String::from_utf8_lossy(key).into_owned(), doc));
     }
     Ok(out)
 }
 
 /// Number of documents in `collection`.
-pub fn count(txn: &ReadTransaction, collection: &str) -> Result<u64, ApiError> {
-    let table = txn.open_table(DOCUMENTS).map_err(ApiError::storage)?;
+pub fn count(snap: &Snapshot, collection: &str) -> Result<u64, ApiError> {
+    let table = snap.txn.open_table(DOCUMENTS).map_err(ApiError::storage)?;
+    let (start, end) = prefix_range(collection);
     let mut n = 0u64;
-    for entry in table.range((collection, "")..).map_err(ApiError::storage)? {
-        let (key, _) = entry.map_err(ApiError::storage)?;
-        if key.value().0 != collection {
-            break;
-        }
+    for entry in table
+        .range(start.as_slice()..end.as_slice())
+        .map_err(ApiError::storage)?
+    {
+        entry.map_err(ApiError::storage)?;
         n += 1;
     }
     Ok(n)
@@ -284,33 +419,52 @@ pub fn count(txn: &ReadTransaction, collection: &str) -> Result<u64, ApiError> {
 
 /// Stream messages with sequence numbers `>= from`, at most `limit`.
 pub fn messages_from(
-    txn: &ReadTransaction,
+    snap: &Snapshot,
     stream: &str,
     from: u64,
     limit: usize,
 ) -> Result<Vec<(u64, Vec<u8>)>, ApiError> {
-    let table = txn.open_table(MESSAGES).map_err(ApiError::storage)?;
+    let table = snap.txn.open_table(MESSAGES).map_err(ApiError::storage)?;
+    let start = message_key(stream, from);
+    let (_, end) = prefix_range(stream);
+    let prefix = stream.len() + 1;
     let mut out = Vec::new();
     for entry in table
-        .range((stream, from)..=(stream, u64::MAX))
+        .range(start.as_slice()..end.as_slice())
         .map_err(ApiError::storage)?
     {
         if out.len() >= limit {
             break;
         }
         let (key, value) = entry.map_err(ApiError::storage)?;
-        out.push((key.value().1, value.value().to_vec()));
+        let seq = key
+            .value()
+            .get(prefix..)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| ApiError::storage("corrupt stream message key"))?;
+        // Messages whose payload is a logged document are returned with it inline.
+        let message = match decode_stored(value.value()) {
+            Some((op, micros, MessageBody::Logged(ptr))) => {
+                encode_message(op, micros, &snap.log.read(ptr)?)
+            }
+            _ => value.value().to_vec(),
+        };
+        out.push((seq, message));
     }
     Ok(out)
 }
 
 /// A subscription's persisted state, if it was ever saved.
 pub fn subscription(
-    txn: &ReadTransaction,
+    snap: &Snapshot,
     stream: &str,
     name: &str,
 ) -> Result<Option<SubscriptionState>, ApiError> {
-    let table = txn.open_table(SUBSCRIPTIONS).map_err(ApiError::storage)?;
+    let table = snap
+        .txn
+        .open_table(SUBSCRIPTIONS)
+        .map_err(ApiError::storage)?;
     let found = table.get((stream, name)).map_err(ApiError::storage)?;
     match found {
         Some(bytes) => serde_json::from_slice(bytes.value())
@@ -318,6 +472,10 @@ pub fn subscription(
             .map_err(|e| ApiError::storage(format!("corrupt subscription state: {e}"))),
         None => Ok(None),
     }
+}
+
+fn decode_ptr(bytes: &[u8]) -> Result<Ptr, ApiError> {
+    Ptr::decode(bytes).ok_or_else(|| ApiError::storage("corrupt document index entry"))
 }
 
 /// The `_rev` of a stored document.
@@ -375,14 +533,21 @@ impl Reply {
 /// The open tables of one group transaction.
 struct Tables<'t> {
     collections: Table<'t, &'static str, &'static [u8]>,
-    documents: Table<'t, (&'static str, &'static str), &'static [u8]>,
-    messages: Table<'t, (&'static str, u64), &'static [u8]>,
+    documents: Table<'t, &'static [u8], &'static [u8]>,
+    messages: Table<'t, &'static [u8], &'static [u8]>,
     subscriptions: Table<'t, (&'static str, &'static str), &'static [u8]>,
     meta: Table<'t, &'static str, u64>,
 }
 
 struct Writer {
     db: Arc<Database>,
+    log: Arc<DocLog>,
+    /// Where the next group's bodies go in the log.
+    log_end: u64,
+    /// The log holds writes not yet fsynced (from non-durable groups).
+    log_unsynced: bool,
+    /// Bodies appended by the group being applied.
+    pending: Pending,
     clock: Arc<AtomicU64>,
     commits: watch::Sender<u64>,
     commit_count: u64,
@@ -391,9 +556,19 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(db: Arc<Database>, clock: Arc<AtomicU64>, commits: watch::Sender<u64>) -> Writer {
+    fn new(
+        db: Arc<Database>,
+        log: Arc<DocLog>,
+        log_end: u64,
+        clock: Arc<AtomicU64>,
+        commits: watch::Sender<u64>,
+    ) -> Writer {
         Writer {
             db,
+            log,
+            log_end,
+            log_unsynced: false,
+            pending: Pending::default(),
             clock,
             commits,
             commit_count: 0,
@@ -440,6 +615,22 @@ impl Writer {
                 }
             }
         }
+        // Make the non-durable (202) commits durable before the database closes.
+        if self.log_unsynced {
+            if let Err(e) = self.log.sync() {
+                tracing::error!(error = %e.message, "gdnlite: final log fsync failed");
+                return;
+            }
+        }
+        match self.db.begin_write() {
+            Ok(mut txn) => {
+                txn.set_durability(Durability::Immediate);
+                if let Err(e) = txn.commit() {
+                    tracing::error!(error = %e, "gdnlite: final durable commit failed");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "gdnlite: final durable commit failed"),
+        }
     }
 
     fn apply_group(&mut self, ops: Vec<Op>, durable: bool) -> (Vec<Reply>, Result<(), ApiError>) {
@@ -461,6 +652,8 @@ impl Writer {
         } else {
             Durability::None
         });
+        self.pending.base = self.log_end;
+        self.pending.bytes.clear();
         let result = (|| -> Result<(), ApiError> {
             let mut tables = Tables {
                 collections: txn.open_table(COLLECTIONS).map_err(ApiError::storage)?,
@@ -488,8 +681,45 @@ impl Writer {
                 .map_err(ApiError::storage)?;
             Ok(())
         })();
-        let result = result.and_then(|()| txn.commit().map_err(ApiError::storage));
+        // The bodies reach the log (and the disk, for a durable group) before the commit
+        // that makes pointers to them visible and durable.
+        let result = match result.and_then(|()| self.flush_log(durable)) {
+            Ok(()) => txn.commit().map_err(ApiError::storage),
+            Err(e) => {
+                let _ = txn.abort();
+                Err(e)
+            }
+        };
         (replies, result)
+    }
+
+    /// Writes the group's bodies to the log; fsyncs it for a durable group.
+    fn flush_log(&mut self, durable: bool) -> Result<(), ApiError> {
+        if !self.pending.bytes.is_empty() {
+            let written = self.log.write_at(&self.pending.bytes, self.pending.base);
+            // Even a failed write may have left bytes: never write over them.
+            self.log_end = self.pending.base + self.pending.bytes.len() as u64;
+            self.pending.bytes.clear();
+            if self.pending.bytes.capacity() > 64 * 1024 * 1024 {
+                self.pending.bytes.shrink_to(64 * 1024 * 1024);
+            }
+            written?;
+            self.log_unsynced = true;
+        }
+        if durable && self.log_unsynced {
+            self.log.sync()?;
+            self.log_unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// A stored body: from this group's appends or from the log.
+    fn load(&self, ptr_bytes: &[u8]) -> Result<Vec<u8>, ApiError> {
+        let ptr = decode_ptr(ptr_bytes)?;
+        match self.pending.get(ptr) {
+            Some(bytes) => Ok(bytes.to_vec()),
+            None => self.log.read(ptr),
+        }
     }
 
     /// Applies one op. A logical error (no such collection, duplicate key) is part of the
@@ -590,8 +820,9 @@ impl Writer {
         };
         t.collections.remove(name).map_err(ApiError::storage)?;
         remove_documents(t, name)?;
+        let (start, end) = prefix_range(name);
         t.messages
-            .retain_in((name, 0)..=(name, u64::MAX), |_, _| false)
+            .retain_in(start.as_slice()..end.as_slice(), |_, _| false)
             .map_err(ApiError::storage)?;
         let subs: Vec<String> = {
             let mut subs = Vec::new();
@@ -628,6 +859,7 @@ impl Writer {
         };
         let coll = batch.collection.as_str();
         let mut outcomes = Vec::with_capacity(batch.items.len());
+        let mut kbuf = Vec::with_capacity(coll.len() + 64);
         for item in batch.items {
             let prepared = match item {
                 DocItem::Failed(num, message) => {
@@ -637,89 +869,118 @@ impl Writer {
                 DocItem::Ready(p) => p,
             };
             let key = prepared.key.as_str();
-            let old: Option<Vec<u8>> = t
-                .documents
-                .get((coll, key))
-                .map_err(ApiError::storage)?
-                .map(|v| v.value().to_vec());
-            let old_rev = old.as_deref().and_then(stored_rev);
-            if let (Some(expected), Some(actual)) = (&prepared.expected_rev, &old_rev) {
-                if expected != actual {
-                    outcomes.push(DocOutcome::Err(
-                        error::CONFLICT,
-                        "conflict, _rev values do not match".into(),
-                    ));
-                    continue;
+            doc_key_into(&mut kbuf, coll, key);
+            // (change, previous document, new document and where it is in the log)
+            let (op, old, new_doc) = if let WriteKind::Insert { overwrite } = batch.kind {
+                // One index traversal: insert, and put the old pointer back on a key conflict.
+                let mark = self.pending.bytes.len();
+                let ptr = self.pending.append(&prepared.body);
+                let previous = t
+                    .documents
+                    .insert(kbuf.as_slice(), ptr.encode().as_slice())
+                    .map_err(ApiError::storage)?
+                    .map(|g| g.value().to_vec());
+                match previous {
+                    Some(old_ptr) if !overwrite => {
+                        t.documents
+                            .insert(kbuf.as_slice(), old_ptr.as_slice())
+                            .map_err(ApiError::storage)?;
+                        self.pending.bytes.truncate(mark);
+                        outcomes.push(DocOutcome::Err(
+                            error::UNIQUE_CONSTRAINT_VIOLATED,
+                            format!("unique constraint violated - in index primary of type primary over '_key'; conflicting key: {key}"),
+                        ));
+                        continue;
+                    }
+                    Some(old_ptr) => (
+                        StreamOp::Update,
+                        Some(self.load(&old_ptr)?),
+                        Some((prepared.body, ptr)),
+                    ),
+                    None => (StreamOp::Insert, None, Some((prepared.body, ptr))),
                 }
-            }
-            let (new_bytes, op) = match (&batch.kind, &old) {
-                (WriteKind::Insert { overwrite: false }, Some(_)) => {
-                    outcomes.push(DocOutcome::Err(
-                        error::UNIQUE_CONSTRAINT_VIOLATED,
-                        format!("unique constraint violated - in index primary of type primary over '_key'; conflicting key: {key}"),
-                    ));
-                    continue;
-                }
-                (WriteKind::Insert { .. }, None) => (prepared.body, StreamOp::Insert),
-                (WriteKind::Insert { .. }, Some(_)) | (WriteKind::Replace, Some(_)) => {
-                    (prepared.body, StreamOp::Update)
-                }
-                (WriteKind::Replace | WriteKind::Update { .. } | WriteKind::Remove, None) => {
+            } else {
+                let Some(old_ptr) = t
+                    .documents
+                    .get(kbuf.as_slice())
+                    .map_err(ApiError::storage)?
+                    .map(|v| v.value().to_vec())
+                else {
                     outcomes.push(DocOutcome::Err(
                         error::DOCUMENT_NOT_FOUND,
                         "document not found".into(),
                     ));
                     continue;
+                };
+                let old = self.load(&old_ptr)?;
+                if let Some(expected) = &prepared.expected_rev {
+                    if stored_rev(&old).as_deref() != Some(expected.as_str()) {
+                        outcomes.push(DocOutcome::Err(
+                            error::CONFLICT,
+                            "conflict, _rev values do not match".into(),
+                        ));
+                        continue;
+                    }
                 }
-                (
+                let new_body = match &batch.kind {
+                    WriteKind::Remove => None,
                     WriteKind::Update {
                         keep_null,
                         merge_objects,
-                    },
-                    Some(old_doc),
-                ) => {
-                    let mut base: serde_json::Map<String, serde_json::Value> =
-                        serde_json::from_slice(old_doc).map_err(|e| {
-                            ApiError::storage(format!("corrupt stored document {coll}/{key}: {e}"))
-                        })?;
-                    merge_patch(
-                        &mut base,
-                        prepared.patch.clone().unwrap_or_default(),
-                        *keep_null,
-                        *merge_objects,
-                    );
-                    base.insert("_key".into(), key.into());
-                    base.insert("_id".into(), format!("{coll}/{key}").into());
-                    base.insert("_rev".into(), prepared.rev.clone().into());
-                    (
-                        serde_json::to_vec(&base).map_err(ApiError::storage)?,
-                        StreamOp::Update,
-                    )
+                    } => {
+                        let mut base: serde_json::Map<String, serde_json::Value> =
+                            serde_json::from_slice(&old).map_err(|e| {
+                                ApiError::storage(format!(
+                                    "corrupt stored document {coll}/{key}: {e}"
+                                ))
+                            })?;
+                        merge_patch(
+                            &mut base,
+                            prepared.patch.clone().unwrap_or_default(),
+                            *keep_null,
+                            *merge_objects,
+                        );
+                        base.insert("_key".into(), key.into());
+                        base.insert("_id".into(), format!("{coll}/{key}").into());
+                        base.insert("_rev".into(), prepared.rev.clone().into());
+                        Some(serde_json::to_vec(&base).map_err(ApiError::storage)?)
+                    }
+                    WriteKind::Replace | WriteKind::Insert { .. } => Some(prepared.body),
+                };
+                match new_body {
+                    None => {
+                        t.documents
+                            .remove(kbuf.as_slice())
+                            .map_err(ApiError::storage)?;
+                        (StreamOp::Delete, Some(old), None)
+                    }
+                    Some(body) => {
+                        let ptr = self.pending.append(&body);
+                        t.documents
+                            .insert(kbuf.as_slice(), ptr.encode().as_slice())
+                            .map_err(ApiError::storage)?;
+                        (StreamOp::Update, Some(old), Some((body, ptr)))
+                    }
                 }
-                (WriteKind::Remove, Some(_)) => (Vec::new(), StreamOp::Delete),
             };
-            let payload: Vec<u8>;
-            let stream_payload: &[u8] = if op == StreamOp::Delete {
-                t.documents.remove((coll, key)).map_err(ApiError::storage)?;
-                payload = serde_json::to_vec(&serde_json::json!({
-                    "_key": key,
-                    "_id": format!("{coll}/{key}"),
-                    "_rev": prepared.rev,
-                    "_delete": true,
-                }))
-                .map_err(ApiError::storage)?;
-                &payload
-            } else {
-                t.documents
-                    .insert((coll, key), new_bytes.as_slice())
-                    .map_err(ApiError::storage)?;
-                &new_bytes
-            };
+            let old_rev = old.as_deref().and_then(stored_rev);
             if meta.stream {
                 let seq = self.next_seq(t, coll)?;
-                let message = encode_message(op, now_micros(), stream_payload);
+                let message = match &new_doc {
+                    Some((_, ptr)) => encode_logged_message(op, now_micros(), *ptr),
+                    None => {
+                        let payload = serde_json::to_vec(&serde_json::json!({
+                            "_key": key,
+                            "_id": format!("{coll}/{key}"),
+                            "_rev": old_rev,
+                            "_delete": true,
+                        }))
+                        .map_err(ApiError::storage)?;
+                        encode_message(op, now_micros(), &payload)
+                    }
+                };
                 t.messages
-                    .insert((coll, seq), message.as_slice())
+                    .insert(message_key(coll, seq).as_slice(), message.as_slice())
                     .map_err(ApiError::storage)?;
             }
             outcomes.push(DocOutcome::Ok(DocResult {
@@ -731,8 +992,8 @@ impl Writer {
                 },
                 old_rev,
                 old: if batch.return_old { old } else { None },
-                new: if batch.return_new && op != StreamOp::Delete {
-                    Some(new_bytes)
+                new: if batch.return_new {
+                    new_doc.map(|(body, _)| body)
                 } else {
                     None
                 },
@@ -745,14 +1006,20 @@ impl Writer {
         let next = match self.next_seq.get(stream) {
             Some(n) => *n,
             None => {
+                let (start, end) = prefix_range(stream);
                 let last = t
                     .messages
-                    .range((stream, 0)..=(stream, u64::MAX))
+                    .range(start.as_slice()..end.as_slice())
                     .map_err(ApiError::storage)?
                     .next_back()
                     .transpose()
                     .map_err(ApiError::storage)?
-                    .map(|(k, _)| k.value().1);
+                    .and_then(|(k, _)| {
+                        k.value()
+                            .get(stream.len() + 1..)
+                            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                            .map(u64::from_be_bytes)
+                    });
                 last.map_or(1, |l| l + 1)
             }
         };
@@ -782,9 +1049,9 @@ fn load_meta(t: &Tables<'_>, name: &str) -> Result<Option<CollectionMeta>, ApiEr
 }
 
 fn remove_documents(t: &mut Tables<'_>, name: &str) -> Result<(), ApiError> {
-    // Keys are printable ASCII below DEL, so this range covers every key of the collection.
+    let (start, end) = prefix_range(name);
     t.documents
-        .retain_in((name, "")..=(name, "\u{7f}"), |_, _| false)
+        .retain_in(start.as_slice()..end.as_slice(), |_, _| false)
         .map_err(ApiError::storage)?;
     Ok(())
 }

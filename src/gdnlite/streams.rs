@@ -9,6 +9,8 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use super::doclog::Ptr;
+
 /// The kind of change a message carries (the `op` property).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamOp {
@@ -48,20 +50,54 @@ impl StreamOp {
     }
 }
 
-/// Stored message: op code, publish time (µs since the epoch, little endian), then the payload.
+/// Stored message: op code, publish time (µs since the epoch, little endian), a body kind
+/// (0: the payload follows inline; 1: a document-log pointer follows), then the body.
 pub fn encode_message(op: StreamOp, publish_micros: u64, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(9 + payload.len());
+    let mut out = Vec::with_capacity(10 + payload.len());
     out.push(op.code());
     out.extend_from_slice(&publish_micros.to_le_bytes());
+    out.push(0);
     out.extend_from_slice(payload);
     out
 }
 
+/// A stored message whose payload is a document body in the document log.
+pub fn encode_logged_message(op: StreamOp, publish_micros: u64, ptr: Ptr) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10 + super::doclog::PTR_LEN);
+    out.push(op.code());
+    out.extend_from_slice(&publish_micros.to_le_bytes());
+    out.push(1);
+    out.extend_from_slice(&ptr.encode());
+    out
+}
+
+/// Where a stored message's payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageBody<'a> {
+    /// In the message itself.
+    Inline(&'a [u8]),
+    /// In the document log.
+    Logged(Ptr),
+}
+
 /// The parts of a stored message, or `None` if it is corrupt.
-pub fn decode_message(bytes: &[u8]) -> Option<(StreamOp, u64, &[u8])> {
+pub fn decode_stored(bytes: &[u8]) -> Option<(StreamOp, u64, MessageBody<'_>)> {
     let op = StreamOp::from_code(*bytes.first()?)?;
     let micros = u64::from_le_bytes(bytes.get(1..9)?.try_into().ok()?);
-    Some((op, micros, bytes.get(9..)?))
+    let body = match *bytes.get(9)? {
+        0 => MessageBody::Inline(bytes.get(10..)?),
+        1 => MessageBody::Logged(Ptr::decode(bytes.get(10..)?)?),
+        _ => return None,
+    };
+    Some((op, micros, body))
+}
+
+/// The parts of a message with an inline payload, or `None`.
+pub fn decode_message(bytes: &[u8]) -> Option<(StreamOp, u64, &[u8])> {
+    match decode_stored(bytes)? {
+        (op, micros, MessageBody::Inline(payload)) => Some((op, micros, payload)),
+        (_, _, MessageBody::Logged(_)) => None,
+    }
 }
 
 /// A subscription's acknowledged position: everything up to `through` is acknowledged, and
@@ -105,6 +141,13 @@ mod tests {
         );
         assert_eq!(decode_message(&m[..5]), None);
         assert_eq!(decode_message(&[9; 12]), None);
+        let ptr = Ptr { offset: 7, len: 3 };
+        let l = encode_logged_message(StreamOp::Insert, 1, ptr);
+        assert_eq!(
+            decode_stored(&l),
+            Some((StreamOp::Insert, 1, MessageBody::Logged(ptr)))
+        );
+        assert_eq!(decode_message(&l), None);
     }
 
     #[test]
@@ -141,9 +184,12 @@ use super::params::Query;
 use super::store::{self, Op};
 use super::State;
 
-/// Messages sent ahead of acknowledgements when the consumer does not say
-/// (Pulsar's `receiverQueueSize`).
+/// Messages read and sent per round when the consumer does not say (Pulsar's
+/// `receiverQueueSize`).
 pub const DEFAULT_RECEIVER_QUEUE: u64 = 1000;
+/// Most messages delivered and not yet acknowledged; delivery pauses beyond (Pulsar's
+/// `maxUnackedMessagesPerConsumer` default).
+pub const MAX_UNACKED: u64 = 50_000;
 
 /// `GET /_fabric/{f}/_api/streams`: one entry per collection with a change stream.
 pub fn list(state: &State, _query: &Query) -> Result<Resp, ApiError> {
@@ -171,9 +217,9 @@ pub fn list(state: &State, _query: &Query) -> Result<Resp, ApiError> {
 /// The Pulsar WebSocket consumer endpoint
 /// `/_ws/ws/v2/consumer/persistent/<tenant>/c8local.<fabric>/<stream>/<subscription>`.
 ///
-/// Subscriptions are exclusive in effect: a second consumer of the same subscription waits
-/// until the first has disconnected (and its acknowledgements are persisted), then receives
-/// every message not yet acknowledged.
+/// Subscriptions are exclusive: a new consumer of a subscription takes it over from the one
+/// attached (which is closed after its acknowledgements are persisted), then receives every
+/// message not yet acknowledged.
 pub fn consumer(
     state: &Arc<State>,
     mut parts: hyper::http::request::Parts,
@@ -258,6 +304,11 @@ pub fn consumer(
 
 /// The frame for one message, in the Pulsar WebSocket API's shape.
 pub fn frame(seq: u64, stored: &[u8]) -> Option<String> {
+    frame_with_count(seq, stored, 0)
+}
+
+/// The frame for one message delivered `redeliveries` times before.
+pub fn frame_with_count(seq: u64, stored: &[u8], redeliveries: u32) -> Option<String> {
     let (op, micros, payload) = decode_message(stored)?;
     Some(
         serde_json::json!({
@@ -265,7 +316,7 @@ pub fn frame(seq: u64, stored: &[u8]) -> Option<String> {
             "payload": STANDARD.encode(payload),
             "properties": {"op": op.as_str()},
             "publishTime": iso8601(micros),
-            "redeliveryCount": 0,
+            "redeliveryCount": redeliveries,
         })
         .to_string(),
     )
@@ -295,12 +346,34 @@ pub fn iso8601(micros: u64) -> String {
     )
 }
 
-fn parse_ack(text: &str) -> Option<u64> {
-    let value: serde_json::Value = serde_json::from_str(text).ok()?;
-    match value.get("messageId")? {
-        serde_json::Value::String(s) => s.parse().ok(),
-        serde_json::Value::Number(n) => n.as_u64(),
+/// A frame a consumer sends (Pulsar WebSocket API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumerCommand {
+    /// `{"messageId": id}`: acknowledge.
+    Ack(u64),
+    /// `{"type": "negativeAcknowledge", "messageId": id}`: deliver again.
+    Nack(u64),
+    /// `{"type": "isEndOfTopic"}`: answered `{"endOfTopic": false}`.
+    IsEndOfTopic,
+    /// Anything else (permits, unknown or malformed frames): ignored.
+    Ignored,
+}
+
+/// Reads one consumer frame.
+pub fn parse_command(text: &str) -> ConsumerCommand {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+        return ConsumerCommand::Ignored;
+    };
+    let id = match value.get("messageId") {
+        Some(serde_json::Value::String(s)) => s.parse().ok(),
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
         _ => None,
+    };
+    match (value.get("type").and_then(serde_json::Value::as_str), id) {
+        (None | Some("ack"), Some(id)) => ConsumerCommand::Ack(id),
+        (Some("negativeAcknowledge"), Some(id)) => ConsumerCommand::Nack(id),
+        (Some("isEndOfTopic"), _) => ConsumerCommand::IsEndOfTopic,
+        _ => ConsumerCommand::Ignored,
     }
 }
 
@@ -326,6 +399,18 @@ async fn persist(
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
+/// How long a frame may wait for a consumer that does not read before it is dropped (so a
+/// half-open connection cannot hold its subscription forever).
+pub const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Sends one text frame; false when the consumer is gone or stalled.
+async fn send_text(ws: &mut Ws, text: String) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::text(text))).await,
+        Ok(Ok(()))
+    )
+}
+
 async fn run_consumer(
     state: &Arc<State>,
     mut ws: Ws,
@@ -333,8 +418,20 @@ async fn run_consumer(
     subscription: &str,
     queue: u64,
 ) -> Result<(), ApiError> {
-    let lock = state.subscription_lock(stream, subscription);
-    let _exclusive = lock.lock().await;
+    let slot = state.subscription_slot(stream, subscription);
+    let mut takeover = slot.takeover.subscribe();
+    let mut generation = 0;
+    slot.takeover.send_modify(|g| {
+        *g += 1;
+        generation = *g;
+    });
+    takeover.borrow_and_update();
+    // The attached consumer (if any) sees the new generation, persists and lets go.
+    let _exclusive = slot.lock.lock().await;
+    if *takeover.borrow_and_update() != generation {
+        let _ = ws.close(None).await;
+        return Ok(());
+    }
     let mut sub = {
         let read = state.store.read()?;
         store::subscription(&read, stream, subscription)?.unwrap_or_default()
@@ -344,13 +441,15 @@ async fn run_consumer(
     let mut in_flight = std::collections::BTreeSet::new();
     let result = async {
         loop {
-            if (in_flight.len() as u64) < queue {
+            let mut maybe_more = false;
+            if (in_flight.len() as u64) < MAX_UNACKED {
                 commits.borrow_and_update();
-                let room = queue - in_flight.len() as u64;
+                let room = (MAX_UNACKED - in_flight.len() as u64).min(queue);
                 let batch = {
                     let read = state.store.read()?;
                     store::messages_from(&read, stream, next, room as usize)?
                 };
+                maybe_more = batch.len() as u64 == room;
                 for (seq, stored) in batch {
                     next = seq + 1;
                     if sub.is_acked(seq) {
@@ -359,34 +458,51 @@ async fn run_consumer(
                     let Some(text) = frame(seq, &stored) else {
                         continue;
                     };
-                    if ws.send(Message::text(text)).await.is_err() {
+                    if !send_text(&mut ws, text).await {
                         return Ok(());
                     }
                     in_flight.insert(seq);
                 }
             }
-            let room = (in_flight.len() as u64) < queue;
+            let room = (in_flight.len() as u64) < MAX_UNACKED;
             let incoming = tokio::select! {
+                biased;
                 incoming = ws.next() => incoming,
+                changed = takeover.changed() => {
+                    if changed.is_err() || *takeover.borrow_and_update() != generation {
+                        return Ok(()); // taken over; acknowledgements are already persisted
+                    }
+                    continue;
+                }
                 changed = commits.changed(), if room => {
                     if changed.is_err() {
                         return Ok(());
                     }
                     continue;
                 }
+                () = std::future::ready(()), if room && maybe_more => continue,
             };
             let mut dirty = false;
+            let mut redeliver = Vec::new();
+            let mut end_of_topic_asked = false;
             let mut incoming = incoming;
             loop {
                 match incoming {
-                    Some(Ok(Message::Text(text))) => {
-                        if let Some(seq) = parse_ack(text.as_str()) {
+                    Some(Ok(Message::Text(text))) => match parse_command(text.as_str()) {
+                        ConsumerCommand::Ack(seq) => {
                             if in_flight.remove(&seq) || (seq < next && !sub.is_acked(seq)) {
                                 sub.ack(seq);
                                 dirty = true;
                             }
                         }
-                    }
+                        ConsumerCommand::Nack(seq) => {
+                            if in_flight.contains(&seq) {
+                                redeliver.push(seq);
+                            }
+                        }
+                        ConsumerCommand::IsEndOfTopic => end_of_topic_asked = true,
+                        ConsumerCommand::Ignored => {}
+                    },
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
                         if dirty {
                             persist(state, stream, subscription, &sub).await?;
@@ -402,6 +518,23 @@ async fn run_consumer(
             }
             if dirty {
                 persist(state, stream, subscription, &sub).await?;
+            }
+            // Answers go out after the acknowledgements are persisted.
+            if end_of_topic_asked && !send_text(&mut ws, r#"{"endOfTopic":false}"#.into()).await {
+                return Ok(());
+            }
+            for seq in redeliver {
+                let stored = {
+                    let read = state.store.read()?;
+                    store::messages_from(&read, stream, seq, 1)?
+                };
+                if let Some((found, bytes)) = stored.into_iter().next().filter(|(f, _)| *f == seq) {
+                    if let Some(text) = frame_with_count(found, &bytes, 1) {
+                        if !send_text(&mut ws, text).await {
+                            return Ok(());
+                        }
+                    }
+                }
             }
         }
     }
@@ -422,10 +555,20 @@ mod consumer_tests {
     }
 
     #[test]
-    fn acks_accept_string_and_number_ids() {
-        assert_eq!(parse_ack(r#"{"messageId":"17"}"#), Some(17));
-        assert_eq!(parse_ack(r#"{"messageId":17}"#), Some(17));
-        assert_eq!(parse_ack(r#"{"messageId":"x"}"#), None);
-        assert_eq!(parse_ack("not json"), None);
+    fn consumer_commands() {
+        use ConsumerCommand::*;
+        assert_eq!(parse_command(r#"{"messageId":"17"}"#), Ack(17));
+        assert_eq!(parse_command(r#"{"messageId":17}"#), Ack(17));
+        assert_eq!(
+            parse_command(r#"{"type":"negativeAcknowledge","messageId":"3"}"#),
+            Nack(3)
+        );
+        assert_eq!(parse_command(r#"{"type":"isEndOfTopic"}"#), IsEndOfTopic);
+        assert_eq!(
+            parse_command(r#"{"type":"permit","permitMessages":10}"#),
+            Ignored
+        );
+        assert_eq!(parse_command(r#"{"messageId":"x"}"#), Ignored);
+        assert_eq!(parse_command("not json"), Ignored);
     }
 }

@@ -182,6 +182,38 @@ impl Http {
         self.raw(method, path, bytes).await
     }
 
+    /// Sends a request; `Err` when the connection failed, else status and JSON body.
+    pub async fn try_call_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Value,
+    ) -> Result<(u16, Value), String> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path))
+            .header("content-type", "application/json");
+        if let Some(auth) = &self.auth {
+            builder = builder.header("authorization", auth);
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let raw = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, serde_json::from_slice(&raw).unwrap_or(Value::Null)))
+    }
+
     /// Sends a request and returns the transport result (for fault tests).
     pub async fn try_call(
         &self,
@@ -225,4 +257,86 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A WebSocket connection to a stream consumer endpoint.
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// One received stream message: id, op, decoded payload.
+#[derive(Debug, Clone)]
+pub struct StreamMessage {
+    /// The opaque id to ack.
+    pub id: String,
+    /// `INSERT`, `UPDATE` or `DELETE`.
+    pub op: String,
+    /// The document.
+    pub doc: Value,
+}
+
+/// Opens a consumer of `stream` for `subscription` with the given Authorization header.
+pub async fn consume(
+    base: &str,
+    stream: &str,
+    subscription: &str,
+    auth: &str,
+) -> Result<Ws, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let addr = base.trim_start_matches("http://");
+    let url = format!("ws://{addr}/_ws/ws/v2/consumer/persistent/_mm/c8local._system/{stream}/{subscription}?subscriptionType=Exclusive");
+    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+    request.headers_mut().insert(
+        "authorization",
+        auth.parse().map_err(|_| "bad header".to_string())?,
+    );
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (ws, _) = tokio_tungstenite::client_async(request, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ws)
+}
+
+/// Receives the next stream message within 10 s.
+pub async fn next_message(ws: &mut Ws) -> StreamMessage {
+    use base64::Engine;
+    use futures_util::StreamExt;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a stream message within 10 s")
+            .expect("the stream is open")
+            .expect("a valid frame");
+        let tokio_tungstenite::tungstenite::Message::Text(text) = frame else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(text.as_str()).expect("JSON frame");
+        let payload = base64::engine::general_purpose::STANDARD
+            .decode(v["payload"].as_str().expect("payload"))
+            .expect("base64 payload");
+        assert!(v["publishTime"].is_string(), "{v}");
+        return StreamMessage {
+            id: v["messageId"].as_str().expect("messageId").to_string(),
+            op: v["properties"]["op"].as_str().expect("op").to_string(),
+            doc: serde_json::from_slice(&payload).expect("JSON payload"),
+        };
+    }
+}
+
+/// Acknowledges one message.
+pub async fn ack(ws: &mut Ws, id: &str) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        serde_json::json!({"messageId": id}).to_string(),
+    ))
+    .await
+    .expect("ack sent");
+}
+
+/// Closes a consumer cleanly.
+pub async fn close(mut ws: Ws) {
+    let _ = ws.close(None).await;
+    use futures_util::StreamExt;
+    // Drain until the server's close arrives, so its acknowledgements are processed.
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
 }
