@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Quickstart on a fresh machine: installs PostgreSQL 15 + wal2json if missing, builds pgferry,
 # starts a throwaway PostgreSQL with a demo table and the embedded GDN (gdnlite), runs
-# `pgferry check`, then `pgferry run` to copy the table into a gdnlite collection, and shows
-# the documents with curl.
+# `pgferry check`, then `pgferry run` (LOG_BASED): a consistent copy of the table into a gdnlite
+# collection, then changes made in PostgreSQL streamed over; shows the documents with curl.
 # Usage: scripts/quickstart.sh [--keep]   (--keep leaves both servers running and prints how to stop them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,7 +71,7 @@ cat >"$CONFIG" <<JSON
     "user": "postgres",
     "password": "not-needed-with-trust",
     "dbname": "postgres",
-    "replication_method": "FULL_TABLE",
+    "replication_method": "LOG_BASED",
     "sslmode": "disable"
   },
   "destination": {
@@ -79,19 +79,25 @@ cat >"$CONFIG" <<JSON
     "fabric": "_system",
     "api_key": {"env": "GDN_API_KEY"}
   },
-  "tables": ["public.orders"]
+  "tables": ["public.orders"],
+  "state_file": "$WORK/state.json"
 }
 JSON
 
 log "pgferry check -c $CONFIG"
-"$PGFERRY" check -c "$CONFIG" || log "(the LOG_BASED checks above are informative for this FULL_TABLE run)"
+"$PGFERRY" check -c "$CONFIG"
 
-log "pgferry run -c $CONFIG"
-GDN_API_KEY="$GDN_KEY" "$PGFERRY" run -c "$CONFIG"
+log "pgferry run --once: slot + consistent snapshot copy of public.orders into gdnlite"
+GDN_API_KEY="$GDN_KEY" "$PGFERRY" run -c "$CONFIG" --once
+
+log "changing rows in PostgreSQL, then streaming the changes (pgferry run --once again)"
+cluster_psql -d postgres -c "UPDATE public.orders SET amount = 1234.56, tags = ARRAY['changed'] WHERE id = 42; DELETE FROM public.orders WHERE id = 43; INSERT INTO public.orders (id, customer, amount) VALUES (10001, 'new customer', 9.99);" >/dev/null
+GDN_API_KEY="$GDN_KEY" "$PGFERRY" run -c "$CONFIG" --once
 
 log "documents in gdnlite (curl)"
 curl -sf -H "Authorization: apikey $GDN_KEY" "$GDN_URL/_fabric/_system/_api/collection/orders/count"; echo
 curl -sf -H "Authorization: apikey $GDN_KEY" "$GDN_URL/_fabric/_system/_api/document/orders/42"; echo
+echo "(run without --once to keep streaming; Ctrl-C stops it cleanly)"
 
 if [ "$KEEP" = 1 ]; then
     log "left running: PostgreSQL on 127.0.0.1:$PG_PORT (data in $PG_DIR), gdnlite at $GDN_URL (pid $GDN_PID, api key $GDN_KEY)"
