@@ -3,8 +3,8 @@
 //! It serves the subset of the GDN API that pyC8 and the old connectors call
 //! (`reference/gdn-client-surface.md`): collections, documents, query cursors over a full
 //! collection scan, collection change streams over the Pulsar WebSocket API, API-key and JWT
-//! authentication. Storage is redb: a `201` means the write is fsynced, a `202` that it is
-//! applied but may be lost by a crash. Numbers are stored as GDN stores them (i64 or f64).
+//! authentication. Storage is redb plus an append-only document log (`doclog`): a `201` means
+//! the write is fsynced, a `202` that it is applied but may be lost by a crash. Numbers are stored as GDN stores them (i64 or f64).
 //! Faults (latency, 5xx/429, connection resets, per-document errors) can be injected.
 
 pub mod auth;

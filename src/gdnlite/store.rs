@@ -1,11 +1,14 @@
-//! Storage on redb and the group-commit writer.
+//! Storage (redb for the index and metadata, the document log for bodies) and the
+//! group-commit writer.
 //!
 //! Every write goes through one writer thread. It takes all the writes queued at that moment,
-//! applies them in arrival order in one redb transaction, commits once (durably when any of them
-//! asked for `waitForSync`) and then answers all of them, so concurrent requests share the fsync.
-//! Change-stream messages are written in the same transaction as the documents they describe,
-//! so the stream holds exactly the committed changes, in commit order.
-//! Reads use redb's MVCC read transactions and never wait for the writer.
+//! applies them in arrival order in one redb transaction (appending document bodies to the
+//! log), writes the log, fsyncs it when any of them asked for `waitForSync`, commits the redb
+//! transaction once (durably in that case) and then answers all of them, so concurrent requests
+//! share the fsyncs. Change-stream messages are written in the same transaction as the index
+//! entries they describe, so the stream holds exactly the committed changes, in commit order.
+//! Reads use redb's MVCC read transactions plus positional log reads and never wait for the
+//! writer.
 
 use std::collections::HashMap;
 use std::path::Path;
