@@ -77,6 +77,9 @@ pub fn message_key(stream: &str, seq: u64) -> Vec<u8> {
     buf
 }
 
+/// Most document bytes folded into one transaction (bounds the writer's memory).
+const MAX_GROUP_BYTES: usize = 64 * 1024 * 1024;
+
 /// Most writes folded into one transaction.
 const MAX_GROUP: usize = 512;
 
@@ -176,6 +179,23 @@ pub struct Snapshot {
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Snapshot").finish_non_exhaustive()
+    }
+}
+
+impl Job {
+    /// Bytes of document bodies this job appends (for the group size limit).
+    fn body_bytes(&self) -> usize {
+        match &self.op {
+            Op::Documents(batch, _) => batch
+                .items
+                .iter()
+                .map(|item| match item {
+                    DocItem::Ready(p) => p.body.len(),
+                    DocItem::Failed(..) => 0,
+                })
+                .sum(),
+            _ => 0,
+        }
     }
 }
 
@@ -585,10 +605,14 @@ impl Writer {
             let Some(first) = receiver.blocking_recv() else {
                 break;
             };
+            let mut bytes = first.body_bytes();
             let mut jobs = vec![first];
-            while jobs.len() < MAX_GROUP {
+            while jobs.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
                 match receiver.try_recv() {
-                    Ok(job) => jobs.push(job),
+                    Ok(job) => {
+                        bytes += job.body_bytes();
+                        jobs.push(job);
+                    }
                     Err(_) => break,
                 }
             }
