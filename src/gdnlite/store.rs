@@ -213,7 +213,7 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) `data_dir/gdnlite.redb` and `data_dir/documents.log` and starts the
     /// writer thread.
-    pub fn open(data_dir: &Path) -> Result<Store, GdnLiteError> {
+    pub fn open(data_dir: &Path, compaction_min_bytes: u64) -> Result<Store, GdnLiteError> {
         std::fs::create_dir_all(data_dir).map_err(|source| GdnLiteError::DataDir {
             path: data_dir.to_path_buf(),
             source,
@@ -267,12 +267,8 @@ impl Store {
             }
             txn.commit().map_err(|e| storage(e.to_string()))?;
         }
-        let (log, log_end) = DocLog::open(&data_dir.join("documents.log")).map_err(|source| {
-            GdnLiteError::DataDir {
-                path: data_dir.to_path_buf(),
-                source,
-            }
-        })?;
+        let (log, log_end) = super::compact::open_log(&db, data_dir, compaction_min_bytes)
+            .map_err(|detail| storage(format!("document log: {detail}")))?;
         let log = Arc::new(log);
         let db = Arc::new(db);
         let clock = Arc::new(AtomicU64::new(clock_start));
