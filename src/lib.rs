@@ -7,7 +7,13 @@
 pub mod check;
 pub mod config;
 pub mod decode;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod gdn;
 pub mod gdnlite;
+pub mod metrics;
 pub mod pg;
+pub mod pipeline;
+pub mod progress;
 pub mod secret;
+pub mod source;

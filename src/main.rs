@@ -24,6 +24,10 @@ struct Cli {
 enum Command {
     /// Check every prerequisite of a PostgreSQL source and print what to fix.
     Check(CheckArgs),
+    /// Run a pipeline: copy the selected PostgreSQL tables into GDN collections (FULL_TABLE).
+    Run(RunArgs),
+    /// Print the Singer catalog of a PostgreSQL source, as the old source's --discover did.
+    Discover(DiscoverArgs),
     /// Run gdnlite, a durable local GDN REST server for development and tests (not a GDN).
     ///
     /// Serves the part of the GDN API that pyC8 and the Macrometa connectors use (collections,
@@ -83,6 +87,33 @@ struct GdnliteArgs {
     /// Seed of the fault generator, for repeatable runs.
     #[arg(long)]
     fault_seed: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+struct DiscoverArgs {
+    /// Source config (the old tap's keys) or a pipeline file with a `source` object.
+    #[arg(short, long)]
+    config: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Pipeline file: {"source": {…}, "destination": {…}, "tables": […], …}.
+    #[arg(short, long)]
+    config: PathBuf,
+    /// Copy workers (overrides "parallelism" in the file; default: the number of cores).
+    #[arg(long)]
+    parallelism: Option<usize>,
+    /// Write nowhere (decode, encode and batch only): measures the source side alone.
+    #[arg(long, value_parser = ["null"])]
+    destination: Option<String>,
+    /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:8000, the old source's port).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// LOG_BASED: stop once caught up with the WAL position at start (a batch run, like the old
+    /// source's break_at_end_lsn); without it pgferry streams until SIGINT/SIGTERM.
+    #[arg(long)]
+    once: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -171,6 +202,101 @@ async fn gdnlite(args: GdnliteArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+async fn discover(args: DiscoverArgs) -> ExitCode {
+    let config = match pgferry::config::PgSourceConfig::from_file(&args.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match pgferry::source::discover::catalog(&config).await {
+        Ok(catalog) => match serde_json::to_string_pretty(&catalog) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: could not encode the catalog: {error}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    let mut config = match pgferry::config::PipelineConfig::from_file(&args.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Some(workers) = args.parallelism {
+        if workers == 0 {
+            eprintln!("error: --parallelism must be at least 1");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        config.parallelism = workers;
+    }
+    if args.destination.is_some() {
+        config.destination = pgferry::config::DestinationConfig::Null;
+    }
+    let metrics = std::sync::Arc::new(pgferry::metrics::Metrics::new(
+        pgferry::metrics::Labels::from_env(),
+    ));
+    let _server = match args.metrics_addr {
+        Some(addr) => match pgferry::metrics::serve(addr, std::sync::Arc::clone(&metrics)).await {
+            Ok((bound, handle)) => {
+                tracing::info!(%bound, "serving Prometheus metrics");
+                Some(handle)
+            }
+            Err(error) => {
+                eprintln!("error: cannot serve metrics on {addr}: {error}\nHINT: pick a free port for --metrics-addr");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => None,
+    };
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate => {}
+        }
+        tracing::info!("stopping: flushing what is pending and confirming it");
+        let _ = stop.send(true);
+        // Keep the sender alive so the stream sees the request.
+        std::future::pending::<()>().await;
+    });
+    let control = pgferry::pipeline::RunControl {
+        shutdown,
+        once: args.once,
+    };
+    match pgferry::pipeline::run_with(&config, metrics, control).await {
+        Ok(summary) => {
+            print!("{}", summary.to_text());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGFERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -200,6 +326,8 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Check(args) => check(args).await,
+            Command::Run(args) => run(args).await,
+            Command::Discover(args) => discover(args).await,
             Command::Gdnlite(args) => gdnlite(args).await,
         }
     })

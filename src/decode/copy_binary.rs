@@ -62,6 +62,8 @@ pub struct CopyBinaryDecoder {
     header_done: bool,
     ended: bool,
     rows: u64,
+    /// The current row's fields as (offset, length), reused from row to row.
+    spans: Vec<(usize, usize)>,
 }
 
 impl CopyBinaryDecoder {
@@ -73,6 +75,7 @@ impl CopyBinaryDecoder {
             header_done: false,
             ended: false,
             rows: 0,
+            spans: Vec::with_capacity(expected_fields),
         }
     }
 
@@ -86,12 +89,31 @@ impl CopyBinaryDecoder {
         self.ended
     }
 
-    /// Decodes every complete row in `chunk` (plus what was pending) into `out`.
+    /// Decodes every complete row in `chunk` (plus what was pending) into `out`, each field a
+    /// `Bytes` slice of the chunk. [`decode_chunk_with`](Self::decode_chunk_with) is the
+    /// allocation-free form for hot paths.
     pub fn decode_chunk(
         &mut self,
         chunk: Bytes,
         out: &mut Vec<CopyRow>,
     ) -> Result<(), CopyBinaryError> {
+        self.decode_chunk_with(chunk, |row| {
+            out.push(
+                (0..row.len())
+                    .map(|index| row.range(index).map(|range| row.data.slice(range)))
+                    .collect(),
+            );
+            Ok::<(), CopyBinaryError>(())
+        })
+    }
+
+    /// Decodes every complete row in `chunk` (plus what was pending), calling `on_row` with a
+    /// view that borrows the chunk: no copy, no allocation per row. Stops at `on_row`'s error.
+    pub fn decode_chunk_with<E: From<CopyBinaryError>>(
+        &mut self,
+        chunk: Bytes,
+        mut on_row: impl FnMut(&RowView<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut data = if self.pending.is_empty() {
             chunk
         } else {
@@ -115,13 +137,16 @@ impl CopyBinaryDecoder {
                 return Ok(());
             }
             if self.ended {
-                return Err(CopyBinaryError::TrailingData);
+                return Err(CopyBinaryError::TrailingData.into());
             }
             match self.parse_row(&data)? {
-                RowParse::Row(row, len) => {
-                    out.push(row);
-                    data.advance(len);
+                RowParse::Row(len) => {
                     self.rows += 1;
+                    on_row(&RowView {
+                        data: &data,
+                        spans: &self.spans,
+                    })?;
+                    data.advance(len);
                 }
                 RowParse::End => {
                     self.ended = true;
@@ -146,7 +171,8 @@ impl CopyBinaryDecoder {
         Ok(())
     }
 
-    fn parse_row(&self, data: &Bytes) -> Result<RowParse, CopyBinaryError> {
+    /// Parses the row at the start of `data` into `self.spans`.
+    fn parse_row(&mut self, data: &[u8]) -> Result<RowParse, CopyBinaryError> {
         let Some(count) = data.get(..2) else {
             return Ok(RowParse::Incomplete);
         };
@@ -161,8 +187,8 @@ impl CopyBinaryDecoder {
                 expected: self.expected_fields,
             });
         }
+        self.spans.clear();
         let mut at = 2usize;
-        let mut row = Vec::with_capacity(self.expected_fields);
         for field in 0..self.expected_fields {
             let Some(len) = data.get(at..at + 4) else {
                 return Ok(RowParse::Incomplete);
@@ -170,7 +196,7 @@ impl CopyBinaryDecoder {
             let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
             at += 4;
             if len == -1 {
-                row.push(None);
+                self.spans.push(NULL_SPAN);
                 continue;
             }
             let Ok(size) = usize::try_from(len) else {
@@ -183,15 +209,75 @@ impl CopyBinaryDecoder {
             if data.len() < at + size {
                 return Ok(RowParse::Incomplete);
             }
-            row.push(Some(data.slice(at..at + size)));
+            self.spans.push((at, size));
             at += size;
         }
-        Ok(RowParse::Row(row, at))
+        Ok(RowParse::Row(at))
+    }
+}
+
+/// Marks a NULL field in the span list.
+const NULL_SPAN: (usize, usize) = (usize::MAX, 0);
+
+/// One decoded row, borrowing the received data: field `i` is `None` for NULL.
+#[derive(Debug)]
+pub struct RowView<'a> {
+    data: &'a Bytes,
+    spans: &'a [(usize, usize)],
+}
+
+impl RowView<'_> {
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether the row has no field.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Field `index`: `None` for NULL (or past the end).
+    pub fn get(&self, index: usize) -> Option<&[u8]> {
+        self.range(index).map(|range| &self.data[range])
+    }
+
+    fn range(&self, index: usize) -> Option<std::ops::Range<usize>> {
+        match self.spans.get(index) {
+            Some(&(start, len)) if start != usize::MAX => Some(start..start + len),
+            _ => None,
+        }
+    }
+}
+
+/// Read access to a row's fields, whichever form the row has.
+pub trait RowFields {
+    /// Number of fields.
+    fn field_count(&self) -> usize;
+    /// Field `index`: `None` for NULL.
+    fn field(&self, index: usize) -> Option<&[u8]>;
+}
+
+impl RowFields for RowView<'_> {
+    fn field_count(&self) -> usize {
+        self.len()
+    }
+    fn field(&self, index: usize) -> Option<&[u8]> {
+        self.get(index)
+    }
+}
+
+impl RowFields for CopyRow {
+    fn field_count(&self) -> usize {
+        self.len()
+    }
+    fn field(&self, index: usize) -> Option<&[u8]> {
+        self.get(index).and_then(|field| field.as_deref())
     }
 }
 
 enum RowParse {
-    Row(CopyRow, usize),
+    Row(usize),
     End,
     Incomplete,
 }

@@ -4,4 +4,6 @@
 pub mod copy_binary;
 pub mod json_out;
 pub mod replication;
+pub mod text_value;
 pub mod value;
+pub mod wal2json;

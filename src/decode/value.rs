@@ -114,7 +114,7 @@ pub enum Value<'a> {
     /// A string.
     Str(Cow<'a, str>),
     /// JSON text from `json`/`jsonb`, already validated.
-    RawJson(&'a str),
+    RawJson(Cow<'a, str>),
     /// An array.
     Array(Vec<Value<'a>>),
     /// An object with string keys, in order.
@@ -123,7 +123,7 @@ pub enum Value<'a> {
 
 /// Why a binary value could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid binary {type_name} value: {detail}")]
+#[error("invalid {type_name} value: {detail}")]
 pub struct ValueError {
     /// The PostgreSQL type being decoded.
     pub type_name: &'static str,
@@ -131,7 +131,7 @@ pub struct ValueError {
     pub detail: String,
 }
 
-fn bad(type_name: &'static str, detail: impl Into<String>) -> ValueError {
+pub(crate) fn bad(type_name: &'static str, detail: impl Into<String>) -> ValueError {
     ValueError {
         type_name,
         detail: detail.into(),
@@ -251,9 +251,9 @@ pub fn decode<'a>(codec: &TypeCodec, raw: &'a [u8]) -> Result<Value<'a>, ValueEr
             }
             Value::Str(Cow::Owned(text))
         }
-        TypeCodec::Json => Value::RawJson(json_text(raw, "json")?),
+        TypeCodec::Json => Value::RawJson(Cow::Borrowed(json_text(raw, "json")?)),
         TypeCodec::Jsonb => match raw.split_first() {
-            Some((1, text)) => Value::RawJson(json_text(text, "jsonb")?),
+            Some((1, text)) => Value::RawJson(Cow::Borrowed(json_text(text, "jsonb")?)),
             Some((version, _)) => {
                 return Err(bad("jsonb", format!("unknown jsonb version {version}")))
             }
@@ -298,7 +298,7 @@ pub fn decode<'a>(codec: &TypeCodec, raw: &'a [u8]) -> Result<Value<'a>, ValueEr
     })
 }
 
-fn float(value: f64, single: bool) -> Value<'static> {
+pub(crate) fn float(value: f64, single: bool) -> Value<'static> {
     if value.is_nan() {
         Value::Str(Cow::Borrowed("NaN"))
     } else if value == f64::INFINITY {
@@ -367,17 +367,19 @@ fn numeric(raw: &[u8], out: NumericOut) -> Result<Value<'static>, ValueError> {
     if sign == 0x4000 && digits.iter().any(|digit| *digit != 0) {
         text.push('-');
     }
-    if weight < 0 {
+    // The integer part. PostgreSQL sends normalized digits (no leading zero groups), but a
+    // non-normalized value must still print as a valid number: leading zeros are dropped.
+    let integer_start = text.len();
+    for position in 0..=weight {
+        let _ = write!(text, "{:04}", group(position));
+    }
+    let leading_zeros = text[integer_start..]
+        .bytes()
+        .take_while(|byte| *byte == b'0')
+        .count();
+    text.replace_range(integer_start..integer_start + leading_zeros, "");
+    if text.len() == integer_start {
         text.push('0');
-    } else {
-        for position in 0..=weight {
-            let value = group(position);
-            if position == 0 {
-                let _ = write!(text, "{value}");
-            } else {
-                let _ = write!(text, "{value:04}");
-            }
-        }
     }
     if dscale > 0 {
         text.push('.');
@@ -416,9 +418,18 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-fn push_year(text: &mut String, year: i64) {
+/// Appends `value` (0 ≤ value < 10^width) zero-padded to `width` digits, without `fmt`.
+pub(crate) fn push_padded(text: &mut String, value: i64, width: u32) {
+    let mut divisor = 10i64.pow(width.saturating_sub(1));
+    while divisor > 0 {
+        text.push(char::from(b'0' + (value / divisor % 10) as u8));
+        divisor /= 10;
+    }
+}
+
+pub(crate) fn push_year(text: &mut String, year: i64) {
     if (0..=9999).contains(&year) {
-        let _ = write!(text, "{year:04}");
+        push_padded(text, year, 4);
     } else if year > 9999 {
         let _ = write!(text, "+{year}");
     } else {
@@ -434,7 +445,11 @@ fn date(days: i32) -> Value<'static> {
             let (year, month, day) = civil_from_days(i64::from(days) + PG_EPOCH_DAYS);
             let mut text = String::with_capacity(26);
             push_year(&mut text, year);
-            let _ = write!(text, "-{month:02}-{day:02}T00:00:00+00:00");
+            text.push('-');
+            push_padded(&mut text, i64::from(month), 2);
+            text.push('-');
+            push_padded(&mut text, i64::from(day), 2);
+            text.push_str("T00:00:00+00:00");
             Value::Str(Cow::Owned(text))
         }
     }
@@ -443,15 +458,14 @@ fn date(days: i32) -> Value<'static> {
 fn push_clock(text: &mut String, micros_of_day: i64) {
     let seconds = micros_of_day / MICROS_PER_SECOND;
     let fraction = micros_of_day % MICROS_PER_SECOND;
-    let _ = write!(
-        text,
-        "{:02}:{:02}:{:02}",
-        seconds / 3600,
-        seconds / 60 % 60,
-        seconds % 60
-    );
+    push_padded(text, seconds / 3600, 2);
+    text.push(':');
+    push_padded(text, seconds / 60 % 60, 2);
+    text.push(':');
+    push_padded(text, seconds % 60, 2);
     if fraction != 0 {
-        let _ = write!(text, ".{fraction:06}");
+        text.push('.');
+        push_padded(text, fraction, 6);
     }
 }
 
@@ -467,7 +481,7 @@ fn time_of_day(micros: i64, type_name: &'static str) -> Result<String, ValueErro
     Ok(text)
 }
 
-fn push_offset(text: &mut String, offset_seconds: i64) {
+pub(crate) fn push_offset(text: &mut String, offset_seconds: i64) {
     let sign = if offset_seconds < 0 { '-' } else { '+' };
     let total = offset_seconds.abs();
     let _ = write!(text, "{sign}{:02}:{:02}", total / 3600, total / 60 % 60);
@@ -486,7 +500,11 @@ fn timestamp(micros: i64) -> Value<'static> {
             let (year, month, day) = civil_from_days(days + PG_EPOCH_DAYS);
             let mut text = String::with_capacity(32);
             push_year(&mut text, year);
-            let _ = write!(text, "-{month:02}-{day:02}T");
+            text.push('-');
+            push_padded(&mut text, i64::from(month), 2);
+            text.push('-');
+            push_padded(&mut text, i64::from(day), 2);
+            text.push('T');
             push_clock(&mut text, of_day);
             text.push_str("+00:00");
             Value::Str(Cow::Owned(text))
@@ -712,7 +730,7 @@ impl Value<'_> {
             Value::Bool(true) => out.extend_from_slice(b"true"),
             Value::Bool(false) => out.extend_from_slice(b"false"),
             Value::Int(value) => {
-                let _ = std::io::Write::write_fmt(out, format_args!("{value}"));
+                out.extend_from_slice(itoa::Buffer::new().format(*value).as_bytes());
             }
             Value::Float(value) => out.extend_from_slice(format_float(*value).as_bytes()),
             Value::Number(text) => out.extend_from_slice(text.as_bytes()),
@@ -825,6 +843,11 @@ mod tests {
         assert_eq!(
             json(&number, &numeric_bytes(5, 0, 0, &[1])),
             "100000000000000000000"
+        );
+        assert_eq!(
+            json(&number, &numeric_bytes(1, 0, 3, &[0, 2345, 6780])),
+            "2345.678",
+            "a leading zero group (never sent by PostgreSQL) still prints a valid number"
         );
         assert_eq!(
             json(&number, &numeric_bytes(0, 0, 10, &[1, 5000])),

@@ -5,7 +5,8 @@
 //! straight into a byte buffer: values go from the binary field to JSON text with no
 //! intermediate tree, and the key is derived from the same decoded values.
 
-use crate::decode::copy_binary::CopyRow;
+use crate::decode::copy_binary::RowFields;
+use crate::decode::text_value::from_text;
 use crate::decode::value::{decode, TypeCodec, Value, ValueError};
 use crate::gdn::keys::{document_attribute_names, DocumentKey};
 use crate::pg::catalog::{NumericMode, Table};
@@ -37,6 +38,22 @@ pub enum DocumentError {
         /// `schema.table`.
         table: String,
     },
+    /// A change names a column the plan does not know (added after the catalog was read).
+    #[error("table {table}: column {column:?} is not in the catalog read at start")]
+    UnknownColumn {
+        /// `schema.table`.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// A change lacks a key column (e.g. an UPDATE whose key value was TOASTed and unchanged).
+    #[error("table {table}: the change carries no value for key column {column:?}\nHINT: ALTER TABLE {table} REPLICA IDENTITY FULL; makes PostgreSQL log every column")]
+    MissingKey {
+        /// `schema.table`.
+        table: String,
+        /// The key column.
+        column: String,
+    },
     /// The row has a different number of fields than the plan.
     #[error("table {table}: a row has {found} fields, expected {expected}")]
     Shape {
@@ -47,6 +64,16 @@ pub enum DocumentError {
         /// Fields planned.
         expected: usize,
     },
+}
+
+/// A document made from a logical-decoding row image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextDocument {
+    /// Its key.
+    pub key: DocumentKey,
+    /// Whether every column was present (else it is a partial update: unchanged TOASTed
+    /// columns are absent and must be kept, not nulled).
+    pub complete: bool,
 }
 
 /// How one table's rows become documents.
@@ -130,46 +157,33 @@ impl DocumentPlan {
     }
 
     /// Appends the row as a JSON document to `out`; returns its key (None for keyless tables).
-    pub fn encode(
+    ///
+    /// Values go straight from the binary field to JSON text; key columns are decoded once
+    /// more for the key (no per-row buffer of values).
+    pub fn encode<R: RowFields + ?Sized>(
         &self,
-        row: &CopyRow,
+        row: &R,
         out: &mut Vec<u8>,
     ) -> Result<Option<DocumentKey>, DocumentError> {
-        if row.len() != self.columns.len() {
+        if row.field_count() != self.columns.len() {
             return Err(DocumentError::Shape {
                 table: self.table.clone(),
-                found: row.len(),
+                found: row.field_count(),
                 expected: self.columns.len(),
             });
         }
-        let mut values = Vec::with_capacity(row.len());
-        for (index, field) in row.iter().enumerate() {
-            values.push(match field {
-                None => Value::Null,
-                Some(raw) => {
-                    decode(&self.codecs[index], raw).map_err(|source| DocumentError::Value {
-                        table: self.table.clone(),
-                        column: self.columns[index].clone(),
-                        source,
-                    })?
-                }
-            });
-        }
-        let key = if self.key_indexes.is_empty() {
-            None
-        } else {
-            let mut parts = Vec::with_capacity(self.key_indexes.len());
-            for &index in &self.key_indexes {
-                if values[index] == Value::Null {
-                    return Err(DocumentError::NullKey {
-                        table: self.table.clone(),
-                        column: self.columns[index].clone(),
-                    });
-                }
-                parts.push(values[index].key_text());
+        let key = match self.key_indexes.as_slice() {
+            [] => None,
+            [single] => Some(DocumentKey::derive(&[self.key_part(row, *single)?])),
+            several => {
+                let parts = several
+                    .iter()
+                    .map(|&index| self.key_part(row, index))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some(DocumentKey::derive(&parts))
             }
-            Some(DocumentKey::derive(&parts))
         };
+        let mark = out.len();
         out.push(b'{');
         let mut first = true;
         if let (Some(key), false) = (&key, self.key_attribute_is_column) {
@@ -177,25 +191,180 @@ impl DocumentPlan {
             crate::decode::json_out::write_string(key.as_str(), out);
             first = false;
         }
-        for (index, value) in values.iter().enumerate() {
+        for index in 0..self.columns.len() {
             if !first {
                 out.push(b',');
             }
             first = false;
-            if self.attributes[index] == b"\"_key\":" {
-                // The table's own `_key` column is its key; write the derived (valid) key.
-                out.extend_from_slice(&self.attributes[index]);
-                match &key {
-                    Some(key) => crate::decode::json_out::write_string(key.as_str(), out),
-                    None => value.write_json(out),
-                }
-                continue;
-            }
             out.extend_from_slice(&self.attributes[index]);
-            value.write_json(out);
+            if self.attributes[index] == b"\"_key\":" {
+                if let Some(key) = &key {
+                    // The table's own `_key` column is its key; write the derived (valid) key.
+                    crate::decode::json_out::write_string(key.as_str(), out);
+                    continue;
+                }
+            }
+            match self.value(row, index) {
+                Ok(value) => value.write_json(out),
+                Err(error) => {
+                    out.truncate(mark);
+                    return Err(error);
+                }
+            }
         }
         out.push(b'}');
         Ok(key)
+    }
+
+    /// Appends the document of a row image given as PostgreSQL text (`(column, None)` is NULL;
+    /// an absent column is left out and makes the document partial).
+    pub fn encode_text(
+        &self,
+        image: &[(&str, Option<&str>)],
+        out: &mut Vec<u8>,
+    ) -> Result<TextDocument, DocumentError> {
+        let slots = self.slots(image)?;
+        let key = self.key_from_slots(&slots)?;
+        let mark = out.len();
+        out.push(b'{');
+        if !self.key_attribute_is_column {
+            out.extend_from_slice(b"\"_key\":");
+            crate::decode::json_out::write_string(key.as_str(), out);
+        }
+        let mut complete = true;
+        for (index, slot) in slots.iter().enumerate() {
+            let Some(text) = slot else {
+                complete = false;
+                continue;
+            };
+            if out.len() > mark + 1 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&self.attributes[index]);
+            if self.attributes[index] == b"\"_key\":" {
+                crate::decode::json_out::write_string(key.as_str(), out);
+                continue;
+            }
+            match text {
+                None => out.extend_from_slice(b"null"),
+                Some(text) => match from_text(&self.codecs[index], text) {
+                    Ok(value) => value.write_json(out),
+                    Err(source) => {
+                        out.truncate(mark);
+                        return Err(DocumentError::Value {
+                            table: self.table.clone(),
+                            column: self.columns[index].clone(),
+                            source,
+                        });
+                    }
+                },
+            }
+        }
+        out.push(b'}');
+        Ok(TextDocument { key, complete })
+    }
+
+    /// The key of an old-row identity (DELETE, or an UPDATE that changed the key).
+    pub fn key_from_text(
+        &self,
+        identity: &[(&str, Option<&str>)],
+    ) -> Result<DocumentKey, DocumentError> {
+        let slots = self.slots(identity)?;
+        self.key_from_slots(&slots)
+    }
+
+    /// Whether the table has key columns (keyless tables cannot be streamed).
+    pub fn has_key(&self) -> bool {
+        !self.key_indexes.is_empty()
+    }
+
+    /// `schema.table`, for messages.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn slots<'t>(
+        &self,
+        image: &[(&str, Option<&'t str>)],
+    ) -> Result<Vec<Option<Option<&'t str>>>, DocumentError> {
+        let mut slots = vec![None; self.columns.len()];
+        for (name, text) in image {
+            let index = self
+                .columns
+                .iter()
+                .position(|column| column == name)
+                .ok_or_else(|| DocumentError::UnknownColumn {
+                    table: self.table.clone(),
+                    column: (*name).to_owned(),
+                })?;
+            slots[index] = Some(*text);
+        }
+        Ok(slots)
+    }
+
+    fn key_from_slots(&self, slots: &[Option<Option<&str>>]) -> Result<DocumentKey, DocumentError> {
+        if self.key_indexes.is_empty() {
+            return Err(DocumentError::NoKey {
+                table: self.table.clone(),
+            });
+        }
+        let mut parts = Vec::with_capacity(self.key_indexes.len());
+        for &index in &self.key_indexes {
+            let text = match slots[index] {
+                Some(Some(text)) => text,
+                Some(None) => {
+                    return Err(DocumentError::NullKey {
+                        table: self.table.clone(),
+                        column: self.columns[index].clone(),
+                    })
+                }
+                None => {
+                    return Err(DocumentError::MissingKey {
+                        table: self.table.clone(),
+                        column: self.columns[index].clone(),
+                    })
+                }
+            };
+            let value =
+                from_text(&self.codecs[index], text).map_err(|source| DocumentError::Value {
+                    table: self.table.clone(),
+                    column: self.columns[index].clone(),
+                    source,
+                })?;
+            parts.push(value.key_text().into_owned());
+        }
+        Ok(DocumentKey::derive(&parts))
+    }
+
+    fn value<'r, R: RowFields + ?Sized>(
+        &self,
+        row: &'r R,
+        index: usize,
+    ) -> Result<Value<'r>, DocumentError> {
+        match row.field(index) {
+            None => Ok(Value::Null),
+            Some(raw) => decode(&self.codecs[index], raw).map_err(|source| DocumentError::Value {
+                table: self.table.clone(),
+                column: self.columns[index].clone(),
+                source,
+            }),
+        }
+    }
+
+    /// The key text of key column `index`; NULL is an error (a document needs a key).
+    fn key_part<R: RowFields + ?Sized>(
+        &self,
+        row: &R,
+        index: usize,
+    ) -> Result<String, DocumentError> {
+        let value = self.value(row, index)?;
+        if value == Value::Null {
+            return Err(DocumentError::NullKey {
+                table: self.table.clone(),
+                column: self.columns[index].clone(),
+            });
+        }
+        Ok(value.key_text().into_owned())
     }
 }
 
@@ -244,7 +413,7 @@ mod tests {
         plan: &DocumentPlan,
         row: Vec<Option<&'static [u8]>>,
     ) -> (String, Option<DocumentKey>) {
-        let row: CopyRow = row
+        let row: crate::decode::copy_binary::CopyRow = row
             .into_iter()
             .map(|field| field.map(Bytes::from_static))
             .collect();

@@ -227,6 +227,9 @@ impl Connection {
             ("DateStyle", "ISO"),
             ("IntervalStyle", "iso_8601"),
             ("extra_float_digits", "3"),
+            // Text output in one known shape (wal2json uses the session's output functions).
+            ("TimeZone", "UTC"),
+            ("bytea_output", "hex"),
         ];
         if options.replication {
             params.push(("replication", "database"));

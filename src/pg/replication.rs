@@ -373,8 +373,9 @@ impl LogicalStream {
         Ok(())
     }
 
-    /// Ends streaming cleanly: a final status update, CopyDone, and the server's completion.
-    pub async fn stop(mut self) -> Result<Connection, PgError> {
+    /// Ends streaming cleanly: a final status update, CopyDone, and the server's completion;
+    /// gives back the replication client for further commands (e.g. dropping the slot).
+    pub async fn stop(mut self) -> Result<ReplicationClient, PgError> {
         const DURING: &str = "stopping replication";
         if !self.ended {
             self.send_status(false).await?;
@@ -388,7 +389,9 @@ impl LogicalStream {
                 }
             }
         }
-        Ok(self.connection)
+        Ok(ReplicationClient {
+            connection: self.connection,
+        })
     }
 }
 

@@ -1,0 +1,101 @@
+# Shared helpers for scripts/*.sh: installing what is missing and throwaway PostgreSQL clusters.
+# Sourced, not run. Everything here is idempotent and safe on a fresh Debian machine as root.
+
+PG_MAJOR="${PG_MAJOR:-15}"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Runs a command as root: directly when we are root, else through sudo.
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"
+    elif command -v sudo >/dev/null; then sudo "$@"
+    else die "need root to run: $* (install sudo or run as root)"; fi
+}
+
+# Installs the PostgreSQL server, client and wal2json packages when any is missing.
+ensure_postgres() {
+    local bindir="/usr/lib/postgresql/${PG_MAJOR}/bin"
+    local libdir="/usr/lib/postgresql/${PG_MAJOR}/lib"
+    if [ -x "$bindir/initdb" ] && [ -f "$libdir/wal2json.so" ] && command -v psql >/dev/null \
+        && id postgres >/dev/null 2>&1; then
+        return 0
+    fi
+    log "installing postgresql-${PG_MAJOR}, postgresql-client-${PG_MAJOR} and postgresql-${PG_MAJOR}-wal2json"
+    command -v apt-get >/dev/null || die "apt-get not found: install PostgreSQL ${PG_MAJOR} and wal2json for it by hand"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "postgresql-${PG_MAJOR}" "postgresql-client-${PG_MAJOR}" "postgresql-${PG_MAJOR}-wal2json" >/dev/null
+    [ -x "$bindir/initdb" ] || die "initdb still missing at $bindir after installing postgresql-${PG_MAJOR}"
+    [ -f "$libdir/wal2json.so" ] || die "wal2json.so still missing in $libdir after installing postgresql-${PG_MAJOR}-wal2json"
+}
+
+# Installs a Debian package when its command is missing: ensure_command curl curl
+ensure_command() {
+    command -v "$1" >/dev/null && return 0
+    log "installing $2 (for $1)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >/dev/null
+}
+
+# Installs the rustfmt and clippy components when rustup is there and they are not.
+ensure_rust_components() {
+    command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs)"
+    if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+        command -v rustup >/dev/null || die "cargo fmt/clippy missing and no rustup to install them"
+        log "installing the rustfmt and clippy components"
+        rustup component add rustfmt clippy
+    fi
+}
+
+# A free TCP port on 127.0.0.1.
+free_port() {
+    if command -v python3 >/dev/null; then
+        python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+        return
+    fi
+    local port
+    for _ in $(seq 1 100); do
+        port=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return; fi
+    done
+    die "no free TCP port found on 127.0.0.1"
+}
+
+# Runs a command as the postgres OS user when we are root (PostgreSQL refuses root).
+as_pg_user() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# Starts a throwaway cluster: sets PG_DIR, PG_PORT. Stop it with stop_cluster.
+start_cluster() {
+    local bindir="/usr/lib/postgresql/${PG_MAJOR}/bin"
+    PG_DIR="$(mktemp -d /tmp/pgferry-pg.XXXXXX)"
+    PG_PORT="$(free_port)"
+    if [ "$(id -u)" = 0 ]; then chown postgres: "$PG_DIR"; fi
+    as_pg_user "$bindir/initdb" -D "$PG_DIR/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >/dev/null
+    cat >>"$PG_DIR/data/postgresql.conf" <<CONF
+port = $PG_PORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$PG_DIR'
+wal_level = logical
+max_replication_slots = 10
+max_wal_senders = 10
+CONF
+    as_pg_user "$bindir/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 start >/dev/null \
+        || { cat "$PG_DIR/server.log" >&2; die "PostgreSQL did not start"; }
+}
+
+# Stops and removes the cluster started by start_cluster (safe to call twice).
+stop_cluster() {
+    if [ -n "${PG_DIR:-}" ] && [ -d "$PG_DIR" ]; then
+        as_pg_user "/usr/lib/postgresql/${PG_MAJOR}/bin/pg_ctl" -D "$PG_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
+        rm -rf "$PG_DIR"
+    fi
+    PG_DIR=""
+}
+
+# psql as the superuser over the cluster's Unix socket.
+cluster_psql() {
+    psql -X -q -v ON_ERROR_STOP=1 -h "$PG_DIR" -p "$PG_PORT" -U postgres "$@"
+}

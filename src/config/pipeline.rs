@@ -1,0 +1,270 @@
+//! A pipeline file: `source`, `destination`, and run options (`pgferry run -c pipeline.json`).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::config::destination::DestinationConfig;
+use crate::config::error::ConfigError;
+use crate::config::source::PgSourceConfig;
+use crate::config::value::{reject_unknown_keys, string, unsigned};
+use crate::pg::catalog::NumericMode;
+
+const PIPELINE_KEYS: &[&str] = &[
+    "source",
+    "destination",
+    "tables",
+    "parallelism",
+    "numeric_mode",
+    "state_file",
+];
+
+/// A table picked by name, with an optional collection of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSelection {
+    /// Schema name.
+    pub schema: String,
+    /// Table name.
+    pub table: String,
+    /// Overrides the destination's naming rule.
+    pub collection: Option<String>,
+}
+
+/// Everything `pgferry run` needs.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Where rows come from.
+    pub source: PgSourceConfig,
+    /// Where they go.
+    pub destination: DestinationConfig,
+    /// Explicit tables (else `filter_schemas` / `filter_table` of the source decide).
+    pub tables: Vec<TableSelection>,
+    /// Copy workers (default: the number of cores).
+    pub parallelism: usize,
+    /// How `numeric` columns are written.
+    pub numeric_mode: NumericMode,
+    /// Where progress (copied chunks, LSN bookmarks) is kept; `None` = next to the config file.
+    pub state_file: Option<PathBuf>,
+}
+
+fn object<'a>(
+    value: Option<&'a Value>,
+    key: &'static str,
+    hint: &'static str,
+) -> Result<&'a serde_json::Map<String, Value>, ConfigError> {
+    match value {
+        Some(Value::Object(map)) => Ok(map),
+        Some(_) => Err(ConfigError::Invalid {
+            key: key.into(),
+            detail: "expected a JSON object".into(),
+        }),
+        None => Err(ConfigError::Missing { key, hint }),
+    }
+}
+
+/// Splits `schema.table` (quotes allowed: `"My Schema"."T.1"`); a bare name means `public`.
+pub fn parse_table_name(text: &str) -> Option<(String, String)> {
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    let mut chars = text.trim().chars().peekable();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                current.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            '.' if !quoted => parts.push(std::mem::take(&mut current)),
+            _ => current.push(ch),
+        }
+    }
+    if quoted {
+        return None;
+    }
+    parts.push(current);
+    match parts.as_slice() {
+        [table] if !table.is_empty() => Some(("public".into(), table.clone())),
+        [schema, table] if !schema.is_empty() && !table.is_empty() => {
+            Some((schema.clone(), table.clone()))
+        }
+        _ => None,
+    }
+}
+
+fn table_selection(index: usize, value: &Value) -> Result<TableSelection, ConfigError> {
+    let key = format!("tables[{index}]");
+    let (name, collection) = match value {
+        Value::String(name) => (name.clone(), None),
+        Value::Object(map) => {
+            reject_unknown_keys(map, &["table", "collection"])?;
+            let name = string(map, "table")?.ok_or_else(|| ConfigError::Invalid {
+                key: key.clone(),
+                detail: "needs \"table\": \"schema.table\"".into(),
+            })?;
+            (name, string(map, "collection")?)
+        }
+        _ => {
+            return Err(ConfigError::Invalid {
+                key,
+                detail: "expected \"schema.table\" or {\"table\": …, \"collection\": …}".into(),
+            })
+        }
+    };
+    let (schema, table) = parse_table_name(&name).ok_or_else(|| ConfigError::Invalid {
+        key,
+        detail: format!("{name:?} is not a table name; write schema.table"),
+    })?;
+    Ok(TableSelection {
+        schema,
+        table,
+        collection,
+    })
+}
+
+impl PipelineConfig {
+    /// Reads and validates a pipeline object.
+    pub fn from_object(
+        root: &serde_json::Map<String, Value>,
+    ) -> Result<PipelineConfig, ConfigError> {
+        reject_unknown_keys(root, PIPELINE_KEYS)?;
+        let source = PgSourceConfig::from_object(object(
+            root.get("source"),
+            "source",
+            "the PostgreSQL source's settings (host, port, user, password, dbname, …)",
+        )?)?;
+        let destination = DestinationConfig::from_object(object(
+            root.get("destination"),
+            "destination",
+            "where to write, e.g. {\"gdn_host\": …, \"fabric\": …, \"api_key\": …}",
+        )?)?;
+        let tables = match root.get("tables") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(index, item)| table_selection(index, item))
+                .collect::<Result<_, _>>()?,
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    key: "tables".into(),
+                    detail: "expected a list of \"schema.table\" names".into(),
+                })
+            }
+        };
+        let parallelism = match unsigned(root, "parallelism")? {
+            Some(0) => {
+                return Err(ConfigError::Invalid {
+                    key: "parallelism".into(),
+                    detail: "must be at least 1".into(),
+                })
+            }
+            Some(workers) => workers as usize,
+            None => std::thread::available_parallelism().map_or(2, usize::from),
+        };
+        let numeric_mode = match string(root, "numeric_mode")?.as_deref() {
+            None | Some("auto") => NumericMode::Auto,
+            Some("number") => NumericMode::Number,
+            Some("string") => NumericMode::String,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "numeric_mode".into(),
+                    detail: format!("expected \"auto\", \"number\" or \"string\", got {other:?}"),
+                })
+            }
+        };
+        Ok(PipelineConfig {
+            source,
+            destination,
+            tables,
+            parallelism,
+            numeric_mode,
+            state_file: string(root, "state_file")?.map(PathBuf::from),
+        })
+    }
+
+    /// Reads a pipeline file; the state file defaults to `<config>.state.json` beside it.
+    pub fn from_file(path: &Path) -> Result<PipelineConfig, ConfigError> {
+        let root = crate::config::read_json_object(path)?;
+        let mut config = PipelineConfig::from_object(&root)?;
+        if config.state_file.is_none() {
+            let mut name = path.file_stem().unwrap_or_default().to_os_string();
+            name.push(".state.json");
+            config.state_file = Some(path.with_file_name(name));
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(value: Value) -> Result<PipelineConfig, ConfigError> {
+        match value {
+            Value::Object(map) => PipelineConfig::from_object(&map),
+            _ => unreachable!("test configs are objects"),
+        }
+    }
+
+    fn source() -> Value {
+        serde_json::json!({"host": "db", "user": "u", "password": "p", "dbname": "shop"})
+    }
+
+    #[test]
+    fn a_full_pipeline() {
+        let config = parse(serde_json::json!({
+            "source": source(),
+            "destination": {"gdn_url": "http://127.0.0.1:8529", "api_key": "k"},
+            "tables": ["public.orders", {"table": "\"Sales\".\"Line.Items\"", "collection": "items"}],
+            "parallelism": 4,
+            "numeric_mode": "string"
+        }))
+        .unwrap();
+        assert_eq!(config.parallelism, 4);
+        assert_eq!(config.numeric_mode, NumericMode::String);
+        assert_eq!(
+            config.tables[1],
+            TableSelection {
+                schema: "Sales".into(),
+                table: "Line.Items".into(),
+                collection: Some("items".into())
+            }
+        );
+    }
+
+    #[test]
+    fn table_names_split_on_unquoted_dots() {
+        assert_eq!(
+            parse_table_name("orders"),
+            Some(("public".into(), "orders".into()))
+        );
+        assert_eq!(
+            parse_table_name("\"a\"\"b\".c"),
+            Some(("a\"b".into(), "c".into()))
+        );
+        assert_eq!(parse_table_name("a.b.c"), None);
+        assert_eq!(parse_table_name("\"open"), None);
+        assert_eq!(parse_table_name(""), None);
+    }
+
+    #[test]
+    fn missing_and_unknown_keys_are_named() {
+        let error = parse(serde_json::json!({"source": source()}))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("destination"), "{error}");
+        let error = parse(serde_json::json!({
+            "source": source(), "destination": {"type": "null"}, "paralelism": 2
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("did you mean \"parallelism\""), "{error}");
+        let error = parse(serde_json::json!({
+            "source": source(), "destination": {"type": "null"}, "tables": ["a.b.c"]
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("tables[0]"), "{error}");
+    }
+}

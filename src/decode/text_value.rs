@@ -1,0 +1,501 @@
+//! PostgreSQL *text* output → the same JSON values the binary decoder (`value.rs`) produces, so
+//! a row reads the same whether it came from the snapshot (COPY binary) or from wal2json (text).
+//!
+//! It assumes the replication session runs with `DateStyle=ISO`, `TimeZone=UTC`,
+//! `IntervalStyle=iso_8601` and `bytea_output=hex` (pgferry sets them at connection start), so
+//! dates, timestamps and intervals arrive in one known shape.
+
+use std::borrow::Cow;
+
+use crate::decode::value::NumericOut;
+use crate::decode::value::{
+    bad, float, push_offset, push_padded, push_year, TypeCodec, Value, ValueError,
+};
+
+/// Converts one value's text (as PostgreSQL's output function wrote it) per `codec`.
+pub fn from_text<'a>(codec: &TypeCodec, text: &'a str) -> Result<Value<'a>, ValueError> {
+    Ok(match codec {
+        TypeCodec::Bool => match text {
+            "t" | "true" => Value::Bool(true),
+            "f" | "false" => Value::Bool(false),
+            other => return Err(bad("boolean", format!("{other:?}"))),
+        },
+        TypeCodec::Int2 | TypeCodec::Int4 | TypeCodec::Int8 | TypeCodec::Oid => Value::Int(
+            text.parse()
+                .map_err(|_| bad("integer", format!("{text:?} is not an integer")))?,
+        ),
+        TypeCodec::Float4 | TypeCodec::Float8 => {
+            let single = matches!(codec, TypeCodec::Float4);
+            let value: f64 = match text {
+                "NaN" => f64::NAN,
+                "Infinity" => f64::INFINITY,
+                "-Infinity" => f64::NEG_INFINITY,
+                other if single => f64::from(
+                    other
+                        .parse::<f32>()
+                        .map_err(|_| bad("real", format!("{other:?}")))?,
+                ),
+                other => other
+                    .parse()
+                    .map_err(|_| bad("double precision", format!("{other:?}")))?,
+            };
+            float(value, single)
+        }
+        TypeCodec::Numeric(out) => numeric(text, *out)?,
+        TypeCodec::Text | TypeCodec::Char | TypeCodec::Uuid | TypeCodec::Inet => {
+            Value::Str(Cow::Borrowed(text))
+        }
+        TypeCodec::MacAddr | TypeCodec::MacAddr8 | TypeCodec::VarBit => {
+            Value::Str(Cow::Borrowed(text))
+        }
+        TypeCodec::Bytea => {
+            let hex = text.strip_prefix("\\x").unwrap_or(text);
+            if hex.len() % 2 != 0 || !hex.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+                return Err(bad("bytea", "expected hex output (bytea_output = hex)"));
+            }
+            Value::Str(Cow::Owned(format!("\\x{}", hex.to_ascii_lowercase())))
+        }
+        TypeCodec::Json | TypeCodec::Jsonb => {
+            serde_json::from_str::<&serde_json::value::RawValue>(text)
+                .map_err(|error| bad("json", format!("not valid JSON: {error}")))?;
+            Value::RawJson(Cow::Borrowed(text))
+        }
+        TypeCodec::Date => match text {
+            "infinity" | "-infinity" => Value::Str(Cow::Borrowed(text)),
+            _ => {
+                let (date, bc) = split_era(text);
+                let mut out = String::with_capacity(26);
+                push_date(&mut out, date, bc)?;
+                out.push_str("T00:00:00+00:00");
+                Value::Str(Cow::Owned(out))
+            }
+        },
+        TypeCodec::Time => Value::Str(Cow::Owned(clock(text, "time")?)),
+        TypeCodec::TimeTz => {
+            let split = text
+                .rfind(['+', '-'])
+                .ok_or_else(|| bad("time with time zone", format!("{text:?} has no offset")))?;
+            let mut out = clock(&text[..split], "time with time zone")?;
+            push_offset(&mut out, offset_seconds(&text[split..])?);
+            Value::Str(Cow::Owned(out))
+        }
+        TypeCodec::Timestamp | TypeCodec::TimestampTz => match text {
+            "infinity" | "-infinity" => Value::Str(Cow::Borrowed(text)),
+            _ => Value::Str(Cow::Owned(timestamp(
+                text,
+                matches!(codec, TypeCodec::TimestampTz),
+            )?)),
+        },
+        TypeCodec::Interval => Value::Str(Cow::Borrowed(text)),
+        TypeCodec::Money { .. } => {
+            let negative = text.starts_with('-') || text.starts_with('(');
+            let digits: String = text
+                .chars()
+                .filter(|ch| ch.is_ascii_digit() || *ch == '.')
+                .collect();
+            Value::Str(Cow::Owned(if negative {
+                format!("-{digits}")
+            } else {
+                digits
+            }))
+        }
+        TypeCodec::Bit { single } => {
+            if *single && text.len() == 1 {
+                Value::Bool(text == "1")
+            } else {
+                Value::Str(Cow::Borrowed(text))
+            }
+        }
+        TypeCodec::Hstore => hstore(text)?,
+        TypeCodec::Array(element) => {
+            let mut parser = ArrayParser { text, at: 0 };
+            parser.skip_dimensions();
+            let value = parser.array(element)?;
+            if parser.at != text.len() {
+                return Err(bad("array", format!("trailing text in {text:?}")));
+            }
+            value
+        }
+    })
+}
+
+fn numeric(text: &str, out: NumericOut) -> Result<Value<'_>, ValueError> {
+    if matches!(text, "NaN" | "Infinity" | "-Infinity") {
+        return Ok(Value::Str(Cow::Borrowed(text)));
+    }
+    let body = text.strip_prefix('-').unwrap_or(text);
+    let valid = !body.is_empty()
+        && body
+            .bytes()
+            .all(|byte| byte.is_ascii_digit() || byte == b'.')
+        && body.bytes().filter(|byte| *byte == b'.').count() <= 1
+        && body
+            .bytes()
+            .next()
+            .is_some_and(|byte| byte.is_ascii_digit());
+    if !valid {
+        return Err(bad("numeric", format!("{text:?} is not a decimal number")));
+    }
+    Ok(match out {
+        NumericOut::Number => Value::Number(text.to_owned()),
+        NumericOut::String => Value::Str(Cow::Borrowed(text)),
+    })
+}
+
+/// `("2024-01-01 10:00:00", false)` from `"2024-01-01 10:00:00"`; BC dates carry a suffix.
+fn split_era(text: &str) -> (&str, bool) {
+    match text.strip_suffix(" BC") {
+        Some(rest) => (rest, true),
+        None => (text, false),
+    }
+}
+
+/// Writes `YYYY-MM-DD` (astronomical year for BC) from ISO date text.
+fn push_date(out: &mut String, date: &str, bc: bool) -> Result<(), ValueError> {
+    let mut parts = date.splitn(3, '-');
+    let (Some(year), Some(month), Some(day)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad("date", format!("{date:?} is not YYYY-MM-DD")));
+    };
+    let number = |part: &str| {
+        part.parse::<i64>()
+            .map_err(|_| bad("date", format!("{date:?} is not YYYY-MM-DD")))
+    };
+    let year = number(year)?;
+    push_year(out, if bc { 1 - year } else { year });
+    out.push('-');
+    push_padded(out, number(month)?, 2);
+    out.push('-');
+    push_padded(out, number(day)?, 2);
+    Ok(())
+}
+
+/// `HH:MM:SS[.ffffff]` with the fraction padded to six digits, as the binary path writes it.
+fn clock(text: &str, type_name: &'static str) -> Result<String, ValueError> {
+    let (whole, fraction) = match text.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (text, None),
+    };
+    if whole.len() != 8
+        || !whole.bytes().enumerate().all(|(index, byte)| {
+            if index == 2 || index == 5 {
+                byte == b':'
+            } else {
+                byte.is_ascii_digit()
+            }
+        })
+    {
+        return Err(bad(type_name, format!("{text:?} is not HH:MM:SS")));
+    }
+    let mut out = String::with_capacity(15);
+    out.push_str(whole);
+    if let Some(fraction) = fraction {
+        if fraction.is_empty()
+            || fraction.len() > 6
+            || !fraction.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(bad(type_name, format!("{text:?} has a bad fraction")));
+        }
+        if fraction.bytes().any(|byte| byte != b'0') {
+            out.push('.');
+            out.push_str(fraction);
+            for _ in fraction.len()..6 {
+                out.push('0');
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `+02`, `-05:30`, `+05:45:10` → seconds east of UTC.
+fn offset_seconds(text: &str) -> Result<i64, ValueError> {
+    const NAME: &str = "time zone offset";
+    let (sign, rest) = match text.as_bytes().first() {
+        Some(b'+') => (1, &text[1..]),
+        Some(b'-') => (-1, &text[1..]),
+        _ => return Err(bad(NAME, format!("{text:?}"))),
+    };
+    let mut seconds = 0i64;
+    for (index, part) in rest.split(':').enumerate() {
+        let value: i64 = part.parse().map_err(|_| bad(NAME, format!("{text:?}")))?;
+        seconds += value
+            * [3600, 60, 1]
+                .get(index)
+                .copied()
+                .ok_or_else(|| bad(NAME, format!("{text:?}")))?;
+    }
+    Ok(sign * seconds)
+}
+
+/// `2024-01-01 10:00:00.5+00` (timestamptz in UTC) or `… 10:00:00.5` → ISO 8601 with `+00:00`.
+fn timestamp(text: &str, with_zone: bool) -> Result<String, ValueError> {
+    let type_name = if with_zone {
+        "timestamp with time zone"
+    } else {
+        "timestamp"
+    };
+    let (text_no_era, bc) = split_era(text);
+    let (date, time) = text_no_era
+        .split_once(' ')
+        .ok_or_else(|| bad(type_name, format!("{text:?} is not 'YYYY-MM-DD HH:MM:SS'")))?;
+    let time = if with_zone {
+        let split = time
+            .rfind(['+', '-'])
+            .ok_or_else(|| bad(type_name, format!("{text:?} has no offset")))?;
+        if offset_seconds(&time[split..])? != 0 {
+            return Err(bad(
+                type_name,
+                format!("{text:?} is not in UTC (the replication session sets TimeZone=UTC)"),
+            ));
+        }
+        &time[..split]
+    } else {
+        time
+    };
+    let mut out = String::with_capacity(32);
+    push_date(&mut out, date, bc)?;
+    out.push('T');
+    out.push_str(&clock(time, type_name)?);
+    out.push_str("+00:00");
+    Ok(out)
+}
+
+/// `"a"=>"1", "b"=>NULL` → an object.
+fn hstore(text: &str) -> Result<Value<'static>, ValueError> {
+    const NAME: &str = "hstore";
+    let mut parser = ArrayParser { text, at: 0 };
+    let mut pairs = Vec::new();
+    loop {
+        parser.skip_spaces();
+        if parser.at >= text.len() {
+            return Ok(Value::Object(pairs));
+        }
+        let key = parser
+            .token()?
+            .ok_or_else(|| bad(NAME, format!("NULL key in {text:?}")))?;
+        parser.skip_spaces();
+        if !parser.rest().starts_with("=>") {
+            return Err(bad(NAME, format!("expected => in {text:?}")));
+        }
+        parser.at += 2;
+        parser.skip_spaces();
+        let value = parser.token()?;
+        pairs.push((
+            Cow::Owned(key),
+            value.map_or(Value::Null, |value| Value::Str(Cow::Owned(value))),
+        ));
+        parser.skip_spaces();
+        if parser.rest().starts_with(',') {
+            parser.at += 1;
+        }
+    }
+}
+
+/// A cursor over PostgreSQL array (and hstore) text.
+struct ArrayParser<'t> {
+    text: &'t str,
+    at: usize,
+}
+
+impl ArrayParser<'_> {
+    fn rest(&self) -> &str {
+        &self.text[self.at..]
+    }
+
+    fn skip_spaces(&mut self) {
+        while self.rest().starts_with([' ', '\t', '\n']) {
+            self.at += 1;
+        }
+    }
+
+    /// Skips a `[1:3]={…}` dimension decoration.
+    fn skip_dimensions(&mut self) {
+        if self.rest().starts_with('[') {
+            if let Some(eq) = self.rest().find('=') {
+                self.at += eq + 1;
+            }
+        }
+    }
+
+    /// A quoted or bare token; `None` for a bare NULL.
+    fn token(&mut self) -> Result<Option<String>, ValueError> {
+        if self.rest().starts_with('"') {
+            self.at += 1;
+            let mut out = String::new();
+            let mut chars = self.rest().char_indices();
+            while let Some((index, ch)) = chars.next() {
+                match ch {
+                    '\\' => match chars.next() {
+                        Some((_, escaped)) => out.push(escaped),
+                        None => break,
+                    },
+                    '"' => {
+                        self.at += index + 1;
+                        return Ok(Some(out));
+                    }
+                    other => out.push(other),
+                }
+            }
+            return Err(bad(
+                "array",
+                format!("unterminated quote in {:?}", self.text),
+            ));
+        }
+        let end = self
+            .rest()
+            .find([',', '}', '=', ' '])
+            .unwrap_or(self.rest().len());
+        let token = self.rest()[..end].to_owned();
+        self.at += end;
+        if token.eq_ignore_ascii_case("NULL") {
+            Ok(None)
+        } else {
+            Ok(Some(token))
+        }
+    }
+
+    fn array(&mut self, element: &TypeCodec) -> Result<Value<'static>, ValueError> {
+        if !self.rest().starts_with('{') {
+            return Err(bad(
+                "array",
+                format!("{:?} does not start with {{", self.text),
+            ));
+        }
+        self.at += 1;
+        let mut items = Vec::new();
+        if self.rest().starts_with('}') {
+            self.at += 1;
+            return Ok(Value::Array(items));
+        }
+        loop {
+            self.skip_spaces();
+            if self.rest().starts_with('{') {
+                items.push(self.array(element)?);
+            } else {
+                let item = match self.token()? {
+                    None => Value::Null,
+                    Some(text) => into_owned(from_text(element, &text)?),
+                };
+                items.push(item);
+            }
+            self.skip_spaces();
+            match self.rest().chars().next() {
+                Some(',') => self.at += 1,
+                Some('}') => {
+                    self.at += 1;
+                    return Ok(Value::Array(items));
+                }
+                _ => return Err(bad("array", format!("malformed array {:?}", self.text))),
+            }
+        }
+    }
+}
+
+/// Detaches a value from the text it borrowed.
+fn into_owned(value: Value<'_>) -> Value<'static> {
+    match value {
+        Value::Null => Value::Null,
+        Value::Bool(flag) => Value::Bool(flag),
+        Value::Int(number) => Value::Int(number),
+        Value::Float(number) => Value::Float(number),
+        Value::Number(text) => Value::Number(text),
+        Value::Str(text) => Value::Str(Cow::Owned(text.into_owned())),
+        Value::RawJson(text) => Value::RawJson(Cow::Owned(text.into_owned())),
+        Value::Array(items) => Value::Array(items.into_iter().map(into_owned).collect()),
+        Value::Object(pairs) => Value::Object(
+            pairs
+                .into_iter()
+                .map(|(key, value)| (Cow::Owned(key.into_owned()), into_owned(value)))
+                .collect(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(codec: &TypeCodec, text: &str) -> String {
+        from_text(codec, text).unwrap().to_json_string()
+    }
+
+    #[test]
+    fn scalars_read_as_the_binary_path_writes_them() {
+        assert_eq!(
+            json(&TypeCodec::Int8, "-9223372036854775808"),
+            "-9223372036854775808"
+        );
+        assert_eq!(json(&TypeCodec::Float4, "0.1"), "0.1");
+        assert_eq!(json(&TypeCodec::Float8, "1e+300"), "1e+300");
+        assert_eq!(json(&TypeCodec::Float8, "NaN"), "\"NaN\"");
+        assert_eq!(
+            json(&TypeCodec::Numeric(NumericOut::Number), "1.5000"),
+            "1.5000"
+        );
+        assert_eq!(
+            json(
+                &TypeCodec::Numeric(NumericOut::String),
+                "12345678901234567890.0123456789"
+            ),
+            "\"12345678901234567890.0123456789\""
+        );
+        assert!(from_text(&TypeCodec::Numeric(NumericOut::Number), "1e5").is_err());
+        assert_eq!(json(&TypeCodec::Bool, "t"), "true");
+        assert_eq!(json(&TypeCodec::Bytea, "de00"), "\"\\\\xde00\"");
+        assert_eq!(json(&TypeCodec::Bytea, "\\xDE00"), "\"\\\\xde00\"");
+        assert_eq!(
+            json(&TypeCodec::Jsonb, "{\"a\": [1, 2.50]}"),
+            "{\"a\": [1, 2.50]}"
+        );
+        assert_eq!(json(&TypeCodec::Bit { single: true }, "1"), "true");
+        assert_eq!(
+            json(&TypeCodec::Money { frac_digits: 2 }, "-$1,234.56"),
+            "\"-1234.56\""
+        );
+    }
+
+    #[test]
+    fn dates_and_times_become_iso_8601() {
+        assert_eq!(
+            json(&TypeCodec::Date, "2024-02-29"),
+            "\"2024-02-29T00:00:00+00:00\""
+        );
+        assert_eq!(
+            json(&TypeCodec::Date, "0044-03-15 BC"),
+            "\"-0043-03-15T00:00:00+00:00\""
+        );
+        assert_eq!(json(&TypeCodec::Date, "infinity"), "\"infinity\"");
+        assert_eq!(
+            json(&TypeCodec::TimestampTz, "2023-12-31 22:00:00.1234+00"),
+            "\"2023-12-31T22:00:00.123400+00:00\""
+        );
+        assert_eq!(
+            json(&TypeCodec::Timestamp, "2024-02-29 13:14:15"),
+            "\"2024-02-29T13:14:15+00:00\""
+        );
+        assert!(from_text(&TypeCodec::TimestampTz, "2024-02-29 13:14:15+02").is_err());
+        assert_eq!(json(&TypeCodec::Time, "24:00:00"), "\"24:00:00\"");
+        assert_eq!(
+            json(&TypeCodec::TimeTz, "13:14:15.5+05:30"),
+            "\"13:14:15.500000+05:30\""
+        );
+    }
+
+    #[test]
+    fn arrays_and_hstore_keep_structure() {
+        let ints = TypeCodec::Array(Box::new(TypeCodec::Int4));
+        assert_eq!(json(&ints, "{{1,2},{3,NULL}}"), "[[1,2],[3,null]]");
+        assert_eq!(json(&ints, "[0:1]={5,6}"), "[5,6]");
+        assert_eq!(json(&ints, "{}"), "[]");
+        let texts = TypeCodec::Array(Box::new(TypeCodec::Text));
+        assert_eq!(
+            json(&texts, r#"{"x y","q\"z",NULL,"NULL",plain}"#),
+            r#"["x y","q\"z",null,"NULL","plain"]"#
+        );
+        assert!(from_text(&ints, "{1,2").is_err());
+        assert!(from_text(&ints, "{1,x}").is_err());
+        assert_eq!(
+            json(&TypeCodec::Hstore, r#""a"=>"1", "b c"=>NULL"#),
+            r#"{"a":"1","b c":null}"#
+        );
+    }
+}

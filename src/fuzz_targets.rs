@@ -1,0 +1,109 @@
+//! Entry points shared by the `fuzz/` targets (libFuzzer) and the stable-toolchain smoke test
+//! (`tests/fuzz_smoke.rs`), so both exercise exactly the same code with the same invariants.
+//!
+//! Each function takes arbitrary bytes and must neither panic nor break its invariant: decoders
+//! either return a typed error or a value whose JSON rendering is valid JSON.
+
+use bytes::Bytes;
+
+use crate::decode::copy_binary::CopyBinaryDecoder;
+use crate::decode::replication::ReplicationMessage;
+use crate::decode::value::{decode, NumericOut, TypeCodec};
+
+/// Replication CopyData frames: XLogData slices stay inside the frame.
+pub fn replication_frame(data: &[u8]) {
+    let frame = Bytes::copy_from_slice(data);
+    if let Ok(ReplicationMessage::XLogData(xlog)) = ReplicationMessage::parse(frame) {
+        assert_eq!(
+            xlog.data.len() + 25,
+            data.len(),
+            "payload is the frame after its header"
+        );
+    }
+}
+
+/// COPY binary streams: byte 0 picks the field count, byte 1 where the stream is split in two
+/// chunks; row counts never exceed what was decoded.
+pub fn copy_binary(data: &[u8]) {
+    let Some((&fields, rest)) = data.split_first() else {
+        return;
+    };
+    let Some((&split, body)) = rest.split_first() else {
+        return;
+    };
+    let mut decoder = CopyBinaryDecoder::new(usize::from(fields % 8));
+    let at = usize::from(split).min(body.len());
+    let mut rows = Vec::new();
+    let body = Bytes::copy_from_slice(body);
+    let first = decoder.decode_chunk(body.slice(..at), &mut rows);
+    if first.is_ok() && decoder.decode_chunk(body.slice(at..), &mut rows).is_ok() {
+        let _ = decoder.finish();
+    }
+    assert_eq!(
+        decoder.rows(),
+        rows.len() as u64,
+        "every counted row was yielded"
+    );
+}
+
+/// The codecs a fuzz input can pick with its first byte.
+pub fn value_codecs() -> Vec<TypeCodec> {
+    let scalars = vec![
+        TypeCodec::Bool,
+        TypeCodec::Int2,
+        TypeCodec::Int4,
+        TypeCodec::Int8,
+        TypeCodec::Oid,
+        TypeCodec::Float4,
+        TypeCodec::Float8,
+        TypeCodec::Numeric(NumericOut::Number),
+        TypeCodec::Numeric(NumericOut::String),
+        TypeCodec::Text,
+        TypeCodec::Char,
+        TypeCodec::Bytea,
+        TypeCodec::Uuid,
+        TypeCodec::Json,
+        TypeCodec::Jsonb,
+        TypeCodec::Date,
+        TypeCodec::Time,
+        TypeCodec::TimeTz,
+        TypeCodec::Timestamp,
+        TypeCodec::TimestampTz,
+        TypeCodec::Interval,
+        TypeCodec::Money { frac_digits: 2 },
+        TypeCodec::Inet,
+        TypeCodec::MacAddr,
+        TypeCodec::MacAddr8,
+        TypeCodec::Bit { single: true },
+        TypeCodec::Bit { single: false },
+        TypeCodec::VarBit,
+        TypeCodec::Hstore,
+    ];
+    let arrays: Vec<TypeCodec> = scalars
+        .iter()
+        .map(|codec| TypeCodec::Array(Box::new(codec.clone())))
+        .collect();
+    scalars.into_iter().chain(arrays).collect()
+}
+
+/// Binary values: byte 0 picks the codec; a decoded value always renders as valid JSON.
+///
+/// Validity is checked syntactically (`IgnoredAny`): a legal PostgreSQL numeric may have
+/// 131,072 digits, which is valid JSON even though it does not fit an f64.
+pub fn value(data: &[u8]) {
+    let Some((&pick, raw)) = data.split_first() else {
+        return;
+    };
+    let codecs = value_codecs();
+    let codec = &codecs[usize::from(pick) % codecs.len()];
+    if let Ok(value) = decode(codec, raw) {
+        let mut json = Vec::new();
+        value.write_json(&mut json);
+        if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(&json) {
+            panic!(
+                "{codec:?} rendered invalid JSON {:?}: {error}",
+                String::from_utf8_lossy(&json)
+            );
+        }
+    }
+}

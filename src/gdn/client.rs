@@ -1,0 +1,618 @@
+//! The GDN REST client: one multiplexed HTTP/2 connection (h2 over TLS for `https`, h2c for
+//! `http` such as gdnlite), authentication, collection management, batched document writes,
+//! and GDN error decoding.
+//!
+//! Every call returns a typed [`GdnError`] that says whether a retry can help; the caller (the
+//! writer) owns the retry policy. Secrets (API key, password, JWT) live in `Secret` or a
+//! sensitive header value and never reach an error or a log line.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::{GdnAuth, GdnDestinationConfig};
+
+/// Largest response body we read (a 1,000-document batch answer is far below this).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Why a GDN call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GdnError {
+    /// No connection could be made, or it broke mid-request.
+    #[error("cannot reach GDN at {url}: {detail}\nHINT: check gdn_host / gdn_url and the network; pgferry retries this")]
+    Unreachable {
+        /// The URL called (no credentials in it).
+        url: String,
+        /// The transport's reason.
+        detail: String,
+    },
+    /// The request took longer than `request_timeout`.
+    #[error("GDN did not answer {method} {url} within {after:?}\nHINT: raise request_timeout or lower batch_size_rows; pgferry retries this")]
+    Timeout {
+        /// The method.
+        method: String,
+        /// The URL.
+        url: String,
+        /// The limit.
+        after: Duration,
+    },
+    /// GDN answered with an error status.
+    #[error("GDN answered {method} {url} with HTTP {status}{}: {message}{}", error_num.map(|n| format!(" (errorNum {n})")).unwrap_or_default(), hint(*status))]
+    Status {
+        /// The method.
+        method: String,
+        /// The URL.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// GDN's `errorNum`, when the body had one.
+        error_num: Option<u64>,
+        /// GDN's `errorMessage`, or the start of the body.
+        message: String,
+    },
+    /// The answer was not what the API promises.
+    #[error("unexpected answer from GDN to {method} {url}: {detail}")]
+    BadResponse {
+        /// The method.
+        method: String,
+        /// The URL.
+        url: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The client could not be set up (bad URL, TLS roots, credentials with bad characters).
+    #[error("invalid GDN setting {key}: {detail}")]
+    Config {
+        /// The config key at fault.
+        key: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+fn hint(status: u16) -> &'static str {
+    match status {
+        401 => "\nHINT: the API key or login is not accepted; check api_key (or email/password) and that it belongs to this tenant",
+        403 => "\nHINT: the API key lacks permission for this fabric or collection",
+        404 => "\nHINT: check fabric and collection names",
+        413 => "\nHINT: lower batch_size_rows or batch_size_bytes",
+        429 => "\nHINT: GDN is rate limiting; pgferry retries with backoff (lower max_in_flight to be gentler)",
+        500..=599 => "\nHINT: a GDN-side failure; pgferry retries this",
+        _ => "",
+    }
+}
+
+impl GdnError {
+    /// Whether the same request may succeed later (network, timeout, 429, 5xx).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            GdnError::Unreachable { .. } | GdnError::Timeout { .. } => true,
+            GdnError::Status { status, .. } => *status == 429 || *status >= 500,
+            GdnError::BadResponse { .. } | GdnError::Config { .. } => false,
+        }
+    }
+
+    /// The HTTP status, when GDN answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            GdnError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// One document of a batch that GDN refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentFailure {
+    /// Position in the batch.
+    pub index: usize,
+    /// GDN's `errorNum`.
+    pub error_num: u64,
+    /// GDN's `errorMessage`.
+    pub message: String,
+}
+
+/// The outcome of a batch write that GDN accepted as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// 201 when durable (`waitForSync=true`), 202 when only accepted.
+    pub durable: bool,
+    /// Documents that failed individually (empty when all succeeded).
+    pub failures: Vec<DocumentFailure>,
+}
+
+/// A connection to one GDN fabric.
+#[derive(Clone)]
+pub struct GdnClient {
+    http: Client<Connector, Full<Bytes>>,
+    base_url: String,
+    fabric: String,
+    authorization: HeaderValue,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for GdnClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GdnClient")
+            .field("base_url", &self.base_url)
+            .field("fabric", &self.fabric)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Percent-encodes a path segment (collection names are plain, keys may not be).
+pub fn encode_path_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Reads GDN's `{"errorNum", "errorMessage"}` from an error body.
+fn error_fields(body: &[u8]) -> (Option<u64>, String) {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let error_num = parsed
+        .as_ref()
+        .and_then(|value| value.get("errorNum"))
+        .and_then(serde_json::Value::as_u64);
+    let message = parsed
+        .as_ref()
+        .and_then(|value| value.get("errorMessage"))
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(body);
+            text.chars().take(200).collect()
+        });
+    (error_num, message)
+}
+
+/// Parses `X-C8-Error-Codes` (`1200:17,1205:10`, or a JSON object `{"1200":17}`) into a total.
+pub fn error_code_total(header: &str) -> u64 {
+    let header = header.trim();
+    if header.starts_with('{') {
+        return serde_json::from_str::<std::collections::BTreeMap<String, u64>>(header)
+            .map(|map| map.values().sum())
+            .unwrap_or(0);
+    }
+    header
+        .split(',')
+        .filter_map(|pair| pair.split(':').nth(1))
+        .filter_map(|count| count.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// Finds the failed entries of an aligned batch answer.
+pub fn document_failures(body: &[u8]) -> Result<Vec<DocumentFailure>, String> {
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(body)
+        .map_err(|error| format!("batch answer is not a JSON array: {error}"))?;
+    Ok(entries
+        .iter()
+        .enumerate()
+        .filter(|(_, entry)| entry.get("error").and_then(serde_json::Value::as_bool) == Some(true))
+        .map(|(index, entry)| DocumentFailure {
+            index,
+            error_num: entry
+                .get("errorNum")
+                .or_else(|| entry.get("errorCode"))
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+            message: entry
+                .get("errorMessage")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("no message")
+                .to_owned(),
+        })
+        .collect())
+}
+
+struct Answer {
+    status: StatusCode,
+    error_codes: Option<String>,
+    body: Bytes,
+}
+
+impl GdnClient {
+    /// Builds the client and, for email/password, logs in to get a JWT.
+    pub async fn connect(config: &GdnDestinationConfig) -> Result<GdnClient, GdnError> {
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|error| GdnError::Config {
+            key: "gdn_url",
+            detail: error.to_string(),
+        })?
+        .with_root_certificates(rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        })
+        .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http2()
+            .build();
+        let http = Client::builder(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .http2_only(true)
+            .http2_keep_alive_interval(Some(Duration::from_secs(30)))
+            .build(connector);
+        let mut client = GdnClient {
+            http,
+            base_url: config.base_url.clone(),
+            fabric: config.fabric.clone(),
+            authorization: HeaderValue::from_static(""),
+            timeout: config.request_timeout,
+        };
+        client.authorization = match &config.auth {
+            GdnAuth::ApiKey(key) => sensitive(&format!("apikey {}", key.expose()), "api_key")?,
+            GdnAuth::Login { email, password } => {
+                let jwt = client.login(email, password.expose()).await?;
+                sensitive(&format!("bearer {jwt}"), "password")?
+            }
+        };
+        Ok(client)
+    }
+
+    async fn login(&self, email: &str, password: &str) -> Result<String, GdnError> {
+        let body = serde_json::json!({"email": email, "password": password}).to_string();
+        let answer = self
+            .send(
+                Method::POST,
+                "/_open/auth".into(),
+                Some(Bytes::from(body)),
+                false,
+            )
+            .await?;
+        let url = format!("{}/_open/auth", self.base_url);
+        self.expect_success(&Method::POST, &url, &answer)?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&answer.body).map_err(|error| GdnError::BadResponse {
+                method: "POST".into(),
+                url: url.clone(),
+                detail: error.to_string(),
+            })?;
+        value
+            .get("jwt")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+            .ok_or(GdnError::BadResponse {
+                method: "POST".into(),
+                url,
+                detail: "no \"jwt\" in the login answer".into(),
+            })
+    }
+
+    /// `<base>/_fabric/<fabric>/_api/<rest>`.
+    fn fabric_path(&self, rest: &str) -> String {
+        format!("/_fabric/{}/_api/{rest}", encode_path_segment(&self.fabric))
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Bytes>,
+        authorized: bool,
+    ) -> Result<Answer, GdnError> {
+        let url = format!("{}{path}", self.base_url);
+        let mut request = Request::builder()
+            .method(method.clone())
+            .uri(&url)
+            .header(CONTENT_TYPE, "application/json");
+        if authorized {
+            request = request.header(AUTHORIZATION, self.authorization.clone());
+        }
+        let request = request
+            .body(Full::new(body.unwrap_or_default()))
+            .map_err(|error| GdnError::Config {
+                key: "gdn_url",
+                detail: format!("{url}: {error}"),
+            })?;
+        let call = async {
+            let response =
+                self.http
+                    .request(request)
+                    .await
+                    .map_err(|error| GdnError::Unreachable {
+                        url: url.clone(),
+                        detail: describe_transport_error(&error),
+                    })?;
+            let status = response.status();
+            let error_codes = response
+                .headers()
+                .get("x-c8-error-codes")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned);
+            let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|error| GdnError::Unreachable {
+                    url: url.clone(),
+                    detail: format!("reading the answer: {error}"),
+                })?
+                .to_bytes();
+            Ok(Answer {
+                status,
+                error_codes,
+                body,
+            })
+        };
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| GdnError::Timeout {
+                method: method.to_string(),
+                url: url.clone(),
+                after: self.timeout,
+            })?
+    }
+
+    fn expect_success(&self, method: &Method, url: &str, answer: &Answer) -> Result<(), GdnError> {
+        if answer.status.is_success() {
+            return Ok(());
+        }
+        let (error_num, message) = error_fields(&answer.body);
+        Err(GdnError::Status {
+            method: method.to_string(),
+            url: url.to_owned(),
+            status: answer.status.as_u16(),
+            error_num,
+            message,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        rest: &str,
+        body: Option<Bytes>,
+    ) -> Result<Answer, GdnError> {
+        let path = self.fabric_path(rest);
+        let url = format!("{}{path}", self.base_url);
+        let answer = self.send(method.clone(), path, body, true).await?;
+        self.expect_success(&method, &url, &answer)?;
+        Ok(answer)
+    }
+
+    /// Whether a collection exists.
+    pub async fn has_collection(&self, name: &str) -> Result<bool, GdnError> {
+        let rest = format!("collection/{}", encode_path_segment(name));
+        match self.call(Method::GET, &rest, None).await {
+            Ok(_) => Ok(true),
+            Err(GdnError::Status { status: 404, .. }) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Creates a document collection unless it exists (optionally with a change stream).
+    pub async fn ensure_collection(&self, name: &str, stream: bool) -> Result<(), GdnError> {
+        if self.has_collection(name).await? {
+            return Ok(());
+        }
+        let body = serde_json::json!({
+            "name": name,
+            "type": 2,
+            "stream": stream,
+            "keyOptions": {"type": "traditional", "allowUserKeys": true},
+        })
+        .to_string();
+        match self
+            .call(Method::POST, "collection", Some(Bytes::from(body)))
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Another worker (or run) created it in between.
+            Err(GdnError::Status { status: 409, .. }) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Removes every document of a collection (a FULL_TABLE reload of a keyless table).
+    pub async fn truncate_collection(&self, name: &str) -> Result<(), GdnError> {
+        let rest = format!("collection/{}/truncate", encode_path_segment(name));
+        self.call(Method::PUT, &rest, None).await.map(|_| ())
+    }
+
+    /// Number of documents in a collection.
+    pub async fn count(&self, name: &str) -> Result<u64, GdnError> {
+        let rest = format!("collection/{}/count", encode_path_segment(name));
+        let answer = self.call(Method::GET, &rest, None).await?;
+        serde_json::from_slice::<serde_json::Value>(&answer.body)
+            .ok()
+            .and_then(|value| value.get("count").and_then(serde_json::Value::as_u64))
+            .ok_or_else(|| GdnError::BadResponse {
+                method: "GET".into(),
+                url: format!("{}{}", self.base_url, self.fabric_path(&rest)),
+                detail: "no \"count\" in the answer".into(),
+            })
+    }
+
+    /// Writes a batch (`body` is a JSON array of documents) in one POST: with `overwrite`, an
+    /// upsert by `_key` (idempotent); without, plain inserts (keyless reloads: GDN makes keys).
+    /// Durable (201) when `wait_for_sync`.
+    pub async fn write_documents(
+        &self,
+        collection: &str,
+        body: Bytes,
+        overwrite: bool,
+        wait_for_sync: bool,
+    ) -> Result<BatchOutcome, GdnError> {
+        let rest = format!(
+            "document/{}?overwrite={overwrite}&waitForSync={wait_for_sync}&returnNew=false&silent=false",
+            encode_path_segment(collection)
+        );
+        self.batch(Method::POST, &rest, body).await
+    }
+
+    /// One document by key; `None` when it does not exist.
+    pub async fn get_document(
+        &self,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<Bytes>, GdnError> {
+        let rest = format!(
+            "document/{}/{}",
+            encode_path_segment(collection),
+            encode_path_segment(key)
+        );
+        match self.call(Method::GET, &rest, None).await {
+            Ok(answer) => Ok(Some(answer.body)),
+            Err(GdnError::Status { status: 404, .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Deletes documents by key (`body` is a JSON array of keys); a missing document is a
+    /// per-document failure with errorNum 1202.
+    pub async fn delete_documents(
+        &self,
+        collection: &str,
+        body: Bytes,
+        wait_for_sync: bool,
+    ) -> Result<BatchOutcome, GdnError> {
+        let rest = format!(
+            "document/{}?waitForSync={wait_for_sync}&returnOld=false&silent=false",
+            encode_path_segment(collection)
+        );
+        self.batch(Method::DELETE, &rest, body).await
+    }
+
+    /// Partially updates documents (`body` is a JSON array of objects with `_key`): attributes
+    /// present replace the stored ones (`mergeObjects=false`, `keepNull=true`), others stay.
+    pub async fn patch_documents(
+        &self,
+        collection: &str,
+        body: Bytes,
+        wait_for_sync: bool,
+    ) -> Result<BatchOutcome, GdnError> {
+        let rest = format!(
+            "document/{}?keepNull=true&mergeObjects=false&waitForSync={wait_for_sync}&returnNew=false&silent=false",
+            encode_path_segment(collection)
+        );
+        self.batch(Method::PATCH, &rest, body).await
+    }
+
+    async fn batch(
+        &self,
+        method: Method,
+        rest: &str,
+        body: Bytes,
+    ) -> Result<BatchOutcome, GdnError> {
+        let answer = self.call(method.clone(), rest, Some(body)).await?;
+        let failures = match &answer.error_codes {
+            Some(codes) if !codes.trim().is_empty() => {
+                document_failures(&answer.body).map_err(|detail| GdnError::BadResponse {
+                    method: method.to_string(),
+                    url: format!("{}{}", self.base_url, self.fabric_path(rest)),
+                    detail,
+                })?
+            }
+            _ => Vec::new(),
+        };
+        Ok(BatchOutcome {
+            durable: answer.status == StatusCode::CREATED,
+            failures,
+        })
+    }
+}
+
+/// Runs an idempotent call, retrying retryable failures up to `attempts` times with backoff.
+pub async fn retrying<T, F, Fut>(attempts: u32, mut call: F) -> Result<T, GdnError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, GdnError>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match call().await {
+            Err(error) if error.is_retryable() && attempt < attempts.max(1) => {
+                tracing::warn!(attempt, %error, "retrying a GDN call");
+                let delay = 100u64.saturating_mul(1 << attempt.min(7)).min(10_000);
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+fn sensitive(text: &str, key: &'static str) -> Result<HeaderValue, GdnError> {
+    let mut value = HeaderValue::from_str(text).map_err(|_| GdnError::Config {
+        key,
+        detail: "contains characters that cannot go into an HTTP header".into(),
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// The most specific reason in a transport error's chain (e.g. "connection refused").
+fn describe_transport_error(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_header_in_both_shapes() {
+        assert_eq!(error_code_total("1200:17,1205:10"), 27);
+        assert_eq!(error_code_total("{\"1210\":2}"), 2);
+        assert_eq!(error_code_total(""), 0);
+    }
+
+    #[test]
+    fn failures_are_found_by_position() {
+        let body = br#"[{"_id":"c/a","_key":"a","_rev":"1"},{"error":true,"errorNum":1210,"errorMessage":"unique constraint violated"},{"_key":"c"}]"#;
+        assert_eq!(
+            document_failures(body).unwrap(),
+            vec![DocumentFailure {
+                index: 1,
+                error_num: 1210,
+                message: "unique constraint violated".into()
+            }]
+        );
+        assert!(document_failures(b"{}").is_err());
+    }
+
+    #[test]
+    fn retryable_statuses() {
+        let status = |status| GdnError::Status {
+            method: "POST".into(),
+            url: "u".into(),
+            status,
+            error_num: None,
+            message: String::new(),
+        };
+        assert!(status(503).is_retryable());
+        assert!(status(429).is_retryable());
+        assert!(!status(401).is_retryable());
+        assert!(!status(404).is_retryable());
+        assert!(status(401).to_string().contains("api_key"));
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(encode_path_segment("orders"), "orders");
+        assert_eq!(encode_path_segment("a b/c"), "a%20b%2Fc");
+    }
+}

@@ -1,0 +1,363 @@
+//! `pgferry run`: wires the source, the document plans and the writer together.
+//!
+//! FULL_TABLE: discovery, collection creation, one consistent parallel copy of every selected
+//! table, and a summary. LOG_BASED (`log_based.rs`): the same copy under the replication slot's
+//! exported snapshot, then change data capture from the slot, resumable from the state file.
+
+mod log_based;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{
+    DestinationConfig, PgSourceConfig, PipelineConfig, ReplicationMethod, TableSelection,
+};
+use crate::gdn::client::{retrying, GdnClient, GdnError};
+use crate::gdn::document::{DocumentError, DocumentPlan};
+use crate::gdn::writer::{BatchTarget, Writer, WriterSettings};
+use crate::metrics::{Labels, Metrics};
+use crate::pg::catalog::{discover, Table};
+use crate::pg::{Connection, PgError};
+use crate::progress::{spawn_display, CopyProgress};
+use crate::source::cdc::{CdcError, CdcSummary};
+use crate::source::snapshot::{copy_tables, BatchLimits, CopySummary, CopyTask, SnapshotError};
+use crate::source::state::StateError;
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The source could not be read.
+    #[error("PostgreSQL source: {0}")]
+    Source(#[from] PgError),
+    /// A configured table does not exist (or is not visible to the role).
+    #[error("table {0} not found in the source database\nHINT: check the name in \"tables\" / \"filter_table\", and that the role may see it (GRANT USAGE ON SCHEMA …; GRANT SELECT ON …)")]
+    TableNotFound(String),
+    /// Nothing matched the selection.
+    #[error("no table matched the selection (filter_schemas {schemas:?}, filter_table {table:?})\nHINT: check the names, or list tables explicitly in \"tables\"")]
+    NothingSelected {
+        /// The schemas filter.
+        schemas: Vec<String>,
+        /// The table filter.
+        table: Option<String>,
+    },
+    /// A table cannot be turned into documents (e.g. no key where one is needed).
+    #[error(transparent)]
+    Plan(#[from] DocumentError),
+    /// GDN refused or could not be reached while preparing collections.
+    #[error("GDN destination: {0}")]
+    Destination(#[from] GdnError),
+    /// The copy failed.
+    #[error("{0}")]
+    Copy(Box<SnapshotError>),
+    /// The pipeline asks for something pgferry cannot do (with the reason and the fix).
+    #[error("{0}")]
+    Unsupported(String),
+    /// Change data capture failed.
+    #[error(transparent)]
+    Cdc(Box<CdcError>),
+    /// The state file failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// Rows per table.
+    pub copy: CopySummary,
+    /// Documents durably written (0 for the null destination, which only counts).
+    pub documents: u64,
+    /// Request bytes written.
+    pub bytes: u64,
+    /// Requests or documents that were retried.
+    pub retries: u64,
+    /// The process's peak resident set size (`VmHWM`), when the platform reports it.
+    pub peak_rss_bytes: Option<u64>,
+    /// LOG_BASED: what streaming did after the copy.
+    pub streaming: Option<CdcSummary>,
+}
+
+/// This process's peak resident set size, from `/proc/self/status` (Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+impl RunSummary {
+    /// Lines for people: per table rows, then totals and the rate.
+    pub fn to_text(&self) -> String {
+        let seconds = self.copy.elapsed.as_secs_f64().max(1e-9);
+        let mut text = String::new();
+        let mut total = 0u64;
+        for table in &self.copy.tables {
+            total += table.rows;
+            text.push_str(&format!(
+                "{}: {} rows ({:.0} rows/s)\n",
+                table.table,
+                table.rows,
+                table.rows as f64 / table.elapsed.as_secs_f64().max(1e-9)
+            ));
+        }
+        text.push_str(&format!(
+            "copied {total} rows ({:.1} MB of documents) in {:.2} s: {:.0} rows/s, {} retries\n",
+            self.bytes as f64 / 1e6,
+            seconds,
+            total as f64 / seconds,
+            self.retries
+        ));
+        if let Some(cdc) = &self.streaming {
+            text.push_str(&format!(
+                "streamed {} changes in {} transactions; confirmed up to {}\n",
+                cdc.changes, cdc.transactions, cdc.confirmed
+            ));
+        }
+        if let Some(peak) = self.peak_rss_bytes {
+            text.push_str(&format!("peak RSS {:.1} MB\n", peak as f64 / 1e6));
+        }
+        text
+    }
+}
+
+fn selected<'a>(
+    tables: &'a [Table],
+    selection: &[TableSelection],
+) -> Result<Vec<(&'a Table, Option<String>)>, RunError> {
+    if selection.is_empty() {
+        return Ok(tables.iter().map(|table| (table, None)).collect());
+    }
+    selection
+        .iter()
+        .map(|wanted| {
+            tables
+                .iter()
+                .find(|table| table.schema == wanted.schema && table.name == wanted.table)
+                .map(|table| (table, wanted.collection.clone()))
+                .ok_or_else(|| {
+                    RunError::TableNotFound(format!("{}.{}", wanted.schema, wanted.table))
+                })
+        })
+        .collect()
+}
+
+async fn discover_selected(
+    source: &PgSourceConfig,
+    selection: &[TableSelection],
+) -> Result<Vec<Table>, RunError> {
+    let mut connection = Connection::connect(&source.connect_options()).await?;
+    let schemas: Vec<String> = if selection.is_empty() {
+        source.filter_schemas.clone()
+    } else {
+        let mut schemas: Vec<String> = selection.iter().map(|table| table.schema.clone()).collect();
+        schemas.sort();
+        schemas.dedup();
+        schemas
+    };
+    let table_filter = if selection.is_empty() {
+        source.filter_table.as_deref()
+    } else {
+        None
+    };
+    let tables = discover(&mut connection, &schemas, table_filter).await?;
+    connection.close().await;
+    if tables.is_empty() {
+        return Err(match (selection.first(), table_filter) {
+            (Some(first), _) => {
+                RunError::TableNotFound(format!("{}.{}", first.schema, first.table))
+            }
+            (None, _) => RunError::NothingSelected {
+                schemas: source.filter_schemas.clone(),
+                table: source.filter_table.clone(),
+            },
+        });
+    }
+    Ok(tables)
+}
+
+/// How a run is steered from outside.
+#[derive(Debug, Clone)]
+pub struct RunControl {
+    /// Becomes `true` on SIGINT/SIGTERM: flush, confirm, stop cleanly.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// LOG_BASED: stop once caught up with the WAL position read at start (a batch run).
+    pub once: bool,
+}
+
+impl RunControl {
+    /// A batch run that nobody interrupts (the shutdown channel's sender is gone, which the
+    /// stream reads as "never").
+    pub fn once() -> RunControl {
+        let (_, shutdown) = tokio::sync::watch::channel(false);
+        RunControl {
+            shutdown,
+            once: true,
+        }
+    }
+}
+
+/// Runs a pipeline to completion (LOG_BASED: until caught up), with fresh metrics.
+pub async fn run(config: &PipelineConfig) -> Result<RunSummary, RunError> {
+    run_with(
+        config,
+        Arc::new(Metrics::new(Labels::from_env())),
+        RunControl::once(),
+    )
+    .await
+}
+
+/// Everything both replication methods need before copying.
+pub(crate) struct Prepared {
+    pub(crate) client: Option<GdnClient>,
+    pub(crate) settings: WriterSettings,
+    pub(crate) limits: BatchLimits,
+    pub(crate) tasks: Vec<CopyTask>,
+}
+
+/// Discovers the selected tables, connects to GDN and makes sure every collection exists.
+pub(crate) async fn prepare(
+    config: &PipelineConfig,
+    allow_keyless: bool,
+) -> Result<Prepared, RunError> {
+    let discovered = discover_selected(&config.source, &config.tables).await?;
+    let chosen = selected(&discovered, &config.tables)?;
+
+    let (client, settings, limits, create_stream) = match &config.destination {
+        DestinationConfig::Gdn(gdn) => (
+            Some(GdnClient::connect(gdn).await?),
+            WriterSettings {
+                max_in_flight: gdn.max_in_flight,
+                wait_for_sync: gdn.wait_for_sync,
+                max_retries: gdn.max_retries,
+                initial_backoff: Duration::from_millis(100),
+            },
+            BatchLimits {
+                rows: gdn.batch_size_rows,
+                bytes: gdn.batch_size_bytes,
+            },
+            gdn.create_stream,
+        ),
+        DestinationConfig::Null => (
+            None,
+            WriterSettings {
+                max_in_flight: 64,
+                wait_for_sync: false,
+                max_retries: 1,
+                initial_backoff: Duration::from_millis(100),
+            },
+            BatchLimits {
+                rows: 1000,
+                bytes: 4 * 1024 * 1024,
+            },
+            false,
+        ),
+    };
+
+    let mut tasks = Vec::with_capacity(chosen.len());
+    for (table, collection_override) in chosen {
+        // FULL_TABLE may copy keyless tables: the collection is emptied first, so a re-run
+        // replaces its content instead of duplicating it. LOG_BASED needs keys.
+        let plan = DocumentPlan::new(table, config.numeric_mode, allow_keyless)?;
+        let keyless = table.key_columns.is_empty();
+        let collection = match (&config.destination, collection_override) {
+            (_, Some(name)) => name,
+            (DestinationConfig::Gdn(gdn), None) => gdn.collection_for(&table.schema, &table.name),
+            (DestinationConfig::Null, None) => table.name.clone(),
+        };
+        if let Some(client) = &client {
+            retrying(settings.max_retries, || {
+                client.ensure_collection(&collection, create_stream)
+            })
+            .await?;
+            if keyless {
+                tracing::info!(table = %table.qualified_name(), %collection, "keyless table: emptying the collection before the reload");
+                retrying(settings.max_retries, || {
+                    client.truncate_collection(&collection)
+                })
+                .await?;
+            }
+        }
+        tasks.push(CopyTask {
+            target: BatchTarget {
+                table: format!("{}.{}", table.schema, table.name).into(),
+                collection: collection.into(),
+                keyless,
+            },
+            plan,
+            table: table.clone(),
+        });
+    }
+    Ok(Prepared {
+        client,
+        settings,
+        limits,
+        tasks,
+    })
+}
+
+/// Runs a pipeline, counting into `metrics` (e.g. served on `--metrics-addr`).
+pub async fn run_with(
+    config: &PipelineConfig,
+    metrics: Arc<Metrics>,
+    control: RunControl,
+) -> Result<RunSummary, RunError> {
+    if config.source.replication_method == ReplicationMethod::LogBased {
+        return log_based::run(config, metrics, control).await;
+    }
+    let prepared = prepare(config, true).await?;
+    copy_step(config, prepared, &metrics, None).await
+}
+
+/// The consistent copy of every prepared table, under `snapshot` when given.
+pub(crate) async fn copy_step(
+    config: &PipelineConfig,
+    prepared: Prepared,
+    metrics: &Arc<Metrics>,
+    snapshot: Option<String>,
+) -> Result<RunSummary, RunError> {
+    let Prepared {
+        client,
+        settings,
+        limits,
+        tasks,
+    } = prepared;
+    let writer = Writer::new(client, settings, Arc::clone(metrics));
+    let progress = Arc::new(CopyProgress::new(tasks.iter().map(|task| {
+        (
+            task.target.table.to_string(),
+            u64::try_from(task.table.row_estimate).unwrap_or(0),
+        )
+    })));
+    let display = spawn_display(Arc::clone(&progress));
+    let copy = copy_tables(
+        &config.source.connect_options(),
+        tasks,
+        config.parallelism,
+        limits,
+        &writer,
+        snapshot,
+        Arc::clone(&progress),
+    )
+    .await;
+    progress.finish();
+    if let Some(display) = display {
+        let _ = display.await;
+    }
+    let copy = copy.map_err(|error| RunError::Copy(Box::new(error)))?;
+    let load =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(RunSummary {
+        copy,
+        documents: load(&metrics.ingested_documents),
+        bytes: load(&metrics.ingested_bytes),
+        retries: load(&metrics.retries),
+        peak_rss_bytes: peak_rss_bytes(),
+        streaming: None,
+    })
+}

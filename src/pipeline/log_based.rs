@@ -1,0 +1,232 @@
+//! LOG_BASED pipelines: slot and snapshot, the copy, then streaming, resumable at every step.
+//!
+//! First run: the slot is created with an exported snapshot (its consistent point `L0` goes to
+//! the state file), every table is copied under that snapshot while the creating connection
+//! holds it, and streaming starts at `L0`. A run that finds the slot but no finished copy (it
+//! was interrupted, or the user created the slot by hand, or the state file was lost) copies
+//! again under a fresh snapshot and replays from the slot's position: every write is an
+//! idempotent upsert or delete by key, applied in commit order, so the result converges; while
+//! replaying changes older than that copy, "document not found" on a PATCH is expected and
+//! ignored. Later runs stream from the watermark in the state file.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{DestinationConfig, PipelineConfig};
+use crate::metrics::Metrics;
+use crate::pg::query::quote_literal;
+use crate::pg::replication::{ReplicationClient, SlotSnapshot};
+use crate::pg::Lsn;
+use crate::pipeline::{copy_step, prepare, RunControl, RunError, RunSummary};
+use crate::source::cdc::{stream_changes, CdcSettings, CdcTable};
+use crate::source::state::{CdcState, StateFile};
+
+/// wal2json's escaping of names in `add-tables`: space, quote, comma, dot and asterisk.
+pub(crate) fn escape_table_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for ch in name.chars() {
+        if matches!(ch, ' ' | '\'' | ',' | '.' | '*' | '"') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn state_file(config: &PipelineConfig) -> StateFile {
+    StateFile::new(
+        config
+            .state_file
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from("pgferry-state.json")),
+    )
+}
+
+/// The slot's confirmed position and plugin, when it exists.
+async fn slot_info(
+    client: &mut ReplicationClient,
+    slot: &str,
+) -> Result<Option<(Lsn, String)>, RunError> {
+    let row = client
+        .connection()
+        .query_one(&format!(
+            "SELECT confirmed_flush_lsn, plugin FROM pg_replication_slots WHERE slot_name = {}",
+            quote_literal(slot)
+        ))
+        .await?;
+    Ok(row.map(|row| {
+        (
+            row.get(0)
+                .and_then(|lsn| lsn.parse().ok())
+                .unwrap_or(Lsn::ZERO),
+            row.get(1).unwrap_or_default().to_owned(),
+        )
+    }))
+}
+
+/// Runs a LOG_BASED pipeline.
+pub(crate) async fn run(
+    config: &PipelineConfig,
+    metrics: Arc<Metrics>,
+    control: RunControl,
+) -> Result<RunSummary, RunError> {
+    let prepared = prepare(config, false).await?;
+    for task in &prepared.tasks {
+        if task.table.kind.is_view() {
+            return Err(RunError::Unsupported(format!(
+                "{} is a view: views have no changes to stream\nHINT: copy views with replication_method FULL_TABLE in a pipeline of their own",
+                task.table.qualified_name()
+            )));
+        }
+    }
+    let tables: HashMap<(String, String), CdcTable> = prepared
+        .tasks
+        .iter()
+        .map(|task| {
+            (
+                (task.table.schema.clone(), task.table.name.clone()),
+                CdcTable {
+                    plan: task.plan.clone(),
+                    collection: Arc::clone(&task.target.collection),
+                },
+            )
+        })
+        .collect();
+    let add_tables: Vec<String> = prepared
+        .tasks
+        .iter()
+        .map(|task| {
+            format!(
+                "{}.{}",
+                escape_table_name(&task.table.schema),
+                escape_table_name(&task.table.name)
+            )
+        })
+        .collect();
+    let client = prepared.client.clone();
+    let (wait_for_sync, batch_size_rows, max_retries, flush_after) = match &config.destination {
+        DestinationConfig::Gdn(gdn) => (
+            gdn.wait_for_sync,
+            gdn.batch_size_rows,
+            gdn.max_retries,
+            gdn.batch_flush_interval.min(Duration::from_millis(100)),
+        ),
+        DestinationConfig::Null => (false, 1000, 1, Duration::from_millis(100)),
+    };
+
+    let slot = config.source.replication_slot.clone();
+    let file = state_file(config);
+    let options = config.source.connect_options();
+    let mut replication = ReplicationClient::connect(&options).await?;
+    let existing = slot_info(&mut replication, &slot).await?;
+    if let Some((_, plugin)) = &existing {
+        if plugin != "wal2json" {
+            return Err(RunError::Unsupported(format!(
+                "replication slot {slot:?} uses the output plugin {plugin:?}, not wal2json\nHINT: set \"replication_slot\" to another name, or drop it: SELECT pg_drop_replication_slot({});",
+                quote_literal(&slot)
+            )));
+        }
+    }
+    let stored = file.load()?.filter(|state| state.slot == slot);
+
+    let (state, copy) = match (existing, stored) {
+        (Some(_), Some(state)) if state.snapshot_done => (state, None),
+        (None, _) => {
+            // A new slot: its exported snapshot is the copy's snapshot, held open by
+            // `replication` (idle) until the copy is done.
+            let created = replication
+                .create_logical_slot(&slot, "wal2json", SlotSnapshot::Export, false)
+                .await?;
+            let mut state = CdcState::new(&slot, created.consistent_point);
+            file.save(&state)?;
+            tracing::info!(%slot, consistent_point = %created.consistent_point, "created the replication slot; copying under its snapshot");
+            let copy = copy_step(config, prepared, &metrics, created.snapshot_name).await?;
+            state.snapshot_done = true;
+            file.save(&state)?;
+            (state, Some(copy))
+        }
+        (Some((confirmed, _)), stored) => {
+            // The slot exists but no finished copy is recorded: copy again under a fresh
+            // snapshot and replay from the slot's position (the resume rule).
+            let mut state = stored.unwrap_or_else(|| CdcState::new(&slot, confirmed));
+            state.lsn = state.lsn.max(confirmed);
+            tracing::info!(%slot, from = %state.lsn, "slot found without a finished copy: copying again, then replaying from the slot");
+            let copy = copy_step(config, prepared, &metrics, None).await?;
+            let after_copy: Lsn = replication
+                .connection()
+                .query_one("SELECT pg_current_wal_lsn()")
+                .await?
+                .and_then(|row| row.get(0).and_then(|lsn| lsn.parse().ok()))
+                .unwrap_or(Lsn::MAX);
+            state.replay_until = after_copy;
+            state.snapshot_done = true;
+            file.save(&state)?;
+            (state, Some(copy))
+        }
+    };
+
+    let stop_at = if control.once {
+        Some(replication.identify_system().await?.xlog_position)
+    } else {
+        None
+    };
+    let plugin_options = vec![
+        ("format-version".to_owned(), "2".to_owned()),
+        ("include-transaction".to_owned(), "true".to_owned()),
+        ("include-lsn".to_owned(), "true".to_owned()),
+        ("include-timestamp".to_owned(), "true".to_owned()),
+        ("add-tables".to_owned(), add_tables.join(",")),
+    ];
+    let stream = replication
+        .start_logical(&slot, state.lsn, &plugin_options, Duration::from_secs(10))
+        .await?;
+    let settings = CdcSettings {
+        flush_documents: batch_size_rows.max(1) * 8,
+        flush_bytes: 16 * 1024 * 1024,
+        flush_after,
+        batch_size_rows,
+        wait_for_sync,
+        max_retries,
+        stop_at,
+    };
+    let streaming = stream_changes(
+        stream,
+        &tables,
+        client.as_ref(),
+        &settings,
+        &file,
+        state,
+        control.shutdown,
+        &metrics,
+    )
+    .await
+    .map_err(|error| RunError::Cdc(Box::new(error)))?;
+    let load =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    let mut summary = copy.unwrap_or_else(|| RunSummary {
+        copy: Default::default(),
+        documents: 0,
+        bytes: 0,
+        retries: 0,
+        peak_rss_bytes: None,
+        streaming: None,
+    });
+    summary.documents = load(&metrics.ingested_documents);
+    summary.bytes = load(&metrics.ingested_bytes);
+    summary.retries = load(&metrics.retries);
+    summary.peak_rss_bytes = crate::pipeline::peak_rss_bytes();
+    summary.streaming = Some(streaming);
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_escaped_for_add_tables() {
+        assert_eq!(escape_table_name("plain"), "plain");
+        assert_eq!(escape_table_name("a b.c,d*e'f"), "a\\ b\\.c\\,d\\*e\\'f");
+    }
+}

@@ -1,0 +1,7 @@
+//! PostgreSQL as a source: the Singer catalog, the consistent snapshot copy, change data
+//! capture from a logical replication slot, and the durable bookmark.
+
+pub mod cdc;
+pub mod discover;
+pub mod snapshot;
+pub mod state;

@@ -1,0 +1,467 @@
+//! Consistent parallel table copy: every selected table read under one exported snapshot, in
+//! ctid-range chunks by several workers at once, largest tables first.
+//!
+//! The coordinator opens a `REPEATABLE READ READ ONLY` transaction and exports its snapshot
+//! (`pg_export_snapshot()`); each worker adopts it with `SET TRANSACTION SNAPSHOT`, so all of
+//! them see the database as of one instant. A chunk is `COPY (SELECT … WHERE ctid >= '(a,0)'
+//! AND ctid < '(b,0)') TO STDOUT (FORMAT binary)`: rows stream through the binary decoder
+//! into document batches and on to the writer without the table ever being held in memory.
+//! Page counts are read inside the snapshot, so every row the snapshot can see lies in a
+//! planned chunk; the last chunk of a table is open-ended all the same.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+
+use crate::decode::copy_binary::{CopyBinaryDecoder, CopyBinaryError};
+use crate::gdn::document::{DocumentError, DocumentPlan};
+use crate::gdn::writer::{BatchTarget, WriteError, Writer};
+use crate::pg::catalog::Table;
+use crate::pg::query::quote_literal;
+use crate::pg::{ConnectOptions, Connection, PgError};
+use crate::progress::CopyProgress;
+
+/// Smallest chunk, in 8 KiB pages (8 MiB): fewer round trips for small tables.
+const MIN_PAGES_PER_CHUNK: u64 = 1024;
+/// Largest chunk, in pages (256 MiB): bounds the work redone after an interruption.
+const MAX_PAGES_PER_CHUNK: u64 = 32 * 1024;
+
+/// Why the copy failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// PostgreSQL failed (with the table when one was being read).
+    #[error("{context}: {source}")]
+    Postgres {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: PgError,
+    },
+    /// The COPY stream could not be decoded.
+    #[error("reading {table}: {source}")]
+    Copy {
+        /// `schema.table`.
+        table: String,
+        /// The error.
+        source: CopyBinaryError,
+    },
+    /// A row could not become a document.
+    #[error(transparent)]
+    Document(#[from] DocumentError),
+    /// The destination failed.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+fn pg(context: impl Into<String>) -> impl FnOnce(PgError) -> SnapshotError {
+    let context = context.into();
+    move |source| SnapshotError::Postgres { context, source }
+}
+
+/// One unit of copy work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// Index into the table list.
+    pub table: usize,
+    /// First page (inclusive).
+    pub start_page: u64,
+    /// Page after the last one; `None` = to the end of the table.
+    pub end_page: Option<u64>,
+}
+
+/// Pages per chunk for a table of `pages` copied by `workers`: about four chunks per worker,
+/// within the bounds above.
+pub fn pages_per_chunk(pages: u64, workers: usize) -> u64 {
+    (pages / (workers.max(1) as u64 * 4)).clamp(MIN_PAGES_PER_CHUNK, MAX_PAGES_PER_CHUNK)
+}
+
+/// Splits `pages` into ranges of `per_chunk`; the last range is open-ended.
+pub fn plan_ranges(pages: u64, per_chunk: u64) -> Vec<(u64, Option<u64>)> {
+    let per_chunk = per_chunk.max(1);
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    loop {
+        let end = start + per_chunk;
+        if end >= pages {
+            ranges.push((start, None));
+            return ranges;
+        }
+        ranges.push((start, Some(end)));
+        start = end;
+    }
+}
+
+/// The `WHERE` clause of a chunk (`None` for a whole-table chunk).
+pub fn ctid_predicate(start_page: u64, end_page: Option<u64>) -> Option<String> {
+    match (start_page, end_page) {
+        (0, None) => None,
+        (start, None) => Some(format!("ctid >= '({start},0)'::tid")),
+        (start, Some(end)) => Some(format!(
+            "ctid >= '({start},0)'::tid AND ctid < '({end},0)'::tid"
+        )),
+    }
+}
+
+/// One table to copy and where its documents go.
+#[derive(Debug, Clone)]
+pub struct CopyTask {
+    /// The table from the catalog.
+    pub table: Table,
+    /// How rows become documents.
+    pub plan: DocumentPlan,
+    /// Where they are written.
+    pub target: BatchTarget,
+}
+
+/// Batch limits for the copy.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Documents per batch.
+    pub rows: usize,
+    /// Bytes per batch.
+    pub bytes: usize,
+}
+
+/// Rows copied per table, for progress and the summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableCopied {
+    /// `schema.table`.
+    pub table: String,
+    /// Rows read and handed to the writer.
+    pub rows: u64,
+    /// From the start of its first chunk to the end of its last (chunks overlap across workers).
+    pub elapsed: Duration,
+}
+
+/// What the copy did.
+#[derive(Debug, Clone, Default)]
+pub struct CopySummary {
+    /// Per table, in task order.
+    pub tables: Vec<TableCopied>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Copies `tasks` under one snapshot with `workers` connections.
+///
+/// With `snapshot = Some(name)` the caller already holds an exported snapshot (e.g. from
+/// `CREATE_REPLICATION_SLOT … (SNAPSHOT 'export')`) and keeps it alive until this returns;
+/// otherwise a coordinator transaction exports one for the duration of the copy.
+///
+/// Rows are counted into `progress` (one entry per task, in task order) as batches are made.
+pub async fn copy_tables(
+    options: &ConnectOptions,
+    tasks: Vec<CopyTask>,
+    workers: usize,
+    limits: BatchLimits,
+    writer: &Writer,
+    snapshot: Option<String>,
+    progress: Arc<CopyProgress>,
+) -> Result<CopySummary, SnapshotError> {
+    let started = Instant::now();
+    let mut coordinator = Connection::connect(options)
+        .await
+        .map_err(pg("connecting the snapshot coordinator"))?;
+    let snapshot = match snapshot {
+        Some(name) => {
+            coordinator
+                .execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await
+                .map_err(pg("starting the snapshot transaction"))?;
+            coordinator
+                .execute(&format!(
+                    "SET TRANSACTION SNAPSHOT {}",
+                    quote_literal(&name)
+                ))
+                .await
+                .map_err(pg("adopting the replication slot's snapshot"))?;
+            name
+        }
+        None => {
+            coordinator
+                .execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await
+                .map_err(pg("starting the snapshot transaction"))?;
+            coordinator
+                .query_one("SELECT pg_export_snapshot()")
+                .await
+                .map_err(pg("exporting a snapshot"))?
+                .and_then(|row| row.get(0).map(str::to_owned))
+                .ok_or_else(|| SnapshotError::Postgres {
+                    context: "exporting a snapshot".into(),
+                    source: PgError::protocol("exporting a snapshot", "no snapshot name returned"),
+                })?
+        }
+    };
+
+    // Plan chunks inside the snapshot, largest tables first.
+    let mut order: Vec<(usize, u64)> = Vec::with_capacity(tasks.len());
+    for (index, task) in tasks.iter().enumerate() {
+        let pages = if task.table.kind.is_view() {
+            0
+        } else {
+            let row = coordinator
+                .query_one(&format!(
+                    "SELECT pg_relation_size({}) / current_setting('block_size')::bigint",
+                    task.table.oid
+                ))
+                .await
+                .map_err(pg(format!("sizing {}", task.table.qualified_name())))?;
+            row.and_then(|row| row.get(0).and_then(|pages| pages.parse().ok()))
+                .unwrap_or(0)
+        };
+        order.push((index, pages));
+    }
+    order.sort_by_key(|(_, pages)| std::cmp::Reverse(*pages));
+    let mut chunks = VecDeque::new();
+    for (index, pages) in order {
+        if tasks[index].table.kind.is_view() {
+            chunks.push_back(Chunk {
+                table: index,
+                start_page: 0,
+                end_page: None,
+            });
+            continue;
+        }
+        for (start_page, end_page) in plan_ranges(pages, pages_per_chunk(pages, workers)) {
+            chunks.push_back(Chunk {
+                table: index,
+                start_page,
+                end_page,
+            });
+        }
+    }
+
+    let queue = Arc::new(Mutex::new(chunks));
+    let tasks = Arc::new(tasks);
+    let spans: Arc<Spans> = Arc::new(std::sync::Mutex::new(vec![None; tasks.len()]));
+    let mut handles = Vec::new();
+    for worker in 0..workers.max(1) {
+        let options = options.clone();
+        let queue = Arc::clone(&queue);
+        let tasks = Arc::clone(&tasks);
+        let progress = Arc::clone(&progress);
+        let spans = Arc::clone(&spans);
+        let writer = writer.clone();
+        let snapshot = snapshot.clone();
+        handles.push(tokio::spawn(async move {
+            let shared = Shared {
+                queue: &queue,
+                tasks: &tasks,
+                progress: &progress,
+                spans: &spans,
+            };
+            copy_worker(worker, &options, &snapshot, shared, limits, &writer).await
+        }));
+    }
+    let mut first_error = None;
+    for handle in handles {
+        let result = match handle.await {
+            Ok(result) => result,
+            Err(error) => Err(SnapshotError::Write(WriteError::Task(error.to_string()))),
+        };
+        if let Err(error) = result {
+            // Stop the other workers early: they take no new chunk once the queue is empty.
+            queue.lock().await.clear();
+            first_error.get_or_insert(error);
+        }
+    }
+    // The exporting transaction ends last, after every worker adopted and used its snapshot.
+    let _ = coordinator.execute("COMMIT").await;
+    coordinator.close().await;
+    if let Some(error) = first_error {
+        return Err(error);
+    }
+    let spans = spans.lock().map(|spans| spans.clone()).unwrap_or_default();
+    Ok(CopySummary {
+        tables: tasks
+            .iter()
+            .enumerate()
+            .map(|(index, task)| TableCopied {
+                table: task.target.table.to_string(),
+                rows: progress.rows(index),
+                elapsed: spans
+                    .get(index)
+                    .copied()
+                    .flatten()
+                    .map_or(Duration::ZERO, |(start, end)| end - start),
+            })
+            .collect(),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// What the workers share: the chunk queue, the tasks, and per-table counters.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    queue: &'a Mutex<VecDeque<Chunk>>,
+    tasks: &'a [CopyTask],
+    progress: &'a CopyProgress,
+    spans: &'a Spans,
+}
+
+/// Per table, the first chunk's start and the last chunk's end.
+type Spans = std::sync::Mutex<Vec<Option<(Instant, Instant)>>>;
+
+async fn copy_worker(
+    worker: usize,
+    options: &ConnectOptions,
+    snapshot: &str,
+    shared: Shared<'_>,
+    limits: BatchLimits,
+    writer: &Writer,
+) -> Result<(), SnapshotError> {
+    let mut connection = Connection::connect(options)
+        .await
+        .map_err(pg(format!("connecting copy worker {worker}")))?;
+    connection
+        .execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(pg("starting a copy transaction"))?;
+    connection
+        .execute(&format!(
+            "SET TRANSACTION SNAPSHOT {}",
+            quote_literal(snapshot)
+        ))
+        .await
+        .map_err(pg("adopting the exported snapshot"))?;
+    loop {
+        let Some(chunk) = shared.queue.lock().await.pop_front() else {
+            break;
+        };
+        let task = &shared.tasks[chunk.table];
+        let started = Instant::now();
+        copy_chunk(
+            &mut connection,
+            task,
+            &chunk,
+            limits,
+            writer,
+            shared.progress,
+        )
+        .await?;
+        if let Ok(mut spans) = shared.spans.lock() {
+            let span = spans[chunk.table].get_or_insert((started, started));
+            span.0 = span.0.min(started);
+            span.1 = span.1.max(Instant::now());
+        }
+    }
+    let _ = connection.execute("COMMIT").await;
+    connection.close().await;
+    Ok(())
+}
+
+/// A row that could not be decoded or encoded.
+enum RowError {
+    Copy(CopyBinaryError),
+    Document(DocumentError),
+}
+
+impl From<CopyBinaryError> for RowError {
+    fn from(error: CopyBinaryError) -> RowError {
+        RowError::Copy(error)
+    }
+}
+
+/// Copies one chunk and waits until every batch of it is written.
+async fn copy_chunk(
+    connection: &mut Connection,
+    task: &CopyTask,
+    chunk: &Chunk,
+    limits: BatchLimits,
+    writer: &Writer,
+    progress: &CopyProgress,
+) -> Result<(), SnapshotError> {
+    let metrics = writer.metrics();
+    let count = |rows: usize| {
+        progress.add(chunk.table, rows as u64);
+        metrics
+            .rows_read
+            .fetch_add(rows as u64, std::sync::atomic::Ordering::Relaxed);
+    };
+    let table = task.table.qualified_name();
+    let mut sql = format!("SELECT {} FROM {}", task.plan.select_list(), table);
+    if let Some(predicate) = ctid_predicate(chunk.start_page, chunk.end_page) {
+        sql.push_str(" WHERE ");
+        sql.push_str(&predicate);
+    }
+    let mut copy = connection
+        .copy_out(&format!("COPY ({sql}) TO STDOUT (FORMAT binary)"))
+        .await
+        .map_err(pg(format!("reading {table}")))?;
+    let mut decoder = CopyBinaryDecoder::new(task.plan.width());
+    // Size each batch's buffer like the previous one, so memory follows the real batch size.
+    let mut capacity = (64 * 1024).min(limits.bytes);
+    let mut batch = writer.batch(capacity);
+    let mut pending = Vec::new();
+    while let Some(data) = copy.next().await.map_err(pg(format!("reading {table}")))? {
+        // PostgreSQL sends one row per message: decode it straight into the batch.
+        decoder
+            .decode_chunk_with(data, |row| {
+                batch
+                    .push_with(|out| task.plan.encode(row, out))
+                    .map_err(RowError::Document)
+            })
+            .map_err(|error| match error {
+                RowError::Copy(source) => SnapshotError::Copy {
+                    table: table.clone(),
+                    source,
+                },
+                RowError::Document(error) => SnapshotError::Document(error),
+            })?;
+        if batch.len() >= limits.rows || batch.bytes() >= limits.bytes {
+            count(batch.len());
+            capacity = (batch.bytes() + batch.bytes() / 8).min(limits.bytes + 1024);
+            let full = std::mem::replace(&mut batch, writer.batch(capacity));
+            pending.push(writer.submit(task.target.clone(), full).await);
+        }
+    }
+    decoder.finish().map_err(|source| SnapshotError::Copy {
+        table: table.clone(),
+        source,
+    })?;
+    if !batch.is_empty() {
+        count(batch.len());
+        pending.push(writer.submit(task.target.clone(), batch).await);
+    }
+    for handle in pending {
+        handle
+            .await
+            .map_err(|error| WriteError::Task(error.to_string()))??;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_cover_every_page_and_end_open() {
+        assert_eq!(plan_ranges(0, 10), vec![(0, None)]);
+        assert_eq!(plan_ranges(10, 10), vec![(0, None)]);
+        assert_eq!(
+            plan_ranges(25, 10),
+            vec![(0, Some(10)), (10, Some(20)), (20, None)]
+        );
+    }
+
+    #[test]
+    fn chunk_sizes_stay_within_bounds() {
+        assert_eq!(pages_per_chunk(10, 4), MIN_PAGES_PER_CHUNK);
+        assert_eq!(pages_per_chunk(u64::MAX / 2, 1), MAX_PAGES_PER_CHUNK);
+        assert_eq!(pages_per_chunk(160_000, 4), 10_000);
+    }
+
+    #[test]
+    fn predicates_use_tid_ranges() {
+        assert_eq!(ctid_predicate(0, None), None);
+        assert_eq!(
+            ctid_predicate(10, Some(20)).unwrap(),
+            "ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid"
+        );
+        assert_eq!(ctid_predicate(20, None).unwrap(), "ctid >= '(20,0)'::tid");
+    }
+}

@@ -1,0 +1,165 @@
+//! The durable bookmark of a LOG_BASED pipeline: which slot, where its snapshot began, whether
+//! the snapshot copy finished, and the LSN up to which GDN durably holds every change.
+//!
+//! Written atomically (temporary file, fsync, rename, fsync of the directory), so a crash leaves
+//! either the old or the new state, never a torn one. The LSN written here is never ahead of
+//! what GDN has committed: it is the same watermark sent to PostgreSQL as the flush position.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::pg::Lsn;
+
+/// Why the state file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Reading or writing failed.
+    #[error("state file {path}: {source}\nHINT: check that the directory exists and is writable")]
+    Io {
+        /// The file.
+        path: String,
+        /// The reason.
+        source: std::io::Error,
+    },
+    /// The file is not a state this version understands.
+    #[error("state file {path} is not valid: {detail}\nHINT: move it away to start over (the run then re-copies the tables; nothing is lost)")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// A LOG_BASED pipeline's bookmark.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CdcState {
+    /// Format version of this file.
+    pub version: u32,
+    /// The replication slot.
+    pub slot: String,
+    /// Where the slot's snapshot was taken (streaming starts here after a copy).
+    pub consistent_point: Lsn,
+    /// Whether the table copy finished.
+    pub snapshot_done: bool,
+    /// Highest commit LSN durably applied in GDN (with everything before it).
+    pub lsn: Lsn,
+    /// Changes before this LSN may refer to documents the copy already saw deleted: a
+    /// "not found" on PATCH is expected for them (the resume rule), after it an error.
+    #[serde(default)]
+    pub replay_until: Lsn,
+}
+
+impl CdcState {
+    /// A fresh state for a slot whose snapshot starts at `consistent_point`.
+    pub fn new(slot: &str, consistent_point: Lsn) -> CdcState {
+        CdcState {
+            version: 1,
+            slot: slot.to_owned(),
+            consistent_point,
+            snapshot_done: false,
+            lsn: consistent_point,
+            replay_until: Lsn::ZERO,
+        }
+    }
+}
+
+/// Where the state lives.
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    /// The state at `path` (which need not exist yet).
+    pub fn new(path: impl Into<PathBuf>) -> StateFile {
+        StateFile { path: path.into() }
+    }
+
+    /// The path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io(&self) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+        move |source| StateError::Io {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Reads the state; `None` when there is none yet.
+    pub fn load(&self) -> Result<Option<CdcState>, StateError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(self.io()(error)),
+        };
+        let state: CdcState = serde_json::from_str(&text).map_err(|error| StateError::Invalid {
+            path: self.path.display().to_string(),
+            detail: error.to_string(),
+        })?;
+        if state.version != 1 {
+            return Err(StateError::Invalid {
+                path: self.path.display().to_string(),
+                detail: format!("version {} is not supported", state.version),
+            });
+        }
+        Ok(Some(state))
+    }
+
+    /// Replaces the state atomically and durably.
+    pub fn save(&self, state: &CdcState) -> Result<(), StateError> {
+        let text = serde_json::to_vec_pretty(state).map_err(|error| StateError::Invalid {
+            path: self.path.display().to_string(),
+            detail: error.to_string(),
+        })?;
+        let mut temporary = self.path.clone().into_os_string();
+        temporary.push(".tmp");
+        let temporary = PathBuf::from(temporary);
+        {
+            let mut file = std::fs::File::create(&temporary).map_err(self.io())?;
+            file.write_all(&text).map_err(self.io())?;
+            file.sync_all().map_err(self.io())?;
+        }
+        std::fs::rename(&temporary, &self.path).map_err(self.io())?;
+        let directory = match self.path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if let Ok(directory) = std::fs::File::open(directory) {
+            let _ = directory.sync_all();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_and_loads_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::new(dir.path().join("state.json"));
+        assert_eq!(file.load().unwrap(), None);
+        let mut state = CdcState::new("macrometa_shop", "0/16B3748".parse().unwrap());
+        file.save(&state).unwrap();
+        state.snapshot_done = true;
+        state.lsn = "0/16B3800".parse().unwrap();
+        file.save(&state).unwrap();
+        assert_eq!(file.load().unwrap(), Some(state));
+        assert!(!dir.path().join("state.json.tmp").exists());
+    }
+
+    #[test]
+    fn a_damaged_file_says_how_to_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, "{not json").unwrap();
+        let error = StateFile::new(&path).load().unwrap_err().to_string();
+        assert!(error.contains("move it away"), "{error}");
+    }
+}

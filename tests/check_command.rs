@@ -1,0 +1,169 @@
+//! `pgferry check` as users run it: the real binary, a config file with the old tap's keys,
+//! a private cluster, and the exit code and report they get.
+
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+
+use support::PgCluster;
+
+fn write_config(dir: &Path, config: serde_json::Value) -> std::path::PathBuf {
+    let path = dir.join("config.json");
+    std::fs::write(&path, config.to_string()).expect("write config");
+    path
+}
+
+fn source_config(cluster: &PgCluster, user: &str) -> serde_json::Value {
+    serde_json::json!({
+        "host": "127.0.0.1",
+        "port": cluster.port(),
+        "user": user,
+        "password": "unused-with-trust",
+        "dbname": "postgres",
+        "replication_method": "LOG_BASED",
+        "sslmode": "disable"
+    })
+}
+
+fn pgferry_check(config: &Path, extra: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pgferry"))
+        .arg("check")
+        .arg("-c")
+        .arg(config)
+        .args(extra)
+        .output()
+        .expect("run pgferry")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn a_good_cluster_passes_every_check() {
+    let cluster = PgCluster::start_default();
+    cluster.require_wal2json();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), source_config(&cluster, "postgres"));
+    let output = pgferry_check(&config, &[]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "exit 0 expected:\n{text}");
+    for name in [
+        "connection",
+        "server_version",
+        "primary",
+        "wal_level",
+        "max_replication_slots",
+        "max_wal_senders",
+        "replication_privilege",
+        "wal2json",
+        "replication_slot",
+    ] {
+        assert!(
+            text.contains(&format!("✓ {name}:")),
+            "{name} passes:\n{text}"
+        );
+    }
+    assert!(!text.contains('✗'), "nothing fails:\n{text}");
+    assert!(text.contains("all checks passed"));
+    assert!(
+        text.contains("macrometa_postgres"),
+        "the default slot name is reported:\n{text}"
+    );
+    assert_eq!(
+        cluster.psql("SELECT count(*) FROM pg_replication_slots"),
+        "0",
+        "the wal2json probe leaves no slot behind"
+    );
+}
+
+#[test]
+fn wal_level_replica_fails_that_check_and_prints_the_fix() {
+    let cluster = PgCluster::builder().setting("wal_level", "replica").start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), source_config(&cluster, "postgres"));
+
+    let output = pgferry_check(&config, &[]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "exit 1 expected:\n{text}");
+    assert!(text.contains("✗ wal_level:"), "wal_level fails:\n{text}");
+    assert!(
+        text.contains("wal_level = logical"),
+        "the postgresql.conf line to set:\n{text}"
+    );
+    assert!(text.contains("✓ connection:"), "{text}");
+
+    let output = pgferry_check(&config, &["--format", "json"]);
+    assert_eq!(output.status.code(), Some(1));
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("--format json prints JSON");
+    assert_eq!(report["ok"], false);
+    let wal_level = report["checks"]
+        .as_array()
+        .expect("checks array")
+        .iter()
+        .find(|check| check["name"] == "wal_level")
+        .expect("a wal_level check");
+    assert_eq!(wal_level["status"], "fail");
+    assert!(wal_level["fix"]
+        .as_str()
+        .expect("a fix")
+        .contains("wal_level = logical"));
+}
+
+#[test]
+fn a_role_without_replication_gets_the_alter_role_fix() {
+    let cluster = PgCluster::start_default();
+    cluster.psql("CREATE ROLE reader LOGIN");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), source_config(&cluster, "reader"));
+    let output = pgferry_check(&config, &[]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("✗ replication_privilege:"), "{text}");
+    assert!(
+        text.contains("ALTER ROLE \"reader\" REPLICATION;"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unreachable_server_fails_the_connection_check_with_a_hint() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+        .port();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(
+        dir.path(),
+        serde_json::json!({"host": "127.0.0.1", "port": port, "user": "u", "password": "p", "dbname": "d"}),
+    );
+    let output = pgferry_check(&config, &[]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("✗ connection:"), "{text}");
+    assert!(
+        text.contains(&port.to_string()),
+        "names the address:\n{text}"
+    );
+}
+
+#[test]
+fn a_bad_config_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(
+        dir.path(),
+        serde_json::json!({"host": "127.0.0.1", "port": "not a port", "user": "u", "password": "hunter2-secret", "dbname": "d"}),
+    );
+    let output = pgferry_check(&config, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("port"), "names the key: {stderr}");
+    assert!(!stderr.contains("hunter2-secret"), "no secret: {stderr}");
+
+    let output = pgferry_check(&dir.path().join("missing.json"), &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("missing.json"), "names the file: {stderr}");
+}
