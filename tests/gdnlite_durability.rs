@@ -357,3 +357,126 @@ async fn command_line_flags_for_login_tenant_and_faults() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("reset_rate must be between 0 and 1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_log_is_compacted_at_startup_without_losing_documents_or_stream_payloads() {
+    let mut server = gdnlite_support::Server::start_with(|c| c.log_compaction_min_bytes = 1).await;
+    let http = Http::h2(&server.url());
+    http.call(Method::POST, &api("collection"), json!({"name": "g"}))
+        .await
+        .assert_ok(200);
+    http.call(
+        Method::POST,
+        &api("collection"),
+        json!({"name": "s", "stream": true}),
+    )
+    .await
+    .assert_ok(200);
+    // Every document of "g" is written six times: five of the six bodies become garbage.
+    for round in 0..6 {
+        let docs: Vec<Value> = (0..50)
+            .map(|i| json!({"_key": format!("d{i:02}"), "round": round, "pad": "p".repeat(300)}))
+            .collect();
+        http.call(
+            Method::POST,
+            &api("document/g?overwrite=true&waitForSync=true"),
+            Value::Array(docs),
+        )
+        .await
+        .assert_ok(201);
+    }
+    http.call(
+        Method::DELETE,
+        &api("document/g?waitForSync=true"),
+        json!(["d00", "d01"]),
+    )
+    .await
+    .assert_ok(200);
+    // Stream messages point into the log too, also at bodies the index no longer does.
+    for round in 0..2 {
+        http.call(
+            Method::POST,
+            &api("document/s?overwrite=true&waitForSync=true"),
+            json!([{"_key": "a", "round": round}, {"_key": "b", "round": round}]),
+        )
+        .await
+        .assert_ok(201);
+    }
+    let before = std::fs::metadata(server.dir.path().join("documents.log"))
+        .expect("log")
+        .len();
+    server.restart().await;
+    let after = std::fs::metadata(server.dir.path().join("documents.1.log"))
+        .expect("compacted log")
+        .len();
+    assert!(
+        !server.dir.path().join("documents.log").exists(),
+        "the old generation is deleted"
+    );
+    assert!(
+        after * 3 < before,
+        "compaction drops the garbage: {before} -> {after}"
+    );
+    let http = Http::h1(&server.url());
+    let keys = all_keys(&http, "g").await;
+    assert_eq!(keys.len(), 48);
+    let d = http
+        .call(Method::GET, &api("document/g/d07"), Value::Null)
+        .await;
+    assert_eq!(
+        (
+            d.json["round"].clone(),
+            d.json["pad"].as_str().map(str::len)
+        ),
+        (json!(5), Some(300))
+    );
+    // Stream messages kept their payloads through the move.
+    let mut ws = consume(&server.url(), "s", "sub", &format!("apikey {KEY}"))
+        .await
+        .expect("consumer");
+    for (op, key, round) in [
+        ("INSERT", "a", 0),
+        ("INSERT", "b", 0),
+        ("UPDATE", "a", 1),
+        ("UPDATE", "b", 1),
+    ] {
+        let m = next_message(&mut ws).await;
+        assert_eq!(
+            (
+                m.op.as_str(),
+                m.doc["_key"].as_str(),
+                m.doc["round"].as_i64()
+            ),
+            (op, Some(key), Some(round))
+        );
+    }
+    close(ws).await;
+    // Writes after compaction go to the new generation and survive another restart.
+    http.call(
+        Method::POST,
+        &api("document/g?waitForSync=true"),
+        json!({"_key": "new", "v": 1}),
+    )
+    .await
+    .assert_ok(201);
+    server.restart().await;
+    let http = Http::h1(&server.url());
+    assert_eq!(
+        http.call(Method::GET, &api("document/g/new"), Value::Null)
+            .await
+            .json["v"],
+        1
+    );
+    assert_eq!(
+        http.call(Method::GET, &api("document/g/d49"), Value::Null)
+            .await
+            .json["round"],
+        5
+    );
+    assert_eq!(
+        http.call(Method::GET, &api("document/s/a"), Value::Null)
+            .await
+            .json["round"],
+        1
+    );
+}

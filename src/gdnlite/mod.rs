@@ -3,12 +3,13 @@
 //! It serves the subset of the GDN API that pyC8 and the old connectors call
 //! (`reference/gdn-client-surface.md`): collections, documents, query cursors over a full
 //! collection scan, collection change streams over the Pulsar WebSocket API, API-key and JWT
-//! authentication. Storage is redb: a `201` means the write is fsynced, a `202` that it is
-//! applied but may be lost by a crash. Numbers are stored as GDN stores them (i64 or f64).
+//! authentication. Storage is redb plus an append-only document log (`doclog`): a `201` means
+//! the write is fsynced, a `202` that it is applied but may be lost by a crash. Numbers are stored as GDN stores them (i64 or f64).
 //! Faults (latency, 5xx/429, connection resets, per-document errors) can be injected.
 
 pub mod auth;
 pub mod collections;
+pub mod compact;
 pub mod cursor;
 pub mod doclog;
 pub mod documents;
@@ -39,6 +40,9 @@ use crate::secret::Secret;
 pub use error::{ApiError, GdnLiteError};
 pub use faults::FaultConfig;
 
+/// Default size from which the document log is compacted at startup (64 MiB).
+pub const DEFAULT_LOG_COMPACTION_MIN_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Default request body limit (64 MiB), answered with 413 beyond.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
@@ -61,6 +65,9 @@ pub struct GdnLiteConfig {
     pub faults: FaultConfig,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// At startup the document log is compacted when it is at least this long and more than
+    /// half of it is replaced or deleted bodies.
+    pub log_compaction_min_bytes: u64,
 }
 
 impl GdnLiteConfig {
@@ -75,6 +82,7 @@ impl GdnLiteConfig {
             login: None,
             faults: FaultConfig::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            log_compaction_min_bytes: DEFAULT_LOG_COMPACTION_MIN_BYTES,
         }
     }
 }
@@ -153,7 +161,8 @@ impl GdnLite {
             return Err(GdnLiteError::Config("the API key must not be empty".into()));
         }
         let data_dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || store::Store::open(&data_dir))
+        let compaction = config.log_compaction_min_bytes;
+        let store = tokio::task::spawn_blocking(move || store::Store::open(&data_dir, compaction))
             .await
             .map_err(|e| GdnLiteError::Config(format!("the storage task failed: {e}")))??;
         let listener =

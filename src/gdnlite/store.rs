@@ -1,11 +1,14 @@
-//! Storage on redb and the group-commit writer.
+//! Storage (redb for the index and metadata, the document log for bodies) and the
+//! group-commit writer.
 //!
 //! Every write goes through one writer thread. It takes all the writes queued at that moment,
-//! applies them in arrival order in one redb transaction, commits once (durably when any of them
-//! asked for `waitForSync`) and then answers all of them, so concurrent requests share the fsync.
-//! Change-stream messages are written in the same transaction as the documents they describe,
-//! so the stream holds exactly the committed changes, in commit order.
-//! Reads use redb's MVCC read transactions and never wait for the writer.
+//! applies them in arrival order in one redb transaction (appending document bodies to the
+//! log), writes the log, fsyncs it when any of them asked for `waitForSync`, commits the redb
+//! transaction once (durably in that case) and then answers all of them, so concurrent requests
+//! share the fsyncs. Change-stream messages are written in the same transaction as the index
+//! entries they describe, so the stream holds exactly the committed changes, in commit order.
+//! Reads use redb's MVCC read transactions plus positional log reads and never wait for the
+//! writer.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -73,6 +76,9 @@ pub fn message_key(stream: &str, seq: u64) -> Vec<u8> {
     buf.extend_from_slice(&seq.to_be_bytes());
     buf
 }
+
+/// Most document bytes folded into one transaction (bounds the writer's memory).
+const MAX_GROUP_BYTES: usize = 64 * 1024 * 1024;
 
 /// Most writes folded into one transaction.
 const MAX_GROUP: usize = 512;
@@ -176,6 +182,23 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
+impl Job {
+    /// Bytes of document bodies this job appends (for the group size limit).
+    fn body_bytes(&self) -> usize {
+        match &self.op {
+            Op::Documents(batch, _) => batch
+                .items
+                .iter()
+                .map(|item| match item {
+                    DocItem::Ready(p) => p.body.len(),
+                    DocItem::Failed(..) => 0,
+                })
+                .sum(),
+            _ => 0,
+        }
+    }
+}
+
 /// The database, the writer queue and the commit counter streams wait on.
 #[derive(Debug)]
 pub struct Store {
@@ -190,7 +213,7 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) `data_dir/gdnlite.redb` and `data_dir/documents.log` and starts the
     /// writer thread.
-    pub fn open(data_dir: &Path) -> Result<Store, GdnLiteError> {
+    pub fn open(data_dir: &Path, compaction_min_bytes: u64) -> Result<Store, GdnLiteError> {
         std::fs::create_dir_all(data_dir).map_err(|source| GdnLiteError::DataDir {
             path: data_dir.to_path_buf(),
             source,
@@ -244,12 +267,8 @@ impl Store {
             }
             txn.commit().map_err(|e| storage(e.to_string()))?;
         }
-        let (log, log_end) = DocLog::open(&data_dir.join("documents.log")).map_err(|source| {
-            GdnLiteError::DataDir {
-                path: data_dir.to_path_buf(),
-                source,
-            }
-        })?;
+        let (log, log_end) = super::compact::open_log(&db, data_dir, compaction_min_bytes)
+            .map_err(|detail| storage(format!("document log: {detail}")))?;
         let log = Arc::new(log);
         let db = Arc::new(db);
         let clock = Arc::new(AtomicU64::new(clock_start));
@@ -582,10 +601,14 @@ impl Writer {
             let Some(first) = receiver.blocking_recv() else {
                 break;
             };
+            let mut bytes = first.body_bytes();
             let mut jobs = vec![first];
-            while jobs.len() < MAX_GROUP {
+            while jobs.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
                 match receiver.try_recv() {
-                    Ok(job) => jobs.push(job),
+                    Ok(job) => {
+                        bytes += job.body_bytes();
+                        jobs.push(job);
+                    }
                     Err(_) => break,
                 }
             }
