@@ -14,4 +14,6 @@ pub mod gdnlite;
 pub mod pg;
 pub mod pipeline;
 pub mod secret;
+pub mod singer;
 pub mod source;
+pub mod target;

@@ -1,0 +1,352 @@
+//! The target's loop: read lines, buffer records per stream, load on size, SCHEMA, timer and
+//! end of input, and release STATE once what precedes it is committed.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+use crate::pg::Connection;
+use crate::singer::{parse_line, LineReader, Message, SchemaMessage};
+use crate::target::batch::StreamBatch;
+use crate::target::config::TargetConfig;
+use crate::target::error::{LoadError, TargetError};
+use crate::target::load::{load_batch, prepare_table, TableState};
+use crate::target::naming::target_table;
+use crate::target::schema::StreamSchema;
+use crate::target::state::StateTracker;
+
+/// What a run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// RECORD messages read.
+    pub records: u64,
+    /// Rows loaded (after deduplication by key).
+    pub rows: u64,
+    /// Batches committed.
+    pub batches: u64,
+    /// STATE lines written.
+    pub states: u64,
+}
+
+struct Stream {
+    schema: StreamSchema,
+    table: TableState,
+    batch: StreamBatch,
+}
+
+struct Target<'a> {
+    config: &'a TargetConfig,
+    connection: Connection,
+    streams: HashMap<String, Stream>,
+    states: StateTracker,
+    output: &'a mut (dyn Write + Send),
+    summary: Summary,
+    staging_tables: usize,
+    last_flush: Instant,
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for `_sdc_batched_at`.
+pub(crate) fn utc_timestamp(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let seconds = since.as_secs();
+    let days = (seconds / 86_400) as i64;
+    let rest = seconds % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since.subsec_micros()
+    )
+}
+
+impl Target<'_> {
+    fn oldest_pending(&self) -> Option<u64> {
+        self.streams
+            .values()
+            .filter_map(|stream| stream.batch.first_seq())
+            .min()
+    }
+
+    fn pending(&self) -> bool {
+        self.streams.values().any(|stream| !stream.batch.is_empty())
+    }
+
+    fn release_states(&mut self) -> Result<(), TargetError> {
+        if let Some(value) = self.states.release(self.oldest_pending()) {
+            self.output
+                .write_all(value.as_bytes())
+                .and_then(|()| self.output.write_all(b"\n"))
+                .and_then(|()| self.output.flush())
+                .map_err(TargetError::Output)?;
+            self.summary.states += 1;
+        }
+        Ok(())
+    }
+
+    async fn flush_stream(&mut self, name: &str) -> Result<(), TargetError> {
+        let Some(stream) = self.streams.get_mut(name) else {
+            return Ok(());
+        };
+        if stream.batch.is_empty() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        match load_batch(
+            &mut self.connection,
+            &stream.table,
+            &stream.batch,
+            self.config.hard_delete,
+        )
+        .await
+        {
+            Ok(rows) => {
+                tracing::debug!(stream = name, table = %stream.table.name, rows, elapsed_ms = started.elapsed().as_millis() as u64, "batch committed");
+                self.summary.rows += rows;
+                self.summary.batches += 1;
+                stream.batch.clear();
+            }
+            Err(failure) => {
+                let line = failure
+                    .row
+                    .and_then(|row| stream.batch.rows().nth(row))
+                    .map(|row| row.line);
+                let column = failure.column.map(|column| {
+                    stream
+                        .schema
+                        .columns
+                        .iter()
+                        .find(|candidate| candidate.name == column)
+                        .map_or(column, |found| found.property.clone())
+                });
+                return Err(TargetError::Load(Box::new(LoadError {
+                    line,
+                    stream: name.to_owned(),
+                    table: stream.table.name.clone(),
+                    column,
+                    lines: stream.batch.line_range(),
+                    source: failure.error,
+                })));
+            }
+        }
+        self.last_flush = Instant::now();
+        self.release_states()
+    }
+
+    async fn flush_all(&mut self) -> Result<(), TargetError> {
+        let mut names: Vec<(u64, String)> = self
+            .streams
+            .iter()
+            .filter_map(|(name, stream)| stream.batch.first_seq().map(|seq| (seq, name.clone())))
+            .collect();
+        names.sort_unstable();
+        for (_, name) in names {
+            self.flush_stream(&name).await?;
+        }
+        self.last_flush = Instant::now();
+        self.release_states()
+    }
+
+    async fn on_schema(&mut self, message: SchemaMessage, line: u64) -> Result<(), TargetError> {
+        if self
+            .streams
+            .get(&message.stream)
+            .is_some_and(|stream| !stream.batch.is_empty())
+        {
+            if self.config.flush_all_streams {
+                self.flush_all().await?;
+            } else {
+                self.flush_stream(&message.stream).await?;
+            }
+        }
+        if message.key_properties.is_empty() && self.config.primary_key_required {
+            return Err(TargetError::NoKey {
+                line,
+                stream: message.stream,
+            });
+        }
+        let metadata = self.config.add_metadata_columns || self.config.hard_delete;
+        let schema = StreamSchema::new(
+            &message.schema,
+            &message.property_order,
+            &message.key_properties,
+            metadata,
+        )
+        .map_err(|source| TargetError::Schema {
+            line,
+            stream: message.stream.clone(),
+            source,
+        })?;
+        let name = target_table(&message.stream, self.config);
+        if let Some(stream) = self.streams.get(&message.stream) {
+            if stream.schema == schema && stream.table.name == name {
+                return Ok(());
+            }
+        }
+        let staging = match self.streams.get(&message.stream) {
+            Some(stream) => stream.table.staging.clone(),
+            None => {
+                self.staging_tables += 1;
+                format!("pgferry_stage_{}", self.staging_tables)
+            }
+        };
+        let table = prepare_table(
+            &mut self.connection,
+            &schema,
+            &name,
+            self.config.schema_evolution,
+            &staging,
+        )
+        .await
+        .map_err(|source| TargetError::Prepare {
+            line,
+            stream: message.stream.clone(),
+            table: name.clone(),
+            source: Box::new(source),
+        })?;
+        for change in &table.changes {
+            tracing::info!(stream = %message.stream, "{change}");
+        }
+        let batch = self
+            .streams
+            .remove(&message.stream)
+            .map(|stream| stream.batch)
+            .unwrap_or_default();
+        self.streams.insert(
+            message.stream,
+            Stream {
+                schema,
+                table,
+                batch,
+            },
+        );
+        Ok(())
+    }
+}
+
+/// Runs the target: Singer messages from `input`, STATE lines to `output`.
+pub async fn run<R: Read + Send + 'static>(
+    config: &TargetConfig,
+    input: R,
+    output: &mut (dyn Write + Send),
+) -> Result<Summary, TargetError> {
+    let connection = Connection::connect(&config.connection.connect_options())
+        .await
+        .map_err(TargetError::Connect)?;
+    let mut target = Target {
+        config,
+        connection,
+        streams: HashMap::new(),
+        states: StateTracker::default(),
+        output,
+        summary: Summary::default(),
+        staging_tables: 0,
+        last_flush: Instant::now(),
+    };
+    let flush_every = config
+        .batch_flush_interval
+        .max(config.batch_flush_min_time_gap)
+        .max(Duration::from_millis(1));
+    let mut reader = LineReader::spawn(input);
+    let mut records = 0u64;
+    loop {
+        let block = if target.pending() {
+            let deadline = target.last_flush + flush_every;
+            tokio::select! {
+                block = reader.next() => block,
+                () = tokio::time::sleep_until(deadline) => {
+                    target.flush_all().await?;
+                    continue;
+                }
+            }
+        } else {
+            reader.next().await
+        };
+        let Some(block) = block else { break };
+        let block = block?;
+        let batched_at = utc_timestamp(SystemTime::now());
+        for (line, text) in block.lines() {
+            match parse_line(text, line)? {
+                Message::Record(record) => {
+                    records += 1;
+                    let Some(stream) = target.streams.get_mut(record.stream.as_ref()) else {
+                        return Err(TargetError::RecordBeforeSchema {
+                            line,
+                            stream: record.stream.into_owned(),
+                        });
+                    };
+                    stream
+                        .batch
+                        .push(
+                            &stream.schema,
+                            &record,
+                            line,
+                            records,
+                            config.validate_records,
+                            &batched_at,
+                        )
+                        .map_err(|source| TargetError::Row {
+                            line,
+                            stream: record.stream.to_string(),
+                            source,
+                        })?;
+                    if stream.batch.received() >= config.batch_size_rows {
+                        if config.flush_all_streams {
+                            target.flush_all().await?;
+                        } else {
+                            target.flush_stream(record.stream.as_ref()).await?;
+                        }
+                    }
+                }
+                Message::Schema(schema) => target.on_schema(schema, line).await?,
+                Message::State(value) => {
+                    target.states.push(records, value.get().to_owned());
+                    if !target.pending() {
+                        target.release_states()?;
+                    }
+                }
+                Message::ActivateVersion { stream, version } => {
+                    tracing::info!(
+                        stream,
+                        version = version.map(|raw| raw.get()).unwrap_or("null"),
+                        "ACTIVATE_VERSION accepted: rows are upserted by key, so rows missing from the new version are kept (not deleted)"
+                    );
+                }
+            }
+        }
+        if target.pending() && target.last_flush.elapsed() >= flush_every {
+            target.flush_all().await?;
+        }
+    }
+    target.flush_all().await?;
+    target.summary.records = records;
+    let summary = target.summary.clone();
+    target.connection.close().await;
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_rfc3339() {
+        let time = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
+        assert_eq!(utc_timestamp(time), "2023-11-14T22:13:20.123456Z");
+        assert_eq!(utc_timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(utc_timestamp(leap), "2000-02-29T00:00:00.000000Z");
+    }
+}
