@@ -153,7 +153,9 @@ impl StreamBatch {
     }
 
     /// Encodes `record` (input line `line`, global sequence `seq`) as one COPY row of the
-    /// stream's columns. `batched_at` fills `_sdc_batched_at`.
+    /// stream's columns. `batched_at` fills `_sdc_batched_at`. With `keep_on_delete` (no
+    /// `hard_delete`), a delete replacing a pending row keeps that row's values where it has none.
+    #[allow(clippy::too_many_arguments)]
     pub fn push(
         &mut self,
         schema: &StreamSchema,
@@ -161,6 +163,7 @@ impl StreamBatch {
         line: u64,
         seq: u64,
         validate: bool,
+        keep_on_delete: bool,
         batched_at: &str,
     ) -> Result<(), RowError> {
         self.slots.clear();
@@ -193,13 +196,40 @@ impl StreamBatch {
         if !schema.key.is_empty() {
             let key: Box<[u8]> = self.key_scratch.as_slice().into();
             if let Some(previous) = self.by_key.insert(key, index) {
-                let row = &mut self.rows[previous];
-                row.live = false;
+                let row = self.rows[previous];
+                self.rows[previous].live = false;
                 self.live -= 1;
                 self.live_deletes -= usize::from(row.deleted);
+                if deleted && keep_on_delete {
+                    self.coalesce_last_row(row.start, row.end);
+                }
             }
         }
         Ok(())
+    }
+
+    /// Replaces the last row's NULL fields with the fields of the row at `start..end`: a
+    /// delete that carries only the key keeps the values of the row it follows, as the merge
+    /// does for rows already in the table.
+    fn coalesce_last_row(&mut self, start: usize, end: usize) {
+        let Some(last) = self.rows.last().copied() else {
+            return;
+        };
+        let mut merged = Vec::with_capacity(last.end - last.start + end - start);
+        let old = self.data[start..end.saturating_sub(1)].split(|&byte| byte == b'\t');
+        let new = self.data[last.start..last.end.saturating_sub(1)].split(|&byte| byte == b'\t');
+        for (index, (old, new)) in old.zip(new).enumerate() {
+            if index > 0 {
+                merged.push(b'\t');
+            }
+            merged.extend_from_slice(if new == b"\\N" { old } else { new });
+        }
+        merged.push(b'\n');
+        self.data.truncate(last.start);
+        self.data.extend_from_slice(&merged);
+        if let Some(row) = self.rows.last_mut() {
+            row.end = self.data.len();
+        }
     }
 
     fn encode(
@@ -311,7 +341,7 @@ mod tests {
         let Message::Record(record) = parse_line(text, line).unwrap() else {
             panic!("not a record")
         };
-        batch.push(&schema(), &record, line, line, false, "")
+        batch.push(&schema(), &record, line, line, false, true, "")
     }
 
     #[test]
@@ -353,7 +383,7 @@ mod tests {
             rows,
             vec![
                 ("1\tc\t\\N\n".to_owned(), 3, false),
-                ("2\t\\N\t2024-01-01T00:00:00Z\n".to_owned(), 4, true),
+                ("2\tb\\tc\t2024-01-01T00:00:00Z\n".to_owned(), 4, true),
             ]
         );
         assert_eq!(batch.line_range(), (1, 4));

@@ -295,6 +295,7 @@ pub async fn run<R: Read + Send + 'static>(
                             line,
                             records,
                             config.validate_records,
+                            !config.hard_delete,
                             &batched_at,
                         )
                         .map_err(|source| TargetError::Row {

@@ -1,0 +1,343 @@
+//! `pgferry target` end to end: the binary reads Singer messages on stdin and loads a private
+//! cluster; table contents are compared with psql output.
+
+mod support;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::{json, Value};
+use support::PgCluster;
+
+fn write_config(dir: &Path, cluster: &PgCluster, extra: Value) -> PathBuf {
+    let mut config = json!({
+        "host": "127.0.0.1", "port": cluster.port(), "user": "postgres",
+        "password": "unused", "dbname": "postgres", "sslmode": "disable"
+    });
+    if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+        config.extend(extra.clone());
+    }
+    let path = dir.join("target.json");
+    std::fs::write(&path, config.to_string()).expect("write config");
+    path
+}
+
+/// Runs `pgferry target -c config` with `input` on stdin.
+fn target(config: &Path, input: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgferry"))
+        .args(["target", "-c", config.to_str().unwrap_or_default()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run pgferry target");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_owned();
+    let writer = std::thread::spawn(move || {
+        // The target may stop early on bad input; a broken pipe is then expected.
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let output = child.wait_with_output().expect("wait for pgferry");
+    writer.join().expect("stdin writer");
+    output
+}
+
+fn run_ok(cluster: &PgCluster, extra: Value, input: &str) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), cluster, extra);
+    let output = target(&config, input);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "stderr:\n{stderr}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn run_failing(cluster: &PgCluster, extra: Value, input: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), cluster, extra);
+    let output = target(&config, input);
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn lines(messages: &[Value]) -> String {
+    messages
+        .iter()
+        .map(|message| format!("{message}\n"))
+        .collect()
+}
+
+fn schema(stream: &str, properties: Value, key: &[&str]) -> Value {
+    json!({"type": "SCHEMA", "stream": stream, "schema": {"type": "object", "properties": properties}, "key_properties": key})
+}
+
+fn record(stream: &str, record: Value) -> Value {
+    json!({"type": "RECORD", "stream": stream, "record": record})
+}
+
+fn state(n: u64) -> Value {
+    json!({"type": "STATE", "value": {"bookmarks": {"n": n}}})
+}
+
+fn columns(cluster: &PgCluster, table: &str) -> String {
+    let (schema, table) = table.split_once('.').unwrap_or(("public", table));
+    cluster.psql(&format!(
+        "SELECT column_name || ' ' || pg_catalog.format_type(a.atttypid, a.atttypmod) \
+         FROM information_schema.columns c JOIN pg_attribute a ON a.attrelid = (quote_ident(c.table_schema) || '.' || quote_ident(c.table_name))::regclass AND a.attname = c.column_name \
+         WHERE table_schema = '{schema}' AND table_name = '{table}' ORDER BY ordinal_position"
+    ))
+}
+
+#[test]
+fn every_json_schema_type_with_nulls_and_nested_values_loads_exactly() {
+    let cluster = PgCluster::start_default();
+    // Raw lines: the property order and the number literals must reach pgferry as written.
+    let input = r#"{"type": "SCHEMA", "stream": "sales-Every.Type", "key_properties": ["id"], "schema": {"type": "object", "properties": {"id": {"type": ["integer"], "minimum": -2147483648, "maximum": 2147483647}, "small": {"type": ["null", "integer"], "minimum": -32768, "maximum": 32767}, "big": {"type": ["null", "integer"]}, "price": {"type": ["null", "number"], "multipleOf": 0.01}, "ratio": {"type": ["null", "number"]}, "flag": {"type": ["null", "boolean"]}, "happened_at": {"type": ["null", "string"], "format": "date-time"}, "day": {"type": ["null", "string"], "format": "date"}, "at": {"type": ["null", "string"], "format": "time"}, "doc": {"type": ["null", "object"]}, "tags": {"type": ["null", "array"], "items": {"type": "string"}}, "Name": {"type": ["null", "string"]}, "anything": {}}}}
+{"type": "RECORD", "stream": "sales-Every.Type", "record": {"id": 1, "small": -32768, "big": 9223372036854775807, "price": 12345678901234567890.12, "ratio": 0.1, "flag": true, "happened_at": "2024-03-01T12:30:00.123456+05:30", "day": "2024-02-29", "at": "23:59:59.5", "doc": {"a": {"b": [1, "two", null]}, "tab": "x\ty"}, "tags": ["x", "y\\z"], "Name": "line\nbreak", "anything": 42}}
+{"type": "RECORD", "stream": "sales-Every.Type", "record": {"id": 2}}
+{"type": "RECORD", "stream": "sales-Every.Type", "record": {"id": 3, "price": "0.29", "flag": false, "Name": "old", "anything": {"k": 1}}}
+{"type": "STATE", "value": {"bookmarks": {"n": 1}}}
+{"type": "RECORD", "stream": "sales-Every.Type", "record": {"id": 3, "price": 0.07, "flag": false, "Name": "new", "anything": "text"}}
+{"type": "STATE", "value": {"bookmarks": {"n": 2}}}
+"#;
+    // Several STATEs are released together after the final commit: only the latest is written.
+    let stdout = run_ok(&cluster, json!({}), input);
+    assert_eq!(stdout, "{\"bookmarks\": {\"n\": 2}}\n");
+    assert_eq!(
+        columns(&cluster, "sales.every_type"),
+        "id integer\nsmall smallint\nbig bigint\nprice numeric\nratio numeric\nflag boolean\n\
+         happened_at timestamp with time zone\nday date\nat time without time zone\ndoc jsonb\n\
+         tags jsonb\nname character varying\nanything character varying"
+    );
+    let rows = cluster.psql(
+        "SET TIME ZONE 'UTC'; SELECT id, small, big, price, ratio, flag, happened_at, day, at, doc, tags, name, anything \
+         FROM sales.every_type ORDER BY id",
+    );
+    assert_eq!(
+        rows,
+        [
+            r#"1|-32768|9223372036854775807|12345678901234567890.12|0.1|t|2024-03-01 07:00:00.123456+00|2024-02-29|23:59:59.5|{"a": {"b": [1, "two", null]}, "tab": "x\ty"}|["x", "y\\z"]|line"#,
+            "break|42",
+            "2||||||||||||",
+            "3|||0.07||f||||||new|text",
+        ]
+        .join("\n")
+    );
+    assert_eq!(
+        cluster.psql("SELECT count(*) FROM pg_constraint WHERE conrelid = 'sales.every_type'::regclass AND contype = 'p'"),
+        "1",
+        "the key becomes the primary key"
+    );
+}
+
+#[test]
+fn deletes_keep_their_time_without_hard_delete_and_remove_the_row_with_it() {
+    let cluster = PgCluster::start_default();
+    let properties = json!({
+        "id": {"type": "integer"},
+        "name": {"type": ["null", "string"]},
+        "_sdc_deleted_at": {"type": ["null", "string"], "format": "date-time"}
+    });
+    let messages = |stream: &str| {
+        lines(&[
+            schema(stream, properties.clone(), &["id"]),
+            record(
+                stream,
+                json!({"id": 1, "name": "one", "_sdc_deleted_at": null}),
+            ),
+            record(
+                stream,
+                json!({"id": 2, "name": "two", "_sdc_deleted_at": null}),
+            ),
+            record(
+                stream,
+                json!({"id": 3, "name": "three", "_sdc_deleted_at": null}),
+            ),
+            state(1),
+            record(
+                stream,
+                json!({"id": 2, "_sdc_deleted_at": "2024-05-01T10:00:00+00:00"}),
+            ),
+            // Inserted and deleted within one batch: the last record wins.
+            record(
+                stream,
+                json!({"id": 4, "name": "four", "_sdc_deleted_at": null}),
+            ),
+            record(
+                stream,
+                json!({"id": 4, "_sdc_deleted_at": "2024-05-01T11:00:00+00:00"}),
+            ),
+            // A key never seen before, deleted.
+            record(
+                stream,
+                json!({"id": 5, "_sdc_deleted_at": "2024-05-01T12:00:00+00:00"}),
+            ),
+            state(2),
+        ])
+    };
+    // batch_size_rows 3: the first three rows commit before the deletes arrive.
+    let stdout = run_ok(
+        &cluster,
+        json!({"batch_size_rows": 3}),
+        &messages("public-soft"),
+    );
+    assert_eq!(
+        stdout,
+        "{\"bookmarks\":{\"n\":1}}\n{\"bookmarks\":{\"n\":2}}\n"
+    );
+    assert_eq!(
+        cluster.psql("SET TIME ZONE 'UTC'; SELECT id, name, _sdc_deleted_at FROM soft ORDER BY id"),
+        "1|one|\n2|two|2024-05-01 10:00:00+00\n3|three|\n4|four|2024-05-01 11:00:00+00\n5||2024-05-01 12:00:00+00",
+        "without hard_delete a delete keeps the row and records the time"
+    );
+
+    let stdout = run_ok(
+        &cluster,
+        json!({"batch_size_rows": 3, "hard_delete": true}),
+        &messages("public-hard"),
+    );
+    assert_eq!(
+        stdout,
+        "{\"bookmarks\":{\"n\":1}}\n{\"bookmarks\":{\"n\":2}}\n"
+    );
+    assert_eq!(
+        cluster.psql("SELECT id, name, _sdc_deleted_at FROM hard ORDER BY id"),
+        "1|one|\n3|three|"
+    );
+    assert_eq!(
+        columns(&cluster, "public.hard"),
+        "_sdc_deleted_at timestamp with time zone\nid bigint\nname character varying\n\
+         _sdc_extracted_at timestamp with time zone\n_sdc_batched_at timestamp with time zone",
+        "hard_delete adds the metadata columns, as the old target did"
+    );
+}
+
+#[test]
+fn metadata_columns_carry_extraction_and_batch_times() {
+    let cluster = PgCluster::start_default();
+    let input = lines(&[
+        schema("public-meta", json!({"id": {"type": "integer"}}), &["id"]),
+        json!({"type": "RECORD", "stream": "public-meta", "record": {"id": 1}, "time_extracted": "2024-05-01T10:00:00.5Z"}),
+    ]);
+    run_ok(&cluster, json!({"add_metadata_columns": true}), &input);
+    assert_eq!(
+        cluster.psql(
+            "SET TIME ZONE 'UTC'; SELECT id, _sdc_extracted_at, _sdc_deleted_at, \
+             _sdc_batched_at BETWEEN now() - interval '5 minutes' AND now() FROM meta"
+        ),
+        "1|2024-05-01 10:00:00.5+00||t"
+    );
+}
+
+#[test]
+fn schema_changes_add_columns_and_rename_or_widen_changed_types() {
+    let cluster = PgCluster::start_default();
+    let first = json!({"id": {"type": "integer"}, "qty": {"type": ["null", "integer"], "minimum": 0, "maximum": 100}});
+    let second = json!({
+        "id": {"type": "integer"},
+        "qty": {"type": ["null", "string"]},
+        "note": {"type": ["null", "string"]}
+    });
+    let input = |stream: &str| {
+        lines(&[
+            schema(stream, first.clone(), &["id"]),
+            record(stream, json!({"id": 1, "qty": 5})),
+            state(1),
+            // A new SCHEMA with rows pending flushes them first.
+            schema(stream, second.clone(), &["id"]),
+            record(stream, json!({"id": 2, "qty": "many", "note": "n"})),
+            record(stream, json!({"id": 1, "qty": "six"})),
+            state(2),
+        ])
+    };
+    let stdout = run_ok(&cluster, json!({}), &input("public-renamed"));
+    assert_eq!(
+        stdout,
+        "{\"bookmarks\":{\"n\":1}}\n{\"bookmarks\":{\"n\":2}}\n"
+    );
+    let described = columns(&cluster, "public.renamed");
+    let described: Vec<&str> = described.lines().collect();
+    assert_eq!(described.len(), 4, "{described:?}");
+    assert_eq!(described[0], "id bigint");
+    let old = described[1];
+    assert!(
+        old.starts_with("qty_")
+            && old.ends_with(" smallint")
+            && old.len() == "qty_20240101_1200 smallint".len(),
+        "the old column is renamed to <col>_<YYYYMMDD_HHMM>: {old}"
+    );
+    // (json! sorts the properties: note comes before qty in this SCHEMA)
+    assert_eq!(
+        &described[2..],
+        ["note character varying", "qty character varying"]
+    );
+    assert_eq!(
+        cluster.psql("SELECT * FROM renamed ORDER BY id"),
+        "1|5||six\n2||n|many"
+    );
+
+    run_ok(
+        &cluster,
+        json!({"schema_evolution": "widen"}),
+        &input("public-widened"),
+    );
+    assert_eq!(
+        columns(&cluster, "public.widened"),
+        "id bigint\nqty character varying\nnote character varying"
+    );
+    assert_eq!(
+        cluster.psql("SELECT * FROM widened ORDER BY id"),
+        "1|six|\n2|many|n"
+    );
+}
+
+#[test]
+fn the_old_sources_output_loads_every_row_and_every_digit() {
+    let cluster = PgCluster::start_default();
+    let fixture = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/old_source_orders.singer"),
+    )
+    .expect("fixture");
+    let stdout = run_ok(&cluster, json!({"default_target_schema": "raw"}), &fixture);
+    let states: Vec<&str> = stdout.lines().collect();
+    assert_eq!(states.len(), 2, "{stdout}");
+    assert!(
+        states[0].contains("\"currently_syncing\": \"public-orders\""),
+        "{stdout}"
+    );
+    assert!(states[1].contains("\"lsn\": 23877000"), "{stdout}");
+    assert_eq!(
+        columns(&cluster, "raw.orders"),
+        "id integer\ncustomer character varying\namount numeric\nquantity smallint\npaid boolean\n\
+         created_at timestamp with time zone\nship_date timestamp with time zone\ndetails jsonb\n\
+         tags jsonb\nprice_tier character varying\n_sdc_deleted_at timestamp with time zone"
+    );
+    let rows = cluster.psql(
+        "SET TIME ZONE 'UTC'; SELECT id, customer, amount, quantity, paid, created_at, ship_date, details, tags, price_tier, _sdc_deleted_at FROM raw.orders ORDER BY id",
+    );
+    let expected = [
+        r#"1|customer 1|0.07|3|f|2024-05-01 10:11:00.123456+00|2024-06-01 00:00:00+00|{"note": "n1", "lines": [{"qty": 1, "sku": "S1"}]}|["a", "t1"]||"#,
+        r#"2|customer 2 (renamed)|0.29|7|t|2024-05-02 10:12:00.123456+00|||[]||"#,
+        r#"3|customer 3|1234.50|9|f|2024-05-03 10:13:00.123456+00|2024-06-03 00:00:00+00|{"note": "n3", "lines": [{"qty": 3, "sku": "S3"}]}|["a", "t3"]||2024-05-07 09:02:00+00"#,
+        r#"4|customer 4|99999999.99|12|t|2024-05-04 10:14:00.123456+00|2024-06-04 00:00:00+00|{"note": "n4", "lines": [{"qty": 4, "sku": "S4"}]}|["a", "t4"]|money $1,234.50|"#,
+        r#"5|customer 5|0.01|15|f|2024-05-05 10:15:00.123456+00|2024-06-05 00:00:00+00|{"note": "n5", "lines": [{"qty": 5, "sku": "S5"}]}|["a", "t5"]||"#,
+        r#"6|customer 6|-12.34|18|t|2024-05-06 10:16:00.123456+00|2024-06-06 00:00:00+00|{"note": "n6", "lines": [{"qty": 6, "sku": "S6"}]}|["a", "t6"]||"#,
+        r#"7|customer 7|0.29|2|f|9999-12-31 23:59:59.999+00|2024-07-07 00:00:00+00|{"a": [1, 2, {"b": null}]}|["x"]||"#,
+    ];
+    assert_eq!(rows, expected.join("\n"));
+
+    // With hard_delete the deleted order is gone and nothing else changes.
+    cluster.psql("DROP SCHEMA raw CASCADE");
+    run_ok(
+        &cluster,
+        json!({"default_target_schema": "raw", "hard_delete": true}),
+        &fixture,
+    );
+    assert_eq!(
+        cluster.psql("SELECT string_agg(id::text, ',' ORDER BY id), sum(amount) FROM raw.orders"),
+        "1,2,4,5,6,7|99999988.31"
+    );
+}
