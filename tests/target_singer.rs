@@ -341,3 +341,159 @@ fn the_old_sources_output_loads_every_row_and_every_digit() {
         "1,2,4,5,6,7|99999988.31"
     );
 }
+
+#[test]
+fn a_state_is_never_written_before_the_rows_before_it_are_committed() {
+    let cluster = PgCluster::start_default();
+    cluster.psql(
+        "CREATE TABLE public.checked (id bigint PRIMARY KEY, amount numeric CHECK (amount >= 0))",
+    );
+    let stream = "public-checked";
+    let properties = json!({"id": {"type": "integer"}, "amount": {"type": ["null", "number"]}});
+    let input = lines(&[
+        schema(stream, properties, &["id"]),
+        record(stream, json!({"id": 1, "amount": 1})),
+        record(stream, json!({"id": 2, "amount": 2})),
+        state(1),
+        record(stream, json!({"id": 3, "amount": -1})),
+        record(stream, json!({"id": 4, "amount": 4})),
+        state(2),
+    ]);
+    let (code, stdout, stderr) = run_failing(&cluster, json!({"batch_size_rows": 2}), &input);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        stdout, "{\"bookmarks\":{\"n\":1}}\n",
+        "only the committed STATE"
+    );
+    assert!(stderr.contains("stream \"public-checked\""), "{stderr}");
+    assert!(stderr.contains("public.checked"), "{stderr}");
+    assert!(stderr.contains("checked_amount_check"), "{stderr}");
+    assert!(
+        stderr.contains("input lines 5–6 was rolled back"),
+        "{stderr}"
+    );
+    assert_eq!(
+        cluster.psql("SELECT id, amount FROM checked ORDER BY id"),
+        "1|1\n2|2",
+        "the failed batch is not half-applied"
+    );
+}
+
+#[test]
+fn a_value_the_server_rejects_names_its_line_and_column_and_rolls_back() {
+    let cluster = PgCluster::start_default();
+    let stream = "public-days";
+    let properties =
+        json!({"id": {"type": "integer"}, "day": {"type": ["null", "string"], "format": "date"}});
+    let input = lines(&[
+        schema(stream, properties, &["id"]),
+        record(stream, json!({"id": 1, "day": "2024-02-29"})),
+        record(stream, json!({"id": 2, "day": "2024-13-45"})),
+        record(stream, json!({"id": 3, "day": "2024-03-01"})),
+        state(1),
+    ]);
+    let (code, stdout, stderr) = run_failing(&cluster, json!({}), &input);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stdout, "");
+    assert!(
+        stderr.contains("line 3: stream \"public-days\", column \"day\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2024-13-45"), "{stderr}");
+    assert_eq!(cluster.psql("SELECT count(*) FROM days"), "0");
+}
+
+#[test]
+fn bad_input_is_a_clear_error_with_line_stream_and_column() {
+    let cluster = PgCluster::start_default();
+    let key = json!({"id": {"type": "integer"}, "qty": {"type": ["null", "integer"]}});
+    let cases: Vec<(Value, String, &str)> = vec![
+        (
+            json!({}),
+            lines(&[record("public-early", json!({"id": 1}))]),
+            "line 1: RECORD for stream \"public-early\" before its SCHEMA",
+        ),
+        (
+            json!({}),
+            format!("{}this is not json\n", lines(&[schema("public-a", key.clone(), &["id"])])),
+            "line 2: not a JSON Singer message",
+        ),
+        (
+            json!({"validate_records": true}),
+            lines(&[
+                schema("public-v", key.clone(), &["id"]),
+                record("public-v", json!({"id": 1, "qty": "5"})),
+            ]),
+            "line 2: stream \"public-v\", column \"qty\": expected a value of the schema's types (null, integer), got \"5\"",
+        ),
+        (
+            json!({}),
+            lines(&[schema("public-nokey", key.clone(), &[])]),
+            "line 1: stream \"public-nokey\" has no key_properties, and primary_key_required is true",
+        ),
+        (
+            json!({}),
+            lines(&[
+                schema("public-n", key.clone(), &["id"]),
+                record("public-n", json!({"id": 1, "qty": 1})),
+                state(1),
+                record("public-n", json!({"id": 2, "qty": "abc"})),
+            ]),
+            "line 4: stream \"public-n\", column \"qty\": expected an integer, got \"abc\"",
+        ),
+        (
+            json!({}),
+            lines(&[
+                schema("public-k", key.clone(), &["id"]),
+                record("public-k", json!({"qty": 1})),
+            ]),
+            "line 2: stream \"public-k\", key column \"id\" is missing or null",
+        ),
+    ];
+    for (extra, input, expected) in cases {
+        let (code, stdout, stderr) = run_failing(&cluster, extra, &input);
+        assert_eq!(code, 1, "{expected}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in:\n{stderr}"
+        );
+        assert_eq!(stdout, "", "no STATE past a bad line: {expected}");
+    }
+    assert_eq!(
+        cluster.psql("SELECT count(*) FROM public.n"),
+        "0",
+        "the record before the bad one was pending, not half-loaded"
+    );
+
+    let (code, _, stderr) = run_failing(&cluster, json!({"hard_delet": true}), "");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("did you mean \"hard_delete\""), "{stderr}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), &cluster, json!({"port": 1}));
+    let output = target(&config, "");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("could not connect"));
+}
+
+#[test]
+fn keyless_streams_append_when_keys_are_not_required_and_validation_passes_decimals() {
+    let cluster = PgCluster::start_default();
+    let properties = json!({"note": {"type": ["null", "string"]}, "amount": {"type": ["null", "number"], "multipleOf": 0.01}});
+    let input = lines(&[
+        schema("public-log", properties, &[]),
+        record("public-log", json!({"note": "x", "amount": 0.07})),
+        record("public-log", json!({"note": "x", "amount": 0.29})),
+        state(1),
+    ]);
+    let stdout = run_ok(
+        &cluster,
+        json!({"primary_key_required": false, "validate_records": true}),
+        &input,
+    );
+    assert_eq!(stdout, "{\"bookmarks\":{\"n\":1}}\n");
+    assert_eq!(
+        cluster.psql("SELECT amount, note FROM log ORDER BY amount"),
+        "0.07|x\n0.29|x"
+    );
+}
