@@ -113,13 +113,15 @@ fn column_list(columns: &[String]) -> String {
 }
 
 /// Creates or evolves the table of a stream so it has every column of `schema` with a type
-/// that holds its values; (re)creates the session's staging table.
+/// that holds its values; creates the session's staging table (dropping the stream's previous
+/// one when `recreate_staging`).
 pub async fn prepare_table(
     connection: &mut Connection,
     schema: &StreamSchema,
     name: &TableName,
     evolution: SchemaEvolution,
     staging: &str,
+    recreate_staging: bool,
 ) -> Result<TableState, PgError> {
     let columns: Vec<String> = schema
         .columns
@@ -243,9 +245,14 @@ pub async fn prepare_table(
         .zip(&types)
         .map(|(column, sql_type)| format!("{} {sql_type}", quote_identifier(column)))
         .collect();
+    let drop = if recreate_staging {
+        format!("DROP TABLE IF EXISTS pg_temp.{staging}; ")
+    } else {
+        String::new()
+    };
     connection
         .execute(&format!(
-            "DROP TABLE IF EXISTS pg_temp.{staging}; CREATE TEMP TABLE {staging} ({}) ON COMMIT DELETE ROWS",
+            "{drop}CREATE TEMP TABLE {staging} ({}) ON COMMIT DELETE ROWS",
             definitions.join(", ")
         ))
         .await?;
@@ -401,24 +408,39 @@ pub fn merge_sql(table: &TableState, hard_delete: bool, has_deletes: bool) -> Ve
     statements
 }
 
-/// Loads the live rows of `batch` into `table` in one transaction.
+/// How a batch was loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadPath {
+    /// COPY straight into the table (no row of the batch was there yet, or no key).
+    Direct,
+    /// COPY into staging, then the merge statements.
+    Merged,
+    /// A direct COPY met an existing key and was rolled back to its savepoint; then merged.
+    DirectThenMerged,
+}
+
+/// Loads the live rows of `batch` into `table` in one transaction. With `try_direct`, a batch
+/// without deletes is first copied straight into the table under a savepoint: when none of its
+/// keys exist yet (an initial load) that is a plain COPY; a unique violation rolls back to the
+/// savepoint and the batch is merged through staging instead.
 pub async fn load_batch(
     connection: &mut Connection,
     table: &TableState,
     batch: &StreamBatch,
     hard_delete: bool,
-) -> Result<u64, LoadFailure> {
+    try_direct: bool,
+) -> Result<(u64, LoadPath), LoadFailure> {
     let fail = |error: PgError| LoadFailure {
         error,
         row: None,
         column: None,
     };
     connection.execute("BEGIN").await.map_err(fail)?;
-    let result = load_in_transaction(connection, table, batch, hard_delete).await;
+    let result = load_in_transaction(connection, table, batch, hard_delete, try_direct).await;
     match result {
-        Ok(rows) => {
+        Ok(done) => {
             connection.execute("COMMIT").await.map_err(fail)?;
-            Ok(rows)
+            Ok(done)
         }
         Err(failure) => {
             // The server has aborted the transaction; this only ends it.
@@ -428,44 +450,77 @@ pub async fn load_batch(
     }
 }
 
-async fn load_in_transaction(
+async fn copy_rows(
     connection: &mut Connection,
+    destination: &str,
     table: &TableState,
     batch: &StreamBatch,
-    hard_delete: bool,
 ) -> Result<u64, LoadFailure> {
-    let fail = |error: PgError| LoadFailure {
-        error,
-        row: None,
-        column: None,
-    };
-    let destination = match table.mode {
-        MergeMode::Append => table.name.quoted(),
-        _ => table.staging.clone(),
-    };
     let mut copy = connection
         .copy_in(&format!(
             "COPY {destination} ({}) FROM STDIN",
             column_list(&table.columns)
         ))
         .await
-        .map_err(fail)?;
+        .map_err(|error| LoadFailure {
+            error,
+            row: None,
+            column: None,
+        })?;
     for chunk in batch.chunks(COPY_CHUNK_BYTES) {
         if let Err(error) = copy.send(chunk).await {
-            return Err(fail(error));
+            return Err(LoadFailure {
+                error,
+                row: None,
+                column: None,
+            });
         }
     }
-    let copied = copy.finish().await.map_err(|error| {
+    copy.finish().await.map_err(|error| {
         let (row, column) = copy_position(&error);
         LoadFailure { error, row, column }
-    })?;
+    })
+}
+
+async fn load_in_transaction(
+    connection: &mut Connection,
+    table: &TableState,
+    batch: &StreamBatch,
+    hard_delete: bool,
+    try_direct: bool,
+) -> Result<(u64, LoadPath), LoadFailure> {
+    let fail = |error: PgError| LoadFailure {
+        error,
+        row: None,
+        column: None,
+    };
     if table.mode == MergeMode::Append {
-        return Ok(copied);
+        let copied = copy_rows(connection, &table.name.quoted(), table, batch).await?;
+        return Ok((copied, LoadPath::Direct));
     }
+    let mut path = LoadPath::Merged;
+    if try_direct && batch.live_deletes() == 0 {
+        connection
+            .execute("SAVEPOINT pgferry_direct")
+            .await
+            .map_err(fail)?;
+        match copy_rows(connection, &table.name.quoted(), table, batch).await {
+            Ok(copied) => return Ok((copied, LoadPath::Direct)),
+            Err(failure) if failure.error.code() == Some("23505") => {
+                connection
+                    .execute("ROLLBACK TO SAVEPOINT pgferry_direct")
+                    .await
+                    .map_err(fail)?;
+                path = LoadPath::DirectThenMerged;
+            }
+            Err(failure) => return Err(failure),
+        }
+    }
+    let copied = copy_rows(connection, &table.staging, table, batch).await?;
     for statement in merge_sql(table, hard_delete, batch.live_deletes() > 0) {
         connection.execute(&statement).await.map_err(fail)?;
     }
-    Ok(copied)
+    Ok((copied, path))
 }
 
 #[cfg(test)]

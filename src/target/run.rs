@@ -12,7 +12,7 @@ use crate::singer::{parse_line, LineReader, Message, SchemaMessage};
 use crate::target::batch::StreamBatch;
 use crate::target::config::TargetConfig;
 use crate::target::error::{LoadError, TargetError};
-use crate::target::load::{load_batch, prepare_table, TableState};
+use crate::target::load::{load_batch, prepare_table, LoadPath, TableState};
 use crate::target::naming::target_table;
 use crate::target::schema::StreamSchema;
 use crate::target::state::StateTracker;
@@ -34,7 +34,12 @@ struct Stream {
     schema: StreamSchema,
     table: TableState,
     batch: StreamBatch,
+    /// Batches to merge before trying a direct COPY again (after one met existing keys).
+    direct_backoff: u32,
 }
+
+/// Batches merged through staging after a direct COPY met an existing key.
+const DIRECT_BACKOFF_BATCHES: u32 = 8;
 
 struct Target<'a> {
     config: &'a TargetConfig,
@@ -104,16 +109,22 @@ impl Target<'_> {
             return Ok(());
         }
         let started = std::time::Instant::now();
+        let try_direct = stream.direct_backoff == 0;
+        stream.direct_backoff = stream.direct_backoff.saturating_sub(1);
         match load_batch(
             &mut self.connection,
             &stream.table,
             &stream.batch,
             self.config.hard_delete,
+            try_direct,
         )
         .await
         {
-            Ok(rows) => {
-                tracing::debug!(stream = name, table = %stream.table.name, rows, elapsed_ms = started.elapsed().as_millis() as u64, "batch committed");
+            Ok((rows, path)) => {
+                if path == LoadPath::DirectThenMerged {
+                    stream.direct_backoff = DIRECT_BACKOFF_BATCHES;
+                }
+                tracing::debug!(stream = name, table = %stream.table.name, rows, ?path, elapsed_ms = started.elapsed().as_millis() as u64, "batch committed");
                 self.summary.rows += rows;
                 self.summary.batches += 1;
                 stream.batch.clear();
@@ -195,11 +206,11 @@ impl Target<'_> {
                 return Ok(());
             }
         }
-        let staging = match self.streams.get(&message.stream) {
-            Some(stream) => stream.table.staging.clone(),
+        let (staging, recreate_staging) = match self.streams.get(&message.stream) {
+            Some(stream) => (stream.table.staging.clone(), true),
             None => {
                 self.staging_tables += 1;
-                format!("pgferry_stage_{}", self.staging_tables)
+                (format!("pgferry_stage_{}", self.staging_tables), false)
             }
         };
         let table = prepare_table(
@@ -208,6 +219,7 @@ impl Target<'_> {
             &name,
             self.config.schema_evolution,
             &staging,
+            recreate_staging,
         )
         .await
         .map_err(|source| TargetError::Prepare {
@@ -219,10 +231,10 @@ impl Target<'_> {
         for change in &table.changes {
             tracing::info!(stream = %message.stream, "{change}");
         }
-        let batch = self
+        let (batch, direct_backoff) = self
             .streams
             .remove(&message.stream)
-            .map(|stream| stream.batch)
+            .map(|stream| (stream.batch, stream.direct_backoff))
             .unwrap_or_default();
         self.streams.insert(
             message.stream,
@@ -230,6 +242,7 @@ impl Target<'_> {
                 schema,
                 table,
                 batch,
+                direct_backoff,
             },
         );
         Ok(())
@@ -242,7 +255,13 @@ pub async fn run<R: Read + Send + 'static>(
     input: R,
     output: &mut (dyn Write + Send),
 ) -> Result<Summary, TargetError> {
-    let connection = Connection::connect(&config.connection.connect_options())
+    let mut connection = Connection::connect(&config.connection.connect_options())
+        .await
+        .map_err(TargetError::Connect)?;
+    // Staging tables are temp tables: keep a batch of them in memory rather than in temp files
+    // (only settable before the session's first temp table).
+    connection
+        .execute("SET temp_buffers = '128MB'")
         .await
         .map_err(TargetError::Connect)?;
     let mut target = Target {
