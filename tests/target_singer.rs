@@ -497,3 +497,27 @@ fn keyless_streams_append_when_keys_are_not_required_and_validation_passes_decim
         "0.07|x\n0.29|x"
     );
 }
+
+#[test]
+fn a_state_waits_for_the_pending_rows_of_every_stream() {
+    let cluster = PgCluster::start_default();
+    cluster.psql("CREATE TABLE public.b (id bigint PRIMARY KEY, v bigint CHECK (v >= 0))");
+    let properties = json!({"id": {"type": "integer"}, "v": {"type": ["null", "integer"]}});
+    let input = lines(&[
+        schema("public-a", properties.clone(), &["id"]),
+        schema("public-b", properties, &["id"]),
+        record("public-a", json!({"id": 1, "v": 1})),
+        record("public-b", json!({"id": 1, "v": -1})),
+        // Stream a reaches batch_size_rows and commits; b's row (before the STATE) is pending.
+        record("public-a", json!({"id": 2, "v": 2})),
+        state(1),
+    ]);
+    let (code, stdout, stderr) = run_failing(&cluster, json!({"batch_size_rows": 2}), &input);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("line 4: stream \"public-b\""), "{stderr}");
+    assert_eq!(
+        stdout, "",
+        "stream b's row before the STATE never committed"
+    );
+    assert_eq!(cluster.psql("SELECT count(*) FROM a"), "2");
+}

@@ -73,6 +73,9 @@ pub enum TargetError {
     /// Loading a batch failed; it was rolled back.
     #[error(transparent)]
     Load(Box<LoadError>),
+    /// A bug: an internal task failed.
+    #[error("internal error: {0}\nHINT: this is a bug in pgferry; please report it with the log")]
+    Internal(String),
     /// Writing STATE to stdout failed.
     #[error("could not write STATE to stdout: {0}")]
     Output(std::io::Error),

@@ -12,7 +12,7 @@ use crate::singer::{parse_line, LineReader, Message, SchemaMessage};
 use crate::target::batch::StreamBatch;
 use crate::target::config::TargetConfig;
 use crate::target::error::{LoadError, TargetError};
-use crate::target::load::{load_batch, prepare_table, LoadPath, TableState};
+use crate::target::load::{load_batch, prepare_table, LoadFailure, LoadPath, TableState};
 use crate::target::naming::target_table;
 use crate::target::schema::StreamSchema;
 use crate::target::state::StateTracker;
@@ -41,9 +41,26 @@ struct Stream {
 /// Batches merged through staging after a direct COPY met an existing key.
 const DIRECT_BACKOFF_BATCHES: u32 = 8;
 
+/// A batch being loaded by its own task, which owns the connection meanwhile.
+struct InFlight {
+    stream: String,
+    first_seq: Option<u64>,
+    handle: tokio::task::JoinHandle<LoadJob>,
+}
+
+/// What a load task hands back: the connection, the batch (to reuse its buffers), the result.
+struct LoadJob {
+    connection: Connection,
+    batch: StreamBatch,
+    result: Result<(u64, LoadPath), LoadFailure>,
+}
+
 struct Target<'a> {
     config: &'a TargetConfig,
-    connection: Connection,
+    /// `None` while a load task holds it.
+    connection: Option<Connection>,
+    in_flight: Option<InFlight>,
+    spare: Option<StreamBatch>,
     streams: HashMap<String, Stream>,
     states: StateTracker,
     output: &'a mut (dyn Write + Send),
@@ -82,6 +99,7 @@ impl Target<'_> {
         self.streams
             .values()
             .filter_map(|stream| stream.batch.first_seq())
+            .chain(self.in_flight.as_ref().and_then(|load| load.first_seq))
             .min()
     }
 
@@ -101,61 +119,117 @@ impl Target<'_> {
         Ok(())
     }
 
-    async fn flush_stream(&mut self, name: &str) -> Result<(), TargetError> {
-        let Some(stream) = self.streams.get_mut(name) else {
+    /// Waits for the batch in flight, takes the connection back, and releases STATE.
+    async fn join(&mut self) -> Result<(), TargetError> {
+        let Some(load) = self.in_flight.take() else {
             return Ok(());
         };
-        if stream.batch.is_empty() {
-            return Ok(());
-        }
-        let started = std::time::Instant::now();
-        let try_direct = stream.direct_backoff == 0;
-        stream.direct_backoff = stream.direct_backoff.saturating_sub(1);
-        match load_batch(
-            &mut self.connection,
-            &stream.table,
-            &stream.batch,
-            self.config.hard_delete,
-            try_direct,
-        )
-        .await
-        {
+        let job = load
+            .handle
+            .await
+            .map_err(|error| TargetError::Internal(format!("the load task failed: {error}")))?;
+        self.connection = Some(job.connection);
+        let stream = self.streams.get_mut(&load.stream);
+        match job.result {
             Ok((rows, path)) => {
-                if path == LoadPath::DirectThenMerged {
-                    stream.direct_backoff = DIRECT_BACKOFF_BATCHES;
-                }
-                tracing::debug!(stream = name, table = %stream.table.name, rows, ?path, elapsed_ms = started.elapsed().as_millis() as u64, "batch committed");
+                tracing::debug!(stream = load.stream, rows, ?path, "batch committed");
                 self.summary.rows += rows;
                 self.summary.batches += 1;
-                stream.batch.clear();
+                if let (LoadPath::DirectThenMerged, Some(stream)) = (path, stream) {
+                    stream.direct_backoff = DIRECT_BACKOFF_BATCHES;
+                }
+                let mut batch = job.batch;
+                batch.clear();
+                self.spare = Some(batch);
             }
             Err(failure) => {
                 let line = failure
                     .row
-                    .and_then(|row| stream.batch.rows().nth(row))
+                    .and_then(|row| job.batch.rows().nth(row))
                     .map(|row| row.line);
                 let column = failure.column.map(|column| {
                     stream
-                        .schema
-                        .columns
-                        .iter()
-                        .find(|candidate| candidate.name == column)
+                        .as_ref()
+                        .and_then(|stream| {
+                            stream
+                                .schema
+                                .columns
+                                .iter()
+                                .find(|candidate| candidate.name == column)
+                        })
                         .map_or(column, |found| found.property.clone())
                 });
+                let table = stream
+                    .map(|stream| stream.table.name.clone())
+                    .unwrap_or_else(|| crate::target::naming::TableName {
+                        schema: String::new(),
+                        table: load.stream.clone(),
+                    });
                 return Err(TargetError::Load(Box::new(LoadError {
                     line,
-                    stream: name.to_owned(),
-                    table: stream.table.name.clone(),
+                    stream: load.stream,
+                    table,
                     column,
-                    lines: stream.batch.line_range(),
+                    lines: job.batch.line_range(),
                     source: failure.error,
                 })));
             }
         }
-        self.last_flush = Instant::now();
         self.release_states()
     }
 
+    /// The connection, once no load holds it.
+    async fn connection(&mut self) -> Result<&mut Connection, TargetError> {
+        self.join().await?;
+        self.connection
+            .as_mut()
+            .ok_or_else(|| TargetError::Internal("the connection was lost by a load task".into()))
+    }
+
+    /// Starts loading a stream's pending rows; the previous load finishes first. The rows
+    /// count as pending (for STATE) until [`Target::join`] has seen them commit.
+    async fn flush_stream(&mut self, name: &str) -> Result<(), TargetError> {
+        if self
+            .streams
+            .get(name)
+            .is_none_or(|stream| stream.batch.is_empty())
+        {
+            return Ok(());
+        }
+        self.join().await?;
+        let Some(mut connection) = self.connection.take() else {
+            return Err(TargetError::Internal(
+                "the connection was lost by a load task".into(),
+            ));
+        };
+        let Some(stream) = self.streams.get_mut(name) else {
+            self.connection = Some(connection);
+            return Ok(());
+        };
+        let batch = std::mem::replace(&mut stream.batch, self.spare.take().unwrap_or_default());
+        let table = stream.table.clone();
+        let try_direct = stream.direct_backoff == 0;
+        stream.direct_backoff = stream.direct_backoff.saturating_sub(1);
+        let hard_delete = self.config.hard_delete;
+        let first_seq = batch.first_seq();
+        let handle = tokio::spawn(async move {
+            let result = load_batch(&mut connection, &table, &batch, hard_delete, try_direct).await;
+            LoadJob {
+                connection,
+                batch,
+                result,
+            }
+        });
+        self.in_flight = Some(InFlight {
+            stream: name.to_owned(),
+            first_seq,
+            handle,
+        });
+        self.last_flush = Instant::now();
+        Ok(())
+    }
+
+    /// Loads every stream's pending rows and waits until they are committed.
     async fn flush_all(&mut self) -> Result<(), TargetError> {
         let mut names: Vec<(u64, String)> = self
             .streams
@@ -166,6 +240,7 @@ impl Target<'_> {
         for (_, name) in names {
             self.flush_stream(&name).await?;
         }
+        self.join().await?;
         self.last_flush = Instant::now();
         self.release_states()
     }
@@ -213,11 +288,12 @@ impl Target<'_> {
                 (format!("pgferry_stage_{}", self.staging_tables), false)
             }
         };
+        let config = self.config;
         let table = prepare_table(
-            &mut self.connection,
+            self.connection().await?,
             &schema,
             &name,
-            self.config.schema_evolution,
+            config.schema_evolution,
             &staging,
             recreate_staging,
         )
@@ -266,7 +342,9 @@ pub async fn run<R: Read + Send + 'static>(
         .map_err(TargetError::Connect)?;
     let mut target = Target {
         config,
-        connection,
+        connection: Some(connection),
+        in_flight: None,
+        spare: None,
         streams: HashMap::new(),
         states: StateTracker::default(),
         output,
@@ -353,7 +431,9 @@ pub async fn run<R: Read + Send + 'static>(
     target.flush_all().await?;
     target.summary.records = records;
     let summary = target.summary.clone();
-    target.connection.close().await;
+    if let Some(connection) = target.connection.take() {
+        connection.close().await;
+    }
     Ok(summary)
 }
 
