@@ -521,3 +521,41 @@ fn a_state_waits_for_the_pending_rows_of_every_stream() {
     );
     assert_eq!(cluster.psql("SELECT count(*) FROM a"), "2");
 }
+
+#[test]
+fn the_flush_timer_commits_and_releases_state_while_the_input_is_idle() {
+    use std::io::{BufRead, BufReader};
+    let cluster = PgCluster::start_default();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), &cluster, json!({"batch_flush_interval": 1}));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgferry"))
+        .args(["target", "-c", config.to_str().unwrap_or_default()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run pgferry target");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let input = lines(&[
+        schema("public-timed", json!({"id": {"type": "integer"}}), &["id"]),
+        record("public-timed", json!({"id": 1})),
+        state(1),
+    ]);
+    stdin.write_all(input.as_bytes()).expect("write input");
+    stdin.flush().expect("flush input");
+    // stdin stays open: only the timer can load the row and release the STATE.
+    let line = receiver
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the STATE is written after the timer flush");
+    assert_eq!(line, "{\"bookmarks\":{\"n\":1}}");
+    assert_eq!(cluster.psql("SELECT id FROM timed"), "1");
+    drop(stdin);
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+}

@@ -95,11 +95,13 @@ fn read_blocks<R: Read>(input: R, sender: &mpsc::Sender<Result<LineBlock, Singer
     }
 }
 
-fn read_block<R: BufRead>(
-    reader: &mut R,
+/// Reads whole lines until about [`BLOCK_BYTES`], or until the input has nothing more ready: a
+/// quiet producer (a tap waiting for changes) must not hold back the lines it already wrote.
+fn read_block<R: Read>(
+    reader: &mut BufReader<R>,
     first_line: u64,
 ) -> Result<Option<LineBlock>, SingerError> {
-    let mut bytes = Vec::with_capacity(BLOCK_BYTES + 4096);
+    let mut bytes = Vec::with_capacity(64 * 1024);
     let mut ends = Vec::new();
     while bytes.len() < BLOCK_BYTES {
         let before = bytes.len();
@@ -130,6 +132,9 @@ fn read_block<R: BufRead>(
             });
         }
         ends.push(bytes.len());
+        if reader.buffer().is_empty() {
+            break;
+        }
     }
     if ends.is_empty() {
         return Ok(None);
