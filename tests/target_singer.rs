@@ -559,3 +559,33 @@ fn the_flush_timer_commits_and_releases_state_while_the_input_is_idle() {
     drop(stdin);
     assert_eq!(child.wait().expect("wait").code(), Some(0));
 }
+
+#[test]
+fn a_bad_record_stops_the_run_after_the_batch_in_flight_commits_with_its_state() {
+    let cluster = PgCluster::start_default();
+    let stream = "public-flight";
+    let properties = json!({"id": {"type": "integer"}, "q": {"type": ["null", "integer"]}});
+    let input = lines(&[
+        schema(stream, properties, &["id"]),
+        record(stream, json!({"id": 1, "q": 1})),
+        record(stream, json!({"id": 2, "q": 2})),
+        state(1),
+        record(stream, json!({"id": 3, "q": 3})),
+        state(2),
+        record(stream, json!({"id": 4, "q": "abc"})),
+    ]);
+    let (code, stdout, stderr) = run_failing(&cluster, json!({"batch_size_rows": 2}), &input);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("line 7: stream \"public-flight\", column \"q\": expected an integer"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stdout, "{\"bookmarks\":{\"n\":1}}\n",
+        "STATE 2 covers row 3, never committed"
+    );
+    assert_eq!(
+        cluster.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM flight"),
+        "1,2"
+    );
+}

@@ -358,6 +358,28 @@ pub async fn run<R: Read + Send + 'static>(
         .max(Duration::from_millis(1));
     let mut reader = LineReader::spawn(input);
     let mut records = 0u64;
+    if let Err(error) = process(&mut target, &mut reader, &mut records, flush_every).await {
+        // Let a batch already in flight finish, so that what committed is known and the STATEs
+        // it covers are written; the first error is the one reported.
+        let _ = target.join().await;
+        return Err(error);
+    }
+    target.summary.records = records;
+    let summary = target.summary.clone();
+    if let Some(connection) = target.connection.take() {
+        connection.close().await;
+    }
+    Ok(summary)
+}
+
+/// The loop over the input: everything up to the final commit.
+async fn process(
+    target: &mut Target<'_>,
+    reader: &mut LineReader,
+    records: &mut u64,
+    flush_every: Duration,
+) -> Result<(), TargetError> {
+    let config = target.config;
     loop {
         let block = if target.pending() {
             let deadline = target.last_flush + flush_every;
@@ -377,7 +399,7 @@ pub async fn run<R: Read + Send + 'static>(
         for (line, text) in block.lines() {
             match parse_line(text, line)? {
                 Message::Record(record) => {
-                    records += 1;
+                    *records += 1;
                     let Some(stream) = target.streams.get_mut(record.stream.as_ref()) else {
                         return Err(TargetError::RecordBeforeSchema {
                             line,
@@ -390,7 +412,7 @@ pub async fn run<R: Read + Send + 'static>(
                             &stream.schema,
                             &record,
                             line,
-                            records,
+                            *records,
                             config.validate_records,
                             !config.hard_delete,
                             &batched_at,
@@ -410,7 +432,7 @@ pub async fn run<R: Read + Send + 'static>(
                 }
                 Message::Schema(schema) => target.on_schema(schema, line).await?,
                 Message::State(value) => {
-                    target.states.push(records, value.get().to_owned());
+                    target.states.push(*records, value.get().to_owned());
                     if !target.pending() {
                         target.release_states()?;
                     }
@@ -429,12 +451,7 @@ pub async fn run<R: Read + Send + 'static>(
         }
     }
     target.flush_all().await?;
-    target.summary.records = records;
-    let summary = target.summary.clone();
-    if let Some(connection) = target.connection.take() {
-        connection.close().await;
-    }
-    Ok(summary)
+    Ok(())
 }
 
 #[cfg(test)]

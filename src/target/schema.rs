@@ -146,6 +146,9 @@ pub enum SchemaError {
     /// A key property is not among the properties.
     #[error("key property {0:?} is not in the schema's properties\nHINT: key_properties must name properties of the schema")]
     UnknownKey(String),
+    /// A column name longer than PostgreSQL keeps (it would be truncated silently).
+    #[error("property {0:?} is longer than 63 bytes, the longest column name PostgreSQL keeps\nHINT: shorten the column name in the source")]
+    LongName(String),
     /// `properties` is not an object.
     #[error("\"properties\" must be an object of property schemas")]
     Properties,
@@ -311,6 +314,9 @@ impl StreamSchema {
         for (property, property_schema) in ordered {
             let (pg_type, json_types) = map_property(property_schema);
             let name = column_name(property);
+            if name.len() > 63 {
+                return Err(SchemaError::LongName(property.clone()));
+            }
             if let Some(&other) = by_name.get(&name) {
                 let first: &Column = &columns[other];
                 return Err(SchemaError::DuplicateColumn {
@@ -517,6 +523,11 @@ mod tests {
             StreamSchema::new(&schema, &[], &["nope".to_owned()], false).unwrap_err(),
             SchemaError::UnknownKey("nope".into())
         );
+        let long = json!({"properties": {"x".repeat(64): {}}});
+        assert!(matches!(
+            StreamSchema::new(&long, &[], &[], false),
+            Err(SchemaError::LongName(_))
+        ));
         let twins = json!({"properties": {"a": {}, "A": {}}});
         assert!(matches!(
             StreamSchema::new(&twins, &[], &[], false),
