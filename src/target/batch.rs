@@ -47,6 +47,15 @@ struct PendingRow {
     deleted: bool,
 }
 
+/// What [`StreamBatch::push`] did with a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Encoded and buffered.
+    Buffered,
+    /// A delete for a table without `_sdc_deleted_at`: not buffered (see `push`).
+    DeleteWithoutColumn,
+}
+
 /// One live row of a batch, as loaded.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchRow<'a> {
@@ -155,6 +164,10 @@ impl StreamBatch {
     /// Encodes `record` (input line `line`, global sequence `seq`) as one COPY row of the
     /// stream's columns. `batched_at` fills `_sdc_batched_at`. With `keep_on_delete` (no
     /// `hard_delete`), a delete replacing a pending row keeps that row's values where it has none.
+    ///
+    /// A delete (non-null `_sdc_deleted_at`) for a table without that column has nowhere to go:
+    /// it is not buffered (loading its key alone would blank the row) and
+    /// [`Pushed::DeleteWithoutColumn`] says so, for the caller to report.
     #[allow(clippy::too_many_arguments)]
     pub fn push(
         &mut self,
@@ -165,7 +178,14 @@ impl StreamBatch {
         validate: bool,
         keep_on_delete: bool,
         batched_at: &str,
-    ) -> Result<(), RowError> {
+    ) -> Result<Pushed, RowError> {
+        if schema.deleted_at.is_none()
+            && record.record.iter().any(|(name, value)| {
+                name == "_sdc_deleted_at" && json_kind(value.get()) != JsonKind::Null
+            })
+        {
+            return Ok(Pushed::DeleteWithoutColumn);
+        }
         self.slots.clear();
         self.slots.resize(schema.columns.len(), usize::MAX);
         for (index, (property, _)) in record.record.iter().enumerate() {
@@ -205,7 +225,7 @@ impl StreamBatch {
                 }
             }
         }
-        Ok(())
+        Ok(Pushed::Buffered)
     }
 
     /// Replaces the last row's NULL fields with the fields of the row at `start..end`: a
@@ -337,7 +357,7 @@ mod tests {
         .unwrap()
     }
 
-    fn push(batch: &mut StreamBatch, line: u64, text: &str) -> Result<(), RowError> {
+    fn push(batch: &mut StreamBatch, line: u64, text: &str) -> Result<Pushed, RowError> {
         let Message::Record(record) = parse_line(text, line).unwrap() else {
             panic!("not a record")
         };
@@ -421,5 +441,26 @@ mod tests {
         assert!(matches!(error, RowError::NullKey { .. }), "{error}");
         assert_eq!(batch.bytes(), before);
         assert_eq!(batch.live(), 1);
+    }
+
+    #[test]
+    fn a_delete_without_a_deleted_at_column_is_not_buffered() {
+        let schema = StreamSchema::new(
+            &serde_json::json!({"properties": {"id": {"type": "integer"}, "name": {}}}),
+            &[],
+            &["id".to_owned()],
+            false,
+        )
+        .unwrap();
+        let mut batch = StreamBatch::default();
+        let line = r#"{"type":"RECORD","stream":"s","record":{"id":1,"_sdc_deleted_at":"2024-01-01T00:00:00Z"}}"#;
+        let Message::Record(record) = parse_line(line, 1).unwrap() else {
+            panic!("not a record")
+        };
+        assert_eq!(
+            batch.push(&schema, &record, 1, 1, false, true, ""),
+            Ok(Pushed::DeleteWithoutColumn)
+        );
+        assert!(batch.is_empty());
     }
 }

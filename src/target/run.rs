@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::pg::Connection;
 use crate::singer::{parse_line, LineReader, Message, SchemaMessage};
-use crate::target::batch::StreamBatch;
+use crate::target::batch::{Pushed, StreamBatch};
 use crate::target::config::TargetConfig;
 use crate::target::error::{LoadError, TargetError};
 use crate::target::load::{load_batch, prepare_table, LoadFailure, LoadPath, TableState};
@@ -36,6 +36,8 @@ struct Stream {
     batch: StreamBatch,
     /// Batches to merge before trying a direct COPY again (after one met existing keys).
     direct_backoff: u32,
+    /// Delete records that had no `_sdc_deleted_at` column to go to.
+    unapplied_deletes: u64,
 }
 
 /// Batches merged through staging after a direct COPY met an existing key.
@@ -307,10 +309,16 @@ impl Target<'_> {
         for change in &table.changes {
             tracing::info!(stream = %message.stream, "{change}");
         }
-        let (batch, direct_backoff) = self
+        let (batch, direct_backoff, unapplied_deletes) = self
             .streams
             .remove(&message.stream)
-            .map(|stream| (stream.batch, stream.direct_backoff))
+            .map(|stream| {
+                (
+                    stream.batch,
+                    stream.direct_backoff,
+                    stream.unapplied_deletes,
+                )
+            })
             .unwrap_or_default();
         self.streams.insert(
             message.stream,
@@ -319,6 +327,7 @@ impl Target<'_> {
                 table,
                 batch,
                 direct_backoff,
+                unapplied_deletes,
             },
         );
         Ok(())
@@ -364,6 +373,15 @@ pub async fn run<R: Read + Send + 'static>(
         let _ = target.join().await;
         return Err(error);
     }
+    for (name, stream) in &target.streams {
+        if stream.unapplied_deletes > 0 {
+            tracing::warn!(
+                stream = %name,
+                count = stream.unapplied_deletes,
+                "delete records left their rows unchanged (the table has no _sdc_deleted_at column)"
+            );
+        }
+    }
     target.summary.records = records;
     let summary = target.summary.clone();
     if let Some(connection) = target.connection.take() {
@@ -406,7 +424,7 @@ async fn process(
                             stream: record.stream.into_owned(),
                         });
                     };
-                    stream
+                    let pushed = stream
                         .batch
                         .push(
                             &stream.schema,
@@ -422,6 +440,17 @@ async fn process(
                             stream: record.stream.to_string(),
                             source,
                         })?;
+                    if pushed == Pushed::DeleteWithoutColumn {
+                        stream.unapplied_deletes += 1;
+                        if stream.unapplied_deletes == 1 {
+                            tracing::warn!(
+                                stream = %record.stream,
+                                line,
+                                "a delete record (non-null _sdc_deleted_at) for a table without an _sdc_deleted_at column: the row is left unchanged; set \"hard_delete\": true to delete rows, or \"add_metadata_columns\": true to record the deletion time"
+                            );
+                        }
+                        continue;
+                    }
                     if stream.batch.received() >= config.batch_size_rows {
                         if config.flush_all_streams {
                             target.flush_all().await?;
