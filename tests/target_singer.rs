@@ -589,3 +589,28 @@ fn a_bad_record_stops_the_run_after_the_batch_in_flight_commits_with_its_state()
         "1,2"
     );
 }
+
+#[test]
+fn nested_objects_become_columns_with_data_flattening_max_level() {
+    let cluster = PgCluster::start_default();
+    let input = r#"{"type": "SCHEMA", "stream": "public-people", "key_properties": ["id"], "schema": {"properties": {"id": {"type": "integer"}, "address": {"type": ["null", "object"], "properties": {"city": {"type": ["null", "string"]}, "geo": {"type": ["null", "object"], "properties": {"lat": {"type": ["null", "number"]}}}}}}}}
+{"type": "RECORD", "stream": "public-people", "record": {"id": 1, "address": {"city": "Oslo", "geo": {"lat": 59.9139}}}}
+{"type": "RECORD", "stream": "public-people", "record": {"id": 2, "address": null}}
+{"type": "RECORD", "stream": "public-people", "record": {"id": 3, "address": {"geo": null, "extra": true}}}
+"#;
+    run_ok(&cluster, json!({"data_flattening_max_level": 1}), input);
+    assert_eq!(
+        columns(&cluster, "public.people"),
+        "id bigint\naddress__city character varying\naddress__geo jsonb"
+    );
+    assert_eq!(
+        cluster.psql("SELECT * FROM people ORDER BY id"),
+        "1|Oslo|{\"lat\": 59.9139}\n2||\n3||"
+    );
+    cluster.psql("DROP TABLE people");
+    run_ok(&cluster, json!({"data_flattening_max_level": 5}), input);
+    assert_eq!(
+        cluster.psql("SELECT * FROM people ORDER BY id"),
+        "1|Oslo|59.9139\n2||\n3||"
+    );
+}

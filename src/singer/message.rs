@@ -117,6 +117,13 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
     }
 }
 
+/// The fields of a JSON object value, borrowed, in order; `None` when it is not an object.
+pub fn object_fields(raw: &RawValue) -> Option<Vec<(Cow<'_, str>, &RawValue)>> {
+    serde_json::from_str::<Fields<'_>>(raw.get())
+        .ok()
+        .map(|Fields(fields)| fields)
+}
+
 /// A `Cow<str>` that borrows when the JSON string has no escapes.
 #[derive(Deserialize)]
 #[serde(transparent)]

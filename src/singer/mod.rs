@@ -7,7 +7,7 @@
 mod message;
 mod reader;
 
-pub use message::{parse_line, Message, RecordMessage, SchemaMessage, SingerError};
+pub use message::{object_fields, parse_line, Message, RecordMessage, SchemaMessage, SingerError};
 pub use reader::{LineBlock, LineReader};
 
 pub use serde_json::value::RawValue;

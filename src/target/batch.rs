@@ -7,11 +7,13 @@
 
 use std::collections::HashMap;
 
-use crate::singer::RecordMessage;
+use serde_json::value::RawValue;
+
+use crate::singer::{object_fields, RecordMessage};
 use crate::target::copy_encode::{
     encode_value, json_kind, push_escaped, validate_value, EncodeError, JsonKind,
 };
-use crate::target::schema::StreamSchema;
+use crate::target::schema::{StreamSchema, FLATTEN_SEPARATOR};
 
 /// Why a record cannot be buffered; the caller adds the line and stream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +49,35 @@ struct PendingRow {
     deleted: bool,
 }
 
+/// Puts the nested fields of `value` (a flattened object property) into their columns,
+/// recursing while the names continue to be flattened (`parent__child__grandchild`).
+fn place_nested<'a>(
+    schema: &StreamSchema,
+    prefix: &str,
+    value: &'a RawValue,
+    values: &mut [Option<&'a RawValue>],
+) {
+    let Some(fields) = object_fields(value) else {
+        // null (or a non-object) leaves every nested column NULL.
+        return;
+    };
+    for (name, nested) in fields {
+        let flat = format!("{prefix}{FLATTEN_SEPARATOR}{name}");
+        if let Some(&column) = schema.by_property.get(&flat) {
+            values[column] = Some(nested);
+        } else {
+            let deeper = format!("{flat}{FLATTEN_SEPARATOR}");
+            if schema
+                .by_property
+                .keys()
+                .any(|key| key.starts_with(&deeper))
+            {
+                place_nested(schema, &flat, nested, values);
+            }
+        }
+    }
+}
+
 /// What [`StreamBatch::push`] did with a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
@@ -77,7 +108,6 @@ pub struct StreamBatch {
     live_deletes: usize,
     first_seq: Option<u64>,
     key_scratch: Vec<u8>,
-    slots: Vec<usize>,
     fields: Vec<(usize, usize, usize)>,
 }
 
@@ -186,15 +216,18 @@ impl StreamBatch {
         {
             return Ok(Pushed::DeleteWithoutColumn);
         }
-        self.slots.clear();
-        self.slots.resize(schema.columns.len(), usize::MAX);
-        for (index, (property, _)) in record.record.iter().enumerate() {
+        let mut values: Vec<Option<&RawValue>> = vec![None; schema.columns.len()];
+        for (property, value) in &record.record {
             if let Some(&column) = schema.by_property.get(property.as_ref()) {
-                self.slots[column] = index;
+                values[column] = Some(&**value);
+            } else if !schema.flattened.is_empty()
+                && schema.flattened.iter().any(|name| name == property)
+            {
+                place_nested(schema, property, value, &mut values);
             }
         }
         let start = self.data.len();
-        let result = self.encode(schema, record, validate, batched_at);
+        let result = self.encode(schema, record, &values, validate, batched_at);
         let deleted = match result {
             Ok(deleted) => deleted,
             Err(error) => {
@@ -256,6 +289,7 @@ impl StreamBatch {
         &mut self,
         schema: &StreamSchema,
         record: &RecordMessage<'_>,
+        values: &[Option<&RawValue>],
         validate: bool,
         batched_at: &str,
     ) -> Result<bool, RowError> {
@@ -268,10 +302,7 @@ impl StreamBatch {
                 self.data.push(b'\t');
             }
             let field_start = self.data.len();
-            let raw = record
-                .record
-                .get(self.slots[position])
-                .map(|(_, value)| &**value);
+            let raw = values.get(position).copied().flatten();
             if Some(position) == schema.batched_at {
                 self.data.extend_from_slice(batched_at.as_bytes());
             } else if Some(position) == schema.extracted_at && raw.is_none() {

@@ -71,6 +71,9 @@ pub struct TargetConfig {
     pub flush_all_streams: bool,
     /// Type changes: rename (old rule) or widen.
     pub schema_evolution: SchemaEvolution,
+    /// Nested object properties down to this level become `parent__child` columns (0: none,
+    /// nested objects are jsonb).
+    pub data_flattening_max_level: u64,
 }
 
 fn seconds(
@@ -104,13 +107,7 @@ impl TargetConfig {
             }
             Some(rows) => usize::try_from(rows).unwrap_or(usize::MAX),
         };
-        let level = unsigned(object, "data_flattening_max_level")?.unwrap_or(0);
-        if level != 0 {
-            return Err(ConfigError::Invalid {
-                key: "data_flattening_max_level".into(),
-                detail: format!("{level} is not supported yet: pgferry stores nested objects as jsonb columns (level 0)"),
-            });
-        }
+        let data_flattening_max_level = unsigned(object, "data_flattening_max_level")?.unwrap_or(0);
         let mut schema_mapping = HashMap::new();
         match object.get("schema_mapping") {
             None | Some(Value::Null) => {}
@@ -165,6 +162,7 @@ impl TargetConfig {
             validate_records: boolean(object, "validate_records")?.unwrap_or(false),
             flush_all_streams: boolean(object, "flush_all_streams")?.unwrap_or(false),
             schema_evolution,
+            data_flattening_max_level,
         })
     }
 
@@ -216,7 +214,7 @@ mod tests {
         assert!(with("batch_size_rows", json!(0)).contains("at least 1"));
         assert!(with("schema_evolution", json!("grow")).contains("widen"));
         assert!(with("schema_mapping", json!({"public": {}})).contains("target_schema"));
-        assert!(with("data_flattening_max_level", json!(2)).contains("not supported yet"));
+        assert!(with("data_flattening_max_level", json!(-1)).contains("data_flattening_max_level"));
         assert!(parse(json!({"host": "h", "user": "u"}))
             .unwrap_err()
             .to_string()

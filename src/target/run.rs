@@ -266,11 +266,12 @@ impl Target<'_> {
             });
         }
         let metadata = self.config.add_metadata_columns || self.config.hard_delete;
-        let schema = StreamSchema::new(
+        let schema = StreamSchema::flattened(
             &message.schema,
             &message.property_order,
             &message.key_properties,
             metadata,
+            self.config.data_flattening_max_level,
         )
         .map_err(|source| TargetError::Schema {
             line,

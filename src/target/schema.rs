@@ -172,6 +172,46 @@ pub struct StreamSchema {
     pub extracted_at: Option<usize>,
     /// Index of `_sdc_batched_at`, when added as metadata.
     pub batched_at: Option<usize>,
+    /// Top-level properties whose nested properties are columns of their own
+    /// (`data_flattening_max_level`).
+    pub flattened: Vec<String>,
+}
+
+/// Separator of flattened column names, as pipelinewise wrote them: `parent__child`.
+pub const FLATTEN_SEPARATOR: &str = "__";
+
+/// Whether a property schema is an object with properties of its own (flattenable).
+fn nested_properties(schema: &Value) -> Option<&serde_json::Map<String, Value>> {
+    let mut types = JsonTypes::default();
+    add_types(schema.get("type")?, &mut types);
+    if !types.object {
+        return None;
+    }
+    schema.get("properties")?.as_object()
+}
+
+/// `(flattened name, schema)` of a property and, down to `max_level`, of its nested properties.
+fn flatten<'a>(
+    name: String,
+    schema: &'a Value,
+    level: u64,
+    max_level: u64,
+    out: &mut Vec<(String, &'a Value)>,
+) {
+    match nested_properties(schema).filter(|_| level < max_level) {
+        Some(properties) => {
+            for (child, child_schema) in properties {
+                flatten(
+                    format!("{name}{FLATTEN_SEPARATOR}{child}"),
+                    child_schema,
+                    level + 1,
+                    max_level,
+                    out,
+                );
+            }
+        }
+        None => out.push((name, schema)),
+    }
 }
 
 fn add_types(value: &Value, types: &mut JsonTypes) {
@@ -292,6 +332,18 @@ impl StreamSchema {
         key_properties: &[String],
         metadata: bool,
     ) -> Result<StreamSchema, SchemaError> {
+        StreamSchema::flattened(schema, order, key_properties, metadata, 0)
+    }
+
+    /// As [`StreamSchema::new`], with nested object properties down to `max_level` turned into
+    /// `parent__child` columns (`data_flattening_max_level`).
+    pub fn flattened(
+        schema: &Value,
+        order: &[String],
+        key_properties: &[String],
+        metadata: bool,
+        max_level: u64,
+    ) -> Result<StreamSchema, SchemaError> {
         let empty = serde_json::Map::new();
         let properties = match schema.get("properties") {
             None | Some(Value::Null) => &empty,
@@ -311,7 +363,17 @@ impl StreamSchema {
             .filter_map(|name| properties.get_key_value(name))
             .collect();
         ordered.extend(properties.iter().filter(|(name, _)| !order.contains(name)));
+        let mut flat = Vec::with_capacity(ordered.len());
+        let mut flattened = Vec::new();
         for (property, property_schema) in ordered {
+            let before = flat.len();
+            flatten(property.clone(), property_schema, 0, max_level, &mut flat);
+            if flat.len() != before + 1 || flat[before].0 != *property {
+                flattened.push(property.clone());
+            }
+        }
+        for (property, property_schema) in flat {
+            let property = &property;
             let (pg_type, json_types) = map_property(property_schema);
             let name = column_name(property);
             if name.len() > 63 {
@@ -379,6 +441,7 @@ impl StreamSchema {
             columns,
             key,
             by_property,
+            flattened,
         })
     }
 }
@@ -533,6 +596,47 @@ mod tests {
             StreamSchema::new(&twins, &[], &[], false),
             Err(SchemaError::DuplicateColumn { .. })
         ));
+    }
+
+    #[test]
+    fn nested_objects_flatten_down_to_the_level_asked() {
+        let schema = json!({"properties": {
+            "id": {"type": "integer"},
+            "address": {"type": ["null", "object"], "properties": {
+                "city": {"type": "string"},
+                "geo": {"type": "object", "properties": {"lat": {"type": "number"}}}
+            }},
+            "free": {"type": "object"}
+        }});
+        let names = |level| {
+            StreamSchema::flattened(&schema, &[], &["id".to_owned()], false, level)
+                .unwrap()
+                .columns
+                .iter()
+                .map(|column| format!("{} {}", column.name, column.pg_type.sql()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(0), ["address jsonb", "free jsonb", "id bigint"]);
+        assert_eq!(
+            names(1),
+            [
+                "address__city character varying",
+                "address__geo jsonb",
+                "free jsonb",
+                "id bigint"
+            ]
+        );
+        assert_eq!(
+            names(2),
+            [
+                "address__city character varying",
+                "address__geo__lat numeric",
+                "free jsonb",
+                "id bigint"
+            ]
+        );
+        let flat = StreamSchema::flattened(&schema, &[], &[], false, 2).unwrap();
+        assert_eq!(flat.flattened, vec!["address"]);
     }
 
     #[test]
