@@ -495,3 +495,60 @@ mod tests {
         assert!(batch.is_empty());
     }
 }
+
+#[cfg(test)]
+mod no_panic {
+    use super::*;
+    use crate::singer::{parse_line, Message};
+
+    /// Mutates well-formed Singer lines byte by byte (deterministically) and feeds every result
+    /// that parses through the encoder: errors are fine, panics are not.
+    #[test]
+    fn mutated_records_never_panic() {
+        let schema = StreamSchema::flattened(
+            &serde_json::json!({"properties": {
+                "id": {"type": "integer"}, "n": {"type": ["null", "number"]},
+                "b": {"type": "boolean"}, "t": {"type": "string", "format": "date-time"},
+                "o": {"type": "object", "properties": {"x": {"type": "integer"}}},
+                "j": {"type": ["object", "array"]}, "s": {"type": "string"},
+                "_sdc_deleted_at": {"type": ["null", "string"]}
+            }, "required": ["id"]}),
+            &[],
+            &["id".to_owned()],
+            true,
+            1,
+        )
+        .unwrap();
+        let seeds = [
+            r#"{"type":"RECORD","stream":"s","record":{"id":1,"n":1.5e3,"b":true,"t":"2024-01-01T00:00:00Z","o":{"x":2},"j":[1,{"a":"\u00e9\t"}],"s":"a\\b","_sdc_deleted_at":null}}"#,
+            r#"{"type":"RECORD","stream":"s","record":{"id":"12","n":"NaN","b":"t","s":5,"_sdc_deleted_at":"2024"}}"#,
+        ];
+        let replacements = [
+            b'"', b'{', b'}', b'[', b']', b',', b':', b'\\', b'0', b'e', b'-', b'.', b'n', b' ',
+        ];
+        let mut batch = StreamBatch::default();
+        let mut seq = 0;
+        for seed in seeds {
+            for position in 0..seed.len() {
+                for &byte in &replacements {
+                    let mut bytes = seed.as_bytes().to_vec();
+                    bytes[position] = byte;
+                    let Ok(text) = String::from_utf8(bytes) else {
+                        continue;
+                    };
+                    if let Ok(Message::Record(record)) = parse_line(&text, 1) {
+                        seq += 1;
+                        for (validate, keep) in [(false, true), (true, false)] {
+                            let _ = batch.push(&schema, &record, 1, seq, validate, keep, "now");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(batch.live() > 0, "some mutations still load");
+        assert!(batch
+            .chunks(1 << 10)
+            .iter()
+            .all(|chunk| chunk.ends_with(b"\n")));
+    }
+}

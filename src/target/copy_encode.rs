@@ -132,7 +132,7 @@ pub fn integral_text(raw: &str) -> Option<Cow<'_, str>> {
     };
     let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
     let mut digits: String = format!("{whole}{fraction}");
-    let point = i64::try_from(whole.len()).ok()? + exponent;
+    let point = i64::try_from(whole.len()).ok()?.checked_add(exponent)?;
     if point < 0 {
         return digits
             .bytes()
@@ -335,6 +335,11 @@ mod tests {
         assert_eq!(integral_text("1200e-2").as_deref(), Some("12"));
         assert_eq!(integral_text("0.1"), None);
         assert_eq!(integral_text("1e999999"), None);
+        assert_eq!(integral_text("1e9223372036854775807"), None);
+        assert_eq!(
+            integral_text("0e-9223372036854775808").as_deref(),
+            Some("0")
+        );
     }
 
     #[test]
