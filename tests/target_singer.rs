@@ -614,3 +614,27 @@ fn nested_objects_become_columns_with_data_flattening_max_level() {
         "1|Oslo|59.9139\n2||\n3||"
     );
 }
+
+#[test]
+fn a_table_without_a_unique_key_is_merged_the_old_way_without_duplicates() {
+    let cluster = PgCluster::start_default();
+    cluster.psql("CREATE TABLE public.legacy (id bigint, name character varying)");
+    let stream = "public-legacy";
+    let properties = json!({"id": {"type": "integer"}, "name": {"type": ["null", "string"]}});
+    let first = lines(&[
+        schema(stream, properties.clone(), &["id"]),
+        record(stream, json!({"id": 1, "name": "a"})),
+        record(stream, json!({"id": 2, "name": "b"})),
+    ]);
+    run_ok(&cluster, json!({}), &first);
+    let second = lines(&[
+        schema(stream, properties, &["id"]),
+        record(stream, json!({"id": 2, "name": "B"})),
+        record(stream, json!({"id": 3, "name": "c"})),
+    ]);
+    run_ok(&cluster, json!({}), &second);
+    assert_eq!(
+        cluster.psql("SELECT id, name FROM legacy ORDER BY id"),
+        "1|a\n2|B\n3|c"
+    );
+}

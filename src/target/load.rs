@@ -499,7 +499,9 @@ async fn load_in_transaction(
         return Ok((copied, LoadPath::Direct));
     }
     let mut path = LoadPath::Merged;
-    if try_direct && batch.live_deletes() == 0 {
+    // Only a unique index on the key turns an existing key into an error a direct COPY can
+    // detect; without one (UpdateThenInsert) a direct COPY would duplicate rows.
+    if try_direct && table.mode == MergeMode::OnConflict && batch.live_deletes() == 0 {
         connection
             .execute("SAVEPOINT pgferry_direct")
             .await
