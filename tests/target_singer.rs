@@ -638,3 +638,31 @@ fn a_table_without_a_unique_key_is_merged_the_old_way_without_duplicates() {
         "1|a\n2|B\n3|c"
     );
 }
+
+#[test]
+fn a_table_created_by_the_old_target_is_loaded_without_renaming_its_columns() {
+    let cluster = PgCluster::start_default();
+    cluster.psql(
+        "CREATE TABLE public.legacy_orders (id integer PRIMARY KEY, amount double precision, \
+         created_at timestamp without time zone, qty numeric, note character varying)",
+    );
+    let input = r#"{"type": "SCHEMA", "stream": "public-legacy_orders", "key_properties": ["id"], "schema": {"properties": {"id": {"type": "integer", "minimum": -2147483648, "maximum": 2147483647}, "amount": {"type": ["null", "number"]}, "created_at": {"type": ["null", "string"], "format": "date-time"}, "qty": {"type": ["null", "integer"]}, "note": {"type": ["null", "string"]}}}}
+{"type": "RECORD", "stream": "public-legacy_orders", "record": {"id": 1, "amount": 0.5, "created_at": "2024-05-01T10:00:00+00:00", "qty": 3, "note": "x"}}
+"#;
+    let (code, _, stderr) = run_failing(&cluster, json!({}), input);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        columns(&cluster, "public.legacy_orders"),
+        "id integer\namount double precision\ncreated_at timestamp without time zone\nqty numeric\nnote character varying",
+        "no column renamed"
+    );
+    assert!(stderr.contains("ALTER it to numeric"), "{stderr}");
+    assert!(
+        stderr.contains("ALTER it to timestamp with time zone"),
+        "{stderr}"
+    );
+    assert_eq!(
+        cluster.psql("SELECT * FROM legacy_orders"),
+        "1|0.5|2024-05-01 10:00:00|3|x"
+    );
+}

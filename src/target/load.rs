@@ -10,7 +10,7 @@ use crate::pg::{Connection, PgError};
 use crate::target::batch::StreamBatch;
 use crate::target::config::SchemaEvolution;
 use crate::target::naming::TableName;
-use crate::target::schema::{same_type, widened, StreamSchema};
+use crate::target::schema::{fit, widened, Fit, StreamSchema};
 
 /// COPY data is sent in messages of about this size.
 const COPY_CHUNK_BYTES: usize = 256 * 1024;
@@ -191,9 +191,17 @@ pub async fn prepare_table(
                     ));
                     continue;
                 };
-                if same_type(&current.sql_type, column.pg_type) {
-                    types[index] = current.sql_type.clone();
-                    continue;
+                match fit(&current.sql_type, column.pg_type) {
+                    Fit::Holds => {
+                        types[index] = current.sql_type.clone();
+                        continue;
+                    }
+                    Fit::Lossy(why) => {
+                        tracing::warn!(table = %name, column = %column.name, existing = %current.sql_type, "kept the existing column: {why}");
+                        types[index] = current.sql_type.clone();
+                        continue;
+                    }
+                    Fit::Changed => {}
                 }
                 let is_key = schema.key.contains(&index);
                 if evolution == SchemaEvolution::Widen || is_key {

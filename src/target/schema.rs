@@ -465,6 +465,48 @@ pub fn same_type(existing: &str, wanted: PgType) -> bool {
     }
 }
 
+/// Whether an existing column can take the values a stream's schema now describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// Yes, exactly (same type, or a wider one of the same family, or `json` for `jsonb`).
+    Holds,
+    /// Yes, as the old target's lossy column (`double precision`, `timestamp without time
+    /// zone`): kept, so an existing warehouse is not reshaped, with a warning saying why.
+    Lossy(&'static str),
+    /// No: the type changed (rename or widen).
+    Changed,
+}
+
+/// How `existing` (as `format_type()` prints it) fits the values `wanted` describes.
+pub fn fit(existing: &str, wanted: PgType) -> Fit {
+    const NUMBERS: [&str; 4] = ["smallint", "integer", "bigint", "numeric"];
+    const TIMES: [&str; 3] = [
+        "date",
+        "timestamp without time zone",
+        "timestamp with time zone",
+    ];
+    let existing = existing.trim();
+    if same_type(existing, wanted) || (wanted == PgType::Jsonb && existing == "json") {
+        return Fit::Holds;
+    }
+    for family in [&NUMBERS[..], &TIMES[..]] {
+        if let (Some(old), Some(new)) = (rank(family, existing), rank(family, wanted.sql())) {
+            if old >= new {
+                return Fit::Holds;
+            }
+        }
+    }
+    match (existing, wanted) {
+        ("double precision" | "real", PgType::Numeric | PgType::SmallInt | PgType::Integer | PgType::BigInt) => {
+            Fit::Lossy("a floating-point column rounds decimals (0.07 becomes 0.07000000000000001 in binary); ALTER it to numeric to keep every digit")
+        }
+        (existing, PgType::TimestampTz) if existing.starts_with("timestamp") && existing.ends_with("without time zone") => {
+            Fit::Lossy("a timestamp without time zone column drops the offset of every value; ALTER it to timestamp with time zone to keep the instant")
+        }
+        _ => Fit::Changed,
+    }
+}
+
 fn rank(family: &[&str], sql: &str) -> Option<usize> {
     family.iter().position(|member| sql.starts_with(member))
 }
@@ -637,6 +679,26 @@ mod tests {
         );
         let flat = StreamSchema::flattened(&schema, &[], &[], false, 2).unwrap();
         assert_eq!(flat.flattened, vec!["address"]);
+    }
+
+    #[test]
+    fn existing_columns_that_hold_the_values_are_kept() {
+        assert_eq!(fit("bigint", PgType::Integer), Fit::Holds);
+        assert_eq!(fit("numeric", PgType::BigInt), Fit::Holds);
+        assert_eq!(fit("numeric(12,2)", PgType::Numeric), Fit::Holds);
+        assert_eq!(fit("timestamp with time zone", PgType::Date), Fit::Holds);
+        assert_eq!(fit("json", PgType::Jsonb), Fit::Holds);
+        assert!(matches!(
+            fit("double precision", PgType::Numeric),
+            Fit::Lossy(_)
+        ));
+        assert!(matches!(
+            fit("timestamp without time zone", PgType::TimestampTz),
+            Fit::Lossy(_)
+        ));
+        assert_eq!(fit("smallint", PgType::Varchar), Fit::Changed);
+        assert_eq!(fit("integer", PgType::BigInt), Fit::Changed);
+        assert_eq!(fit("character varying", PgType::BigInt), Fit::Changed);
     }
 
     #[test]
