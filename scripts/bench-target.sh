@@ -4,6 +4,7 @@
 #
 #   scripts/bench-target.sh              # 2,000,000 rows
 #   ROWS=200000 scripts/bench-target.sh  # a quicker run
+#   BENCH_NO_GNU_TIME=1 …                # peak RSS from /proc even where GNU time exists
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
@@ -47,22 +48,35 @@ ls -l "$WORK"
 start_cluster
 TABLE_DDL="CREATE TABLE public.bench (id bigint PRIMARY KEY, name character varying, amount numeric, qty integer, paid boolean, created_at timestamp with time zone, _sdc_deleted_at timestamp with time zone)"
 
-# Peak RSS in KiB and elapsed seconds of a command, via GNU time when present.
+# Elapsed seconds and peak RSS (KiB) of a command: GNU time when present, else the kernel's
+# high-water mark (VmHWM in /proc/PID/status) polled until the process exits.
+# measure OUT_PREFIX STDIN_FILE STDOUT_FILE COMMAND...
 measure() {
-    local out="$1"; shift
-    if [ -x /usr/bin/time ]; then
-        /usr/bin/time -v -o "$out.time" "$@"
+    local out="$1" input="$2" output="$3"; shift 3
+    if [ -x /usr/bin/time ] && [ -z "${BENCH_NO_GNU_TIME:-}" ]; then
+        /usr/bin/time -v -o "$out.time" "$@" < "$input" > "$output"
         ELAPSED=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$out.time" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
         RSS_KB=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$out.time")
     else
-        local t0 t1; t0=$(date +%s.%N); "$@"; t1=$(date +%s.%N)
-        ELAPSED=$(echo "$t1 - $t0" | bc); RSS_KB="n/a"
+        local t0 t1 pid hwm
+        t0=$(date +%s.%N)
+        "$@" < "$input" > "$output" &
+        pid=$!
+        RSS_KB=0
+        while kill -0 "$pid" 2>/dev/null; do
+            hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+            if [ -n "$hwm" ] && [ "$hwm" -gt "$RSS_KB" ]; then RSS_KB=$hwm; fi
+            sleep 0.05
+        done
+        wait "$pid"
+        t1=$(date +%s.%N)
+        ELAPSED=$(python3 -c "print(round($t1 - $t0, 2))")
     fi
 }
 
 log "psql \\copy of the CSV into a table with the same columns and primary key"
 cluster_psql -c "$TABLE_DDL"
-measure "$WORK/copy" psql -X -q -h "$PG_DIR" -p "$PG_PORT" -U postgres -c "\\copy public.bench FROM '$WORK/data.csv' WITH (FORMAT csv)"
+measure "$WORK/copy" /dev/null /dev/null psql -X -q -h "$PG_DIR" -p "$PG_PORT" -U postgres -c "\\copy public.bench FROM '$WORK/data.csv' WITH (FORMAT csv)"
 COPY_S="$ELAPSED"; COPY_RSS="$RSS_KB"
 cluster_psql -c "DROP TABLE public.bench"
 
@@ -71,14 +85,14 @@ cat > "$WORK/target.json" <<JSON
 {"host": "127.0.0.1", "port": $PG_PORT, "user": "postgres", "dbname": "postgres", "sslmode": "disable",
  "batch_size_rows": $BATCH}
 JSON
-measure "$WORK/target" sh -c "'$BIN' target -c '$WORK/target.json' < '$WORK/data.singer' > '$WORK/state.out'"
+measure "$WORK/target" "$WORK/data.singer" "$WORK/state.out" "$BIN" target -c "$WORK/target.json"
 TARGET_S="$ELAPSED"; TARGET_RSS="$RSS_KB"
 LOADED=$(cluster_psql -At -c "SELECT count(*) FROM public.bench")
 [ "$LOADED" = "$ROWS" ] || die "pgferry loaded $LOADED rows, expected $ROWS"
 STATES=$(wc -l < "$WORK/state.out")
 
 log "pgferry target again over the loaded table (every row an update through ON CONFLICT)"
-measure "$WORK/update" sh -c "'$BIN' target -c '$WORK/target.json' < '$WORK/data.singer' > /dev/null"
+measure "$WORK/update" "$WORK/data.singer" /dev/null "$BIN" target -c "$WORK/target.json"
 UPDATE_S="$ELAPSED"; UPDATE_RSS="$RSS_KB"
 
 rate() { python3 -c "print(f'{$ROWS / $1:,.0f}')"; }
