@@ -666,3 +666,50 @@ fn a_table_created_by_the_old_target_is_loaded_without_renaming_its_columns() {
         "1|0.5|2024-05-01 10:00:00|3|x"
     );
 }
+
+#[test]
+fn a_batch_loaded_on_size_releases_its_state_while_the_input_is_idle() {
+    use std::io::{BufRead, BufReader};
+    let cluster = PgCluster::start_default();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(
+        dir.path(),
+        &cluster,
+        json!({"batch_flush_interval": 1, "batch_size_rows": 2}),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgferry"))
+        .args(["target", "-c", config.to_str().unwrap_or_default()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run pgferry target");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    // The second record fills the batch: it is loaded at once, nothing stays buffered.
+    let input = lines(&[
+        state(0),
+        schema("public-sized", json!({"id": {"type": "integer"}}), &["id"]),
+        record("public-sized", json!({"id": 1})),
+        state(1),
+        record("public-sized", json!({"id": 2})),
+        state(2),
+    ]);
+    stdin.write_all(input.as_bytes()).expect("write input");
+    stdin.flush().expect("flush input");
+    let wait = || receiver.recv_timeout(std::time::Duration::from_secs(30));
+    assert_eq!(wait().expect("STATE 0"), "{\"bookmarks\":{\"n\":0}}");
+    assert_eq!(
+        wait().expect("STATE 2 while stdin is open"),
+        "{\"bookmarks\":{\"n\":2}}"
+    );
+    assert_eq!(cluster.psql("SELECT count(*) FROM sized"), "2");
+    drop(stdin);
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+}

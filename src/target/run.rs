@@ -400,7 +400,7 @@ async fn process(
 ) -> Result<(), TargetError> {
     let config = target.config;
     loop {
-        let block = if target.pending() {
+        let block = if target.pending() || target.in_flight.is_some() {
             let deadline = target.last_flush + flush_every;
             tokio::select! {
                 block = reader.next() => block,
