@@ -18,7 +18,7 @@ pub enum TargetError {
     #[error(transparent)]
     Input(#[from] SingerError),
     /// A RECORD arrived for a stream that had no SCHEMA yet.
-    #[error("line {line}: RECORD for stream {stream:?} before its SCHEMA\nHINT: the tap must send a SCHEMA message for a stream before its records")]
+    #[error("line {line}: RECORD for stream {stream:?} before its SCHEMA\nHINT: the tap must send a SCHEMA message for a stream before its records (a retry fails the same way)")]
     RecordBeforeSchema {
         /// 1-based input line.
         line: u64,
@@ -26,7 +26,7 @@ pub enum TargetError {
         stream: String,
     },
     /// A stream without key properties while `primary_key_required` is on.
-    #[error("line {line}: stream {stream:?} has no key_properties, and primary_key_required is true\nHINT: give the source table a primary key, or set \"primary_key_required\": false to append rows without deduplication")]
+    #[error("line {line}: stream {stream:?} has no key_properties, and primary_key_required is true\nHINT: give the source table a primary key, or set \"primary_key_required\": false to append rows without deduplication (a retry fails the same way)")]
     NoKey {
         /// 1-based input line.
         line: u64,
@@ -34,7 +34,7 @@ pub enum TargetError {
         stream: String,
     },
     /// A SCHEMA message the target cannot use.
-    #[error("line {line}: SCHEMA of stream {stream:?}: {source}")]
+    #[error("line {line}: SCHEMA of stream {stream:?}: {source}\n(fix the schema; a retry fails the same way)")]
     Schema {
         /// 1-based input line.
         line: u64,
@@ -58,7 +58,8 @@ pub enum TargetError {
     Connect(PgError),
     /// Creating or changing a stream's table failed.
     #[error(
-        "line {line}: creating or altering table {table} for stream {stream:?} failed: {source}"
+        "line {line}: creating or altering table {table} for stream {stream:?} failed: {source}\n({})",
+        retry_hint(source)
     )]
     Prepare {
         /// The SCHEMA's line.
@@ -97,6 +98,14 @@ pub struct LoadError {
     pub lines: (u64, u64),
     /// The server's error.
     pub source: PgError,
+}
+
+fn retry_hint(source: &PgError) -> &'static str {
+    if source.is_transient() {
+        "a retry may succeed"
+    } else {
+        "fix the table or the privileges first; a retry fails the same way"
+    }
 }
 
 fn load_message(
