@@ -713,3 +713,49 @@ fn a_batch_loaded_on_size_releases_its_state_while_the_input_is_idle() {
     drop(stdin);
     assert_eq!(child.wait().expect("wait").code(), Some(0));
 }
+
+#[test]
+fn schema_mapping_target_table_and_flush_all_streams() {
+    let cluster = PgCluster::start_default();
+    let properties = json!({"id": {"type": "integer"}, "src": {"type": ["null", "string"]}});
+    let input = lines(&[
+        schema("sales-orders", properties.clone(), &["id"]),
+        schema("public-orders", properties.clone(), &["id"]),
+        record("sales-orders", json!({"id": 1, "src": "sales"})),
+        record("public-orders", json!({"id": 2, "src": "public"})),
+        state(1),
+        // With flush_all_streams, stream sales-orders reaching the batch size loads both
+        // streams, so STATE 1 is written before the input ends.
+        record("sales-orders", json!({"id": 3, "src": "sales"})),
+        state(2),
+    ]);
+    let stdout = run_ok(
+        &cluster,
+        json!({
+            "default_target_schema": "landing",
+            "schema_mapping": {"sales": {"target_schema": "analytics"}},
+            "batch_size_rows": 2,
+            "flush_all_streams": true
+        }),
+        &input,
+    );
+    assert_eq!(
+        stdout,
+        "{\"bookmarks\":{\"n\":1}}\n{\"bookmarks\":{\"n\":2}}\n"
+    );
+    assert_eq!(
+        cluster.psql("SELECT id, src FROM analytics.orders ORDER BY id"),
+        "1|sales\n3|sales"
+    );
+    assert_eq!(
+        cluster.psql("SELECT id, src FROM landing.orders"),
+        "2|public"
+    );
+
+    let stdout = run_ok(&cluster, json!({"target_table": "Everything"}), &input);
+    assert_eq!(stdout, "{\"bookmarks\":{\"n\":2}}\n");
+    assert_eq!(
+        cluster.psql("SELECT 'sales', id, src FROM sales.everything UNION ALL SELECT 'public', id, src FROM public.everything ORDER BY 1, 2"),
+        "public|2|public\nsales|1|sales\nsales|3|sales"
+    );
+}
