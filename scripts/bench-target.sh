@@ -5,12 +5,14 @@
 #   scripts/bench-target.sh              # 2,000,000 rows
 #   ROWS=200000 scripts/bench-target.sh  # a quicker run
 #   BENCH_NO_GNU_TIME=1 …                # peak RSS from /proc even where GNU time exists
+#   COPY_FORMAT=text …                   # pgferry's COPY format: auto (binary where exact) or text
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
 
 ROWS="${ROWS:-2000000}"
 BATCH="${BATCH:-100000}"
+COPY_FORMAT="${COPY_FORMAT:-auto}"
 WORK="$(mktemp -d /tmp/pgferry-bench-target.XXXXXX)"
 trap 'stop_cluster; rm -rf "$WORK"' EXIT
 
@@ -80,10 +82,10 @@ measure "$WORK/copy" /dev/null /dev/null psql -X -q -h "$PG_DIR" -p "$PG_PORT" -
 COPY_S="$ELAPSED"; COPY_RSS="$RSS_KB"
 cluster_psql -c "DROP TABLE public.bench"
 
-log "pgferry target (batch_size_rows=$BATCH) into an empty table it creates"
+log "pgferry target (batch_size_rows=$BATCH, copy_format=$COPY_FORMAT) into an empty table it creates"
 cat > "$WORK/target.json" <<JSON
 {"host": "127.0.0.1", "port": $PG_PORT, "user": "postgres", "dbname": "postgres", "sslmode": "disable",
- "batch_size_rows": $BATCH}
+ "batch_size_rows": $BATCH, "copy_format": "$COPY_FORMAT"}
 JSON
 measure "$WORK/target" "$WORK/data.singer" "$WORK/state.out" "$BIN" target -c "$WORK/target.json"
 TARGET_S="$ELAPSED"; TARGET_RSS="$RSS_KB"

@@ -759,3 +759,72 @@ fn schema_mapping_target_table_and_flush_all_streams() {
         "public|2|public\nsales|1|sales\nsales|3|sales"
     );
 }
+
+#[test]
+fn binary_and_text_copy_load_identical_tables() {
+    let cluster = PgCluster::start_default();
+    let schema_line = |stream: &str| {
+        format!(
+            r#"{{"type": "SCHEMA", "stream": "{stream}", "key_properties": ["id"], "schema": {{"properties": {{"id": {{"type": "integer", "minimum": -32768, "maximum": 32767}}, "n": {{"type": ["null", "number"]}}, "i": {{"type": ["null", "integer"]}}, "b": {{"type": ["null", "boolean"]}}, "ts": {{"type": ["null", "string"], "format": "date-time"}}, "d": {{"type": ["null", "string"], "format": "date"}}, "t": {{"type": ["null", "string"], "format": "time"}}, "j": {{"type": ["null", "object", "array"]}}, "s": {{"type": ["null", "string"]}}}}}}}}"#
+        )
+    };
+    let values = [
+        r#"{"id": 1, "n": 0.07, "i": -9223372036854775808, "b": true, "ts": "2024-05-01T10:00:00.123456+05:30", "d": "2024-02-29", "t": "24:00:00", "j": {"k": "v\t"}, "s": "tab\there \\ back"}"#,
+        r#"{"id": 2, "n": -0.00001, "i": 0, "b": false, "ts": "1999-12-31 23:59:59Z", "d": "0001-01-01", "t": "00:00:00.000001", "j": [], "s": ""}"#,
+        r#"{"id": 3, "n": "12345678901234567890.123456789012345678", "i": "42", "b": null, "ts": "2000-01-01T00:00:00-01", "d": "9999-12-31", "t": "12:34:56", "j": null, "s": "é\n"}"#,
+        r#"{"id": 4, "n": -0, "i": 1.0, "ts": "9999-12-31T23:59:59.999+00:00", "d": "2024-01-01T00:00:00+00:00", "s": "x"}"#,
+        r#"{"id": 5, "n": 1e3, "ts": "2024-05-01T10:00:00.1234567+00:00"}"#,
+        r#"{"id": 6, "n": "NaN", "i": -1, "b": "yes"}"#,
+    ];
+    let input = |stream: &str| {
+        let mut text = schema_line(stream);
+        text.push('\n');
+        for value in values {
+            text.push_str(&format!(
+                "{{\"type\": \"RECORD\", \"stream\": \"{stream}\", \"record\": {value}}}\n"
+            ));
+        }
+        text
+    };
+    // One record per batch: rows 1–3 go binary, rows 4–6 have a value without an exact binary
+    // form (-0 is fine; 1e3, seven fraction digits, a date with a time, NaN, "yes") and go text.
+    let one = |format: &str| json!({"copy_format": format, "batch_size_rows": 1});
+    run_ok(&cluster, one("text"), &input("public-as_text"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), &cluster, one("auto"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pgferry"));
+    command
+        .args(["target", "-c", config.to_str().unwrap_or_default()])
+        .env("PGFERRY_LOG", "pgferry::target::load=debug");
+    let output = {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run pgferry target");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(input("public-as_auto").as_bytes())
+            .expect("write input");
+        drop(stdin);
+        child.wait_with_output().expect("wait")
+    };
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{log}");
+    assert_eq!(log.matches("\"binary\"").count(), 3, "{log}");
+    assert_eq!(log.matches("\"text\"").count(), 3, "{log}");
+    let dump = |table: &str| {
+        cluster.psql(&format!(
+            "SET TIME ZONE 'UTC'; SELECT id, n, i, b, ts, d, t, j, s FROM {table} ORDER BY id"
+        ))
+    };
+    let text = dump("as_text");
+    assert_eq!(dump("as_auto"), text);
+    assert!(
+        text.contains("12345678901234567890.123456789012345678"),
+        "{text}"
+    );
+    assert!(text.contains("-0.00001"), "{text}");
+    assert_eq!(cluster.psql("SELECT count(*) FROM as_auto"), "6");
+}

@@ -29,6 +29,7 @@ const TARGET_KEYS: &[&str] = &[
     "schema_mapping",
     "temp_dir",
     "schema_evolution",
+    "copy_format",
     "default_target_schema_select_permission",
 ];
 
@@ -40,6 +41,16 @@ pub enum SchemaEvolution {
     Rename,
     /// Change the column's type to one that holds both the old and the new values.
     Widen,
+}
+
+/// The COPY format of loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CopyFormat {
+    /// Binary when every column and value of a batch has an exact binary form, else text.
+    #[default]
+    Auto,
+    /// Always text.
+    Text,
 }
 
 /// Settings of `pgferry target`.
@@ -74,6 +85,8 @@ pub struct TargetConfig {
     /// Nested object properties down to this level become `parent__child` columns (0: none,
     /// nested objects are jsonb).
     pub data_flattening_max_level: u64,
+    /// `auto` (binary where exact, else text) or `text`.
+    pub copy_format: CopyFormat,
 }
 
 fn seconds(
@@ -143,6 +156,18 @@ impl TargetConfig {
                 })
             }
         };
+        let copy_format = match string(object, "copy_format")?.as_deref() {
+            None | Some("auto") => CopyFormat::Auto,
+            Some("text") => CopyFormat::Text,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "copy_format".into(),
+                    detail: format!(
+                        "expected \"auto\" (binary where exact) or \"text\", got {other:?}"
+                    ),
+                })
+            }
+        };
         for key in ["parallelism", "max_parallelism"] {
             unsigned(object, key)?;
         }
@@ -163,6 +188,7 @@ impl TargetConfig {
             flush_all_streams: boolean(object, "flush_all_streams")?.unwrap_or(false),
             schema_evolution,
             data_flattening_max_level,
+            copy_format,
         })
     }
 

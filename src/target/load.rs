@@ -9,6 +9,7 @@ use crate::pg::query::{quote_identifier, quote_literal};
 use crate::pg::{Connection, PgError};
 use crate::target::batch::StreamBatch;
 use crate::target::config::SchemaEvolution;
+use crate::target::copy_binary::{binary_type, text_to_binary, BinaryType};
 use crate::target::naming::TableName;
 use crate::target::schema::{fit, widened, Fit, StreamSchema};
 
@@ -44,6 +45,8 @@ pub struct TableState {
     pub deleted_at: Option<String>,
     /// DDL statements run to get here (for logs and tests).
     pub changes: Vec<String>,
+    /// Binary encodings of the columns, when every column has one (else COPY text).
+    pub binary: Option<Vec<BinaryType>>,
 }
 
 /// A column of an existing table.
@@ -264,7 +267,12 @@ pub async fn prepare_table(
             definitions.join(", ")
         ))
         .await?;
+    let binary = types
+        .iter()
+        .map(|sql_type| binary_type(sql_type))
+        .collect::<Option<Vec<_>>>();
     Ok(TableState {
+        binary,
         name: name.clone(),
         deleted_at: schema.deleted_at.map(|index| columns[index].clone()),
         columns,
@@ -427,7 +435,8 @@ pub enum LoadPath {
     DirectThenMerged,
 }
 
-/// Loads the live rows of `batch` into `table` in one transaction. With `try_direct`, a batch
+/// Loads the live rows of `batch` into `table` in one transaction, as COPY binary when `binary`
+/// and every column and value allows it (else text). With `try_direct`, a batch
 /// without deletes is first copied straight into the table under a savepoint: when none of its
 /// keys exist yet (an initial load) that is a plain COPY; a unique violation rolls back to the
 /// savepoint and the batch is merged through staging instead.
@@ -437,6 +446,7 @@ pub async fn load_batch(
     batch: &StreamBatch,
     hard_delete: bool,
     try_direct: bool,
+    binary: bool,
 ) -> Result<(u64, LoadPath), LoadFailure> {
     let fail = |error: PgError| LoadFailure {
         error,
@@ -444,7 +454,8 @@ pub async fn load_batch(
         column: None,
     };
     connection.execute("BEGIN").await.map_err(fail)?;
-    let result = load_in_transaction(connection, table, batch, hard_delete, try_direct).await;
+    let result =
+        load_in_transaction(connection, table, batch, hard_delete, try_direct, binary).await;
     match result {
         Ok(done) => {
             connection.execute("COMMIT").await.map_err(fail)?;
@@ -458,15 +469,27 @@ pub async fn load_batch(
     }
 }
 
+/// The rows of a batch in the format they are sent.
+enum Payload<'a> {
+    /// COPY text rows, in chunks of whole rows.
+    Text(Vec<&'a [u8]>),
+    /// A complete binary COPY stream.
+    Binary(Vec<u8>),
+}
+
 async fn copy_rows(
     connection: &mut Connection,
     destination: &str,
     table: &TableState,
-    batch: &StreamBatch,
+    payload: &Payload<'_>,
 ) -> Result<u64, LoadFailure> {
+    let format = match payload {
+        Payload::Text(_) => "",
+        Payload::Binary(_) => " (FORMAT binary)",
+    };
     let mut copy = connection
         .copy_in(&format!(
-            "COPY {destination} ({}) FROM STDIN",
+            "COPY {destination} ({}) FROM STDIN{format}",
             column_list(&table.columns)
         ))
         .await
@@ -475,7 +498,11 @@ async fn copy_rows(
             row: None,
             column: None,
         })?;
-    for chunk in batch.chunks(COPY_CHUNK_BYTES) {
+    let chunks: Vec<&[u8]> = match payload {
+        Payload::Text(chunks) => chunks.clone(),
+        Payload::Binary(stream) => stream.chunks(COPY_CHUNK_BYTES).collect(),
+    };
+    for chunk in chunks {
         if let Err(error) = copy.send(chunk).await {
             return Err(LoadFailure {
                 error,
@@ -496,14 +523,30 @@ async fn load_in_transaction(
     batch: &StreamBatch,
     hard_delete: bool,
     try_direct: bool,
+    binary: bool,
 ) -> Result<(u64, LoadPath), LoadFailure> {
     let fail = |error: PgError| LoadFailure {
         error,
         row: None,
         column: None,
     };
+    let text = batch.chunks(COPY_CHUNK_BYTES);
+    let payload = match table
+        .binary
+        .as_deref()
+        .filter(|_| binary)
+        .and_then(|types| text_to_binary(&text, types))
+    {
+        Some(stream) => Payload::Binary(stream),
+        None => Payload::Text(text),
+    };
+    tracing::debug!(
+        table = %table.name,
+        format = if matches!(payload, Payload::Binary(_)) { "binary" } else { "text" },
+        "COPY format"
+    );
     if table.mode == MergeMode::Append {
-        let copied = copy_rows(connection, &table.name.quoted(), table, batch).await?;
+        let copied = copy_rows(connection, &table.name.quoted(), table, &payload).await?;
         return Ok((copied, LoadPath::Direct));
     }
     let mut path = LoadPath::Merged;
@@ -514,7 +557,7 @@ async fn load_in_transaction(
             .execute("SAVEPOINT pgferry_direct")
             .await
             .map_err(fail)?;
-        match copy_rows(connection, &table.name.quoted(), table, batch).await {
+        match copy_rows(connection, &table.name.quoted(), table, &payload).await {
             Ok(copied) => return Ok((copied, LoadPath::Direct)),
             Err(failure) if failure.error.code() == Some("23505") => {
                 connection
@@ -526,7 +569,7 @@ async fn load_in_transaction(
             Err(failure) => return Err(failure),
         }
     }
-    let copied = copy_rows(connection, &table.staging, table, batch).await?;
+    let copied = copy_rows(connection, &table.staging, table, &payload).await?;
     for statement in merge_sql(table, hard_delete, batch.live_deletes() > 0) {
         connection.execute(&statement).await.map_err(fail)?;
     }
@@ -550,6 +593,7 @@ mod tests {
             mode,
             deleted_at: Some("_sdc_deleted_at".into()),
             changes: vec![],
+            binary: None,
         }
     }
 

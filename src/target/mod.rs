@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod copy_binary;
 pub mod copy_encode;
 mod error;
 pub mod load;
@@ -17,6 +18,6 @@ mod run;
 pub mod schema;
 pub mod state;
 
-pub use config::{SchemaEvolution, TargetConfig};
+pub use config::{CopyFormat, SchemaEvolution, TargetConfig};
 pub use error::{LoadError, TargetError};
 pub use run::{run, Summary};

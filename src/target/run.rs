@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use crate::pg::Connection;
 use crate::singer::{parse_line, LineReader, Message, SchemaMessage};
 use crate::target::batch::{Pushed, StreamBatch};
-use crate::target::config::TargetConfig;
+use crate::target::config::{CopyFormat, TargetConfig};
 use crate::target::error::{LoadError, TargetError};
 use crate::target::load::{load_batch, prepare_table, LoadFailure, LoadPath, TableState};
 use crate::target::naming::target_table;
@@ -213,9 +213,18 @@ impl Target<'_> {
         let try_direct = stream.direct_backoff == 0;
         stream.direct_backoff = stream.direct_backoff.saturating_sub(1);
         let hard_delete = self.config.hard_delete;
+        let binary = self.config.copy_format == CopyFormat::Auto;
         let first_seq = batch.first_seq();
         let handle = tokio::spawn(async move {
-            let result = load_batch(&mut connection, &table, &batch, hard_delete, try_direct).await;
+            let result = load_batch(
+                &mut connection,
+                &table,
+                &batch,
+                hard_delete,
+                try_direct,
+                binary,
+            )
+            .await;
             LoadJob {
                 connection,
                 batch,
