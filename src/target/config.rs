@@ -226,6 +226,7 @@ mod tests {
         assert!(!config.add_metadata_columns);
         assert_eq!(config.schema_mapping["public"], "analytics");
         assert_eq!(config.schema_evolution, SchemaEvolution::Rename);
+        assert_eq!(config.copy_format, CopyFormat::Auto);
     }
 
     #[test]
@@ -239,6 +240,7 @@ mod tests {
         assert!(with("hard_delet", json!(true)).contains("did you mean \"hard_delete\""));
         assert!(with("batch_size_rows", json!(0)).contains("at least 1"));
         assert!(with("schema_evolution", json!("grow")).contains("widen"));
+        assert!(with("copy_format", json!("csv")).contains("\"text\""));
         assert!(with("schema_mapping", json!({"public": {}})).contains("target_schema"));
         assert!(with("data_flattening_max_level", json!(-1)).contains("data_flattening_max_level"));
         assert!(parse(json!({"host": "h", "user": "u"}))
