@@ -16,4 +16,6 @@ pub mod pg;
 pub mod pipeline;
 pub mod progress;
 pub mod secret;
+pub mod singer;
 pub mod source;
+pub mod target;

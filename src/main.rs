@@ -36,6 +36,16 @@ enum Command {
     /// test server: no TLS, one fabric, one API key, no replication. Prints
     /// `gdnlite listening on http://ADDR` on stdout once ready.
     Gdnlite(GdnliteArgs),
+    /// Singer target into PostgreSQL (drop-in for macrometa-target-postgres): Singer messages on
+    /// stdin, STATE lines on stdout once the data before them is committed.
+    Target(TargetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TargetArgs {
+    /// Target config: the old target's keys (host, port, user, password, dbname, …).
+    #[arg(short, long)]
+    config: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -297,6 +307,37 @@ async fn run(args: RunArgs) -> ExitCode {
     }
 }
 
+async fn target(args: TargetArgs) -> ExitCode {
+    let config = match pgferry::target::TargetConfig::from_file(&args.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut stdout = std::io::stdout();
+    match pgferry::target::run(&config, std::io::stdin(), &mut stdout).await {
+        Ok(summary) => {
+            tracing::info!(
+                records = summary.records,
+                rows = summary.rows,
+                batches = summary.batches,
+                states = summary.states,
+                "target finished"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            if error.is_config() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+    }
+}
+
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGFERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -329,6 +370,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run(args).await,
             Command::Discover(args) => discover(args).await,
             Command::Gdnlite(args) => gdnlite(args).await,
+            Command::Target(args) => target(args).await,
         }
     })
 }

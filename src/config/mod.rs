@@ -6,17 +6,19 @@
 //! Singer configs used (a port as `5432` or `"5432"`, a flag as `true` or `"true"`). Secrets may
 //! be written as `{"env": "NAME"}` to read them from the environment instead of the file.
 
+mod connection;
 mod destination;
 mod error;
 mod pipeline;
 mod source;
 mod value;
 
+pub use connection::{PgConnectionConfig, CONNECTION_KEYS};
 pub use destination::{DestinationConfig, GdnAuth, GdnDestinationConfig};
 pub use error::ConfigError;
 pub use pipeline::{parse_table_name, PipelineConfig, TableSelection};
 pub use source::{PgSourceConfig, ReplicationMethod};
-pub use value::did_you_mean;
+pub use value::{boolean, did_you_mean, reject_unknown_keys, string, unsigned};
 
 use std::path::Path;
 

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::config::value::{boolean, reject_unknown_keys, secret, string, unsigned};
+use crate::config::connection::{port, PgConnectionConfig};
+use crate::config::value::{boolean, reject_unknown_keys, string, unsigned};
 use crate::config::ConfigError;
 use crate::pg::replication::{default_slot_name, validate_slot_name};
 use crate::pg::{ConnectOptions, SslMode, TlsMaterial};
@@ -100,35 +101,6 @@ pub struct PgSourceConfig {
     pub tap_id: Option<String>,
 }
 
-fn required(
-    object: &serde_json::Map<String, Value>,
-    key: &'static str,
-    hint: &'static str,
-) -> Result<String, ConfigError> {
-    match string(object, key)? {
-        Some(value) if !value.trim().is_empty() => Ok(value),
-        _ => Err(ConfigError::Missing { key, hint }),
-    }
-}
-
-fn port(object: &serde_json::Map<String, Value>, key: &str) -> Result<Option<u16>, ConfigError> {
-    match unsigned(object, key)? {
-        None => Ok(None),
-        Some(value) => u16::try_from(value)
-            .ok()
-            .filter(|port| *port > 0)
-            .map(Some)
-            .ok_or_else(|| ConfigError::Invalid {
-                key: key.to_owned(),
-                detail: format!("{value} is not a TCP port (1–65535)"),
-            }),
-    }
-}
-
-fn pem(object: &serde_json::Map<String, Value>, key: &str) -> Result<Option<String>, ConfigError> {
-    Ok(string(object, key)?.filter(|text| !text.trim().is_empty()))
-}
-
 impl PgSourceConfig {
     /// Reads and validates a source config object.
     pub fn from_object(
@@ -143,11 +115,11 @@ impl PgSourceConfig {
                 });
             }
         }
-        let dbname = required(
+        let connection = PgConnectionConfig::from_object(
             object,
-            "dbname",
             "the database to read, e.g. \"dbname\": \"sales\"",
         )?;
+        let dbname = connection.dbname.clone();
         let replication_method = match string(object, "replication_method")?.as_deref() {
             None | Some("FULL_TABLE") => ReplicationMethod::FullTable,
             Some("LOG_BASED") => ReplicationMethod::LogBased,
@@ -175,39 +147,11 @@ impl PgSourceConfig {
                 }
                 _ => (default_slot_name(&dbname), false),
             };
-        let sslmode = match string(object, "sslmode")? {
-            Some(mode) => {
-                mode.parse()
-                    .map_err(|error: crate::pg::PgError| ConfigError::Invalid {
-                        key: "sslmode".into(),
-                        detail: error.to_string(),
-                    })?
-            }
-            None if boolean(object, "ssl")?.unwrap_or(false) => SslMode::Require,
-            // The old connector used plain connections unless `ssl` was set; libpq's `prefer`
-            // keeps them working and upgrades to TLS where the server offers it.
-            None => SslMode::Prefer,
-        };
-        let password = match secret(object, "password")? {
-            Some(password) => Some(password),
-            None => std::env::var("PGPASSWORD").ok().map(Secret::new),
-        };
-        let connect_timeout = unsigned(object, "connect_timeout")?.unwrap_or(30);
-        if connect_timeout == 0 {
-            return Err(ConfigError::Invalid {
-                key: "connect_timeout".into(),
-                detail: "must be at least 1 second".into(),
-            });
-        }
         Ok(PgSourceConfig {
-            host: required(
-                object,
-                "host",
-                "the PostgreSQL server's host name or address",
-            )?,
-            port: port(object, "port")?.unwrap_or(5432),
-            user: required(object, "user", "the role to connect as")?,
-            password,
+            host: connection.host,
+            port: connection.port,
+            user: connection.user,
+            password: connection.password,
             dbname,
             filter_schemas: string(object, "filter_schemas")?
                 .map(|schemas| {
@@ -222,17 +166,10 @@ impl PgSourceConfig {
             replication_method,
             replication_slot,
             replication_slot_explicit,
-            sslmode,
-            tls: TlsMaterial {
-                root_ca_pem: pem(object, "ssl_root_ca_cert")?,
-                client_cert_pem: pem(object, "ssl_client_certificate")?,
-                client_key_pem: secret(object, "ssl_client_key")?.filter(|key| !key.is_empty()),
-                client_key_password: secret(object, "ssl_client_password")?
-                    .filter(|key| !key.is_empty()),
-            },
-            connect_timeout: Duration::from_secs(connect_timeout),
-            application_name: string(object, "application_name")?
-                .unwrap_or_else(|| "pgferry".into()),
+            sslmode: connection.sslmode,
+            tls: connection.tls,
+            connect_timeout: connection.connect_timeout,
+            application_name: connection.application_name,
             break_at_end_lsn: boolean(object, "break_at_end_lsn")?.unwrap_or(true),
             wal_sender_timeout_ms: unsigned(object, "wal_sender_timeout")?.unwrap_or(3_600_000),
             debug_lsn: boolean(object, "debug_lsn")?.unwrap_or(false),

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# End-to-end benchmark of `pgferry target` (Singer → PostgreSQL) against `psql \copy` of the same
+# rows as CSV, on a throwaway cluster. Reports rows/s, the ratio to \copy and peak RSS.
+#
+#   scripts/bench-target.sh              # 2,000,000 rows
+#   ROWS=200000 scripts/bench-target.sh  # a quicker run
+#   BENCH_NO_GNU_TIME=1 …                # peak RSS from /proc even where GNU time exists
+#   COPY_FORMAT=text …                   # pgferry's COPY format: auto (binary where exact) or text
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/common.sh
+
+ROWS="${ROWS:-2000000}"
+BATCH="${BATCH:-100000}"
+COPY_FORMAT="${COPY_FORMAT:-auto}"
+WORK="$(mktemp -d /tmp/pgferry-bench-target.XXXXXX)"
+trap 'stop_cluster; rm -rf "$WORK"' EXIT
+
+ensure_postgres
+log "building pgferry (release)"
+cargo build --release --quiet --bin pgferry
+BIN="$PWD/target/release/pgferry"
+
+log "generating $ROWS Singer RECORD lines and the same rows as CSV"
+python3 - "$ROWS" "$WORK" <<'PY'
+import sys, json
+rows, work = int(sys.argv[1]), sys.argv[2]
+schema = ('{"type": "SCHEMA", "stream": "public-bench", "key_properties": ["id"], "schema": {"type": "object", "properties": {'
+          '"id": {"type": ["integer"]}, "name": {"type": ["null", "string"]}, '
+          '"amount": {"type": ["null", "number"], "multipleOf": 0.01}, '
+          '"qty": {"type": ["null", "integer"], "minimum": -2147483648, "maximum": 2147483647}, '
+          '"paid": {"type": ["null", "boolean"]}, '
+          '"created_at": {"type": ["null", "string"], "format": "date-time"}, '
+          '"_sdc_deleted_at": {"type": ["null", "string"], "format": "date-time"}}}}\n')
+with open(f"{work}/data.singer", "w") as singer, open(f"{work}/data.csv", "w") as csv:
+    singer.write(schema)
+    for i in range(1, rows + 1):
+        name = f"customer {i % 10007}"
+        amount = f"{(i % 100000) // 100}.{i % 100:02d}"
+        qty = i % 1000
+        paid = "true" if i % 3 == 0 else "false"
+        ts = f"2024-{1 + i % 12:02d}-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:{(i * 7) % 60:02d}.{i % 1000000:06d}+00:00"
+        singer.write(f'{{"type": "RECORD", "stream": "public-bench", "record": {{"id": {i}, "name": "{name}", "amount": {amount}, "qty": {qty}, "paid": {paid}, "created_at": "{ts}", "_sdc_deleted_at": null}}, "version": 1, "time_extracted": "2024-05-01T00:00:00.000000Z"}}\n')
+        csv.write(f"{i},{name},{amount},{qty},{paid},{ts},\n")
+        if i % 100000 == 0:
+            singer.write('{"type": "STATE", "value": {"bookmarks": {"public-bench": {"lsn": %d}}}}\n' % i)
+PY
+ls -l "$WORK"
+
+start_cluster
+TABLE_DDL="CREATE TABLE public.bench (id bigint PRIMARY KEY, name character varying, amount numeric, qty integer, paid boolean, created_at timestamp with time zone, _sdc_deleted_at timestamp with time zone)"
+
+# Elapsed seconds and peak RSS (KiB) of a command: GNU time when present, else the kernel's
+# high-water mark (VmHWM in /proc/PID/status) polled until the process exits.
+# measure OUT_PREFIX STDIN_FILE STDOUT_FILE COMMAND...
+measure() {
+    local out="$1" input="$2" output="$3"; shift 3
+    if [ -x /usr/bin/time ] && [ -z "${BENCH_NO_GNU_TIME:-}" ]; then
+        /usr/bin/time -v -o "$out.time" "$@" < "$input" > "$output"
+        ELAPSED=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$out.time" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
+        RSS_KB=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$out.time")
+    else
+        local t0 t1 pid hwm
+        t0=$(date +%s.%N)
+        "$@" < "$input" > "$output" &
+        pid=$!
+        RSS_KB=0
+        while kill -0 "$pid" 2>/dev/null; do
+            hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+            if [ -n "$hwm" ] && [ "$hwm" -gt "$RSS_KB" ]; then RSS_KB=$hwm; fi
+            sleep 0.05
+        done
+        wait "$pid"
+        t1=$(date +%s.%N)
+        ELAPSED=$(python3 -c "print(round($t1 - $t0, 2))")
+    fi
+}
+
+log "psql \\copy of the CSV into a table with the same columns and primary key"
+cluster_psql -c "$TABLE_DDL"
+measure "$WORK/copy" /dev/null /dev/null psql -X -q -h "$PG_DIR" -p "$PG_PORT" -U postgres -c "\\copy public.bench FROM '$WORK/data.csv' WITH (FORMAT csv)"
+COPY_S="$ELAPSED"; COPY_RSS="$RSS_KB"
+cluster_psql -c "DROP TABLE public.bench"
+
+log "pgferry target (batch_size_rows=$BATCH, copy_format=$COPY_FORMAT) into an empty table it creates"
+cat > "$WORK/target.json" <<JSON
+{"host": "127.0.0.1", "port": $PG_PORT, "user": "postgres", "dbname": "postgres", "sslmode": "disable",
+ "batch_size_rows": $BATCH, "copy_format": "$COPY_FORMAT"}
+JSON
+measure "$WORK/target" "$WORK/data.singer" "$WORK/state.out" "$BIN" target -c "$WORK/target.json"
+TARGET_S="$ELAPSED"; TARGET_RSS="$RSS_KB"
+LOADED=$(cluster_psql -At -c "SELECT count(*) FROM public.bench")
+[ "$LOADED" = "$ROWS" ] || die "pgferry loaded $LOADED rows, expected $ROWS"
+STATES=$(wc -l < "$WORK/state.out")
+
+log "pgferry target again over the loaded table (every row an update through ON CONFLICT)"
+measure "$WORK/update" "$WORK/data.singer" /dev/null "$BIN" target -c "$WORK/target.json"
+UPDATE_S="$ELAPSED"; UPDATE_RSS="$RSS_KB"
+
+rate() { python3 -c "print(f'{$ROWS / $1:,.0f}')"; }
+ratio() { python3 -c "print(f'{$COPY_S / $1:.2f}')"; }
+printf '\n| run | seconds | rows/s | ratio to \\copy | peak RSS |\n|---|---|---|---|---|\n'
+printf '| psql \\copy (CSV) | %s | %s | 1.00 | %s MiB (psql) |\n' "$COPY_S" "$(rate "$COPY_S")" "$((COPY_RSS / 1024))"
+printf '| pgferry target, empty table | %s | %s | %s | %s MiB |\n' "$TARGET_S" "$(rate "$TARGET_S")" "$(ratio "$TARGET_S")" "$((TARGET_RSS / 1024))"
+printf '| pgferry target, all updates | %s | %s | %s | %s MiB |\n' "$UPDATE_S" "$(rate "$UPDATE_S")" "$(ratio "$UPDATE_S")" "$((UPDATE_RSS / 1024))"
+printf '\n%s rows, %s STATE lines written; input %s MiB Singer, %s MiB CSV\n' "$ROWS" "$STATES" \
+    "$(( $(stat -c %s "$WORK/data.singer") / 1048576 ))" "$(( $(stat -c %s "$WORK/data.csv") / 1048576 ))"

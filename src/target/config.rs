@@ -1,0 +1,251 @@
+//! The Singer target's config keys, as `macrometa-target-postgres` (pipelinewise) read them.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::config::{
+    boolean, reject_unknown_keys, string, unsigned, ConfigError, PgConnectionConfig,
+    CONNECTION_KEYS,
+};
+
+/// Keys the target knows besides the connection keys.
+const TARGET_KEYS: &[&str] = &[
+    "default_target_schema",
+    "target_table",
+    "hard_delete",
+    "batch_size_rows",
+    "batch_flush_interval",
+    "batch_flush_min_time_gap",
+    "add_metadata_columns",
+    "primary_key_required",
+    "validate_records",
+    "parallelism",
+    "max_parallelism",
+    "flush_all_streams",
+    "data_flattening_max_level",
+    "schema_mapping",
+    "temp_dir",
+    "schema_evolution",
+    "copy_format",
+    "default_target_schema_select_permission",
+];
+
+/// What to do with a column whose type changed between SCHEMA messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SchemaEvolution {
+    /// The old target's rule: rename the column to `<col>_<YYYYMMDD_HHMM>`, add it anew.
+    #[default]
+    Rename,
+    /// Change the column's type to one that holds both the old and the new values.
+    Widen,
+}
+
+/// The COPY format of loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CopyFormat {
+    /// Binary when every column and value of a batch has an exact binary form, else text.
+    #[default]
+    Auto,
+    /// Always text.
+    Text,
+}
+
+/// Settings of `pgferry target`.
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    /// Where to connect.
+    pub connection: PgConnectionConfig,
+    /// Schema for streams not named in `schema_mapping`.
+    pub default_target_schema: Option<String>,
+    /// One table for every stream (the Macrometa fork's key), when set.
+    pub target_table: Option<String>,
+    /// Source schema → target schema.
+    pub schema_mapping: HashMap<String, String>,
+    /// Delete rows whose record has `_sdc_deleted_at`, instead of keeping the time.
+    pub hard_delete: bool,
+    /// A stream's buffered rows are loaded at this count.
+    pub batch_size_rows: usize,
+    /// Buffered rows are loaded at least this often.
+    pub batch_flush_interval: Duration,
+    /// Timer flushes are at least this far apart.
+    pub batch_flush_min_time_gap: Duration,
+    /// Add `_sdc_extracted_at`, `_sdc_batched_at`, `_sdc_deleted_at`.
+    pub add_metadata_columns: bool,
+    /// A stream without key properties is an error (else: plain INSERT).
+    pub primary_key_required: bool,
+    /// Check records against their JSON schema before loading.
+    pub validate_records: bool,
+    /// Load every stream whenever one is loaded.
+    pub flush_all_streams: bool,
+    /// Type changes: rename (old rule) or widen.
+    pub schema_evolution: SchemaEvolution,
+    /// Nested object properties down to this level become `parent__child` columns (0: none,
+    /// nested objects are jsonb).
+    pub data_flattening_max_level: u64,
+    /// `auto` (binary where exact, else text) or `text`.
+    pub copy_format: CopyFormat,
+}
+
+fn seconds(
+    object: &serde_json::Map<String, Value>,
+    key: &str,
+    default: u64,
+) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_secs(
+        unsigned(object, key)?.unwrap_or(default),
+    ))
+}
+
+impl TargetConfig {
+    /// Reads and validates a target config object.
+    pub fn from_object(
+        object: &serde_json::Map<String, Value>,
+    ) -> Result<TargetConfig, ConfigError> {
+        let known: Vec<&str> = CONNECTION_KEYS.iter().chain(TARGET_KEYS).copied().collect();
+        reject_unknown_keys(object, &known)?;
+        let connection = PgConnectionConfig::from_object(
+            object,
+            "the database to load into, e.g. \"dbname\": \"warehouse\"",
+        )?;
+        let batch_size_rows = match unsigned(object, "batch_size_rows")? {
+            None => 10_000,
+            Some(0) => {
+                return Err(ConfigError::Invalid {
+                    key: "batch_size_rows".into(),
+                    detail: "must be at least 1".into(),
+                })
+            }
+            Some(rows) => usize::try_from(rows).unwrap_or(usize::MAX),
+        };
+        let data_flattening_max_level = unsigned(object, "data_flattening_max_level")?.unwrap_or(0);
+        let mut schema_mapping = HashMap::new();
+        match object.get("schema_mapping") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(mapping)) => {
+                for (source, entry) in mapping {
+                    let target = entry
+                        .get("target_schema")
+                        .and_then(Value::as_str)
+                        .filter(|schema| !schema.is_empty())
+                        .ok_or_else(|| ConfigError::Invalid {
+                            key: "schema_mapping".into(),
+                            detail: format!("entry {source:?} needs {{\"target_schema\": \"…\"}}"),
+                        })?;
+                    schema_mapping.insert(source.clone(), target.to_owned());
+                }
+            }
+            Some(_) => return Err(ConfigError::Invalid {
+                key: "schema_mapping".into(),
+                detail:
+                    "expected an object such as {\"public\": {\"target_schema\": \"analytics\"}}"
+                        .into(),
+            }),
+        }
+        let schema_evolution = match string(object, "schema_evolution")?.as_deref() {
+            None | Some("rename") => SchemaEvolution::Rename,
+            Some("widen") => SchemaEvolution::Widen,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "schema_evolution".into(),
+                    detail: format!(
+                        "expected \"rename\" (the old target's rule) or \"widen\", got {other:?}"
+                    ),
+                })
+            }
+        };
+        let copy_format = match string(object, "copy_format")?.as_deref() {
+            None | Some("auto") => CopyFormat::Auto,
+            Some("text") => CopyFormat::Text,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "copy_format".into(),
+                    detail: format!(
+                        "expected \"auto\" (binary where exact) or \"text\", got {other:?}"
+                    ),
+                })
+            }
+        };
+        for key in ["parallelism", "max_parallelism"] {
+            unsigned(object, key)?;
+        }
+        string(object, "temp_dir")?;
+        Ok(TargetConfig {
+            connection,
+            default_target_schema: string(object, "default_target_schema")?
+                .filter(|schema| !schema.trim().is_empty()),
+            target_table: string(object, "target_table")?.filter(|table| !table.trim().is_empty()),
+            schema_mapping,
+            hard_delete: boolean(object, "hard_delete")?.unwrap_or(false),
+            batch_size_rows,
+            batch_flush_interval: seconds(object, "batch_flush_interval", 60)?,
+            batch_flush_min_time_gap: seconds(object, "batch_flush_min_time_gap", 0)?,
+            add_metadata_columns: boolean(object, "add_metadata_columns")?.unwrap_or(false),
+            primary_key_required: boolean(object, "primary_key_required")?.unwrap_or(true),
+            validate_records: boolean(object, "validate_records")?.unwrap_or(false),
+            flush_all_streams: boolean(object, "flush_all_streams")?.unwrap_or(false),
+            schema_evolution,
+            data_flattening_max_level,
+            copy_format,
+        })
+    }
+
+    /// Reads a target config file.
+    pub fn from_file(path: &Path) -> Result<TargetConfig, ConfigError> {
+        TargetConfig::from_object(&crate::config::read_json_object(path)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(value: Value) -> Result<TargetConfig, ConfigError> {
+        TargetConfig::from_object(value.as_object().unwrap())
+    }
+
+    #[test]
+    fn reads_the_old_targets_keys_with_their_defaults() {
+        let config = parse(json!({
+            "host": "db", "port": "5433", "user": "u", "password": "pw", "dbname": "dw",
+            "default_target_schema": "raw", "hard_delete": "true", "batch_size_rows": 500,
+            "schema_mapping": {"public": {"target_schema": "analytics"}},
+            "parallelism": 0, "max_parallelism": 16, "temp_dir": "/tmp", "flush_all_streams": true
+        }))
+        .unwrap();
+        assert_eq!(config.connection.port, 5433);
+        assert_eq!(config.default_target_schema.as_deref(), Some("raw"));
+        assert!(config.hard_delete);
+        assert_eq!(config.batch_size_rows, 500);
+        assert_eq!(config.batch_flush_interval, Duration::from_secs(60));
+        assert!(config.primary_key_required);
+        assert!(!config.validate_records);
+        assert!(!config.add_metadata_columns);
+        assert_eq!(config.schema_mapping["public"], "analytics");
+        assert_eq!(config.schema_evolution, SchemaEvolution::Rename);
+        assert_eq!(config.copy_format, CopyFormat::Auto);
+    }
+
+    #[test]
+    fn mistakes_name_the_key_and_the_fix() {
+        let base = json!({"host": "h", "user": "u", "dbname": "d"});
+        let with = |key: &str, value: Value| {
+            let mut object = base.clone();
+            object[key] = value;
+            parse(object).unwrap_err().to_string()
+        };
+        assert!(with("hard_delet", json!(true)).contains("did you mean \"hard_delete\""));
+        assert!(with("batch_size_rows", json!(0)).contains("at least 1"));
+        assert!(with("schema_evolution", json!("grow")).contains("widen"));
+        assert!(with("copy_format", json!("csv")).contains("\"text\""));
+        assert!(with("schema_mapping", json!({"public": {}})).contains("target_schema"));
+        assert!(with("data_flattening_max_level", json!(-1)).contains("data_flattening_max_level"));
+        assert!(parse(json!({"host": "h", "user": "u"}))
+            .unwrap_err()
+            .to_string()
+            .contains("dbname"));
+    }
+}

@@ -1,0 +1,508 @@
+//! The target's loop: read lines, buffer records per stream, load on size, SCHEMA, timer and
+//! end of input, and release STATE once what precedes it is committed.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+use crate::pg::Connection;
+use crate::singer::{parse_line, LineReader, Message, SchemaMessage};
+use crate::target::batch::{Pushed, StreamBatch};
+use crate::target::config::{CopyFormat, TargetConfig};
+use crate::target::error::{LoadError, TargetError};
+use crate::target::load::{load_batch, prepare_table, LoadFailure, LoadPath, TableState};
+use crate::target::naming::target_table;
+use crate::target::schema::StreamSchema;
+use crate::target::state::StateTracker;
+
+/// What a run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// RECORD messages read.
+    pub records: u64,
+    /// Rows loaded (after deduplication by key).
+    pub rows: u64,
+    /// Batches committed.
+    pub batches: u64,
+    /// STATE lines written.
+    pub states: u64,
+}
+
+struct Stream {
+    schema: StreamSchema,
+    table: TableState,
+    batch: StreamBatch,
+    /// Batches to merge before trying a direct COPY again (after one met existing keys).
+    direct_backoff: u32,
+    /// Delete records that had no `_sdc_deleted_at` column to go to.
+    unapplied_deletes: u64,
+}
+
+/// Batches merged through staging after a direct COPY met an existing key.
+const DIRECT_BACKOFF_BATCHES: u32 = 8;
+
+/// A batch being loaded by its own task, which owns the connection meanwhile.
+struct InFlight {
+    stream: String,
+    first_seq: Option<u64>,
+    handle: tokio::task::JoinHandle<LoadJob>,
+}
+
+/// What a load task hands back: the connection, the batch (to reuse its buffers), the result.
+struct LoadJob {
+    connection: Connection,
+    batch: StreamBatch,
+    result: Result<(u64, LoadPath), LoadFailure>,
+}
+
+struct Target<'a> {
+    config: &'a TargetConfig,
+    /// `None` while a load task holds it.
+    connection: Option<Connection>,
+    in_flight: Option<InFlight>,
+    spare: Option<StreamBatch>,
+    streams: HashMap<String, Stream>,
+    states: StateTracker,
+    output: &'a mut (dyn Write + Send),
+    summary: Summary,
+    staging_tables: usize,
+    last_flush: Instant,
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for `_sdc_batched_at`.
+pub(crate) fn utc_timestamp(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let seconds = since.as_secs();
+    let days = (seconds / 86_400) as i64;
+    let rest = seconds % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since.subsec_micros()
+    )
+}
+
+impl Target<'_> {
+    fn oldest_pending(&self) -> Option<u64> {
+        self.streams
+            .values()
+            .filter_map(|stream| stream.batch.first_seq())
+            .chain(self.in_flight.as_ref().and_then(|load| load.first_seq))
+            .min()
+    }
+
+    fn pending(&self) -> bool {
+        self.streams.values().any(|stream| !stream.batch.is_empty())
+    }
+
+    fn release_states(&mut self) -> Result<(), TargetError> {
+        if let Some(value) = self.states.release(self.oldest_pending()) {
+            self.output
+                .write_all(value.as_bytes())
+                .and_then(|()| self.output.write_all(b"\n"))
+                .and_then(|()| self.output.flush())
+                .map_err(TargetError::Output)?;
+            self.summary.states += 1;
+        }
+        Ok(())
+    }
+
+    /// Waits for the batch in flight, takes the connection back, and releases STATE.
+    async fn join(&mut self) -> Result<(), TargetError> {
+        let Some(load) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let job = load
+            .handle
+            .await
+            .map_err(|error| TargetError::Internal(format!("the load task failed: {error}")))?;
+        self.connection = Some(job.connection);
+        let stream = self.streams.get_mut(&load.stream);
+        match job.result {
+            Ok((rows, path)) => {
+                tracing::debug!(stream = load.stream, rows, ?path, "batch committed");
+                self.summary.rows += rows;
+                self.summary.batches += 1;
+                if let (LoadPath::DirectThenMerged, Some(stream)) = (path, stream) {
+                    stream.direct_backoff = DIRECT_BACKOFF_BATCHES;
+                }
+                let mut batch = job.batch;
+                batch.clear();
+                self.spare = Some(batch);
+            }
+            Err(failure) => {
+                let line = failure
+                    .row
+                    .and_then(|row| job.batch.rows().nth(row))
+                    .map(|row| row.line);
+                let column = failure.column.map(|column| {
+                    stream
+                        .as_ref()
+                        .and_then(|stream| {
+                            stream
+                                .schema
+                                .columns
+                                .iter()
+                                .find(|candidate| candidate.name == column)
+                        })
+                        .map_or(column, |found| found.property.clone())
+                });
+                let table = stream
+                    .map(|stream| stream.table.name.clone())
+                    .unwrap_or_else(|| crate::target::naming::TableName {
+                        schema: String::new(),
+                        table: load.stream.clone(),
+                    });
+                return Err(TargetError::Load(Box::new(LoadError {
+                    line,
+                    stream: load.stream,
+                    table,
+                    column,
+                    lines: job.batch.line_range(),
+                    source: failure.error,
+                })));
+            }
+        }
+        self.release_states()
+    }
+
+    /// The connection, once no load holds it.
+    async fn connection(&mut self) -> Result<&mut Connection, TargetError> {
+        self.join().await?;
+        self.connection
+            .as_mut()
+            .ok_or_else(|| TargetError::Internal("the connection was lost by a load task".into()))
+    }
+
+    /// Starts loading a stream's pending rows; the previous load finishes first. The rows
+    /// count as pending (for STATE) until [`Target::join`] has seen them commit.
+    async fn flush_stream(&mut self, name: &str) -> Result<(), TargetError> {
+        if self
+            .streams
+            .get(name)
+            .is_none_or(|stream| stream.batch.is_empty())
+        {
+            return Ok(());
+        }
+        self.join().await?;
+        let Some(mut connection) = self.connection.take() else {
+            return Err(TargetError::Internal(
+                "the connection was lost by a load task".into(),
+            ));
+        };
+        let Some(stream) = self.streams.get_mut(name) else {
+            self.connection = Some(connection);
+            return Ok(());
+        };
+        let batch = std::mem::replace(&mut stream.batch, self.spare.take().unwrap_or_default());
+        let table = stream.table.clone();
+        let try_direct = stream.direct_backoff == 0;
+        stream.direct_backoff = stream.direct_backoff.saturating_sub(1);
+        let hard_delete = self.config.hard_delete;
+        let binary = self.config.copy_format == CopyFormat::Auto;
+        let first_seq = batch.first_seq();
+        let handle = tokio::spawn(async move {
+            let result = load_batch(
+                &mut connection,
+                &table,
+                &batch,
+                hard_delete,
+                try_direct,
+                binary,
+            )
+            .await;
+            LoadJob {
+                connection,
+                batch,
+                result,
+            }
+        });
+        self.in_flight = Some(InFlight {
+            stream: name.to_owned(),
+            first_seq,
+            handle,
+        });
+        self.last_flush = Instant::now();
+        Ok(())
+    }
+
+    /// Loads every stream's pending rows and waits until they are committed.
+    async fn flush_all(&mut self) -> Result<(), TargetError> {
+        let mut names: Vec<(u64, String)> = self
+            .streams
+            .iter()
+            .filter_map(|(name, stream)| stream.batch.first_seq().map(|seq| (seq, name.clone())))
+            .collect();
+        names.sort_unstable();
+        for (_, name) in names {
+            self.flush_stream(&name).await?;
+        }
+        self.join().await?;
+        self.last_flush = Instant::now();
+        self.release_states()
+    }
+
+    async fn on_schema(&mut self, message: SchemaMessage, line: u64) -> Result<(), TargetError> {
+        if self
+            .streams
+            .get(&message.stream)
+            .is_some_and(|stream| !stream.batch.is_empty())
+        {
+            if self.config.flush_all_streams {
+                self.flush_all().await?;
+            } else {
+                self.flush_stream(&message.stream).await?;
+            }
+        }
+        if message.key_properties.is_empty() && self.config.primary_key_required {
+            return Err(TargetError::NoKey {
+                line,
+                stream: message.stream,
+            });
+        }
+        let metadata = self.config.add_metadata_columns || self.config.hard_delete;
+        let schema = StreamSchema::flattened(
+            &message.schema,
+            &message.property_order,
+            &message.key_properties,
+            metadata,
+            self.config.data_flattening_max_level,
+        )
+        .map_err(|source| TargetError::Schema {
+            line,
+            stream: message.stream.clone(),
+            source,
+        })?;
+        let name = target_table(&message.stream, self.config);
+        if let Some(stream) = self.streams.get(&message.stream) {
+            if stream.schema == schema && stream.table.name == name {
+                return Ok(());
+            }
+        }
+        let (staging, recreate_staging) = match self.streams.get(&message.stream) {
+            Some(stream) => (stream.table.staging.clone(), true),
+            None => {
+                self.staging_tables += 1;
+                (format!("pgferry_stage_{}", self.staging_tables), false)
+            }
+        };
+        let config = self.config;
+        let table = prepare_table(
+            self.connection().await?,
+            &schema,
+            &name,
+            config.schema_evolution,
+            &staging,
+            recreate_staging,
+        )
+        .await
+        .map_err(|source| TargetError::Prepare {
+            line,
+            stream: message.stream.clone(),
+            table: name.clone(),
+            source: Box::new(source),
+        })?;
+        for change in &table.changes {
+            tracing::info!(stream = %message.stream, "{change}");
+        }
+        let (batch, direct_backoff, unapplied_deletes) = self
+            .streams
+            .remove(&message.stream)
+            .map(|stream| {
+                (
+                    stream.batch,
+                    stream.direct_backoff,
+                    stream.unapplied_deletes,
+                )
+            })
+            .unwrap_or_default();
+        self.streams.insert(
+            message.stream,
+            Stream {
+                schema,
+                table,
+                batch,
+                direct_backoff,
+                unapplied_deletes,
+            },
+        );
+        Ok(())
+    }
+}
+
+/// Runs the target: Singer messages from `input`, STATE lines to `output`.
+pub async fn run<R: Read + Send + 'static>(
+    config: &TargetConfig,
+    input: R,
+    output: &mut (dyn Write + Send),
+) -> Result<Summary, TargetError> {
+    let mut connection = Connection::connect(&config.connection.connect_options())
+        .await
+        .map_err(TargetError::Connect)?;
+    // Staging tables are temp tables: keep a batch of them in memory rather than in temp files
+    // (only settable before the session's first temp table).
+    connection
+        .execute("SET temp_buffers = '128MB'")
+        .await
+        .map_err(TargetError::Connect)?;
+    let mut target = Target {
+        config,
+        connection: Some(connection),
+        in_flight: None,
+        spare: None,
+        streams: HashMap::new(),
+        states: StateTracker::default(),
+        output,
+        summary: Summary::default(),
+        staging_tables: 0,
+        last_flush: Instant::now(),
+    };
+    let flush_every = config
+        .batch_flush_interval
+        .max(config.batch_flush_min_time_gap)
+        .max(Duration::from_millis(1));
+    let mut reader = LineReader::spawn(input);
+    let mut records = 0u64;
+    if let Err(error) = process(&mut target, &mut reader, &mut records, flush_every).await {
+        // Let a batch already in flight finish, so that what committed is known and the STATEs
+        // it covers are written; the first error is the one reported.
+        let _ = target.join().await;
+        return Err(error);
+    }
+    for (name, stream) in &target.streams {
+        if stream.unapplied_deletes > 0 {
+            tracing::warn!(
+                stream = %name,
+                count = stream.unapplied_deletes,
+                "delete records left their rows unchanged (the table has no _sdc_deleted_at column)"
+            );
+        }
+    }
+    target.summary.records = records;
+    let summary = target.summary.clone();
+    if let Some(connection) = target.connection.take() {
+        connection.close().await;
+    }
+    Ok(summary)
+}
+
+/// The loop over the input: everything up to the final commit.
+async fn process(
+    target: &mut Target<'_>,
+    reader: &mut LineReader,
+    records: &mut u64,
+    flush_every: Duration,
+) -> Result<(), TargetError> {
+    let config = target.config;
+    loop {
+        let block = if target.pending() || target.in_flight.is_some() {
+            let deadline = target.last_flush + flush_every;
+            tokio::select! {
+                block = reader.next() => block,
+                () = tokio::time::sleep_until(deadline) => {
+                    target.flush_all().await?;
+                    continue;
+                }
+            }
+        } else {
+            reader.next().await
+        };
+        let Some(block) = block else { break };
+        let block = block?;
+        let batched_at = utc_timestamp(SystemTime::now());
+        for (line, text) in block.lines() {
+            match parse_line(text, line)? {
+                Message::Record(record) => {
+                    *records += 1;
+                    let Some(stream) = target.streams.get_mut(record.stream.as_ref()) else {
+                        return Err(TargetError::RecordBeforeSchema {
+                            line,
+                            stream: record.stream.into_owned(),
+                        });
+                    };
+                    let pushed = stream
+                        .batch
+                        .push(
+                            &stream.schema,
+                            &record,
+                            line,
+                            *records,
+                            config.validate_records,
+                            !config.hard_delete,
+                            &batched_at,
+                        )
+                        .map_err(|source| TargetError::Row {
+                            line,
+                            stream: record.stream.to_string(),
+                            source,
+                        })?;
+                    if pushed == Pushed::DeleteWithoutColumn {
+                        stream.unapplied_deletes += 1;
+                        if stream.unapplied_deletes == 1 {
+                            tracing::warn!(
+                                stream = %record.stream,
+                                line,
+                                "a delete record (non-null _sdc_deleted_at) for a table without an _sdc_deleted_at column: the row is left unchanged; set \"hard_delete\": true to delete rows, or \"add_metadata_columns\": true to record the deletion time"
+                            );
+                        }
+                        continue;
+                    }
+                    if stream.batch.received() >= config.batch_size_rows {
+                        if config.flush_all_streams {
+                            target.flush_all().await?;
+                        } else {
+                            target.flush_stream(record.stream.as_ref()).await?;
+                        }
+                    }
+                }
+                Message::Schema(schema) => target.on_schema(schema, line).await?,
+                Message::State(value) => {
+                    target.states.push(*records, value.get().to_owned());
+                    if !target.pending() {
+                        target.release_states()?;
+                    }
+                }
+                Message::ActivateVersion { stream, version } => {
+                    tracing::info!(
+                        stream,
+                        version = version.map(|raw| raw.get()).unwrap_or("null"),
+                        "ACTIVATE_VERSION accepted: rows are upserted by key, so rows missing from the new version are kept (not deleted)"
+                    );
+                }
+            }
+        }
+        if target.pending() && target.last_flush.elapsed() >= flush_every {
+            target.flush_all().await?;
+        }
+    }
+    target.flush_all().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_rfc3339() {
+        let time = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
+        assert_eq!(utc_timestamp(time), "2023-11-14T22:13:20.123456Z");
+        assert_eq!(utc_timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(utc_timestamp(leap), "2000-02-29T00:00:00.000000Z");
+    }
+}
