@@ -20,8 +20,10 @@ use crate::pg::catalog::{discover, Table};
 use crate::pg::{Connection, PgError};
 use crate::progress::{spawn_display, CopyProgress};
 use crate::source::cdc::{CdcError, CdcSummary};
-use crate::source::snapshot::{copy_tables, BatchLimits, CopySummary, CopyTask, SnapshotError};
-use crate::source::state::StateError;
+use crate::source::snapshot::{
+    copy_tables, BatchLimits, CopyPlan, CopySummary, CopyTask, SnapshotError,
+};
+use crate::source::state::{ChunkLedger, StateError};
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -311,7 +313,7 @@ pub async fn run_with(
         return log_based::run(config, metrics, control).await;
     }
     let prepared = prepare(config, true).await?;
-    copy_step(config, prepared, &metrics, None).await
+    copy_step(config, prepared, &metrics, None, None).await
 }
 
 /// The consistent copy of every prepared table, under `snapshot` when given.
@@ -320,6 +322,7 @@ pub(crate) async fn copy_step(
     prepared: Prepared,
     metrics: &Arc<Metrics>,
     snapshot: Option<String>,
+    ledger: Option<Arc<ChunkLedger>>,
 ) -> Result<RunSummary, RunError> {
     let Prepared {
         client,
@@ -338,11 +341,14 @@ pub(crate) async fn copy_step(
     let copy = copy_tables(
         &config.source.connect_options(),
         tasks,
-        config.parallelism,
-        limits,
         &writer,
-        snapshot,
-        Arc::clone(&progress),
+        CopyPlan {
+            workers: config.parallelism,
+            limits,
+            snapshot,
+            progress: Arc::clone(&progress),
+            ledger,
+        },
     )
     .await;
     progress.finish();

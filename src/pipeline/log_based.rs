@@ -20,7 +20,15 @@ use crate::pg::replication::{ReplicationClient, SlotSnapshot};
 use crate::pg::Lsn;
 use crate::pipeline::{copy_step, prepare, RunControl, RunError, RunSummary};
 use crate::source::cdc::{stream_changes, CdcSettings, CdcTable};
-use crate::source::state::{CdcState, StateFile};
+use crate::source::state::{CdcState, ChunkLedger, StateFile};
+
+/// The ledger's state once the copy is over.
+fn take_state(ledger: Arc<ChunkLedger>) -> CdcState {
+    match Arc::try_unwrap(ledger) {
+        Ok(ledger) => ledger.into_state(),
+        Err(shared) => shared.state(),
+    }
+}
 
 /// wal2json's escaping of names in `add-tables`: space, quote, comma, dot and asterisk.
 pub(crate) fn escape_table_name(name: &str) -> String {
@@ -138,11 +146,21 @@ pub(crate) async fn run(
             let created = replication
                 .create_logical_slot(&slot, "wal2json", SlotSnapshot::Export, false)
                 .await?;
-            let mut state = CdcState::new(&slot, created.consistent_point);
+            let state = CdcState::new(&slot, created.consistent_point);
             file.save(&state)?;
             tracing::info!(%slot, consistent_point = %created.consistent_point, "created the replication slot; copying under its snapshot");
-            let copy = copy_step(config, prepared, &metrics, created.snapshot_name).await?;
+            let ledger = Arc::new(ChunkLedger::new(state, file.clone()));
+            let copy = copy_step(
+                config,
+                prepared,
+                &metrics,
+                created.snapshot_name,
+                Some(Arc::clone(&ledger)),
+            )
+            .await?;
+            let mut state = take_state(ledger);
             state.snapshot_done = true;
+            state.chunks.clear();
             file.save(&state)?;
             (state, Some(copy))
         }
@@ -151,8 +169,13 @@ pub(crate) async fn run(
             // snapshot and replay from the slot's position (the resume rule).
             let mut state = stored.unwrap_or_else(|| CdcState::new(&slot, confirmed));
             state.lsn = state.lsn.max(confirmed);
-            tracing::info!(%slot, from = %state.lsn, "slot found without a finished copy: copying again, then replaying from the slot");
-            let copy = copy_step(config, prepared, &metrics, None).await?;
+            let done: usize = state.chunks.values().map(|table| table.done.len()).sum();
+            tracing::info!(%slot, from = %state.lsn, chunks_done = done, "slot found without a finished copy: copying the chunks not done under a fresh snapshot, then replaying from the slot");
+            let ledger = Arc::new(ChunkLedger::new(state, file.clone()));
+            let copy =
+                copy_step(config, prepared, &metrics, None, Some(Arc::clone(&ledger))).await?;
+            let mut state = take_state(ledger);
+            state.chunks.clear();
             let after_copy: Lsn = replication
                 .connection()
                 .query_one("SELECT pg_current_wal_lsn()")

@@ -22,6 +22,7 @@ use crate::pg::catalog::Table;
 use crate::pg::query::quote_literal;
 use crate::pg::{ConnectOptions, Connection, PgError};
 use crate::progress::CopyProgress;
+use crate::source::state::{ChunkLedger, StateError};
 
 /// Smallest chunk, in 8 KiB pages (8 MiB): fewer round trips for small tables.
 const MIN_PAGES_PER_CHUNK: u64 = 1024;
@@ -53,6 +54,9 @@ pub enum SnapshotError {
     /// The destination failed.
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// Copy progress could not be recorded.
+    #[error(transparent)]
+    State(StateError),
 }
 
 fn pg(context: impl Into<String>) -> impl FnOnce(PgError) -> SnapshotError {
@@ -144,7 +148,22 @@ pub struct CopySummary {
     pub elapsed: Duration,
 }
 
-/// Copies `tasks` under one snapshot with `workers` connections.
+/// How a copy runs: workers, batch limits, snapshot, progress and (resumable copies) the ledger.
+#[derive(Debug)]
+pub struct CopyPlan {
+    /// Connections copying chunks at once.
+    pub workers: usize,
+    /// Batch limits.
+    pub limits: BatchLimits,
+    /// An exported snapshot held by the caller, or `None` to export one here.
+    pub snapshot: Option<String>,
+    /// Rows per table, for progress and the summary.
+    pub progress: Arc<CopyProgress>,
+    /// Chunk plans and completions to record (LOG_BASED), or `None`.
+    pub ledger: Option<Arc<ChunkLedger>>,
+}
+
+/// Copies `tasks` under one snapshot with `plan.workers` connections.
 ///
 /// With `snapshot = Some(name)` the caller already holds an exported snapshot (e.g. from
 /// `CREATE_REPLICATION_SLOT … (SNAPSHOT 'export')`) and keeps it alive until this returns;
@@ -154,12 +173,16 @@ pub struct CopySummary {
 pub async fn copy_tables(
     options: &ConnectOptions,
     tasks: Vec<CopyTask>,
-    workers: usize,
-    limits: BatchLimits,
     writer: &Writer,
-    snapshot: Option<String>,
-    progress: Arc<CopyProgress>,
+    plan: CopyPlan,
 ) -> Result<CopySummary, SnapshotError> {
+    let CopyPlan {
+        workers,
+        limits,
+        snapshot,
+        progress,
+        ledger,
+    } = plan;
     let started = Instant::now();
     let mut coordinator = Connection::connect(options)
         .await
@@ -217,15 +240,26 @@ pub async fn copy_tables(
     order.sort_by_key(|(_, pages)| std::cmp::Reverse(*pages));
     let mut chunks = VecDeque::new();
     for (index, pages) in order {
-        if tasks[index].table.kind.is_view() {
-            chunks.push_back(Chunk {
-                table: index,
-                start_page: 0,
-                end_page: None,
-            });
-            continue;
-        }
-        for (start_page, end_page) in plan_ranges(pages, pages_per_chunk(pages, workers)) {
+        let name = tasks[index].target.table.to_string();
+        let proposed = if tasks[index].table.kind.is_view() {
+            u64::MAX
+        } else {
+            pages_per_chunk(pages, workers)
+        };
+        // A resumed copy cuts the same chunks as before and skips the ones already done.
+        let (per_chunk, done) = match &ledger {
+            Some(ledger) => ledger.plan(&name, proposed),
+            None => (proposed, Default::default()),
+        };
+        let ranges = if tasks[index].table.kind.is_view() {
+            vec![(0, None)]
+        } else {
+            plan_ranges(pages, per_chunk)
+        };
+        for (start_page, end_page) in ranges {
+            if done.contains(&start_page) {
+                continue;
+            }
             chunks.push_back(Chunk {
                 table: index,
                 start_page,
@@ -244,6 +278,7 @@ pub async fn copy_tables(
         let tasks = Arc::clone(&tasks);
         let progress = Arc::clone(&progress);
         let spans = Arc::clone(&spans);
+        let ledger = ledger.clone();
         let writer = writer.clone();
         let snapshot = snapshot.clone();
         handles.push(tokio::spawn(async move {
@@ -252,6 +287,7 @@ pub async fn copy_tables(
                 tasks: &tasks,
                 progress: &progress,
                 spans: &spans,
+                ledger: ledger.as_deref(),
             };
             copy_worker(worker, &options, &snapshot, shared, limits, &writer).await
         }));
@@ -300,6 +336,7 @@ struct Shared<'a> {
     tasks: &'a [CopyTask],
     progress: &'a CopyProgress,
     spans: &'a Spans,
+    ledger: Option<&'a ChunkLedger>,
 }
 
 /// Per table, the first chunk's start and the last chunk's end.
@@ -342,6 +379,12 @@ async fn copy_worker(
             shared.progress,
         )
         .await?;
+        // Recorded only now that every batch of the chunk is durable: a resumed copy skips it.
+        if let Some(ledger) = shared.ledger {
+            ledger
+                .chunk_done(&task.target.table, chunk.start_page)
+                .map_err(SnapshotError::State)?;
+        }
         if let Ok(mut spans) = shared.spans.lock() {
             let span = spans[chunk.table].get_or_insert((started, started));
             span.0 = span.0.min(started);

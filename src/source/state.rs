@@ -5,8 +5,10 @@
 //! either the old or the new state, never a torn one. The LSN written here is never ahead of
 //! what GDN has committed: it is the same watermark sent to PostgreSQL as the flush position.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +52,84 @@ pub struct CdcState {
     /// "not found" on PATCH is expected for them (the resume rule), after it an error.
     #[serde(default)]
     pub replay_until: Lsn,
+    /// Copy progress per `schema.table` while the copy runs (cleared when it is done).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub chunks: BTreeMap<String, TableChunks>,
+}
+
+/// How a table is cut into chunks and which are durably copied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableChunks {
+    /// Pages per chunk, fixed at the first plan so resumed runs cut the same chunks.
+    pub pages_per_chunk: u64,
+    /// First pages of the chunks whose documents GDN durably holds.
+    pub done: BTreeSet<u64>,
+}
+
+/// The copy's view of the state: chunk plans and completions, saved as they happen.
+#[derive(Debug)]
+pub struct ChunkLedger {
+    inner: Mutex<(CdcState, StateFile)>,
+}
+
+impl ChunkLedger {
+    /// A ledger writing into `file`, starting from `state`.
+    pub fn new(state: CdcState, file: StateFile) -> ChunkLedger {
+        ChunkLedger {
+            inner: Mutex::new((state, file)),
+        }
+    }
+
+    /// The pages per chunk for `table` (the recorded one, else `proposed`, recorded now) and
+    /// the chunks already done.
+    pub fn plan(&self, table: &str, proposed: u64) -> (u64, BTreeSet<u64>) {
+        match self.inner.lock() {
+            Ok(mut inner) => {
+                let entry = inner
+                    .0
+                    .chunks
+                    .entry(table.to_owned())
+                    .or_insert(TableChunks {
+                        pages_per_chunk: proposed,
+                        done: BTreeSet::new(),
+                    });
+                (entry.pages_per_chunk, entry.done.clone())
+            }
+            Err(_) => (proposed, BTreeSet::new()),
+        }
+    }
+
+    /// Records that the chunk of `table` starting at `start_page` is durably copied.
+    pub fn chunk_done(&self, table: &str, start_page: u64) -> Result<(), StateError> {
+        let mut inner = self.inner.lock().map_err(|_| StateError::Invalid {
+            path: String::new(),
+            detail: "the state lock was poisoned by a failed copy worker".into(),
+        })?;
+        let (state, file) = &mut *inner;
+        state
+            .chunks
+            .entry(table.to_owned())
+            .or_default()
+            .done
+            .insert(start_page);
+        file.save(state)
+    }
+
+    /// A copy of the state with everything recorded so far.
+    pub fn state(&self) -> CdcState {
+        match self.inner.lock() {
+            Ok(inner) => inner.0.clone(),
+            Err(poisoned) => poisoned.into_inner().0.clone(),
+        }
+    }
+
+    /// The state with everything recorded so far.
+    pub fn into_state(self) -> CdcState {
+        match self.inner.into_inner() {
+            Ok((state, _)) => state,
+            Err(poisoned) => poisoned.into_inner().0,
+        }
+    }
 }
 
 impl CdcState {
@@ -62,6 +142,7 @@ impl CdcState {
             snapshot_done: false,
             lsn: consistent_point,
             replay_until: Lsn::ZERO,
+            chunks: BTreeMap::new(),
         }
     }
 }
