@@ -37,35 +37,9 @@ fn pipeline(cluster: &PgCluster, gdn_url: &str, dir: &Path, extra: Value) -> Pip
     }
 }
 
-/// Every document of `collection` without `_id`/`_rev`, by `_key`.
+/// Every document of `collection`, by `_key`.
 async fn documents(http: &Http, collection: &str) -> BTreeMap<String, Value> {
-    let mut answer = http
-        .call(
-            Method::POST,
-            &api("cursor"),
-            json!({"query": "FOR d IN @@c RETURN d", "bindVars": {"@c": collection}, "batchSize": 5000}),
-        )
-        .await;
-    let mut out = BTreeMap::new();
-    loop {
-        assert!(answer.status.is_success(), "cursor: {:?}", answer.json);
-        for document in answer.json["result"].as_array().expect("result array") {
-            let mut document = document.clone();
-            if let Some(object) = document.as_object_mut() {
-                object.remove("_id");
-                object.remove("_rev");
-            }
-            let key = document["_key"].as_str().expect("_key").to_owned();
-            out.insert(key, document);
-        }
-        if answer.json["hasMore"] != json!(true) {
-            return out;
-        }
-        let id = answer.json["id"].as_str().expect("cursor id").to_owned();
-        answer = http
-            .call(Method::PUT, &api(&format!("cursor/{id}")), Value::Null)
-            .await;
-    }
+    gdnlite_support::all_documents(http, collection, true).await
 }
 
 /// Compares a streamed collection with a fresh FULL_TABLE copy of the table.

@@ -55,32 +55,10 @@ fn pgferry(config: &Path, once: bool) -> std::process::Child {
 }
 
 async fn keys(http: &Http, collection: &str) -> BTreeSet<String> {
-    let mut answer = http
-        .call(
-            Method::POST,
-            &api("cursor"),
-            json!({"query": "FOR d IN @@c RETURN d", "bindVars": {"@c": collection}, "batchSize": 10000}),
-        )
-        .await;
-    let mut out = BTreeSet::new();
-    loop {
-        for document in answer.json["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-        {
-            if let Some(key) = document["_key"].as_str() {
-                out.insert(key.to_owned());
-            }
-        }
-        if answer.json["hasMore"] != json!(true) {
-            return out;
-        }
-        let id = answer.json["id"].as_str().unwrap_or_default().to_owned();
-        answer = http
-            .call(Method::PUT, &api(&format!("cursor/{id}")), Value::Null)
-            .await;
-    }
+    gdnlite_support::all_documents(http, collection, false)
+        .await
+        .into_keys()
+        .collect()
 }
 
 /// Ids of `events` rows whose inserts the slot has not been confirmed past.

@@ -34,36 +34,9 @@ fn pipeline(cluster: &PgCluster, gdn_url: &str, extra: Value) -> PipelineConfig 
     }
 }
 
-/// Every document of `collection`, by `_key`, read with the cursor API.
+/// Every document of `collection`, by `_key`.
 async fn documents(http: &Http, collection: &str) -> BTreeMap<String, Value> {
-    let mut answer = http
-        .call(
-            Method::POST,
-            &api("cursor"),
-            json!({"query": "FOR d IN @@c RETURN d", "bindVars": {"@c": collection}, "batchSize": 5000}),
-        )
-        .await;
-    let mut out = BTreeMap::new();
-    loop {
-        answer.assert_ok(201);
-        for document in answer.json["result"].as_array().expect("result array") {
-            let key = document["_key"].as_str().expect("_key").to_owned();
-            assert!(
-                out.insert(key.clone(), document.clone()).is_none(),
-                "document {key} returned twice"
-            );
-        }
-        if answer.json["hasMore"] != json!(true) {
-            return out;
-        }
-        let id = answer.json["id"].as_str().expect("cursor id").to_owned();
-        answer = http
-            .call(Method::PUT, &api(&format!("cursor/{id}")), Value::Null)
-            .await;
-        if answer.status.as_u16() == 200 {
-            answer.status = hyper::StatusCode::CREATED;
-        }
-    }
+    gdnlite_support::all_documents(http, collection, false).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

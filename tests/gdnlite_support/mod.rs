@@ -340,3 +340,48 @@ pub async fn close(mut ws: Ws) {
     // Drain until the server's close arrives, so its acknowledgements are processed.
     while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
 }
+
+/// Every document of `collection`, by `_key`, read page by page with the cursor API; fails if
+/// a key comes twice. `_id` and `_rev` are removed when `strip_meta` (for comparisons).
+pub async fn all_documents(
+    http: &Http,
+    collection: &str,
+    strip_meta: bool,
+) -> std::collections::BTreeMap<String, Value> {
+    let mut answer = http
+        .call(
+            Method::POST,
+            &api("cursor"),
+            serde_json::json!({"query": "FOR d IN @@c RETURN d", "bindVars": {"@c": collection}, "batchSize": 5000}),
+        )
+        .await;
+    let mut out = std::collections::BTreeMap::new();
+    loop {
+        assert!(
+            answer.status.is_success(),
+            "cursor over {collection}: {:?}",
+            answer.json
+        );
+        for document in answer.json["result"].as_array().expect("result array") {
+            let mut document = document.clone();
+            if strip_meta {
+                if let Some(object) = document.as_object_mut() {
+                    object.remove("_id");
+                    object.remove("_rev");
+                }
+            }
+            let key = document["_key"].as_str().expect("_key").to_owned();
+            assert!(
+                out.insert(key.clone(), document).is_none(),
+                "document {key} returned twice"
+            );
+        }
+        if answer.json["hasMore"] != serde_json::json!(true) {
+            return out;
+        }
+        let id = answer.json["id"].as_str().expect("cursor id").to_owned();
+        answer = http
+            .call(Method::PUT, &api(&format!("cursor/{id}")), Value::Null)
+            .await;
+    }
+}
