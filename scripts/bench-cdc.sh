@@ -28,10 +28,7 @@ trap cleanup EXIT
 start_cluster
 cluster_psql -d postgres -c "CREATE TABLE public.events (id bigint PRIMARY KEY, kind text NOT NULL, amount numeric(12,2), payload text, at timestamptz DEFAULT now())" >/dev/null
 
-GDN_PORT="$(free_port)"
-GDNLITE_API_KEY=bench "$PGFERRY" gdnlite --listen "127.0.0.1:$GDN_PORT" --data-dir "$WORK/gdnlite" >"$WORK/gdnlite.log" 2>&1 &
-GDN_PID=$!
-for _ in $(seq 1 100); do grep -q listening "$WORK/gdnlite.log" 2>/dev/null && break; sleep 0.1; done
+start_gdnlite "$PGFERRY" bench "$WORK/gdnlite"
 
 pipeline() { # name destination-json
     cat >"$WORK/$1.json" <<JSON
@@ -45,7 +42,7 @@ pipeline() { # name destination-json
 JSON
 }
 pipeline null '{"type": "null"}'
-pipeline gdn "{\"gdn_url\": \"http://127.0.0.1:$GDN_PORT\", \"api_key\": {\"env\": \"GDN_API_KEY\"}}"
+pipeline gdn "{\"gdn_url\": \"$GDN_URL\", \"api_key\": {\"env\": \"GDN_API_KEY\"}}"
 
 log "creating the slots (pgferry's with their snapshot copies of the empty table)"
 "$PGFERRY" run -c "$WORK/null.json" --once --destination null >/dev/null
@@ -95,7 +92,7 @@ NULL_S=$RUN_S; NULL_RSS=$RUN_RSS
 log "3/3 pgferry into gdnlite"
 run gdn
 GDN_S=$RUN_S; GDN_RSS=$RUN_RSS
-COUNT=$(curl -sf -H "Authorization: apikey bench" "http://127.0.0.1:$GDN_PORT/_fabric/_system/_api/collection/events/count" | sed -n 's/.*"count":\([0-9]*\).*/\1/p')
+COUNT=$(curl -sf -H "Authorization: apikey bench" "$GDN_URL/_fabric/_system/_api/collection/events/count" | sed -n 's/.*"count":\([0-9]*\).*/\1/p')
 EXPECTED=$(cluster_psql -d postgres -At -c "SELECT count(*) FROM public.events")
 [ "$COUNT" = "$EXPECTED" ] || die "gdnlite holds $COUNT documents, the table $EXPECTED rows"
 

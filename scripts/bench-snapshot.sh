@@ -86,14 +86,11 @@ run_pgferry --destination null
 NULL_S=$RUN_S; NULL_RSS=$RUN_RSS; NULL_MB=$RUN_BYTES
 
 log "3/3 pgferry run into gdnlite"
-GDN_PORT="$(free_port)"
-GDNLITE_API_KEY=bench "$PGFERRY" gdnlite --listen "127.0.0.1:$GDN_PORT" --data-dir "$WORK/gdnlite" >"$WORK/gdnlite.log" 2>&1 &
-GDN_PID=$!
-for _ in $(seq 1 100); do grep -q listening "$WORK/gdnlite.log" 2>/dev/null && break; sleep 0.1; done
-write_pipeline "{\"gdn_url\": \"http://127.0.0.1:$GDN_PORT\", \"api_key\": {\"env\": \"GDN_API_KEY\"}}"
+start_gdnlite "$PGFERRY" bench "$WORK/gdnlite"
+write_pipeline "{\"gdn_url\": \"$GDN_URL\", \"api_key\": {\"env\": \"GDN_API_KEY\"}}"
 run_pgferry
 GDN_S=$RUN_S; GDN_RSS=$RUN_RSS; GDN_MB=$RUN_BYTES
-COUNT=$(curl -sf -H "Authorization: apikey bench" "http://127.0.0.1:$GDN_PORT/_fabric/_system/_api/collection/bench/count" | sed -n 's/.*"count":\([0-9]*\).*/\1/p')
+COUNT=$(curl -sf -H "Authorization: apikey bench" "$GDN_URL/_fabric/_system/_api/collection/bench/count" | sed -n 's/.*"count":\([0-9]*\).*/\1/p')
 [ "$COUNT" = "$ROWS" ] || die "gdnlite holds $COUNT documents, expected $ROWS"
 
 echo

@@ -50,17 +50,7 @@ FROM generate_series(1, 10000) AS g;
 SQL
 
 log "starting gdnlite (the embedded local GDN) on a free port"
-GDN_PORT="$(free_port)"
-GDN_KEY="quickstart.$(date +%s)"
-GDNLITE_API_KEY="$GDN_KEY" "$PGFERRY" gdnlite --listen "127.0.0.1:$GDN_PORT" --data-dir "$WORK/gdnlite" \
-    >"$WORK/gdnlite.log" 2>&1 &
-GDN_PID=$!
-for _ in $(seq 1 100); do
-    grep -q "listening" "$WORK/gdnlite.log" 2>/dev/null && break
-    kill -0 "$GDN_PID" 2>/dev/null || { cat "$WORK/gdnlite.log" >&2; die "gdnlite did not start"; }
-    sleep 0.1
-done
-GDN_URL="http://127.0.0.1:$GDN_PORT"
+start_gdnlite "$PGFERRY" "$GDN_KEY" "$WORK/gdnlite"
 
 CONFIG="$WORK/pipeline.json"
 cat >"$CONFIG" <<JSON

@@ -108,13 +108,15 @@ impl RunSummary {
                 table.rows as f64 / table.elapsed.as_secs_f64().max(1e-9)
             ));
         }
-        text.push_str(&format!(
-            "copied {total} rows ({:.1} MB of documents) in {:.2} s: {:.0} rows/s, {} retries\n",
-            self.bytes as f64 / 1e6,
-            seconds,
-            total as f64 / seconds,
-            self.retries
-        ));
+        if !self.copy.tables.is_empty() {
+            text.push_str(&format!(
+                "copied {total} rows ({:.1} MB of documents) in {:.2} s: {:.0} rows/s, {} retries\n",
+                self.bytes as f64 / 1e6,
+                seconds,
+                total as f64 / seconds,
+                self.retries
+            ));
+        }
         if let Some(cdc) = &self.streaming {
             text.push_str(&format!(
                 "streamed {} changes in {} transactions; confirmed up to {}\n",

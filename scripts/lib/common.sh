@@ -99,3 +99,19 @@ stop_cluster() {
 cluster_psql() {
     psql -X -q -v ON_ERROR_STOP=1 -h "$PG_DIR" -p "$PG_PORT" -U postgres "$@"
 }
+
+# Starts `$1 gdnlite` (the pgferry binary) on a free port with API key $2, data in $3;
+# sets GDN_PID and GDN_URL. The caller's cleanup kills $GDN_PID.
+start_gdnlite() {
+    local binary=$1 key=$2 data=$3 port
+    port="$(free_port)"
+    GDNLITE_API_KEY="$key" "$binary" gdnlite --listen "127.0.0.1:$port" --data-dir "$data" >"$data.log" 2>&1 &
+    GDN_PID=$!
+    GDN_URL="http://127.0.0.1:$port"
+    for _ in $(seq 1 100); do
+        grep -q listening "$data.log" 2>/dev/null && return 0
+        kill -0 "$GDN_PID" 2>/dev/null || { cat "$data.log" >&2; die "gdnlite did not start"; }
+        sleep 0.1
+    done
+    die "gdnlite did not report listening within 10 s (log: $data.log)"
+}
