@@ -50,6 +50,7 @@ FROM generate_series(1, 10000) AS g;
 SQL
 
 log "starting gdnlite (the embedded local GDN) on a free port"
+GDN_KEY="quickstart.$(date +%s)"
 start_gdnlite "$PGFERRY" "$GDN_KEY" "$WORK/gdnlite"
 
 CONFIG="$WORK/pipeline.json"
