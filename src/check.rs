@@ -225,8 +225,8 @@ pub async fn run(config: &PgSourceConfig) -> Report {
                 format!(
                     "connected to {} as {:?}, database {:?} ({tls})",
                     options.address(),
-                    config.user,
-                    config.dbname
+                    config.connection.user,
+                    config.connection.dbname
                 ),
             );
             connection
@@ -270,12 +270,12 @@ fn first_line(text: &str) -> &str {
 
 fn connection_fix(error: &PgError, config: &PgSourceConfig) -> String {
     match error.code() {
-        Some("28P01") => format!("check the password of role {:?} (config key \"password\")", config.user),
+        Some("28P01") => format!("check the password of role {:?} (config key \"password\")", config.connection.user),
         Some("28000") => format!(
             "allow the connection in pg_hba.conf, e.g.\nhost {} {} <client address>/32 scram-sha-256\nthen reload PostgreSQL (SELECT pg_reload_conf();)",
-            config.dbname, config.user
+            config.connection.dbname, config.connection.user
         ),
-        Some("3D000") => format!("database {:?} does not exist: check \"dbname\", or CREATE DATABASE", config.dbname),
+        Some("3D000") => format!("database {:?} does not exist: check \"dbname\", or CREATE DATABASE", config.connection.dbname),
         _ => error
             .to_string()
             .lines()
@@ -391,16 +391,19 @@ async fn run_on(
     if privileged {
         checker.pass(
             "replication_privilege",
-            format!("role {:?} may start replication", config.user),
+            format!("role {:?} may start replication", config.connection.user),
         );
     } else {
         checker.fail(
             "replication_privilege",
             true,
-            format!("role {:?} lacks the REPLICATION attribute", config.user),
+            format!(
+                "role {:?} lacks the REPLICATION attribute",
+                config.connection.user
+            ),
             format!(
                 "as a superuser run: ALTER ROLE {} REPLICATION;",
-                crate::pg::query::quote_identifier(&config.user)
+                crate::pg::query::quote_identifier(&config.connection.user)
             ),
         );
     }
@@ -418,8 +421,8 @@ async fn run_on(
             let database = slot.get(3).unwrap_or_default();
             if slot.get(2) != Some("logical") || plugin != "wal2json" {
                 checker.fail("replication_slot", true, format!("slot {name:?} exists but uses plugin {plugin:?}; pgferry reads wal2json"), format!("drop and recreate it (this loses its position):\nSELECT pg_drop_replication_slot({});\nSELECT * FROM pg_create_logical_replication_slot({}, 'wal2json');", quote_literal(name), quote_literal(name)));
-            } else if database != config.dbname {
-                checker.fail("replication_slot", true, format!("slot {name:?} belongs to database {database:?}, not {:?}", config.dbname), "set \"replication_slot\" to a slot of this database, or create one: SELECT * FROM pg_create_logical_replication_slot('<name>', 'wal2json'); in that database");
+            } else if database != config.connection.dbname {
+                checker.fail("replication_slot", true, format!("slot {name:?} belongs to database {database:?}, not {:?}", config.connection.dbname), "set \"replication_slot\" to a slot of this database, or create one: SELECT * FROM pg_create_logical_replication_slot('<name>', 'wal2json'); in that database");
             } else {
                 let active = if slot.get(4) == Some("t") {
                     ", in use by another session"

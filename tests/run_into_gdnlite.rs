@@ -327,7 +327,7 @@ async fn a_table_the_role_may_not_read_is_a_clear_error() {
         &server.url(),
         json!({"tables": ["public.events"]}),
     );
-    config.source.user = "reader".into();
+    config.source.connection.user = "reader".into();
     let error = pgferry::pipeline::run(&config)
         .await
         .expect_err("no SELECT privilege")

@@ -1,15 +1,12 @@
 //! The PostgreSQL source's config keys, as `macrometa-source-postgres` read them.
 
-use std::time::Duration;
-
 use serde_json::Value;
 
 use crate::config::connection::{port, PgConnectionConfig};
 use crate::config::value::{boolean, reject_unknown_keys, string, unsigned};
 use crate::config::ConfigError;
 use crate::pg::replication::{default_slot_name, validate_slot_name};
-use crate::pg::{ConnectOptions, SslMode, TlsMaterial};
-use crate::secret::Secret;
+use crate::pg::ConnectOptions;
 
 /// How tables are replicated, with the old connector's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,16 +52,8 @@ pub const SOURCE_KEYS: &[&str] = &[
 /// A PostgreSQL source's settings.
 #[derive(Debug, Clone)]
 pub struct PgSourceConfig {
-    /// Server host name, IP address, or Unix socket directory.
-    pub host: String,
-    /// Server port (default 5432).
-    pub port: u16,
-    /// Role to connect as.
-    pub user: String,
-    /// Its password (`password`, or the `PGPASSWORD` environment variable).
-    pub password: Option<Secret>,
-    /// Database to read.
-    pub dbname: String,
+    /// Where and how to connect (host, port, user, password, dbname, TLS, timeouts).
+    pub connection: PgConnectionConfig,
     /// Schemas to scan (comma separated in the file).
     pub filter_schemas: Vec<String>,
     /// Table to scan, when the config names one.
@@ -75,14 +64,6 @@ pub struct PgSourceConfig {
     pub replication_slot: String,
     /// Whether the slot name was given explicitly (else the default, with `tap_id` fallback).
     pub replication_slot_explicit: bool,
-    /// How much TLS to demand (`sslmode`, or `require` when `ssl` is true).
-    pub sslmode: SslMode,
-    /// PEM contents for TLS.
-    pub tls: TlsMaterial,
-    /// Limit for establishing a connection (seconds in the file; default 30).
-    pub connect_timeout: Duration,
-    /// Shown in `pg_stat_activity`.
-    pub application_name: String,
     /// Stop streaming once past the WAL position read at start (batch runs).
     pub break_at_end_lsn: bool,
     /// `wal_sender_timeout` for the replication session, in milliseconds.
@@ -119,7 +100,6 @@ impl PgSourceConfig {
             object,
             "the database to read, e.g. \"dbname\": \"sales\"",
         )?;
-        let dbname = connection.dbname.clone();
         let replication_method = match string(object, "replication_method")?.as_deref() {
             None | Some("FULL_TABLE") => ReplicationMethod::FullTable,
             Some("LOG_BASED") => ReplicationMethod::LogBased,
@@ -145,14 +125,10 @@ impl PgSourceConfig {
                     })?;
                     (slot, true)
                 }
-                _ => (default_slot_name(&dbname), false),
+                _ => (default_slot_name(&connection.dbname), false),
             };
         Ok(PgSourceConfig {
-            host: connection.host,
-            port: connection.port,
-            user: connection.user,
-            password: connection.password,
-            dbname,
+            connection,
             filter_schemas: string(object, "filter_schemas")?
                 .map(|schemas| {
                     schemas
@@ -166,10 +142,6 @@ impl PgSourceConfig {
             replication_method,
             replication_slot,
             replication_slot_explicit,
-            sslmode: connection.sslmode,
-            tls: connection.tls,
-            connect_timeout: connection.connect_timeout,
-            application_name: connection.application_name,
             break_at_end_lsn: boolean(object, "break_at_end_lsn")?.unwrap_or(true),
             wal_sender_timeout_ms: unsigned(object, "wal_sender_timeout")?.unwrap_or(3_600_000),
             debug_lsn: boolean(object, "debug_lsn")?.unwrap_or(false),
@@ -196,18 +168,7 @@ impl PgSourceConfig {
 
     /// Connection options for the primary server.
     pub fn connect_options(&self) -> ConnectOptions {
-        ConnectOptions {
-            host: self.host.clone(),
-            port: self.port,
-            user: self.user.clone(),
-            password: self.password.clone(),
-            dbname: self.dbname.clone(),
-            application_name: self.application_name.clone(),
-            sslmode: self.sslmode,
-            tls: self.tls.clone(),
-            connect_timeout: self.connect_timeout,
-            replication: false,
-        }
+        self.connection.connect_options()
     }
 
     /// The slot names to look for, in order: the configured or default one, then the
@@ -215,7 +176,7 @@ impl PgSourceConfig {
     pub fn slot_candidates(&self) -> Vec<String> {
         let mut candidates = vec![self.replication_slot.clone()];
         if let (false, Some(tap_id)) = (self.replication_slot_explicit, &self.tap_id) {
-            let mut with_tap = default_slot_name(&format!("{}_{tap_id}", self.dbname));
+            let mut with_tap = default_slot_name(&format!("{}_{tap_id}", self.connection.dbname));
             with_tap.truncate(63);
             candidates.push(with_tap);
         }
@@ -240,10 +201,10 @@ mod tests {
             "replication_method": "LOG_BASED", "ssl": "true", "tap_id": "t1"
         }))
         .unwrap();
-        assert_eq!(config.port, 5433);
+        assert_eq!(config.connection.port, 5433);
         assert_eq!(config.filter_schemas, vec!["public", "sales"]);
         assert_eq!(config.replication_method, ReplicationMethod::LogBased);
-        assert_eq!(config.sslmode, SslMode::Require);
+        assert_eq!(config.connection.sslmode, crate::pg::SslMode::Require);
         assert_eq!(config.replication_slot, "macrometa_sales_db");
         assert_eq!(
             config.slot_candidates(),

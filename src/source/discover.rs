@@ -384,7 +384,7 @@ pub async fn catalog(config: &PgSourceConfig) -> Result<Value, PgError> {
             } else {
                 config.replication_method
             };
-            stream_entry(table, &config.dbname, method, selected)
+            stream_entry(table, &config.connection.dbname, method, selected)
         })
         .collect();
     Ok(json!({"streams": streams}))
