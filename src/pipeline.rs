@@ -94,6 +94,21 @@ pub fn peak_rss_bytes() -> Option<u64> {
 }
 
 impl RunSummary {
+    /// The summary of a run: the copy, the writer's totals from `metrics`, and streaming.
+    pub fn new(copy: CopySummary, metrics: &Metrics, streaming: Option<CdcSummary>) -> RunSummary {
+        let load = |counter: &std::sync::atomic::AtomicU64| {
+            counter.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        RunSummary {
+            copy,
+            documents: load(&metrics.ingested_documents),
+            bytes: load(&metrics.ingested_bytes),
+            retries: load(&metrics.retries),
+            peak_rss_bytes: peak_rss_bytes(),
+            streaming,
+        }
+    }
+
     /// Lines for people: per table rows, then totals and the rate.
     pub fn to_text(&self) -> String {
         let seconds = self.copy.elapsed.as_secs_f64().max(1e-9);
@@ -315,7 +330,8 @@ pub async fn run_with(
         return log_based::run(config, metrics, control).await;
     }
     let prepared = prepare(config, true).await?;
-    copy_step(config, prepared, &metrics, None, None).await
+    let copy = copy_step(config, prepared, &metrics, None, None).await?;
+    Ok(RunSummary::new(copy, &metrics, None))
 }
 
 /// The consistent copy of every prepared table, under `snapshot` when given.
@@ -325,7 +341,7 @@ pub(crate) async fn copy_step(
     metrics: &Arc<Metrics>,
     snapshot: Option<String>,
     ledger: Option<Arc<ChunkLedger>>,
-) -> Result<RunSummary, RunError> {
+) -> Result<CopySummary, RunError> {
     let Prepared {
         client,
         settings,
@@ -357,15 +373,5 @@ pub(crate) async fn copy_step(
     if let Some(display) = display {
         let _ = display.await;
     }
-    let copy = copy.map_err(|error| RunError::Copy(Box::new(error)))?;
-    let load =
-        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
-    Ok(RunSummary {
-        copy,
-        documents: load(&metrics.ingested_documents),
-        bytes: load(&metrics.ingested_bytes),
-        retries: load(&metrics.retries),
-        peak_rss_bytes: peak_rss_bytes(),
-        streaming: None,
-    })
+    copy.map_err(|error| RunError::Copy(Box::new(error)))
 }

@@ -7,7 +7,6 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use gdnlite_support::{api, Http, Server, KEY};
 use hyper::Method;
@@ -186,5 +185,4 @@ async fn a_scripted_workload_streams_to_exactly_what_a_fresh_copy_gives() {
         third.streaming.expect("streams").confirmed >= before,
         "idle slot confirmed past unrelated WAL"
     );
-    let _ = Duration::ZERO;
 }

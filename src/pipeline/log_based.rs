@@ -225,22 +225,11 @@ pub(crate) async fn run(
     )
     .await
     .map_err(|error| RunError::Cdc(Box::new(error)))?;
-    let load =
-        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
-    let mut summary = copy.unwrap_or_else(|| RunSummary {
-        copy: Default::default(),
-        documents: 0,
-        bytes: 0,
-        retries: 0,
-        peak_rss_bytes: None,
-        streaming: None,
-    });
-    summary.documents = load(&metrics.ingested_documents);
-    summary.bytes = load(&metrics.ingested_bytes);
-    summary.retries = load(&metrics.retries);
-    summary.peak_rss_bytes = crate::pipeline::peak_rss_bytes();
-    summary.streaming = Some(streaming);
-    Ok(summary)
+    Ok(RunSummary::new(
+        copy.unwrap_or_default(),
+        &metrics,
+        Some(streaming),
+    ))
 }
 
 #[cfg(test)]

@@ -251,7 +251,7 @@ pub async fn stream_changes(
             || pending.documents >= settings.flush_documents
             || pending.bytes >= settings.flush_bytes
         {
-            flush(&mut pending, tables, client, settings, &state, metrics).await?;
+            flush(&mut pending, client, settings, &state, metrics).await?;
             confirm(&mut stream, &mut state, state_file, committed, &mut summary).await?;
             if caught_up {
                 stream.stop().await?;
@@ -267,13 +267,13 @@ pub async fn stream_changes(
                     std::future::pending::<()>().await;
                 }
             } => {
-                flush(&mut pending, tables, client, settings, &state, metrics).await?;
+                flush(&mut pending, client, settings, &state, metrics).await?;
                 confirm(&mut stream, &mut state, state_file, committed, &mut summary).await?;
                 stream.stop().await?;
                 return Ok(summary);
             }
             _ = async { match flush_due { Some(due) => tokio::time::sleep_until(due).await, None => std::future::pending().await } } => {
-                flush(&mut pending, tables, client, settings, &state, metrics).await?;
+                flush(&mut pending, client, settings, &state, metrics).await?;
                 confirm(&mut stream, &mut state, state_file, committed, &mut summary).await?;
                 continue;
             }
@@ -313,7 +313,7 @@ pub async fn stream_changes(
                         let Some(table) = lookup(tables, &change) else {
                             continue;
                         };
-                        flush(&mut pending, tables, client, settings, &state, metrics).await?;
+                        flush(&mut pending, client, settings, &state, metrics).await?;
                         if let Some(client) = client {
                             retrying(settings.max_retries, || {
                                 client.truncate_collection(&table.collection)
@@ -456,7 +456,6 @@ async fn confirm(
 /// Writes every pending operation; returns once GDN durably holds them all.
 async fn flush(
     pending: &mut Pending,
-    _tables: &HashMap<(String, String), CdcTable>,
     client: Option<&GdnClient>,
     settings: &CdcSettings,
     state: &CdcState,
