@@ -102,3 +102,82 @@ pub fn spawn_display(progress: Arc<CopyProgress>) -> Option<tokio::task::JoinHan
         }
     }))
 }
+
+/// The streaming status line's task; `finish` stops it.
+#[derive(Debug)]
+pub struct StreamDisplay {
+    done: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StreamDisplay {
+    /// Draws the line a last time and stops.
+    pub async fn finish(self) {
+        self.done.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+    }
+}
+
+/// One status line while streaming (changes, rate, commit-to-GDN lag, WAL behind, confirmed
+/// position), when stderr is a terminal; `None` otherwise.
+pub fn spawn_stream_display(metrics: Arc<crate::metrics::Metrics>) -> Option<StreamDisplay> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let stop = Arc::clone(&done);
+    let task = tokio::spawn(async move {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(2));
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} streaming {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        let mut last = (std::time::Instant::now(), 0u64);
+        loop {
+            let changes = metrics.changes.load(Ordering::Relaxed);
+            let elapsed = last.0.elapsed().as_secs_f64().max(1e-3);
+            let rate = changes.saturating_sub(last.1) as f64 / elapsed;
+            last = (std::time::Instant::now(), changes);
+            bar.set_message(stream_status(&metrics, changes, rate));
+            bar.tick();
+            if stop.load(Ordering::Relaxed) {
+                bar.finish();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+        }
+    });
+    Some(StreamDisplay { done, task })
+}
+
+/// The text of the streaming status line.
+fn stream_status(metrics: &crate::metrics::Metrics, changes: u64, rate: f64) -> String {
+    format!(
+        "{changes} changes ({rate:.0}/s), {} transactions, lag {:.2} s, {} WAL bytes behind, confirmed {}, {} reconnects",
+        metrics.transactions.load(Ordering::Relaxed),
+        metrics.ingest_lag.last_seconds(),
+        metrics.replication_lag_bytes.load(Ordering::Relaxed),
+        crate::pg::Lsn::from_u64(metrics.confirmed_lsn.load(Ordering::Relaxed)),
+        metrics.reconnects.load(Ordering::Relaxed),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stream_status_line_names_rate_lag_and_position() {
+        let metrics = crate::metrics::Metrics::new(crate::metrics::Labels::from_env());
+        metrics.transactions.store(12, Ordering::Relaxed);
+        metrics.replication_lag_bytes.store(4096, Ordering::Relaxed);
+        metrics
+            .confirmed_lsn
+            .store(0x1_0000_0010, Ordering::Relaxed);
+        metrics.ingest_lag.observe(Duration::from_millis(120));
+        assert_eq!(
+            stream_status(&metrics, 345, 99.6),
+            "345 changes (100/s), 12 transactions, lag 0.12 s, 4096 WAL bytes behind, confirmed 1/10, 0 reconnects"
+        );
+    }
+}

@@ -47,6 +47,8 @@ pub const SOURCE_KEYS: &[&str] = &[
     "secondary_host",
     "secondary_port",
     "tap_id",
+    "heartbeat_interval",
+    "max_reconnect_attempts",
 ];
 
 /// A PostgreSQL source's settings.
@@ -64,8 +66,9 @@ pub struct PgSourceConfig {
     pub replication_slot: String,
     /// Whether the slot name was given explicitly (else the default, with `tap_id` fallback).
     pub replication_slot_explicit: bool,
-    /// Stop streaming once past the WAL position read at start (batch runs).
-    pub break_at_end_lsn: bool,
+    /// Stop streaming once past the WAL position read at start (batch runs); `None` when the
+    /// file does not say (the old tap's default is `true`, `pgferry run`'s is to stream on).
+    pub break_at_end_lsn: Option<bool>,
     /// `wal_sender_timeout` for the replication session, in milliseconds.
     pub wal_sender_timeout_ms: u64,
     /// Add `_sdc_lsn` to every record.
@@ -80,6 +83,12 @@ pub struct PgSourceConfig {
     pub secondary_port: Option<u16>,
     /// Suffix for the slot name.
     pub tap_id: Option<String>,
+    /// LOG_BASED: emit a logical message this often (seconds; `None` = never) so a quiet
+    /// database still shows progress and lag.
+    pub heartbeat_interval: Option<std::time::Duration>,
+    /// LOG_BASED: consecutive reconnects after transient failures before giving up (0 = never
+    /// give up).
+    pub max_reconnect_attempts: u32,
 }
 
 impl PgSourceConfig {
@@ -142,7 +151,7 @@ impl PgSourceConfig {
             replication_method,
             replication_slot,
             replication_slot_explicit,
-            break_at_end_lsn: boolean(object, "break_at_end_lsn")?.unwrap_or(true),
+            break_at_end_lsn: boolean(object, "break_at_end_lsn")?,
             wal_sender_timeout_ms: unsigned(object, "wal_sender_timeout")?.unwrap_or(3_600_000),
             debug_lsn: boolean(object, "debug_lsn")?.unwrap_or(false),
             itersize: unsigned(object, "itersize")?.unwrap_or(20_000).max(1),
@@ -150,6 +159,16 @@ impl PgSourceConfig {
             secondary_host: string(object, "secondary_host")?,
             secondary_port: port(object, "secondary_port")?,
             tap_id: string(object, "tap_id")?.filter(|id| !id.is_empty()),
+            heartbeat_interval: unsigned(object, "heartbeat_interval")?
+                .filter(|seconds| *seconds > 0)
+                .map(std::time::Duration::from_secs),
+            max_reconnect_attempts: match unsigned(object, "max_reconnect_attempts")? {
+                None => 20,
+                Some(attempts) => u32::try_from(attempts).map_err(|_| ConfigError::Invalid {
+                    key: "max_reconnect_attempts".into(),
+                    detail: format!("{attempts} is too large; use 0 to retry forever"),
+                })?,
+            },
         })
     }
 
@@ -210,8 +229,39 @@ mod tests {
             config.slot_candidates(),
             vec!["macrometa_sales_db", "macrometa_sales_db_t1"]
         );
-        assert!(config.break_at_end_lsn);
+        assert_eq!(
+            config.break_at_end_lsn, None,
+            "unset: each command has its default"
+        );
         assert_eq!(config.itersize, 20_000);
+        assert_eq!(config.heartbeat_interval, None);
+        assert_eq!(config.max_reconnect_attempts, 20);
+    }
+
+    #[test]
+    fn streaming_knobs() {
+        let config = parse(json!({
+            "host": "h", "user": "u", "dbname": "d", "break_at_end_lsn": "false",
+            "heartbeat_interval": 30, "max_reconnect_attempts": "0"
+        }))
+        .unwrap();
+        assert_eq!(config.break_at_end_lsn, Some(false));
+        assert_eq!(
+            config.heartbeat_interval,
+            Some(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(config.max_reconnect_attempts, 0);
+        let off = parse(json!({"host": "h", "user": "u", "dbname": "d", "heartbeat_interval": 0}))
+            .unwrap();
+        assert_eq!(off.heartbeat_interval, None);
+        let huge = parse(
+            json!({"host": "h", "user": "u", "dbname": "d", "max_reconnect_attempts": 1u64 << 40}),
+        )
+        .unwrap_err();
+        assert!(
+            huge.to_string().contains("max_reconnect_attempts"),
+            "{huge}"
+        );
     }
 
     #[test]

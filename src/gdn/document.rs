@@ -278,6 +278,19 @@ impl DocumentPlan {
         !self.key_indexes.is_empty()
     }
 
+    /// The table's column names, in catalog order (the order of its row images).
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// The names of the columns the document key is made of.
+    pub fn key_columns(&self) -> Vec<&str> {
+        self.key_indexes
+            .iter()
+            .map(|&index| self.columns[index].as_str())
+            .collect()
+    }
+
     /// `schema.table`, for messages.
     pub fn table(&self) -> &str {
         &self.table
@@ -288,15 +301,21 @@ impl DocumentPlan {
         image: &[(&str, Option<&'t str>)],
     ) -> Result<Vec<Option<Option<&'t str>>>, DocumentError> {
         let mut slots = vec![None; self.columns.len()];
-        for (name, text) in image {
-            let index = self
+        for (position, (name, text)) in image.iter().enumerate() {
+            // Row images list columns in catalog order: try the same position first.
+            let index = if self
                 .columns
-                .iter()
-                .position(|column| column == name)
-                .ok_or_else(|| DocumentError::UnknownColumn {
-                    table: self.table.clone(),
-                    column: (*name).to_owned(),
-                })?;
+                .get(position)
+                .is_some_and(|column| column == name)
+            {
+                Some(position)
+            } else {
+                self.columns.iter().position(|column| column == name)
+            };
+            let index = index.ok_or_else(|| DocumentError::UnknownColumn {
+                table: self.table.clone(),
+                column: (*name).to_owned(),
+            })?;
             slots[index] = Some(*text);
         }
         Ok(slots)

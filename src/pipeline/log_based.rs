@@ -19,7 +19,10 @@ use crate::pg::query::quote_literal;
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
 use crate::pg::Lsn;
 use crate::pipeline::{copy_step, prepare, RunControl, RunError, RunSummary};
-use crate::source::cdc::{stream_changes, CdcSettings, CdcTable};
+use crate::progress::spawn_stream_display;
+use crate::source::cdc::{
+    stream_changes, CdcSettings, CdcSummary, CdcTable, SideConnection, StreamContext,
+};
 use crate::source::state::{CdcState, ChunkLedger, StateFile};
 
 /// The ledger's state once the copy is over.
@@ -88,16 +91,17 @@ pub(crate) async fn run(
             )));
         }
     }
-    let tables: HashMap<(String, String), CdcTable> = prepared
+    let mut tables: HashMap<(String, String), CdcTable> = prepared
         .tasks
         .iter()
         .map(|task| {
             (
                 (task.table.schema.clone(), task.table.name.clone()),
-                CdcTable {
-                    plan: task.plan.clone(),
-                    collection: Arc::clone(&task.target.collection),
-                },
+                CdcTable::new(
+                    &task.table,
+                    task.plan.clone(),
+                    Arc::clone(&task.target.collection),
+                ),
             )
         })
         .collect();
@@ -189,7 +193,9 @@ pub(crate) async fn run(
         }
     };
 
-    let stop_at = if control.once {
+    // `--once`, or `break_at_end_lsn: true` in the pipeline's source, makes a batch run.
+    let batch = control.once || config.source.break_at_end_lsn == Some(true);
+    let stop_at = if batch {
         Some(replication.identify_system().await?.xlog_position)
     } else {
         None
@@ -201,9 +207,6 @@ pub(crate) async fn run(
         ("include-timestamp".to_owned(), "true".to_owned()),
         ("add-tables".to_owned(), add_tables.join(",")),
     ];
-    let stream = replication
-        .start_logical(&slot, state.lsn, &plugin_options, Duration::from_secs(10))
-        .await?;
     let settings = CdcSettings {
         flush_documents: batch_size_rows.max(1) * 8,
         flush_bytes: 16 * 1024 * 1024,
@@ -212,24 +215,98 @@ pub(crate) async fn run(
         wait_for_sync,
         max_retries,
         stop_at,
+        numeric_mode: config.numeric_mode,
+        heartbeat: config.source.heartbeat_interval,
     };
-    let streaming = stream_changes(
-        stream,
-        &tables,
-        client.as_ref(),
-        &settings,
-        &file,
-        state,
-        control.shutdown,
-        &metrics,
-    )
-    .await
-    .map_err(|error| RunError::Cdc(Box::new(error)))?;
+    let context = StreamContext {
+        client: client.as_ref(),
+        settings: &settings,
+        state_file: &file,
+        metrics: &metrics,
+    };
+    let display = spawn_stream_display(Arc::clone(&metrics));
+    let mut side = SideConnection::new(options.clone());
+    let mut summary = CdcSummary::default();
+    let mut connection = Some(replication);
+    let mut state = state;
+    let mut failures = 0u32;
+    let outcome = loop {
+        let before = summary.confirmed;
+        let attempt = async {
+            let client = match connection.take() {
+                Some(client) => client,
+                None => ReplicationClient::connect(&options).await?,
+            };
+            let stream = client
+                .start_logical(&slot, state.lsn, &plugin_options, STATUS_INTERVAL)
+                .await?;
+            stream_changes(
+                stream,
+                &mut tables,
+                &mut side,
+                context,
+                state.clone(),
+                control.shutdown.clone(),
+                &mut summary,
+            )
+            .await
+        };
+        match attempt.await {
+            Ok(()) => break Ok(()),
+            Err(error) if error.is_transient() => {
+                // Progress since the last failure resets the count: only a streak gives up.
+                if summary.confirmed > before {
+                    failures = 0;
+                }
+                failures += 1;
+                let limit = config.source.max_reconnect_attempts;
+                if limit != 0 && failures > limit {
+                    tracing::error!(attempts = limit, "giving up after consecutive reconnects");
+                    break Err(error);
+                }
+                let delay = reconnect_delay(failures);
+                tracing::warn!(%error, attempt = failures, retry_in = ?delay, resume_from = %summary.confirmed.max(state.lsn), "streaming interrupted; reconnecting");
+                metrics
+                    .reconnects
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                summary.reconnects += 1;
+                let mut shutdown = control.shutdown.clone();
+                let stop = tokio::select! {
+                    _ = tokio::time::sleep(delay) => false,
+                    changed = shutdown.changed() => changed.is_ok() && *shutdown.borrow(),
+                };
+                if stop {
+                    // Nothing is pending that the watermark covers: stopping here loses nothing.
+                    break Ok(());
+                }
+                // The watermark on disk is the truth: pending changes were not confirmed and
+                // come again from the slot.
+                state = file
+                    .load()?
+                    .filter(|stored| stored.slot == slot)
+                    .unwrap_or(state);
+            }
+            Err(error) => break Err(error),
+        }
+    };
+    side.close().await;
+    if let Some(display) = display {
+        display.finish().await;
+    }
+    outcome.map_err(|error| RunError::Cdc(Box::new(error)))?;
     Ok(RunSummary::new(
         copy.unwrap_or_default(),
         &metrics,
-        Some(streaming),
+        Some(summary),
     ))
+}
+
+/// How often a standby status update goes out even when nothing changed.
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Backoff before reconnect attempt `attempt` (1-based): 1 s doubling up to 30 s.
+fn reconnect_delay(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(30))
 }
 
 #[cfg(test)]
@@ -240,5 +317,11 @@ mod tests {
     fn table_names_are_escaped_for_add_tables() {
         assert_eq!(escape_table_name("plain"), "plain");
         assert_eq!(escape_table_name("a b.c,d*e'f"), "a\\ b\\.c\\,d\\*e\\'f");
+    }
+
+    #[test]
+    fn reconnects_back_off_from_one_second_to_thirty() {
+        let delays: Vec<u64> = (1..=8).map(|n| reconnect_delay(n).as_secs()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30, 30]);
     }
 }

@@ -16,13 +16,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use crate::decode::commit_time::parse_timestamptz_micros;
 use crate::decode::replication::ReplicationMessage;
 use crate::decode::wal2json::{parse_v2, Action, Change, ColumnValue, Wal2JsonError};
 use crate::gdn::client::{retrying, BatchOutcome, GdnClient, GdnError};
 use crate::gdn::document::{DocumentError, DocumentPlan};
 use crate::metrics::Metrics;
+use crate::pg::catalog::{discover, NumericMode, Table};
 use crate::pg::replication::LogicalStream;
-use crate::pg::{Lsn, PgError};
+use crate::pg::{ConnectOptions, Connection, Lsn, PgError};
 use crate::source::state::{CdcState, StateError, StateFile};
 
 /// GDN's "document not found".
@@ -77,6 +79,9 @@ pub enum CdcError {
     /// The state file failed.
     #[error(transparent)]
     State(#[from] StateError),
+    /// Two versions of a document could not be merged (a bug, or a corrupt document in GDN).
+    #[error("could not merge a partial update into its document: {0}\nHINT: this is a bug in pgferry or a corrupt document in GDN; the slot was not confirmed past this change, please report it")]
+    Merge(String),
     /// The server ended the stream.
     #[error("the server ended the replication stream\nHINT: the server may be shutting down; restart pgferry to resume from the last confirmed position")]
     Ended,
@@ -89,6 +94,120 @@ pub struct CdcTable {
     pub plan: DocumentPlan,
     /// The collection.
     pub collection: Arc<str>,
+    /// Per plan column: the type name changes are expected to carry (`format_type`'s, or the
+    /// one wal2json used once the catalog confirmed the column).
+    types: Vec<String>,
+    /// Per plan column: an INSERT without it was already checked against the catalog.
+    absence_checked: Vec<bool>,
+}
+
+impl CdcTable {
+    /// A streamed table planned from its catalog entry.
+    pub fn new(table: &Table, plan: DocumentPlan, collection: Arc<str>) -> CdcTable {
+        CdcTable {
+            types: table
+                .columns
+                .iter()
+                .map(|column| column.type_name.clone())
+                .collect(),
+            absence_checked: vec![false; table.columns.len()],
+            plan,
+            collection,
+        }
+    }
+
+    /// Why this change does not fit the plan (a column added, dropped or retyped since the
+    /// catalog was read), or `None` when it fits.
+    fn shape_change(&self, change: &Change<'_>) -> Option<String> {
+        let names = self.plan.columns();
+        let mut present = vec![false; names.len()];
+        let images = change
+            .columns
+            .iter()
+            .enumerate()
+            .chain(change.identity.iter().map(|column| (usize::MAX, column)));
+        for (position, column) in images {
+            let index = if names
+                .get(position)
+                .is_some_and(|name| name == column.name.as_ref())
+            {
+                position
+            } else {
+                match names.iter().position(|name| name == column.name.as_ref()) {
+                    Some(index) => index,
+                    None => return Some(format!("new column {:?}", column.name)),
+                }
+            };
+            if !column.type_name.is_empty() && self.types[index] != column.type_name {
+                return Some(format!(
+                    "column {:?} is now {} (was {})",
+                    column.name, column.type_name, self.types[index]
+                ));
+            }
+            present[index] = true;
+        }
+        if change.action == Action::Insert {
+            // An INSERT carries every column: one missing was dropped.
+            if let Some(index) =
+                (0..names.len()).find(|&index| !present[index] && !self.absence_checked[index])
+            {
+                return Some(format!("column {:?} is gone", names[index]));
+            }
+        }
+        None
+    }
+
+    /// Re-plans from `table` (the catalog now), keeping the key: documents are keyed by it.
+    fn reshape(
+        &mut self,
+        table: &Table,
+        numeric_mode: NumericMode,
+        change: &Change<'_>,
+        lsn: Lsn,
+    ) -> Result<(), CdcError> {
+        let plan = DocumentPlan::new(table, numeric_mode, false)
+            .map_err(|source| CdcError::Document { lsn, source })?;
+        let (before, after) = (self.plan.key_columns(), plan.key_columns());
+        if before != after {
+            return Err(CdcError::Unsupported(format!(
+                "the key of {} changed from ({}) to ({}) while streaming: its documents are keyed by the old columns\nHINT: stream the table into a new collection: drop the slot, set a new target collection, and run again (a fresh copy)",
+                self.plan.table(),
+                before.join(", "),
+                after.join(", ")
+            )));
+        }
+        let fresh = CdcTable::new(table, plan, Arc::clone(&self.collection));
+        *self = fresh;
+        // The catalog is read now, the change may be older: a name or type the catalog still
+        // confirms is accepted as wal2json spells it, a column absent from an older INSERT is
+        // one added since. What the catalog does not know at all is an error.
+        let names = self.plan.columns().to_vec();
+        for column in change.columns.iter().chain(&change.identity) {
+            let Some(index) = names.iter().position(|name| name == column.name.as_ref()) else {
+                return Err(CdcError::Unsupported(format!(
+                    "a change of {} at {lsn} has column {:?}, which the catalog does not list (dropped again since?)\nHINT: pgferry cannot decode it without its type; restart with a fresh copy of this table",
+                    self.plan.table(),
+                    column.name
+                )));
+            };
+            if !column.type_name.is_empty() && self.types[index] != column.type_name {
+                tracing::info!(table = %self.plan.table(), column = %column.name, catalog = %self.types[index], change = %column.type_name, "accepting the change's type name for the column");
+                self.types[index] = column.type_name.to_string();
+            }
+        }
+        if change.action == Action::Insert {
+            for (index, name) in names.iter().enumerate() {
+                if !change
+                    .columns
+                    .iter()
+                    .any(|column| column.name == name.as_str())
+                {
+                    self.absence_checked[index] = true;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Knobs of the stream.
@@ -108,6 +227,10 @@ pub struct CdcSettings {
     pub max_retries: u32,
     /// Stop once everything up to this LSN is applied (batch runs); `None` = run until told.
     pub stop_at: Option<Lsn>,
+    /// How re-planned tables write `numeric` (as the copy did).
+    pub numeric_mode: NumericMode,
+    /// Emit `pg_logical_emit_message` this often so a quiet database still shows progress.
+    pub heartbeat: Option<Duration>,
 }
 
 /// What streaming did.
@@ -119,6 +242,123 @@ pub struct CdcSummary {
     pub transactions: u64,
     /// The final watermark (confirmed to PostgreSQL and in the state file).
     pub confirmed: Lsn,
+    /// Times the stream was re-established after a transient failure.
+    pub reconnects: u64,
+}
+
+/// What the stream writes to and reports into.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamContext<'a> {
+    /// GDN, or `None` for the null destination.
+    pub client: Option<&'a GdnClient>,
+    /// The knobs.
+    pub settings: &'a CdcSettings,
+    /// Where the watermark is kept.
+    pub state_file: &'a StateFile,
+    /// Counters.
+    pub metrics: &'a Metrics,
+}
+
+/// A plain connection beside the replication stream: re-reads a table's columns when its
+/// shape changes and emits heartbeats. Connected on first use, re-connected after a failure.
+pub struct SideConnection {
+    options: ConnectOptions,
+    connection: Option<Connection>,
+}
+
+impl SideConnection {
+    /// A side connection to the server `options` name (not connected yet).
+    pub fn new(options: ConnectOptions) -> SideConnection {
+        SideConnection {
+            options,
+            connection: None,
+        }
+    }
+
+    async fn connection(&mut self) -> Result<&mut Connection, PgError> {
+        if self.connection.is_none() {
+            self.connection = Some(Connection::connect(&self.options).await?);
+        }
+        self.connection.as_mut().ok_or(PgError::Closed {
+            during: "connecting",
+        })
+    }
+
+    /// The table's catalog entry now, or `None` when it no longer exists.
+    async fn table(&mut self, schema: &str, name: &str) -> Result<Option<Table>, PgError> {
+        let result = discover(self.connection().await?, &[schema.to_owned()], Some(name)).await;
+        if result.is_err() {
+            self.connection = None;
+        }
+        Ok(result?
+            .into_iter()
+            .find(|table| table.schema == schema && table.name == name))
+    }
+
+    /// Writes a non-transactional logical message, which the slot sees as progress.
+    async fn heartbeat(&mut self) -> Result<(), PgError> {
+        let result = self
+            .connection()
+            .await?
+            .query_one("SELECT pg_logical_emit_message(false, 'pgferry_heartbeat', '')")
+            .await;
+        if result.is_err() {
+            self.connection = None;
+        }
+        result.map(drop)
+    }
+
+    /// Closes the connection, if open.
+    pub async fn close(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            connection.close().await;
+        }
+    }
+}
+
+impl std::fmt::Debug for SideConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SideConnection")
+            .field("address", &self.options.address())
+            .field("connected", &self.connection.is_some())
+            .finish()
+    }
+}
+
+impl CdcError {
+    /// Whether streaming may succeed again after a reconnect (connection loss, server
+    /// restart, GDN unreachable), as opposed to errors that need a fix first.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CdcError::Postgres(error) => error.is_transient(),
+            CdcError::Ended => true,
+            CdcError::Gdn { source, .. } => source.is_retryable(),
+            CdcError::Decode(_)
+            | CdcError::Document { .. }
+            | CdcError::Refused { .. }
+            | CdcError::Unsupported(_)
+            | CdcError::Merge(_)
+            | CdcError::State(_) => false,
+        }
+    }
+}
+
+/// A kind of write request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Operation {
+    Upsert,
+    Patch,
+    Delete,
+}
+
+impl Operation {
+    fn as_str(self) -> &'static str {
+        match self {
+            Operation::Upsert => "upsert",
+            Operation::Patch => "patch",
+            Operation::Delete => "delete",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -156,7 +396,13 @@ impl Pending {
         self.collections.get(collection)?.ops.get(key)
     }
 
-    fn put(&mut self, collection: &Arc<str>, table: &str, key: String, op: Op) {
+    fn put(
+        &mut self,
+        collection: &Arc<str>,
+        table: &str,
+        key: String,
+        op: Op,
+    ) -> Result<(), CdcError> {
         let entry = self.collections.entry(Arc::clone(collection)).or_default();
         if entry.table.is_empty() {
             entry.table = table.to_owned();
@@ -166,12 +412,12 @@ impl Pending {
             Op::Delete => key.len(),
         };
         let merged = match (entry.ops.remove(&key), op) {
-            (Some(Op::Upsert(doc)), Op::Patch(patch)) => Op::Upsert(merge_objects(&doc, &patch)),
+            (Some(Op::Upsert(doc)), Op::Patch(patch)) => Op::Upsert(merge_objects(&doc, &patch)?),
             (Some(Op::Patch(earlier)), Op::Patch(patch)) => {
-                Op::Patch(merge_objects(&earlier, &patch))
+                Op::Patch(merge_objects(&earlier, &patch)?)
             }
             (Some(Op::MoveFrom(from, earlier)), Op::Patch(patch)) => {
-                Op::MoveFrom(from, merge_objects(&earlier, &patch))
+                Op::MoveFrom(from, merge_objects(&earlier, &patch)?)
             }
             (_, op) => op,
         };
@@ -179,24 +425,25 @@ impl Pending {
         self.documents += 1;
         self.bytes += size;
         self.since.get_or_insert_with(Instant::now);
+        Ok(())
     }
 }
 
 /// Overlays the attributes of JSON object `patch` on JSON object `base`.
-fn merge_objects(base: &[u8], patch: &[u8]) -> Vec<u8> {
-    let parsed = (
-        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(base),
-        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(patch),
-    );
-    match parsed {
-        (Ok(mut merged), Ok(overlay)) => {
-            merged.extend(overlay);
-            serde_json::to_vec(&merged).unwrap_or_else(|_| patch.to_vec())
-        }
-        // Both sides are documents pgferry wrote itself, so this does not happen; keeping the
-        // patch alone would still be correct for a PATCH (it only drops the merge).
-        _ => patch.to_vec(),
-    }
+fn merge_objects(base: &[u8], patch: &[u8]) -> Result<Vec<u8>, CdcError> {
+    let parse = |bytes: &[u8]| {
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes).map_err(
+            |error| {
+                CdcError::Merge(format!(
+                    "{error} in {}",
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(120)])
+                ))
+            },
+        )
+    };
+    let mut merged = parse(base)?;
+    merged.extend(parse(patch)?);
+    serde_json::to_vec(&merged).map_err(|error| CdcError::Merge(error.to_string()))
 }
 
 /// `(name, text)` pairs of a row image, text borrowed where wal2json did not escape.
@@ -222,40 +469,48 @@ fn as_pairs<'a>(image: &'a Image<'a>) -> Vec<(&'a str, Option<&'a str>)> {
         .collect()
 }
 
-/// Streams changes until `settings.stop_at` is reached, `shutdown` fires, or an error.
-#[allow(clippy::too_many_arguments)]
+/// Streams changes until `settings.stop_at` is reached, `shutdown` fires, or an error;
+/// `summary` counts across calls (reconnects), and the watermark is always in `state_file`.
 pub async fn stream_changes(
     mut stream: LogicalStream,
-    tables: &HashMap<(String, String), CdcTable>,
-    client: Option<&GdnClient>,
-    settings: &CdcSettings,
-    state_file: &StateFile,
-    mut state: CdcState,
+    tables: &mut HashMap<(String, String), CdcTable>,
+    side: &mut SideConnection,
+    context: StreamContext<'_>,
+    state: CdcState,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
-    metrics: &Metrics,
-) -> Result<CdcSummary, CdcError> {
-    let mut pending = Pending::default();
-    let mut summary = CdcSummary {
-        confirmed: state.lsn,
-        ..CdcSummary::default()
+    summary: &mut CdcSummary,
+) -> Result<(), CdcError> {
+    let settings = context.settings;
+    let mut run = Streamer {
+        context,
+        committed: state.lsn,
+        state,
+        pending: Pending::default(),
+        commit_times: Vec::new(),
     };
-    let mut committed = state.lsn;
+    summary.confirmed = summary.confirmed.max(run.state.lsn);
     let mut in_transaction = false;
+    let mut transaction_rows = 0u64;
+    let mut commit_time: Option<i64> = None;
     let mut idle_probe_sent = false;
+    let mut heartbeat = settings.heartbeat.map(|every| {
+        let mut interval = tokio::time::interval_at(Instant::now() + every, every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    });
     loop {
-        let flush_due = pending.since.map(|since| since + settings.flush_after);
+        let flush_due = run.pending.since.map(|since| since + settings.flush_after);
         let caught_up = settings
             .stop_at
-            .is_some_and(|stop| !in_transaction && committed >= stop);
+            .is_some_and(|stop| !in_transaction && run.committed >= stop);
         if caught_up
-            || pending.documents >= settings.flush_documents
-            || pending.bytes >= settings.flush_bytes
+            || run.pending.documents >= settings.flush_documents
+            || run.pending.bytes >= settings.flush_bytes
         {
-            flush(&mut pending, client, settings, &state, metrics).await?;
-            confirm(&mut stream, &mut state, state_file, committed, &mut summary).await?;
+            run.checkpoint(&mut stream, summary).await?;
             if caught_up {
                 stream.stop().await?;
-                return Ok(summary);
+                return Ok(());
             }
         }
         let idle_wait = tokio::time::sleep(Duration::from_millis(250));
@@ -267,14 +522,18 @@ pub async fn stream_changes(
                     std::future::pending::<()>().await;
                 }
             } => {
-                flush(&mut pending, client, settings, &state, metrics).await?;
-                confirm(&mut stream, &mut state, state_file, committed, &mut summary).await?;
+                run.checkpoint(&mut stream, summary).await?;
                 stream.stop().await?;
-                return Ok(summary);
+                return Ok(());
             }
             _ = async { match flush_due { Some(due) => tokio::time::sleep_until(due).await, None => std::future::pending().await } } => {
-                flush(&mut pending, client, settings, &state, metrics).await?;
-                confirm(&mut stream, &mut state, state_file, committed, &mut summary).await?;
+                run.checkpoint(&mut stream, summary).await?;
+                continue;
+            }
+            _ = async { match heartbeat.as_mut() { Some(interval) => interval.tick().await, None => std::future::pending().await } } => {
+                if let Err(error) = side.heartbeat().await {
+                    tracing::warn!(%error, "could not emit a heartbeat message; streaming goes on");
+                }
                 continue;
             }
             _ = idle_wait, if settings.stop_at.is_some() && !idle_probe_sent => {
@@ -289,32 +548,60 @@ pub async fn stream_changes(
         match message {
             None => return Err(CdcError::Ended),
             Some(ReplicationMessage::PrimaryKeepalive(keepalive)) => {
-                if pending.is_empty() && !in_transaction && keepalive.wal_end > committed {
+                run.server_end(keepalive.wal_end);
+                if run.pending.is_empty() && !in_transaction && keepalive.wal_end > run.committed {
                     // Nothing of ours is in flight: let the slot move past unrelated WAL.
-                    committed = keepalive.wal_end;
-                    confirm(&mut stream, &mut state, state_file, committed, &mut summary).await?;
+                    run.committed = keepalive.wal_end;
+                    run.confirm(&mut stream, summary).await?;
                 }
             }
             Some(ReplicationMessage::XLogData(xlog)) => {
+                run.server_end(xlog.wal_end);
                 let change = parse_v2(&xlog.data, xlog.wal_start)?;
                 match change.action {
-                    Action::Begin => in_transaction = true,
+                    Action::Begin => {
+                        in_transaction = true;
+                        transaction_rows = 0;
+                        commit_time = None;
+                    }
                     Action::Commit => {
                         in_transaction = false;
                         summary.transactions += 1;
-                        committed = committed.max(change.next_lsn.unwrap_or(xlog.wal_start));
-                        if pending.is_empty() {
-                            confirm(&mut stream, &mut state, state_file, committed, &mut summary)
-                                .await?;
+                        context.metrics.transactions.fetch_add(1, Ordering::Relaxed);
+                        if transaction_rows > 0 {
+                            if let Some(micros) = commit_time.take().or_else(|| {
+                                change
+                                    .timestamp
+                                    .as_deref()
+                                    .and_then(parse_timestamptz_micros)
+                            }) {
+                                run.commit_times.push(micros);
+                            }
+                        }
+                        run.committed =
+                            run.committed.max(change.next_lsn.unwrap_or(xlog.wal_start));
+                        if run.pending.is_empty() {
+                            run.confirm(&mut stream, summary).await?;
                         }
                     }
-                    Action::Message => {}
+                    Action::Message => {
+                        if !in_transaction && run.pending.is_empty() {
+                            // A non-transactional message (e.g. a heartbeat): every transaction
+                            // committed before it was already received and applied.
+                            let at = change.lsn.unwrap_or(xlog.wal_start);
+                            if at > run.committed {
+                                run.committed = at;
+                                run.confirm(&mut stream, summary).await?;
+                            }
+                        }
+                    }
                     Action::Truncate => {
                         let Some(table) = lookup(tables, &change) else {
                             continue;
                         };
-                        flush(&mut pending, client, settings, &state, metrics).await?;
-                        if let Some(client) = client {
+                        let table = table.clone();
+                        run.flush().await?;
+                        if let Some(client) = context.client {
                             retrying(settings.max_retries, || {
                                 client.truncate_collection(&table.collection)
                             })
@@ -328,13 +615,131 @@ pub async fn stream_changes(
                     }
                     Action::Insert | Action::Update | Action::Delete => {
                         summary.changes += 1;
-                        metrics.rows_read.fetch_add(1, Ordering::Relaxed);
-                        apply_row(&change, xlog.wal_start, tables, &mut pending)?;
+                        transaction_rows += 1;
+                        context.metrics.rows_read.fetch_add(1, Ordering::Relaxed);
+                        context.metrics.changes.fetch_add(1, Ordering::Relaxed);
+                        if commit_time.is_none() {
+                            commit_time = change
+                                .timestamp
+                                .as_deref()
+                                .and_then(parse_timestamptz_micros);
+                        }
+                        let Some(key) = lookup_key(tables, &change) else {
+                            continue;
+                        };
+                        let table = tables.get_mut(&key).ok_or_else(|| {
+                            CdcError::Unsupported(format!("table {}.{} vanished", key.0, key.1))
+                        })?;
+                        if let Some(reason) = table.shape_change(&change) {
+                            tracing::info!(table = %table.plan.table(), %reason, lsn = %xlog.wal_start, "the table changed shape: re-reading its columns");
+                            let fresh = side.table(&key.0, &key.1).await?.ok_or_else(|| {
+                                CdcError::Unsupported(format!(
+                                    "table {}.{} changed ({reason}) and is no longer in the catalog (dropped or renamed)\nHINT: remove it from the pipeline's tables, or recreate it, then restart",
+                                    key.0, key.1
+                                ))
+                            })?;
+                            table.reshape(
+                                &fresh,
+                                settings.numeric_mode,
+                                &change,
+                                xlog.wal_start,
+                            )?;
+                        }
+                        apply_row(&change, xlog.wal_start, table, &mut run.pending)?;
                     }
                 }
             }
         }
     }
+}
+
+/// The streaming loop's position and pending work.
+struct Streamer<'a> {
+    context: StreamContext<'a>,
+    /// The watermark: confirmed and saved.
+    state: CdcState,
+    /// The last commit received; becomes the watermark once everything before it is written.
+    committed: Lsn,
+    pending: Pending,
+    /// Commit times (Unix µs) of received transactions with rows, not yet confirmed.
+    commit_times: Vec<i64>,
+}
+
+impl Streamer<'_> {
+    /// Writes everything pending, then confirms the last commit received.
+    async fn checkpoint(
+        &mut self,
+        stream: &mut LogicalStream,
+        summary: &mut CdcSummary,
+    ) -> Result<(), CdcError> {
+        self.flush().await?;
+        self.confirm(stream, summary).await
+    }
+
+    async fn flush(&mut self) -> Result<(), CdcError> {
+        flush(
+            &mut self.pending,
+            self.context.client,
+            self.context.settings,
+            &self.state,
+            self.context.metrics,
+        )
+        .await
+    }
+
+    /// Records the server's end of WAL for the replication-lag gauge.
+    fn server_end(&self, wal_end: Lsn) {
+        self.context
+            .metrics
+            .replication_lag_bytes
+            .store(wal_end.bytes_since(self.state.lsn), Ordering::Relaxed);
+    }
+
+    /// Moves the watermark to `self.committed` (the caller made sure everything before it is
+    /// durable): the state file first, then the server, then the lag metrics.
+    async fn confirm(
+        &mut self,
+        stream: &mut LogicalStream,
+        summary: &mut CdcSummary,
+    ) -> Result<(), CdcError> {
+        let lsn = self.committed;
+        if lsn <= self.state.lsn {
+            return Ok(());
+        }
+        // The state file first: if we crash between the two, the slot is behind (a replay), never ahead.
+        self.state.lsn = lsn;
+        self.context.state_file.save(&self.state)?;
+        stream.confirm(lsn);
+        stream.send_status(false).await?;
+        summary.confirmed = lsn;
+        let metrics = self.context.metrics;
+        metrics.confirmed_lsn.store(lsn.as_u64(), Ordering::Relaxed);
+        let now = unix_micros();
+        for committed_at in self.commit_times.drain(..) {
+            let lag = u64::try_from(now.saturating_sub(committed_at)).unwrap_or(0);
+            metrics.ingest_lag.observe(Duration::from_micros(lag));
+        }
+        Ok(())
+    }
+}
+
+fn unix_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+        })
+}
+
+fn lookup_key(
+    tables: &HashMap<(String, String), CdcTable>,
+    change: &Change<'_>,
+) -> Option<(String, String)> {
+    let key = (
+        change.schema.as_deref()?.to_owned(),
+        change.table.as_deref()?.to_owned(),
+    );
+    tables.contains_key(&key).then_some(key)
 }
 
 fn lookup<'t>(
@@ -349,12 +754,9 @@ fn lookup<'t>(
 fn apply_row(
     change: &Change<'_>,
     lsn: Lsn,
-    tables: &HashMap<(String, String), CdcTable>,
+    table: &CdcTable,
     pending: &mut Pending,
 ) -> Result<(), CdcError> {
-    let Some(table) = lookup(tables, change) else {
-        return Ok(());
-    };
     let document = |source| CdcError::Document { lsn, source };
     let name = table.plan.table().to_owned();
     match change.action {
@@ -374,7 +776,7 @@ fn apply_row(
                 &name,
                 key.as_str().to_owned(),
                 Op::Delete,
-            );
+            )?;
         }
         _ => {
             let columns = image(&change.columns, lsn)?;
@@ -383,6 +785,9 @@ fn apply_row(
                 .plan
                 .encode_text(&as_pairs(&columns), &mut doc)
                 .map_err(document)?;
+            // An INSERT is the whole row (a column it lacks did not exist then); only an
+            // UPDATE leaves out unchanged TOASTed columns.
+            let complete = encoded.complete || change.action == Action::Insert;
             if !change.identity.is_empty() {
                 let identity = image(&change.identity, lsn)?;
                 let old = table
@@ -393,32 +798,31 @@ fn apply_row(
                     // The key changed: the old document goes away, and a partial new image
                     // takes its missing (unchanged TOASTed) attributes from the old document.
                     let old_key = old.as_str().to_owned();
-                    let moved = if encoded.complete {
+                    let moved = if complete {
                         Op::Upsert(doc)
                     } else {
                         match pending.op(&table.collection, &old_key) {
-                            Some(Op::Upsert(base)) => Op::Upsert(merge_objects(base, &doc)),
+                            Some(Op::Upsert(base)) => Op::Upsert(merge_objects(base, &doc)?),
                             // Earlier pending changes of the old key travel with it.
                             Some(Op::Patch(earlier)) => {
-                                Op::MoveFrom(old_key.clone(), merge_objects(earlier, &doc))
+                                Op::MoveFrom(old_key.clone(), merge_objects(earlier, &doc)?)
                             }
                             Some(Op::MoveFrom(from, earlier)) => {
-                                Op::MoveFrom(from.clone(), merge_objects(earlier, &doc))
+                                Op::MoveFrom(from.clone(), merge_objects(earlier, &doc)?)
                             }
                             Some(Op::Delete) | None => Op::MoveFrom(old_key.clone(), doc),
                         }
                     };
-                    pending.put(&table.collection, &name, old_key, Op::Delete);
-                    pending.put(
+                    pending.put(&table.collection, &name, old_key, Op::Delete)?;
+                    return pending.put(
                         &table.collection,
                         &name,
                         encoded.key.as_str().to_owned(),
                         moved,
                     );
-                    return Ok(());
                 }
             }
-            let op = if encoded.complete {
+            let op = if complete {
                 Op::Upsert(doc)
             } else {
                 Op::Patch(doc)
@@ -428,28 +832,9 @@ fn apply_row(
                 &name,
                 encoded.key.as_str().to_owned(),
                 op,
-            );
+            )?;
         }
     }
-    Ok(())
-}
-
-async fn confirm(
-    stream: &mut LogicalStream,
-    state: &mut CdcState,
-    state_file: &StateFile,
-    lsn: Lsn,
-    summary: &mut CdcSummary,
-) -> Result<(), CdcError> {
-    if lsn <= state.lsn {
-        return Ok(());
-    }
-    // The state file first: if we crash between the two, the slot is behind (a replay), never ahead.
-    state.lsn = lsn;
-    state_file.save(state)?;
-    stream.confirm(lsn);
-    stream.send_status(false).await?;
-    summary.confirmed = lsn;
     Ok(())
 }
 
@@ -494,11 +879,26 @@ async fn flush(
                 match old {
                     Some(old) => {
                         let mut base: serde_json::Map<String, serde_json::Value> =
-                            serde_json::from_slice(&old).unwrap_or_default();
+                            serde_json::from_slice(&old).map_err(|error| CdcError::Gdn {
+                                table: ops.table.clone(),
+                                collection: collection.to_string(),
+                                source: Box::new(GdnError::BadResponse {
+                                    method: "GET".into(),
+                                    url: format!("document {from:?}"),
+                                    detail: format!("not a JSON object: {error}"),
+                                }),
+                            })?;
                         base.remove("_id");
                         base.remove("_rev");
-                        let base = serde_json::to_vec(&base).unwrap_or_default();
-                        upserts.push((key, merge_objects(&base, &doc)));
+                        base.extend(
+                            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(
+                                &doc,
+                            )
+                            .map_err(|error| CdcError::Merge(error.to_string()))?,
+                        );
+                        let merged = serde_json::to_vec(&base)
+                            .map_err(|error| CdcError::Merge(error.to_string()))?;
+                        upserts.push((key, merged));
                     }
                     // Not there (a replay over a newer copy): patch the new key instead.
                     None => patches.push((key, doc)),
@@ -515,14 +915,15 @@ async fn flush(
             continue;
         };
         for chunk in deletes.chunks(settings.batch_size_rows.max(1)) {
-            let body = serde_json::to_vec(chunk).unwrap_or_default();
+            let body =
+                serde_json::to_vec(chunk).map_err(|error| CdcError::Merge(error.to_string()))?;
             let keys: Vec<&str> = chunk.iter().map(String::as_str).collect();
             write(
                 client,
                 settings,
                 &collection,
                 &ops.table,
-                "delete",
+                Operation::Delete,
                 &keys,
                 Bytes::from(body),
                 state,
@@ -530,7 +931,8 @@ async fn flush(
             )
             .await?;
         }
-        for (operation, documents) in [("upsert", &upserts), ("patch", &patches)] {
+        for (operation, documents) in [(Operation::Upsert, &upserts), (Operation::Patch, &patches)]
+        {
             for chunk in documents.chunks(settings.batch_size_rows.max(1)) {
                 let mut body = Vec::with_capacity(
                     chunk.iter().map(|(_, doc)| doc.len() + 1).sum::<usize>() + 2,
@@ -568,7 +970,7 @@ async fn write(
     settings: &CdcSettings,
     collection: &str,
     table: &str,
-    operation: &'static str,
+    operation: Operation,
     keys: &[&str],
     body: Bytes,
     state: &CdcState,
@@ -582,17 +984,17 @@ async fn write(
             let body = body.clone();
             async move {
                 match operation {
-                    "delete" => {
+                    Operation::Delete => {
                         client
                             .delete_documents(collection, body, settings.wait_for_sync)
                             .await
                     }
-                    "patch" => {
+                    Operation::Patch => {
                         client
                             .patch_documents(collection, body, settings.wait_for_sync)
                             .await
                     }
-                    _ => {
+                    Operation::Upsert => {
                         client
                             .write_documents(collection, body, true, settings.wait_for_sync)
                             .await
@@ -614,7 +1016,8 @@ async fn write(
             .iter()
             .filter(|failure| {
                 !(failure.error_num == DOCUMENT_NOT_FOUND
-                    && (operation == "delete" || (operation == "patch" && replaying)))
+                    && (operation == Operation::Delete
+                        || (operation == Operation::Patch && replaying)))
             })
             .collect();
         if real_failures.is_empty() {
@@ -630,7 +1033,7 @@ async fn write(
                 .ingest_errors
                 .fetch_add(real_failures.len() as u64, Ordering::Relaxed);
             return Err(CdcError::Refused {
-                operation,
+                operation: operation.as_str(),
                 table: table.to_owned(),
                 collection: collection.to_owned(),
                 key: keys
@@ -655,37 +1058,49 @@ mod tests {
     fn coalescing_keeps_the_last_write_per_key() {
         let collection: Arc<str> = Arc::from("c");
         let mut pending = Pending::default();
-        pending.put(
-            &collection,
-            "t",
-            "1".into(),
-            Op::Upsert(br#"{"_key":"1","a":1,"b":"big"}"#.to_vec()),
-        );
-        pending.put(
-            &collection,
-            "t",
-            "1".into(),
-            Op::Patch(br#"{"_key":"1","a":2}"#.to_vec()),
-        );
-        pending.put(
-            &collection,
-            "t",
-            "2".into(),
-            Op::Upsert(br#"{"_key":"2"}"#.to_vec()),
-        );
-        pending.put(&collection, "t", "2".into(), Op::Delete);
-        pending.put(
-            &collection,
-            "t",
-            "3".into(),
-            Op::Patch(br#"{"_key":"3","a":1}"#.to_vec()),
-        );
-        pending.put(
-            &collection,
-            "t",
-            "3".into(),
-            Op::Patch(br#"{"_key":"3","b":2}"#.to_vec()),
-        );
+        pending
+            .put(
+                &collection,
+                "t",
+                "1".into(),
+                Op::Upsert(br#"{"_key":"1","a":1,"b":"big"}"#.to_vec()),
+            )
+            .unwrap();
+        pending
+            .put(
+                &collection,
+                "t",
+                "1".into(),
+                Op::Patch(br#"{"_key":"1","a":2}"#.to_vec()),
+            )
+            .unwrap();
+        pending
+            .put(
+                &collection,
+                "t",
+                "2".into(),
+                Op::Upsert(br#"{"_key":"2"}"#.to_vec()),
+            )
+            .unwrap();
+        pending
+            .put(&collection, "t", "2".into(), Op::Delete)
+            .unwrap();
+        pending
+            .put(
+                &collection,
+                "t",
+                "3".into(),
+                Op::Patch(br#"{"_key":"3","a":1}"#.to_vec()),
+            )
+            .unwrap();
+        pending
+            .put(
+                &collection,
+                "t",
+                "3".into(),
+                Op::Patch(br#"{"_key":"3","b":2}"#.to_vec()),
+            )
+            .unwrap();
         let ops = &pending.collections[&collection].ops;
         match &ops["1"] {
             Op::Upsert(doc) => {

@@ -53,6 +53,21 @@ impl Server {
         self.handle.as_ref().expect("running").url()
     }
 
+    /// Stops, waits `down`, and starts again on the same data dir and the same port (what a
+    /// client configured with its URL sees as a server restart).
+    pub async fn restart_in_place(&mut self, down: Duration) {
+        if let Some(handle) = self.handle.take() {
+            self.config.listen = handle.addr();
+            handle.stop().await;
+        }
+        tokio::time::sleep(down).await;
+        self.handle = Some(
+            GdnLite::start(self.config.clone())
+                .await
+                .expect("gdnlite restarts on its port"),
+        );
+    }
+
     /// Stops and starts again on the same data dir (a new port).
     pub async fn restart(&mut self) {
         if let Some(handle) = self.handle.take() {

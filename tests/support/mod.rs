@@ -382,6 +382,19 @@ impl PgCluster {
         assert!(Path::new(&library).exists(), "{} is missing: install the Debian package postgresql-15-wal2json (scripts/test.sh does)", library.display());
     }
 
+    /// Restarts the server (fast shutdown: sessions are terminated, as in a real restart),
+    /// waiting `down` in between.
+    pub fn restart(&mut self, down: Duration) {
+        self.must(
+            &self.bin("pg_ctl"),
+            &["-D", &self.data_str(), "-m", "fast", "-w", "stop"],
+            true,
+        );
+        self.stopped = true;
+        std::thread::sleep(down);
+        self.pg_ctl_start();
+    }
+
     /// Stops the server now (also done on drop).
     pub fn stop(&mut self) {
         if !self.stopped {
