@@ -374,6 +374,84 @@ pub async fn discover(
     Ok(tables)
 }
 
+/// A column type known only by the name `format_type` prints (what wal2json reports per
+/// column), resolved against the catalog: the declared type's OID, its typmod, and its chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedType {
+    /// The declared type's OID.
+    pub oid: u32,
+    /// The type modifier written in the name (`numeric(20,5)`, `bit(1)`), else -1.
+    pub typmod: i32,
+    /// Domains resolved, arrays unwrapped.
+    pub resolved: ResolvedType,
+}
+
+/// Resolves type names such as `numeric(20,5)`, `character varying(40)`, `mood[]` or
+/// `sales.money_amount`, so changes of columns added or retyped after the catalog was read
+/// can be decoded by the type they carry. A name the server does not know is an error.
+pub async fn resolve_type_names(
+    connection: &mut Connection,
+    names: &[&str],
+) -> Result<Vec<NamedType>, PgError> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list: Vec<String> = names.iter().map(|name| quote_literal(name)).collect();
+    let rows = connection
+        .query(&format!(
+            "SELECT n.ord, n.name::regtype::oid FROM unnest(ARRAY[{}]::text[]) WITH ORDINALITY AS n(name, ord) ORDER BY n.ord",
+            list.join(", ")
+        ))
+        .await?;
+    let mut oids = Vec::with_capacity(rows.len());
+    for row in &rows {
+        oids.push(parse::<u32>(row.get(1), "type oid")?);
+    }
+    if oids.len() != names.len() {
+        return Err(PgError::protocol(
+            "resolving type names",
+            format!("{} names gave {} types", names.len(), oids.len()),
+        ));
+    }
+    let mut wanted = oids.clone();
+    let types = load_types(connection, &mut wanted).await?;
+    names
+        .iter()
+        .zip(oids)
+        .map(|(name, oid)| {
+            let mut typmod = typmod_from_name(name);
+            let resolved = resolve(oid, &types, &mut typmod, 0)?;
+            Ok(NamedType {
+                oid,
+                typmod,
+                resolved,
+            })
+        })
+        .collect()
+}
+
+/// The typmod a type name spells out, for the types whose decoding depends on it: numeric's
+/// precision and scale (`numeric(20,5)` → `(20 << 16 | 5) + 4`) and bit's length; else -1.
+pub fn typmod_from_name(name: &str) -> i32 {
+    let base = name.trim_end_matches("[]");
+    let Some((head, rest)) = base.split_once('(') else {
+        return -1;
+    };
+    let Some(arguments) = rest.strip_suffix(')') else {
+        return -1;
+    };
+    let numbers: Vec<i32> = arguments
+        .split(',')
+        .filter_map(|part| part.trim().parse().ok())
+        .collect();
+    match (head.trim(), numbers.as_slice()) {
+        ("numeric", [precision]) => (precision << 16) + 4,
+        ("numeric", [precision, scale]) => ((precision << 16) | (scale & 0xFFFF)) + 4,
+        ("bit", [length]) => *length,
+        _ => -1,
+    }
+}
+
 /// Loads `pg_type` rows for `oids` and, transitively, their domain bases and array elements.
 async fn load_types(
     connection: &mut Connection,
@@ -459,6 +537,13 @@ mod tests {
     #[test]
     fn numeric_columns_are_numbers_up_to_15_digits_in_auto_mode() {
         let typmod = |precision: i32, scale: i32| ((precision << 16) | scale) + 4;
+        assert_eq!(typmod_from_name("numeric(15,2)"), typmod(15, 2));
+        assert_eq!(typmod_from_name("numeric(20)"), typmod(20, 0));
+        assert_eq!(typmod_from_name("numeric(5,2)[]"), typmod(5, 2));
+        assert_eq!(typmod_from_name("bit(1)"), 1);
+        assert_eq!(typmod_from_name("numeric"), -1);
+        assert_eq!(typmod_from_name("character varying(40)"), -1);
+        assert_eq!(typmod_from_name("timestamp(3) with time zone"), -1);
         assert_eq!(
             numeric_out(typmod(15, 2), NumericMode::Auto),
             NumericOut::Number

@@ -22,7 +22,7 @@ use crate::decode::wal2json::{parse_v2, Action, Change, ColumnValue, Wal2JsonErr
 use crate::gdn::client::{retrying, BatchOutcome, GdnClient, GdnError};
 use crate::gdn::document::{DocumentError, DocumentPlan};
 use crate::metrics::Metrics;
-use crate::pg::catalog::{discover, NumericMode, Table};
+use crate::pg::catalog::{resolve_type_names, Column, NamedType, NumericMode, Table};
 use crate::pg::replication::LogicalStream;
 use crate::pg::{ConnectOptions, Connection, Lsn, PgError};
 use crate::source::state::{CdcState, StateError, StateFile};
@@ -88,124 +88,146 @@ pub enum CdcError {
 }
 
 /// One streamed table: how its rows become documents and where they go.
+///
+/// The plan follows the row shape the changes carry: wal2json names every column with its
+/// type, so a column added, dropped or retyped since the catalog was read is decoded by the
+/// type it had when the change was made (an INSERT is the whole row as it was then).
 #[derive(Debug, Clone)]
 pub struct CdcTable {
     /// Rows → documents (same attribute names and keys as the snapshot).
     pub plan: DocumentPlan,
     /// The collection.
     pub collection: Arc<str>,
-    /// Per plan column: the type name changes are expected to carry (`format_type`'s, or the
-    /// one wal2json used once the catalog confirmed the column).
-    types: Vec<String>,
-    /// Per plan column: an INSERT without it was already checked against the catalog.
-    absence_checked: Vec<bool>,
+    /// The catalog entry the plans are built on (its columns replaced as shapes change).
+    table: Table,
+    /// `(column, type name)` of the current plan, as the changes spell them.
+    shape: Vec<(String, String)>,
 }
 
 impl CdcTable {
     /// A streamed table planned from its catalog entry.
     pub fn new(table: &Table, plan: DocumentPlan, collection: Arc<str>) -> CdcTable {
         CdcTable {
-            types: table
+            shape: table
                 .columns
                 .iter()
-                .map(|column| column.type_name.clone())
+                .map(|column| (column.name.clone(), column.type_name.clone()))
                 .collect(),
-            absence_checked: vec![false; table.columns.len()],
+            table: table.clone(),
             plan,
             collection,
         }
     }
 
-    /// Why this change does not fit the plan (a column added, dropped or retyped since the
-    /// catalog was read), or `None` when it fits.
-    fn shape_change(&self, change: &Change<'_>) -> Option<String> {
-        let names = self.plan.columns();
-        let mut present = vec![false; names.len()];
-        let images = change
+    /// The row shape this change needs when the current plan does not fit it, else `None`.
+    fn shape_for(&self, change: &Change<'_>) -> Option<Vec<(String, String)>> {
+        let fits = |column: &ColumnValue<'_>, position: Option<usize>| {
+            let known = position
+                .and_then(|position| self.shape.get(position))
+                .filter(|(name, _)| name == column.name.as_ref())
+                .or_else(|| {
+                    self.shape
+                        .iter()
+                        .find(|(name, _)| name == column.name.as_ref())
+                });
+            known.is_some_and(|(_, type_name)| {
+                column.type_name.is_empty() || type_name == column.type_name.as_ref()
+            })
+        };
+        let columns_fit = change
             .columns
             .iter()
             .enumerate()
-            .chain(change.identity.iter().map(|column| (usize::MAX, column)));
-        for (position, column) in images {
-            let index = if names
-                .get(position)
-                .is_some_and(|name| name == column.name.as_ref())
-            {
-                position
+            .all(|(position, column)| fits(column, Some(position)));
+        let identity_fits = change.identity.iter().all(|column| fits(column, None));
+        let exact = change.action != Action::Insert || change.columns.len() == self.shape.len();
+        if columns_fit && identity_fits && exact {
+            return None;
+        }
+        let spelled = |column: &ColumnValue<'_>, before: Option<&String>| {
+            let type_name = if column.type_name.is_empty() {
+                before.cloned().unwrap_or_default()
             } else {
-                match names.iter().position(|name| name == column.name.as_ref()) {
-                    Some(index) => index,
-                    None => return Some(format!("new column {:?}", column.name)),
-                }
+                column.type_name.to_string()
             };
-            if !column.type_name.is_empty() && self.types[index] != column.type_name {
-                return Some(format!(
-                    "column {:?} is now {} (was {})",
-                    column.name, column.type_name, self.types[index]
-                ));
+            (column.name.to_string(), type_name)
+        };
+        let mut shape: Vec<(String, String)> = if change.action == Action::Insert {
+            // An INSERT carries every column the row had: that is the shape.
+            change
+                .columns
+                .iter()
+                .map(|column| spelled(column, self.type_of(&column.name)))
+                .collect()
+        } else {
+            // An UPDATE may leave out unchanged TOASTed columns: keep the ones it lacks.
+            let mut shape = self.shape.clone();
+            for column in &change.columns {
+                let entry = spelled(column, self.type_of(&column.name));
+                match shape.iter_mut().find(|(name, _)| *name == entry.0) {
+                    Some(existing) => *existing = entry,
+                    None => shape.push(entry),
+                }
             }
-            present[index] = true;
-        }
-        if change.action == Action::Insert {
-            // An INSERT carries every column: one missing was dropped.
-            if let Some(index) =
-                (0..names.len()).find(|&index| !present[index] && !self.absence_checked[index])
-            {
-                return Some(format!("column {:?} is gone", names[index]));
+            shape
+        };
+        for column in &change.identity {
+            if !shape.iter().any(|(name, _)| name == column.name.as_ref()) {
+                shape.push(spelled(column, self.type_of(&column.name)));
             }
         }
-        None
+        Some(shape)
     }
 
-    /// Re-plans from `table` (the catalog now), keeping the key: documents are keyed by it.
-    fn reshape(
+    fn type_of(&self, column: &str) -> Option<&String> {
+        self.shape
+            .iter()
+            .find(|(name, _)| name == column)
+            .map(|(_, type_name)| type_name)
+    }
+
+    /// Re-plans for `shape`, with column types resolved by name through `types`.
+    async fn reshape(
         &mut self,
-        table: &Table,
+        shape: Vec<(String, String)>,
+        side: &mut SideConnection,
         numeric_mode: NumericMode,
-        change: &Change<'_>,
         lsn: Lsn,
     ) -> Result<(), CdcError> {
-        let plan = DocumentPlan::new(table, numeric_mode, false)
-            .map_err(|source| CdcError::Document { lsn, source })?;
-        let (before, after) = (self.plan.key_columns(), plan.key_columns());
-        if before != after {
-            return Err(CdcError::Unsupported(format!(
-                "the key of {} changed from ({}) to ({}) while streaming: its documents are keyed by the old columns\nHINT: stream the table into a new collection: drop the slot, set a new target collection, and run again (a fresh copy)",
-                self.plan.table(),
-                before.join(", "),
-                after.join(", ")
-            )));
-        }
-        let fresh = CdcTable::new(table, plan, Arc::clone(&self.collection));
-        *self = fresh;
-        // The catalog is read now, the change may be older: a name or type the catalog still
-        // confirms is accepted as wal2json spells it, a column absent from an older INSERT is
-        // one added since. What the catalog does not know at all is an error.
-        let names = self.plan.columns().to_vec();
-        for column in change.columns.iter().chain(&change.identity) {
-            let Some(index) = names.iter().position(|name| name == column.name.as_ref()) else {
-                return Err(CdcError::Unsupported(format!(
-                    "a change of {} at {lsn} has column {:?}, which the catalog does not list (dropped again since?)\nHINT: pgferry cannot decode it without its type; restart with a fresh copy of this table",
+        let names: Vec<&str> = shape
+            .iter()
+            .map(|(_, type_name)| type_name.as_str())
+            .collect();
+        let resolved = side.resolve_types(&names).await.map_err(|error| {
+            if error.is_transient() {
+                CdcError::Postgres(error)
+            } else {
+                CdcError::Unsupported(format!(
+                    "a change of {} at {lsn} has column types ({}) that cannot be resolved: {error}\nHINT: a type dropped since the change was made cannot be decoded; restart with a fresh copy of this table",
                     self.plan.table(),
-                    column.name
-                )));
-            };
-            if !column.type_name.is_empty() && self.types[index] != column.type_name {
-                tracing::info!(table = %self.plan.table(), column = %column.name, catalog = %self.types[index], change = %column.type_name, "accepting the change's type name for the column");
-                self.types[index] = column.type_name.to_string();
+                    names.join(", ")
+                ))
             }
-        }
-        if change.action == Action::Insert {
-            for (index, name) in names.iter().enumerate() {
-                if !change
-                    .columns
-                    .iter()
-                    .any(|column| column.name == name.as_str())
-                {
-                    self.absence_checked[index] = true;
-                }
-            }
-        }
+        })?;
+        let mut table = self.table.clone();
+        table.columns = shape
+            .iter()
+            .zip(resolved)
+            .enumerate()
+            .map(|(index, ((name, type_name), named))| Column {
+                name: name.clone(),
+                position: i16::try_from(index + 1).unwrap_or(i16::MAX),
+                type_name: type_name.clone(),
+                type_oid: named.oid,
+                typmod: named.typmod,
+                not_null: false,
+                resolved: named.resolved,
+            })
+            .collect();
+        self.plan = DocumentPlan::new(&table, numeric_mode, false)
+            .map_err(|source| CdcError::Document { lsn, source })?;
+        self.table = table;
+        self.shape = shape;
         Ok(())
     }
 }
@@ -259,11 +281,14 @@ pub struct StreamContext<'a> {
     pub metrics: &'a Metrics,
 }
 
-/// A plain connection beside the replication stream: re-reads a table's columns when its
-/// shape changes and emits heartbeats. Connected on first use, re-connected after a failure.
+/// A plain connection beside the replication stream: resolves the types of columns the
+/// catalog read at start does not know, and emits heartbeats. Connected on first use,
+/// re-connected after a failure.
 pub struct SideConnection {
     options: ConnectOptions,
     connection: Option<Connection>,
+    /// Type names (as changes spell them) already resolved.
+    types: HashMap<String, NamedType>,
 }
 
 impl SideConnection {
@@ -272,6 +297,20 @@ impl SideConnection {
         SideConnection {
             options,
             connection: None,
+            types: HashMap::new(),
+        }
+    }
+
+    /// Remembers the types of a catalog entry's columns, so the usual shapes need no query.
+    pub fn learn(&mut self, table: &Table) {
+        for column in &table.columns {
+            self.types
+                .entry(column.type_name.clone())
+                .or_insert_with(|| NamedType {
+                    oid: column.type_oid,
+                    typmod: column.typmod,
+                    resolved: column.resolved.clone(),
+                });
         }
     }
 
@@ -284,15 +323,32 @@ impl SideConnection {
         })
     }
 
-    /// The table's catalog entry now, or `None` when it no longer exists.
-    async fn table(&mut self, schema: &str, name: &str) -> Result<Option<Table>, PgError> {
-        let result = discover(self.connection().await?, &[schema.to_owned()], Some(name)).await;
-        if result.is_err() {
-            self.connection = None;
+    /// The types of `names`, in order, from the cache or the server.
+    async fn resolve_types(&mut self, names: &[&str]) -> Result<Vec<NamedType>, PgError> {
+        let mut missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|name| !self.types.contains_key(*name))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            let result = resolve_type_names(self.connection().await?, &missing).await;
+            if result.as_ref().is_err_and(PgError::is_transient) {
+                self.connection = None;
+            }
+            for (name, named) in missing.iter().zip(result?) {
+                self.types.insert((*name).to_owned(), named);
+            }
         }
-        Ok(result?
-            .into_iter()
-            .find(|table| table.schema == schema && table.name == name))
+        names
+            .iter()
+            .map(|name| {
+                self.types.get(*name).cloned().ok_or_else(|| {
+                    PgError::protocol("resolving type names", format!("{name} was not resolved"))
+                })
+            })
+            .collect()
     }
 
     /// Writes a non-transactional logical message, which the slot sees as progress.
@@ -481,6 +537,9 @@ pub async fn stream_changes(
     summary: &mut CdcSummary,
 ) -> Result<(), CdcError> {
     let settings = context.settings;
+    for table in tables.values() {
+        side.learn(&table.table);
+    }
     let mut run = Streamer {
         context,
         committed: state.lsn,
@@ -630,20 +689,11 @@ pub async fn stream_changes(
                         let table = tables.get_mut(&key).ok_or_else(|| {
                             CdcError::Unsupported(format!("table {}.{} vanished", key.0, key.1))
                         })?;
-                        if let Some(reason) = table.shape_change(&change) {
-                            tracing::info!(table = %table.plan.table(), %reason, lsn = %xlog.wal_start, "the table changed shape: re-reading its columns");
-                            let fresh = side.table(&key.0, &key.1).await?.ok_or_else(|| {
-                                CdcError::Unsupported(format!(
-                                    "table {}.{} changed ({reason}) and is no longer in the catalog (dropped or renamed)\nHINT: remove it from the pipeline's tables, or recreate it, then restart",
-                                    key.0, key.1
-                                ))
-                            })?;
-                            table.reshape(
-                                &fresh,
-                                settings.numeric_mode,
-                                &change,
-                                xlog.wal_start,
-                            )?;
+                        if let Some(shape) = table.shape_for(&change) {
+                            tracing::info!(table = %table.plan.table(), lsn = %xlog.wal_start, columns = ?shape, "the change has another row shape than the plan (columns added, dropped or retyped): re-planning");
+                            table
+                                .reshape(shape, side, settings.numeric_mode, xlog.wal_start)
+                                .await?;
                         }
                         apply_row(&change, xlog.wal_start, table, &mut run.pending)?;
                     }
