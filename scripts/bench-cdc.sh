@@ -4,7 +4,10 @@
 #   1. pg_recvlogical (wal2json, to /dev/null)      — the ceiling: the server's decoding alone
 #   2. pgferry run --once --destination null          — decode, convert, coalesce; nothing sent
 #   3. pgferry run --once into gdnlite (waitForSync)  — the whole path, durable
-# reporting changes/s and peak RSS.
+# reporting changes/s and peak RSS; then
+#   4. a steady 10,000 changes/s load (pgbench -R) streamed by a continuous pgferry into gdnlite,
+#      reporting commit-to-GDN latency p50/p99 from its `pgferry_ingest_lag_seconds` histogram
+#      (bucket upper bounds, as Prometheus' histogram_quantile would report at a bucket edge).
 # Usage: scripts/bench-cdc.sh [rows per phase, default 400000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -103,3 +106,34 @@ printf '%-36s %12.0f %10.2f %10s\n' "pg_recvlogical -> /dev/null" "$(awk -v c=$C
 printf '%-36s %12.0f %10.2f %10s\n' "pgferry -> null" "$(awk -v c=$CHANGES -v s=$NULL_S 'BEGIN{print c/s}')" "$NULL_S" "$NULL_RSS MB"
 printf '%-36s %12.0f %10.2f %10s\n' "pgferry -> gdnlite (waitForSync)" "$(awk -v c=$CHANGES -v s=$GDN_S 'BEGIN{print c/s}')" "$GDN_S" "$GDN_RSS MB"
 awk -v r="$RECV_S" -v n="$NULL_S" 'BEGIN { printf "pgferry -> null / pg_recvlogical changes/s ratio: %.2f (goal >= 1.0)\n", r / n }'
+
+log "4/4 latency under a steady 10,000 changes/s (100 transactions/s x 100 rows, 20 s)"
+METRICS_PORT="$(free_port)"
+GDN_API_KEY=bench "$PGFERRY" run -c "$WORK/gdn.json" --metrics-addr "127.0.0.1:$METRICS_PORT" >"$WORK/steady.out" 2>"$WORK/steady.err" &
+STEADY_PID=$!
+sleep 2
+cat >"$WORK/steady.sql" <<'SQL'
+INSERT INTO public.events (id, kind, amount, payload)
+SELECT nextval('steady_ids'), 'steady', 1, md5(g::text) FROM generate_series(1, 100) g;
+SQL
+cluster_psql -d postgres -c "CREATE SEQUENCE steady_ids START 100000000" >/dev/null
+"$BIN/pgbench" -h "$PG_DIR" -p "$PG_PORT" -U postgres -n -f "$WORK/steady.sql" -R 100 -T 20 -c 2 postgres >"$WORK/pgbench.out" 2>&1 \
+    || { cat "$WORK/pgbench.out"; die "pgbench failed"; }
+sleep 3
+curl -sf "http://127.0.0.1:$METRICS_PORT/metrics" >"$WORK/metrics.txt" || die "no metrics from pgferry"
+kill -TERM "$STEADY_PID"; wait "$STEADY_PID" || die "pgferry did not stop cleanly on SIGTERM"
+awk '
+    /^pgferry_ingest_lag_seconds_bucket/ {
+        match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+        n++; bound[n] = le; cum[n] = $NF
+    }
+    /^pgferry_ingest_lag_seconds_count/ { total = $NF }
+    END {
+        if (total == 0) { print "no transactions measured"; exit 1 }
+        for (q = 1; q <= 2; q++) {
+            want = (q == 1 ? 0.5 : 0.99) * total
+            for (i = 1; i <= n; i++) if (cum[i] >= want) { v[q] = bound[i]; break }
+        }
+        printf "steady load: %d transactions measured; commit-to-GDN latency p50 <= %s s, p99 <= %s s (goal p99 < 0.25 s)\n", total, v[1], v[2]
+    }' "$WORK/metrics.txt"
+grep -E "^tps|latency average" "$WORK/pgbench.out" | sed 's/^/pgbench: /'

@@ -408,3 +408,52 @@ fn a_million_row_transaction_streams_through_in_bounded_memory() {
     let first = runtime.block_on(http.call(Method::GET, &api("document/bulk/1"), Value::Null));
     assert_eq!(first.json["v"], json!(-1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_move_the_slot_of_an_idle_database() {
+    let cluster = PgCluster::start_default();
+    cluster.require_wal2json();
+    cluster.psql("CREATE TABLE public.still (id int PRIMARY KEY);");
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = pipeline(
+        &cluster,
+        &server.url(),
+        dir.path(),
+        json!({"tables": ["public.still"], "source": {"heartbeat_interval": 1}}),
+    );
+    pgferry::pipeline::run(&config).await.expect("first run");
+    let metrics = Arc::new(Metrics::new(Labels::from_env()));
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let streaming = tokio::spawn({
+        let config = config.clone();
+        let metrics = Arc::clone(&metrics);
+        async move {
+            run_with(
+                &config,
+                metrics,
+                RunControl {
+                    shutdown,
+                    once: false,
+                },
+            )
+            .await
+        }
+    });
+    // Nothing writes to this cluster now but pgferry's heartbeats: WAL past this point is theirs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let start: pgferry::pg::Lsn = tokio::task::block_in_place(|| {
+        cluster
+            .psql("SELECT pg_current_wal_lsn()")
+            .parse()
+            .expect("lsn")
+    });
+    wait_for(
+        "the slot to move past a heartbeat",
+        Duration::from_secs(30),
+        || async { tokio::task::block_in_place(|| slot_confirmed(&cluster)) > start },
+    )
+    .await;
+    stop.send(true).expect("the run listens");
+    streaming.await.expect("run task").expect("clean stop");
+}

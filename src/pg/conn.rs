@@ -450,6 +450,19 @@ impl Connection {
         }
     }
 
+    /// Whether a whole message is already buffered, so reading it needs no I/O (and no timer).
+    pub(crate) fn has_buffered_message(&self) -> bool {
+        self.read_buf.len() >= 5 && {
+            let len = u32::from_be_bytes([
+                self.read_buf[1],
+                self.read_buf[2],
+                self.read_buf[3],
+                self.read_buf[4],
+            ]) as usize;
+            self.read_buf.len() > len
+        }
+    }
+
     /// Reads the next message, including CopyBothResponse (which `postgres-protocol` lacks).
     pub(crate) async fn read_backend(&mut self, during: &'static str) -> Result<Backend, PgError> {
         self.read_frame(during, false).await

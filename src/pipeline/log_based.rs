@@ -9,7 +9,6 @@
 //! replaying changes older than that copy, "document not found" on a PATCH is expected and
 //! ignored. Later runs stream from the watermark in the state file.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ use crate::pg::Lsn;
 use crate::pipeline::{copy_step, prepare, RunControl, RunError, RunSummary};
 use crate::progress::spawn_stream_display;
 use crate::source::cdc::{
-    stream_changes, CdcSettings, CdcSummary, CdcTable, SideConnection, StreamContext,
+    stream_changes, CdcSettings, CdcSummary, CdcTable, CdcTables, SideConnection, StreamContext,
 };
 use crate::source::state::{CdcState, ChunkLedger, StateFile};
 
@@ -91,20 +90,18 @@ pub(crate) async fn run(
             )));
         }
     }
-    let mut tables: HashMap<(String, String), CdcTable> = prepared
-        .tasks
-        .iter()
-        .map(|task| {
-            (
-                (task.table.schema.clone(), task.table.name.clone()),
-                CdcTable::new(
-                    &task.table,
-                    task.plan.clone(),
-                    Arc::clone(&task.target.collection),
-                ),
-            )
-        })
-        .collect();
+    let mut tables = CdcTables::default();
+    for task in &prepared.tasks {
+        tables.insert(
+            &task.table.schema,
+            &task.table.name,
+            CdcTable::new(
+                &task.table,
+                task.plan.clone(),
+                Arc::clone(&task.target.collection),
+            ),
+        );
+    }
     let add_tables: Vec<String> = prepared
         .tasks
         .iter()

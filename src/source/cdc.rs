@@ -232,6 +232,54 @@ impl CdcTable {
     }
 }
 
+/// The streamed tables, found by a change's schema and table name without allocating.
+#[derive(Debug, Default)]
+pub struct CdcTables {
+    by_name: HashMap<String, CdcTable>,
+    scratch: String,
+}
+
+impl CdcTables {
+    /// Adds (or replaces) `schema.table`.
+    pub fn insert(&mut self, schema: &str, table: &str, streamed: CdcTable) {
+        self.by_name.insert(Self::key(schema, table), streamed);
+    }
+
+    /// Every table.
+    pub fn values(&self) -> impl Iterator<Item = &CdcTable> {
+        self.by_name.values()
+    }
+
+    /// How many tables are streamed.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether no table is streamed.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    fn key(schema: &str, table: &str) -> String {
+        // NUL cannot occur in PostgreSQL identifiers, so the pair maps to one string.
+        let mut key = String::with_capacity(schema.len() + table.len() + 1);
+        key.push_str(schema);
+        key.push('\0');
+        key.push_str(table);
+        key
+    }
+
+    /// The table a row change or TRUNCATE is about, if it is streamed.
+    fn get_mut(&mut self, change: &Change<'_>) -> Option<&mut CdcTable> {
+        let (schema, table) = (change.schema.as_deref()?, change.table.as_deref()?);
+        self.scratch.clear();
+        self.scratch.push_str(schema);
+        self.scratch.push('\0');
+        self.scratch.push_str(table);
+        self.by_name.get_mut(self.scratch.as_str())
+    }
+}
+
 /// Knobs of the stream.
 #[derive(Debug, Clone)]
 pub struct CdcSettings {
@@ -459,7 +507,15 @@ impl Pending {
         key: String,
         op: Op,
     ) -> Result<(), CdcError> {
-        let entry = self.collections.entry(Arc::clone(collection)).or_default();
+        if !self.collections.contains_key(collection) {
+            self.collections
+                .insert(Arc::clone(collection), CollectionOps::default());
+        }
+        let Some(entry) = self.collections.get_mut(collection) else {
+            return Err(CdcError::Merge(
+                "a collection vanished from the batch".into(),
+            ));
+        };
         if entry.table.is_empty() {
             entry.table = table.to_owned();
         }
@@ -529,7 +585,7 @@ fn as_pairs<'a>(image: &'a Image<'a>) -> Vec<(&'a str, Option<&'a str>)> {
 /// `summary` counts across calls (reconnects), and the watermark is always in `state_file`.
 pub async fn stream_changes(
     mut stream: LogicalStream,
-    tables: &mut HashMap<(String, String), CdcTable>,
+    tables: &mut CdcTables,
     side: &mut SideConnection,
     context: StreamContext<'_>,
     state: CdcState,
@@ -551,7 +607,15 @@ pub async fn stream_changes(
     let mut in_transaction = false;
     let mut transaction_rows = 0u64;
     let mut commit_time: Option<i64> = None;
-    let mut idle_probe_sent = false;
+    // Timers live across iterations: arming one per message would cost more than decoding it.
+    let flush_timer = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(flush_timer);
+    let mut flush_armed: Option<Instant> = None;
+    let mut idle_probe = tokio::time::interval(Duration::from_millis(250));
+    idle_probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut messages = 0u64;
+    let mut messages_at_tick = 0u64;
+    let mut probed = false;
     let mut heartbeat = settings.heartbeat.map(|every| {
         let mut interval = tokio::time::interval_at(Instant::now() + every, every);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -559,6 +623,12 @@ pub async fn stream_changes(
     });
     loop {
         let flush_due = run.pending.since.map(|since| since + settings.flush_after);
+        if flush_due != flush_armed {
+            if let Some(due) = flush_due {
+                flush_timer.as_mut().reset(due);
+            }
+            flush_armed = flush_due;
+        }
         let caught_up = settings
             .stop_at
             .is_some_and(|stop| !in_transaction && run.committed >= stop);
@@ -572,7 +642,6 @@ pub async fn stream_changes(
                 return Ok(());
             }
         }
-        let idle_wait = tokio::time::sleep(Duration::from_millis(250));
         let message = tokio::select! {
             biased;
             _ = async {
@@ -585,7 +654,7 @@ pub async fn stream_changes(
                 stream.stop().await?;
                 return Ok(());
             }
-            _ = async { match flush_due { Some(due) => tokio::time::sleep_until(due).await, None => std::future::pending().await } } => {
+            _ = &mut flush_timer, if flush_due.is_some() => {
                 run.checkpoint(&mut stream, summary).await?;
                 continue;
             }
@@ -595,15 +664,21 @@ pub async fn stream_changes(
                 }
                 continue;
             }
-            _ = idle_wait, if settings.stop_at.is_some() && !idle_probe_sent => {
-                // Ask the server where WAL ends now, so a batch run can see it caught up.
-                stream.send_status(true).await?;
-                idle_probe_sent = true;
+            _ = idle_probe.tick(), if settings.stop_at.is_some() => {
+                // Nothing arrived for a tick: ask the server where WAL ends now (once per
+                // quiet spell), so a batch run can see it caught up.
+                if messages != messages_at_tick {
+                    probed = false;
+                } else if !probed {
+                    stream.send_status(true).await?;
+                    probed = true;
+                }
+                messages_at_tick = messages;
                 continue;
             }
             message = stream.next() => message?,
         };
-        idle_probe_sent = false;
+        messages += 1;
         match message {
             None => return Err(CdcError::Ended),
             Some(ReplicationMessage::PrimaryKeepalive(keepalive)) => {
@@ -621,7 +696,10 @@ pub async fn stream_changes(
                     Action::Begin => {
                         in_transaction = true;
                         transaction_rows = 0;
-                        commit_time = None;
+                        commit_time = change
+                            .timestamp
+                            .as_deref()
+                            .and_then(parse_timestamptz_micros);
                     }
                     Action::Commit => {
                         in_transaction = false;
@@ -655,7 +733,7 @@ pub async fn stream_changes(
                         }
                     }
                     Action::Truncate => {
-                        let Some(table) = lookup(tables, &change) else {
+                        let Some(table) = tables.get_mut(&change) else {
                             continue;
                         };
                         let table = table.clone();
@@ -677,18 +755,9 @@ pub async fn stream_changes(
                         transaction_rows += 1;
                         context.metrics.rows_read.fetch_add(1, Ordering::Relaxed);
                         context.metrics.changes.fetch_add(1, Ordering::Relaxed);
-                        if commit_time.is_none() {
-                            commit_time = change
-                                .timestamp
-                                .as_deref()
-                                .and_then(parse_timestamptz_micros);
-                        }
-                        let Some(key) = lookup_key(tables, &change) else {
+                        let Some(table) = tables.get_mut(&change) else {
                             continue;
                         };
-                        let table = tables.get_mut(&key).ok_or_else(|| {
-                            CdcError::Unsupported(format!("table {}.{} vanished", key.0, key.1))
-                        })?;
                         if let Some(shape) = table.shape_for(&change) {
                             tracing::info!(table = %table.plan.table(), lsn = %xlog.wal_start, columns = ?shape, "the change has another row shape than the plan (columns added, dropped or retyped): re-planning");
                             table
@@ -781,26 +850,6 @@ fn unix_micros() -> i64 {
         })
 }
 
-fn lookup_key(
-    tables: &HashMap<(String, String), CdcTable>,
-    change: &Change<'_>,
-) -> Option<(String, String)> {
-    let key = (
-        change.schema.as_deref()?.to_owned(),
-        change.table.as_deref()?.to_owned(),
-    );
-    tables.contains_key(&key).then_some(key)
-}
-
-fn lookup<'t>(
-    tables: &'t HashMap<(String, String), CdcTable>,
-    change: &Change<'_>,
-) -> Option<&'t CdcTable> {
-    let schema = change.schema.as_deref()?;
-    let table = change.table.as_deref()?;
-    tables.get(&(schema.to_owned(), table.to_owned()))
-}
-
 fn apply_row(
     change: &Change<'_>,
     lsn: Lsn,
@@ -808,7 +857,7 @@ fn apply_row(
     pending: &mut Pending,
 ) -> Result<(), CdcError> {
     let document = |source| CdcError::Document { lsn, source };
-    let name = table.plan.table().to_owned();
+    let name = table.plan.table();
     match change.action {
         Action::Delete => {
             if change.identity.is_empty() {
@@ -821,12 +870,7 @@ fn apply_row(
                 .plan
                 .key_from_text(&as_pairs(&identity))
                 .map_err(document)?;
-            pending.put(
-                &table.collection,
-                &name,
-                key.as_str().to_owned(),
-                Op::Delete,
-            )?;
+            pending.put(&table.collection, name, key.as_str().to_owned(), Op::Delete)?;
         }
         _ => {
             let columns = image(&change.columns, lsn)?;
@@ -863,10 +907,10 @@ fn apply_row(
                             Some(Op::Delete) | None => Op::MoveFrom(old_key.clone(), doc),
                         }
                     };
-                    pending.put(&table.collection, &name, old_key, Op::Delete)?;
+                    pending.put(&table.collection, name, old_key, Op::Delete)?;
                     return pending.put(
                         &table.collection,
-                        &name,
+                        name,
                         encoded.key.as_str().to_owned(),
                         moved,
                     );
@@ -877,12 +921,7 @@ fn apply_row(
             } else {
                 Op::Patch(doc)
             };
-            pending.put(
-                &table.collection,
-                &name,
-                encoded.key.as_str().to_owned(),
-                op,
-            )?;
+            pending.put(&table.collection, name, encoded.key.as_str().to_owned(), op)?;
         }
     }
     Ok(())
