@@ -7,3 +7,4 @@ pub mod replication;
 pub mod text_value;
 pub mod value;
 pub mod wal2json;
+pub mod wal2json_v1;
