@@ -9,6 +9,9 @@ use bytes::Bytes;
 use crate::decode::copy_binary::CopyBinaryDecoder;
 use crate::decode::replication::ReplicationMessage;
 use crate::decode::value::{decode, NumericOut, TypeCodec};
+use crate::decode::wal2json::Action;
+use crate::decode::wal2json_v1::V1Decoder;
+use crate::pg::Lsn;
 
 /// Replication CopyData frames: XLogData slices stay inside the frame.
 pub fn replication_frame(data: &[u8]) {
@@ -105,5 +108,61 @@ pub fn value(data: &[u8]) {
                 String::from_utf8_lossy(&json)
             );
         }
+    }
+}
+
+/// wal2json format-version 1: the input is frames, one per line, each `wal_start<TAB>payload`
+/// as in `tests/fixtures/wal2json_v1/` (or a bare payload, then at a made-up LSN). Decoded
+/// changes stay balanced (Begin … Commit, row changes inside), the decoder's state agrees, and
+/// an error names the frame's LSN, appends nothing and leaves the decoder between transactions.
+pub fn wal2json_v1(data: &[u8]) {
+    let mut decoder = V1Decoder::new();
+    let mut open = false;
+    for (index, line) in data.split(|&byte| byte == b'\n').enumerate() {
+        let fallback = Lsn::from_u64(0x1_0000 + 0x10 * index as u64);
+        let (at, frame) = match line.iter().position(|&byte| byte == b'\t') {
+            Some(tab) => (
+                std::str::from_utf8(&line[..tab])
+                    .ok()
+                    .and_then(|text| text.parse().ok())
+                    .unwrap_or(fallback),
+                &line[tab + 1..],
+            ),
+            None => (fallback, line),
+        };
+        let mut out = Vec::new();
+        match decoder.decode(frame, at, &mut out) {
+            Ok(()) => {
+                for change in &out {
+                    match change.action {
+                        Action::Begin => {
+                            assert!(!open, "Begin inside a transaction");
+                            open = true;
+                        }
+                        Action::Commit => {
+                            assert!(open, "Commit outside a transaction");
+                            open = false;
+                        }
+                        Action::Insert | Action::Update | Action::Delete => {
+                            assert!(open, "a row change outside a transaction");
+                            assert!(change.schema.is_some() && change.table.is_some());
+                        }
+                        Action::Message => {
+                            assert!(change.prefix.is_some() && change.content.is_some());
+                        }
+                        Action::Truncate => panic!("format-version 1 has no truncate"),
+                    }
+                    for column in change.columns.iter().chain(&change.identity) {
+                        let _ = column.text();
+                    }
+                }
+            }
+            Err(error) => {
+                assert_eq!(error.lsn, at, "the error names the frame's LSN");
+                assert!(out.is_empty(), "nothing appended on error");
+                open = false;
+            }
+        }
+        assert_eq!(decoder.in_transaction(), open, "decoder state agrees");
     }
 }
