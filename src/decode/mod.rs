@@ -3,6 +3,7 @@
 
 pub mod copy_binary;
 pub mod json_out;
+pub mod pgoutput;
 pub mod replication;
 pub mod text_value;
 pub mod value;
