@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::decode::copy_binary::CopyBinaryDecoder;
 use crate::decode::pgoutput::{
-    OldTuple, PgOutputDecoder, PgOutputMessage, ProtocolVersion, TupleColumn, TupleData,
+    PgOutputDecoder, PgOutputMessage, ProtocolVersion, TupleColumn, TupleData,
 };
 use crate::decode::replication::ReplicationMessage;
 use crate::decode::value::{decode, NumericOut, TypeCodec};
@@ -222,7 +222,9 @@ pub fn pgoutput(data: &[u8]) {
                     PgOutputMessage::Insert(insert) => tuple(&insert.new),
                     PgOutputMessage::Update(update) => {
                         tuple(&update.new);
-                        update.old.as_ref().map(OldTuple::tuple).map(tuple);
+                        if let Some(old) = &update.old {
+                            tuple(old.tuple());
+                        }
                     }
                     PgOutputMessage::Delete(delete) => tuple(delete.old.tuple()),
                     PgOutputMessage::Message(message) => inside(&message.content),

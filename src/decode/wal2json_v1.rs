@@ -374,7 +374,7 @@ fn convert<'a>(raw: RawChange<'a>, xid: Option<u64>, at: Lsn) -> Result<Change<'
         return Ok(change);
     }
     if raw.schema.is_none() || raw.table.is_none() {
-        return Err(error(at, format!("a {} without schema or table", raw.kind)));
+        return Err(error(at, format!("{} without schema or table", raw.kind)));
     }
     change.columns = columns(
         "columns",
