@@ -106,6 +106,16 @@ fn copy_binary_streams_never_panic() {
 }
 
 #[test]
+fn wal2json_v1_frames_never_panic() {
+    run("wal2json_v1", fuzz_targets::wal2json_v1);
+}
+
+#[test]
+fn pgoutput_messages_never_panic() {
+    run("pgoutput", fuzz_targets::pgoutput);
+}
+
+#[test]
 fn binary_values_decode_to_valid_json_or_a_typed_error() {
     // Every codec over every seed's payload, then the mutations.
     let codecs = fuzz_targets::value_codecs().len();

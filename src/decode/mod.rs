@@ -4,7 +4,9 @@
 pub mod commit_time;
 pub mod copy_binary;
 pub mod json_out;
+pub mod pgoutput;
 pub mod replication;
 pub mod text_value;
 pub mod value;
 pub mod wal2json;
+pub mod wal2json_v1;
