@@ -78,6 +78,17 @@ async fn assert_same_as_a_fresh_copy(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scripted_workload_streams_to_exactly_what_a_fresh_copy_gives() {
+    scripted_workload(2).await;
+}
+
+/// The same workload in wal2json's format-version 1 (the old connector's, sent in chunks),
+/// except TRUNCATE, which wal2json never reports in that format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format_version_1_streams_the_same_workload() {
+    scripted_workload(1).await;
+}
+
+async fn scripted_workload(format_version: u32) {
     let cluster = PgCluster::start_default();
     cluster.require_wal2json();
     cluster.psql(
@@ -101,12 +112,15 @@ async fn a_scripted_workload_streams_to_exactly_what_a_fresh_copy_gives() {
     );
     let server = Server::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = pipeline(
+    let mut config = pipeline(
         &cluster,
         &server.url(),
         dir.path(),
         json!({"tables": ["public.items", "public.pairs"]}),
     );
+    if format_version == 1 {
+        config.source.wal2json_format = pgferry::config::Wal2JsonFormat::V1;
+    }
 
     // First run: slot, snapshot copy, nothing to stream yet.
     let first = pgferry::pipeline::run(&config).await.expect("first run");
@@ -117,8 +131,13 @@ async fn a_scripted_workload_streams_to_exactly_what_a_fresh_copy_gives() {
         "wal2json"
     );
 
+    let truncate = if format_version == 2 {
+        "TRUNCATE public.pairs;"
+    } else {
+        "DELETE FROM public.pairs;"
+    };
     cluster.psql(
-        r#"INSERT INTO public.items (id, name, big, amount, tags, doc, at, day)
+        &r#"INSERT INTO public.items (id, name, big, amount, tags, doc, at, day)
              VALUES (1000, 'new', repeat('y', 5000), 99.99, '{}', '[1, {"a": null}]', '0044-03-15 12:00:00+00 BC', '0044-03-15 BC');
            UPDATE public.items SET name = 'renamed ' || id WHERE id <= 20;          -- big is TOASTed and unchanged
            UPDATE public.items SET big = 'small now' WHERE id = 21;
@@ -131,7 +150,8 @@ async fn a_scripted_workload_streams_to_exactly_what_a_fresh_copy_gives() {
            TRUNCATE public.pairs;
            INSERT INTO public.pairs VALUES (1, 'after truncate', 'n');
            INSERT INTO public.items (id, name, amount) SELECT g, 'bulk', g FROM generate_series(10001, 30000) g;
-           UPDATE public.items SET amount = amount + 1 WHERE id BETWEEN 10001 AND 10100;"#,
+           UPDATE public.items SET amount = amount + 1 WHERE id BETWEEN 10001 AND 10100;"#
+            .replace("TRUNCATE public.pairs;", truncate),
     );
 
     let second = pgferry::pipeline::run(&config)

@@ -17,7 +17,7 @@ pub use connection::{PgConnectionConfig, CONNECTION_KEYS};
 pub use destination::{DestinationConfig, GdnAuth, GdnDestinationConfig};
 pub use error::ConfigError;
 pub use pipeline::{parse_table_name, PipelineConfig, TableSelection};
-pub use source::{PgSourceConfig, ReplicationMethod};
+pub use source::{PgSourceConfig, ReplicationMethod, Wal2JsonFormat};
 pub use value::{boolean, did_you_mean, reject_unknown_keys, string, unsigned};
 
 use std::path::Path;

@@ -18,6 +18,17 @@ pub enum ReplicationMethod {
     LogBased,
 }
 
+/// The wal2json output format LOG_BASED streaming asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Wal2JsonFormat {
+    /// One transaction per message, sent in chunks (the old connector's format; wal2json < 2.0
+    /// has only this). wal2json never reports TRUNCATE in it.
+    V1,
+    /// One message per change (wal2json ≥ 2.0): TRUNCATE reported, smaller messages.
+    #[default]
+    V2,
+}
+
 /// Keys a PostgreSQL source config may hold (the old tap's, plus `sslmode`, `connect_timeout`,
 /// `application_name` and `type` for pipeline files).
 pub const SOURCE_KEYS: &[&str] = &[
@@ -49,6 +60,7 @@ pub const SOURCE_KEYS: &[&str] = &[
     "tap_id",
     "heartbeat_interval",
     "max_reconnect_attempts",
+    "wal2json_format_version",
 ];
 
 /// A PostgreSQL source's settings.
@@ -89,6 +101,8 @@ pub struct PgSourceConfig {
     /// LOG_BASED: consecutive reconnects after transient failures before giving up (0 = never
     /// give up).
     pub max_reconnect_attempts: u32,
+    /// LOG_BASED: wal2json's `format-version`.
+    pub wal2json_format: Wal2JsonFormat,
 }
 
 impl PgSourceConfig {
@@ -162,6 +176,16 @@ impl PgSourceConfig {
             heartbeat_interval: unsigned(object, "heartbeat_interval")?
                 .filter(|seconds| *seconds > 0)
                 .map(std::time::Duration::from_secs),
+            wal2json_format: match unsigned(object, "wal2json_format_version")? {
+                None | Some(2) => Wal2JsonFormat::V2,
+                Some(1) => Wal2JsonFormat::V1,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        key: "wal2json_format_version".into(),
+                        detail: format!("expected 1 or 2, got {other}"),
+                    })
+                }
+            },
             max_reconnect_attempts: match unsigned(object, "max_reconnect_attempts")? {
                 None => 20,
                 Some(attempts) => u32::try_from(attempts).map_err(|_| ConfigError::Invalid {
@@ -251,6 +275,15 @@ mod tests {
             Some(std::time::Duration::from_secs(30))
         );
         assert_eq!(config.max_reconnect_attempts, 0);
+        assert_eq!(config.wal2json_format, Wal2JsonFormat::V2);
+        let v1 =
+            parse(json!({"host": "h", "user": "u", "dbname": "d", "wal2json_format_version": "1"}))
+                .unwrap();
+        assert_eq!(v1.wal2json_format, Wal2JsonFormat::V1);
+        let v3 =
+            parse(json!({"host": "h", "user": "u", "dbname": "d", "wal2json_format_version": 3}))
+                .unwrap_err();
+        assert!(v3.to_string().contains("expected 1 or 2"), "{v3}");
         let off = parse(json!({"host": "h", "user": "u", "dbname": "d", "heartbeat_interval": 0}))
             .unwrap();
         assert_eq!(off.heartbeat_interval, None);

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{DestinationConfig, PipelineConfig};
+use crate::config::{DestinationConfig, PipelineConfig, Wal2JsonFormat};
 use crate::metrics::Metrics;
 use crate::pg::query::quote_literal;
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
@@ -192,18 +192,29 @@ pub(crate) async fn run(
 
     // `--once`, or `break_at_end_lsn: true` in the pipeline's source, makes a batch run.
     let batch = control.once || config.source.break_at_end_lsn == Some(true);
+    // The insert position, not IDENTIFY_SYSTEM's flush position: a transaction committed
+    // asynchronously (synchronous_commit = off) before the run started is included too.
     let stop_at = if batch {
-        Some(replication.identify_system().await?.xlog_position)
+        Some(
+            replication
+                .connection()
+                .query_one("SELECT pg_current_wal_insert_lsn()")
+                .await?
+                .and_then(|row| row.get(0).and_then(|lsn| lsn.parse().ok()))
+                .ok_or_else(|| {
+                    RunError::Unsupported(
+                        "the server did not report its WAL insert position".into(),
+                    )
+                })?,
+        )
     } else {
         None
     };
-    let plugin_options = vec![
-        ("format-version".to_owned(), "2".to_owned()),
-        ("include-transaction".to_owned(), "true".to_owned()),
-        ("include-lsn".to_owned(), "true".to_owned()),
-        ("include-timestamp".to_owned(), "true".to_owned()),
-        ("add-tables".to_owned(), add_tables.join(",")),
-    ];
+    let format = config.source.wal2json_format;
+    let plugin_options = plugin_options(format, &add_tables);
+    if format == Wal2JsonFormat::V1 {
+        tracing::warn!("wal2json format-version 1: wal2json never reports TRUNCATE in this format, so a truncated table's documents stay in GDN; use format-version 2 (wal2json >= 2.0) when tables may be truncated");
+    }
     let settings = CdcSettings {
         flush_documents: batch_size_rows.max(1) * 8,
         flush_bytes: 16 * 1024 * 1024,
@@ -214,6 +225,7 @@ pub(crate) async fn run(
         stop_at,
         numeric_mode: config.numeric_mode,
         heartbeat: config.source.heartbeat_interval,
+        format,
     };
     let context = StreamContext {
         client: client.as_ref(),
@@ -298,6 +310,31 @@ pub(crate) async fn run(
     ))
 }
 
+/// wal2json's options: the format, transaction bounds with commit LSN and time, the tables.
+fn plugin_options(format: Wal2JsonFormat, add_tables: &[String]) -> Vec<(String, String)> {
+    let mut options: Vec<(&str, &str)> = match format {
+        Wal2JsonFormat::V2 => vec![
+            ("format-version", "2"),
+            ("include-transaction", "true"),
+            ("include-lsn", "true"),
+            ("include-timestamp", "true"),
+        ],
+        Wal2JsonFormat::V1 => vec![
+            ("format-version", "1"),
+            ("write-in-chunks", "true"),
+            ("include-xids", "true"),
+            ("include-lsn", "true"),
+            ("include-timestamp", "true"),
+        ],
+    };
+    let tables = add_tables.join(",");
+    options.push(("add-tables", &tables));
+    options
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
+}
+
 /// How often a standby status update goes out even when nothing changed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -314,6 +351,22 @@ mod tests {
     fn table_names_are_escaped_for_add_tables() {
         assert_eq!(escape_table_name("plain"), "plain");
         assert_eq!(escape_table_name("a b.c,d*e'f"), "a\\ b\\.c\\,d\\*e\\'f");
+    }
+
+    #[test]
+    fn each_format_asks_for_commit_positions_and_times() {
+        let tables = vec!["public.a".to_owned(), "s\\.x.b".to_owned()];
+        let v2 = plugin_options(Wal2JsonFormat::V2, &tables);
+        assert!(v2.contains(&("format-version".into(), "2".into())));
+        assert!(v2.contains(&("include-transaction".into(), "true".into())));
+        let v1 = plugin_options(Wal2JsonFormat::V1, &tables);
+        assert!(v1.contains(&("format-version".into(), "1".into())));
+        assert!(v1.contains(&("write-in-chunks".into(), "true".into())));
+        for options in [&v1, &v2] {
+            assert!(options.contains(&("include-lsn".into(), "true".into())));
+            assert!(options.contains(&("include-timestamp".into(), "true".into())));
+            assert!(options.contains(&("add-tables".into(), "public.a,s\\.x.b".into())));
+        }
     }
 
     #[test]

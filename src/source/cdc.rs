@@ -16,9 +16,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use crate::config::Wal2JsonFormat;
 use crate::decode::commit_time::parse_timestamptz_micros;
 use crate::decode::replication::ReplicationMessage;
 use crate::decode::wal2json::{parse_v2, Action, Change, ColumnValue, Wal2JsonError};
+use crate::decode::wal2json_v1::V1Decoder;
 use crate::gdn::client::{retrying, BatchOutcome, GdnClient, GdnError};
 use crate::gdn::document::{DocumentError, DocumentPlan};
 use crate::metrics::Metrics;
@@ -301,6 +303,8 @@ pub struct CdcSettings {
     pub numeric_mode: NumericMode,
     /// Emit `pg_logical_emit_message` this often so a quiet database still shows progress.
     pub heartbeat: Option<Duration>,
+    /// The wal2json output format the slot was started with.
+    pub format: Wal2JsonFormat,
 }
 
 /// What streaming did.
@@ -602,11 +606,15 @@ pub async fn stream_changes(
         state,
         pending: Pending::default(),
         commit_times: Vec::new(),
+        in_transaction: false,
+        transaction_rows: 0,
+        commit_time: None,
     };
     summary.confirmed = summary.confirmed.max(run.state.lsn);
-    let mut in_transaction = false;
-    let mut transaction_rows = 0u64;
-    let mut commit_time: Option<i64> = None;
+    let mut decoder = match settings.format {
+        Wal2JsonFormat::V1 => Decoder::V1(V1Decoder::new()),
+        Wal2JsonFormat::V2 => Decoder::V2,
+    };
     // Timers live across iterations: arming one per message would cost more than decoding it.
     let flush_timer = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(flush_timer);
@@ -631,7 +639,7 @@ pub async fn stream_changes(
         }
         let caught_up = settings
             .stop_at
-            .is_some_and(|stop| !in_transaction && run.committed >= stop);
+            .is_some_and(|stop| !run.in_transaction && run.committed >= stop);
         if caught_up
             || run.pending.documents >= settings.flush_documents
             || run.pending.bytes >= settings.flush_bytes
@@ -683,7 +691,10 @@ pub async fn stream_changes(
             None => return Err(CdcError::Ended),
             Some(ReplicationMessage::PrimaryKeepalive(keepalive)) => {
                 run.server_end(keepalive.wal_end);
-                if run.pending.is_empty() && !in_transaction && keepalive.wal_end > run.committed {
+                if run.pending.is_empty()
+                    && !run.in_transaction
+                    && keepalive.wal_end > run.committed
+                {
                     // Nothing of ours is in flight: let the slot move past unrelated WAL.
                     run.committed = keepalive.wal_end;
                     run.confirm(&mut stream, summary).await?;
@@ -691,85 +702,32 @@ pub async fn stream_changes(
             }
             Some(ReplicationMessage::XLogData(xlog)) => {
                 run.server_end(xlog.wal_end);
-                let change = parse_v2(&xlog.data, xlog.wal_start)?;
-                match change.action {
-                    Action::Begin => {
-                        in_transaction = true;
-                        transaction_rows = 0;
-                        commit_time = change
-                            .timestamp
-                            .as_deref()
-                            .and_then(parse_timestamptz_micros);
+                match &mut decoder {
+                    Decoder::V2 => {
+                        let change = parse_v2(&xlog.data, xlog.wal_start)?;
+                        run.apply(&change, xlog.wal_start, tables, side, &mut stream, summary)
+                            .await?;
                     }
-                    Action::Commit => {
-                        in_transaction = false;
-                        summary.transactions += 1;
-                        context.metrics.transactions.fetch_add(1, Ordering::Relaxed);
-                        if transaction_rows > 0 {
-                            if let Some(micros) = commit_time.take().or_else(|| {
-                                change
-                                    .timestamp
-                                    .as_deref()
-                                    .and_then(parse_timestamptz_micros)
-                            }) {
-                                run.commit_times.push(micros);
-                            }
-                        }
-                        run.committed =
-                            run.committed.max(change.next_lsn.unwrap_or(xlog.wal_start));
-                        if run.pending.is_empty() {
-                            run.confirm(&mut stream, summary).await?;
-                        }
-                    }
-                    Action::Message => {
-                        if !in_transaction && run.pending.is_empty() {
-                            // A non-transactional message (e.g. a heartbeat): every transaction
-                            // committed before it was already received and applied.
-                            let at = change.lsn.unwrap_or(xlog.wal_start);
-                            if at > run.committed {
-                                run.committed = at;
-                                run.confirm(&mut stream, summary).await?;
-                            }
-                        }
-                    }
-                    Action::Truncate => {
-                        let Some(table) = tables.get_mut(&change) else {
-                            continue;
-                        };
-                        let table = table.clone();
-                        run.flush().await?;
-                        if let Some(client) = context.client {
-                            retrying(settings.max_retries, || {
-                                client.truncate_collection(&table.collection)
-                            })
-                            .await
-                            .map_err(|source| CdcError::Gdn {
-                                table: table.plan.table().to_owned(),
-                                collection: table.collection.to_string(),
-                                source: Box::new(source),
-                            })?;
-                        }
-                    }
-                    Action::Insert | Action::Update | Action::Delete => {
-                        summary.changes += 1;
-                        transaction_rows += 1;
-                        context.metrics.rows_read.fetch_add(1, Ordering::Relaxed);
-                        context.metrics.changes.fetch_add(1, Ordering::Relaxed);
-                        let Some(table) = tables.get_mut(&change) else {
-                            continue;
-                        };
-                        if let Some(shape) = table.shape_for(&change) {
-                            tracing::info!(table = %table.plan.table(), lsn = %xlog.wal_start, columns = ?shape, "the change has another row shape than the plan (columns added, dropped or retyped): re-planning");
-                            table
-                                .reshape(shape, side, settings.numeric_mode, xlog.wal_start)
+                    Decoder::V1(v1) => {
+                        let mut changes = Vec::new();
+                        v1.decode(&xlog.data, xlog.wal_start, &mut changes)?;
+                        for change in &changes {
+                            run.apply(change, xlog.wal_start, tables, side, &mut stream, summary)
                                 .await?;
                         }
-                        apply_row(&change, xlog.wal_start, table, &mut run.pending)?;
                     }
                 }
             }
         }
     }
+}
+
+/// How XLogData frames are decoded.
+enum Decoder {
+    /// wal2json format-version 2: one change per frame.
+    V2,
+    /// wal2json format-version 1: transactions, whole or in chunks.
+    V1(V1Decoder),
 }
 
 /// The streaming loop's position and pending work.
@@ -782,9 +740,105 @@ struct Streamer<'a> {
     pending: Pending,
     /// Commit times (Unix µs) of received transactions with rows, not yet confirmed.
     commit_times: Vec<i64>,
+    /// Between a Begin and its Commit.
+    in_transaction: bool,
+    /// Row changes of the open transaction.
+    transaction_rows: u64,
+    /// The open transaction's commit time (Unix µs), when reported.
+    commit_time: Option<i64>,
 }
 
 impl Streamer<'_> {
+    /// Applies one decoded change: transaction bounds move the watermark, rows become
+    /// pending operations, TRUNCATE empties the collection.
+    async fn apply(
+        &mut self,
+        change: &Change<'_>,
+        wal_start: Lsn,
+        tables: &mut CdcTables,
+        side: &mut SideConnection,
+        stream: &mut LogicalStream,
+        summary: &mut CdcSummary,
+    ) -> Result<(), CdcError> {
+        let context = self.context;
+        let settings = context.settings;
+        match change.action {
+            Action::Begin => {
+                self.in_transaction = true;
+                self.transaction_rows = 0;
+                self.commit_time = change
+                    .timestamp
+                    .as_deref()
+                    .and_then(parse_timestamptz_micros);
+            }
+            Action::Commit => {
+                self.in_transaction = false;
+                summary.transactions += 1;
+                context.metrics.transactions.fetch_add(1, Ordering::Relaxed);
+                if self.transaction_rows > 0 {
+                    if let Some(micros) = self.commit_time.take().or_else(|| {
+                        change
+                            .timestamp
+                            .as_deref()
+                            .and_then(parse_timestamptz_micros)
+                    }) {
+                        self.commit_times.push(micros);
+                    }
+                }
+                self.committed = self.committed.max(change.next_lsn.unwrap_or(wal_start));
+                if self.pending.is_empty() {
+                    self.confirm(stream, summary).await?;
+                }
+            }
+            Action::Message => {
+                if !self.in_transaction && self.pending.is_empty() {
+                    // A non-transactional message (e.g. a heartbeat): every transaction
+                    // committed before it was already received and applied.
+                    let at = change.lsn.unwrap_or(wal_start);
+                    if at > self.committed {
+                        self.committed = at;
+                        self.confirm(stream, summary).await?;
+                    }
+                }
+            }
+            Action::Truncate => {
+                let Some(table) = tables.get_mut(change) else {
+                    return Ok(());
+                };
+                let table = table.clone();
+                self.flush().await?;
+                if let Some(client) = context.client {
+                    retrying(settings.max_retries, || {
+                        client.truncate_collection(&table.collection)
+                    })
+                    .await
+                    .map_err(|source| CdcError::Gdn {
+                        table: table.plan.table().to_owned(),
+                        collection: table.collection.to_string(),
+                        source: Box::new(source),
+                    })?;
+                }
+            }
+            Action::Insert | Action::Update | Action::Delete => {
+                summary.changes += 1;
+                self.transaction_rows += 1;
+                context.metrics.rows_read.fetch_add(1, Ordering::Relaxed);
+                context.metrics.changes.fetch_add(1, Ordering::Relaxed);
+                let Some(table) = tables.get_mut(change) else {
+                    return Ok(());
+                };
+                if let Some(shape) = table.shape_for(change) {
+                    tracing::info!(table = %table.plan.table(), lsn = %wal_start, columns = ?shape, "the change has another row shape than the plan (columns added, dropped or retyped): re-planning");
+                    table
+                        .reshape(shape, side, settings.numeric_mode, wal_start)
+                        .await?;
+                }
+                apply_row(change, wal_start, table, &mut self.pending)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes everything pending, then confirms the last commit received.
     async fn checkpoint(
         &mut self,
