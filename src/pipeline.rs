@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{
-    DestinationConfig, PgSourceConfig, Pipeline, PipelineConfig, ReplicationMethod,
-    TableSelection,
+    DestinationConfig, PgSourceConfig, Pipeline, PipelineConfig, ReplicationMethod, TableSelection,
 };
 use crate::gdn::client::{retrying, GdnClient, GdnError};
 use crate::gdn::document::{DocumentError, DocumentPlan};

@@ -62,23 +62,22 @@ fn collections(object: &serde_json::Map<String, Value>) -> Result<Vec<String>, C
         key: "source_collection".into(),
         detail: detail.into(),
     };
-    let names: Vec<String> = match object.get("source_collection") {
-        None | Some(Value::Null) => {
-            return Err(ConfigError::Missing {
+    let names: Vec<String> =
+        match object.get("source_collection") {
+            None | Some(Value::Null) => return Err(ConfigError::Missing {
                 key: "source_collection",
                 hint: "the collection to read, e.g. \"orders\" (or a list [\"orders\", \"items\"])",
-            })
-        }
-        Some(Value::String(name)) => vec![name.trim().to_owned()],
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|item| match item {
-                Value::String(name) => Ok(name.trim().to_owned()),
-                _ => Err(invalid("expected a collection name or a list of names")),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(invalid("expected a collection name or a list of names")),
-    };
+            }),
+            Some(Value::String(name)) => vec![name.trim().to_owned()],
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| match item {
+                    Value::String(name) => Ok(name.trim().to_owned()),
+                    _ => Err(invalid("expected a collection name or a list of names")),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(invalid("expected a collection name or a list of names")),
+        };
     if names.is_empty() || names.iter().any(String::is_empty) {
         return Err(invalid("collection names must not be empty"));
     }
@@ -198,7 +197,10 @@ mod tests {
         let text = error(serde_json::json!({
             "gdn_url": "http://h", "api_key": "k", "source_colection": "a"
         }));
-        assert!(text.contains("did you mean \"source_collection\""), "{text}");
+        assert!(
+            text.contains("did you mean \"source_collection\""),
+            "{text}"
+        );
         let text = error(serde_json::json!({
             "gdn_url": "http://h", "api_key": "k", "source_collection": "a", "cursor_batch_size": 5000
         }));

@@ -392,7 +392,11 @@ mod tests {
         assert_eq!(gdn.destination.table_for("c"), "c");
         for (source, destination, expected) in [
             ("gdn", "gdn", "gdn → gdn pipeline is not supported"),
-            ("postgres", "postgres", "postgres → postgres pipeline is not supported"),
+            (
+                "postgres",
+                "postgres",
+                "postgres → postgres pipeline is not supported",
+            ),
             ("gdn", "null", "gdn → null pipeline is not supported"),
             ("mysql", "gdn", "unknown source type \"mysql\""),
             ("gdn", "s3", "unknown destination type \"s3\""),
@@ -402,7 +406,10 @@ mod tests {
             }))
             .unwrap_err()
             .to_string();
-            assert!(error.contains(expected), "{source} → {destination}: {error}");
+            assert!(
+                error.contains(expected),
+                "{source} → {destination}: {error}"
+            );
         }
         let error = pipeline(serde_json::json!({
             "source": {"type": "gdn", "gdn_url": "http://h", "api_key": "k", "source_collection": "c"},

@@ -427,13 +427,17 @@ impl GdnClient {
         rest: &str,
         body: Option<Bytes>,
     ) -> Result<Bytes, GdnError> {
-        self.call(method, rest, body).await.map(|answer| answer.body)
+        self.call(method, rest, body)
+            .await
+            .map(|answer| answer.body)
     }
 
     /// The tenant stream topics are named under: `result[0].tenant` of `GET /_api/user` (as
     /// pyC8 reads it), else the API key's first part (`<tenant>.<name>.<secret>`), else `_mm`.
     pub async fn tenant(&self, api_key: Option<&str>) -> Result<String, GdnError> {
-        let answer = self.send(Method::GET, "/_api/user".into(), None, true).await?;
+        let answer = self
+            .send(Method::GET, "/_api/user".into(), None, true)
+            .await?;
         let url = format!("{}/_api/user", self.base_url);
         self.expect_success(&Method::GET, &url, &answer)?;
         let reported = serde_json::from_slice::<serde_json::Value>(&answer.body)

@@ -105,7 +105,11 @@ impl<'a> CollectionScan<'a> {
             (true, None) => {
                 return Err(GdnError::BadResponse {
                     method: "POST".into(),
-                    url: format!("{}/_fabric/{}/_api/cursor", self.client.base_url(), self.client.fabric()),
+                    url: format!(
+                        "{}/_fabric/{}/_api/cursor",
+                        self.client.base_url(),
+                        self.client.fabric()
+                    ),
                     detail: "\"hasMore\" is true but the answer has no cursor \"id\"".into(),
                 })
             }

@@ -181,10 +181,13 @@ async fn connect_transport(
         .trim_end_matches(']')
         .to_owned();
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port)))
-        .await
-        .map_err(|_| unreachable(format!("no connection within {timeout:?}")))?
-        .map_err(|error| unreachable(error.to_string()))?;
+    let tcp = tokio::time::timeout(
+        timeout,
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| unreachable(format!("no connection within {timeout:?}")))?
+    .map_err(|error| unreachable(error.to_string()))?;
     let _ = tcp.set_nodelay(true);
     if !tls {
         return Ok(Box::new(tcp));
@@ -229,13 +232,13 @@ impl StreamConsumer {
             subscription,
         );
         let transport = connect_transport(&url, timeout).await?;
-        let mut request = url
-            .as_str()
-            .into_client_request()
-            .map_err(|error| StreamError::Unreachable {
-                url: url.clone(),
-                detail: error.to_string(),
-            })?;
+        let mut request =
+            url.as_str()
+                .into_client_request()
+                .map_err(|error| StreamError::Unreachable {
+                    url: url.clone(),
+                    detail: error.to_string(),
+                })?;
         request
             .headers_mut()
             .insert(AUTHORIZATION, client.authorization().clone());
@@ -386,8 +389,10 @@ mod tests {
         assert_eq!(parse_frame(r#"{"endOfTopic":false}"#).unwrap(), None);
         assert!(parse_frame("nope").is_err());
         assert!(parse_frame(r#"{"messageId":"1","payload":"e30="}"#).is_err());
-        assert!(parse_frame(r#"{"messageId":"1","payload":"!!","properties":{"op":"INSERT"}}"#)
-            .is_err());
+        assert!(
+            parse_frame(r#"{"messageId":"1","payload":"!!","properties":{"op":"INSERT"}}"#)
+                .is_err()
+        );
         assert!(
             parse_frame(r#"{"messageId":"1","payload":"e30=","properties":{"op":"MOVE"}}"#)
                 .is_err()

@@ -367,7 +367,9 @@ impl Follower<'_> {
         }
         let metrics = self.context.metrics;
         let rows = applied.upserts + applied.deletes;
-        metrics.ingested_documents.fetch_add(rows, Ordering::Relaxed);
+        metrics
+            .ingested_documents
+            .fetch_add(rows, Ordering::Relaxed);
         metrics
             .ingested_bytes
             .fetch_add(std::mem::take(&mut self.bytes), Ordering::Relaxed);
@@ -385,7 +387,10 @@ impl Follower<'_> {
             id: message.id.clone(),
             detail,
         };
-        self.context.metrics.rows_read.fetch_add(1, Ordering::Relaxed);
+        self.context
+            .metrics
+            .rows_read
+            .fetch_add(1, Ordering::Relaxed);
         self.bytes += message.payload.len() as u64;
         if !message.payload.iter().all(u8::is_ascii_whitespace) {
             let document: Map<String, Value> = serde_json::from_slice(&message.payload)
@@ -507,7 +512,8 @@ async fn sync_collection(
     let mut connection = Connection::connect(&destination.connection.connect_options())
         .await
         .map_err(GdnToPgError::Connect)?;
-    let (table, created) = DocumentTable::open(&mut connection, &name, destination.hard_delete).await?;
+    let (table, created) =
+        DocumentTable::open(&mut connection, &name, destination.hard_delete).await?;
     let subscription = source.subscription_for(
         collection,
         &destination.connection.dbname,

@@ -165,8 +165,8 @@ pub struct DocumentTable {
     /// Attribute columns in table order (without `_key` and `_sdc_deleted_at`).
     columns: Vec<(String, ColumnType)>,
     hard_delete: bool,
-    /// The attribute columns the session's staging table was made for.
-    staging: Option<Vec<String>>,
+    /// The attribute columns (and types) the session's staging table was made for.
+    staging: Option<Vec<(String, ColumnType)>>,
 }
 
 fn pg<'a>(
@@ -192,7 +192,10 @@ impl DocumentTable {
         let deleted_at = if hard_delete {
             String::new()
         } else {
-            format!(", {} timestamp with time zone", quote_identifier(DELETED_AT_COLUMN))
+            format!(
+                ", {} timestamp with time zone",
+                quote_identifier(DELETED_AT_COLUMN)
+            )
         };
         let rows = connection
             .query(&format!(
@@ -361,23 +364,24 @@ impl DocumentTable {
                         rows.push(b'\t');
                         match fields[index] {
                             None => rows.extend_from_slice(b"\\N"),
-                            Some(value) => encode_field(&mut rows, value, sql_type).map_err(
-                                |source| DocumentError::Value {
-                                    table: self.name.clone(),
-                                    key: key.clone(),
-                                    attribute: attributes[index].to_owned(),
-                                    source,
-                                },
-                            )?,
+                            Some(value) => {
+                                encode_field(&mut rows, value, sql_type).map_err(|source| {
+                                    DocumentError::Value {
+                                        table: self.name.clone(),
+                                        key: key.clone(),
+                                        attribute: attributes[index].to_owned(),
+                                        source,
+                                    }
+                                })?
+                            }
                         }
                     }
                     rows.push(b'\n');
                 }
             }
         }
-        let names: Vec<String> = columns.iter().map(|(name, _)| name.clone()).collect();
         let mut script = ddl.clone();
-        if self.staging.as_ref() != Some(&names) {
+        if self.staging.as_ref() != Some(&columns) {
             let definitions: String = columns
                 .iter()
                 .map(|(name, sql_type)| format!(", {} {}", quote_identifier(name), sql_type.sql()))
@@ -408,8 +412,8 @@ impl DocumentTable {
             .execute("COMMIT")
             .await
             .map_err(pg("committing a batch into", &self.name))?;
+        self.staging = Some(columns.clone());
         self.columns = columns;
-        self.staging = Some(names);
         Ok(Applied {
             upserts,
             deletes: (batch.len() as u64).saturating_sub(upserts),
@@ -555,7 +559,9 @@ mod tests {
     #[test]
     fn a_batch_keeps_the_last_change_of_each_key() {
         let mut batch = DocumentBatch::default();
-        assert!(batch.upsert(document(json!({"_key": "a", "_id": "c/a", "_rev": "1", "n": 1}))));
+        assert!(batch.upsert(document(
+            json!({"_key": "a", "_id": "c/a", "_rev": "1", "n": 1})
+        )));
         assert!(batch.upsert(document(json!({"_key": "a", "n": 2}))));
         batch.delete("b".into());
         assert!(batch.upsert(document(json!({"_key": "b", "n": 3}))));
@@ -573,7 +579,9 @@ mod tests {
     fn new_attributes_add_columns_and_disagreeing_values_widen_them() {
         let existing = table(&[("n", ColumnType::BigInt), ("s", ColumnType::Text)]);
         let mut batch = DocumentBatch::default();
-        batch.upsert(document(json!({"_key": "a", "n": 1.5, "s": "x", "new": {"k": 1}, "empty": null})));
+        batch.upsert(document(
+            json!({"_key": "a", "n": 1.5, "s": "x", "new": {"k": 1}, "empty": null}),
+        ));
         batch.upsert(document(json!({"_key": "b", "s": 7})));
         let (columns, ddl) = existing.plan(&batch);
         assert_eq!(

@@ -126,9 +126,7 @@ impl ColumnType {
             (ColumnType::Other(_) | ColumnType::Jsonb, _) => self.clone(),
             (ColumnType::BigInt, ColumnType::Double)
             | (ColumnType::Double, ColumnType::BigInt)
-            | (ColumnType::Numeric, ColumnType::BigInt | ColumnType::Double) => {
-                ColumnType::Numeric
-            }
+            | (ColumnType::Numeric, ColumnType::BigInt | ColumnType::Double) => ColumnType::Numeric,
             _ => ColumnType::Jsonb,
         }
     }
@@ -157,7 +155,10 @@ pub fn column_name(attribute: &str) -> String {
         return attribute.to_owned();
     }
     let digest = Sha256::digest(attribute.as_bytes());
-    let hex: String = digest[..4].iter().map(|byte| format!("{byte:02x}")).collect();
+    let hex: String = digest[..4]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
     let mut end = attribute.len().min(54);
     while !attribute.is_char_boundary(end) {
         end -= 1;
@@ -183,7 +184,11 @@ pub enum ValueError {
 }
 
 /// Appends `value` as one COPY text field of a column of type `column` (`\N` for null).
-pub fn encode_field(out: &mut Vec<u8>, value: &Value, column: &ColumnType) -> Result<(), ValueError> {
+pub fn encode_field(
+    out: &mut Vec<u8>,
+    value: &Value,
+    column: &ColumnType,
+) -> Result<(), ValueError> {
     let kind = value_kind(value);
     let mismatch = || ValueError::Mismatch {
         kind,
@@ -243,22 +248,37 @@ mod tests {
 
     #[test]
     fn a_column_is_typed_where_every_value_agrees() {
-        assert_eq!(inferred(&[json!(1), json!(null), json!(-7)]), Some(ColumnType::BigInt));
-        assert_eq!(inferred(&[json!(1.5), json!(2e300)]), Some(ColumnType::Double));
+        assert_eq!(
+            inferred(&[json!(1), json!(null), json!(-7)]),
+            Some(ColumnType::BigInt)
+        );
+        assert_eq!(
+            inferred(&[json!(1.5), json!(2e300)]),
+            Some(ColumnType::Double)
+        );
         assert_eq!(inferred(&[json!(1), json!(0.5)]), Some(ColumnType::Numeric));
         assert_eq!(inferred(&[json!(0.5), json!(1)]), Some(ColumnType::Numeric));
         assert_eq!(inferred(&[json!(u64::MAX)]), Some(ColumnType::Double));
-        assert_eq!(inferred(&[json!(true), json!(false)]), Some(ColumnType::Boolean));
+        assert_eq!(
+            inferred(&[json!(true), json!(false)]),
+            Some(ColumnType::Boolean)
+        );
         assert_eq!(inferred(&[json!("a"), json!("b")]), Some(ColumnType::Text));
         assert_eq!(inferred(&[json!({"a": 1})]), Some(ColumnType::Jsonb));
         assert_eq!(inferred(&[json!([1])]), Some(ColumnType::Jsonb));
         assert_eq!(inferred(&[json!("1"), json!(1)]), Some(ColumnType::Jsonb));
         assert_eq!(inferred(&[json!(1), json!(true)]), Some(ColumnType::Jsonb));
-        assert_eq!(inferred(&[json!(1), json!(0.5), json!("x")]), Some(ColumnType::Jsonb));
+        assert_eq!(
+            inferred(&[json!(1), json!(0.5), json!("x")]),
+            Some(ColumnType::Jsonb)
+        );
         assert_eq!(inferred(&[json!(null)]), None);
         let hand_made = ColumnType::from_sql("timestamp with time zone");
         assert_eq!(hand_made.join(ValueKind::String), hand_made);
-        assert_eq!(ColumnType::from_sql("jsonb").join(ValueKind::Integer), ColumnType::Jsonb);
+        assert_eq!(
+            ColumnType::from_sql("jsonb").join(ValueKind::Integer),
+            ColumnType::Jsonb
+        );
     }
 
     #[test]
@@ -303,12 +323,27 @@ mod tests {
         assert_eq!(field(json!(-42), ColumnType::BigInt).unwrap(), "-42");
         assert_eq!(field(json!(0.1), ColumnType::Double).unwrap(), "0.1");
         assert_eq!(field(json!(12), ColumnType::Numeric).unwrap(), "12");
-        assert_eq!(field(json!("a\tb\\"), ColumnType::Text).unwrap(), "a\\tb\\\\");
-        assert_eq!(field(json!({"k": "v\n"}), ColumnType::Jsonb).unwrap(), "{\"k\":\"v\\\\n\"}");
+        assert_eq!(
+            field(json!("a\tb\\"), ColumnType::Text).unwrap(),
+            "a\\tb\\\\"
+        );
+        assert_eq!(
+            field(json!({"k": "v\n"}), ColumnType::Jsonb).unwrap(),
+            "{\"k\":\"v\\\\n\"}"
+        );
         assert_eq!(field(json!("s"), ColumnType::Jsonb).unwrap(), "\"s\"");
-        assert_eq!(field(json!(1), ColumnType::Other("integer".into())).unwrap(), "1");
-        assert_eq!(field(json!("a\u{0}"), ColumnType::Text), Err(ValueError::Nul));
-        assert_eq!(field(json!(["a\u{0}"]), ColumnType::Jsonb), Err(ValueError::Nul));
+        assert_eq!(
+            field(json!(1), ColumnType::Other("integer".into())).unwrap(),
+            "1"
+        );
+        assert_eq!(
+            field(json!("a\u{0}"), ColumnType::Text),
+            Err(ValueError::Nul)
+        );
+        assert_eq!(
+            field(json!(["a\u{0}"]), ColumnType::Jsonb),
+            Err(ValueError::Nul)
+        );
         assert!(field(json!("x"), ColumnType::BigInt).is_err());
     }
 }
