@@ -70,13 +70,13 @@ pub enum GdnToPgError {
     },
     /// The database could not be reached.
     #[error("PostgreSQL destination: {0}")]
-    Connect(PgError),
+    Connect(Box<PgError>),
     /// A table name PostgreSQL cannot keep.
     #[error("table name {0:?} is longer than 63 bytes, the longest PostgreSQL keeps\nHINT: set \"table_name\" in the destination")]
     LongTableName(String),
     /// Loading a batch failed.
     #[error(transparent)]
-    Load(#[from] DocumentError),
+    Load(Box<DocumentError>),
     /// A stream message that is not a change of a document.
     #[error("collection {collection:?}, stream message {id}: {detail}\n(not applied and not acknowledged; a retry fails the same way)")]
     BadMessage {
@@ -90,6 +90,12 @@ pub enum GdnToPgError {
     /// The state file failed.
     #[error(transparent)]
     State(#[from] StateError),
+}
+
+impl From<DocumentError> for GdnToPgError {
+    fn from(error: DocumentError) -> GdnToPgError {
+        GdnToPgError::Load(Box::new(error))
+    }
 }
 
 fn listed(available: &[String]) -> String {
@@ -511,7 +517,7 @@ async fn sync_collection(
     }
     let mut connection = Connection::connect(&destination.connection.connect_options())
         .await
-        .map_err(GdnToPgError::Connect)?;
+        .map_err(|error| GdnToPgError::Connect(Box::new(error)))?;
     let (table, created) =
         DocumentTable::open(&mut connection, &name, destination.hard_delete).await?;
     let subscription = source.subscription_for(
@@ -594,21 +600,36 @@ async fn scan(
     let context = follower.context;
     let source = &context.config.source;
     let batch_size = context.config.destination.batch_size_rows;
-    let mut pages = CollectionScan::new(
-        context.client,
-        follower.collection,
-        source.cursor_batch_size,
-        source.cursor_ttl,
-        source.max_retries,
-    );
+    let new_scan = || {
+        CollectionScan::new(
+            context.client,
+            follower.collection,
+            source.cursor_batch_size,
+            source.cursor_ttl,
+            source.max_retries,
+        )
+    };
+    let mut pages = new_scan();
+    let mut restarts = 0u32;
     loop {
         if *shutdown.borrow_and_update() {
             follower.commit().await?;
             pages.close().await;
             return Ok(false);
         }
-        let Some(page) = pages.next_page().await? else {
-            break;
+        let page = match pages.next_page().await {
+            Ok(Some(page)) => page,
+            Ok(None) => break,
+            // A lost page cannot be asked for again: scan from the start (upserts by key make
+            // the documents already loaded harmless).
+            Err(error) if error.is_retryable() && restarts + 1 < source.max_retries => {
+                restarts += 1;
+                tracing::warn!(collection = follower.collection, %error, "the scan broke; scanning again from the start");
+                tokio::time::sleep(Duration::from_millis(100u64 << restarts.min(7))).await;
+                pages = new_scan();
+                continue;
+            }
+            Err(error) => return Err(error.into()),
         };
         for raw in page {
             context.metrics.rows_read.fetch_add(1, Ordering::Relaxed);

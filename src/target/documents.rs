@@ -217,10 +217,23 @@ impl DocumentTable {
             staging: None,
         };
         if rows.is_empty() {
+            // Tables of other collections may create the schema at the same moment: losing that
+            // race (a unique violation in the catalog) means it exists.
+            match connection
+                .execute(&format!(
+                    "CREATE SCHEMA IF NOT EXISTS {}",
+                    quote_identifier(&name.schema)
+                ))
+                .await
+            {
+                Err(error) if error.code() != Some("23505") => {
+                    return Err(pg("creating the schema of", name)(error))
+                }
+                _ => {}
+            }
             connection
                 .execute(&format!(
-                    "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {} ({} text PRIMARY KEY{deleted_at})",
-                    quote_identifier(&name.schema),
+                    "CREATE TABLE IF NOT EXISTS {} ({} text PRIMARY KEY{deleted_at})",
                     name.quoted(),
                     quote_identifier(KEY_COLUMN)
                 ))
