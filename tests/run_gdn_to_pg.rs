@@ -381,13 +381,19 @@ async fn workload(http: Http, stop: Arc<AtomicBool>, writes: Arc<AtomicU64>, see
     }
 }
 
+/// Whether the state file records the scan of `events` as done.
+fn scan_done(state_file: &Path) -> Option<bool> {
+    let state: Value = serde_json::from_str(&std::fs::read_to_string(state_file).ok()?).ok()?;
+    state["collections"]["events"]["scan_done"].as_bool()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_with_sigkill_at_random_points_and_restarted_the_table_equals_the_collection() {
     let cluster = PgCluster::start_default();
     let server = Server::start().await;
     let http = Http::h1(&server.url());
     create_collection(&http, "events").await;
-    for chunk in (0..6_000u64).collect::<Vec<_>>().chunks(1_000) {
+    for chunk in (0..20_000u64).collect::<Vec<_>>().chunks(2_000) {
         upsert(
             &http,
             "events",
@@ -403,8 +409,8 @@ async fn killed_with_sigkill_at_random_points_and_restarted_the_table_equals_the
         dir.path(),
         &cluster,
         &server.url(),
-        json!({"source": {"source_collection": "events", "cursor_batch_size": 200},
-               "destination": {"batch_size_rows": 300}}),
+        json!({"source": {"source_collection": "events", "cursor_batch_size": 100},
+               "destination": {"batch_size_rows": 100}}),
     );
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(AtomicU64::new(0));
@@ -415,12 +421,27 @@ async fn killed_with_sigkill_at_random_points_and_restarted_the_table_equals_the
         0x9E37_79B9_7F4A_7C15,
     ));
     let mut random = Random(0x2545_F491_4F6C_DD1D);
+    let state_file = dir.path().join("pipeline.state.json");
+    let mut phases = Vec::new();
     for iteration in 0..6 {
         let log = dir.path().join(format!("run-{iteration}.log"));
         let mut child = spawn_run(&config, &log);
         let started = writes.load(Ordering::Relaxed);
-        // Kill points spread from the first scan page to well into streaming.
-        let pause = Duration::from_millis(150 + random.below(2_500));
+        // The first kills come early, during the scan (each run scans again until one
+        // finishes it); the later ones once the scan is recorded done, into streaming.
+        if iteration >= 3 {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while scan_done(&state_file) != Some(true) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the scan never finished:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let pause =
+            Duration::from_millis(100 + random.below(if iteration < 3 { 500 } else { 1_500 }));
         tokio::time::sleep(pause).await;
         if let Ok(Some(status)) = child.try_wait() {
             panic!(
@@ -430,6 +451,11 @@ async fn killed_with_sigkill_at_random_points_and_restarted_the_table_equals_the
         }
         child.kill().expect("SIGKILL");
         child.wait().expect("reaped");
+        phases.push(if scan_done(&state_file) == Some(true) {
+            "streaming"
+        } else {
+            "scanning"
+        });
         assert!(
             writes.load(Ordering::Relaxed) > started || iteration == 0,
             "the workload kept writing"
@@ -437,6 +463,11 @@ async fn killed_with_sigkill_at_random_points_and_restarted_the_table_equals_the
     }
     stop.store(true, Ordering::Relaxed);
     writer.await.expect("workload");
+    eprintln!("SIGKILL points: {phases:?}");
+    assert!(
+        phases.contains(&"scanning") && phases.contains(&"streaming"),
+        "kills hit both the scan and the streaming: {phases:?}"
+    );
 
     let summary = run_once(&config);
     assert!(summary.contains("events → public.events"), "{summary}");
