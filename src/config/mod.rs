@@ -20,9 +20,11 @@ pub use destination::{DestinationConfig, GdnAuth, GdnDestinationConfig};
 pub use error::ConfigError;
 pub use gdn_source::{GdnSourceConfig, DEFAULT_SUBSCRIPTION_NAME};
 pub use pg_destination::PgDestinationConfig;
-pub use pipeline::{parse_table_name, GdnToPgConfig, Pipeline, PipelineConfig, TableSelection};
+pub use pipeline::{parse_table_name, PipelineConfig, TableSelection};
 pub use source::{PgSourceConfig, ReplicationMethod};
 pub use value::{boolean, did_you_mean, reject_unknown_keys, string, unsigned};
+
+pub use pipeline::{GdnToPgConfig, Pipeline};
 
 use std::path::Path;
 
