@@ -709,3 +709,30 @@ async fn follow(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_file_is_ours_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::new(dir.path().join("state.json"));
+        let mut state = load_state(&file).unwrap();
+        assert_eq!((state.version, state.kind.as_str()), (1, STATE_KIND));
+        state.collections.insert(
+            "orders".into(),
+            CollectionState {
+                subscription: "pgferry-dw-public-orders".into(),
+                table: "public.orders".into(),
+                scan_done: true,
+            },
+        );
+        file.save_json(&state).unwrap();
+        assert_eq!(load_state(&file).unwrap(), state);
+        let log_based = crate::source::state::CdcState::new("slot", crate::pg::Lsn::ZERO);
+        file.save(&log_based).unwrap();
+        let error = load_state(&file).unwrap_err().to_string();
+        assert!(error.contains("move it away"), "{error}");
+    }
+}
