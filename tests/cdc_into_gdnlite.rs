@@ -76,20 +76,50 @@ async fn assert_same_as_a_fresh_copy(
     }
 }
 
+/// Which plugin and format the slot speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Wal2JsonV2,
+    Wal2JsonV1,
+    /// pgoutput protocol 1 (no streaming of in-progress transactions).
+    PgOutputV1,
+    /// pgoutput protocol 2 with streaming, and a server that streams after 64 kB.
+    PgOutputStreaming,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scripted_workload_streams_to_exactly_what_a_fresh_copy_gives() {
-    scripted_workload(2).await;
+    scripted_workload(Output::Wal2JsonV2).await;
 }
 
 /// The same workload in wal2json's format-version 1 (the old connector's, sent in chunks),
 /// except TRUNCATE, which wal2json never reports in that format.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn format_version_1_streams_the_same_workload() {
-    scripted_workload(1).await;
+    scripted_workload(Output::Wal2JsonV1).await;
 }
 
-async fn scripted_workload(format_version: u32) {
-    let cluster = PgCluster::start_default();
+/// The same workload through pgoutput, protocol 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgoutput_protocol_1_streams_the_same_workload() {
+    scripted_workload(Output::PgOutputV1).await;
+}
+
+/// The same workload through pgoutput protocol 2, with the 20,000-row transaction streamed
+/// while in progress (logical_decoding_work_mem = 64kB) and applied at its commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgoutput_protocol_2_streaming_gives_the_same_result() {
+    scripted_workload(Output::PgOutputStreaming).await;
+}
+
+async fn scripted_workload(output: Output) {
+    let cluster = if output == Output::PgOutputStreaming {
+        PgCluster::builder()
+            .setting("logical_decoding_work_mem", "64kB")
+            .start()
+    } else {
+        PgCluster::start_default()
+    };
     cluster.require_wal2json();
     cluster.psql(
         r#"CREATE TYPE mood AS ENUM ('sad', 'happy');
@@ -118,9 +148,18 @@ async fn scripted_workload(format_version: u32) {
         dir.path(),
         json!({"tables": ["public.items", "public.pairs"]}),
     );
-    if format_version == 1 {
-        config.source.wal2json_format = pgferry::config::Wal2JsonFormat::V1;
+    match output {
+        Output::Wal2JsonV2 => {}
+        Output::Wal2JsonV1 => config.source.wal2json_format = pgferry::config::Wal2JsonFormat::V1,
+        Output::PgOutputV1 | Output::PgOutputStreaming => {
+            config.source.plugin = pgferry::config::OutputPlugin::PgOutput;
+            config.source.pgoutput_streaming = output == Output::PgOutputStreaming;
+        }
     }
+    let plugin = match output {
+        Output::Wal2JsonV1 | Output::Wal2JsonV2 => "wal2json",
+        Output::PgOutputV1 | Output::PgOutputStreaming => "pgoutput",
+    };
 
     // First run: slot, snapshot copy, nothing to stream yet.
     let first = pgferry::pipeline::run(&config).await.expect("first run");
@@ -128,13 +167,13 @@ async fn scripted_workload(format_version: u32) {
     assert_eq!(
         cluster
             .psql("SELECT plugin FROM pg_replication_slots WHERE slot_name = 'macrometa_postgres'"),
-        "wal2json"
+        plugin
     );
 
-    let truncate = if format_version == 2 {
-        "TRUNCATE public.pairs;"
-    } else {
+    let truncate = if output == Output::Wal2JsonV1 {
         "DELETE FROM public.pairs;"
+    } else {
+        "TRUNCATE public.pairs;"
     };
     cluster.psql(
         &r#"INSERT INTO public.items (id, name, big, amount, tags, doc, at, day)

@@ -29,6 +29,26 @@ pub enum Wal2JsonFormat {
     V2,
 }
 
+/// The logical decoding output plugin LOG_BASED streaming uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputPlugin {
+    /// wal2json (the old connector's), JSON text.
+    #[default]
+    Wal2Json,
+    /// pgoutput, built into PostgreSQL ≥ 10 (managed services offer it), binary framing.
+    PgOutput,
+}
+
+impl OutputPlugin {
+    /// The name `CREATE_REPLICATION_SLOT` and `pg_replication_slots` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputPlugin::Wal2Json => "wal2json",
+            OutputPlugin::PgOutput => "pgoutput",
+        }
+    }
+}
+
 /// Keys a PostgreSQL source config may hold (the old tap's, plus `sslmode`, `connect_timeout`,
 /// `application_name` and `type` for pipeline files).
 pub const SOURCE_KEYS: &[&str] = &[
@@ -61,6 +81,9 @@ pub const SOURCE_KEYS: &[&str] = &[
     "heartbeat_interval",
     "max_reconnect_attempts",
     "wal2json_format_version",
+    "plugin",
+    "publication",
+    "pgoutput_streaming",
 ];
 
 /// A PostgreSQL source's settings.
@@ -103,6 +126,13 @@ pub struct PgSourceConfig {
     pub max_reconnect_attempts: u32,
     /// LOG_BASED: wal2json's `format-version`.
     pub wal2json_format: Wal2JsonFormat,
+    /// LOG_BASED: the output plugin.
+    pub plugin: OutputPlugin,
+    /// LOG_BASED with pgoutput: the publication (created for the selected tables if missing).
+    pub publication: String,
+    /// LOG_BASED with pgoutput: stream large in-progress transactions (protocol 2, PostgreSQL
+    /// ≥ 14) instead of letting the server spill them.
+    pub pgoutput_streaming: bool,
 }
 
 impl PgSourceConfig {
@@ -150,6 +180,10 @@ impl PgSourceConfig {
                 }
                 _ => (default_slot_name(&connection.dbname), false),
             };
+        let publication = match string(object, "publication")? {
+            Some(name) if !name.trim().is_empty() => name,
+            _ => replication_slot.clone(),
+        };
         Ok(PgSourceConfig {
             connection,
             filter_schemas: string(object, "filter_schemas")?
@@ -176,6 +210,18 @@ impl PgSourceConfig {
             heartbeat_interval: unsigned(object, "heartbeat_interval")?
                 .filter(|seconds| *seconds > 0)
                 .map(std::time::Duration::from_secs),
+            plugin: match string(object, "plugin")?.as_deref() {
+                None | Some("wal2json") => OutputPlugin::Wal2Json,
+                Some("pgoutput") => OutputPlugin::PgOutput,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        key: "plugin".into(),
+                        detail: format!("expected \"wal2json\" or \"pgoutput\", got {other:?}"),
+                    })
+                }
+            },
+            publication,
+            pgoutput_streaming: boolean(object, "pgoutput_streaming")?.unwrap_or(true),
             wal2json_format: match unsigned(object, "wal2json_format_version")? {
                 None | Some(2) => Wal2JsonFormat::V2,
                 Some(1) => Wal2JsonFormat::V1,
@@ -276,6 +322,17 @@ mod tests {
         );
         assert_eq!(config.max_reconnect_attempts, 0);
         assert_eq!(config.wal2json_format, Wal2JsonFormat::V2);
+        assert_eq!(config.plugin, OutputPlugin::Wal2Json);
+        assert_eq!(config.publication, config.replication_slot);
+        let pgoutput = parse(json!({"host": "h", "user": "u", "dbname": "d", "plugin": "pgoutput", "publication": "pub1", "pgoutput_streaming": false}))
+            .unwrap();
+        assert_eq!(pgoutput.plugin, OutputPlugin::PgOutput);
+        assert_eq!(pgoutput.publication, "pub1");
+        assert!(!pgoutput.pgoutput_streaming);
+        let unknown =
+            parse(json!({"host": "h", "user": "u", "dbname": "d", "plugin": "decoderbufs"}))
+                .unwrap_err();
+        assert!(unknown.to_string().contains("\"pgoutput\""), "{unknown}");
         let v1 =
             parse(json!({"host": "h", "user": "u", "dbname": "d", "wal2json_format_version": "1"}))
                 .unwrap();

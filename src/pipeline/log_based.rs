@@ -12,15 +12,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{DestinationConfig, PipelineConfig, Wal2JsonFormat};
+use crate::config::{DestinationConfig, OutputPlugin, PipelineConfig, Wal2JsonFormat};
+use crate::decode::pgoutput::ProtocolVersion;
 use crate::metrics::Metrics;
-use crate::pg::query::quote_literal;
+use crate::pg::query::{quote_identifier, quote_literal};
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
 use crate::pg::Lsn;
 use crate::pipeline::{copy_step, prepare, RunControl, RunError, RunSummary};
 use crate::progress::spawn_stream_display;
 use crate::source::cdc::{
-    stream_changes, CdcSettings, CdcSummary, CdcTable, CdcTables, SideConnection, StreamContext,
+    stream_changes, CdcSettings, CdcSummary, CdcTable, CdcTables, Decoding, SideConnection,
+    StreamContext,
 };
 use crate::source::state::{CdcState, ChunkLedger, StateFile};
 
@@ -129,13 +131,28 @@ pub(crate) async fn run(
     let options = config.source.connect_options();
     let mut replication = ReplicationClient::connect(&options).await?;
     let existing = slot_info(&mut replication, &slot).await?;
-    if let Some((_, plugin)) = &existing {
-        if plugin != "wal2json" {
+    let plugin = config.source.plugin;
+    if let Some((_, used)) = &existing {
+        if used != plugin.name() {
             return Err(RunError::Unsupported(format!(
-                "replication slot {slot:?} uses the output plugin {plugin:?}, not wal2json\nHINT: set \"replication_slot\" to another name, or drop it: SELECT pg_drop_replication_slot({});",
+                "replication slot {slot:?} uses the output plugin {used:?}, not {}\nHINT: set \"plugin\" to {used:?}, set \"replication_slot\" to another name, or drop the slot: SELECT pg_drop_replication_slot({});",
+                plugin.name(),
                 quote_literal(&slot)
             )));
         }
+    }
+    let server_version = replication
+        .connection()
+        .server_version_num()
+        .unwrap_or(100_000);
+    if plugin == OutputPlugin::PgOutput {
+        // Before the slot exists: pgoutput reads the publication as of each change.
+        let selected: Vec<(String, String)> = prepared
+            .tasks
+            .iter()
+            .map(|task| (task.table.schema.clone(), task.table.name.clone()))
+            .collect();
+        ensure_publication(&options, &config.source.publication, &selected).await?;
     }
     let stored = file.load()?.filter(|state| state.slot == slot);
 
@@ -145,7 +162,7 @@ pub(crate) async fn run(
             // A new slot: its exported snapshot is the copy's snapshot, held open by
             // `replication` (idle) until the copy is done.
             let created = replication
-                .create_logical_slot(&slot, "wal2json", SlotSnapshot::Export, false)
+                .create_logical_slot(&slot, plugin.name(), SlotSnapshot::Export, false)
                 .await?;
             let state = CdcState::new(&slot, created.consistent_point);
             file.save(&state)?;
@@ -210,9 +227,28 @@ pub(crate) async fn run(
     } else {
         None
     };
-    let format = config.source.wal2json_format;
-    let plugin_options = plugin_options(format, &add_tables);
-    if format == Wal2JsonFormat::V1 {
+    let decoding = match plugin {
+        OutputPlugin::Wal2Json => Decoding::Wal2Json(config.source.wal2json_format),
+        OutputPlugin::PgOutput => Decoding::PgOutput {
+            version: if config.source.pgoutput_streaming && server_version >= 140_000 {
+                ProtocolVersion::V2
+            } else {
+                ProtocolVersion::V1
+            },
+            spool_dir: {
+                let mut dir = file.path().as_os_str().to_owned();
+                dir.push(".spool");
+                std::path::PathBuf::from(dir)
+            },
+        },
+    };
+    let plugin_options = match &decoding {
+        Decoding::Wal2Json(format) => plugin_options(*format, &add_tables),
+        Decoding::PgOutput { version, .. } => {
+            pgoutput_options(*version, &config.source.publication, server_version)
+        }
+    };
+    if decoding == Decoding::Wal2Json(Wal2JsonFormat::V1) {
         tracing::warn!("wal2json format-version 1: wal2json never reports TRUNCATE in this format, so a truncated table's documents stay in GDN; use format-version 2 (wal2json >= 2.0) when tables may be truncated");
     }
     let settings = CdcSettings {
@@ -225,7 +261,7 @@ pub(crate) async fn run(
         stop_at,
         numeric_mode: config.numeric_mode,
         heartbeat: config.source.heartbeat_interval,
-        format,
+        decoding,
     };
     let context = StreamContext {
         client: client.as_ref(),
@@ -333,6 +369,100 @@ fn plugin_options(format: Wal2JsonFormat, add_tables: &[String]) -> Vec<(String,
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value.to_owned()))
         .collect()
+}
+
+/// pgoutput's options: the protocol, the publication, streaming of large transactions
+/// (protocol 2) and logical messages (heartbeats; PostgreSQL ≥ 14).
+fn pgoutput_options(
+    version: ProtocolVersion,
+    publication: &str,
+    server_version: u32,
+) -> Vec<(String, String)> {
+    let mut options = vec![
+        ("proto_version".to_owned(), version.number().to_string()),
+        // An identifier list: double quotes keep the name's case and punctuation.
+        (
+            "publication_names".to_owned(),
+            format!("\"{}\"", publication.replace('"', "\"\"")),
+        ),
+    ];
+    if version >= ProtocolVersion::V2 {
+        options.push(("streaming".to_owned(), "on".to_owned()));
+    }
+    if server_version >= 140_000 {
+        options.push(("messages".to_owned(), "true".to_owned()));
+    }
+    options
+}
+
+/// Makes sure `publication` exists and publishes every selected table: created when missing,
+/// an error with the `ALTER PUBLICATION` to run when it lacks tables.
+async fn ensure_publication(
+    options: &crate::pg::ConnectOptions,
+    publication: &str,
+    tables: &[(String, String)],
+) -> Result<(), RunError> {
+    let mut connection = crate::pg::Connection::connect(options).await?;
+    let quoted = |(schema, table): &(String, String)| {
+        format!("{}.{}", quote_identifier(schema), quote_identifier(table))
+    };
+    let exists = connection
+        .query_one(&format!(
+            "SELECT 1 FROM pg_publication WHERE pubname = {}",
+            quote_literal(publication)
+        ))
+        .await?
+        .is_some();
+    let result = if exists {
+        let published: Vec<(String, String)> = connection
+            .query(&format!(
+                "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = {}",
+                quote_literal(publication)
+            ))
+            .await?
+            .iter()
+            .map(|row| {
+                (
+                    row.get(0).unwrap_or_default().to_owned(),
+                    row.get(1).unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        let missing: Vec<String> = tables
+            .iter()
+            .filter(|table| !published.contains(table))
+            .map(quoted)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(RunError::Unsupported(format!(
+                "publication {publication:?} does not publish {}\nHINT: ALTER PUBLICATION {} ADD TABLE {};",
+                missing.join(", "),
+                quote_identifier(publication),
+                missing.join(", ")
+            )))
+        }
+    } else {
+        let list: Vec<String> = tables.iter().map(quoted).collect();
+        let sql = format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            quote_identifier(publication),
+            list.join(", ")
+        );
+        match connection.execute(&sql).await {
+            Ok(_) => {
+                tracing::info!(%publication, tables = list.len(), "created the publication");
+                Ok(())
+            }
+            Err(error) if error.is_transient() => Err(error.into()),
+            Err(error) => Err(RunError::Unsupported(format!(
+                "could not create publication {publication:?}: {error}\nHINT: have the tables' owner (or a superuser) run: {sql};"
+            ))),
+        }
+    };
+    connection.close().await;
+    result
 }
 
 /// How often a standby status update goes out even when nothing changed.

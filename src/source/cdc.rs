@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::config::Wal2JsonFormat;
 use crate::decode::commit_time::parse_timestamptz_micros;
+use crate::decode::pgoutput::ProtocolVersion;
 use crate::decode::replication::ReplicationMessage;
 use crate::decode::wal2json::{parse_v2, Action, Change, Wal2JsonError};
 use crate::decode::wal2json_v1::V1Decoder;
@@ -25,8 +26,10 @@ use crate::pg::catalog::NumericMode;
 use crate::pg::replication::LogicalStream;
 use crate::pg::{Lsn, PgError};
 use crate::source::state::{CdcState, StateError, StateFile};
+use pgoutput::PgOutputSource;
 
 mod pending;
+mod pgoutput;
 mod row;
 mod side;
 mod table;
@@ -115,8 +118,22 @@ pub struct CdcSettings {
     pub numeric_mode: NumericMode,
     /// Emit `pg_logical_emit_message` this often so a quiet database still shows progress.
     pub heartbeat: Option<Duration>,
-    /// The wal2json output format the slot was started with.
-    pub format: Wal2JsonFormat,
+    /// The output plugin the slot was started with, and its format.
+    pub decoding: Decoding,
+}
+
+/// How the slot's output is decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoding {
+    /// wal2json in this format.
+    Wal2Json(Wal2JsonFormat),
+    /// pgoutput with this protocol version; streamed transactions spool under `spool_dir`.
+    PgOutput {
+        /// `proto_version`.
+        version: ProtocolVersion,
+        /// Where in-progress transactions wait for their commit.
+        spool_dir: std::path::PathBuf,
+    },
 }
 
 /// What streaming did.
@@ -189,9 +206,12 @@ pub async fn stream_changes(
         commit_time: None,
     };
     summary.confirmed = summary.confirmed.max(run.state.lsn);
-    let mut decoder = match settings.format {
-        Wal2JsonFormat::V1 => Decoder::V1(V1Decoder::new()),
-        Wal2JsonFormat::V2 => Decoder::V2,
+    let mut decoder = match &settings.decoding {
+        Decoding::Wal2Json(Wal2JsonFormat::V1) => Decoder::V1(V1Decoder::new()),
+        Decoding::Wal2Json(Wal2JsonFormat::V2) => Decoder::V2,
+        Decoding::PgOutput { version, spool_dir } => {
+            Decoder::PgOutput(Box::new(PgOutputSource::new(*version, spool_dir.clone())?))
+        }
     };
     // Timers live across iterations: arming one per message would cost more than decoding it.
     let flush_timer = tokio::time::sleep(Duration::from_secs(3600));
@@ -286,6 +306,18 @@ pub async fn stream_changes(
                         run.apply(&change, xlog.wal_start, tables, side, &mut stream, summary)
                             .await?;
                     }
+                    Decoder::PgOutput(source) => {
+                        run.apply_pgoutput(
+                            source,
+                            &xlog.data,
+                            xlog.wal_start,
+                            tables,
+                            side,
+                            &mut stream,
+                            summary,
+                        )
+                        .await?;
+                    }
                     Decoder::V1(v1) => {
                         let mut changes = Vec::new();
                         v1.decode(&xlog.data, xlog.wal_start, &mut changes)?;
@@ -306,6 +338,8 @@ enum Decoder {
     V2,
     /// wal2json format-version 1: transactions, whole or in chunks.
     V1(V1Decoder),
+    /// pgoutput.
+    PgOutput(Box<PgOutputSource>),
 }
 
 /// The streaming loop's position and pending work.
@@ -473,6 +507,18 @@ impl Streamer<'_> {
                 .await?;
         }
         apply_row(row, wal_start, table, &mut self.pending)
+    }
+
+    /// Writes what is pending once it reaches the flush thresholds (inside a large
+    /// transaction, so memory stays bounded; the watermark waits for the commit).
+    async fn flush_if_full(&mut self) -> Result<(), CdcError> {
+        let settings = self.context.settings;
+        if self.pending.documents >= settings.flush_documents
+            || self.pending.bytes >= settings.flush_bytes
+        {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
     /// Writes everything pending, then confirms the last commit received.

@@ -14,6 +14,8 @@ pub struct SideConnection {
     connection: Option<Connection>,
     /// Type names (as changes spell them) already resolved.
     types: HashMap<String, NamedType>,
+    /// `format_type(oid, typmod)` already asked.
+    formatted: HashMap<(u32, i32), String>,
 }
 
 impl SideConnection {
@@ -23,6 +25,7 @@ impl SideConnection {
             options,
             connection: None,
             types: HashMap::new(),
+            formatted: HashMap::new(),
         }
     }
 
@@ -77,6 +80,51 @@ impl SideConnection {
                 })
             })
             .collect()
+    }
+
+    /// `format_type(oid, typmod)` of each pair, in order (pgoutput names types by oid).
+    pub(super) async fn format_types(
+        &mut self,
+        types: &[(u32, i32)],
+    ) -> Result<Vec<String>, PgError> {
+        let mut missing: Vec<(u32, i32)> = types
+            .iter()
+            .copied()
+            .filter(|pair| !self.formatted.contains_key(pair))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            let oids: Vec<String> = missing.iter().map(|(oid, _)| oid.to_string()).collect();
+            let typmods: Vec<String> = missing
+                .iter()
+                .map(|(_, typmod)| typmod.to_string())
+                .collect();
+            let sql = format!(
+                "SELECT format_type(t.oid, t.typmod) FROM unnest(ARRAY[{}]::oid[], ARRAY[{}]::int[]) WITH ORDINALITY AS t(oid, typmod, ord) ORDER BY t.ord",
+                oids.join(","),
+                typmods.join(",")
+            );
+            let result = self.connection().await?.query(&sql).await;
+            if result.as_ref().is_err_and(PgError::is_transient) {
+                self.connection = None;
+            }
+            let rows = result?;
+            if rows.len() != missing.len() {
+                return Err(PgError::protocol(
+                    "naming column types",
+                    format!("{} types gave {} names", missing.len(), rows.len()),
+                ));
+            }
+            for (pair, row) in missing.into_iter().zip(rows) {
+                self.formatted
+                    .insert(pair, row.get(0).unwrap_or_default().to_owned());
+            }
+        }
+        Ok(types
+            .iter()
+            .map(|pair| self.formatted.get(pair).cloned().unwrap_or_default())
+            .collect())
     }
 
     /// Writes a non-transactional logical message, which the slot sees as progress.
