@@ -6,7 +6,8 @@
 #   3. pgferry run --once into gdnlite (waitForSync)  — the whole path, durable
 #   3b. pgferry run --once --destination null with pgoutput (protocol 2, text) — the same changes
 #       through PostgreSQL's own plugin (goal: >= 1.5x the wal2json decode rate)
-# reporting changes/s and peak RSS; then
+# reporting changes/s and peak RSS. Every client connects over TCP to 127.0.0.1 (the same
+# transport; a Unix socket is markedly cheaper per message on this VM); then
 #   4. a steady 10,000 changes/s load (pgbench -R) streamed by a continuous pgferry into gdnlite,
 #      reporting commit-to-GDN latency p50/p99 from its `pgferry_ingest_lag_seconds` histogram
 #      (bucket upper bounds, as Prometheus' histogram_quantile would report at a bucket edge).
@@ -90,7 +91,7 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { print b - a }'; }
 
 log "1/3 pg_recvlogical to /dev/null"
 start=$(seconds)
-"$BIN/pg_recvlogical" -h "$PG_DIR" -p "$PG_PORT" -U postgres -d postgres -S bench_recv --start --endpos "$END_LSN" \
+"$BIN/pg_recvlogical" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -S bench_recv --start --endpos "$END_LSN" \
     -o format-version=2 -o include-transaction=true -o include-lsn=true -o add-tables=public.events -f /dev/null
 RECV_S=$(elapsed "$start" "$(seconds)")
 
