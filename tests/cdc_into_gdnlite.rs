@@ -81,9 +81,9 @@ async fn assert_same_as_a_fresh_copy(
 enum Output {
     Wal2JsonV2,
     Wal2JsonV1,
-    /// pgoutput protocol 1 (no streaming of in-progress transactions).
+    /// pgoutput protocol 1 (no streaming of in-progress transactions), text values.
     PgOutputV1,
-    /// pgoutput protocol 2 with streaming, and a server that streams after 64 kB.
+    /// pgoutput protocol 2 with streaming, and a server that streams after 64 kB; binary values.
     PgOutputStreaming,
 }
 
@@ -105,8 +105,9 @@ async fn pgoutput_protocol_1_streams_the_same_workload() {
     scripted_workload(Output::PgOutputV1).await;
 }
 
-/// The same workload through pgoutput protocol 2, with the 20,000-row transaction streamed
-/// while in progress (logical_decoding_work_mem = 64kB) and applied at its commit.
+/// The same workload through pgoutput protocol 2 with binary values, the 20,000-row
+/// transaction streamed while in progress (logical_decoding_work_mem = 64kB) and applied at
+/// its commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgoutput_protocol_2_streaming_gives_the_same_result() {
     scripted_workload(Output::PgOutputStreaming).await;
@@ -154,6 +155,8 @@ async fn scripted_workload(output: Output) {
         Output::PgOutputV1 | Output::PgOutputStreaming => {
             config.source.plugin = pgferry::config::OutputPlugin::PgOutput;
             config.source.pgoutput_streaming = output == Output::PgOutputStreaming;
+            // Protocol 1 reads text values, protocol 2 binary ones: both decoders are covered.
+            config.source.pgoutput_binary = output == Output::PgOutputStreaming;
         }
     }
     let plugin = match output {

@@ -145,6 +145,10 @@ pub(crate) async fn run(
         .connection()
         .server_version_num()
         .unwrap_or(100_000);
+    // Binary values only when every selected column has a binary decoder (as in the copy).
+    let binary = config.source.pgoutput_binary
+        && server_version >= 140_000
+        && prepared.tasks.iter().all(|task| task.plan.decodes_binary());
     if plugin == OutputPlugin::PgOutput {
         // Before the slot exists: pgoutput reads the publication as of each change.
         let selected: Vec<(String, String)> = prepared
@@ -245,7 +249,7 @@ pub(crate) async fn run(
     let plugin_options = match &decoding {
         Decoding::Wal2Json(format) => plugin_options(*format, &add_tables),
         Decoding::PgOutput { version, .. } => {
-            pgoutput_options(*version, &config.source.publication, server_version)
+            pgoutput_options(*version, &config.source.publication, server_version, binary)
         }
     };
     if decoding == Decoding::Wal2Json(Wal2JsonFormat::V1) {
@@ -372,11 +376,12 @@ fn plugin_options(format: Wal2JsonFormat, add_tables: &[String]) -> Vec<(String,
 }
 
 /// pgoutput's options: the protocol, the publication, streaming of large transactions
-/// (protocol 2) and logical messages (heartbeats; PostgreSQL ≥ 14).
+/// (protocol 2), logical messages (heartbeats; PostgreSQL ≥ 14) and binary values.
 fn pgoutput_options(
     version: ProtocolVersion,
     publication: &str,
     server_version: u32,
+    binary: bool,
 ) -> Vec<(String, String)> {
     let mut options = vec![
         ("proto_version".to_owned(), version.number().to_string()),
@@ -391,6 +396,9 @@ fn pgoutput_options(
     }
     if server_version >= 140_000 {
         options.push(("messages".to_owned(), "true".to_owned()));
+    }
+    if binary {
+        options.push(("binary".to_owned(), "true".to_owned()));
     }
     options
 }

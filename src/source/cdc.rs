@@ -34,7 +34,7 @@ mod row;
 mod side;
 mod table;
 
-pub use row::{Field, RowChange};
+pub use row::{Field, FieldData, RowChange};
 pub use side::SideConnection;
 pub use table::{CdcTable, CdcTables};
 

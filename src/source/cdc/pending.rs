@@ -150,7 +150,7 @@ pub(super) fn apply_row(
             }
             let key = table
                 .plan
-                .key_from_text(&change.identity_pairs())
+                .key_from_image(&change.identity_pairs())
                 .map_err(document)?;
             pending.put(&table.collection, name, key.as_str().to_owned(), Op::Delete)?;
         }
@@ -158,7 +158,7 @@ pub(super) fn apply_row(
             let mut doc = Vec::with_capacity(256);
             let encoded = table
                 .plan
-                .encode_text(&change.column_pairs(), &mut doc)
+                .encode_image(&change.column_pairs(), &mut doc)
                 .map_err(document)?;
             // An INSERT is the whole row (a column it lacks did not exist then); only an
             // UPDATE leaves out unchanged TOASTed columns.
@@ -166,7 +166,7 @@ pub(super) fn apply_row(
             if !change.identity.is_empty() {
                 let old = table
                     .plan
-                    .key_from_text(&change.identity_pairs())
+                    .key_from_image(&change.identity_pairs())
                     .map_err(document)?;
                 if old != encoded.key {
                     // The key changed: the old document goes away, and a partial new image

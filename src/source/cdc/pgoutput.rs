@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::row::{Field, RowChange};
+use super::row::{Field, FieldData, RowChange};
 use super::side::SideConnection;
 use super::{CdcError, CdcSummary, CdcTables, Streamer};
 use crate::decode::commit_time::from_postgres_micros;
@@ -113,29 +113,24 @@ fn fields<'m>(
         if keys_only && !is_key {
             continue;
         }
-        let text = match column {
+        let value = match column {
             TupleColumn::Null => None,
             // Absent from the image: the document keeps its value (a PATCH), never a null.
             TupleColumn::UnchangedToast => continue,
-            TupleColumn::Text(bytes) => Some(Cow::Borrowed(std::str::from_utf8(bytes).map_err(
-                |_| {
+            TupleColumn::Text(bytes) => Some(FieldData::Text(Cow::Borrowed(
+                std::str::from_utf8(bytes).map_err(|_| {
                     CdcError::Unsupported(format!(
                         "column {name:?} of {}.{} at {lsn} is not valid UTF-8 (the server encoding must be UTF8)",
                         relation.schema, relation.table
                     ))
-                },
-            )?)),
-            TupleColumn::Binary(_) => {
-                return Err(CdcError::Unsupported(format!(
-                    "column {name:?} of {}.{} at {lsn} arrived in binary form, which pgferry did not ask for",
-                    relation.schema, relation.table
-                )))
-            }
+                })?,
+            ))),
+            TupleColumn::Binary(bytes) => Some(FieldData::Binary(bytes)),
         };
         fields.push(Field {
             name,
             type_name,
-            text,
+            value,
         });
     }
     Ok(fields)
@@ -487,11 +482,12 @@ mod tests {
             ],
         };
         let all = fields(&relation, &tuple, false, Lsn::ZERO).unwrap();
-        let names: Vec<(&str, Option<&str>)> = all
+        let names: Vec<(&str, bool)> = all
             .iter()
-            .map(|field| (field.name, field.text.as_deref()))
+            .map(|field| (field.name, field.value.is_some()))
             .collect();
-        assert_eq!(names, vec![("id", Some("7")), ("note", None)]);
+        assert_eq!(names, vec![("id", true), ("note", false)]);
+        assert!(matches!(&all[0].value, Some(FieldData::Text(text)) if text == "7"));
         let keys = fields(&relation, &tuple, true, Lsn::ZERO).unwrap();
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].type_name, "integer");
@@ -511,8 +507,12 @@ mod tests {
                 TupleColumn::Null,
             ],
         };
-        let error = fields(&relation(), &binary, false, Lsn::ZERO).unwrap_err();
-        assert!(error.to_string().contains("binary"), "{error}");
+        let relation = relation();
+        let fields = fields(&relation, &binary, false, Lsn::ZERO).unwrap();
+        assert!(matches!(
+            fields[0].value,
+            Some(FieldData::Binary(b"\0\0\0\x07"))
+        ));
     }
 
     #[test]

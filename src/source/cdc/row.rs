@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 
 use crate::decode::wal2json::{Action, Change, ColumnValue, Wal2JsonError};
+use crate::gdn::document::ImageValue;
 use crate::pg::Lsn;
 
 /// One column of a row image.
@@ -13,8 +14,17 @@ pub struct Field<'c> {
     pub name: &'c str,
     /// Type as `format_type` spells it (empty when the plugin did not say).
     pub type_name: &'c str,
-    /// PostgreSQL's text output of the value; `None` for SQL NULL.
-    pub text: Option<Cow<'c, str>>,
+    /// The value; `None` for SQL NULL.
+    pub value: Option<FieldData<'c>>,
+}
+
+/// A value as the plugin sent it.
+#[derive(Debug, Clone)]
+pub enum FieldData<'c> {
+    /// PostgreSQL's text output.
+    Text(Cow<'c, str>),
+    /// The type's binary send form (pgoutput with `binary`).
+    Binary(&'c [u8]),
 }
 
 /// An INSERT, UPDATE or DELETE of one row.
@@ -60,21 +70,27 @@ impl<'c> RowChange<'c> {
         }))
     }
 
-    /// The new image as `(column, text)` pairs, for a document plan.
-    pub fn column_pairs(&self) -> Vec<(&str, Option<&str>)> {
+    /// The new image as `(column, value)` pairs, for a document plan.
+    pub fn column_pairs(&self) -> Vec<(&str, Option<ImageValue<'_>>)> {
         pairs(&self.columns)
     }
 
-    /// The old key as `(column, text)` pairs.
-    pub fn identity_pairs(&self) -> Vec<(&str, Option<&str>)> {
+    /// The old key as `(column, value)` pairs.
+    pub fn identity_pairs(&self) -> Vec<(&str, Option<ImageValue<'_>>)> {
         pairs(&self.identity)
     }
 }
 
-fn pairs<'a>(fields: &'a [Field<'_>]) -> Vec<(&'a str, Option<&'a str>)> {
+fn pairs<'a>(fields: &'a [Field<'_>]) -> Vec<(&'a str, Option<ImageValue<'a>>)> {
     fields
         .iter()
-        .map(|field| (field.name, field.text.as_deref()))
+        .map(|field| {
+            let value = field.value.as_ref().map(|value| match value {
+                FieldData::Text(text) => ImageValue::Text(text),
+                FieldData::Binary(bytes) => ImageValue::Binary(bytes),
+            });
+            (field.name, value)
+        })
         .collect()
 }
 
@@ -85,9 +101,10 @@ fn fields<'c>(columns: &'c [ColumnValue<'_>], lsn: Lsn) -> Result<Vec<Field<'c>>
             Ok(Field {
                 name: column.name.as_ref(),
                 type_name: column.type_name.as_ref(),
-                text: column
+                value: column
                     .text()
-                    .map_err(|detail| Wal2JsonError { lsn, detail })?,
+                    .map_err(|detail| Wal2JsonError { lsn, detail })?
+                    .map(FieldData::Text),
             })
         })
         .collect()
