@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# End-to-end benchmark of `pgferry target` (Singer → PostgreSQL) against `psql \copy` of the same
-# rows as CSV, on a throwaway cluster. Reports rows/s, the ratio to \copy and peak RSS.
+# End-to-end benchmark of `pgferry target` (Singer → PostgreSQL) and of `pgferry run` from a
+# gdnlite collection (GDN → PostgreSQL: cursor scan, COPY + merge) against `psql \copy` of the
+# same rows as CSV, on a throwaway cluster. Reports rows/s, the ratio to \copy and peak RSS.
+# Every client connects over TCP to 127.0.0.1 (the same transport).
 #
 #   scripts/bench-target.sh              # 2,000,000 rows
 #   ROWS=200000 scripts/bench-target.sh  # a quicker run
@@ -14,7 +16,8 @@ ROWS="${ROWS:-2000000}"
 BATCH="${BATCH:-100000}"
 COPY_FORMAT="${COPY_FORMAT:-auto}"
 WORK="$(mktemp -d /tmp/pgferry-bench-target.XXXXXX)"
-trap 'stop_cluster; rm -rf "$WORK"' EXIT
+GDN_PID=""
+trap 'if [ -n "$GDN_PID" ]; then kill "$GDN_PID" 2>/dev/null || true; fi; stop_cluster; rm -rf "$WORK"' EXIT
 
 ensure_postgres
 log "building pgferry (release)"
@@ -78,7 +81,7 @@ measure() {
 
 log "psql \\copy of the CSV into a table with the same columns and primary key"
 cluster_psql -c "$TABLE_DDL"
-measure "$WORK/copy" /dev/null /dev/null psql -X -q -h "$PG_DIR" -p "$PG_PORT" -U postgres -c "\\copy public.bench FROM '$WORK/data.csv' WITH (FORMAT csv)"
+measure "$WORK/copy" /dev/null /dev/null psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "\\copy public.bench FROM '$WORK/data.csv' WITH (FORMAT csv)"
 COPY_S="$ELAPSED"; COPY_RSS="$RSS_KB"
 cluster_psql -c "DROP TABLE public.bench"
 
@@ -97,11 +100,31 @@ log "pgferry target again over the loaded table (every row an update through ON 
 measure "$WORK/update" "$WORK/data.singer" /dev/null "$BIN" target -c "$WORK/target.json"
 UPDATE_S="$ELAPSED"; UPDATE_RSS="$RSS_KB"
 
+log "the same rows as gdnlite documents (pgferry run FULL_TABLE), then GDN -> PostgreSQL"
+start_gdnlite "$BIN" bench "$WORK/gdnlite"
+cat > "$WORK/fill.json" <<JSON
+{"source": {"host": "127.0.0.1", "port": $PG_PORT, "user": "postgres", "dbname": "postgres", "sslmode": "disable"},
+ "destination": {"gdn_url": "$GDN_URL", "api_key": {"env": "GDN_API_KEY"}},
+ "tables": [{"table": "public.bench", "collection": "bench_docs"}]}
+JSON
+GDN_API_KEY=bench "$BIN" run -c "$WORK/fill.json" >/dev/null
+cat > "$WORK/gdn_to_pg.json" <<JSON
+{"source": {"type": "gdn", "gdn_url": "$GDN_URL", "api_key": {"env": "GDN_API_KEY"}, "source_collection": "bench_docs"},
+ "destination": {"type": "postgres", "host": "127.0.0.1", "port": $PG_PORT, "user": "postgres", "dbname": "postgres",
+                 "sslmode": "disable", "table_name": "bench_from_gdn", "batch_size_rows": $BATCH},
+ "state_file": "$WORK/gdn_to_pg.state.json"}
+JSON
+GDN_API_KEY=bench measure "$WORK/gdn" /dev/null /dev/null "$BIN" run --once -c "$WORK/gdn_to_pg.json"
+GDN_S="$ELAPSED"; GDN_RSS="$RSS_KB"
+FROM_GDN=$(cluster_psql -At -c "SELECT count(*) FROM public.bench_from_gdn")
+[ "$FROM_GDN" = "$ROWS" ] || die "GDN -> PostgreSQL loaded $FROM_GDN rows, expected $ROWS"
+
 rate() { python3 -c "print(f'{$ROWS / $1:,.0f}')"; }
 ratio() { python3 -c "print(f'{$COPY_S / $1:.2f}')"; }
 printf '\n| run | seconds | rows/s | ratio to \\copy | peak RSS |\n|---|---|---|---|---|\n'
 printf '| psql \\copy (CSV) | %s | %s | 1.00 | %s MiB (psql) |\n' "$COPY_S" "$(rate "$COPY_S")" "$((COPY_RSS / 1024))"
 printf '| pgferry target, empty table | %s | %s | %s | %s MiB |\n' "$TARGET_S" "$(rate "$TARGET_S")" "$(ratio "$TARGET_S")" "$((TARGET_RSS / 1024))"
 printf '| pgferry target, all updates | %s | %s | %s | %s MiB |\n' "$UPDATE_S" "$(rate "$UPDATE_S")" "$(ratio "$UPDATE_S")" "$((UPDATE_RSS / 1024))"
+printf '| pgferry run, gdnlite collection -> new table | %s | %s | %s | %s MiB |\n' "$GDN_S" "$(rate "$GDN_S")" "$(ratio "$GDN_S")" "$((GDN_RSS / 1024))"
 printf '\n%s rows, %s STATE lines written; input %s MiB Singer, %s MiB CSV\n' "$ROWS" "$STATES" \
     "$(( $(stat -c %s "$WORK/data.singer") / 1048576 ))" "$(( $(stat -c %s "$WORK/data.csv") / 1048576 ))"
