@@ -1,7 +1,8 @@
 //! pgferry killed with SIGKILL again and again while it streams under a running workload:
 //! after every kill, everything the slot was confirmed past is in GDN (the confirmed position
-//! is never ahead of GDN), and in the end the collections equal the tables.
-//! A longer loop of the same: `scripts/stress-cdc-kill.sh`.
+//! is never ahead of GDN), and in the end the collections equal the tables. Through wal2json,
+//! and through pgoutput with large transactions streamed in progress and spooled (kills land
+//! mid-spool too). A longer loop of the same: `scripts/stress-cdc-kill.sh`.
 
 mod gdnlite_support;
 mod support;
@@ -24,12 +25,24 @@ fn iterations() -> usize {
         .unwrap_or(20)
 }
 
-fn write_pipeline(dir: &Path, cluster: &PgCluster, gdn_url: &str) -> PathBuf {
+/// The output plugin under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plugin {
+    Wal2Json,
+    /// pgoutput protocol 2 on a server that streams transactions over 64 kB.
+    PgOutput,
+}
+
+fn write_pipeline(dir: &Path, cluster: &PgCluster, gdn_url: &str, plugin: Plugin) -> PathBuf {
+    let plugin = match plugin {
+        Plugin::Wal2Json => "wal2json",
+        Plugin::PgOutput => "pgoutput",
+    };
     let config = json!({
         "source": {
             "host": "127.0.0.1", "port": cluster.port(), "user": "postgres",
             "password": "trust", "dbname": "postgres", "sslmode": "disable",
-            "replication_method": "LOG_BASED"
+            "replication_method": "LOG_BASED", "plugin": plugin
         },
         "destination": {"gdn_url": gdn_url, "api_key": KEY, "batch_size_rows": 200},
         "tables": ["public.events", "public.churn"],
@@ -62,22 +75,59 @@ async fn keys(http: &Http, collection: &str) -> BTreeSet<String> {
 }
 
 /// Ids of `events` rows whose inserts the slot has not been confirmed past.
-fn unconfirmed_event_ids(cluster: &PgCluster) -> BTreeSet<String> {
-    let lines = cluster.psql(
-        "SELECT data FROM pg_logical_slot_peek_changes('macrometa_postgres', NULL, NULL, 'format-version', '2', 'add-tables', 'public.events')",
-    );
-    lines
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|change| change["action"] == "I")
-        .filter_map(|change| {
-            change["columns"]
-                .as_array()?
-                .iter()
-                .find(|column| column["name"] == "id")
-                .map(|column| column["value"].to_string())
-        })
-        .collect()
+fn unconfirmed_event_ids(cluster: &PgCluster, plugin: Plugin) -> BTreeSet<String> {
+    match plugin {
+        Plugin::Wal2Json => {
+            let lines = cluster.psql(
+                "SELECT data FROM pg_logical_slot_peek_changes('macrometa_postgres', NULL, NULL, 'format-version', '2', 'add-tables', 'public.events')",
+            );
+            lines
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .filter(|change| change["action"] == "I")
+                .filter_map(|change| {
+                    change["columns"]
+                        .as_array()?
+                        .iter()
+                        .find(|column| column["name"] == "id")
+                        .map(|column| column["value"].to_string())
+                })
+                .collect()
+        }
+        Plugin::PgOutput => {
+            use pgferry::decode::pgoutput::{
+                PgOutputDecoder, PgOutputMessage, ProtocolVersion, TupleColumn,
+            };
+            // Whole transactions (protocol 1) from the SQL interface, decoded by pgferry's
+            // own pgoutput decoder: the `events` relation's inserts, first column (`id`).
+            let lines = cluster.psql(
+                "SELECT encode(data, 'hex') FROM pg_logical_slot_peek_binary_changes('macrometa_postgres', NULL, NULL, 'proto_version', '1', 'publication_names', 'macrometa_postgres')",
+            );
+            let mut decoder = PgOutputDecoder::new(ProtocolVersion::V1);
+            let mut events = None;
+            let mut ids = BTreeSet::new();
+            for line in lines.lines() {
+                let bytes: Vec<u8> = (0..line.len() / 2)
+                    .map(|i| u8::from_str_radix(&line[2 * i..2 * i + 2], 16).expect("hex"))
+                    .collect();
+                let message = decoder
+                    .decode(&bytes::Bytes::from(bytes), pgferry::pg::Lsn::ZERO)
+                    .expect("pgoutput message");
+                match message {
+                    PgOutputMessage::Relation(relation) if relation.name == "events" => {
+                        events = Some(relation.id);
+                    }
+                    PgOutputMessage::Insert(insert) if Some(insert.relation_id) == events => {
+                        if let Some(TupleColumn::Text(id)) = insert.new.columns.first() {
+                            ids.insert(String::from_utf8_lossy(id).into_owned());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            ids
+        }
+    }
 }
 
 /// Sets the flag when dropped, so the workload thread stops even if an assertion fails.
@@ -91,10 +141,26 @@ impl Drop for StopOnDrop<'_> {
 
 #[test]
 fn sigkill_during_streaming_never_confirms_ahead_of_gdn_and_converges() {
+    kill_loop(Plugin::Wal2Json, iterations());
+}
+
+#[test]
+fn sigkill_during_pgoutput_streaming_with_spooled_transactions_converges() {
+    kill_loop(Plugin::PgOutput, iterations().div_ceil(2));
+}
+
+fn kill_loop(plugin: Plugin, iterations: usize) {
     // gdnlite and the HTTP checks run on their own runtime; this thread drives processes.
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let cluster = PgCluster::start_default();
-    cluster.require_wal2json();
+    let cluster = match plugin {
+        Plugin::Wal2Json => PgCluster::start_default(),
+        Plugin::PgOutput => PgCluster::builder()
+            .setting("logical_decoding_work_mem", "64kB")
+            .start(),
+    };
+    if plugin == Plugin::Wal2Json {
+        cluster.require_wal2json();
+    }
     cluster.psql(
         "CREATE TABLE public.events (id bigserial PRIMARY KEY, v int);
          CREATE TABLE public.churn (id int PRIMARY KEY, v int);
@@ -102,7 +168,7 @@ fn sigkill_during_streaming_never_confirms_ahead_of_gdn_and_converges() {
     );
     let server = runtime.block_on(Server::start());
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_pipeline(dir.path(), &cluster, &server.url());
+    let config = write_pipeline(dir.path(), &cluster, &server.url(), plugin);
     let http = runtime.block_on(async { Http::h1(&server.url()) });
     let status = pgferry(&config, true)
         .wait_with_output()
@@ -129,11 +195,18 @@ fn sigkill_during_streaming_never_confirms_ahead_of_gdn_and_converges() {
                     round % 100 + 1,
                     (round * 13) % 100 + 1,
                 ));
+                if plugin == Plugin::PgOutput && round % 8 == 0 {
+                    // Over 64 kB of changes: streamed while in progress, spooled by pgferry.
+                    cluster.psql(
+                        "SET synchronous_commit = on;
+                         INSERT INTO public.events (v) SELECT g FROM generate_series(1, 3000) g;",
+                    );
+                }
             }
         });
         let _stop_workload = StopOnDrop(&stop);
         let mut seed = 0x2545_F491_4F6C_DD1Du64;
-        for iteration in 0..iterations() {
+        for iteration in 0..iterations {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
@@ -149,7 +222,7 @@ fn sigkill_during_streaming_never_confirms_ahead_of_gdn_and_converges() {
                 .lines()
                 .map(str::to_owned)
                 .collect();
-            let unconfirmed = unconfirmed_event_ids(&cluster);
+            let unconfirmed = unconfirmed_event_ids(&cluster, plugin);
             let in_gdn = runtime.block_on(keys(&http, "events"));
             let lost: Vec<&String> = table_ids
                 .iter()

@@ -63,7 +63,8 @@ fn streamed_transactions_apply_at_commit_skip_rollbacks_and_stay_in_bounded_memo
          COMMIT;
          BEGIN;
          INSERT INTO public.big SELECT g, 'aborted' FROM generate_series(700001, 800000) g;
-         ROLLBACK;",
+         ROLLBACK;
+         UPDATE public.big SET v = 'small after streamed' WHERE id = 2;",
     );
     let summary = run();
     let streamed: u64 = cluster

@@ -7,8 +7,10 @@
 //! through the same path as a committed transaction (flushing to GDN as pending operations
 //! pile up), Stream Abort deletes it or, for a subtransaction, marks that xid's messages to be
 //! skipped. Relation messages inside a stream describe the relation for that transaction
-//! only, so the replay reads them into a copy of the cache. Spool files left by a crash are
-//! removed at start: the slot sends the unconfirmed transactions again.
+//! until it commits (PostgreSQL sends them again to the main flow while it runs, and not after
+//! its commit), so the replay reads them into a copy of the cache that replaces the cache at
+//! Stream Commit. Spool files left by a crash are removed at start: the slot sends the
+//! unconfirmed transactions again.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -371,7 +373,10 @@ impl Streamer<'_> {
             PgOutputMessage::StreamCommit(commit) => {
                 self.begin(Some(from_postgres_micros(commit.commit_time.0)));
                 if let Some((path, aborted)) = source.spool.finish(commit.xid)? {
-                    self.replay(source, path, &aborted, commit.xid, tables, side, summary)
+                    // Relations described inside the stream count as described from now on:
+                    // PostgreSQL does not send them again after the commit.
+                    source.relations = self
+                        .replay(source, path, &aborted, commit.xid, tables, side, summary)
                         .await?;
                 }
                 self.commit(
@@ -396,7 +401,8 @@ impl Streamer<'_> {
         Ok(())
     }
 
-    /// Applies a committed streamed transaction from its spool file, flushing as it goes.
+    /// Applies a committed streamed transaction from its spool file, flushing as it goes;
+    /// returns the relation cache with the stream's Relation messages applied.
     #[allow(clippy::too_many_arguments)]
     async fn replay(
         &mut self,
@@ -407,7 +413,7 @@ impl Streamer<'_> {
         tables: &mut CdcTables,
         side: &mut SideConnection,
         summary: &mut CdcSummary,
-    ) -> Result<(), CdcError> {
+    ) -> Result<Relations, CdcError> {
         // The spooled messages were sent inside a stream block: decode them as such.
         let mut decoder = PgOutputDecoder::new(source.decoder.version());
         let mut start = vec![b'S'];
@@ -451,7 +457,7 @@ impl Streamer<'_> {
                 }
             }
         }
-        Ok(())
+        Ok(relations)
     }
 }
 
