@@ -108,12 +108,7 @@ fn streamed_transactions_apply_at_commit_skip_rollbacks_and_stay_in_bounded_memo
             "rolled-back row {key} must not arrive"
         );
     }
-    let peak: f64 = summary
-        .lines()
-        .find_map(|line| line.strip_prefix("peak RSS "))
-        .and_then(|rest| rest.strip_suffix(" MB"))
-        .and_then(|mb| mb.parse().ok())
-        .unwrap_or_else(|| panic!("no peak RSS in the summary:\n{summary}"));
+    let peak = support::peak_rss_mb(&summary);
     assert!(
         peak < 120.0,
         "peak RSS {peak} MB while spooling 350,000 streamed rows"

@@ -48,6 +48,32 @@ fn pipeline(cluster: &PgCluster, gdn_url: &str, dir: &Path, extra: Value) -> Pip
     }
 }
 
+/// Starts a continuous LOG_BASED run (no `--once`) on `runtime`; send `true` to stop it.
+fn spawn_continuous_run(
+    runtime: &tokio::runtime::Handle,
+    config: &PipelineConfig,
+    metrics: &Arc<Metrics>,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<pgferry::pipeline::RunSummary, pgferry::pipeline::RunError>>,
+) {
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let config = config.clone();
+    let metrics = Arc::clone(metrics);
+    let run = runtime.spawn(async move {
+        run_with(
+            &config,
+            metrics,
+            RunControl {
+                shutdown,
+                once: false,
+            },
+        )
+        .await
+    });
+    (stop, run)
+}
+
 async fn documents(http: &Http, collection: &str) -> BTreeMap<String, Value> {
     gdnlite_support::all_documents(http, collection, true).await
 }
@@ -124,22 +150,7 @@ fn postgres_and_gdnlite_restarts_mid_stream_lose_nothing() {
         .expect("the first run copies");
 
     let metrics = Arc::new(Metrics::new(Labels::from_env()));
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let streaming = runtime.spawn({
-        let config = config.clone();
-        let metrics = Arc::clone(&metrics);
-        async move {
-            run_with(
-                &config,
-                metrics,
-                RunControl {
-                    shutdown,
-                    once: false,
-                },
-            )
-            .await
-        }
-    });
+    let (stop, streaming) = spawn_continuous_run(runtime.handle(), &config, &metrics);
 
     for round in 0..5 {
         workload_round(&cluster, round);
@@ -289,22 +300,8 @@ async fn a_quiet_selected_table_does_not_make_the_slot_hold_wal() {
     pgferry::pipeline::run(&config).await.expect("first run");
 
     let metrics = Arc::new(Metrics::new(Labels::from_env()));
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let streaming = tokio::spawn({
-        let config = config.clone();
-        let metrics = Arc::clone(&metrics);
-        async move {
-            run_with(
-                &config,
-                metrics,
-                RunControl {
-                    shutdown,
-                    once: false,
-                },
-            )
-            .await
-        }
-    });
+    let (stop, streaming) =
+        spawn_continuous_run(&tokio::runtime::Handle::current(), &config, &metrics);
     // About 100 MB of WAL for a table the pipeline does not read.
     for _ in 0..10 {
         let cluster = &cluster;
@@ -392,12 +389,7 @@ fn a_million_row_transaction_streams_through_in_bounded_memory() {
     );
     let summary = run();
     assert!(summary.contains("streamed 1001000 changes"), "{summary}");
-    let peak: f64 = summary
-        .lines()
-        .find_map(|line| line.strip_prefix("peak RSS "))
-        .and_then(|rest| rest.strip_suffix(" MB"))
-        .and_then(|mb| mb.parse().ok())
-        .unwrap_or_else(|| panic!("no peak RSS in the summary:\n{summary}"));
+    let peak = support::peak_rss_mb(&summary);
     // The transaction's decoded JSON alone is ~150 MB: flushing mid-transaction keeps the
     // process far below that.
     assert!(peak < 120.0, "peak RSS {peak} MB for a 1M-row transaction");
@@ -424,22 +416,8 @@ async fn heartbeats_move_the_slot_of_an_idle_database() {
     );
     pgferry::pipeline::run(&config).await.expect("first run");
     let metrics = Arc::new(Metrics::new(Labels::from_env()));
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let streaming = tokio::spawn({
-        let config = config.clone();
-        let metrics = Arc::clone(&metrics);
-        async move {
-            run_with(
-                &config,
-                metrics,
-                RunControl {
-                    shutdown,
-                    once: false,
-                },
-            )
-            .await
-        }
-    });
+    let (stop, streaming) =
+        spawn_continuous_run(&tokio::runtime::Handle::current(), &config, &metrics);
     // Nothing writes to this cluster now but pgferry's heartbeats: WAL past this point is theirs.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let start: pgferry::pg::Lsn = tokio::task::block_in_place(|| {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use gdnlite_support::{api, Http, Server, KEY};
 use hyper::Method;
 use serde_json::{json, Value};
-use support::PgCluster;
+use support::{peak_rss_mb, PgCluster};
 
 fn write_pipeline(dir: &Path, cluster: &PgCluster, gdn_url: &str) -> PathBuf {
     let config = json!({
@@ -115,15 +115,6 @@ async fn killed_mid_copy_and_restarted_the_collection_equals_the_table() {
         .call(Method::GET, &api("document/events/5001"), Value::Null)
         .await;
     assert_eq!(untouched.json["amount"], json!(50.01));
-}
-
-fn peak_rss_mb(summary: &str) -> f64 {
-    summary
-        .lines()
-        .find_map(|line| line.strip_prefix("peak RSS "))
-        .and_then(|rest| rest.strip_suffix(" MB"))
-        .and_then(|mb| mb.parse().ok())
-        .unwrap_or_else(|| panic!("no peak RSS in the summary:\n{summary}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -413,3 +413,13 @@ impl Drop for PgCluster {
         self.stop();
     }
 }
+
+/// The `peak RSS … MB` line of a `pgferry run` summary, in MB.
+pub fn peak_rss_mb(summary: &str) -> f64 {
+    summary
+        .lines()
+        .find_map(|line| line.strip_prefix("peak RSS "))
+        .and_then(|rest| rest.strip_suffix(" MB"))
+        .and_then(|mb| mb.parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in the summary:\n{summary}"))
+}

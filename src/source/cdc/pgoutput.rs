@@ -356,12 +356,8 @@ impl Streamer<'_> {
                 }
             }
             PgOutputMessage::Truncate(truncate) => {
-                for id in &truncate.relation_ids {
-                    if let Some(relation) = source.relations.get(id) {
-                        let (schema, table) = (relation.schema.clone(), relation.table.clone());
-                        self.truncate(tables, &schema, &table).await?;
-                    }
-                }
+                self.truncate_relations(&truncate.relation_ids, &source.relations, tables)
+                    .await?;
             }
             PgOutputMessage::Message(message) => {
                 if !message.transactional {
@@ -396,6 +392,22 @@ impl Streamer<'_> {
                 return Err(CdcError::Unsupported(format!(
                     "pgoutput sent a two-phase commit message at {wal_start}, which pgferry does not ask for\nHINT: create the slot without two_phase"
                 )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Empties the collections of the truncated relations that are streamed.
+    async fn truncate_relations(
+        &mut self,
+        ids: &[Oid],
+        relations: &Relations,
+        tables: &mut CdcTables,
+    ) -> Result<(), CdcError> {
+        for id in ids {
+            if let Some(relation) = relations.get(id) {
+                self.truncate(tables, &relation.schema, &relation.table)
+                    .await?;
             }
         }
         Ok(())
@@ -442,12 +454,8 @@ impl Streamer<'_> {
                     relations.insert(relation.id, info);
                 }
                 PgOutputMessage::Truncate(truncate) => {
-                    for id in &truncate.relation_ids {
-                        if let Some(relation) = relations.get(id) {
-                            let (schema, table) = (relation.schema.clone(), relation.table.clone());
-                            self.truncate(tables, &schema, &table).await?;
-                        }
-                    }
+                    self.truncate_relations(&truncate.relation_ids, &relations, tables)
+                        .await?;
                 }
                 _ => {
                     if let Some(row) = row_change(&message, &relations, Lsn::ZERO)? {
