@@ -18,4 +18,6 @@ pub mod progress;
 pub mod secret;
 pub mod singer;
 pub mod source;
+pub mod tap;
 pub mod target;
+pub mod target_gdn;
