@@ -472,7 +472,14 @@ async fn target_gdn(args: TargetGdnArgs) -> ExitCode {
         Err(code) => return code,
     };
     let mut stdout = std::io::stdout();
-    match pgferry::target_gdn::run(&config, std::io::stdin(), &mut stdout, std::sync::Arc::clone(&metrics)).await {
+    match pgferry::target_gdn::run(
+        &config,
+        std::io::stdin(),
+        &mut stdout,
+        std::sync::Arc::clone(&metrics),
+    )
+    .await
+    {
         Ok(summary) => {
             tracing::info!(
                 records = summary.records,

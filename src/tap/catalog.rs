@@ -208,7 +208,11 @@ pub async fn plan_streams(
                     tracing::warn!(stream = %stream.tap_stream_id, "the catalog names a stream this database does not have (not selected, ignored)");
                 }
             }
-            streams.iter().filter(|stream| stream.selected).cloned().collect()
+            streams
+                .iter()
+                .filter(|stream| stream.selected)
+                .cloned()
+                .collect()
         }
         None => described
             .iter()
@@ -249,9 +253,9 @@ pub async fn plan_streams(
             entry["metadata"]
                 .as_array()
                 .and_then(|items| {
-                    items.iter().find(|item| {
-                        item["breadcrumb"] == json!(["properties", column])
-                    })
+                    items
+                        .iter()
+                        .find(|item| item["breadcrumb"] == json!(["properties", column]))
                 })
                 .and_then(|item| item["metadata"]["inclusion"].as_str())
                 .unwrap_or("unsupported")

@@ -32,7 +32,9 @@ pub const STATE_EVERY_ROWS: u64 = 1000;
 pub fn version_now() -> i64 {
     SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
 }
 
 enum RowError {
@@ -108,7 +110,10 @@ pub async fn sync_stream<W: Write>(
         .await?;
     if let Some(snapshot) = snapshot {
         connection
-            .execute(&format!("SET TRANSACTION SNAPSHOT {}", quote_literal(snapshot)))
+            .execute(&format!(
+                "SET TRANSACTION SNAPSHOT {}",
+                quote_literal(snapshot)
+            ))
             .await?;
     }
     let mut select: Vec<String> = plan

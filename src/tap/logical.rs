@@ -160,10 +160,18 @@ fn key_changed(plan: &StreamPlan, change: &Change<'_>) -> bool {
         return false;
     }
     plan.key_properties.iter().any(|key| {
-        let old = change.identity.iter().find(|column| column.name == key.as_str());
-        let new = change.columns.iter().find(|column| column.name == key.as_str());
+        let old = change
+            .identity
+            .iter()
+            .find(|column| column.name == key.as_str());
+        let new = change
+            .columns
+            .iter()
+            .find(|column| column.name == key.as_str());
         match (old, new) {
-            (Some(old), Some(new)) => old.value.map(|raw| raw.get()) != new.value.map(|raw| raw.get()),
+            (Some(old), Some(new)) => {
+                old.value.map(|raw| raw.get()) != new.value.map(|raw| raw.get())
+            }
             _ => false,
         }
     })
@@ -192,8 +200,12 @@ impl<W: Write> Run<'_, W> {
     async fn refresh(&mut self, index: usize) -> Result<(), TapError> {
         let choice = self.plans[index].choice.clone();
         let mut connection = Connection::connect(&self.config.connect_options()).await?;
-        let fresh = plan_streams(&mut connection, self.config, Some(std::slice::from_ref(&choice)))
-            .await;
+        let fresh = plan_streams(
+            &mut connection,
+            self.config,
+            Some(std::slice::from_ref(&choice)),
+        )
+        .await;
         connection.close().await;
         if let Some(plan) = fresh?.into_iter().next() {
             tracing::info!(stream = %plan.stream, "new columns in the changes: refreshed the stream's schema");
@@ -213,10 +225,13 @@ impl<W: Write> Run<'_, W> {
             return Ok(());
         };
         let unknown = change.action != Action::Delete
-            && change
-                .columns
-                .iter()
-                .any(|column| !self.plans[index].table.columns.iter().any(|known| known.name == column.name.as_ref()));
+            && change.columns.iter().any(|column| {
+                !self.plans[index]
+                    .table
+                    .columns
+                    .iter()
+                    .any(|known| known.name == column.name.as_ref())
+            });
         if unknown {
             self.refresh(index).await?;
             index = self.plan_index(change).unwrap_or(index);
@@ -236,21 +251,34 @@ impl<W: Write> Run<'_, W> {
             let keys: Vec<ColumnValue<'_>> = change
                 .identity
                 .iter()
-                .filter(|column| plan.key_properties.iter().any(|key| key == column.name.as_ref()) || change.action == Action::Delete)
+                .filter(|column| {
+                    plan.key_properties
+                        .iter()
+                        .any(|key| key == column.name.as_ref())
+                        || change.action == Action::Delete
+                })
                 .cloned()
                 .collect();
             write_columns(plan, &keys, &mut self.record)?;
             finish_record(&mut self.record, Some(&self.time_extracted), lsn);
-            self.out
-                .record(&plan.stream, &self.record, Some(version), &self.time_extracted)?;
+            self.out.record(
+                &plan.stream,
+                &self.record,
+                Some(version),
+                &self.time_extracted,
+            )?;
         }
         if change.action != Action::Delete {
             self.record.clear();
             self.record.push(b'{');
             write_columns(plan, &change.columns, &mut self.record)?;
             finish_record(&mut self.record, None, lsn);
-            self.out
-                .record(&plan.stream, &self.record, Some(version), &self.time_extracted)?;
+            self.out.record(
+                &plan.stream,
+                &self.record,
+                Some(version),
+                &self.time_extracted,
+            )?;
         }
         self.changes += 1;
         self.since_state += 1;
@@ -396,6 +424,7 @@ pub async fn sync<W: Write>(
                 ))
             }
             Some(ReplicationMessage::PrimaryKeepalive(keepalive)) => {
+                tracing::debug!(wal_end = %keepalive.wal_end, %committed, in_transaction, "keepalive");
                 if !in_transaction && keepalive.wal_end > committed {
                     // Everything before it was sent: nothing of ours is pending.
                     committed = keepalive.wal_end;
@@ -404,6 +433,7 @@ pub async fn sync<W: Write>(
             Some(ReplicationMessage::XLogData(xlog)) => {
                 let change = parse_v2(&xlog.data, xlog.wal_start)
                     .map_err(|error| TapError::Decode(error.to_string()))?;
+                tracing::debug!(action = ?change.action, at = %xlog.wal_start, "change");
                 match change.action {
                     Action::Begin => in_transaction = true,
                     Action::Commit => {

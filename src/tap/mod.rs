@@ -112,7 +112,9 @@ async fn source_identity(connection: &mut Connection, dbname: &str) -> Value {
 
 async fn current_wal_lsn(connection: &mut Connection) -> Result<Lsn, TapError> {
     connection
-        .query_one("SELECT pg_current_wal_lsn()::text")
+        // The insert position: with asynchronous commit a committed transaction may not be
+        // flushed (pg_current_wal_lsn) yet, and the run must still include it.
+        .query_one("SELECT pg_current_wal_insert_lsn()::text")
         .await?
         .and_then(|row| row.get(0).and_then(|text| text.parse().ok()))
         .ok_or_else(|| {
@@ -372,14 +374,17 @@ pub async fn run<W: Write>(
             break_at_end_lsn: config.break_at_end_lsn.unwrap_or(true),
             state_path: options.state.clone(),
         };
-        let streamed =
-            logical::sync(&config, streaming, &mut state, &settings, &mut out, shutdown).await?;
+        let streamed = logical::sync(
+            &config, streaming, &mut state, &settings, &mut out, shutdown,
+        )
+        .await?;
         metrics
             .changes
             .fetch_add(streamed.changes, std::sync::atomic::Ordering::Relaxed);
-        metrics
-            .confirmed_lsn
-            .store(streamed.confirmed.as_u64(), std::sync::atomic::Ordering::Relaxed);
+        metrics.confirmed_lsn.store(
+            streamed.confirmed.as_u64(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         summary.lsn = Some(streamed.lsn);
     }
     out.flush()?;
@@ -398,10 +403,19 @@ mod tests {
         let here = json!({"dbname": "shop", "system_identifier": "2"});
         let error = check_state_source(&state, &here, Lsn::MAX, "s.json").unwrap_err();
         assert!(error.to_string().contains("system"), "{error}");
-        assert!(check_state_source(&state, &json!({"dbname": "shop", "system_identifier": "1"}), Lsn::MAX, "s").is_ok());
+        assert!(check_state_source(
+            &state,
+            &json!({"dbname": "shop", "system_identifier": "1"}),
+            Lsn::MAX,
+            "s"
+        )
+        .is_ok());
 
         let old = TapState::parse(r#"{"bookmarks": {"public-t": {"lsn": 99999999999}}}"#).unwrap();
         let error = check_state_source(&old, &here, Lsn::from_u64(1000), "s.json").unwrap_err();
-        assert!(error.to_string().contains("ahead of this server's WAL"), "{error}");
+        assert!(
+            error.to_string().contains("ahead of this server's WAL"),
+            "{error}"
+        );
     }
 }

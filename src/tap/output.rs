@@ -216,11 +216,21 @@ mod tests {
     fn messages_have_the_old_key_order() {
         let mut writer = MessageWriter::new(Vec::new());
         writer
-            .record("public-t", br#"{"id":1}"#, Some(7), "2024-01-01T00:00:00.000000Z")
+            .record(
+                "public-t",
+                br#"{"id":1}"#,
+                Some(7),
+                "2024-01-01T00:00:00.000000Z",
+            )
             .unwrap();
         writer.activate_version("public-t", 7).unwrap();
         writer
-            .schema("public-t", &serde_json::json!({"type": "object"}), &["id".into()], &["lsn"])
+            .schema(
+                "public-t",
+                &serde_json::json!({"type": "object"}),
+                &["id".into()],
+                &["lsn"],
+            )
             .unwrap();
         writer.flush().unwrap();
         let text = String::from_utf8(writer.out.into_inner().unwrap()).unwrap();

@@ -119,7 +119,9 @@ impl TapState {
         if let Some(Value::Object(bookmarks)) = self.value.get_mut("bookmarks") {
             bookmarks.retain(|stream, bookmark| {
                 keep.contains(stream)
-                    || bookmark.get("last_replication_method").and_then(Value::as_str)
+                    || bookmark
+                        .get("last_replication_method")
+                        .and_then(Value::as_str)
                         != Some("LOG_BASED")
             });
         }
@@ -208,12 +210,16 @@ mod tests {
 
     #[test]
     fn text_lsns_state_lines_and_bad_input() {
-        let state = TapState::parse("{\"x\": 1}\n{\"bookmarks\": {\"s\": {\"lsn\": \"0/16B3748\"}}}").unwrap();
+        let state =
+            TapState::parse("{\"x\": 1}\n{\"bookmarks\": {\"s\": {\"lsn\": \"0/16B3748\"}}}")
+                .unwrap();
         assert_eq!(state.lsn("s").unwrap(), Some("0/16B3748".parse().unwrap()));
         let message = TapState::parse(r#"{"type": "STATE", "value": {"bookmarks": {}}}"#).unwrap();
         assert_eq!(message.value(), json!({"bookmarks": {}}));
         assert!(TapState::parse("[1]").is_err());
-        assert!(TapState::parse("{oops").unwrap_err().contains("not valid JSON"));
+        assert!(TapState::parse("{oops")
+            .unwrap_err()
+            .contains("not valid JSON"));
         assert!(TapState::parse(r#"{"bookmarks": {"s": {"lsn": "nope"}}}"#)
             .unwrap()
             .lsn("s")

@@ -122,7 +122,9 @@ impl StreamShape {
     }
 
     fn attribute<'a>(&'a self, property: &'a str) -> &'a str {
-        self.attributes.get(property).map_or(property, String::as_str)
+        self.attributes
+            .get(property)
+            .map_or(property, String::as_str)
     }
 }
 
@@ -175,7 +177,12 @@ fn numbers_as_strings(raw: &str, out: &mut Vec<u8>) {
         }
         if byte == b'-' || byte.is_ascii_digit() {
             let start = index;
-            while index < bytes.len() && !matches!(bytes[index], b',' | b']' | b'}' | b' ' | b'\n' | b'\t' | b'\r') {
+            while index < bytes.len()
+                && !matches!(
+                    bytes[index],
+                    b',' | b']' | b'}' | b' ' | b'\n' | b'\t' | b'\r'
+                )
+            {
                 index += 1;
             }
             out.push(b'"');
@@ -192,7 +199,10 @@ fn numbers_as_strings(raw: &str, out: &mut Vec<u8>) {
 }
 
 /// Turns a RECORD of `shape`'s stream into its effect; `Err` says what is wrong with it.
-pub fn record_effect(shape: &StreamShape, record: &RecordMessage<'_>) -> Result<RecordEffect, String> {
+pub fn record_effect(
+    shape: &StreamShape,
+    record: &RecordMessage<'_>,
+) -> Result<RecordEffect, String> {
     for (name, raw) in &record.record {
         let kind = kind_of(raw.get());
         if let Some(Some(types)) = shape.types.get(name.as_ref()) {
@@ -239,8 +249,7 @@ pub fn record_effect(shape: &StreamShape, record: &RecordMessage<'_>) -> Result<
             operation: Operation::Delete,
         });
     }
-    let key_is_own_column =
-        shape.key_properties.len() == 1 && shape.key_properties[0] == "_key";
+    let key_is_own_column = shape.key_properties.len() == 1 && shape.key_properties[0] == "_key";
     let mut document = Vec::with_capacity(256);
     document.push(b'{');
     if let Some(key) = &key {
@@ -320,7 +329,10 @@ mod tests {
             r#"{"_key":"1:x%3Ay","a":1,"b":"x:y","__rev":3,"small":0.07,"wide":"12345678901234567890.5"}"#
         );
         let two = effect(&shape, r#"{"type": "RECORD", "stream": "public-t", "record": {"a": 1, "b": "z", "_rev": 3, "small": 1, "wide": null}}"#).unwrap();
-        assert_ne!(one.key, two.key, "the old target used only the first column");
+        assert_ne!(
+            one.key, two.key,
+            "the old target used only the first column"
+        );
     }
 
     #[test]
@@ -328,11 +340,23 @@ mod tests {
         let shape = shape(SCHEMA);
         let deleted = effect(&shape, r#"{"type": "RECORD", "stream": "public-t", "record": {"a": 1, "b": "x", "_sdc_deleted_at": "2024-01-01T00:00:00.000000Z"}}"#).unwrap();
         assert_eq!(deleted.operation, Operation::Delete);
-        let partial = effect(&shape, r#"{"type": "RECORD", "stream": "public-t", "record": {"a": 1, "b": "x", "small": 2}}"#).unwrap();
+        let partial = effect(
+            &shape,
+            r#"{"type": "RECORD", "stream": "public-t", "record": {"a": 1, "b": "x", "small": 2}}"#,
+        )
+        .unwrap();
         assert!(matches!(partial.operation, Operation::Patch(_)));
-        let wrong = effect(&shape, r#"{"type": "RECORD", "stream": "public-t", "record": {"a": "one", "b": "x"}}"#).unwrap_err();
+        let wrong = effect(
+            &shape,
+            r#"{"type": "RECORD", "stream": "public-t", "record": {"a": "one", "b": "x"}}"#,
+        )
+        .unwrap_err();
         assert!(wrong.contains("\"a\" is string"), "{wrong}");
-        let keyless = effect(&shape, r#"{"type": "RECORD", "stream": "public-t", "record": {"a": 1}}"#).unwrap_err();
+        let keyless = effect(
+            &shape,
+            r#"{"type": "RECORD", "stream": "public-t", "record": {"a": 1}}"#,
+        )
+        .unwrap_err();
         assert!(keyless.contains("key property \"b\""), "{keyless}");
     }
 
@@ -340,7 +364,13 @@ mod tests {
     fn numbers_inside_arrays_become_strings() {
         let mut out = Vec::new();
         numbers_as_strings(r#"[[1.5, -2e3], null, "7"]"#, &mut out);
-        assert_eq!(String::from_utf8(out).unwrap(), r#"[["1.5", "-2e3"], null, "7"]"#);
-        assert_eq!(numeric_precision(&serde_json::json!({"maximum": 10000000000i64, "multipleOf": 0.01})), Some(12));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"[["1.5", "-2e3"], null, "7"]"#
+        );
+        assert_eq!(
+            numeric_precision(&serde_json::json!({"maximum": 10000000000i64, "multipleOf": 0.01})),
+            Some(12)
+        );
     }
 }

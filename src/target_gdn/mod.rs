@@ -219,11 +219,12 @@ impl<W: Write> Target<'_, W> {
                 detail: "a RECORD before the stream's SCHEMA".into(),
             });
         };
-        let effect = record_effect(&stream.shape, &record).map_err(|detail| TargetGdnError::Record {
-            line,
-            stream: record.stream.to_string(),
-            detail,
-        })?;
+        let effect =
+            record_effect(&stream.shape, &record).map_err(|detail| TargetGdnError::Record {
+                line,
+                stream: record.stream.to_string(),
+                detail,
+            })?;
         let collection = Arc::clone(&stream.collection);
         self.summary.records += 1;
         let patch_over_pending = matches!(effect.operation, Operation::Patch(_))
@@ -333,13 +334,13 @@ impl<W: Write> Target<'_, W> {
         }
         for (collection, keys) in deletes {
             for chunk in keys.chunks(rows) {
-                let body = serde_json::to_vec(
-                    &chunk.iter().map(DocumentKey::as_str).collect::<Vec<_>>(),
-                )
-                .map(Bytes::from)
-                .unwrap_or_default();
+                let body =
+                    serde_json::to_vec(&chunk.iter().map(DocumentKey::as_str).collect::<Vec<_>>())
+                        .map(Bytes::from)
+                        .unwrap_or_default();
                 let outcome = retrying(retries, || {
-                    self.client.delete_documents(&collection, body.clone(), wait)
+                    self.client
+                        .delete_documents(&collection, body.clone(), wait)
                 })
                 .await?;
                 if let Some(failure) = outcome
@@ -349,13 +350,18 @@ impl<W: Write> Target<'_, W> {
                 {
                     return Err(TargetGdnError::Refused {
                         operation: "delete",
-                        key: chunk.get(failure.index).map(|key| key.to_string()).unwrap_or_default(),
+                        key: chunk
+                            .get(failure.index)
+                            .map(|key| key.to_string())
+                            .unwrap_or_default(),
                         collection: collection.to_string(),
                         error_num: failure.error_num,
                         message: failure.message.clone(),
                     });
                 }
-                metrics.ingested_documents.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                metrics
+                    .ingested_documents
+                    .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
         }
         for (collection, table, documents) in patches {
