@@ -6,6 +6,7 @@
 
 pub mod check;
 pub mod config;
+pub mod console;
 pub mod decode;
 #[doc(hidden)]
 pub mod fuzz_targets;

@@ -46,6 +46,19 @@ enum Command {
     /// messages on stdin, STATE lines on stdout once the data before them is durable in GDN.
     #[command(name = "target-gdn")]
     TargetGdn(TargetGdnArgs),
+    /// Console interface of the old source: check the config by running discovery.
+    Validate(ConsoleArgs),
+    /// Console interface of the old source: each stream's attributes and their types.
+    Schemas(ConsoleArgs),
+    /// Console interface of the old source: each stream's first 10 rows.
+    Samples(ConsoleArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ConsoleArgs {
+    /// Source config: the old tap's keys (filter_schemas required).
+    #[arg(short, long)]
+    config: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -503,6 +516,42 @@ async fn target_gdn(args: TargetGdnArgs) -> ExitCode {
     }
 }
 
+/// Which console command runs.
+enum Console {
+    Validate,
+    Schemas,
+    Samples,
+}
+
+async fn console(args: ConsoleArgs, which: Console) -> ExitCode {
+    let result = match pgferry::tap::read_config(&args.config) {
+        Err(error) => Err(error),
+        Ok(config) => match which {
+            Console::Validate => pgferry::console::validate(&config)
+                .await
+                .map(|value| value.to_string()),
+            Console::Schemas => pgferry::console::schemas(&config)
+                .await
+                .map(|value| value.to_string()),
+            Console::Samples => pgferry::console::samples(&config).await,
+        },
+    };
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            if error.is_input() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+    }
+}
+
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGFERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -538,6 +587,9 @@ fn main() -> ExitCode {
             Command::Target(args) => target(args).await,
             Command::Tap(args) => tap(args).await,
             Command::TargetGdn(args) => target_gdn(args).await,
+            Command::Validate(args) => console(args, Console::Validate).await,
+            Command::Schemas(args) => console(args, Console::Schemas).await,
+            Command::Samples(args) => console(args, Console::Samples).await,
         }
     })
 }

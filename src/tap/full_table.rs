@@ -37,10 +37,26 @@ pub fn version_now() -> i64 {
         })
 }
 
-enum RowError {
+/// Why a row could not be written.
+pub(crate) enum RowError {
     Copy(CopyBinaryError),
     Value { column: String, detail: String },
     Output(std::io::Error),
+}
+
+impl RowError {
+    /// The tap's error for a row of `stream`.
+    pub(crate) fn into_tap_error(self, stream: &str) -> TapError {
+        match self {
+            RowError::Copy(error) => TapError::Decode(format!("reading {stream}: {error}")),
+            RowError::Value { column, detail } => TapError::Value {
+                stream: stream.to_owned(),
+                column,
+                detail,
+            },
+            RowError::Output(error) => TapError::Output(error),
+        }
+    }
 }
 
 impl From<CopyBinaryError> for RowError {
@@ -49,10 +65,12 @@ impl From<CopyBinaryError> for RowError {
     }
 }
 
-/// Appends `{"col": value, …}` for one row (fields in `columns` order).
-fn write_row<R: RowFields + ?Sized>(
+/// Appends `{"col": value, …}` for one row (fields in `columns` order), under `names` when
+/// given (the console's renamed attributes) instead of the column names.
+pub(crate) fn write_row<R: RowFields + ?Sized>(
     plan: &StreamPlan,
     row: &R,
+    names: Option<&[String]>,
     out: &mut Vec<u8>,
 ) -> Result<(), RowError> {
     out.push(b'{');
@@ -60,7 +78,10 @@ fn write_row<R: RowFields + ?Sized>(
         if index > 0 {
             out.push(b',');
         }
-        crate::decode::json_out::write_string(&column.name, out);
+        let name = names
+            .and_then(|names| names.get(index))
+            .unwrap_or(&column.name);
+        crate::decode::json_out::write_string(name, out);
         out.push(b':');
         match row.field(index) {
             None => out.extend_from_slice(b"null"),
@@ -146,7 +167,7 @@ pub async fn sync_stream<W: Write>(
             decoder
                 .decode_chunk_with(data, |row| {
                     record.clear();
-                    write_row(plan, row, &mut record)?;
+                    write_row(plan, row, None, &mut record)?;
                     out.record(stream, &record, Some(version), &time_extracted)
                         .map_err(RowError::Output)?;
                     rows += 1;
@@ -164,15 +185,7 @@ pub async fn sync_stream<W: Write>(
                     }
                     Ok(())
                 })
-                .map_err(|error| match error {
-                    RowError::Copy(error) => TapError::Decode(format!("reading {stream}: {error}")),
-                    RowError::Value { column, detail } => TapError::Value {
-                        stream: stream.to_owned(),
-                        column,
-                        detail,
-                    },
-                    RowError::Output(error) => TapError::Output(error),
-                })?;
+                .map_err(|error: RowError| error.into_tap_error(stream))?;
         }
         decoder
             .finish()
