@@ -475,3 +475,112 @@ fn config_value_without(cluster: &PgCluster, key: &str) -> Value {
     }
     value
 }
+
+#[test]
+fn streaming_without_an_end_confirms_what_the_saved_state_covers() {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+
+    let cluster = PgCluster::start_default();
+    cluster.require_wal2json();
+    cluster.psql(FIXTURE);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_json(
+        dir.path(),
+        "config.json",
+        &config(
+            &cluster,
+            json!({"replication_method": "LOG_BASED", "break_at_end_lsn": false}),
+        ),
+    );
+    let catalog = orders_catalog(dir.path(), &config);
+    let state_path = write_json(
+        dir.path(),
+        "state.json",
+        &last_state(&run_ok(&[&config, &catalog], &["-c", "--catalog"])),
+    );
+    let slot_confirmed = || -> u64 {
+        cluster
+            .psql("SELECT (confirmed_flush_lsn - '0/0')::text FROM pg_replication_slots WHERE slot_name = 'macrometa_postgres'")
+            .parse()
+            .expect("confirmed lsn")
+    };
+    let before = slot_confirmed();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgferry"))
+        .args(["tap", "-c"])
+        .arg(&config)
+        .arg("--catalog")
+        .arg(&catalog)
+        .arg("-s")
+        .arg(&state_path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the tap");
+    let (lines, received) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    cluster.psql("INSERT INTO public.orders (id, note) VALUES (20, 'streamed')");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen_record = false;
+    let state = loop {
+        let line = received
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a RECORD and then a STATE while streaming");
+        let message: Value = serde_json::from_str(&line).expect("JSON");
+        if message["type"] == "RECORD" && message["record"]["id"] == 20 {
+            seen_record = true;
+        }
+        if seen_record && message["type"] == "STATE" {
+            break message["value"].clone();
+        }
+    };
+    let lsn = state["bookmarks"]["public-orders"]["lsn"]
+        .as_u64()
+        .expect("lsn");
+    assert!(lsn > before);
+    assert_eq!(
+        slot_confirmed(),
+        before,
+        "not confirmed before the target's state says so"
+    );
+
+    // What an orchestrator does with the target's echo; the tap re-reads it every 10 s.
+    std::fs::write(&state_path, state.to_string()).expect("save the state");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while slot_confirmed() != lsn {
+        assert!(
+            Instant::now() < deadline,
+            "the slot was not confirmed to {lsn} (at {})",
+            slot_confirmed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("send SIGTERM");
+    assert!(status.success());
+    let output = child.wait_with_output().expect("the tap stops");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    reader.join().expect("reader");
+    let rest: Vec<String> = received.try_iter().collect();
+    let last: Value = serde_json::from_str(rest.last().expect("a final STATE")).expect("JSON");
+    assert_eq!(last["type"], "STATE");
+}

@@ -45,6 +45,9 @@ pub enum TapError {
     /// A change from the slot could not be decoded.
     #[error("replication stream: {0}")]
     Decode(String),
+    /// SIGINT/SIGTERM arrived during a copy.
+    #[error("interrupted during the copy of {0}\nHINT: run again with the last STATE: the copy starts over with the same version")]
+    Interrupted(String),
     /// Writing to stdout failed (the target stopped reading).
     #[error("writing Singer messages to stdout: {0}\nHINT: the program reading the tap's output stopped; see its error")]
     Output(#[from] std::io::Error),

@@ -21,7 +21,9 @@
 //!
 //! The `lsn` bookmark is the end of the last transaction whose changes were all emitted (the
 //! old tap wrote the position of a change, so a resume could repeat part of a transaction); it
-//! is emitted in a STATE after every 10,000 changes (at a transaction boundary) and at the end.
+//! is emitted in a STATE after every 10,000 changes (at a transaction boundary) and at the end,
+//! and, when streaming without an end (`break_at_end_lsn: false`), after a second without
+//! changes if it moved, so the target can confirm progress on a quiet database.
 //!
 //! # What is confirmed to PostgreSQL
 //!
@@ -55,6 +57,8 @@ use crate::tap::TapError;
 pub const STATE_EVERY_CHANGES: u64 = 10_000;
 /// How often the state file is re-read for the position the target made durable.
 const STATE_POLL: Duration = Duration::from_secs(10);
+/// Streaming without an end: a quiet spell this long sends a STATE if the bookmark moved.
+const IDLE_STATE: Duration = Duration::from_secs(1);
 
 /// What streaming needs besides the streams.
 #[derive(Debug, Clone)]
@@ -372,6 +376,9 @@ pub async fn sync<W: Write>(
     let mut messages = 0u64;
     let mut messages_at_tick = 0u64;
     let mut probed = false;
+    let mut idle = tokio::time::interval(IDLE_STATE);
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut messages_at_idle = 0u64;
     loop {
         if settings.break_at_end_lsn && !in_transaction && committed >= settings.end_lsn {
             tracing::info!(lsn = %committed, end = %settings.end_lsn, "caught up with the WAL position read at start");
@@ -403,6 +410,17 @@ pub async fn sync<W: Write>(
                 }
                 continue;
             }
+            _ = idle.tick(), if !settings.break_at_end_lsn => {
+                // Without an end, the target hears of progress when the stream goes quiet.
+                if messages == messages_at_idle && !in_transaction && committed > emitted {
+                    run.bookmark(committed);
+                    emitted = committed;
+                    run.out.state(&run.state.value())?;
+                    run.since_state = 0;
+                }
+                messages_at_idle = messages;
+                continue;
+            }
             _ = idle_probe.tick(), if settings.break_at_end_lsn => {
                 if messages != messages_at_tick {
                     probed = false;
@@ -424,7 +442,7 @@ pub async fn sync<W: Write>(
                 ))
             }
             Some(ReplicationMessage::PrimaryKeepalive(keepalive)) => {
-                tracing::debug!(wal_end = %keepalive.wal_end, %committed, in_transaction, "keepalive");
+                tracing::trace!(wal_end = %keepalive.wal_end, %committed, in_transaction, "keepalive");
                 if !in_transaction && keepalive.wal_end > committed {
                     // Everything before it was sent: nothing of ours is pending.
                     committed = keepalive.wal_end;
@@ -433,7 +451,7 @@ pub async fn sync<W: Write>(
             Some(ReplicationMessage::XLogData(xlog)) => {
                 let change = parse_v2(&xlog.data, xlog.wal_start)
                     .map_err(|error| TapError::Decode(error.to_string()))?;
-                tracing::debug!(action = ?change.action, at = %xlog.wal_start, "change");
+                tracing::trace!(action = ?change.action, at = %xlog.wal_start, "change");
                 match change.action {
                     Action::Begin => in_transaction = true,
                     Action::Commit => {

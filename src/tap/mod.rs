@@ -254,7 +254,7 @@ pub async fn run<W: Write>(
     options: &TapOptions,
     out: W,
     metrics: &Metrics,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<TapSummary, TapError> {
     let config = read_config(&options.config)?;
     let mut out = MessageWriter::new(out);
@@ -349,7 +349,18 @@ pub async fn run<W: Write>(
             _ => (&primary, None),
         };
         out.schema(&plan.stream, &plan.schema, &plan.key_properties, &[])?;
-        let rows = full_table::sync_stream(options, under, plan, &mut state, &mut out).await?;
+        let copy = full_table::sync_stream(options, under, plan, &mut state, &mut out);
+        let rows = tokio::select! {
+            rows = copy => rows?,
+            _ = async {
+                while shutdown.changed().await.is_ok() {
+                    if *shutdown.borrow() {
+                        return;
+                    }
+                }
+                std::future::pending::<()>().await;
+            } => return Err(TapError::Interrupted(plan.stream.clone())),
+        };
         metrics
             .rows_read
             .fetch_add(rows, std::sync::atomic::Ordering::Relaxed);

@@ -83,10 +83,10 @@ pub enum TargetGdnError {
     },
     /// GDN failed.
     #[error("GDN: {0}")]
-    Gdn(#[from] GdnError),
+    Gdn(Box<GdnError>),
     /// The writer failed.
     #[error(transparent)]
-    Write(#[from] WriteError),
+    Write(Box<WriteError>),
     /// GDN refused a document.
     #[error("GDN refused to {operation} the document with _key {key:?} in collection {collection:?} (errorNum {error_num}: {message})\nHINT: nothing after the last STATE echoed was confirmed")]
     Refused {
@@ -104,6 +104,18 @@ pub enum TargetGdnError {
     /// Writing STATE to stdout failed.
     #[error("writing STATE to stdout: {0}")]
     Output(#[from] std::io::Error),
+}
+
+impl From<GdnError> for TargetGdnError {
+    fn from(error: GdnError) -> TargetGdnError {
+        TargetGdnError::Gdn(Box::new(error))
+    }
+}
+
+impl From<WriteError> for TargetGdnError {
+    fn from(error: WriteError) -> TargetGdnError {
+        TargetGdnError::Write(Box::new(error))
+    }
 }
 
 impl TargetGdnError {
@@ -145,6 +157,13 @@ impl Collection {
     fn len(&self) -> usize {
         self.keyed.len() + self.inserts.len()
     }
+}
+
+/// Partial updates of one collection, flushed together.
+struct PatchBatch {
+    collection: Arc<str>,
+    table: Arc<str>,
+    documents: Vec<(DocumentKey, Vec<u8>)>,
 }
 
 struct Stream {
@@ -271,7 +290,7 @@ impl<W: Write> Target<'_, W> {
         let wait = self.config.gdn.wait_for_sync;
         let metrics = self.writer.metrics();
         let mut handles = Vec::new();
-        let mut patches: Vec<(Arc<str>, Arc<str>, Vec<(DocumentKey, Vec<u8>)>)> = Vec::new();
+        let mut patches: Vec<PatchBatch> = Vec::new();
         let mut deletes: Vec<(Arc<str>, Vec<DocumentKey>)> = Vec::new();
         for collection in self.collections.values_mut() {
             if collection.len() == 0 {
@@ -322,11 +341,11 @@ impl<W: Write> Target<'_, W> {
                 collection.inserts.clear();
             }
             if !collection_patches.is_empty() {
-                patches.push((
-                    Arc::clone(&collection.name),
-                    Arc::clone(&collection.table),
-                    collection_patches,
-                ));
+                patches.push(PatchBatch {
+                    collection: Arc::clone(&collection.name),
+                    table: Arc::clone(&collection.table),
+                    documents: collection_patches,
+                });
             }
             if !collection_deletes.is_empty() {
                 deletes.push((Arc::clone(&collection.name), collection_deletes));
@@ -364,7 +383,12 @@ impl<W: Write> Target<'_, W> {
                     .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        for (collection, table, documents) in patches {
+        for PatchBatch {
+            collection,
+            table,
+            documents,
+        } in patches
+        {
             for chunk in documents.chunks(rows) {
                 let mut body = Vec::with_capacity(chunk.len() * 128);
                 body.push(b'[');
