@@ -567,6 +567,28 @@ fn streaming_without_an_end_confirms_what_the_saved_state_covers() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // A column added while streaming: a new SCHEMA, then records with it.
+    cluster.psql(
+        "ALTER TABLE public.orders ADD COLUMN extra2 text;
+         INSERT INTO public.orders (id, extra2) VALUES (21, 'new column');",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut schema_with_column = false;
+    loop {
+        let line = received
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a SCHEMA and the RECORD of the new column");
+        let message: Value = serde_json::from_str(&line).expect("JSON");
+        if message["type"] == "SCHEMA" {
+            schema_with_column = message["schema"]["properties"].get("extra2").is_some();
+        }
+        if message["type"] == "RECORD" && message["record"]["id"] == 21 {
+            assert!(schema_with_column, "the SCHEMA with extra2 comes first");
+            assert_eq!(message["record"]["extra2"], "new column");
+            break;
+        }
+    }
+
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -583,4 +605,56 @@ fn streaming_without_an_end_confirms_what_the_saved_state_covers() {
     let rest: Vec<String> = received.try_iter().collect();
     let last: Value = serde_json::from_str(rest.last().expect("a final STATE")).expect("JSON");
     assert_eq!(last["type"], "STATE");
+}
+
+#[test]
+fn tap_id_names_the_slot_and_the_schema_is_refreshed_at_start() {
+    let cluster = PgCluster::start_default();
+    cluster.require_wal2json();
+    cluster.psql(FIXTURE);
+    cluster.psql(
+        "SELECT * FROM pg_create_logical_replication_slot('macrometa_postgres_t1', 'wal2json')",
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_json(
+        dir.path(),
+        "config.json",
+        &config(
+            &cluster,
+            json!({"replication_method": "LOG_BASED", "tap_id": "t1", "wal_sender_timeout": 60000}),
+        ),
+    );
+    let catalog = orders_catalog(dir.path(), &config);
+    let state = write_json(
+        dir.path(),
+        "state.json",
+        &last_state(&run_ok(&[&config, &catalog], &["-c", "--catalog"])),
+    );
+    assert_eq!(
+        cluster.psql("SELECT string_agg(slot_name, ',') FROM pg_replication_slots"),
+        "macrometa_postgres_t1",
+        "the slot of the tap_id is found; no other is made"
+    );
+    cluster.psql(
+        "ALTER TABLE public.orders ADD COLUMN extra int;
+         INSERT INTO public.orders (id, extra) VALUES (11, 5);",
+    );
+    let messages = run_ok(&[&config, &catalog, &state], &["-c", "--catalog", "-s"]);
+    let kinds: Vec<&str> = messages
+        .iter()
+        .map(|m| m["type"].as_str().unwrap_or_default())
+        .collect();
+    // The schema is refreshed from the database at start, as the old tap did.
+    assert_eq!(kinds, ["SCHEMA", "RECORD", "STATE"], "{messages:?}");
+    assert_eq!(
+        messages[0]["schema"]["properties"]["extra"]["type"],
+        json!(["null", "integer"])
+    );
+    assert_eq!(
+        messages[0]["schema"]["properties"]["_sdc_deleted_at"]["format"],
+        "date-time"
+    );
+    assert_eq!(messages[0]["bookmark_properties"], json!(["lsn"]));
+    assert_eq!(messages[1]["record"]["extra"], 5);
+    assert_eq!(messages[1]["record"]["id"], 11);
 }

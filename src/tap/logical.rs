@@ -190,6 +190,8 @@ struct Run<'a, W: Write> {
     record: Vec<u8>,
     changes: u64,
     since_state: u64,
+    /// `stream.column` names a refresh did not find (dropped since): not refreshed again.
+    unknown: std::collections::HashSet<String>,
 }
 
 impl<W: Write> Run<'_, W> {
@@ -366,6 +368,7 @@ pub async fn sync<W: Write>(
         record: Vec::with_capacity(1024),
         changes: 0,
         since_state: 0,
+        unknown: std::collections::HashSet::new(),
     };
     let mut committed = start;
     let mut emitted = start;
