@@ -230,17 +230,30 @@ impl<W: Write> Run<'_, W> {
         let Some(mut index) = self.plan_index(change) else {
             return Ok(());
         };
-        let unknown = change.action != Action::Delete
-            && change.columns.iter().any(|column| {
-                !self.plans[index]
-                    .table
-                    .columns
-                    .iter()
-                    .any(|known| known.name == column.name.as_ref())
-            });
-        if unknown {
+        let plan = &self.plans[index];
+        let unknown: Vec<String> = if change.action == Action::Delete {
+            Vec::new()
+        } else {
+            change
+                .columns
+                .iter()
+                .filter(|column| {
+                    !plan
+                        .table
+                        .columns
+                        .iter()
+                        .any(|known| known.name == column.name.as_ref())
+                })
+                .map(|column| format!("{}.{}", plan.stream, column.name))
+                .filter(|name| !self.unknown.contains(name))
+                .collect()
+        };
+        if !unknown.is_empty() {
             self.refresh(index).await?;
             index = self.plan_index(change).unwrap_or(index);
+            // A column the database no longer has (dropped since the change) is skipped from
+            // now on instead of refreshing again for every change.
+            self.unknown.extend(unknown);
         }
         let plan = &self.plans[index];
         let Some(version) = self.state.version(&plan.stream) else {
