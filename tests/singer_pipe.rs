@@ -301,3 +301,77 @@ async fn target_gdn_refuses_bad_input_with_its_line() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("api_key"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_gdn_serves_the_old_metrics_while_it_runs() {
+    use std::io::BufRead;
+
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write(
+        dir.path(),
+        "target.json",
+        &json!({"gdn_url": server.url(), "api_key": KEY, "batch_flush_interval": 1, "batch_flush_min_time_gap": 0}),
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgferry"))
+        .args([
+            "target-gdn",
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+            "-c",
+        ])
+        .arg(&config)
+        .env("GDN_FABRIC", "_system")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start target-gdn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    writeln!(stdin, r#"{{"type": "SCHEMA", "stream": "public-m", "schema": {{"properties": {{"id": {{"type": ["integer"]}}}}}}, "key_properties": ["id"]}}"#).expect("write");
+    for id in 1..=3 {
+        writeln!(
+            stdin,
+            r#"{{"type": "RECORD", "stream": "public-m", "record": {{"id": {id}}}}}"#
+        )
+        .expect("write");
+    }
+    writeln!(stdin, r#"{{"type": "STATE", "value": {{"n": 1}}}}"#).expect("write");
+    stdin.flush().expect("flush");
+    // The flush timer writes the records while stdin stays open, then the STATE comes out.
+    let stdout = child.stdout.take().expect("stdout");
+    let first = in_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    })
+    .await;
+    assert_eq!(first, r#"{"n": 1}"#);
+    let metrics = Http::h1(&format!("http://127.0.0.1:{port}"))
+        .raw(hyper::Method::GET, "/metrics", Vec::new())
+        .await;
+    let text = String::from_utf8_lossy(&metrics.raw).into_owned();
+    assert!(
+        text.contains(
+            r#"ingested_documents{region="NA",tenant="NA",fabric="_system",workflow="NA"} 3"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains("ingest_errors{"), "{text}");
+    drop(stdin);
+    let output = in_blocking(move || child.wait_with_output())
+        .await
+        .expect("exit");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
