@@ -25,6 +25,10 @@ INSERT INTO public.items
 INSERT INTO public.items (id) VALUES (0);
 CREATE TABLE public.lines (order_id int, line text, qty int, PRIMARY KEY (order_id, line));
 INSERT INTO public.lines VALUES (1, 'a', 1), (1, 'b', 2), (2, 'a', 3), (1, 'a:b', 4), (3, 'x y/z', 5);
+CREATE TABLE public.tagged (code text NOT NULL, v int);
+CREATE UNIQUE INDEX tagged_code ON public.tagged (code);
+ALTER TABLE public.tagged REPLICA IDENTITY USING INDEX tagged_code;
+INSERT INTO public.tagged VALUES ('one', 1), ('two', 2), ('three', 3);
 "#;
 
 fn write(dir: &Path, name: &str, value: &Value) -> PathBuf {
@@ -86,7 +90,7 @@ fn run(port: u16, url: &str) {
         .as_object_mut()
         .expect("object")
         .remove("filter_schemas");
-    config["tables"] = json!(["public.items", "public.lines"]);
+    config["tables"] = json!(["public.items", "public.lines", "public.tagged"]);
     let config = match config {
         Value::Object(map) => pgferry::config::PipelineConfig::from_object(&map).expect("pipeline"),
         _ => unreachable!("an object"),
@@ -194,7 +198,9 @@ async fn tap_into_target_gdn_equals_pgferry_run() {
          DELETE FROM public.items WHERE id BETWEEN 100 AND 199;
          UPDATE public.lines SET line = 'c' WHERE order_id = 2 AND line = 'a';
          DELETE FROM public.lines WHERE order_id = 3;
-         INSERT INTO public.lines VALUES (4, 'd', 9);",
+         INSERT INTO public.lines VALUES (4, 'd', 9);
+         DELETE FROM public.tagged WHERE code = 'two';
+         UPDATE public.tagged SET v = 30 WHERE code = 'three';",
     );
     let second = {
         let (tap_config, target, state) = (tap_config.clone(), target.clone(), state_path.clone());
@@ -229,6 +235,13 @@ async fn tap_into_target_gdn_equals_pgferry_run() {
     }
     assert_eq!(assert_same(&url, "items").await, 1402);
     assert_eq!(assert_same(&url, "lines").await, 5);
+    http.call(
+        hyper::Method::DELETE,
+        &gdnlite_support::api("document/run_tagged/two"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(assert_same(&url, "tagged").await, 2);
 }
 
 fn target_gdn(config: &Path, input: &str) -> (i32, String, String) {

@@ -292,10 +292,12 @@ pub async fn plan_streams(
             tracing::warn!(stream = %choice.tap_stream_id, "there are no columns selected for the stream, skipping it");
             continue;
         }
+        // The primary key, as the old tap; a table keyed only by its replica identity index
+        // gets that index (the old tap sent none, so targets could not apply its deletes).
         let key_properties = if described_table.is_view {
             choice.view_key_properties.clone()
         } else {
-            entry["metadata"][0]["metadata"]["table-key-properties"]
+            let primary: Vec<String> = entry["metadata"][0]["metadata"]["table-key-properties"]
                 .as_array()
                 .map(|keys| {
                     keys.iter()
@@ -303,7 +305,12 @@ pub async fn plan_streams(
                         .map(str::to_owned)
                         .collect()
                 })
-                .unwrap_or_default()
+                .unwrap_or_default();
+            if primary.is_empty() {
+                table.key_columns.clone()
+            } else {
+                primary
+            }
         };
         plans.push(StreamPlan {
             stream: choice.tap_stream_id.clone(),
