@@ -457,6 +457,25 @@ fn bad_input_fails_clearly_before_any_message() {
     assert_eq!((code, stdout.as_str()), (2, ""), "{stderr}");
     assert!(stderr.contains("not possible for a view"), "{stderr}");
 
+    // A slot of the default name made with another plugin.
+    cluster.psql(
+        "SELECT * FROM pg_create_logical_replication_slot('macrometa_postgres', 'test_decoding')",
+    );
+    let log_based = write_json(
+        dir.path(),
+        "log-based.json",
+        &self::config(
+            &cluster,
+            json!({"replication_method": "LOG_BASED", "filter_table": "orders"}),
+        ),
+    );
+    let (code, stdout, stderr) = failing(&[&log_based], &["-c"]);
+    assert_eq!((code, stdout.as_str()), (2, ""), "{stderr}");
+    assert!(
+        stderr.contains("not wal2json") && stderr.contains("pg_drop_replication_slot"),
+        "{stderr}"
+    );
+
     let broken = dir.path().join("broken.json");
     std::fs::write(&broken, "{\"streams\": [").unwrap();
     let (code, stdout, stderr) = failing(&[&config, &broken], &["-c", "--catalog"]);

@@ -231,6 +231,13 @@ async fn locate_slot(
             ))
             .await?;
         if let Some(row) = row {
+            if row.get(1) != Some(config.connection.dbname.as_str()) {
+                return Err(TapError::Unsupported(format!(
+                    "replication slot {slot:?} belongs to database {:?}, not {:?}\nHINT: slots are per database; set \"replication_slot\" (or \"tap_id\") to a slot of this database",
+                    row.get(1).unwrap_or_default(),
+                    config.connection.dbname
+                )));
+            }
             if row.get(0) != Some("wal2json") {
                 return Err(TapError::Unsupported(format!(
                     "replication slot {slot:?} uses the output plugin {:?}, not wal2json\nHINT: set \"replication_slot\" to another name, or drop it: SELECT pg_drop_replication_slot({});",
@@ -287,7 +294,9 @@ pub async fn run<W: Write>(
         .filter(|plan| plan.method == ReplicationMethod::LogBased)
         .map(|plan| plan.stream.clone())
         .collect();
-    state.drop_log_based_except(&logical);
+    if !logical.is_empty() {
+        state.drop_log_based_except(&logical);
+    }
     state.set_source(identity);
 
     let mut slot = None;
