@@ -677,3 +677,48 @@ fn tap_id_names_the_slot_and_the_schema_is_refreshed_at_start() {
     assert_eq!(messages[1]["record"]["extra"], 5);
     assert_eq!(messages[1]["record"]["id"], 11);
 }
+
+#[test]
+fn a_state_every_1000_rows_carries_the_rows_xmin() {
+    let cluster = PgCluster::start_default();
+    cluster.psql("CREATE TABLE public.many (id int PRIMARY KEY); INSERT INTO public.many SELECT generate_series(1, 2500);");
+    let xmin: i64 = cluster
+        .psql("SELECT DISTINCT xmin::text FROM public.many")
+        .parse()
+        .expect("one xmin");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_json(
+        dir.path(),
+        "config.json",
+        &config(&cluster, json!({"filter_table": "many"})),
+    );
+    let messages = run_ok(&[&config], &["-c"]);
+    let states: Vec<(usize, &Value)> = messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m["type"] == "STATE")
+        .collect();
+    assert_eq!(
+        states.len(),
+        4,
+        "version, after 1,000 and 2,000 rows, and the end"
+    );
+    // SCHEMA, STATE, ACTIVATE_VERSION, then 1,000 records before the second STATE.
+    assert_eq!(states[1].0, 3 + 1000);
+    assert_eq!(states[2].0, 3 + 2000 + 1);
+    for (_, state) in &states[1..3] {
+        assert_eq!(
+            state["value"]["bookmarks"]["public-many"]["xmin"],
+            json!(xmin)
+        );
+        assert_eq!(state["value"]["currently_syncing"], "public-many");
+    }
+    assert_eq!(
+        states[3].1["value"]["bookmarks"]["public-many"]["xmin"],
+        Value::Null
+    );
+    assert_eq!(
+        messages.iter().filter(|m| m["type"] == "RECORD").count(),
+        2500
+    );
+}

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 use serde_json::Value;
 
 use crate::decode::copy_binary::{CopyBinaryDecoder, CopyBinaryError, RowFields};
-use crate::decode::value::{decode, TypeCodec};
+use crate::decode::value::decode;
 use crate::pg::query::{quote_identifier, quote_literal};
 use crate::pg::{ConnectOptions, Connection};
 use crate::tap::catalog::StreamPlan;
@@ -159,6 +159,7 @@ pub async fn sync_stream<W: Write>(
     );
     let width = select.len();
     let mut rows = 0u64;
+    let mut last_xmin: Option<i64> = None;
     let mut record = Vec::with_capacity(1024);
     {
         let mut copy = connection.copy_out(&sql).await?;
@@ -172,15 +173,20 @@ pub async fn sync_stream<W: Write>(
                         .map_err(RowError::Output)?;
                     rows += 1;
                     if !is_view {
-                        let xmin = row
+                        // `xmin::text::bigint` in binary: 8 bytes, big-endian.
+                        last_xmin = row
                             .get(width - 1)
-                            .and_then(|raw| decode(&TypeCodec::Int8, raw).ok())
-                            .map_or(Value::Null, |value| {
-                                serde_json::from_str(&value.to_json_string()).unwrap_or(Value::Null)
-                            });
-                        state.set_bookmark(stream, "xmin", xmin);
+                            .and_then(|raw| <[u8; 8]>::try_from(raw).ok())
+                            .map(i64::from_be_bytes);
                     }
                     if rows % STATE_EVERY_ROWS == 0 {
+                        if !is_view {
+                            state.set_bookmark(
+                                stream,
+                                "xmin",
+                                last_xmin.map_or(Value::Null, Value::from),
+                            );
+                        }
                         out.state(&state.value()).map_err(RowError::Output)?;
                     }
                     Ok(())

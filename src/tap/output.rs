@@ -144,14 +144,19 @@ impl<W: Write> MessageWriter<W> {
         version: Option<i64>,
         time_extracted: &str,
     ) -> std::io::Result<()> {
+        // The hot path: strings written straight into the line, no JSON values built.
         self.start("RECORD");
-        self.field("stream", &Value::from(stream));
+        self.compact.extend_from_slice(b",\"stream\":");
+        crate::decode::json_out::write_string(stream, &mut self.compact);
         self.compact.extend_from_slice(b",\"record\":");
         self.compact.extend_from_slice(record);
         if let Some(version) = version {
-            self.field("version", &Value::from(version));
+            self.compact.extend_from_slice(b",\"version\":");
+            self.compact
+                .extend_from_slice(itoa::Buffer::new().format(version).as_bytes());
         }
-        self.field("time_extracted", &Value::from(time_extracted));
+        self.compact.extend_from_slice(b",\"time_extracted\":");
+        crate::decode::json_out::write_string(time_extracted, &mut self.compact);
         self.compact.push(b'}');
         self.records += 1;
         self.emit()
