@@ -417,6 +417,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn use_secondary_reads_full_tables_from_the_replica() {
+        let parse = |value: Value| {
+            PgSourceConfig::from_object(value.as_object().expect("object")).expect("config")
+        };
+        let config = parse(
+            json!({"host": "primary", "port": 5432, "user": "u", "dbname": "d",
+            "use_secondary": true, "secondary_host": "replica", "secondary_port": "5433"}),
+        );
+        let options = full_table_options(&config).expect("options");
+        assert_eq!((options.host.as_str(), options.port), ("replica", 5433));
+        assert_eq!(
+            config.connect_options().host,
+            "primary",
+            "streaming stays on the primary"
+        );
+        let missing =
+            parse(json!({"host": "p", "user": "u", "dbname": "d", "use_secondary": "true"}));
+        assert!(full_table_options(&missing)
+            .unwrap_err()
+            .to_string()
+            .contains("secondary_host"));
+        let off = parse(json!({"host": "p", "user": "u", "dbname": "d", "secondary_host": "r"}));
+        assert_eq!(full_table_options(&off).expect("options").host, "p");
+    }
+
+    #[test]
     fn a_state_from_another_database_is_refused() {
         let mut state = TapState::default();
         state.set_source(json!({"dbname": "shop", "system_identifier": "1"}));
