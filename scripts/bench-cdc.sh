@@ -4,7 +4,10 @@
 #   1. pg_recvlogical (wal2json, to /dev/null)      — the ceiling: the server's decoding alone
 #   2. pgferry run --once --destination null          — decode, convert, coalesce; nothing sent
 #   3. pgferry run --once into gdnlite (waitForSync)  — the whole path, durable
-# reporting changes/s and peak RSS; then
+#   3b. pgferry run --once --destination null with pgoutput (protocol 2, text) — the same changes
+#       through PostgreSQL's own plugin (goal: >= 1.5x the wal2json decode rate)
+# reporting changes/s and peak RSS. Every client connects over TCP to 127.0.0.1 (the same
+# transport; a Unix socket is markedly cheaper per message on this VM); then
 #   4. a steady 10,000 changes/s load (pgbench -R) streamed by a continuous pgferry into gdnlite,
 #      reporting commit-to-GDN latency p50/p99 from its `pgferry_ingest_lag_seconds` histogram
 #      (bucket upper bounds, as Prometheus' histogram_quantile would report at a bucket edge).
@@ -45,10 +48,21 @@ pipeline() { # name destination-json
 JSON
 }
 pipeline null '{"type": "null"}'
+cat >"$WORK/pgout.json" <<JSON
+{
+  "source": {"host": "127.0.0.1", "port": $PG_PORT, "user": "postgres", "password": "x", "dbname": "postgres",
+             "sslmode": "disable", "replication_method": "LOG_BASED", "replication_slot": "bench_pgout",
+             "plugin": "pgoutput", "publication": "bench_pub"},
+  "destination": {"type": "null"},
+  "tables": ["public.events"],
+  "state_file": "$WORK/pgout.state.json"
+}
+JSON
 pipeline gdn "{\"gdn_url\": \"$GDN_URL\", \"api_key\": {\"env\": \"GDN_API_KEY\"}}"
 
 log "creating the slots (pgferry's with their snapshot copies of the empty table)"
 "$PGFERRY" run -c "$WORK/null.json" --once --destination null >/dev/null
+"$PGFERRY" run -c "$WORK/pgout.json" --once --destination null >/dev/null
 GDN_API_KEY=bench "$PGFERRY" run -c "$WORK/gdn.json" --once >/dev/null
 cluster_psql -d postgres -c "SELECT pg_create_logical_replication_slot('bench_recv', 'wal2json')" >/dev/null
 
@@ -77,7 +91,7 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { print b - a }'; }
 
 log "1/3 pg_recvlogical to /dev/null"
 start=$(seconds)
-"$BIN/pg_recvlogical" -h "$PG_DIR" -p "$PG_PORT" -U postgres -d postgres -S bench_recv --start --endpos "$END_LSN" \
+"$BIN/pg_recvlogical" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -S bench_recv --start --endpos "$END_LSN" \
     -o format-version=2 -o include-transaction=true -o include-lsn=true -o add-tables=public.events -f /dev/null
 RECV_S=$(elapsed "$start" "$(seconds)")
 
@@ -92,6 +106,9 @@ run() { # name [flags]
 log "2/3 pgferry --destination null"
 run null --destination null
 NULL_S=$RUN_S; NULL_RSS=$RUN_RSS
+log "pgferry --destination null through pgoutput"
+run pgout --destination null
+PGOUT_S=$RUN_S; PGOUT_RSS=$RUN_RSS
 log "3/3 pgferry into gdnlite"
 run gdn
 GDN_S=$RUN_S; GDN_RSS=$RUN_RSS
@@ -104,8 +121,10 @@ echo "changes: $CHANGES (rows now: $EXPECTED), cores: $(nproc)"
 printf '%-36s %12s %10s %10s\n' "path" "changes/s" "seconds" "peak RSS"
 printf '%-36s %12.0f %10.2f %10s\n' "pg_recvlogical -> /dev/null" "$(awk -v c=$CHANGES -v s=$RECV_S 'BEGIN{print c/s}')" "$RECV_S" "-"
 printf '%-36s %12.0f %10.2f %10s\n' "pgferry -> null" "$(awk -v c=$CHANGES -v s=$NULL_S 'BEGIN{print c/s}')" "$NULL_S" "$NULL_RSS MB"
+printf '%-36s %12.0f %10.2f %10s\n' "pgferry (pgoutput) -> null" "$(awk -v c=$CHANGES -v s=$PGOUT_S 'BEGIN{print c/s}')" "$PGOUT_S" "$PGOUT_RSS MB"
 printf '%-36s %12.0f %10.2f %10s\n' "pgferry -> gdnlite (waitForSync)" "$(awk -v c=$CHANGES -v s=$GDN_S 'BEGIN{print c/s}')" "$GDN_S" "$GDN_RSS MB"
 awk -v r="$RECV_S" -v n="$NULL_S" 'BEGIN { printf "pgferry -> null / pg_recvlogical changes/s ratio: %.2f (goal >= 1.0)\n", r / n }'
+awk -v w="$NULL_S" -v p="$PGOUT_S" 'BEGIN { printf "pgoutput / wal2json changes/s ratio (both to null): %.2f (goal >= 1.5)\n", w / p }'
 
 log "4/4 latency under a steady 10,000 changes/s (100 transactions/s x 100 rows, 20 s)"
 METRICS_PORT="$(free_port)"

@@ -54,7 +54,8 @@ mbps() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.1f", b / s / 1e6 }'; }
 
 log "1/3 psql \\copy to /dev/null"
 start=$(seconds)
-cluster_psql -d postgres -c "\\copy (SELECT * FROM public.bench) TO '/dev/null'" >/dev/null
+# Over TCP like pgferry: the same transport for both.
+psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c "\\copy (SELECT * FROM public.bench) TO '/dev/null'" >/dev/null
 end=$(seconds)
 PSQL_S=$(awk -v a="$start" -v b="$end" 'BEGIN { print b - a }')
 

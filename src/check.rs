@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::config::OutputPlugin;
 use crate::config::{PgSourceConfig, ReplicationMethod};
 use crate::pg::query::quote_literal;
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
@@ -249,7 +250,7 @@ pub async fn run(config: &PgSourceConfig) -> Report {
                 "max_replication_slots",
                 "max_wal_senders",
                 "replication_privilege",
-                "wal2json",
+                config.plugin.name(),
                 "replication_slot",
             ] {
                 checker.skip(name, "no connection");
@@ -409,9 +410,12 @@ async fn run_on(
     }
 
     if !wal_level_ok || !privileged || max_slots == 0 || max_senders == 0 {
-        checker.skip("wal2json", "the checks above must pass first");
+        checker.skip(config.plugin.name(), "the checks above must pass first");
     } else {
-        check_wal2json(checker, config, version_num).await;
+        check_plugin(checker, config, version_num).await;
+    }
+    if config.plugin == OutputPlugin::PgOutput {
+        check_publication(checker, connection, config).await?;
     }
 
     match existing.first() {
@@ -419,8 +423,9 @@ async fn run_on(
             let name = slot.get(0).unwrap_or_default();
             let plugin = slot.get(1).unwrap_or_default();
             let database = slot.get(3).unwrap_or_default();
-            if slot.get(2) != Some("logical") || plugin != "wal2json" {
-                checker.fail("replication_slot", true, format!("slot {name:?} exists but uses plugin {plugin:?}; pgferry reads wal2json"), format!("drop and recreate it (this loses its position):\nSELECT pg_drop_replication_slot({});\nSELECT * FROM pg_create_logical_replication_slot({}, 'wal2json');", quote_literal(name), quote_literal(name)));
+            let wanted = config.plugin.name();
+            if slot.get(2) != Some("logical") || plugin != wanted {
+                checker.fail("replication_slot", true, format!("slot {name:?} exists but uses plugin {plugin:?}; the config reads {wanted}"), format!("set \"plugin\": {plugin:?} in the source config, or drop and recreate the slot (this loses its position):\nSELECT pg_drop_replication_slot({});\nSELECT * FROM pg_create_logical_replication_slot({}, '{wanted}');", quote_literal(name), quote_literal(name)));
             } else if database != config.connection.dbname {
                 checker.fail("replication_slot", true, format!("slot {name:?} belongs to database {database:?}, not {:?}", config.connection.dbname), "set \"replication_slot\" to a slot of this database, or create one: SELECT * FROM pg_create_logical_replication_slot('<name>', 'wal2json'); in that database");
             } else {
@@ -432,7 +437,7 @@ async fn run_on(
                 checker.pass(
                     "replication_slot",
                     format!(
-                        "slot {name:?} exists with plugin wal2json, confirmed up to {}{active}",
+                        "slot {name:?} exists with plugin {wanted}, confirmed up to {}{active}",
                         slot.get(5).unwrap_or("?")
                     ),
                 );
@@ -440,41 +445,111 @@ async fn run_on(
         }
         None => {
             let name = &candidates[0];
-            checker.pass("replication_slot", format!("slot {name:?} does not exist yet; `pgferry run` creates it with a consistent snapshot (to create it yourself: SELECT * FROM pg_create_logical_replication_slot({}, 'wal2json');)", quote_literal(name)));
+            checker.pass("replication_slot", format!("slot {name:?} does not exist yet; `pgferry run` creates it with a consistent snapshot (to create it yourself: SELECT * FROM pg_create_logical_replication_slot({}, '{}');)", quote_literal(name), config.plugin.name()));
         }
     }
     Ok(())
 }
 
-/// Proves wal2json loads and replication connections are allowed: a temporary slot is created
-/// over a replication connection and dropped at once.
-async fn check_wal2json(checker: &mut Checker, config: &PgSourceConfig, version_num: u32) {
+/// pgoutput reads a publication: it must publish every selected table (or not exist yet, and
+/// `pgferry run` creates it), and updates/deletes need a key or replica identity.
+async fn check_publication(
+    checker: &mut Checker,
+    connection: &mut Connection,
+    config: &PgSourceConfig,
+) -> Result<(), PgError> {
+    let publication = &config.publication;
+    let mut filter = String::from("c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'");
+    if !config.filter_schemas.is_empty() {
+        let list: Vec<String> = config
+            .filter_schemas
+            .iter()
+            .map(|schema| quote_literal(schema))
+            .collect();
+        filter.push_str(&format!(" AND n.nspname IN ({})", list.join(", ")));
+    }
+    if let Some(table) = &config.filter_table {
+        filter.push_str(&format!(" AND c.relname = {}", quote_literal(table)));
+    }
+    let exists = connection
+        .query_one(&format!(
+            "SELECT 1 FROM pg_publication WHERE pubname = {}",
+            quote_literal(publication)
+        ))
+        .await?
+        .is_some();
+    let missing = connection
+        .query(&format!(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE {filter} AND NOT EXISTS (SELECT 1 FROM pg_publication_tables p WHERE p.pubname = {} AND p.schemaname = n.nspname AND p.tablename = c.relname) \
+             ORDER BY 1",
+            quote_literal(publication)
+        ))
+        .await?;
+    let missing: Vec<String> = missing
+        .iter()
+        .filter_map(|row| row.get(0).map(str::to_owned))
+        .collect();
+    let quoted = crate::pg::query::quote_identifier(publication);
+    if !exists {
+        checker.pass(
+            "publication",
+            format!("publication {publication:?} does not exist yet; `pgferry run` creates it for the selected tables (the tables' owner must run pgferry, or create it: CREATE PUBLICATION {quoted} FOR TABLE {};)", if missing.is_empty() { "<tables>".to_owned() } else { missing.join(", ") }),
+        );
+    } else if missing.is_empty() {
+        checker.pass(
+            "publication",
+            format!("publication {publication:?} publishes every selected table"),
+        );
+    } else {
+        checker.fail(
+            "publication",
+            true,
+            format!(
+                "publication {publication:?} does not publish {}",
+                missing.join(", ")
+            ),
+            format!(
+                "ALTER PUBLICATION {quoted} ADD TABLE {};",
+                missing.join(", ")
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Proves the output plugin loads and replication connections are allowed: a temporary slot
+/// is created over a replication connection and dropped at once.
+async fn check_plugin(checker: &mut Checker, config: &PgSourceConfig, version_num: u32) {
+    let plugin = config.plugin.name();
     let options = config.connect_options();
     let mut client = match ReplicationClient::connect(&options).await {
         Ok(client) => client,
         Err(error) => {
-            checker.fail("wal2json", true, format!("a replication connection was refused: {}", first_line(&error.to_string())), "allow it in pg_hba.conf for this database and user (logical replication matches the database name, not the keyword \"replication\"), then SELECT pg_reload_conf();");
+            checker.fail(plugin, true, format!("a replication connection was refused: {}", first_line(&error.to_string())), "allow it in pg_hba.conf for this database and user (logical replication matches the database name, not the keyword \"replication\"), then SELECT pg_reload_conf();");
             return;
         }
     };
     let slot = format!("pgferry_check_{}", std::process::id());
     let temporary = version_num >= 100_000;
     match client
-        .create_logical_slot(&slot, "wal2json", SlotSnapshot::Nothing, temporary)
+        .create_logical_slot(&slot, plugin, SlotSnapshot::Nothing, temporary)
         .await
     {
         Ok(_) => {
             let dropped = client.drop_slot(&slot, false).await;
             match dropped {
                 Ok(()) => checker.pass(
-                    "wal2json",
-                    "the wal2json output plugin loads (a test slot was created and dropped)",
+                    plugin,
+                    format!(
+                        "the {plugin} output plugin loads (a test slot was created and dropped)"
+                    ),
                 ),
                 Err(error) => checker.fail(
-                    "wal2json",
+                    plugin,
                     true,
                     format!(
-                        "wal2json loads, but the test slot {slot:?} could not be dropped: {}",
+                        "{plugin} loads, but the test slot {slot:?} could not be dropped: {}",
                         first_line(&error.to_string())
                     ),
                     format!("drop it by hand: SELECT pg_drop_replication_slot('{slot}');"),
@@ -490,10 +565,10 @@ async fn check_wal2json(checker: &mut Checker, config: &PgSourceConfig, version_
             checker.fail("wal2json", true, "the wal2json output plugin is not installed on the server", format!("install it on the database server: Debian/Ubuntu: apt-get install postgresql-{major}-wal2json; RHEL/Fedora: dnf install wal2json_{}; or build it from source (no restart needed)", major.replace('.', "")));
         }
         Err(error) => checker.fail(
-            "wal2json",
+            plugin,
             true,
             format!(
-                "a test slot with wal2json could not be created: {}",
+                "a test slot with {plugin} could not be created: {}",
                 first_line(&error.to_string())
             ),
             "see the error above and the server log",

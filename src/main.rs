@@ -24,7 +24,8 @@ struct Cli {
 enum Command {
     /// Check every prerequisite of a PostgreSQL source and print what to fix.
     Check(CheckArgs),
-    /// Run a pipeline: copy the selected PostgreSQL tables into GDN collections (FULL_TABLE).
+    /// Run a pipeline: PostgreSQL tables into GDN collections (FULL_TABLE or LOG_BASED), or GDN
+    /// collections into PostgreSQL tables (source type gdn, destination type postgres).
     Run(RunArgs),
     /// Print the Singer catalog of a PostgreSQL source, as the old source's --discover did.
     Discover(DiscoverArgs),
@@ -173,7 +174,8 @@ struct RunArgs {
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
     /// LOG_BASED: stop once caught up with the WAL position at start (a batch run, like the old
-    /// source's break_at_end_lsn); without it pgferry streams until SIGINT/SIGTERM.
+    /// source's break_at_end_lsn); GDN sources: stop after the scan and the stream backlog present
+    /// at start. Without it pgferry streams until SIGINT/SIGTERM.
     #[arg(long)]
     once: bool,
 }
@@ -291,7 +293,7 @@ async fn discover(args: DiscoverArgs) -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> ExitCode {
-    let mut config = match pgferry::config::PipelineConfig::from_file(&args.config) {
+    let mut pipeline = match pgferry::config::Pipeline::from_file(&args.config) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error}");
@@ -303,10 +305,20 @@ async fn run(args: RunArgs) -> ExitCode {
             eprintln!("error: --parallelism must be at least 1");
             return ExitCode::from(EXIT_CONFIG);
         }
-        config.parallelism = workers;
+        if let pgferry::config::Pipeline::PgToGdn(config) = &mut pipeline {
+            config.parallelism = workers;
+        }
     }
     if args.destination.is_some() {
-        config.destination = pgferry::config::DestinationConfig::Null;
+        match &mut pipeline {
+            pgferry::config::Pipeline::PgToGdn(config) => {
+                config.destination = pgferry::config::DestinationConfig::Null;
+            }
+            pgferry::config::Pipeline::GdnToPg(_) => {
+                eprintln!("error: --destination null applies to PostgreSQL sources; this pipeline reads GDN\nHINT: drop --destination null");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
     }
     let metrics = std::sync::Arc::new(pgferry::metrics::Metrics::new(
         pgferry::metrics::Labels::from_env(),
@@ -347,7 +359,7 @@ async fn run(args: RunArgs) -> ExitCode {
         shutdown,
         once: args.once,
     };
-    match pgferry::pipeline::run_with(&config, metrics, control).await {
+    match pgferry::pipeline::run_pipeline(&pipeline, metrics, control).await {
         Ok(summary) => {
             print!("{}", summary.to_text());
             ExitCode::SUCCESS

@@ -102,8 +102,9 @@ pub struct Metrics {
 }
 
 /// Upper bounds (seconds) of the `pgferry_ingest_lag_seconds` buckets.
-pub const LAG_BUCKETS: [f64; 14] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+pub const LAG_BUCKETS: [f64; 18] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0,
 ];
 
 /// A Prometheus histogram of latencies, lock-free: one counter per bucket.

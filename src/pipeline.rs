@@ -3,14 +3,17 @@
 //! FULL_TABLE: discovery, collection creation, one consistent parallel copy of every selected
 //! table, and a summary. LOG_BASED (`log_based.rs`): the same copy under the replication slot's
 //! exported snapshot, then change data capture from the slot, resumable from the state file.
+//! GDN → PostgreSQL (`gdn_to_pg.rs`): each collection scanned, then followed through its
+//! change stream. [`run_pipeline`] picks by the pipeline's source and destination types.
 
+pub mod gdn_to_pg;
 mod log_based;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{
-    DestinationConfig, PgSourceConfig, PipelineConfig, ReplicationMethod, TableSelection,
+    DestinationConfig, PgSourceConfig, Pipeline, PipelineConfig, ReplicationMethod, TableSelection,
 };
 use crate::gdn::client::{retrying, GdnClient, GdnError};
 use crate::gdn::document::{DocumentError, DocumentPlan};
@@ -60,6 +63,45 @@ pub enum RunError {
     /// The state file failed.
     #[error(transparent)]
     State(#[from] StateError),
+    /// A GDN → PostgreSQL pipeline failed.
+    #[error(transparent)]
+    GdnToPg(Box<gdn_to_pg::GdnToPgError>),
+}
+
+/// What any pipeline run did.
+#[derive(Debug, Clone)]
+pub enum PipelineSummary {
+    /// PostgreSQL → GDN (or null).
+    PgToGdn(RunSummary),
+    /// GDN → PostgreSQL.
+    GdnToPg(gdn_to_pg::GdnRunSummary),
+}
+
+impl PipelineSummary {
+    /// Lines for people.
+    pub fn to_text(&self) -> String {
+        match self {
+            PipelineSummary::PgToGdn(summary) => summary.to_text(),
+            PipelineSummary::GdnToPg(summary) => summary.to_text(),
+        }
+    }
+}
+
+/// Runs any pipeline, counting into `metrics`: the source and destination types choose how.
+pub async fn run_pipeline(
+    pipeline: &Pipeline,
+    metrics: Arc<Metrics>,
+    control: RunControl,
+) -> Result<PipelineSummary, RunError> {
+    match pipeline {
+        Pipeline::PgToGdn(config) => run_with(config, metrics, control)
+            .await
+            .map(PipelineSummary::PgToGdn),
+        Pipeline::GdnToPg(config) => gdn_to_pg::run(config, metrics, control)
+            .await
+            .map(PipelineSummary::GdnToPg)
+            .map_err(|error| RunError::GdnToPg(Box::new(error))),
+    }
 }
 
 /// What a run did.
@@ -206,6 +248,7 @@ pub struct RunControl {
     /// Becomes `true` on SIGINT/SIGTERM: flush, confirm, stop cleanly.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// LOG_BASED: stop once caught up with the WAL position read at start (a batch run).
+    /// GDN sources: stop after the scan and the stream backlog present at start.
     pub once: bool,
 }
 

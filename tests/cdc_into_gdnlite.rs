@@ -76,9 +76,51 @@ async fn assert_same_as_a_fresh_copy(
     }
 }
 
+/// Which plugin and format the slot speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Wal2JsonV2,
+    Wal2JsonV1,
+    /// pgoutput protocol 1 (no streaming of in-progress transactions), text values.
+    PgOutputV1,
+    /// pgoutput protocol 2 with streaming, and a server that streams after 64 kB; binary values.
+    PgOutputStreaming,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scripted_workload_streams_to_exactly_what_a_fresh_copy_gives() {
-    let cluster = PgCluster::start_default();
+    scripted_workload(Output::Wal2JsonV2).await;
+}
+
+/// The same workload in wal2json's format-version 1 (the old connector's, sent in chunks),
+/// except TRUNCATE, which wal2json never reports in that format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format_version_1_streams_the_same_workload() {
+    scripted_workload(Output::Wal2JsonV1).await;
+}
+
+/// The same workload through pgoutput, protocol 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgoutput_protocol_1_streams_the_same_workload() {
+    scripted_workload(Output::PgOutputV1).await;
+}
+
+/// The same workload through pgoutput protocol 2 with binary values, the 20,000-row
+/// transaction streamed while in progress (logical_decoding_work_mem = 64kB) and applied at
+/// its commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgoutput_protocol_2_streaming_gives_the_same_result() {
+    scripted_workload(Output::PgOutputStreaming).await;
+}
+
+async fn scripted_workload(output: Output) {
+    let cluster = if output == Output::PgOutputStreaming {
+        PgCluster::builder()
+            .setting("logical_decoding_work_mem", "64kB")
+            .start()
+    } else {
+        PgCluster::start_default()
+    };
     cluster.require_wal2json();
     cluster.psql(
         r#"CREATE TYPE mood AS ENUM ('sad', 'happy');
@@ -101,12 +143,26 @@ async fn a_scripted_workload_streams_to_exactly_what_a_fresh_copy_gives() {
     );
     let server = Server::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = pipeline(
+    let mut config = pipeline(
         &cluster,
         &server.url(),
         dir.path(),
         json!({"tables": ["public.items", "public.pairs"]}),
     );
+    match output {
+        Output::Wal2JsonV2 => {}
+        Output::Wal2JsonV1 => config.source.wal2json_format = pgferry::config::Wal2JsonFormat::V1,
+        Output::PgOutputV1 | Output::PgOutputStreaming => {
+            config.source.plugin = pgferry::config::OutputPlugin::PgOutput;
+            config.source.pgoutput_streaming = output == Output::PgOutputStreaming;
+            // Protocol 1 reads text values, protocol 2 binary ones: both decoders are covered.
+            config.source.pgoutput_binary = output == Output::PgOutputStreaming;
+        }
+    }
+    let plugin = match output {
+        Output::Wal2JsonV1 | Output::Wal2JsonV2 => "wal2json",
+        Output::PgOutputV1 | Output::PgOutputStreaming => "pgoutput",
+    };
 
     // First run: slot, snapshot copy, nothing to stream yet.
     let first = pgferry::pipeline::run(&config).await.expect("first run");
@@ -114,11 +170,16 @@ async fn a_scripted_workload_streams_to_exactly_what_a_fresh_copy_gives() {
     assert_eq!(
         cluster
             .psql("SELECT plugin FROM pg_replication_slots WHERE slot_name = 'macrometa_postgres'"),
-        "wal2json"
+        plugin
     );
 
+    let truncate = if output == Output::Wal2JsonV1 {
+        "DELETE FROM public.pairs;"
+    } else {
+        "TRUNCATE public.pairs;"
+    };
     cluster.psql(
-        r#"INSERT INTO public.items (id, name, big, amount, tags, doc, at, day)
+        &r#"INSERT INTO public.items (id, name, big, amount, tags, doc, at, day)
              VALUES (1000, 'new', repeat('y', 5000), 99.99, '{}', '[1, {"a": null}]', '0044-03-15 12:00:00+00 BC', '0044-03-15 BC');
            UPDATE public.items SET name = 'renamed ' || id WHERE id <= 20;          -- big is TOASTed and unchanged
            UPDATE public.items SET big = 'small now' WHERE id = 21;
@@ -131,7 +192,8 @@ async fn a_scripted_workload_streams_to_exactly_what_a_fresh_copy_gives() {
            TRUNCATE public.pairs;
            INSERT INTO public.pairs VALUES (1, 'after truncate', 'n');
            INSERT INTO public.items (id, name, amount) SELECT g, 'bulk', g FROM generate_series(10001, 30000) g;
-           UPDATE public.items SET amount = amount + 1 WHERE id BETWEEN 10001 AND 10100;"#,
+           UPDATE public.items SET amount = amount + 1 WHERE id BETWEEN 10001 AND 10100;"#
+            .replace("TRUNCATE public.pairs;", truncate),
     );
 
     let second = pgferry::pipeline::run(&config)

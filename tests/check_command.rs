@@ -167,3 +167,37 @@ fn a_bad_config_exits_2_naming_the_key() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("missing.json"), "names the file: {stderr}");
 }
+
+#[test]
+fn pgoutput_checks_the_publication_and_prints_the_alter_publication_fix() {
+    let cluster = PgCluster::start_default();
+    cluster.psql(
+        "CREATE TABLE public.a (id int PRIMARY KEY); CREATE TABLE public.b (id int PRIMARY KEY);",
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = source_config(&cluster, "postgres");
+    config["plugin"] = serde_json::json!("pgoutput");
+    config["publication"] = serde_json::json!("shop pub");
+    config["filter_schemas"] = serde_json::json!("public");
+    let path = write_config(dir.path(), config);
+
+    // No publication yet: `pgferry run` will create it.
+    let output = pgferry_check(&path, &[]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("the pgoutput output plugin loads"), "{text}");
+    assert!(text.contains("does not exist yet"), "{text}");
+
+    // A publication that misses a table fails with the exact fix.
+    cluster.psql("CREATE PUBLICATION \"shop pub\" FOR TABLE public.a;");
+    let output = pgferry_check(&path, &[]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("ALTER PUBLICATION \"shop pub\" ADD TABLE public.b;"),
+        "{text}"
+    );
+    cluster.psql("ALTER PUBLICATION \"shop pub\" ADD TABLE public.b;");
+    let output = pgferry_check(&path, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+}

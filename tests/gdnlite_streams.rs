@@ -354,3 +354,63 @@ async fn a_new_consumer_takes_the_subscription_over() {
     assert!(ended.is_ok(), "the replaced consumer is closed");
     close(second).await;
 }
+
+/// `msgBacklog` of a subscription in the stream's stats (`result` is stringified JSON).
+async fn backlog(http: &Http, stream: &str, subscription: &str) -> Option<u64> {
+    let answer = http
+        .call(
+            Method::GET,
+            &api(&format!("streams/c8locals.{stream}/stats")),
+            Value::Null,
+        )
+        .await;
+    answer.assert_ok(200);
+    let stats: Value =
+        serde_json::from_str(answer.json["result"].as_str().expect("stringified stats"))
+            .expect("stats are JSON");
+    stats["subscriptions"][subscription]["msgBacklog"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_stats_count_what_a_subscription_has_not_acknowledged() {
+    let server = Server::start().await;
+    let http = Http::h1(&server.url());
+    http.call(
+        Method::POST,
+        &api("collection"),
+        json!({"name": "st", "stream": true}),
+    )
+    .await
+    .assert_ok(200);
+    let docs: Vec<Value> = (1..=3).map(|i| json!({"_key": format!("k{i}")})).collect();
+    http.call(
+        Method::POST,
+        &api("document/st?waitForSync=true"),
+        Value::Array(docs),
+    )
+    .await
+    .assert_ok(201);
+    assert_eq!(backlog(&http, "st", "s").await, None, "not attached yet");
+    let mut ws = consume(&server.url(), "st", "s", &auth())
+        .await
+        .expect("consumer");
+    assert_eq!(
+        backlog(&http, "st", "s").await,
+        Some(3),
+        "listed from the handshake on"
+    );
+    let first = next_message(&mut ws).await;
+    let _second = next_message(&mut ws).await;
+    let third = next_message(&mut ws).await;
+    ack(&mut ws, &first.id).await;
+    ack(&mut ws, &third.id).await;
+    close(ws).await;
+    assert_eq!(backlog(&http, "st", "s").await, Some(1));
+    http.call(
+        Method::GET,
+        &api("streams/c8locals.nope/stats"),
+        Value::Null,
+    )
+    .await
+    .assert_error(404, 1203);
+}

@@ -68,6 +68,7 @@ as_pg_user() {
 }
 
 # Starts a throwaway cluster: sets PG_DIR, PG_PORT. Stop it with stop_cluster.
+# Extra postgresql.conf lines may come in PG_EXTRA_CONF.
 start_cluster() {
     local bindir="/usr/lib/postgresql/${PG_MAJOR}/bin"
     PG_DIR="$(mktemp -d /tmp/pgferry-pg.XXXXXX)"
@@ -81,6 +82,7 @@ unix_socket_directories = '$PG_DIR'
 wal_level = logical
 max_replication_slots = 10
 max_wal_senders = 10
+${PG_EXTRA_CONF:-}
 CONF
     as_pg_user "$bindir/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 start >/dev/null \
         || { cat "$PG_DIR/server.log" >&2; die "PostgreSQL did not start"; }

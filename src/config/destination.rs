@@ -84,7 +84,8 @@ pub enum DestinationConfig {
     Null,
 }
 
-fn positive(
+/// A whole number of at least 1 (`default` when absent).
+pub(crate) fn positive(
     object: &serde_json::Map<String, Value>,
     key: &'static str,
     default: u64,
@@ -113,53 +114,62 @@ fn base_url_from_host(host: &str) -> String {
     }
 }
 
+/// The GDN base URL (`gdn_url`, or `gdn_host` as the old connectors built it) and credentials
+/// (`api_key`, or `email` + `password`): the keys every GDN config shares, source or destination.
+pub(crate) fn endpoint(
+    object: &serde_json::Map<String, Value>,
+) -> Result<(String, GdnAuth), ConfigError> {
+    let base_url = match (string(object, "gdn_url")?, string(object, "gdn_host")?) {
+        (Some(url), _) => {
+            let url = url.trim().trim_end_matches('/').to_owned();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid {
+                    key: "gdn_url".into(),
+                    detail: format!(
+                        "{url:?} must start with http:// or https://, e.g. \"http://127.0.0.1:8529\""
+                    ),
+                });
+            }
+            url
+        }
+        (None, Some(host)) if !host.trim().is_empty() => base_url_from_host(&host),
+        _ => {
+            return Err(ConfigError::Missing {
+                key: "gdn_host",
+                hint: "the GDN host, e.g. \"gdn.paas.macrometa.io\" (or \"gdn_url\": \"http://127.0.0.1:8529\" for gdnlite)",
+            })
+        }
+    };
+    let auth = match (
+        secret(object, "api_key")?,
+        string(object, "email")?,
+        secret(object, "password")?,
+    ) {
+        (Some(key), _, _) if !key.is_empty() => GdnAuth::ApiKey(key),
+        (_, Some(email), Some(password)) => GdnAuth::Login { email, password },
+        (_, Some(_), None) => {
+            return Err(ConfigError::Missing {
+                key: "password",
+                hint: "the password for \"email\" (or use \"api_key\")",
+            })
+        }
+        _ => {
+            return Err(ConfigError::Missing {
+                key: "api_key",
+                hint: "a GDN API key, e.g. \"api_key\": {\"env\": \"GDN_API_KEY\"}",
+            })
+        }
+    };
+    Ok((base_url, auth))
+}
+
 impl GdnDestinationConfig {
     /// Reads and validates a GDN destination object.
     pub fn from_object(
         object: &serde_json::Map<String, Value>,
     ) -> Result<GdnDestinationConfig, ConfigError> {
         reject_unknown_keys(object, GDN_KEYS)?;
-        let base_url = match (string(object, "gdn_url")?, string(object, "gdn_host")?) {
-            (Some(url), _) => {
-                let url = url.trim().trim_end_matches('/').to_owned();
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(ConfigError::Invalid {
-                        key: "gdn_url".into(),
-                        detail: format!(
-                            "{url:?} must start with http:// or https://, e.g. \"http://127.0.0.1:8529\""
-                        ),
-                    });
-                }
-                url
-            }
-            (None, Some(host)) if !host.trim().is_empty() => base_url_from_host(&host),
-            _ => {
-                return Err(ConfigError::Missing {
-                    key: "gdn_host",
-                    hint: "the GDN host, e.g. \"gdn.paas.macrometa.io\" (or \"gdn_url\": \"http://127.0.0.1:8529\" for gdnlite)",
-                })
-            }
-        };
-        let auth = match (
-            secret(object, "api_key")?,
-            string(object, "email")?,
-            secret(object, "password")?,
-        ) {
-            (Some(key), _, _) if !key.is_empty() => GdnAuth::ApiKey(key),
-            (_, Some(email), Some(password)) => GdnAuth::Login { email, password },
-            (_, Some(_), None) => {
-                return Err(ConfigError::Missing {
-                    key: "password",
-                    hint: "the password for \"email\" (or use \"api_key\")",
-                })
-            }
-            _ => {
-                return Err(ConfigError::Missing {
-                    key: "api_key",
-                    hint: "a GDN API key, e.g. \"api_key\": {\"env\": \"GDN_API_KEY\"}",
-                })
-            }
-        };
+        let (base_url, auth) = endpoint(object)?;
         let collection_name =
             string(object, "collection_name")?.unwrap_or_else(|| "{table}".into());
         if !collection_name.contains("{table}") {

@@ -9,6 +9,8 @@
 mod connection;
 mod destination;
 mod error;
+mod gdn_source;
+mod pg_destination;
 mod pipeline;
 mod source;
 mod value;
@@ -16,9 +18,13 @@ mod value;
 pub use connection::{PgConnectionConfig, CONNECTION_KEYS};
 pub use destination::{DestinationConfig, GdnAuth, GdnDestinationConfig};
 pub use error::ConfigError;
+pub use gdn_source::{GdnSourceConfig, DEFAULT_SUBSCRIPTION_NAME};
+pub use pg_destination::PgDestinationConfig;
 pub use pipeline::{parse_table_name, PipelineConfig, TableSelection};
-pub use source::{PgSourceConfig, ReplicationMethod};
+pub use source::{OutputPlugin, PgSourceConfig, ReplicationMethod, Wal2JsonFormat};
 pub use value::{boolean, did_you_mean, reject_unknown_keys, string, unsigned};
+
+pub use pipeline::{GdnToPgConfig, Pipeline};
 
 use std::path::Path;
 

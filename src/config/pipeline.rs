@@ -6,6 +6,8 @@ use serde_json::Value;
 
 use crate::config::destination::DestinationConfig;
 use crate::config::error::ConfigError;
+use crate::config::gdn_source::GdnSourceConfig;
+use crate::config::pg_destination::PgDestinationConfig;
 use crate::config::source::PgSourceConfig;
 use crate::config::value::{reject_unknown_keys, string, unsigned};
 use crate::pg::catalog::NumericMode;
@@ -188,12 +190,111 @@ impl PipelineConfig {
         let root = crate::config::read_json_object(path)?;
         let mut config = PipelineConfig::from_object(&root)?;
         if config.state_file.is_none() {
-            let mut name = path.file_stem().unwrap_or_default().to_os_string();
-            name.push(".state.json");
-            config.state_file = Some(path.with_file_name(name));
+            config.state_file = Some(default_state_file(path));
         }
         Ok(config)
     }
+}
+
+/// Top-level keys of a GDN → PostgreSQL pipeline file.
+const GDN_TO_PG_KEYS: &[&str] = &["source", "destination", "state_file"];
+
+/// A GDN → PostgreSQL pipeline: collections scanned, then followed through their change streams.
+#[derive(Debug, Clone)]
+pub struct GdnToPgConfig {
+    /// The collections and how to read them.
+    pub source: GdnSourceConfig,
+    /// The database and how to load it.
+    pub destination: PgDestinationConfig,
+    /// Where "scan done" per collection is kept; `None` = next to the config file.
+    pub state_file: Option<PathBuf>,
+}
+
+/// Any pipeline `pgferry run` can run, chosen by the `type` of its source and destination.
+#[derive(Debug, Clone)]
+pub enum Pipeline {
+    /// PostgreSQL → GDN (or the null destination): snapshot, then optionally LOG_BASED changes.
+    PgToGdn(Box<PipelineConfig>),
+    /// GDN → PostgreSQL: collection scan, then the change stream.
+    GdnToPg(Box<GdnToPgConfig>),
+}
+
+/// The `type` of a pipeline's `source` or `destination` object (`default` when absent).
+fn kind(value: Option<&Value>, default: &'static str) -> Result<String, ConfigError> {
+    match value {
+        Some(Value::Object(map)) => Ok(string(map, "type")?.unwrap_or_else(|| default.to_owned())),
+        _ => Ok(default.to_owned()),
+    }
+}
+
+impl Pipeline {
+    /// Reads a pipeline object: `source.type` is `postgres` (default) or `gdn`,
+    /// `destination.type` is `gdn` (default), `null` or `postgres`.
+    pub fn from_object(root: &serde_json::Map<String, Value>) -> Result<Pipeline, ConfigError> {
+        let source = kind(root.get("source"), "postgres")?;
+        let destination = kind(root.get("destination"), "gdn")?;
+        match (source.as_str(), destination.as_str()) {
+            ("postgres", "gdn" | "null") => {
+                PipelineConfig::from_object(root).map(|config| Pipeline::PgToGdn(Box::new(config)))
+            }
+            ("gdn", "postgres") => {
+                reject_unknown_keys(root, GDN_TO_PG_KEYS)?;
+                let source = GdnSourceConfig::from_object(object(
+                    root.get("source"),
+                    "source",
+                    "the GDN source's settings (gdn_host, fabric, api_key, source_collection, …)",
+                )?)?;
+                let destination = PgDestinationConfig::from_object(
+                    object(
+                        root.get("destination"),
+                        "destination",
+                        "the PostgreSQL database to load (host, port, user, password, dbname, …)",
+                    )?,
+                    source.collections.len(),
+                )?;
+                Ok(Pipeline::GdnToPg(Box::new(GdnToPgConfig {
+                    source,
+                    destination,
+                    state_file: string(root, "state_file")?.map(PathBuf::from),
+                })))
+            }
+            ("postgres" | "gdn", "postgres" | "gdn" | "null") => Err(ConfigError::Invalid {
+                key: "destination.type".into(),
+                detail: format!(
+                    "a {source} → {destination} pipeline is not supported; pgferry runs postgres → gdn (or null) and gdn → postgres\nHINT: set \"type\" of the source and the destination to one of those pairs"
+                ),
+            }),
+            ("postgres" | "gdn", other) => Err(ConfigError::Invalid {
+                key: "destination.type".into(),
+                detail: format!("unknown destination type {other:?}; expected \"gdn\", \"null\" or \"postgres\""),
+            }),
+            (other, _) => Err(ConfigError::Invalid {
+                key: "source.type".into(),
+                detail: format!("unknown source type {other:?}; expected \"postgres\" or \"gdn\""),
+            }),
+        }
+    }
+
+    /// Reads a pipeline file; the state file defaults to `<config>.state.json` beside it.
+    pub fn from_file(path: &Path) -> Result<Pipeline, ConfigError> {
+        let root = crate::config::read_json_object(path)?;
+        let mut pipeline = Pipeline::from_object(&root)?;
+        let state_file = match &mut pipeline {
+            Pipeline::PgToGdn(config) => &mut config.state_file,
+            Pipeline::GdnToPg(config) => &mut config.state_file,
+        };
+        if state_file.is_none() {
+            *state_file = Some(default_state_file(path));
+        }
+        Ok(pipeline)
+    }
+}
+
+/// `<config stem>.state.json` beside the config file.
+fn default_state_file(path: &Path) -> PathBuf {
+    let mut name = path.file_stem().unwrap_or_default().to_os_string();
+    name.push(".state.json");
+    path.with_file_name(name)
 }
 
 #[cfg(test)]
@@ -266,5 +367,57 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(error.contains("tables[0]"), "{error}");
+    }
+
+    fn pipeline(value: Value) -> Result<Pipeline, ConfigError> {
+        Pipeline::from_object(value.as_object().unwrap())
+    }
+
+    #[test]
+    fn source_and_destination_types_choose_the_pipeline() {
+        let old = pipeline(serde_json::json!({
+            "source": source(), "destination": {"gdn_url": "http://h", "api_key": "k"}
+        }))
+        .unwrap();
+        assert!(matches!(old, Pipeline::PgToGdn(_)));
+        let gdn = pipeline(serde_json::json!({
+            "source": {"type": "gdn", "gdn_url": "http://h", "api_key": "k", "source_collection": "c"},
+            "destination": {"type": "postgres", "host": "db", "user": "u", "dbname": "dw"}
+        }))
+        .unwrap();
+        let Pipeline::GdnToPg(gdn) = gdn else {
+            panic!("expected GDN → PostgreSQL")
+        };
+        assert_eq!(gdn.source.collections, vec!["c"]);
+        assert_eq!(gdn.destination.table_for("c"), "c");
+        for (source, destination, expected) in [
+            ("gdn", "gdn", "gdn → gdn pipeline is not supported"),
+            (
+                "postgres",
+                "postgres",
+                "postgres → postgres pipeline is not supported",
+            ),
+            ("gdn", "null", "gdn → null pipeline is not supported"),
+            ("mysql", "gdn", "unknown source type \"mysql\""),
+            ("gdn", "s3", "unknown destination type \"s3\""),
+        ] {
+            let error = pipeline(serde_json::json!({
+                "source": {"type": source}, "destination": {"type": destination}
+            }))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                error.contains(expected),
+                "{source} → {destination}: {error}"
+            );
+        }
+        let error = pipeline(serde_json::json!({
+            "source": {"type": "gdn", "gdn_url": "http://h", "api_key": "k", "source_collection": "c"},
+            "destination": {"type": "postgres", "host": "db", "user": "u", "dbname": "dw"},
+            "tables": ["a"]
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("\"tables\""), "{error}");
     }
 }

@@ -18,6 +18,37 @@ pub enum ReplicationMethod {
     LogBased,
 }
 
+/// The wal2json output format LOG_BASED streaming asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Wal2JsonFormat {
+    /// One transaction per message, sent in chunks (the old connector's format; wal2json < 2.0
+    /// has only this). wal2json never reports TRUNCATE in it.
+    V1,
+    /// One message per change (wal2json ≥ 2.0): TRUNCATE reported, smaller messages.
+    #[default]
+    V2,
+}
+
+/// The logical decoding output plugin LOG_BASED streaming uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputPlugin {
+    /// wal2json (the old connector's), JSON text.
+    #[default]
+    Wal2Json,
+    /// pgoutput, built into PostgreSQL ≥ 10 (managed services offer it), binary framing.
+    PgOutput,
+}
+
+impl OutputPlugin {
+    /// The name `CREATE_REPLICATION_SLOT` and `pg_replication_slots` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputPlugin::Wal2Json => "wal2json",
+            OutputPlugin::PgOutput => "pgoutput",
+        }
+    }
+}
+
 /// Keys a PostgreSQL source config may hold (the old tap's, plus `sslmode`, `connect_timeout`,
 /// `application_name` and `type` for pipeline files).
 pub const SOURCE_KEYS: &[&str] = &[
@@ -49,6 +80,11 @@ pub const SOURCE_KEYS: &[&str] = &[
     "tap_id",
     "heartbeat_interval",
     "max_reconnect_attempts",
+    "wal2json_format_version",
+    "plugin",
+    "publication",
+    "pgoutput_streaming",
+    "pgoutput_binary",
 ];
 
 /// A PostgreSQL source's settings.
@@ -89,6 +125,18 @@ pub struct PgSourceConfig {
     /// LOG_BASED: consecutive reconnects after transient failures before giving up (0 = never
     /// give up).
     pub max_reconnect_attempts: u32,
+    /// LOG_BASED: wal2json's `format-version`.
+    pub wal2json_format: Wal2JsonFormat,
+    /// LOG_BASED: the output plugin.
+    pub plugin: OutputPlugin,
+    /// LOG_BASED with pgoutput: the publication (created for the selected tables if missing).
+    pub publication: String,
+    /// LOG_BASED with pgoutput: stream large in-progress transactions (protocol 2, PostgreSQL
+    /// ≥ 14) instead of letting the server spill them.
+    pub pgoutput_streaming: bool,
+    /// LOG_BASED with pgoutput: ask for values in binary (PostgreSQL ≥ 14, when every column
+    /// has a binary decoder), cheaper to produce and to decode than text.
+    pub pgoutput_binary: bool,
 }
 
 impl PgSourceConfig {
@@ -136,6 +184,10 @@ impl PgSourceConfig {
                 }
                 _ => (default_slot_name(&connection.dbname), false),
             };
+        let publication = match string(object, "publication")? {
+            Some(name) if !name.trim().is_empty() => name,
+            _ => replication_slot.clone(),
+        };
         Ok(PgSourceConfig {
             connection,
             filter_schemas: string(object, "filter_schemas")?
@@ -162,6 +214,29 @@ impl PgSourceConfig {
             heartbeat_interval: unsigned(object, "heartbeat_interval")?
                 .filter(|seconds| *seconds > 0)
                 .map(std::time::Duration::from_secs),
+            plugin: match string(object, "plugin")?.as_deref() {
+                None | Some("wal2json") => OutputPlugin::Wal2Json,
+                Some("pgoutput") => OutputPlugin::PgOutput,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        key: "plugin".into(),
+                        detail: format!("expected \"wal2json\" or \"pgoutput\", got {other:?}"),
+                    })
+                }
+            },
+            publication,
+            pgoutput_streaming: boolean(object, "pgoutput_streaming")?.unwrap_or(true),
+            pgoutput_binary: boolean(object, "pgoutput_binary")?.unwrap_or(true),
+            wal2json_format: match unsigned(object, "wal2json_format_version")? {
+                None | Some(2) => Wal2JsonFormat::V2,
+                Some(1) => Wal2JsonFormat::V1,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        key: "wal2json_format_version".into(),
+                        detail: format!("expected 1 or 2, got {other}"),
+                    })
+                }
+            },
             max_reconnect_attempts: match unsigned(object, "max_reconnect_attempts")? {
                 None => 20,
                 Some(attempts) => u32::try_from(attempts).map_err(|_| ConfigError::Invalid {
@@ -251,6 +326,27 @@ mod tests {
             Some(std::time::Duration::from_secs(30))
         );
         assert_eq!(config.max_reconnect_attempts, 0);
+        assert_eq!(config.wal2json_format, Wal2JsonFormat::V2);
+        assert_eq!(config.plugin, OutputPlugin::Wal2Json);
+        assert_eq!(config.publication, config.replication_slot);
+        let pgoutput = parse(json!({"host": "h", "user": "u", "dbname": "d", "plugin": "pgoutput", "publication": "pub1", "pgoutput_streaming": false}))
+            .unwrap();
+        assert_eq!(pgoutput.plugin, OutputPlugin::PgOutput);
+        assert_eq!(pgoutput.publication, "pub1");
+        assert!(!pgoutput.pgoutput_streaming);
+        assert!(pgoutput.pgoutput_binary, "binary values by default");
+        let unknown =
+            parse(json!({"host": "h", "user": "u", "dbname": "d", "plugin": "decoderbufs"}))
+                .unwrap_err();
+        assert!(unknown.to_string().contains("\"pgoutput\""), "{unknown}");
+        let v1 =
+            parse(json!({"host": "h", "user": "u", "dbname": "d", "wal2json_format_version": "1"}))
+                .unwrap();
+        assert_eq!(v1.wal2json_format, Wal2JsonFormat::V1);
+        let v3 =
+            parse(json!({"host": "h", "user": "u", "dbname": "d", "wal2json_format_version": 3}))
+                .unwrap_err();
+        assert!(v3.to_string().contains("expected 1 or 2"), "{v3}");
         let off = parse(json!({"host": "h", "user": "u", "dbname": "d", "heartbeat_interval": 0}))
             .unwrap();
         assert_eq!(off.heartbeat_interval, None);

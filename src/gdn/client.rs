@@ -228,6 +228,23 @@ struct Answer {
 impl GdnClient {
     /// Builds the client and, for email/password, logs in to get a JWT.
     pub async fn connect(config: &GdnDestinationConfig) -> Result<GdnClient, GdnError> {
+        GdnClient::open(
+            &config.base_url,
+            &config.fabric,
+            &config.auth,
+            config.request_timeout,
+        )
+        .await
+    }
+
+    /// Builds a client for `fabric` at `base_url` (a destination's or a source's) and, for
+    /// email/password, logs in to get a JWT.
+    pub async fn open(
+        base_url: &str,
+        fabric: &str,
+        auth: &GdnAuth,
+        request_timeout: Duration,
+    ) -> Result<GdnClient, GdnError> {
         let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -252,12 +269,12 @@ impl GdnClient {
             .build(connector);
         let mut client = GdnClient {
             http,
-            base_url: config.base_url.clone(),
-            fabric: config.fabric.clone(),
+            base_url: base_url.to_owned(),
+            fabric: fabric.to_owned(),
             authorization: HeaderValue::from_static(""),
-            timeout: config.request_timeout,
+            timeout: request_timeout,
         };
-        client.authorization = match &config.auth {
+        client.authorization = match auth {
             GdnAuth::ApiKey(key) => sensitive(&format!("apikey {}", key.expose()), "api_key")?,
             GdnAuth::Login { email, password } => {
                 let jwt = client.login(email, password.expose()).await?;
@@ -385,6 +402,89 @@ impl GdnClient {
         let answer = self.send(method.clone(), path, body, true).await?;
         self.expect_success(&method, &url, &answer)?;
         Ok(answer)
+    }
+
+    /// The base URL (no credentials in it).
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The fabric.
+    pub fn fabric(&self) -> &str {
+        &self.fabric
+    }
+
+    /// The `Authorization` header value (marked sensitive), for the stream consumer's handshake.
+    pub(crate) fn authorization(&self) -> &HeaderValue {
+        &self.authorization
+    }
+
+    /// A fabric call (`/_fabric/<fabric>/_api/<rest>`) whose 2xx body is returned; any other
+    /// status is a [`GdnError::Status`].
+    pub async fn fabric_call(
+        &self,
+        method: Method,
+        rest: &str,
+        body: Option<Bytes>,
+    ) -> Result<Bytes, GdnError> {
+        self.call(method, rest, body)
+            .await
+            .map(|answer| answer.body)
+    }
+
+    /// The tenant stream topics are named under: `result[0].tenant` of `GET /_api/user` (as
+    /// pyC8 reads it), else the API key's first part (`<tenant>.<name>.<secret>`), else `_mm`.
+    pub async fn tenant(&self, api_key: Option<&str>) -> Result<String, GdnError> {
+        let answer = self
+            .send(Method::GET, "/_api/user".into(), None, true)
+            .await?;
+        let url = format!("{}/_api/user", self.base_url);
+        self.expect_success(&Method::GET, &url, &answer)?;
+        let reported = serde_json::from_slice::<serde_json::Value>(&answer.body)
+            .ok()
+            .and_then(|value| {
+                value
+                    .pointer("/result/0/tenant")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned)
+            })
+            .filter(|tenant| !tenant.is_empty());
+        Ok(reported.unwrap_or_else(|| tenant_from_key(api_key.unwrap_or_default())))
+    }
+
+    /// The names of the fabric's collections (`GET /collection`, as pyC8 checks existence).
+    pub async fn collection_names(&self) -> Result<Vec<String>, GdnError> {
+        let body = self.fabric_call(Method::GET, "collection", None).await?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|error| GdnError::BadResponse {
+                method: "GET".into(),
+                url: format!("{}{}", self.base_url, self.fabric_path("collection")),
+                detail: error.to_string(),
+            })?;
+        Ok(value
+            .get("result")
+            .and_then(serde_json::Value::as_array)
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter_map(|entry| entry.get("name").and_then(serde_json::Value::as_str))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Turns a collection's change stream on (`PUT …/properties {"hasStream": true}`, as the
+    /// old source did); a no-op when it is on.
+    pub async fn enable_stream(&self, name: &str) -> Result<(), GdnError> {
+        let rest = format!("collection/{}/properties", encode_path_segment(name));
+        self.fabric_call(
+            Method::PUT,
+            &rest,
+            Some(Bytes::from_static(br#"{"hasStream":true}"#)),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Whether a collection exists.
@@ -549,6 +649,16 @@ where
     }
 }
 
+/// The tenant in a GDN API key (`<tenant>.<key name>.<secret>`), as the old source derived
+/// it; `_mm` for keys of fewer parts.
+pub fn tenant_from_key(key: &str) -> String {
+    let parts: Vec<&str> = key.rsplitn(3, '.').collect();
+    match parts.as_slice() {
+        [_, _, tenant] if !tenant.is_empty() => (*tenant).to_owned(),
+        _ => "_mm".to_owned(),
+    }
+}
+
 fn sensitive(text: &str, key: &'static str) -> Result<HeaderValue, GdnError> {
     let mut value = HeaderValue::from_str(text).map_err(|_| GdnError::Config {
         key,
@@ -608,6 +718,14 @@ mod tests {
         assert!(!status(401).is_retryable());
         assert!(!status(404).is_retryable());
         assert!(status(401).to_string().contains("api_key"));
+    }
+
+    #[test]
+    fn tenants_come_from_the_keys_first_part() {
+        assert_eq!(tenant_from_key("acme.reader.s3cr3t"), "acme");
+        assert_eq!(tenant_from_key("a.b.c.reader.s3cr3t"), "a.b.c");
+        assert_eq!(tenant_from_key("reader.s3cr3t"), "_mm");
+        assert_eq!(tenant_from_key(""), "_mm");
     }
 
     #[test]

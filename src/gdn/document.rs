@@ -54,6 +54,14 @@ pub enum DocumentError {
         /// The key column.
         column: String,
     },
+    /// A binary value arrived for a column the codecs only read as text.
+    #[error("table {table}, column {column:?}: its type has no binary decoder in pgferry, but the value arrived in binary form\nHINT: set \"pgoutput_binary\": false in the source config")]
+    BinaryUnsupported {
+        /// `schema.table`.
+        table: String,
+        /// The column.
+        column: String,
+    },
     /// The row has a different number of fields than the plan.
     #[error("table {table}: a row has {found} fields, expected {expected}")]
     Shape {
@@ -64,6 +72,17 @@ pub enum DocumentError {
         /// Fields planned.
         expected: usize,
     },
+}
+
+/// One value of a logical-decoding row image: PostgreSQL's text output (wal2json, pgoutput's
+/// default) or the type's binary send form (pgoutput with `binary`), decoded by the same
+/// codecs as the snapshot's text and binary COPY paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageValue<'a> {
+    /// Text output.
+    Text(&'a str),
+    /// Binary send form (the same bytes as a binary COPY field).
+    Binary(&'a [u8]),
 }
 
 /// A document made from a logical-decoding row image.
@@ -223,6 +242,20 @@ impl DocumentPlan {
         image: &[(&str, Option<&str>)],
         out: &mut Vec<u8>,
     ) -> Result<TextDocument, DocumentError> {
+        let image: Vec<(&str, Option<ImageValue<'_>>)> = image
+            .iter()
+            .map(|(name, text)| (*name, text.map(ImageValue::Text)))
+            .collect();
+        self.encode_image(&image, out)
+    }
+
+    /// Appends the document of a row image of text or binary values (`(column, None)` is
+    /// NULL; an absent column is left out and makes the document partial).
+    pub fn encode_image(
+        &self,
+        image: &[(&str, Option<ImageValue<'_>>)],
+        out: &mut Vec<u8>,
+    ) -> Result<TextDocument, DocumentError> {
         let slots = self.slots(image)?;
         let key = self.key_from_slots(&slots)?;
         let mark = out.len();
@@ -233,7 +266,7 @@ impl DocumentPlan {
         }
         let mut complete = true;
         for (index, slot) in slots.iter().enumerate() {
-            let Some(text) = slot else {
+            let Some(raw) = slot else {
                 complete = false;
                 continue;
             };
@@ -245,17 +278,13 @@ impl DocumentPlan {
                 crate::decode::json_out::write_string(key.as_str(), out);
                 continue;
             }
-            match text {
+            match raw {
                 None => out.extend_from_slice(b"null"),
-                Some(text) => match from_text(&self.codecs[index], text) {
+                Some(raw) => match self.image_value(index, *raw) {
                     Ok(value) => value.write_json(out),
-                    Err(source) => {
+                    Err(error) => {
                         out.truncate(mark);
-                        return Err(DocumentError::Value {
-                            table: self.table.clone(),
-                            column: self.columns[index].clone(),
-                            source,
-                        });
+                        return Err(error);
                     }
                 },
             }
@@ -269,8 +298,50 @@ impl DocumentPlan {
         &self,
         identity: &[(&str, Option<&str>)],
     ) -> Result<DocumentKey, DocumentError> {
+        let identity: Vec<(&str, Option<ImageValue<'_>>)> = identity
+            .iter()
+            .map(|(name, text)| (*name, text.map(ImageValue::Text)))
+            .collect();
+        self.key_from_image(&identity)
+    }
+
+    /// The key of an old-row identity of text or binary values.
+    pub fn key_from_image(
+        &self,
+        identity: &[(&str, Option<ImageValue<'_>>)],
+    ) -> Result<DocumentKey, DocumentError> {
         let slots = self.slots(identity)?;
         self.key_from_slots(&slots)
+    }
+
+    /// Whether binary values of every column can be decoded (no column is read as `::text`
+    /// in the snapshot for want of a binary codec).
+    pub fn decodes_binary(&self) -> bool {
+        !self.text_cast.iter().any(|cast| *cast)
+    }
+
+    fn image_value<'v>(
+        &self,
+        index: usize,
+        raw: ImageValue<'v>,
+    ) -> Result<Value<'v>, DocumentError> {
+        let error = |source| DocumentError::Value {
+            table: self.table.clone(),
+            column: self.columns[index].clone(),
+            source,
+        };
+        match raw {
+            ImageValue::Text(text) => from_text(&self.codecs[index], text).map_err(error),
+            ImageValue::Binary(bytes) => {
+                if self.text_cast[index] {
+                    return Err(DocumentError::BinaryUnsupported {
+                        table: self.table.clone(),
+                        column: self.columns[index].clone(),
+                    });
+                }
+                decode(&self.codecs[index], bytes).map_err(error)
+            }
+        }
     }
 
     /// Whether the table has key columns (keyless tables cannot be streamed).
@@ -298,8 +369,8 @@ impl DocumentPlan {
 
     fn slots<'t>(
         &self,
-        image: &[(&str, Option<&'t str>)],
-    ) -> Result<Vec<Option<Option<&'t str>>>, DocumentError> {
+        image: &[(&str, Option<ImageValue<'t>>)],
+    ) -> Result<Vec<Option<Option<ImageValue<'t>>>>, DocumentError> {
         let mut slots = vec![None; self.columns.len()];
         for (position, (name, text)) in image.iter().enumerate() {
             // Row images list columns in catalog order: try the same position first.
@@ -321,7 +392,10 @@ impl DocumentPlan {
         Ok(slots)
     }
 
-    fn key_from_slots(&self, slots: &[Option<Option<&str>>]) -> Result<DocumentKey, DocumentError> {
+    fn key_from_slots(
+        &self,
+        slots: &[Option<Option<ImageValue<'_>>>],
+    ) -> Result<DocumentKey, DocumentError> {
         if self.key_indexes.is_empty() {
             return Err(DocumentError::NoKey {
                 table: self.table.clone(),
@@ -329,8 +403,8 @@ impl DocumentPlan {
         }
         let mut parts = Vec::with_capacity(self.key_indexes.len());
         for &index in &self.key_indexes {
-            let text = match slots[index] {
-                Some(Some(text)) => text,
+            let raw = match slots[index] {
+                Some(Some(raw)) => raw,
                 Some(None) => {
                     return Err(DocumentError::NullKey {
                         table: self.table.clone(),
@@ -344,12 +418,7 @@ impl DocumentPlan {
                     })
                 }
             };
-            let value =
-                from_text(&self.codecs[index], text).map_err(|source| DocumentError::Value {
-                    table: self.table.clone(),
-                    column: self.columns[index].clone(),
-                    source,
-                })?;
+            let value = self.image_value(index, raw)?;
             parts.push(value.key_text().into_owned());
         }
         Ok(DocumentKey::derive(&parts))

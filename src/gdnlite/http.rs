@@ -273,6 +273,9 @@ async fn route(state: &Arc<State>, request: Request<Incoming>) -> Result<Resp, A
         }
         ["cursor", id] if method == Method::DELETE => super::cursor::delete(state, id),
         ["streams"] if method == Method::GET => super::streams::list(state, &query),
+        ["streams", stream, "stats"] if method == Method::GET => {
+            super::streams::stats(state, stream)
+        }
         _ => Err(not_found(&path)),
     }
 }

@@ -133,6 +133,18 @@ impl State {
             .clone()
     }
 
+    /// Subscriptions of `stream` that a consumer has attached to since the server started.
+    fn attached_subscriptions(&self, stream: &str) -> Vec<String> {
+        let map = match self.subscriptions.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        map.keys()
+            .filter(|(owner, _)| owner == stream)
+            .map(|(_, name)| name.clone())
+            .collect()
+    }
+
     /// Spawns a task that `stop` aborts (WebSocket consumers).
     fn spawn_task(&self, task: impl Future<Output = ()> + Send + 'static) {
         let mut tasks = match self.tasks.lock() {

@@ -474,6 +474,48 @@ pub fn messages_from(
     Ok(out)
 }
 
+/// The sequence number of a stream's newest message (0 when it has none).
+pub fn last_message_seq(snap: &Snapshot, stream: &str) -> Result<u64, ApiError> {
+    let table = snap.txn.open_table(MESSAGES).map_err(ApiError::storage)?;
+    let (start, end) = prefix_range(stream);
+    let last = table
+        .range(start.as_slice()..end.as_slice())
+        .map_err(ApiError::storage)?
+        .next_back()
+        .transpose()
+        .map_err(ApiError::storage)?
+        .and_then(|(key, _)| {
+            key.value()
+                .get(stream.len() + 1..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+        });
+    Ok(last.unwrap_or(0))
+}
+
+/// Every saved subscription of a stream, by name.
+pub fn subscriptions_of(
+    snap: &Snapshot,
+    stream: &str,
+) -> Result<Vec<(String, SubscriptionState)>, ApiError> {
+    let table = snap
+        .txn
+        .open_table(SUBSCRIPTIONS)
+        .map_err(ApiError::storage)?;
+    let mut out = Vec::new();
+    for entry in table.iter().map_err(ApiError::storage)? {
+        let (key, value) = entry.map_err(ApiError::storage)?;
+        let (owner, name) = key.value();
+        if owner != stream {
+            continue;
+        }
+        let state = serde_json::from_slice(value.value())
+            .map_err(|e| ApiError::storage(format!("corrupt subscription state: {e}")))?;
+        out.push((name.to_owned(), state));
+    }
+    Ok(out)
+}
+
 /// A subscription's persisted state, if it was ever saved.
 pub fn subscription(
     snap: &Snapshot,

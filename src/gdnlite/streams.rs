@@ -214,6 +214,50 @@ pub fn list(state: &State, _query: &Query) -> Result<Resp, ApiError> {
     ))
 }
 
+/// `GET /_fabric/{f}/_api/streams/{stream}/stats`: Pulsar's topic stats, stringified in
+/// `result` as the OpenAPI says, with `msgBacklog` (messages not yet acknowledged) per
+/// subscription, saved or attached. `{stream}` is `c8locals.<collection>` (or the bare name).
+pub fn stats(state: &State, stream: &str) -> Result<Resp, ApiError> {
+    let name = stream.strip_prefix("c8locals.").unwrap_or(stream);
+    let read = state.store.read()?;
+    match store::collection(&read, name)? {
+        Some(meta) if meta.stream => {}
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                error::DATA_SOURCE_NOT_FOUND,
+                format!("stream not found: '{stream}'"),
+            ))
+        }
+    }
+    let last = store::last_message_seq(&read, name)?;
+    let mut subscriptions: std::collections::BTreeMap<String, SubscriptionState> =
+        store::subscriptions_of(&read, name)?.into_iter().collect();
+    for attached in state.attached_subscriptions(name) {
+        subscriptions.entry(attached).or_default();
+    }
+    let subscriptions: serde_json::Map<String, serde_json::Value> = subscriptions
+        .into_iter()
+        .map(|(sub_name, sub)| {
+            let backlog = last
+                .saturating_sub(sub.through)
+                .saturating_sub(sub.acked.range(sub.through + 1..=last).count() as u64);
+            (
+                sub_name,
+                serde_json::json!({"msgBacklog": backlog, "type": "Exclusive"}),
+            )
+        })
+        .collect();
+    let stats = serde_json::json!({
+        "msgInCounter": last,
+        "subscriptions": subscriptions,
+    });
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"error": false, "code": 200, "result": stats.to_string()}),
+    ))
+}
+
 /// The Pulsar WebSocket consumer endpoint
 /// `/_ws/ws/v2/consumer/persistent/<tenant>/c8local.<fabric>/<stream>/<subscription>`.
 ///
@@ -269,6 +313,8 @@ pub fn consumer(
         ));
     };
     let accept = derive_accept_key(key.as_bytes());
+    // The subscription exists from the handshake on (stats list it), as in Pulsar.
+    state.subscription_slot(&stream, &subscription);
     let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
         return Err(ApiError::bad_parameter(
             "this connection cannot be upgraded to a WebSocket (use HTTP/1.1)",

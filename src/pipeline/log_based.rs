@@ -12,15 +12,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{DestinationConfig, PipelineConfig};
+use crate::config::{DestinationConfig, OutputPlugin, PipelineConfig, Wal2JsonFormat};
+use crate::decode::pgoutput::ProtocolVersion;
 use crate::metrics::Metrics;
-use crate::pg::query::quote_literal;
+use crate::pg::query::{quote_identifier, quote_literal};
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
 use crate::pg::Lsn;
 use crate::pipeline::{copy_step, prepare, RunControl, RunError, RunSummary};
 use crate::progress::spawn_stream_display;
 use crate::source::cdc::{
-    stream_changes, CdcSettings, CdcSummary, CdcTable, CdcTables, SideConnection, StreamContext,
+    stream_changes, CdcSettings, CdcSummary, CdcTable, CdcTables, Decoding, SideConnection,
+    StreamContext,
 };
 use crate::source::state::{CdcState, ChunkLedger, StateFile};
 
@@ -119,9 +121,9 @@ pub(crate) async fn run(
             gdn.wait_for_sync,
             gdn.batch_size_rows,
             gdn.max_retries,
-            gdn.batch_flush_interval.min(Duration::from_millis(100)),
+            gdn.batch_flush_interval.min(CDC_FLUSH_AFTER),
         ),
-        DestinationConfig::Null => (false, 1000, 1, Duration::from_millis(100)),
+        DestinationConfig::Null => (false, 1000, 1, CDC_FLUSH_AFTER),
     };
 
     let slot = config.source.replication_slot.clone();
@@ -129,13 +131,32 @@ pub(crate) async fn run(
     let options = config.source.connect_options();
     let mut replication = ReplicationClient::connect(&options).await?;
     let existing = slot_info(&mut replication, &slot).await?;
-    if let Some((_, plugin)) = &existing {
-        if plugin != "wal2json" {
+    let plugin = config.source.plugin;
+    if let Some((_, used)) = &existing {
+        if used != plugin.name() {
             return Err(RunError::Unsupported(format!(
-                "replication slot {slot:?} uses the output plugin {plugin:?}, not wal2json\nHINT: set \"replication_slot\" to another name, or drop it: SELECT pg_drop_replication_slot({});",
+                "replication slot {slot:?} uses the output plugin {used:?}, not {}\nHINT: set \"plugin\" to {used:?}, set \"replication_slot\" to another name, or drop the slot: SELECT pg_drop_replication_slot({});",
+                plugin.name(),
                 quote_literal(&slot)
             )));
         }
+    }
+    let server_version = replication
+        .connection()
+        .server_version_num()
+        .unwrap_or(100_000);
+    // Binary values only when every selected column has a binary decoder (as in the copy).
+    let binary = config.source.pgoutput_binary
+        && server_version >= 140_000
+        && prepared.tasks.iter().all(|task| task.plan.decodes_binary());
+    if plugin == OutputPlugin::PgOutput {
+        // Before the slot exists: pgoutput reads the publication as of each change.
+        let selected: Vec<(String, String)> = prepared
+            .tasks
+            .iter()
+            .map(|task| (task.table.schema.clone(), task.table.name.clone()))
+            .collect();
+        ensure_publication(&options, &config.source.publication, &selected).await?;
     }
     let stored = file.load()?.filter(|state| state.slot == slot);
 
@@ -145,7 +166,7 @@ pub(crate) async fn run(
             // A new slot: its exported snapshot is the copy's snapshot, held open by
             // `replication` (idle) until the copy is done.
             let created = replication
-                .create_logical_slot(&slot, "wal2json", SlotSnapshot::Export, false)
+                .create_logical_slot(&slot, plugin.name(), SlotSnapshot::Export, false)
                 .await?;
             let state = CdcState::new(&slot, created.consistent_point);
             file.save(&state)?;
@@ -192,18 +213,48 @@ pub(crate) async fn run(
 
     // `--once`, or `break_at_end_lsn: true` in the pipeline's source, makes a batch run.
     let batch = control.once || config.source.break_at_end_lsn == Some(true);
+    // The insert position, not IDENTIFY_SYSTEM's flush position: a transaction committed
+    // asynchronously (synchronous_commit = off) before the run started is included too.
     let stop_at = if batch {
-        Some(replication.identify_system().await?.xlog_position)
+        Some(
+            replication
+                .connection()
+                .query_one("SELECT pg_current_wal_insert_lsn()")
+                .await?
+                .and_then(|row| row.get(0).and_then(|lsn| lsn.parse().ok()))
+                .ok_or_else(|| {
+                    RunError::Unsupported(
+                        "the server did not report its WAL insert position".into(),
+                    )
+                })?,
+        )
     } else {
         None
     };
-    let plugin_options = vec![
-        ("format-version".to_owned(), "2".to_owned()),
-        ("include-transaction".to_owned(), "true".to_owned()),
-        ("include-lsn".to_owned(), "true".to_owned()),
-        ("include-timestamp".to_owned(), "true".to_owned()),
-        ("add-tables".to_owned(), add_tables.join(",")),
-    ];
+    let decoding = match plugin {
+        OutputPlugin::Wal2Json => Decoding::Wal2Json(config.source.wal2json_format),
+        OutputPlugin::PgOutput => Decoding::PgOutput {
+            version: if config.source.pgoutput_streaming && server_version >= 140_000 {
+                ProtocolVersion::V2
+            } else {
+                ProtocolVersion::V1
+            },
+            spool_dir: {
+                let mut dir = file.path().as_os_str().to_owned();
+                dir.push(".spool");
+                std::path::PathBuf::from(dir)
+            },
+        },
+    };
+    let plugin_options = match &decoding {
+        Decoding::Wal2Json(format) => plugin_options(*format, &add_tables),
+        Decoding::PgOutput { version, .. } => {
+            pgoutput_options(*version, &config.source.publication, server_version, binary)
+        }
+    };
+    if decoding == Decoding::Wal2Json(Wal2JsonFormat::V1) {
+        tracing::warn!("wal2json format-version 1: wal2json never reports TRUNCATE in this format, so a truncated table's documents stay in GDN; use format-version 2 (wal2json >= 2.0) when tables may be truncated");
+    }
     let settings = CdcSettings {
         flush_documents: batch_size_rows.max(1) * 8,
         flush_bytes: 16 * 1024 * 1024,
@@ -214,6 +265,7 @@ pub(crate) async fn run(
         stop_at,
         numeric_mode: config.numeric_mode,
         heartbeat: config.source.heartbeat_interval,
+        decoding,
     };
     let context = StreamContext {
         client: client.as_ref(),
@@ -298,6 +350,133 @@ pub(crate) async fn run(
     ))
 }
 
+/// wal2json's options: the format, transaction bounds with commit LSN and time, the tables.
+fn plugin_options(format: Wal2JsonFormat, add_tables: &[String]) -> Vec<(String, String)> {
+    let mut options: Vec<(&str, &str)> = match format {
+        Wal2JsonFormat::V2 => vec![
+            ("format-version", "2"),
+            ("include-transaction", "true"),
+            ("include-lsn", "true"),
+            ("include-timestamp", "true"),
+        ],
+        Wal2JsonFormat::V1 => vec![
+            ("format-version", "1"),
+            ("write-in-chunks", "true"),
+            ("include-xids", "true"),
+            ("include-lsn", "true"),
+            ("include-timestamp", "true"),
+        ],
+    };
+    let tables = add_tables.join(",");
+    options.push(("add-tables", &tables));
+    options
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
+}
+
+/// pgoutput's options: the protocol, the publication, streaming of large transactions
+/// (protocol 2), logical messages (heartbeats; PostgreSQL ≥ 14) and binary values.
+fn pgoutput_options(
+    version: ProtocolVersion,
+    publication: &str,
+    server_version: u32,
+    binary: bool,
+) -> Vec<(String, String)> {
+    let mut options = vec![
+        ("proto_version".to_owned(), version.number().to_string()),
+        // An identifier list: double quotes keep the name's case and punctuation.
+        (
+            "publication_names".to_owned(),
+            format!("\"{}\"", publication.replace('"', "\"\"")),
+        ),
+    ];
+    if version >= ProtocolVersion::V2 {
+        options.push(("streaming".to_owned(), "on".to_owned()));
+    }
+    if server_version >= 140_000 {
+        options.push(("messages".to_owned(), "true".to_owned()));
+    }
+    if binary {
+        options.push(("binary".to_owned(), "true".to_owned()));
+    }
+    options
+}
+
+/// Makes sure `publication` exists and publishes every selected table: created when missing,
+/// an error with the `ALTER PUBLICATION` to run when it lacks tables.
+async fn ensure_publication(
+    options: &crate::pg::ConnectOptions,
+    publication: &str,
+    tables: &[(String, String)],
+) -> Result<(), RunError> {
+    let mut connection = crate::pg::Connection::connect(options).await?;
+    let quoted = |(schema, table): &(String, String)| {
+        format!("{}.{}", quote_identifier(schema), quote_identifier(table))
+    };
+    let exists = connection
+        .query_one(&format!(
+            "SELECT 1 FROM pg_publication WHERE pubname = {}",
+            quote_literal(publication)
+        ))
+        .await?
+        .is_some();
+    let result = if exists {
+        let published: Vec<(String, String)> = connection
+            .query(&format!(
+                "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = {}",
+                quote_literal(publication)
+            ))
+            .await?
+            .iter()
+            .map(|row| {
+                (
+                    row.get(0).unwrap_or_default().to_owned(),
+                    row.get(1).unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        let missing: Vec<String> = tables
+            .iter()
+            .filter(|table| !published.contains(table))
+            .map(quoted)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(RunError::Unsupported(format!(
+                "publication {publication:?} does not publish {}\nHINT: ALTER PUBLICATION {} ADD TABLE {};",
+                missing.join(", "),
+                quote_identifier(publication),
+                missing.join(", ")
+            )))
+        }
+    } else {
+        let list: Vec<String> = tables.iter().map(quoted).collect();
+        let sql = format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            quote_identifier(publication),
+            list.join(", ")
+        );
+        match connection.execute(&sql).await {
+            Ok(_) => {
+                tracing::info!(%publication, tables = list.len(), "created the publication");
+                Ok(())
+            }
+            Err(error) if error.is_transient() => Err(error.into()),
+            Err(error) => Err(RunError::Unsupported(format!(
+                "could not create publication {publication:?}: {error}\nHINT: have the tables' owner (or a superuser) run: {sql};"
+            ))),
+        }
+    };
+    connection.close().await;
+    result
+}
+
+/// The longest a streamed change waits before it is written (a shorter `batch_flush_interval`
+/// wins): small enough for a sub-250 ms commit-to-GDN p99, large enough to batch.
+const CDC_FLUSH_AFTER: Duration = Duration::from_millis(50);
+
 /// How often a standby status update goes out even when nothing changed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -314,6 +493,22 @@ mod tests {
     fn table_names_are_escaped_for_add_tables() {
         assert_eq!(escape_table_name("plain"), "plain");
         assert_eq!(escape_table_name("a b.c,d*e'f"), "a\\ b\\.c\\,d\\*e\\'f");
+    }
+
+    #[test]
+    fn each_format_asks_for_commit_positions_and_times() {
+        let tables = vec!["public.a".to_owned(), "s\\.x.b".to_owned()];
+        let v2 = plugin_options(Wal2JsonFormat::V2, &tables);
+        assert!(v2.contains(&("format-version".into(), "2".into())));
+        assert!(v2.contains(&("include-transaction".into(), "true".into())));
+        let v1 = plugin_options(Wal2JsonFormat::V1, &tables);
+        assert!(v1.contains(&("format-version".into(), "1".into())));
+        assert!(v1.contains(&("write-in-chunks".into(), "true".into())));
+        for options in [&v1, &v2] {
+            assert!(options.contains(&("include-lsn".into(), "true".into())));
+            assert!(options.contains(&("include-timestamp".into(), "true".into())));
+            assert!(options.contains(&("add-tables".into(), "public.a,s\\.x.b".into())));
+        }
     }
 
     #[test]

@@ -8,27 +8,37 @@
 //! goes to PostgreSQL as the flushed position and into the state file. A large transaction is
 //! flushed in pieces (bounded memory) while the watermark waits for its commit.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::time::Instant;
 
+use crate::config::Wal2JsonFormat;
 use crate::decode::commit_time::parse_timestamptz_micros;
+use crate::decode::pgoutput::ProtocolVersion;
 use crate::decode::replication::ReplicationMessage;
-use crate::decode::wal2json::{parse_v2, Action, Change, ColumnValue, Wal2JsonError};
-use crate::gdn::client::{retrying, BatchOutcome, GdnClient, GdnError};
-use crate::gdn::document::{DocumentError, DocumentPlan};
+use crate::decode::wal2json::{parse_v2, Action, Change, Wal2JsonError};
+use crate::decode::wal2json_v1::V1Decoder;
+use crate::gdn::client::{retrying, GdnClient, GdnError};
+use crate::gdn::document::DocumentError;
 use crate::metrics::Metrics;
-use crate::pg::catalog::{resolve_type_names, Column, NamedType, NumericMode, Table};
+use crate::pg::catalog::NumericMode;
 use crate::pg::replication::LogicalStream;
-use crate::pg::{ConnectOptions, Connection, Lsn, PgError};
+use crate::pg::{Lsn, PgError};
 use crate::source::state::{CdcState, StateError, StateFile};
+use pgoutput::PgOutputSource;
 
-/// GDN's "document not found".
-const DOCUMENT_NOT_FOUND: u64 = 1202;
+mod pending;
+mod pgoutput;
+mod row;
+mod side;
+mod table;
+
+pub use row::{Field, FieldData, RowChange};
+pub use side::SideConnection;
+pub use table::{CdcTable, CdcTables};
+
+use pending::{apply_row, flush, Pending};
 
 /// Why streaming stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -87,199 +97,6 @@ pub enum CdcError {
     Ended,
 }
 
-/// One streamed table: how its rows become documents and where they go.
-///
-/// The plan follows the row shape the changes carry: wal2json names every column with its
-/// type, so a column added, dropped or retyped since the catalog was read is decoded by the
-/// type it had when the change was made (an INSERT is the whole row as it was then).
-#[derive(Debug, Clone)]
-pub struct CdcTable {
-    /// Rows → documents (same attribute names and keys as the snapshot).
-    pub plan: DocumentPlan,
-    /// The collection.
-    pub collection: Arc<str>,
-    /// The catalog entry the plans are built on (its columns replaced as shapes change).
-    table: Table,
-    /// `(column, type name)` of the current plan, as the changes spell them.
-    shape: Vec<(String, String)>,
-}
-
-impl CdcTable {
-    /// A streamed table planned from its catalog entry.
-    pub fn new(table: &Table, plan: DocumentPlan, collection: Arc<str>) -> CdcTable {
-        CdcTable {
-            shape: table
-                .columns
-                .iter()
-                .map(|column| (column.name.clone(), column.type_name.clone()))
-                .collect(),
-            table: table.clone(),
-            plan,
-            collection,
-        }
-    }
-
-    /// The row shape this change needs when the current plan does not fit it, else `None`.
-    fn shape_for(&self, change: &Change<'_>) -> Option<Vec<(String, String)>> {
-        let fits = |column: &ColumnValue<'_>, position: Option<usize>| {
-            let known = position
-                .and_then(|position| self.shape.get(position))
-                .filter(|(name, _)| name == column.name.as_ref())
-                .or_else(|| {
-                    self.shape
-                        .iter()
-                        .find(|(name, _)| name == column.name.as_ref())
-                });
-            known.is_some_and(|(_, type_name)| {
-                column.type_name.is_empty() || type_name == column.type_name.as_ref()
-            })
-        };
-        let columns_fit = change
-            .columns
-            .iter()
-            .enumerate()
-            .all(|(position, column)| fits(column, Some(position)));
-        let identity_fits = change.identity.iter().all(|column| fits(column, None));
-        let exact = change.action != Action::Insert || change.columns.len() == self.shape.len();
-        if columns_fit && identity_fits && exact {
-            return None;
-        }
-        let spelled = |column: &ColumnValue<'_>, before: Option<&String>| {
-            let type_name = if column.type_name.is_empty() {
-                before.cloned().unwrap_or_default()
-            } else {
-                column.type_name.to_string()
-            };
-            (column.name.to_string(), type_name)
-        };
-        let mut shape: Vec<(String, String)> = if change.action == Action::Insert {
-            // An INSERT carries every column the row had: that is the shape.
-            change
-                .columns
-                .iter()
-                .map(|column| spelled(column, self.type_of(&column.name)))
-                .collect()
-        } else {
-            // An UPDATE may leave out unchanged TOASTed columns: keep the ones it lacks.
-            let mut shape = self.shape.clone();
-            for column in &change.columns {
-                let entry = spelled(column, self.type_of(&column.name));
-                match shape.iter_mut().find(|(name, _)| *name == entry.0) {
-                    Some(existing) => *existing = entry,
-                    None => shape.push(entry),
-                }
-            }
-            shape
-        };
-        for column in &change.identity {
-            if !shape.iter().any(|(name, _)| name == column.name.as_ref()) {
-                shape.push(spelled(column, self.type_of(&column.name)));
-            }
-        }
-        Some(shape)
-    }
-
-    fn type_of(&self, column: &str) -> Option<&String> {
-        self.shape
-            .iter()
-            .find(|(name, _)| name == column)
-            .map(|(_, type_name)| type_name)
-    }
-
-    /// Re-plans for `shape`, with column types resolved by name through `types`.
-    async fn reshape(
-        &mut self,
-        shape: Vec<(String, String)>,
-        side: &mut SideConnection,
-        numeric_mode: NumericMode,
-        lsn: Lsn,
-    ) -> Result<(), CdcError> {
-        let names: Vec<&str> = shape
-            .iter()
-            .map(|(_, type_name)| type_name.as_str())
-            .collect();
-        let resolved = side.resolve_types(&names).await.map_err(|error| {
-            if error.is_transient() {
-                CdcError::Postgres(error)
-            } else {
-                CdcError::Unsupported(format!(
-                    "a change of {} at {lsn} has column types ({}) that cannot be resolved: {error}\nHINT: a type dropped since the change was made cannot be decoded; restart with a fresh copy of this table",
-                    self.plan.table(),
-                    names.join(", ")
-                ))
-            }
-        })?;
-        let mut table = self.table.clone();
-        table.columns = shape
-            .iter()
-            .zip(resolved)
-            .enumerate()
-            .map(|(index, ((name, type_name), named))| Column {
-                name: name.clone(),
-                position: i16::try_from(index + 1).unwrap_or(i16::MAX),
-                type_name: type_name.clone(),
-                type_oid: named.oid,
-                typmod: named.typmod,
-                not_null: false,
-                resolved: named.resolved,
-            })
-            .collect();
-        self.plan = DocumentPlan::new(&table, numeric_mode, false)
-            .map_err(|source| CdcError::Document { lsn, source })?;
-        self.table = table;
-        self.shape = shape;
-        Ok(())
-    }
-}
-
-/// The streamed tables, found by a change's schema and table name without allocating.
-#[derive(Debug, Default)]
-pub struct CdcTables {
-    by_name: HashMap<String, CdcTable>,
-    scratch: String,
-}
-
-impl CdcTables {
-    /// Adds (or replaces) `schema.table`.
-    pub fn insert(&mut self, schema: &str, table: &str, streamed: CdcTable) {
-        self.by_name.insert(Self::key(schema, table), streamed);
-    }
-
-    /// Every table.
-    pub fn values(&self) -> impl Iterator<Item = &CdcTable> {
-        self.by_name.values()
-    }
-
-    /// How many tables are streamed.
-    pub fn len(&self) -> usize {
-        self.by_name.len()
-    }
-
-    /// Whether no table is streamed.
-    pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
-    }
-
-    fn key(schema: &str, table: &str) -> String {
-        // NUL cannot occur in PostgreSQL identifiers, so the pair maps to one string.
-        let mut key = String::with_capacity(schema.len() + table.len() + 1);
-        key.push_str(schema);
-        key.push('\0');
-        key.push_str(table);
-        key
-    }
-
-    /// The table a row change or TRUNCATE is about, if it is streamed.
-    fn get_mut(&mut self, change: &Change<'_>) -> Option<&mut CdcTable> {
-        let (schema, table) = (change.schema.as_deref()?, change.table.as_deref()?);
-        self.scratch.clear();
-        self.scratch.push_str(schema);
-        self.scratch.push('\0');
-        self.scratch.push_str(table);
-        self.by_name.get_mut(self.scratch.as_str())
-    }
-}
-
 /// Knobs of the stream.
 #[derive(Debug, Clone)]
 pub struct CdcSettings {
@@ -301,6 +118,22 @@ pub struct CdcSettings {
     pub numeric_mode: NumericMode,
     /// Emit `pg_logical_emit_message` this often so a quiet database still shows progress.
     pub heartbeat: Option<Duration>,
+    /// The output plugin the slot was started with, and its format.
+    pub decoding: Decoding,
+}
+
+/// How the slot's output is decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoding {
+    /// wal2json in this format.
+    Wal2Json(Wal2JsonFormat),
+    /// pgoutput with this protocol version; streamed transactions spool under `spool_dir`.
+    PgOutput {
+        /// `proto_version`.
+        version: ProtocolVersion,
+        /// Where in-progress transactions wait for their commit.
+        spool_dir: std::path::PathBuf,
+    },
 }
 
 /// What streaming did.
@@ -329,106 +162,6 @@ pub struct StreamContext<'a> {
     pub metrics: &'a Metrics,
 }
 
-/// A plain connection beside the replication stream: resolves the types of columns the
-/// catalog read at start does not know, and emits heartbeats. Connected on first use,
-/// re-connected after a failure.
-pub struct SideConnection {
-    options: ConnectOptions,
-    connection: Option<Connection>,
-    /// Type names (as changes spell them) already resolved.
-    types: HashMap<String, NamedType>,
-}
-
-impl SideConnection {
-    /// A side connection to the server `options` name (not connected yet).
-    pub fn new(options: ConnectOptions) -> SideConnection {
-        SideConnection {
-            options,
-            connection: None,
-            types: HashMap::new(),
-        }
-    }
-
-    /// Remembers the types of a catalog entry's columns, so the usual shapes need no query.
-    pub fn learn(&mut self, table: &Table) {
-        for column in &table.columns {
-            self.types
-                .entry(column.type_name.clone())
-                .or_insert_with(|| NamedType {
-                    oid: column.type_oid,
-                    typmod: column.typmod,
-                    resolved: column.resolved.clone(),
-                });
-        }
-    }
-
-    async fn connection(&mut self) -> Result<&mut Connection, PgError> {
-        if self.connection.is_none() {
-            self.connection = Some(Connection::connect(&self.options).await?);
-        }
-        self.connection.as_mut().ok_or(PgError::Closed {
-            during: "connecting",
-        })
-    }
-
-    /// The types of `names`, in order, from the cache or the server.
-    async fn resolve_types(&mut self, names: &[&str]) -> Result<Vec<NamedType>, PgError> {
-        let mut missing: Vec<&str> = names
-            .iter()
-            .copied()
-            .filter(|name| !self.types.contains_key(*name))
-            .collect();
-        missing.sort_unstable();
-        missing.dedup();
-        if !missing.is_empty() {
-            let result = resolve_type_names(self.connection().await?, &missing).await;
-            if result.as_ref().is_err_and(PgError::is_transient) {
-                self.connection = None;
-            }
-            for (name, named) in missing.iter().zip(result?) {
-                self.types.insert((*name).to_owned(), named);
-            }
-        }
-        names
-            .iter()
-            .map(|name| {
-                self.types.get(*name).cloned().ok_or_else(|| {
-                    PgError::protocol("resolving type names", format!("{name} was not resolved"))
-                })
-            })
-            .collect()
-    }
-
-    /// Writes a non-transactional logical message, which the slot sees as progress.
-    async fn heartbeat(&mut self) -> Result<(), PgError> {
-        let result = self
-            .connection()
-            .await?
-            .query_one("SELECT pg_logical_emit_message(false, 'pgferry_heartbeat', '')")
-            .await;
-        if result.is_err() {
-            self.connection = None;
-        }
-        result.map(drop)
-    }
-
-    /// Closes the connection, if open.
-    pub async fn close(&mut self) {
-        if let Some(connection) = self.connection.take() {
-            connection.close().await;
-        }
-    }
-}
-
-impl std::fmt::Debug for SideConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SideConnection")
-            .field("address", &self.options.address())
-            .field("connected", &self.connection.is_some())
-            .finish()
-    }
-}
-
 impl CdcError {
     /// Whether streaming may succeed again after a reconnect (connection loss, server
     /// restart, GDN unreachable), as opposed to errors that need a fix first.
@@ -447,140 +180,6 @@ impl CdcError {
     }
 }
 
-/// A kind of write request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Operation {
-    Upsert,
-    Patch,
-    Delete,
-}
-
-impl Operation {
-    fn as_str(self) -> &'static str {
-        match self {
-            Operation::Upsert => "upsert",
-            Operation::Patch => "patch",
-            Operation::Delete => "delete",
-        }
-    }
-}
-
-#[derive(Debug)]
-enum Op {
-    Upsert(Vec<u8>),
-    Patch(Vec<u8>),
-    Delete,
-    /// A key change whose new image lacks unchanged TOASTed columns: the new document is the
-    /// old one (read at flush time, before the old key is deleted) with this patch on top.
-    MoveFrom(String, Vec<u8>),
-}
-
-#[derive(Debug, Default)]
-struct CollectionOps {
-    table: String,
-    ops: HashMap<String, Op>,
-}
-
-/// Pending operations, coalesced per collection and key.
-#[derive(Debug, Default)]
-struct Pending {
-    collections: HashMap<Arc<str>, CollectionOps>,
-    documents: usize,
-    bytes: usize,
-    since: Option<Instant>,
-}
-
-impl Pending {
-    fn is_empty(&self) -> bool {
-        self.documents == 0
-    }
-
-    /// The pending operation of `key`, if any.
-    fn op(&self, collection: &Arc<str>, key: &str) -> Option<&Op> {
-        self.collections.get(collection)?.ops.get(key)
-    }
-
-    fn put(
-        &mut self,
-        collection: &Arc<str>,
-        table: &str,
-        key: String,
-        op: Op,
-    ) -> Result<(), CdcError> {
-        if !self.collections.contains_key(collection) {
-            self.collections
-                .insert(Arc::clone(collection), CollectionOps::default());
-        }
-        let Some(entry) = self.collections.get_mut(collection) else {
-            return Err(CdcError::Merge(
-                "a collection vanished from the batch".into(),
-            ));
-        };
-        if entry.table.is_empty() {
-            entry.table = table.to_owned();
-        }
-        let size = match &op {
-            Op::Upsert(doc) | Op::Patch(doc) | Op::MoveFrom(_, doc) => doc.len(),
-            Op::Delete => key.len(),
-        };
-        let merged = match (entry.ops.remove(&key), op) {
-            (Some(Op::Upsert(doc)), Op::Patch(patch)) => Op::Upsert(merge_objects(&doc, &patch)?),
-            (Some(Op::Patch(earlier)), Op::Patch(patch)) => {
-                Op::Patch(merge_objects(&earlier, &patch)?)
-            }
-            (Some(Op::MoveFrom(from, earlier)), Op::Patch(patch)) => {
-                Op::MoveFrom(from, merge_objects(&earlier, &patch)?)
-            }
-            (_, op) => op,
-        };
-        entry.ops.insert(key, merged);
-        self.documents += 1;
-        self.bytes += size;
-        self.since.get_or_insert_with(Instant::now);
-        Ok(())
-    }
-}
-
-/// Overlays the attributes of JSON object `patch` on JSON object `base`.
-fn merge_objects(base: &[u8], patch: &[u8]) -> Result<Vec<u8>, CdcError> {
-    let parse = |bytes: &[u8]| {
-        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes).map_err(
-            |error| {
-                CdcError::Merge(format!(
-                    "{error} in {}",
-                    String::from_utf8_lossy(&bytes[..bytes.len().min(120)])
-                ))
-            },
-        )
-    };
-    let mut merged = parse(base)?;
-    merged.extend(parse(patch)?);
-    serde_json::to_vec(&merged).map_err(|error| CdcError::Merge(error.to_string()))
-}
-
-/// `(name, text)` pairs of a row image, text borrowed where wal2json did not escape.
-/// A row image as `(column, text)`; `None` text is SQL NULL.
-type Image<'c> = Vec<(&'c str, Option<std::borrow::Cow<'c, str>>)>;
-
-fn image<'c>(columns: &'c [ColumnValue<'_>], lsn: Lsn) -> Result<Image<'c>, CdcError> {
-    columns
-        .iter()
-        .map(|column| {
-            column
-                .text()
-                .map(|text| (column.name.as_ref(), text))
-                .map_err(|detail| CdcError::Decode(Wal2JsonError { lsn, detail }))
-        })
-        .collect()
-}
-
-fn as_pairs<'a>(image: &'a Image<'a>) -> Vec<(&'a str, Option<&'a str>)> {
-    image
-        .iter()
-        .map(|(name, text)| (*name, text.as_deref()))
-        .collect()
-}
-
 /// Streams changes until `settings.stop_at` is reached, `shutdown` fires, or an error;
 /// `summary` counts across calls (reconnects), and the watermark is always in `state_file`.
 pub async fn stream_changes(
@@ -594,7 +193,7 @@ pub async fn stream_changes(
 ) -> Result<(), CdcError> {
     let settings = context.settings;
     for table in tables.values() {
-        side.learn(&table.table);
+        side.learn(table.table());
     }
     let mut run = Streamer {
         context,
@@ -602,11 +201,18 @@ pub async fn stream_changes(
         state,
         pending: Pending::default(),
         commit_times: Vec::new(),
+        in_transaction: false,
+        transaction_rows: 0,
+        commit_time: None,
     };
     summary.confirmed = summary.confirmed.max(run.state.lsn);
-    let mut in_transaction = false;
-    let mut transaction_rows = 0u64;
-    let mut commit_time: Option<i64> = None;
+    let mut decoder = match &settings.decoding {
+        Decoding::Wal2Json(Wal2JsonFormat::V1) => Decoder::V1(V1Decoder::new()),
+        Decoding::Wal2Json(Wal2JsonFormat::V2) => Decoder::V2,
+        Decoding::PgOutput { version, spool_dir } => {
+            Decoder::PgOutput(Box::new(PgOutputSource::new(*version, spool_dir.clone())?))
+        }
+    };
     // Timers live across iterations: arming one per message would cost more than decoding it.
     let flush_timer = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(flush_timer);
@@ -631,7 +237,7 @@ pub async fn stream_changes(
         }
         let caught_up = settings
             .stop_at
-            .is_some_and(|stop| !in_transaction && run.committed >= stop);
+            .is_some_and(|stop| !run.in_transaction && run.committed >= stop);
         if caught_up
             || run.pending.documents >= settings.flush_documents
             || run.pending.bytes >= settings.flush_bytes
@@ -683,7 +289,10 @@ pub async fn stream_changes(
             None => return Err(CdcError::Ended),
             Some(ReplicationMessage::PrimaryKeepalive(keepalive)) => {
                 run.server_end(keepalive.wal_end);
-                if run.pending.is_empty() && !in_transaction && keepalive.wal_end > run.committed {
+                if run.pending.is_empty()
+                    && !run.in_transaction
+                    && keepalive.wal_end > run.committed
+                {
                     // Nothing of ours is in flight: let the slot move past unrelated WAL.
                     run.committed = keepalive.wal_end;
                     run.confirm(&mut stream, summary).await?;
@@ -691,85 +300,46 @@ pub async fn stream_changes(
             }
             Some(ReplicationMessage::XLogData(xlog)) => {
                 run.server_end(xlog.wal_end);
-                let change = parse_v2(&xlog.data, xlog.wal_start)?;
-                match change.action {
-                    Action::Begin => {
-                        in_transaction = true;
-                        transaction_rows = 0;
-                        commit_time = change
-                            .timestamp
-                            .as_deref()
-                            .and_then(parse_timestamptz_micros);
+                match &mut decoder {
+                    Decoder::V2 => {
+                        let change = parse_v2(&xlog.data, xlog.wal_start)?;
+                        run.apply(&change, xlog.wal_start, tables, side, &mut stream, summary)
+                            .await?;
                     }
-                    Action::Commit => {
-                        in_transaction = false;
-                        summary.transactions += 1;
-                        context.metrics.transactions.fetch_add(1, Ordering::Relaxed);
-                        if transaction_rows > 0 {
-                            if let Some(micros) = commit_time.take().or_else(|| {
-                                change
-                                    .timestamp
-                                    .as_deref()
-                                    .and_then(parse_timestamptz_micros)
-                            }) {
-                                run.commit_times.push(micros);
-                            }
-                        }
-                        run.committed =
-                            run.committed.max(change.next_lsn.unwrap_or(xlog.wal_start));
-                        if run.pending.is_empty() {
-                            run.confirm(&mut stream, summary).await?;
-                        }
+                    Decoder::PgOutput(source) => {
+                        run.apply_pgoutput(
+                            source,
+                            &xlog.data,
+                            xlog.wal_start,
+                            tables,
+                            side,
+                            &mut stream,
+                            summary,
+                        )
+                        .await?;
                     }
-                    Action::Message => {
-                        if !in_transaction && run.pending.is_empty() {
-                            // A non-transactional message (e.g. a heartbeat): every transaction
-                            // committed before it was already received and applied.
-                            let at = change.lsn.unwrap_or(xlog.wal_start);
-                            if at > run.committed {
-                                run.committed = at;
-                                run.confirm(&mut stream, summary).await?;
-                            }
-                        }
-                    }
-                    Action::Truncate => {
-                        let Some(table) = tables.get_mut(&change) else {
-                            continue;
-                        };
-                        let table = table.clone();
-                        run.flush().await?;
-                        if let Some(client) = context.client {
-                            retrying(settings.max_retries, || {
-                                client.truncate_collection(&table.collection)
-                            })
-                            .await
-                            .map_err(|source| CdcError::Gdn {
-                                table: table.plan.table().to_owned(),
-                                collection: table.collection.to_string(),
-                                source: Box::new(source),
-                            })?;
-                        }
-                    }
-                    Action::Insert | Action::Update | Action::Delete => {
-                        summary.changes += 1;
-                        transaction_rows += 1;
-                        context.metrics.rows_read.fetch_add(1, Ordering::Relaxed);
-                        context.metrics.changes.fetch_add(1, Ordering::Relaxed);
-                        let Some(table) = tables.get_mut(&change) else {
-                            continue;
-                        };
-                        if let Some(shape) = table.shape_for(&change) {
-                            tracing::info!(table = %table.plan.table(), lsn = %xlog.wal_start, columns = ?shape, "the change has another row shape than the plan (columns added, dropped or retyped): re-planning");
-                            table
-                                .reshape(shape, side, settings.numeric_mode, xlog.wal_start)
+                    Decoder::V1(v1) => {
+                        let mut changes = Vec::new();
+                        v1.decode(&xlog.data, xlog.wal_start, &mut changes)?;
+                        for change in &changes {
+                            run.apply(change, xlog.wal_start, tables, side, &mut stream, summary)
                                 .await?;
                         }
-                        apply_row(&change, xlog.wal_start, table, &mut run.pending)?;
                     }
                 }
             }
         }
     }
+}
+
+/// How XLogData frames are decoded.
+enum Decoder {
+    /// wal2json format-version 2: one change per frame.
+    V2,
+    /// wal2json format-version 1: transactions, whole or in chunks.
+    V1(V1Decoder),
+    /// pgoutput.
+    PgOutput(Box<PgOutputSource>),
 }
 
 /// The streaming loop's position and pending work.
@@ -782,9 +352,175 @@ struct Streamer<'a> {
     pending: Pending,
     /// Commit times (Unix µs) of received transactions with rows, not yet confirmed.
     commit_times: Vec<i64>,
+    /// Between a Begin and its Commit.
+    in_transaction: bool,
+    /// Row changes of the open transaction.
+    transaction_rows: u64,
+    /// The open transaction's commit time (Unix µs), when reported.
+    commit_time: Option<i64>,
 }
 
 impl Streamer<'_> {
+    /// Applies one wal2json change: transaction bounds move the watermark, rows become
+    /// pending operations, TRUNCATE empties the collection.
+    async fn apply(
+        &mut self,
+        change: &Change<'_>,
+        wal_start: Lsn,
+        tables: &mut CdcTables,
+        side: &mut SideConnection,
+        stream: &mut LogicalStream,
+        summary: &mut CdcSummary,
+    ) -> Result<(), CdcError> {
+        match change.action {
+            Action::Begin => self.begin(
+                change
+                    .timestamp
+                    .as_deref()
+                    .and_then(parse_timestamptz_micros),
+            ),
+            Action::Commit => {
+                let time = change
+                    .timestamp
+                    .as_deref()
+                    .and_then(parse_timestamptz_micros);
+                self.commit(change.next_lsn.unwrap_or(wal_start), time, stream, summary)
+                    .await?;
+            }
+            Action::Message => {
+                self.message(change.lsn.unwrap_or(wal_start), stream, summary)
+                    .await?;
+            }
+            Action::Truncate => {
+                if let (Some(schema), Some(table)) =
+                    (change.schema.as_deref(), change.table.as_deref())
+                {
+                    self.truncate(tables, schema, table).await?;
+                }
+            }
+            Action::Insert | Action::Update | Action::Delete => {
+                if let Some(row) = RowChange::from_wal2json(change, wal_start)? {
+                    self.row(&row, wal_start, tables, side, summary).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A transaction begins (its commit time in Unix µs, when known).
+    fn begin(&mut self, commit_time: Option<i64>) {
+        self.in_transaction = true;
+        self.transaction_rows = 0;
+        self.commit_time = commit_time;
+    }
+
+    /// The open transaction committed; `end` is the position after its commit record.
+    async fn commit(
+        &mut self,
+        end: Lsn,
+        commit_time: Option<i64>,
+        stream: &mut LogicalStream,
+        summary: &mut CdcSummary,
+    ) -> Result<(), CdcError> {
+        self.in_transaction = false;
+        summary.transactions += 1;
+        self.context
+            .metrics
+            .transactions
+            .fetch_add(1, Ordering::Relaxed);
+        if self.transaction_rows > 0 {
+            if let Some(micros) = self.commit_time.take().or(commit_time) {
+                self.commit_times.push(micros);
+            }
+        }
+        self.committed = self.committed.max(end);
+        if self.pending.is_empty() {
+            self.confirm(stream, summary).await?;
+        }
+        Ok(())
+    }
+
+    /// A non-transactional logical message at `at` (e.g. a heartbeat): outside a transaction
+    /// with nothing pending, every transaction committed before it was received and applied.
+    async fn message(
+        &mut self,
+        at: Lsn,
+        stream: &mut LogicalStream,
+        summary: &mut CdcSummary,
+    ) -> Result<(), CdcError> {
+        if !self.in_transaction && self.pending.is_empty() && at > self.committed {
+            self.committed = at;
+            self.confirm(stream, summary).await?;
+        }
+        Ok(())
+    }
+
+    /// `schema.table` was truncated: what is pending is written first, then the collection
+    /// is emptied.
+    async fn truncate(
+        &mut self,
+        tables: &mut CdcTables,
+        schema: &str,
+        name: &str,
+    ) -> Result<(), CdcError> {
+        let Some(table) = tables.get_mut(schema, name) else {
+            return Ok(());
+        };
+        let table = table.clone();
+        self.flush().await?;
+        if let Some(client) = self.context.client {
+            retrying(self.context.settings.max_retries, || {
+                client.truncate_collection(&table.collection)
+            })
+            .await
+            .map_err(|source| CdcError::Gdn {
+                table: table.plan.table().to_owned(),
+                collection: table.collection.to_string(),
+                source: Box::new(source),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// One INSERT, UPDATE or DELETE: re-plans the table if the row's shape changed, then
+    /// coalesces it into the pending operations.
+    async fn row(
+        &mut self,
+        row: &RowChange<'_>,
+        wal_start: Lsn,
+        tables: &mut CdcTables,
+        side: &mut SideConnection,
+        summary: &mut CdcSummary,
+    ) -> Result<(), CdcError> {
+        let metrics = self.context.metrics;
+        summary.changes += 1;
+        self.transaction_rows += 1;
+        metrics.rows_read.fetch_add(1, Ordering::Relaxed);
+        metrics.changes.fetch_add(1, Ordering::Relaxed);
+        let Some(table) = tables.get_mut(row.schema, row.table) else {
+            return Ok(());
+        };
+        if let Some(shape) = table.shape_for(row) {
+            tracing::info!(table = %table.plan.table(), lsn = %wal_start, columns = ?shape, "the change has another row shape than the plan (columns added, dropped or retyped): re-planning");
+            table
+                .reshape(shape, side, self.context.settings.numeric_mode, wal_start)
+                .await?;
+        }
+        apply_row(row, wal_start, table, &mut self.pending)
+    }
+
+    /// Writes what is pending once it reaches the flush thresholds (inside a large
+    /// transaction, so memory stays bounded; the watermark waits for the commit).
+    async fn flush_if_full(&mut self) -> Result<(), CdcError> {
+        let settings = self.context.settings;
+        if self.pending.documents >= settings.flush_documents
+            || self.pending.bytes >= settings.flush_bytes
+        {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
     /// Writes everything pending, then confirms the last commit received.
     async fn checkpoint(
         &mut self,
@@ -848,373 +584,4 @@ fn unix_micros() -> i64 {
         .map_or(0, |since| {
             i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
         })
-}
-
-fn apply_row(
-    change: &Change<'_>,
-    lsn: Lsn,
-    table: &CdcTable,
-    pending: &mut Pending,
-) -> Result<(), CdcError> {
-    let document = |source| CdcError::Document { lsn, source };
-    let name = table.plan.table();
-    match change.action {
-        Action::Delete => {
-            if change.identity.is_empty() {
-                return Err(CdcError::Unsupported(format!(
-                    "a DELETE on {name} at {lsn} carries no old key: the table has no primary key or replica identity\nHINT: ALTER TABLE {name} REPLICA IDENTITY USING INDEX <unique index>; (or add a primary key)"
-                )));
-            }
-            let identity = image(&change.identity, lsn)?;
-            let key = table
-                .plan
-                .key_from_text(&as_pairs(&identity))
-                .map_err(document)?;
-            pending.put(&table.collection, name, key.as_str().to_owned(), Op::Delete)?;
-        }
-        _ => {
-            let columns = image(&change.columns, lsn)?;
-            let mut doc = Vec::with_capacity(256);
-            let encoded = table
-                .plan
-                .encode_text(&as_pairs(&columns), &mut doc)
-                .map_err(document)?;
-            // An INSERT is the whole row (a column it lacks did not exist then); only an
-            // UPDATE leaves out unchanged TOASTed columns.
-            let complete = encoded.complete || change.action == Action::Insert;
-            if !change.identity.is_empty() {
-                let identity = image(&change.identity, lsn)?;
-                let old = table
-                    .plan
-                    .key_from_text(&as_pairs(&identity))
-                    .map_err(document)?;
-                if old != encoded.key {
-                    // The key changed: the old document goes away, and a partial new image
-                    // takes its missing (unchanged TOASTed) attributes from the old document.
-                    let old_key = old.as_str().to_owned();
-                    let moved = if complete {
-                        Op::Upsert(doc)
-                    } else {
-                        match pending.op(&table.collection, &old_key) {
-                            Some(Op::Upsert(base)) => Op::Upsert(merge_objects(base, &doc)?),
-                            // Earlier pending changes of the old key travel with it.
-                            Some(Op::Patch(earlier)) => {
-                                Op::MoveFrom(old_key.clone(), merge_objects(earlier, &doc)?)
-                            }
-                            Some(Op::MoveFrom(from, earlier)) => {
-                                Op::MoveFrom(from.clone(), merge_objects(earlier, &doc)?)
-                            }
-                            Some(Op::Delete) | None => Op::MoveFrom(old_key.clone(), doc),
-                        }
-                    };
-                    pending.put(&table.collection, name, old_key, Op::Delete)?;
-                    return pending.put(
-                        &table.collection,
-                        name,
-                        encoded.key.as_str().to_owned(),
-                        moved,
-                    );
-                }
-            }
-            let op = if complete {
-                Op::Upsert(doc)
-            } else {
-                Op::Patch(doc)
-            };
-            pending.put(&table.collection, name, encoded.key.as_str().to_owned(), op)?;
-        }
-    }
-    Ok(())
-}
-
-/// Writes every pending operation; returns once GDN durably holds them all.
-async fn flush(
-    pending: &mut Pending,
-    client: Option<&GdnClient>,
-    settings: &CdcSettings,
-    state: &CdcState,
-    metrics: &Metrics,
-) -> Result<(), CdcError> {
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let collections = std::mem::take(&mut pending.collections);
-    *pending = Pending::default();
-    for (collection, ops) in collections {
-        let mut upserts = Vec::new();
-        let mut patches = Vec::new();
-        let mut deletes = Vec::new();
-        let mut moves = Vec::new();
-        for (key, op) in ops.ops {
-            match op {
-                Op::Upsert(doc) => upserts.push((key, doc)),
-                Op::Patch(doc) => patches.push((key, doc)),
-                Op::Delete => deletes.push(key),
-                Op::MoveFrom(from, doc) => moves.push((key, from, doc)),
-            }
-        }
-        if let Some(client) = client {
-            // Read moved documents' old versions before their old keys are deleted.
-            for (key, from, doc) in moves {
-                let old = retrying(settings.max_retries, || {
-                    client.get_document(&collection, &from)
-                })
-                .await
-                .map_err(|source| CdcError::Gdn {
-                    table: ops.table.clone(),
-                    collection: collection.to_string(),
-                    source: Box::new(source),
-                })?;
-                match old {
-                    Some(old) => {
-                        let mut base: serde_json::Map<String, serde_json::Value> =
-                            serde_json::from_slice(&old).map_err(|error| CdcError::Gdn {
-                                table: ops.table.clone(),
-                                collection: collection.to_string(),
-                                source: Box::new(GdnError::BadResponse {
-                                    method: "GET".into(),
-                                    url: format!("document {from:?}"),
-                                    detail: format!("not a JSON object: {error}"),
-                                }),
-                            })?;
-                        base.remove("_id");
-                        base.remove("_rev");
-                        base.extend(
-                            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(
-                                &doc,
-                            )
-                            .map_err(|error| CdcError::Merge(error.to_string()))?,
-                        );
-                        let merged = serde_json::to_vec(&base)
-                            .map_err(|error| CdcError::Merge(error.to_string()))?;
-                        upserts.push((key, merged));
-                    }
-                    // Not there (a replay over a newer copy): patch the new key instead.
-                    None => patches.push((key, doc)),
-                }
-            }
-        } else {
-            upserts.extend(moves.into_iter().map(|(key, _, doc)| (key, doc)));
-        }
-        let Some(client) = client else {
-            metrics.ingested_documents.fetch_add(
-                (upserts.len() + patches.len() + deletes.len()) as u64,
-                Ordering::Relaxed,
-            );
-            continue;
-        };
-        for chunk in deletes.chunks(settings.batch_size_rows.max(1)) {
-            let body =
-                serde_json::to_vec(chunk).map_err(|error| CdcError::Merge(error.to_string()))?;
-            let keys: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            write(
-                client,
-                settings,
-                &collection,
-                &ops.table,
-                Operation::Delete,
-                &keys,
-                Bytes::from(body),
-                state,
-                metrics,
-            )
-            .await?;
-        }
-        for (operation, documents) in [(Operation::Upsert, &upserts), (Operation::Patch, &patches)]
-        {
-            for chunk in documents.chunks(settings.batch_size_rows.max(1)) {
-                let mut body = Vec::with_capacity(
-                    chunk.iter().map(|(_, doc)| doc.len() + 1).sum::<usize>() + 2,
-                );
-                body.push(b'[');
-                for (index, (_, doc)) in chunk.iter().enumerate() {
-                    if index > 0 {
-                        body.push(b',');
-                    }
-                    body.extend_from_slice(doc);
-                }
-                body.push(b']');
-                let keys: Vec<&str> = chunk.iter().map(|(key, _)| key.as_str()).collect();
-                write(
-                    client,
-                    settings,
-                    &collection,
-                    &ops.table,
-                    operation,
-                    &keys,
-                    Bytes::from(body),
-                    state,
-                    metrics,
-                )
-                .await?;
-            }
-        }
-    }
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn write(
-    client: &GdnClient,
-    settings: &CdcSettings,
-    collection: &str,
-    table: &str,
-    operation: Operation,
-    keys: &[&str],
-    body: Bytes,
-    state: &CdcState,
-    metrics: &Metrics,
-) -> Result<(), CdcError> {
-    let bytes = body.len() as u64;
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        let result: Result<BatchOutcome, GdnError> = retrying(settings.max_retries, || {
-            let body = body.clone();
-            async move {
-                match operation {
-                    Operation::Delete => {
-                        client
-                            .delete_documents(collection, body, settings.wait_for_sync)
-                            .await
-                    }
-                    Operation::Patch => {
-                        client
-                            .patch_documents(collection, body, settings.wait_for_sync)
-                            .await
-                    }
-                    Operation::Upsert => {
-                        client
-                            .write_documents(collection, body, true, settings.wait_for_sync)
-                            .await
-                    }
-                }
-            }
-        })
-        .await;
-        let outcome = result.map_err(|source| CdcError::Gdn {
-            table: table.to_owned(),
-            collection: collection.to_owned(),
-            source: Box::new(source),
-        })?;
-        // A delete of a document that is already gone is done; so is a patch of a document the
-        // resumed copy never saw, while replaying changes older than that copy (the resume rule).
-        let replaying = state.lsn < state.replay_until;
-        let real_failures: Vec<_> = outcome
-            .failures
-            .iter()
-            .filter(|failure| {
-                !(failure.error_num == DOCUMENT_NOT_FOUND
-                    && (operation == Operation::Delete
-                        || (operation == Operation::Patch && replaying)))
-            })
-            .collect();
-        if real_failures.is_empty() {
-            metrics
-                .ingested_documents
-                .fetch_add(keys.len() as u64, Ordering::Relaxed);
-            metrics.ingested_bytes.fetch_add(bytes, Ordering::Relaxed);
-            return Ok(());
-        }
-        let first = real_failures[0];
-        if attempt >= settings.max_retries || first.error_num == DOCUMENT_NOT_FOUND {
-            metrics
-                .ingest_errors
-                .fetch_add(real_failures.len() as u64, Ordering::Relaxed);
-            return Err(CdcError::Refused {
-                operation: operation.as_str(),
-                table: table.to_owned(),
-                collection: collection.to_owned(),
-                key: keys
-                    .get(first.index)
-                    .map(|key| (*key).to_owned())
-                    .unwrap_or_default(),
-                error_num: first.error_num,
-                message: first.message.clone(),
-            });
-        }
-        // Every operation here is idempotent per key: re-sending the whole request is safe.
-        metrics.retries.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(100u64 << attempt.min(6))).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn coalescing_keeps_the_last_write_per_key() {
-        let collection: Arc<str> = Arc::from("c");
-        let mut pending = Pending::default();
-        pending
-            .put(
-                &collection,
-                "t",
-                "1".into(),
-                Op::Upsert(br#"{"_key":"1","a":1,"b":"big"}"#.to_vec()),
-            )
-            .unwrap();
-        pending
-            .put(
-                &collection,
-                "t",
-                "1".into(),
-                Op::Patch(br#"{"_key":"1","a":2}"#.to_vec()),
-            )
-            .unwrap();
-        pending
-            .put(
-                &collection,
-                "t",
-                "2".into(),
-                Op::Upsert(br#"{"_key":"2"}"#.to_vec()),
-            )
-            .unwrap();
-        pending
-            .put(&collection, "t", "2".into(), Op::Delete)
-            .unwrap();
-        pending
-            .put(
-                &collection,
-                "t",
-                "3".into(),
-                Op::Patch(br#"{"_key":"3","a":1}"#.to_vec()),
-            )
-            .unwrap();
-        pending
-            .put(
-                &collection,
-                "t",
-                "3".into(),
-                Op::Patch(br#"{"_key":"3","b":2}"#.to_vec()),
-            )
-            .unwrap();
-        let ops = &pending.collections[&collection].ops;
-        match &ops["1"] {
-            Op::Upsert(doc) => {
-                let value: serde_json::Value = serde_json::from_slice(doc).unwrap();
-                assert_eq!(
-                    value,
-                    serde_json::json!({"_key": "1", "a": 2, "b": "big"}),
-                    "a TOAST-less update keeps the big value"
-                );
-            }
-            other => panic!("expected an upsert, got {other:?}"),
-        }
-        assert!(
-            matches!(ops["2"], Op::Delete),
-            "insert then delete is a delete"
-        );
-        match &ops["3"] {
-            Op::Patch(doc) => {
-                let value: serde_json::Value = serde_json::from_slice(doc).unwrap();
-                assert_eq!(value, serde_json::json!({"_key": "3", "a": 1, "b": 2}));
-            }
-            other => panic!("expected a patch, got {other:?}"),
-        }
-        assert_eq!(pending.documents, 6);
-        assert!(matches!(pending.op(&collection, "1"), Some(Op::Upsert(_))));
-        assert!(pending.op(&collection, "4").is_none());
-    }
 }

@@ -1,5 +1,7 @@
 //! The durable bookmark of a LOG_BASED pipeline: which slot, where its snapshot began, whether
 //! the snapshot copy finished, and the LSN up to which GDN durably holds every change.
+//! (GDN → PostgreSQL pipelines keep a state of their own kind in the same kind of file, through
+//! [`StateFile::load_json`] / [`StateFile::save_json`]; see `pipeline/gdn_to_pg.rs`.)
 //!
 //! Written atomically (temporary file, fsync, rename, fsync of the directory), so a crash leaves
 //! either the old or the new state, never a torn one. The LSN written here is never ahead of
@@ -173,15 +175,9 @@ impl StateFile {
 
     /// Reads the state; `None` when there is none yet.
     pub fn load(&self) -> Result<Option<CdcState>, StateError> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(self.io()(error)),
+        let Some(state) = self.load_json::<CdcState>()? else {
+            return Ok(None);
         };
-        let state: CdcState = serde_json::from_str(&text).map_err(|error| StateError::Invalid {
-            path: self.path.display().to_string(),
-            detail: error.to_string(),
-        })?;
         if state.version != 1 {
             return Err(StateError::Invalid {
                 path: self.path.display().to_string(),
@@ -191,8 +187,29 @@ impl StateFile {
         Ok(Some(state))
     }
 
+    /// Reads a state of any kind (the caller checks its version); `None` when there is none.
+    pub fn load_json<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, StateError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(self.io()(error)),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|error| StateError::Invalid {
+                path: self.path.display().to_string(),
+                detail: error.to_string(),
+            })
+    }
+
     /// Replaces the state atomically and durably.
     pub fn save(&self, state: &CdcState) -> Result<(), StateError> {
+        self.save_json(state)
+    }
+
+    /// Replaces the file with a state of any kind, atomically and durably (temporary file,
+    /// fsync, rename, fsync of the directory).
+    pub fn save_json<T: Serialize>(&self, state: &T) -> Result<(), StateError> {
         let text = serde_json::to_vec_pretty(state).map_err(|error| StateError::Invalid {
             path: self.path.display().to_string(),
             detail: error.to_string(),

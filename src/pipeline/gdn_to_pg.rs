@@ -1,0 +1,738 @@
+//! GDN → PostgreSQL: each collection is scanned into its table, then followed through its
+//! change stream; resumable at every step.
+//!
+//! ```text
+//! subscribe ──▶ cursor scan ──batches──▶ COPY + merge, COMMIT ──▶ state: scan done
+//!     │
+//!     └──messages──▶ batch (last change per _key) ──▶ COPY + merge, COMMIT ──▶ ack each message
+//! ```
+//!
+//! Ordering argument, per collection:
+//! 1. The subscription is attached **before** the scan starts, so every change committed after
+//!    the cursor's snapshot is a message of the subscription (whatever the server's initial
+//!    position, it is not later than the attach).
+//! 2. The scan loads documents as of its snapshot; the stream then replays, in commit order,
+//!    every message not acknowledged — possibly older than the snapshot. Every write is an
+//!    idempotent upsert (the whole document) or delete by `_key`, and the last message of a key
+//!    is its state at the end, so rows converge to the collection. While the backlog replays, a
+//!    row may briefly show an older version.
+//! 3. A message is acknowledged only after the transaction holding it commits. A crash before
+//!    the acknowledgement redelivers it (and every later message), which re-applies the same
+//!    final state; a crash during the scan (state file: scan not done) scans again.
+//!    The state file records, per collection, the subscription and whether its scan finished;
+//!    a different subscription name, or a table that vanished, scans again.
+//!
+//! `--once` stops after the scan plus the messages the subscription had not acknowledged when
+//! it attached (its `msgBacklog` in the stream's stats); otherwise the run follows the streams
+//! until SIGINT/SIGTERM, then commits and acknowledges what it holds and exits.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::config::{GdnAuth, GdnToPgConfig};
+use crate::gdn::client::{retrying, GdnClient, GdnError};
+use crate::gdn::cursor::CollectionScan;
+use crate::gdn::stream::{subscription_backlog, ChangeOp, StreamConsumer, StreamError};
+use crate::metrics::Metrics;
+use crate::pg::{Connection, PgError};
+use crate::pipeline::RunControl;
+use crate::progress::{spawn_display, CopyProgress};
+use crate::source::state::{StateError, StateFile};
+use crate::target::documents::{document_key, DocumentBatch, DocumentError, DocumentTable};
+use crate::target::naming::TableName;
+
+/// The `kind` of a GDN → PostgreSQL state file.
+const STATE_KIND: &str = "gdn_to_postgres";
+
+/// Why a GDN → PostgreSQL run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GdnToPgError {
+    /// A GDN call failed.
+    #[error("GDN source: {0}")]
+    Gdn(#[from] GdnError),
+    /// The change stream failed.
+    #[error("GDN source: {0}")]
+    Stream(#[from] StreamError),
+    /// A configured collection does not exist.
+    #[error("collection {collection:?} not found in fabric {fabric:?}{}\nHINT: check \"source_collection\" and \"fabric\" in the source (a retry fails the same way)", listed(.available))]
+    CollectionNotFound {
+        /// The collection.
+        collection: String,
+        /// The fabric.
+        fabric: String,
+        /// Some collections that do exist.
+        available: Vec<String>,
+    },
+    /// The database could not be reached.
+    #[error("PostgreSQL destination: {0}")]
+    Connect(Box<PgError>),
+    /// A table name PostgreSQL cannot keep.
+    #[error("table name {0:?} is longer than 63 bytes, the longest PostgreSQL keeps\nHINT: set \"table_name\" in the destination")]
+    LongTableName(String),
+    /// Loading a batch failed.
+    #[error(transparent)]
+    Load(Box<DocumentError>),
+    /// A stream message that is not a change of a document.
+    #[error("collection {collection:?}, stream message {id}: {detail}\n(not applied and not acknowledged; a retry fails the same way)")]
+    BadMessage {
+        /// The collection.
+        collection: String,
+        /// The message id.
+        id: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The state file failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl From<DocumentError> for GdnToPgError {
+    fn from(error: DocumentError) -> GdnToPgError {
+        GdnToPgError::Load(Box::new(error))
+    }
+}
+
+fn listed(available: &[String]) -> String {
+    if available.is_empty() {
+        " (the fabric has no collections)".into()
+    } else {
+        format!(" (it has: {})", available.join(", "))
+    }
+}
+
+/// The state file of a GDN → PostgreSQL pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GdnState {
+    /// Format version of this file (1).
+    pub version: u32,
+    /// Always `gdn_to_postgres`, so a LOG_BASED state file is never mistaken for one.
+    pub kind: String,
+    /// Per collection.
+    pub collections: BTreeMap<String, CollectionState>,
+}
+
+/// Where one collection's load stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionState {
+    /// The subscription its stream is followed with.
+    pub subscription: String,
+    /// `schema.table` it is loaded into.
+    pub table: String,
+    /// Whether the cursor scan committed every document.
+    pub scan_done: bool,
+}
+
+/// What the run did for one collection.
+#[derive(Debug, Clone, Default)]
+pub struct CollectionSummary {
+    /// The collection.
+    pub collection: String,
+    /// `schema.table`.
+    pub table: String,
+    /// Documents read by the scan (0 when it was done before).
+    pub scanned: u64,
+    /// Stream messages applied and acknowledged.
+    pub streamed: u64,
+    /// Transactions committed.
+    pub batches: u64,
+}
+
+/// What a GDN → PostgreSQL run did.
+#[derive(Debug, Clone, Default)]
+pub struct GdnRunSummary {
+    /// Per collection, in config order.
+    pub collections: Vec<CollectionSummary>,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// The process's peak resident set size, when known.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+impl GdnRunSummary {
+    /// Lines for people.
+    pub fn to_text(&self) -> String {
+        let mut text = String::new();
+        for collection in &self.collections {
+            text.push_str(&format!(
+                "{} → {}: scanned {} documents, applied {} stream messages, {} transactions\n",
+                collection.collection,
+                collection.table,
+                collection.scanned,
+                collection.streamed,
+                collection.batches
+            ));
+        }
+        text.push_str(&format!("done in {:.2} s\n", self.elapsed.as_secs_f64()));
+        if let Some(peak) = self.peak_rss_bytes {
+            text.push_str(&format!("peak RSS {:.1} MB\n", peak as f64 / 1e6));
+        }
+        text
+    }
+}
+
+/// The state shared by the collections' tasks.
+struct SharedState {
+    file: StateFile,
+    state: tokio::sync::Mutex<GdnState>,
+}
+
+impl SharedState {
+    async fn get(&self, collection: &str) -> Option<CollectionState> {
+        self.state.lock().await.collections.get(collection).cloned()
+    }
+
+    async fn set(&self, collection: &str, entry: CollectionState) -> Result<(), StateError> {
+        let mut state = self.state.lock().await;
+        state.collections.insert(collection.to_owned(), entry);
+        self.file.save_json(&*state)
+    }
+}
+
+fn load_state(file: &StateFile) -> Result<GdnState, StateError> {
+    match file.load_json::<GdnState>()? {
+        None => Ok(GdnState {
+            version: 1,
+            kind: STATE_KIND.into(),
+            collections: BTreeMap::new(),
+        }),
+        Some(state) if state.version == 1 && state.kind == STATE_KIND => Ok(state),
+        Some(state) => Err(StateError::Invalid {
+            path: file.path().display().to_string(),
+            detail: format!(
+                "kind {:?} version {} is not a GDN → PostgreSQL state",
+                state.kind, state.version
+            ),
+        }),
+    }
+}
+
+/// Everything one collection's task needs.
+struct Context<'a> {
+    config: &'a GdnToPgConfig,
+    client: &'a GdnClient,
+    tenant: &'a str,
+    state: &'a SharedState,
+    metrics: &'a Metrics,
+    progress: &'a CopyProgress,
+    control: &'a RunControl,
+}
+
+/// Resolves once a shutdown is requested (never, when nobody can request one).
+async fn stop_requested(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Runs a GDN → PostgreSQL pipeline.
+pub async fn run(
+    config: &GdnToPgConfig,
+    metrics: Arc<Metrics>,
+    control: RunControl,
+) -> Result<GdnRunSummary, GdnToPgError> {
+    let started = Instant::now();
+    let source = &config.source;
+    let client = GdnClient::open(
+        &source.base_url,
+        &source.fabric,
+        &source.auth,
+        source.request_timeout,
+    )
+    .await?;
+    let api_key = match &source.auth {
+        GdnAuth::ApiKey(key) => Some(key.expose().to_owned()),
+        GdnAuth::Login { .. } => None,
+    };
+    let tenant = retrying(source.max_retries, || client.tenant(api_key.as_deref())).await?;
+    let existing = retrying(source.max_retries, || client.collection_names()).await?;
+    for collection in &source.collections {
+        if !existing.contains(collection) {
+            let mut available: Vec<String> = existing
+                .iter()
+                .filter(|name| !name.starts_with('_'))
+                .take(20)
+                .cloned()
+                .collect();
+            available.sort();
+            return Err(GdnToPgError::CollectionNotFound {
+                collection: collection.clone(),
+                fabric: source.fabric.clone(),
+                available,
+            });
+        }
+        if let Err(error) = retrying(source.max_retries, || client.enable_stream(collection)).await
+        {
+            tracing::warn!(%collection, %error, "could not turn the collection's change stream on; subscribing anyway");
+        }
+    }
+    let file = StateFile::new(
+        config
+            .state_file
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from("pgferry-state.json")),
+    );
+    let state = SharedState {
+        state: tokio::sync::Mutex::new(load_state(&file)?),
+        file,
+    };
+    let mut estimates = Vec::with_capacity(source.collections.len());
+    for collection in &source.collections {
+        let count = retrying(source.max_retries, || client.count(collection))
+            .await
+            .unwrap_or(0);
+        estimates.push((collection.clone(), count));
+    }
+    let progress = Arc::new(CopyProgress::new(estimates));
+    let display = spawn_display(Arc::clone(&progress));
+    let context = Context {
+        config,
+        client: &client,
+        tenant: &tenant,
+        state: &state,
+        metrics: &metrics,
+        progress: &progress,
+        control: &control,
+    };
+    let result = futures_util::future::try_join_all(
+        source
+            .collections
+            .iter()
+            .enumerate()
+            .map(|(index, collection)| sync_collection(&context, index, collection)),
+    )
+    .await;
+    progress.finish();
+    if let Some(display) = display {
+        let _ = display.await;
+    }
+    if result.is_err() {
+        metrics.ingest_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(GdnRunSummary {
+        collections: result?,
+        elapsed: started.elapsed(),
+        peak_rss_bytes: crate::pipeline::peak_rss_bytes(),
+    })
+}
+
+/// A collection's consumer, its pending batch, and the ids of the messages in it.
+struct Follower<'a> {
+    context: &'a Context<'a>,
+    collection: &'a str,
+    subscription: String,
+    consumer: StreamConsumer,
+    connection: Connection,
+    table: DocumentTable,
+    batch: DocumentBatch,
+    ids: Vec<String>,
+    bytes: u64,
+    summary: CollectionSummary,
+}
+
+impl Follower<'_> {
+    /// Commits the pending batch, then acknowledges its messages.
+    async fn flush(&mut self, acknowledge: bool) -> Result<(), GdnToPgError> {
+        if self.ids.is_empty() && self.batch.is_empty() {
+            return Ok(());
+        }
+        self.commit().await?;
+        let streamed = self.ids.len() as u64;
+        if acknowledge {
+            for id in std::mem::take(&mut self.ids) {
+                if let Err(error) = self.consumer.ack(&id).await {
+                    // Committed, not acknowledged: redelivered later and re-applied (same rows).
+                    tracing::warn!(collection = self.collection, %error, "acknowledging failed; the messages will be delivered again");
+                    break;
+                }
+            }
+        }
+        self.ids.clear();
+        self.summary.streamed += streamed;
+        Ok(())
+    }
+
+    /// Applies the pending batch in one transaction.
+    async fn commit(&mut self) -> Result<(), GdnToPgError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let applied = self.table.apply(&mut self.connection, &self.batch).await?;
+        for change in &applied.changes {
+            tracing::info!(collection = self.collection, "{change}");
+        }
+        let metrics = self.context.metrics;
+        let rows = applied.upserts + applied.deletes;
+        metrics
+            .ingested_documents
+            .fetch_add(rows, Ordering::Relaxed);
+        metrics
+            .ingested_bytes
+            .fetch_add(std::mem::take(&mut self.bytes), Ordering::Relaxed);
+        metrics.batches.fetch_add(1, Ordering::Relaxed);
+        metrics.batch_documents.fetch_add(rows, Ordering::Relaxed);
+        self.summary.batches += 1;
+        self.batch.clear();
+        Ok(())
+    }
+
+    /// Adds one stream message to the batch.
+    fn take(&mut self, message: crate::gdn::stream::StreamMessage) -> Result<(), GdnToPgError> {
+        let bad = |detail: String| GdnToPgError::BadMessage {
+            collection: self.collection.to_owned(),
+            id: message.id.clone(),
+            detail,
+        };
+        self.context
+            .metrics
+            .rows_read
+            .fetch_add(1, Ordering::Relaxed);
+        self.bytes += message.payload.len() as u64;
+        if !message.payload.iter().all(u8::is_ascii_whitespace) {
+            let document: Map<String, Value> = serde_json::from_slice(&message.payload)
+                .map_err(|error| bad(format!("the payload is not a JSON object: {error}")))?;
+            let key = document_key(&document)
+                .map(str::to_owned)
+                .ok_or_else(|| bad("the payload has no string \"_key\"".into()))?;
+            match message.op {
+                ChangeOp::Upsert => {
+                    self.batch.upsert(document);
+                }
+                ChangeOp::Delete => self.batch.delete(key),
+            }
+        }
+        self.ids.push(message.id);
+        Ok(())
+    }
+
+    /// Attaches to the subscription again after the connection broke; what was not committed
+    /// is dropped (the server delivers it again).
+    async fn reconnect(&mut self, error: StreamError) -> Result<(), GdnToPgError> {
+        tracing::warn!(collection = self.collection, %error, "the change stream broke; reconnecting (messages not acknowledged come again)");
+        self.batch.clear();
+        self.ids.clear();
+        self.bytes = 0;
+        let context = self.context;
+        let source = &context.config.source;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(100u64 << attempt.min(7))).await;
+            match StreamConsumer::subscribe(
+                context.client,
+                context.tenant,
+                self.collection,
+                &self.subscription,
+                source.request_timeout,
+            )
+            .await
+            {
+                Ok(consumer) => {
+                    self.consumer = consumer;
+                    return Ok(());
+                }
+                Err(error) if error.is_retryable() && attempt < source.max_retries => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+}
+
+async fn subscribe(
+    context: &Context<'_>,
+    collection: &str,
+    subscription: &str,
+) -> Result<StreamConsumer, GdnToPgError> {
+    let source = &context.config.source;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match StreamConsumer::subscribe(
+            context.client,
+            context.tenant,
+            collection,
+            subscription,
+            source.request_timeout,
+        )
+        .await
+        {
+            Ok(consumer) => return Ok(consumer),
+            Err(error) if error.is_retryable() && attempt < source.max_retries => {
+                tracing::warn!(%collection, %error, "subscribing failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100u64 << attempt.min(7))).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// The subscription's backlog right after attaching (for `--once`).
+async fn backlog(
+    context: &Context<'_>,
+    collection: &str,
+    subscription: &str,
+) -> Result<u64, GdnToPgError> {
+    let source = &context.config.source;
+    for _ in 0..50 {
+        let found = retrying(source.max_retries, || {
+            subscription_backlog(context.client, collection, subscription)
+        })
+        .await?;
+        if let Some(backlog) = found {
+            return Ok(backlog);
+        }
+        // The server registers a new subscription shortly after the handshake.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(GdnToPgError::Stream(StreamError::Protocol {
+        url: format!("{}/_fabric/{}/_api/streams/c8locals.{collection}/stats", context.client.base_url(), context.client.fabric()),
+        detail: format!("the stream's stats do not list the subscription {subscription:?} this run attached to, so --once cannot tell where the backlog ends; run without --once"),
+    }))
+}
+
+/// Scans then follows one collection.
+async fn sync_collection(
+    context: &Context<'_>,
+    index: usize,
+    collection: &str,
+) -> Result<CollectionSummary, GdnToPgError> {
+    let destination = &context.config.destination;
+    let source = &context.config.source;
+    let name = TableName {
+        schema: destination.target_schema.clone(),
+        table: destination.table_for(collection),
+    };
+    if name.table.len() > 63 {
+        return Err(GdnToPgError::LongTableName(name.table));
+    }
+    let mut connection = Connection::connect(&destination.connection.connect_options())
+        .await
+        .map_err(|error| GdnToPgError::Connect(Box::new(error)))?;
+    let (table, created) =
+        DocumentTable::open(&mut connection, &name, destination.hard_delete).await?;
+    let subscription = source.subscription_for(
+        collection,
+        &destination.connection.dbname,
+        &name.schema,
+        &name.table,
+    );
+    let consumer = subscribe(context, collection, &subscription).await?;
+    let backlog = if context.control.once {
+        Some(backlog(context, collection, &subscription).await?)
+    } else {
+        None
+    };
+    let recorded = context.state.get(collection).await;
+    let scan_done = !created
+        && recorded
+            .as_ref()
+            .is_some_and(|entry| entry.scan_done && entry.subscription == subscription);
+    let mut follower = Follower {
+        context,
+        collection,
+        subscription: subscription.clone(),
+        consumer,
+        connection,
+        table,
+        batch: DocumentBatch::default(),
+        ids: Vec::new(),
+        bytes: 0,
+        summary: CollectionSummary {
+            collection: collection.to_owned(),
+            table: name.to_string(),
+            ..CollectionSummary::default()
+        },
+    };
+    let mut shutdown = context.control.shutdown.clone();
+    if !scan_done {
+        let entry = CollectionState {
+            subscription: subscription.clone(),
+            table: name.to_string(),
+            scan_done: false,
+        };
+        context.state.set(collection, entry.clone()).await?;
+        tracing::info!(%collection, table = %name, %subscription, "scanning the collection (subscribed to its stream first)");
+        let finished = scan(&mut follower, index, &mut shutdown).await?;
+        if !finished {
+            follower.consumer.close().await;
+            follower.connection.close().await;
+            return Ok(follower.summary);
+        }
+        context
+            .state
+            .set(
+                collection,
+                CollectionState {
+                    scan_done: true,
+                    ..entry
+                },
+            )
+            .await?;
+    }
+    follow(&mut follower, backlog, &mut shutdown).await?;
+    let Follower {
+        consumer,
+        connection,
+        summary,
+        ..
+    } = follower;
+    consumer.close().await;
+    connection.close().await;
+    Ok(summary)
+}
+
+/// Scans the collection into its table; `false` when a shutdown stopped it first.
+async fn scan(
+    follower: &mut Follower<'_>,
+    index: usize,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<bool, GdnToPgError> {
+    let context = follower.context;
+    let source = &context.config.source;
+    let batch_size = context.config.destination.batch_size_rows;
+    let new_scan = || {
+        CollectionScan::new(
+            context.client,
+            follower.collection,
+            source.cursor_batch_size,
+            source.cursor_ttl,
+            source.max_retries,
+        )
+    };
+    let mut pages = new_scan();
+    let mut restarts = 0u32;
+    loop {
+        if *shutdown.borrow_and_update() {
+            follower.commit().await?;
+            pages.close().await;
+            return Ok(false);
+        }
+        let page = match pages.next_page().await {
+            Ok(Some(page)) => page,
+            Ok(None) => break,
+            // A lost page cannot be asked for again: scan from the start (upserts by key make
+            // the documents already loaded harmless).
+            Err(error) if error.is_retryable() && restarts + 1 < source.max_retries => {
+                restarts += 1;
+                tracing::warn!(collection = follower.collection, %error, "the scan broke; scanning again from the start");
+                tokio::time::sleep(Duration::from_millis(100u64 << restarts.min(7))).await;
+                pages = new_scan();
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        for raw in page {
+            context.metrics.rows_read.fetch_add(1, Ordering::Relaxed);
+            follower.bytes += raw.get().len() as u64;
+            let document: Map<String, Value> =
+                serde_json::from_str(raw.get()).map_err(|error| DocumentError::NoKey {
+                    table: follower.table.name().clone(),
+                    snippet: format!("not a JSON object ({error})"),
+                })?;
+            if !follower.batch.upsert(document) {
+                return Err(DocumentError::NoKey {
+                    table: follower.table.name().clone(),
+                    snippet: raw.get().chars().take(120).collect(),
+                }
+                .into());
+            }
+            follower.summary.scanned += 1;
+            context.progress.add(index, 1);
+            if follower.batch.len() >= batch_size {
+                follower.commit().await?;
+            }
+        }
+    }
+    follower.commit().await?;
+    Ok(true)
+}
+
+/// Applies stream messages in batches until a shutdown (or, with a backlog, once it is read).
+async fn follow(
+    follower: &mut Follower<'_>,
+    backlog: Option<u64>,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), GdnToPgError> {
+    let destination = &follower.context.config.destination;
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        if backlog.is_some_and(|backlog| seen.len() as u64 >= backlog) {
+            return follower.flush(true).await;
+        }
+        let flush_at = deadline;
+        tokio::select! {
+            biased;
+            () = stop_requested(shutdown) => {
+                tracing::info!(collection = follower.collection, "stopping: committing and acknowledging what is pending");
+                return follower.flush(true).await;
+            }
+            () = async {
+                match flush_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                follower.flush(true).await?;
+                deadline = None;
+            }
+            message = follower.consumer.next() => match message {
+                Ok(message) => {
+                    if backlog.is_some() {
+                        seen.insert(message.id.clone());
+                    }
+                    follower.take(message)?;
+                    deadline.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + destination.batch_flush_interval
+                    });
+                    if follower.ids.len() >= destination.batch_size_rows {
+                        follower.flush(true).await?;
+                        deadline = None;
+                    }
+                }
+                Err(error) if error.is_retryable() => {
+                    follower.reconnect(error).await?;
+                    deadline = None;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_file_is_ours_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::new(dir.path().join("state.json"));
+        let mut state = load_state(&file).unwrap();
+        assert_eq!((state.version, state.kind.as_str()), (1, STATE_KIND));
+        state.collections.insert(
+            "orders".into(),
+            CollectionState {
+                subscription: "pgferry-dw-public-orders".into(),
+                table: "public.orders".into(),
+                scan_done: true,
+            },
+        );
+        file.save_json(&state).unwrap();
+        assert_eq!(load_state(&file).unwrap(), state);
+        let log_based = crate::source::state::CdcState::new("slot", crate::pg::Lsn::ZERO);
+        file.save(&log_based).unwrap();
+        let error = load_state(&file).unwrap_err().to_string();
+        assert!(error.contains("move it away"), "{error}");
+    }
+}

@@ -1,0 +1,553 @@
+//! `pgferry run` from GDN (gdnlite) into PostgreSQL: documents written before and during the
+//! run all arrive, updates and deletes follow, new attributes add and widen columns, SIGKILL at
+//! random points and restarts end exact, and bad configs say what to fix.
+
+mod gdnlite_support;
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gdnlite_support::{all_documents, api, Http, Server, KEY};
+use hyper::Method;
+use serde_json::{json, Value};
+use support::PgCluster;
+
+/// A pipeline file from `collection` in gdnlite into `public.<collection>` of the cluster.
+fn write_pipeline(dir: &Path, cluster: &PgCluster, gdn_url: &str, extra: Value) -> PathBuf {
+    let mut config = json!({
+        "source": {
+            "type": "gdn", "gdn_url": gdn_url, "api_key": {"env": "PGFERRY_TEST_GDN_KEY"},
+            "source_collection": "orders", "cursor_batch_size": 300, "cursor_ttl": 30,
+            "max_retries": 3
+        },
+        "destination": {
+            "type": "postgres", "host": "127.0.0.1", "port": cluster.port(), "user": "postgres",
+            "dbname": "postgres", "sslmode": "disable",
+            "batch_size_rows": 500, "batch_flush_interval": 0.2
+        }
+    });
+    if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+        for (section, values) in extra {
+            match (config.get_mut(section), values) {
+                (Some(Value::Object(target)), Value::Object(values)) => {
+                    target.extend(values.clone());
+                }
+                _ => {
+                    config.insert(section.clone(), values.clone());
+                }
+            }
+        }
+    }
+    let path = dir.join("pipeline.json");
+    std::fs::write(&path, config.to_string()).expect("write pipeline");
+    path
+}
+
+fn pgferry(args: &[&str], config: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pgferry"));
+    command
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .env("PGFERRY_TEST_GDN_KEY", KEY);
+    command
+}
+
+/// Starts a following (continuous) run, logging to `log`.
+fn spawn_run(config: &Path, log: &Path) -> Child {
+    let log = std::fs::File::create(log).expect("log file");
+    pgferry(&["run"], config)
+        .stdout(Stdio::null())
+        .stderr(log.try_clone().expect("log file"))
+        .spawn()
+        .expect("start pgferry")
+}
+
+/// Runs `pgferry run --once` to completion; returns stdout.
+fn run_once(config: &Path) -> String {
+    let output = pgferry(&["run", "--once"], config)
+        .output()
+        .expect("run pgferry");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "pgferry run --once failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+async fn create_collection(http: &Http, name: &str) {
+    http.call(
+        Method::POST,
+        &api("collection"),
+        json!({"name": name, "type": 2}),
+    )
+    .await
+    .assert_ok(200);
+}
+
+async fn upsert(http: &Http, collection: &str, documents: Vec<Value>) {
+    let answer = http
+        .call(
+            Method::POST,
+            &api(&format!(
+                "document/{collection}?overwrite=true&waitForSync=true"
+            )),
+            Value::Array(documents),
+        )
+        .await;
+    assert!(answer.status.is_success(), "upsert: {:?}", answer.json);
+}
+
+async fn delete(http: &Http, collection: &str, keys: Vec<String>) {
+    let answer = http
+        .call(
+            Method::DELETE,
+            &api(&format!("document/{collection}?waitForSync=true")),
+            json!(keys),
+        )
+        .await;
+    assert!(answer.status.is_success(), "delete: {:?}", answer.json);
+}
+
+/// Every row of `public.<table>` by `_key`, as JSON (`to_jsonb` of the row without `_key`).
+fn rows(cluster: &PgCluster, table: &str) -> BTreeMap<String, Value> {
+    let exists = cluster.psql(&format!(
+        "SELECT to_regclass('public.\"{table}\"') IS NOT NULL"
+    ));
+    if exists != "t" {
+        return BTreeMap::new();
+    }
+    let text = cluster.psql(&format!(
+        "SELECT coalesce(jsonb_object_agg(\"_key\", to_jsonb(t) - '_key'), '{{}}') FROM public.\"{table}\" t"
+    ));
+    serde_json::from_str(&text).expect("rows as JSON")
+}
+
+/// Every row equals its document: the same keys, each attribute in its column with its value,
+/// every other column NULL. `Err` says the first difference.
+fn compare(
+    rows: &BTreeMap<String, Value>,
+    documents: &BTreeMap<String, Value>,
+) -> Result<(), String> {
+    if rows.len() != documents.len() {
+        let missing: Vec<&String> = documents
+            .keys()
+            .filter(|key| !rows.contains_key(*key))
+            .take(5)
+            .collect();
+        let extra: Vec<&String> = rows
+            .keys()
+            .filter(|key| !documents.contains_key(*key))
+            .take(5)
+            .collect();
+        return Err(format!(
+            "{} rows for {} documents (missing e.g. {missing:?}, extra e.g. {extra:?})",
+            rows.len(),
+            documents.len()
+        ));
+    }
+    for (key, document) in documents {
+        let row = rows
+            .get(key)
+            .ok_or_else(|| format!("no row for document {key}"))?;
+        let row = row.as_object().ok_or("a row is not an object")?;
+        for (attribute, value) in document.as_object().ok_or("a document is not an object")? {
+            if attribute == "_key" {
+                continue;
+            }
+            // An attribute that has only been null has no column yet: NULL all the same.
+            let stored = row.get(attribute).unwrap_or(&Value::Null);
+            if stored != value {
+                return Err(format!(
+                    "document {key}, attribute {attribute}: expected {value}, the row has {stored}"
+                ));
+            }
+        }
+        for (column, stored) in row {
+            if document.get(column).is_none() && !stored.is_null() {
+                return Err(format!(
+                    "document {key} has no {column}, but the row holds {stored}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the table equals the collection (or fails with the last difference).
+async fn wait_until_equal(
+    cluster: &PgCluster,
+    http: &Http,
+    collection: &str,
+    timeout: Duration,
+    log: &Path,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let documents = all_documents(http, collection, true).await;
+        let difference = match compare(&rows(cluster, collection), &documents) {
+            Ok(()) => return,
+            Err(difference) => difference,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "the table never matched the collection: {difference}\npgferry's log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn column_types(cluster: &PgCluster, table: &str) -> BTreeMap<String, String> {
+    cluster
+        .psql(&format!(
+            "SELECT attname || '=' || format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = 'public.\"{table}\"'::regclass AND attnum > 0 AND NOT attisdropped"
+        ))
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, sql)| (name.to_owned(), sql.to_owned()))
+        .collect()
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    child.wait().expect("pgferry exits")
+}
+
+fn order(index: u64) -> Value {
+    json!({
+        "_key": format!("o{index}"),
+        "n": index,
+        "price": index as f64 + 0.25,
+        "name": format!("order\t{index}\n"),
+        "paid": index % 2 == 0,
+        "tags": ["a", index],
+        "meta": {"nested": {"index": index}, "list": [1.5, null]},
+        "note": null
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_before_and_during_the_run_all_arrive_with_updates_deletes_and_new_shapes() {
+    let cluster = PgCluster::start_default();
+    let server = Server::start().await;
+    let http = Http::h1(&server.url());
+    create_collection(&http, "orders").await;
+    for chunk in (0..2_500u64).collect::<Vec<_>>().chunks(500) {
+        upsert(
+            &http,
+            "orders",
+            chunk.iter().map(|&index| order(index)).collect(),
+        )
+        .await;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_pipeline(dir.path(), &cluster, &server.url(), json!({}));
+    let log = dir.path().join("run.log");
+    let mut child = spawn_run(&config, &log);
+
+    // Written while the scan runs and after: new documents (one with a new attribute), updates
+    // that change the shape of a value, and deletes.
+    for chunk in (2_500..3_500u64).collect::<Vec<_>>().chunks(250) {
+        upsert(
+            &http,
+            "orders",
+            chunk.iter().map(|&index| order(index)).collect(),
+        )
+        .await;
+    }
+    upsert(
+        &http,
+        "orders",
+        vec![json!({"_key": "o3500", "extra": "new attribute", "n": 1})],
+    )
+    .await;
+    wait_until_equal(&cluster, &http, "orders", Duration::from_secs(120), &log).await;
+    upsert(
+        &http,
+        "orders",
+        (0..50u64)
+            .map(|index| json!({"_key": format!("o{index}"), "n": index as f64 / 4.0, "name": index, "paid": "yes"}))
+            .collect(),
+    )
+    .await;
+    delete(
+        &http,
+        "orders",
+        (100..300u64).map(|index| format!("o{index}")).collect(),
+    )
+    .await;
+    upsert(&http, "orders", vec![json!({"_key": "o150", "n": -5})]).await;
+    wait_until_equal(&cluster, &http, "orders", Duration::from_secs(120), &log).await;
+
+    let status = terminate(&mut child);
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.success(),
+        "SIGTERM ends the run cleanly: {status}\n{log}"
+    );
+    let types = column_types(&cluster, "orders");
+    let expected = [
+        ("_key", "text"),
+        ("n", "numeric"),
+        ("price", "double precision"),
+        ("name", "jsonb"),
+        ("paid", "jsonb"),
+        ("tags", "jsonb"),
+        ("meta", "jsonb"),
+        ("extra", "text"),
+    ];
+    for (column, sql) in expected {
+        assert_eq!(
+            types.get(column).map(String::as_str),
+            Some(sql),
+            "column {column}: {types:?}"
+        );
+    }
+    assert!(
+        !types.contains_key("note"),
+        "an attribute that was only null has no column yet"
+    );
+    assert!(
+        !types.contains_key("_id") && !types.contains_key("_rev"),
+        "{types:?}"
+    );
+    let key = cluster.psql(
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) WHERE i.indrelid = 'public.orders'::regclass AND i.indisprimary",
+    );
+    assert_eq!(key, "_key");
+
+    // Everything was acknowledged: a --once run finds no backlog and changes nothing.
+    let before = rows(&cluster, "orders");
+    let summary = run_once(&config);
+    assert!(
+        summary.contains("scanned 0 documents, applied 0 stream messages"),
+        "{summary}"
+    );
+    assert_eq!(rows(&cluster, "orders"), before);
+}
+
+/// A small deterministic generator for kill points and workloads.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
+
+/// Writes, updates and deletes documents until `stop`; values change kind now and then.
+async fn workload(http: Http, stop: Arc<AtomicBool>, writes: Arc<AtomicU64>, seed: u64) {
+    let mut random = Random(seed);
+    while !stop.load(Ordering::Relaxed) {
+        let key = random.below(4_000);
+        if random.below(5) == 0 {
+            let keys = (0..5)
+                .map(|step| format!("k{}", (key + step * 7) % 4_000))
+                .collect();
+            delete(&http, "events", keys).await;
+        } else {
+            let value = match random.below(4) {
+                0 => json!(random.below(1_000)),
+                1 => json!(random.below(1_000) as f64 / 8.0),
+                2 => json!(format!("v{}", random.below(1_000))),
+                _ => json!({"v": random.below(10)}),
+            };
+            let documents = (0..20)
+                .map(|step| json!({"_key": format!("k{}", (key + step) % 4_000), "value": value, "step": step}))
+                .collect();
+            upsert(&http, "events", documents).await;
+        }
+        writes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether the state file records the scan of `events` as done.
+fn scan_done(state_file: &Path) -> Option<bool> {
+    let state: Value = serde_json::from_str(&std::fs::read_to_string(state_file).ok()?).ok()?;
+    state["collections"]["events"]["scan_done"].as_bool()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_with_sigkill_at_random_points_and_restarted_the_table_equals_the_collection() {
+    let cluster = PgCluster::start_default();
+    let server = Server::start().await;
+    let http = Http::h1(&server.url());
+    create_collection(&http, "events").await;
+    for chunk in (0..20_000u64).collect::<Vec<_>>().chunks(2_000) {
+        upsert(
+            &http,
+            "events",
+            chunk
+                .iter()
+                .map(|index| json!({"_key": format!("k{index}"), "value": index}))
+                .collect(),
+        )
+        .await;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_pipeline(
+        dir.path(),
+        &cluster,
+        &server.url(),
+        json!({"source": {"source_collection": "events", "cursor_batch_size": 100},
+               "destination": {"batch_size_rows": 100}}),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let writer = tokio::spawn(workload(
+        http.clone(),
+        Arc::clone(&stop),
+        Arc::clone(&writes),
+        0x9E37_79B9_7F4A_7C15,
+    ));
+    let mut random = Random(0x2545_F491_4F6C_DD1D);
+    let state_file = dir.path().join("pipeline.state.json");
+    let mut phases = Vec::new();
+    for iteration in 0..6 {
+        let log = dir.path().join(format!("run-{iteration}.log"));
+        let mut child = spawn_run(&config, &log);
+        let started = writes.load(Ordering::Relaxed);
+        // The first kills come early, during the scan (each run scans again until one
+        // finishes it); the later ones once the scan is recorded done, into streaming.
+        if iteration >= 3 {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while scan_done(&state_file) != Some(true) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the scan never finished:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let pause =
+            Duration::from_millis(100 + random.below(if iteration < 3 { 500 } else { 1_500 }));
+        tokio::time::sleep(pause).await;
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "pgferry stopped by itself ({status}):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+        phases.push(if scan_done(&state_file) == Some(true) {
+            "streaming"
+        } else {
+            "scanning"
+        });
+        assert!(
+            writes.load(Ordering::Relaxed) > started || iteration == 0,
+            "the workload kept writing"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("workload");
+    eprintln!("SIGKILL points: {phases:?}");
+    assert!(
+        phases.contains(&"scanning") && phases.contains(&"streaming"),
+        "kills hit both the scan and the streaming: {phases:?}"
+    );
+
+    let summary = run_once(&config);
+    assert!(summary.contains("events → public.events"), "{summary}");
+    let documents = all_documents(&http, "events", true).await;
+    let table = rows(&cluster, "events");
+    if let Err(difference) = compare(&table, &documents) {
+        panic!("after SIGKILLs and a final --once run the table differs: {difference}");
+    }
+    let duplicates = cluster.psql("SELECT count(*) - count(DISTINCT \"_key\") FROM public.events");
+    assert_eq!(duplicates, "0");
+}
+
+/// Runs pgferry with `config`, expecting failure; returns its exit code and stderr.
+fn run_failing(config: &Path) -> (i32, String) {
+    let output = pgferry(&["run", "--once"], config)
+        .output()
+        .expect("run pgferry");
+    assert!(!output.status.success(), "expected a failure");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!text.contains(KEY), "the API key leaked: {text}");
+    assert!(
+        !text.contains("wrong-secret-key"),
+        "the API key leaked: {text}"
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configs_say_what_is_wrong_and_how_to_fix_it() {
+    let cluster = PgCluster::start_default();
+    let server = Server::start().await;
+    let http = Http::h1(&server.url());
+    create_collection(&http, "orders").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cases = [
+        (
+            json!({"source": {"source_colection": "orders"}}),
+            2,
+            "did you mean \"source_collection\"",
+        ),
+        (
+            json!({"destination": {"type": "gdn"}}),
+            2,
+            "gdn → gdn pipeline is not supported",
+        ),
+        (
+            json!({"source": {"source_collection": "nope"}}),
+            1,
+            "collection \"nope\" not found in fabric \"_system\" (it has: orders)",
+        ),
+        (
+            json!({"source": {"gdn_url": "http://127.0.0.1:9", "max_retries": 1}}),
+            1,
+            "cannot reach GDN at http://127.0.0.1:9",
+        ),
+        (
+            json!({"source": {"api_key": "wrong-secret-key"}}),
+            1,
+            "HTTP 401",
+        ),
+        (
+            json!({"destination": {"dbname": "missing_db"}}),
+            1,
+            "missing_db",
+        ),
+    ];
+    for (extra, code, expected) in cases {
+        let config = write_pipeline(dir.path(), &cluster, &server.url(), extra.clone());
+        let (exit, text) = run_failing(&config);
+        assert_eq!(exit, code, "{extra}: {text}");
+        assert!(
+            text.contains(expected),
+            "{extra}: expected {expected:?} in:\n{text}"
+        );
+        if expected == "HTTP 401" {
+            assert!(text.contains("HINT: the API key"), "{text}");
+        }
+    }
+}
