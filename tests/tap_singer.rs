@@ -238,18 +238,24 @@ fn full_table_messages_match_the_golden_file() {
 
 #[test]
 fn log_based_copies_then_streams_as_the_golden_files_say() {
+    log_based_golden(json!({}));
+}
+
+#[test]
+fn the_old_taps_wal2json_format_1_in_chunks_gives_the_same_messages() {
+    log_based_golden(json!({"wal2json_format_version": 1}));
+}
+
+fn log_based_golden(extra: Value) {
     let cluster = PgCluster::start_default();
     cluster.require_wal2json();
     cluster.psql(FIXTURE);
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_json(
-        dir.path(),
-        "config.json",
-        &config(
-            &cluster,
-            json!({"replication_method": "LOG_BASED", "debug_lsn": false}),
-        ),
-    );
+    let mut settings = json!({"replication_method": "LOG_BASED", "debug_lsn": false});
+    if let (Some(settings), Some(extra)) = (settings.as_object_mut(), extra.as_object()) {
+        settings.extend(extra.clone());
+    }
+    let config = write_json(dir.path(), "config.json", &config(&cluster, settings));
     let catalog = orders_catalog(dir.path(), &config);
     let mut normalizer = Normalizer::default();
     let first = run_ok(&[&config, &catalog], &["-c", "--catalog"]);
@@ -473,6 +479,21 @@ fn bad_input_fails_clearly_before_any_message() {
     assert_eq!((code, stdout.as_str()), (2, ""), "{stderr}");
     assert!(
         stderr.contains("not wal2json") && stderr.contains("pg_drop_replication_slot"),
+        "{stderr}"
+    );
+
+    let pgoutput = write_json(
+        dir.path(),
+        "pgoutput.json",
+        &self::config(
+            &cluster,
+            json!({"replication_method": "LOG_BASED", "filter_table": "orders", "plugin": "pgoutput"}),
+        ),
+    );
+    let (code, stdout, stderr) = failing(&[&pgoutput], &["-c"]);
+    assert_eq!((code, stdout.as_str()), (2, ""), "{stderr}");
+    assert!(
+        stderr.contains("streams LOG_BASED changes with wal2json"),
         "{stderr}"
     );
 

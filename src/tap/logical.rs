@@ -3,12 +3,14 @@
 //!
 //! # Format
 //!
-//! pgferry asks wal2json for format-version 2 (one message per row change, `include-lsn`,
-//! `add-tables` for the selected tables), not the old tap's format-version 1 with
+//! pgferry asks wal2json for format-version 2 by default (one message per row change,
+//! `include-lsn`, `add-tables` for the selected tables), not the old tap's format-version 1 with
 //! `write-in-chunks`. The output format is a per-stream option, so slots created for the old tap
 //! work unchanged; version 2 gives every change its LSN and every commit its end position
 //! (`nextlsn`) without depending on how chunks fall, reports TRUNCATE (version 1 drops it), and
-//! is the path `pgferry run` uses and tests. Records are the same either way.
+//! is the default path of `pgferry run`. `wal2json_format_version: 1` selects the old tap's
+//! chunked format (wal2json < 2.0 has only that), decoded by the same decoder as `pgferry run`'s;
+//! the records are the same either way (tested against the same golden files).
 //!
 //! # Records and bookmarks
 //!
@@ -42,10 +44,11 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-use crate::config::PgSourceConfig;
+use crate::config::{PgSourceConfig, Wal2JsonFormat};
 use crate::decode::replication::ReplicationMessage;
 use crate::decode::text_value::from_text;
 use crate::decode::wal2json::{parse_v2, Action, Change, ColumnValue};
+use crate::decode::wal2json_v1::V1Decoder;
 use crate::pg::replication::ReplicationClient;
 use crate::pg::{Connection, Lsn};
 use crate::tap::catalog::{plan_streams, StreamPlan};
@@ -94,6 +97,30 @@ fn escape_table_name(name: &str) -> String {
         out.push(ch);
     }
     out
+}
+
+/// wal2json's options: format-version 2 with transaction bounds and LSNs, or the old tap's
+/// format-version 1 in chunks (`wal2json_format_version: 1`, for wal2json < 2.0).
+fn plugin_options(format: Wal2JsonFormat, add_tables: &[String]) -> Vec<(String, String)> {
+    let mut options: Vec<(&str, &str)> = match format {
+        Wal2JsonFormat::V2 => vec![
+            ("format-version", "2"),
+            ("include-transaction", "true"),
+            ("include-lsn", "true"),
+        ],
+        Wal2JsonFormat::V1 => vec![
+            ("format-version", "1"),
+            ("write-in-chunks", "true"),
+            ("include-xids", "true"),
+            ("include-lsn", "true"),
+        ],
+    };
+    let tables = add_tables.join(",");
+    options.push(("add-tables", &tables));
+    options
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
 }
 
 /// The lowest `lsn` bookmark of `streams` in `state`.
@@ -361,12 +388,8 @@ pub async fn sync<W: Write>(
             ))
             .await?;
     }
-    let options = vec![
-        ("format-version".to_owned(), "2".to_owned()),
-        ("include-transaction".to_owned(), "true".to_owned()),
-        ("include-lsn".to_owned(), "true".to_owned()),
-        ("add-tables".to_owned(), add_tables.join(",")),
-    ];
+    let options = plugin_options(config.wal2json_format, &add_tables);
+    let mut v1 = (config.wal2json_format == Wal2JsonFormat::V1).then(V1Decoder::new);
     tracing::info!(slot = %settings.slot, from = %start, end = %settings.end_lsn, "requesting WAL streaming");
     // The stream starts confirmed at `start`: what the state read at start covers.
     let mut stream = client
@@ -465,33 +488,40 @@ pub async fn sync<W: Write>(
                 }
             }
             Some(ReplicationMessage::XLogData(xlog)) => {
-                let change = parse_v2(&xlog.data, xlog.wal_start)
-                    .map_err(|error| TapError::Decode(error.to_string()))?;
-                tracing::trace!(action = ?change.action, at = %xlog.wal_start, "change");
-                match change.action {
-                    Action::Begin => in_transaction = true,
-                    Action::Commit => {
-                        in_transaction = false;
-                        committed = committed.max(change.next_lsn.unwrap_or(xlog.wal_start));
-                        if run.since_state >= STATE_EVERY_CHANGES {
-                            run.bookmark(committed);
-                            emitted = committed;
-                            run.out.state(&run.state.value())?;
-                            run.since_state = 0;
-                        } else {
-                            run.out.flush()?;
+                let mut changes = Vec::with_capacity(1);
+                match v1.as_mut() {
+                    Some(decoder) => decoder.decode(&xlog.data, xlog.wal_start, &mut changes),
+                    None => parse_v2(&xlog.data, xlog.wal_start).map(|change| changes.push(change)),
+                }
+                .map_err(|error| TapError::Decode(error.to_string()))?;
+                for change in &changes {
+                    tracing::trace!(action = ?change.action, at = %xlog.wal_start, "change");
+                    match change.action {
+                        Action::Begin => in_transaction = true,
+                        Action::Commit => {
+                            in_transaction = false;
+                            committed = committed.max(change.next_lsn.unwrap_or(xlog.wal_start));
+                            if run.since_state >= STATE_EVERY_CHANGES {
+                                run.bookmark(committed);
+                                emitted = committed;
+                                run.out.state(&run.state.value())?;
+                                run.since_state = 0;
+                            } else {
+                                run.out.flush()?;
+                            }
                         }
-                    }
-                    Action::Insert | Action::Update | Action::Delete => {
-                        let at = change.lsn.unwrap_or(xlog.wal_start);
-                        run.row(&change, at).await?;
-                    }
-                    Action::Truncate => {
-                        if run.plan_index(&change).is_some() {
-                            tracing::warn!(table = ?change.table, "TRUNCATE is not carried by Singer messages: the target keeps the rows; run a FULL_TABLE sync of the stream to clear them");
+                        Action::Insert | Action::Update | Action::Delete => {
+                            // Format 1 has no per-change LSN: a chunk starts at its change.
+                            let at = change.lsn.unwrap_or(xlog.wal_start);
+                            run.row(change, at).await?;
                         }
+                        Action::Truncate => {
+                            if run.plan_index(change).is_some() {
+                                tracing::warn!(table = ?change.table, "TRUNCATE is not carried by Singer messages: the target keeps the rows; run a FULL_TABLE sync of the stream to clear them");
+                            }
+                        }
+                        Action::Message => {}
                     }
-                    Action::Message => {}
                 }
             }
         }

@@ -288,6 +288,16 @@ pub async fn run<W: Write>(
     let identity = source_identity(&mut connection, &config.connection.dbname).await;
     let wal_end = current_wal_lsn(&mut connection).await?;
     check_state_source(&state, &identity, wal_end, &state_path)?;
+    if config.plugin != crate::config::OutputPlugin::Wal2Json
+        && plans
+            .iter()
+            .any(|plan| plan.method == ReplicationMethod::LogBased)
+    {
+        return Err(TapError::Unsupported(format!(
+            "the tap streams LOG_BASED changes with wal2json, as the old tap did; \"plugin\": {:?} is for `pgferry run`\nHINT: remove \"plugin\" from the tap's config, or use `pgferry run` for pgoutput",
+            config.plugin.name()
+        )));
+    }
     let methods = sync_methods(&plans, &mut state, &state_path)?;
     let logical: Vec<String> = plans
         .iter()
