@@ -547,8 +547,17 @@ fn streaming_without_an_end_confirms_what_the_saved_state_covers() {
     };
     let before = slot_confirmed();
 
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgferry"))
-        .args(["tap", "-c"])
+        .args([
+            "tap",
+            "--metrics-addr",
+            &format!("127.0.0.1:{metrics_port}"),
+            "-c",
+        ])
         .arg(&config)
         .arg("--catalog")
         .arg(&catalog)
@@ -588,6 +597,25 @@ fn streaming_without_an_end_confirms_what_the_saved_state_covers() {
     let lsn = state["bookmarks"]["public-orders"]["lsn"]
         .as_u64()
         .expect("lsn");
+    // The old tap's metrics port convention, here on --metrics-addr, while it streams.
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut connection =
+            std::net::TcpStream::connect(("127.0.0.1", metrics_port)).expect("metrics endpoint");
+        connection
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .expect("request");
+        let mut text = String::new();
+        connection.read_to_string(&mut text).expect("response");
+        text
+    };
+    assert!(
+        metrics.contains(
+            "pgferry_changes{region=\"NA\",tenant=\"NA\",fabric=\"NA\",workflow=\"NA\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("ingest_errors{"), "{metrics}");
     assert!(lsn > before);
     assert_eq!(
         slot_confirmed(),

@@ -106,6 +106,7 @@ pub async fn sync_stream<W: Write>(
     plan: &StreamPlan,
     state: &mut TapState,
     out: &mut MessageWriter<W>,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<u64, TapError> {
     let stream = plan.stream.as_str();
     let is_view = plan.table.kind.is_view();
@@ -172,6 +173,9 @@ pub async fn sync_stream<W: Write>(
                     out.record(stream, &record, Some(version), &time_extracted)
                         .map_err(RowError::Output)?;
                     rows += 1;
+                    metrics
+                        .rows_read
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if !is_view {
                         // `xmin::text::bigint` in binary: 8 bytes, big-endian.
                         last_xmin = row

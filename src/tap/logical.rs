@@ -44,11 +44,14 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
+use std::sync::atomic::Ordering;
+
 use crate::config::{PgSourceConfig, Wal2JsonFormat};
 use crate::decode::replication::ReplicationMessage;
 use crate::decode::text_value::from_text;
 use crate::decode::wal2json::{parse_v2, Action, Change, ColumnValue};
 use crate::decode::wal2json_v1::V1Decoder;
+use crate::metrics::Metrics;
 use crate::pg::replication::ReplicationClient;
 use crate::pg::{Connection, Lsn};
 use crate::tap::catalog::{plan_streams, StreamPlan};
@@ -347,6 +350,7 @@ pub async fn sync<W: Write>(
     settings: &LogicalSettings,
     out: &mut MessageWriter<W>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+    metrics: &Metrics,
 ) -> Result<LogicalSummary, TapError> {
     let Some(start) = lowest_lsn(state, &plans) else {
         return Err(TapError::State {
@@ -395,6 +399,9 @@ pub async fn sync<W: Write>(
     let mut stream = client
         .start_logical(&settings.slot, start, &options, STATE_POLL)
         .await?;
+    metrics
+        .confirmed_lsn
+        .store(start.as_u64(), Ordering::Relaxed);
     let mut run = Run {
         config,
         plans,
@@ -445,6 +452,7 @@ pub async fn sync<W: Write>(
                         tracing::info!(lsn = %durable, "the state file covers more: confirming it to the server");
                         stream.confirm(durable);
                         stream.send_status(false).await?;
+                        metrics.confirmed_lsn.store(durable.as_u64(), Ordering::Relaxed);
                     }
                 }
                 continue;
@@ -514,6 +522,7 @@ pub async fn sync<W: Write>(
                             // Format 1 has no per-change LSN: a chunk starts at its change.
                             let at = change.lsn.unwrap_or(xlog.wal_start);
                             run.row(change, at).await?;
+                            metrics.changes.fetch_add(1, Ordering::Relaxed);
                         }
                         Action::Truncate => {
                             if run.plan_index(change).is_some() {

@@ -368,8 +368,8 @@ pub async fn run<W: Write>(
             _ => (&primary, None),
         };
         out.schema(&plan.stream, &plan.schema, &plan.key_properties, &[])?;
-        let copy = full_table::sync_stream(options, under, plan, &mut state, &mut out);
-        let rows = tokio::select! {
+        let copy = full_table::sync_stream(options, under, plan, &mut state, &mut out, metrics);
+        tokio::select! {
             rows = copy => rows?,
             _ = async {
                 while shutdown.changed().await.is_ok() {
@@ -380,9 +380,6 @@ pub async fn run<W: Write>(
                 std::future::pending::<()>().await;
             } => return Err(TapError::Interrupted(plan.stream.clone())),
         };
-        metrics
-            .rows_read
-            .fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
         state.set_currently_syncing(None);
         out.state(&state.value())?;
     }
@@ -405,16 +402,9 @@ pub async fn run<W: Write>(
             state_path: options.state.clone(),
         };
         let streamed = logical::sync(
-            &config, streaming, &mut state, &settings, &mut out, shutdown,
+            &config, streaming, &mut state, &settings, &mut out, shutdown, metrics,
         )
         .await?;
-        metrics
-            .changes
-            .fetch_add(streamed.changes, std::sync::atomic::Ordering::Relaxed);
-        metrics.confirmed_lsn.store(
-            streamed.confirmed.as_u64(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
         summary.lsn = Some(streamed.lsn);
     }
     out.flush()?;
