@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET="${1:-60}"
 shift || true
 TARGETS=("$@")
-if [ ${#TARGETS[@]} -eq 0 ]; then TARGETS=(replication_frame copy_binary value wal2json_v1 pgoutput); fi
+if [ ${#TARGETS[@]} -eq 0 ]; then TARGETS=(replication_frame copy_binary value wal2json_v1 pgoutput singer_target); fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 for target in "${TARGETS[@]}"; do

@@ -242,3 +242,39 @@ pub fn pgoutput(data: &[u8]) {
         }
     }
 }
+
+/// Singer input of `pgferry target-gdn` (SCHEMA and RECORD lines) and the tap's state and
+/// catalog files: never a panic, and every document a record makes is a JSON object.
+pub fn singer_target(data: &[u8]) {
+    use crate::singer::{parse_line, Message};
+    use crate::target_gdn::{record_effect, Operation, StreamShape};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = crate::tap::state::TapState::parse(text);
+    let _ = crate::tap::catalog::parse_catalog(text);
+    let mut shape = None;
+    for (index, line) in text.lines().enumerate() {
+        match parse_line(line, index as u64 + 1) {
+            Ok(Message::Schema(schema)) => shape = Some(StreamShape::new(&schema)),
+            Ok(Message::Record(record)) => {
+                let Some(shape) = &shape else {
+                    continue;
+                };
+                if let Ok(effect) = record_effect(shape, &record) {
+                    if let Operation::Upsert(document) | Operation::Patch(document) =
+                        &effect.operation
+                    {
+                        let value: Result<serde_json::Value, _> = serde_json::from_slice(document);
+                        assert!(
+                            value.as_ref().is_ok_and(serde_json::Value::is_object),
+                            "not a JSON object: {}",
+                            String::from_utf8_lossy(document)
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}

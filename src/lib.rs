@@ -6,6 +6,7 @@
 
 pub mod check;
 pub mod config;
+pub mod console;
 pub mod decode;
 #[doc(hidden)]
 pub mod fuzz_targets;
@@ -18,4 +19,6 @@ pub mod progress;
 pub mod secret;
 pub mod singer;
 pub mod source;
+pub mod tap;
 pub mod target;
+pub mod target_gdn;

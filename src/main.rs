@@ -40,6 +40,58 @@ enum Command {
     /// Singer target into PostgreSQL (drop-in for macrometa-target-postgres): Singer messages on
     /// stdin, STATE lines on stdout once the data before them is committed.
     Target(TargetArgs),
+    /// Singer tap (drop-in for macrometa-source-postgres): SCHEMA, RECORD, STATE and
+    /// ACTIVATE_VERSION messages on stdout, logs on stderr.
+    Tap(TapArgs),
+    /// Singer target into GDN collections (drop-in for macrometa-target-collection): Singer
+    /// messages on stdin, STATE lines on stdout once the data before them is durable in GDN.
+    #[command(name = "target-gdn")]
+    TargetGdn(TargetGdnArgs),
+    /// Console interface of the old source: check the config by running discovery.
+    Validate(ConsoleArgs),
+    /// Console interface of the old source: each stream's attributes and their types.
+    Schemas(ConsoleArgs),
+    /// Console interface of the old source: each stream's first 10 rows.
+    Samples(ConsoleArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ConsoleArgs {
+    /// Source config: the old tap's keys (filter_schemas required).
+    #[arg(short, long)]
+    config: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct TargetGdnArgs {
+    /// Target config: the old target's keys (gdn_host, fabric, api_key, target_collection, …).
+    #[arg(short, long)]
+    config: PathBuf,
+    /// Serve Prometheus metrics on this address (the old target always served 0.0.0.0:8001).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, clap::Args)]
+struct TapArgs {
+    /// Source config: the old tap's keys (host, port, user, password, dbname, filter_schemas, …).
+    #[arg(short, long)]
+    config: PathBuf,
+    /// State file: the last STATE value the target emitted (old tap's format accepted).
+    #[arg(short, long)]
+    state: Option<PathBuf>,
+    /// Singer catalog selecting streams (`selected`, `replication-method` metadata).
+    #[arg(long, conflicts_with = "properties")]
+    catalog: Option<PathBuf>,
+    /// Deprecated alias of --catalog, as in the old tap.
+    #[arg(short, long)]
+    properties: Option<PathBuf>,
+    /// Print the catalog (discovery) and exit.
+    #[arg(short, long)]
+    discover: bool,
+    /// Serve Prometheus metrics on this address (the old tap always served 0.0.0.0:8000).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -350,6 +402,168 @@ async fn target(args: TargetArgs) -> ExitCode {
     }
 }
 
+/// Serves metrics on `addr` when given; `Err` carries the exit code.
+async fn serve_metrics(
+    addr: Option<std::net::SocketAddr>,
+    metrics: &std::sync::Arc<pgferry::metrics::Metrics>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, ExitCode> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    match pgferry::metrics::serve(addr, std::sync::Arc::clone(metrics)).await {
+        Ok((bound, handle)) => {
+            tracing::info!(%bound, "serving Prometheus metrics");
+            Ok(Some(handle))
+        }
+        Err(error) => {
+            eprintln!("error: cannot serve metrics on {addr}: {error}\nHINT: pick a free port for --metrics-addr");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+/// A channel that turns true on SIGINT/SIGTERM.
+fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate => {}
+        }
+        let _ = stop.send(true);
+        std::future::pending::<()>().await;
+    });
+    shutdown
+}
+
+async fn tap(args: TapArgs) -> ExitCode {
+    let metrics = std::sync::Arc::new(pgferry::metrics::Metrics::new(
+        pgferry::metrics::Labels::from_env(),
+    ));
+    let _server = match serve_metrics(args.metrics_addr, &metrics).await {
+        Ok(server) => server,
+        Err(code) => return code,
+    };
+    let options = pgferry::tap::TapOptions {
+        config: args.config,
+        state: args.state,
+        catalog: args.catalog.or(args.properties),
+        discover: args.discover,
+    };
+    match pgferry::tap::run(&options, std::io::stdout(), &metrics, shutdown_signal()).await {
+        Ok(summary) => {
+            tracing::info!(
+                records = summary.records,
+                streams = summary.streams,
+                "tap finished"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            metrics
+                .ingest_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            eprintln!("error: {error}");
+            if error.is_input() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+    }
+}
+
+async fn target_gdn(args: TargetGdnArgs) -> ExitCode {
+    let config = match pgferry::target_gdn::TargetGdnConfig::from_file(&args.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let metrics = std::sync::Arc::new(pgferry::metrics::Metrics::new(
+        pgferry::metrics::Labels::from_env(),
+    ));
+    let _server = match serve_metrics(args.metrics_addr, &metrics).await {
+        Ok(server) => server,
+        Err(code) => return code,
+    };
+    let mut stdout = std::io::stdout();
+    match pgferry::target_gdn::run(
+        &config,
+        std::io::stdin(),
+        &mut stdout,
+        std::sync::Arc::clone(&metrics),
+    )
+    .await
+    {
+        Ok(summary) => {
+            tracing::info!(
+                records = summary.records,
+                flushes = summary.flushes,
+                states = summary.states,
+                "target-gdn finished"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            metrics
+                .ingest_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            eprintln!("error: {error}");
+            if error.is_config() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+    }
+}
+
+/// Which console command runs.
+enum Console {
+    Validate,
+    Schemas,
+    Samples,
+}
+
+async fn console(args: ConsoleArgs, which: Console) -> ExitCode {
+    let result = match pgferry::tap::read_config(&args.config) {
+        Err(error) => Err(error),
+        Ok(config) => match which {
+            Console::Validate => pgferry::console::validate(&config)
+                .await
+                .map(|value| value.to_string()),
+            Console::Schemas => pgferry::console::schemas(&config)
+                .await
+                .map(|value| value.to_string()),
+            Console::Samples => pgferry::console::samples(&config).await,
+        },
+    };
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            if error.is_input() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+    }
+}
+
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGFERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -383,6 +597,11 @@ fn main() -> ExitCode {
             Command::Discover(args) => discover(args).await,
             Command::Gdnlite(args) => gdnlite(args).await,
             Command::Target(args) => target(args).await,
+            Command::Tap(args) => tap(args).await,
+            Command::TargetGdn(args) => target_gdn(args).await,
+            Command::Validate(args) => console(args, Console::Validate).await,
+            Command::Schemas(args) => console(args, Console::Schemas).await,
+            Command::Samples(args) => console(args, Console::Samples).await,
         }
     })
 }

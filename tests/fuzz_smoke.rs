@@ -130,3 +130,8 @@ fn binary_values_decode_to_valid_json_or_a_typed_error() {
     }
     run("value", fuzz_targets::value);
 }
+
+#[test]
+fn singer_target_input_never_panics() {
+    run("singer_target", fuzz_targets::singer_target);
+}

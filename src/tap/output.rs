@@ -1,0 +1,249 @@
+//! Singer messages on stdout, laid out as singer-python printed them: one JSON object per line,
+//! keys in the order `type`, `stream`, … and Python's separators (`", "`, `": "`), so a diff
+//! against the old tap's output shows only data, never formatting.
+//!
+//! Everything goes through one buffered writer; [`MessageWriter::flush`] hands it to the target
+//! (after each STATE and whenever the tap waits for the database).
+
+use std::io::Write;
+
+use serde_json::Value;
+
+/// Re-spaces compact JSON with Python's `json.dumps` separators (`", "` and `": "`), leaving
+/// strings untouched.
+pub fn python_spacing(compact: &[u8], out: &mut Vec<u8>) {
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in compact {
+        out.push(byte);
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b',' | b':' => out.push(b' '),
+            _ => {}
+        }
+    }
+}
+
+/// `2024-03-01T12:30:00.123456Z`: singer-python's `strftime` of a UTC time (for
+/// `time_extracted` and a delete's `_sdc_deleted_at`).
+pub fn singer_timestamp(time: std::time::SystemTime) -> String {
+    let since = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seconds = since.as_secs() as i64;
+    let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
+    let of_day = seconds.rem_euclid(86_400);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60,
+        since.subsec_micros()
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The tap's stdout: Singer messages, buffered, in the old tap's layout.
+#[derive(Debug)]
+pub struct MessageWriter<W: Write> {
+    out: std::io::BufWriter<W>,
+    compact: Vec<u8>,
+    line: Vec<u8>,
+    records: u64,
+}
+
+impl<W: Write> MessageWriter<W> {
+    /// A writer over `out` (stdout in the binary, a buffer in tests).
+    pub fn new(out: W) -> MessageWriter<W> {
+        MessageWriter {
+            out: std::io::BufWriter::with_capacity(256 * 1024, out),
+            compact: Vec::with_capacity(4096),
+            line: Vec::with_capacity(4096),
+            records: 0,
+        }
+    }
+
+    /// RECORD messages written so far.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    fn emit(&mut self) -> std::io::Result<()> {
+        self.line.clear();
+        python_spacing(&self.compact, &mut self.line);
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)
+    }
+
+    fn start(&mut self, kind: &str) {
+        self.compact.clear();
+        self.compact.extend_from_slice(b"{\"type\":\"");
+        self.compact.extend_from_slice(kind.as_bytes());
+        self.compact.push(b'"');
+    }
+
+    fn field(&mut self, name: &str, value: &Value) {
+        self.compact.extend_from_slice(b",\"");
+        self.compact.extend_from_slice(name.as_bytes());
+        self.compact.extend_from_slice(b"\":");
+        // Writing a Value into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut self.compact, value);
+    }
+
+    /// `{"type": "SCHEMA", "stream", "schema", "key_properties"[, "bookmark_properties"]}`.
+    pub fn schema(
+        &mut self,
+        stream: &str,
+        schema: &Value,
+        key_properties: &[String],
+        bookmark_properties: &[&str],
+    ) -> std::io::Result<()> {
+        self.start("SCHEMA");
+        self.field("stream", &Value::from(stream));
+        self.field("schema", schema);
+        self.field("key_properties", &Value::from(key_properties.to_vec()));
+        if !bookmark_properties.is_empty() {
+            self.field(
+                "bookmark_properties",
+                &Value::from(bookmark_properties.to_vec()),
+            );
+        }
+        self.compact.push(b'}');
+        self.emit()
+    }
+
+    /// `{"type": "RECORD", "stream", "record", "version", "time_extracted"}`; `record` is the
+    /// compact JSON object of the row.
+    pub fn record(
+        &mut self,
+        stream: &str,
+        record: &[u8],
+        version: Option<i64>,
+        time_extracted: &str,
+    ) -> std::io::Result<()> {
+        // The hot path: strings written straight into the line, no JSON values built.
+        self.start("RECORD");
+        self.compact.extend_from_slice(b",\"stream\":");
+        crate::decode::json_out::write_string(stream, &mut self.compact);
+        self.compact.extend_from_slice(b",\"record\":");
+        self.compact.extend_from_slice(record);
+        if let Some(version) = version {
+            self.compact.extend_from_slice(b",\"version\":");
+            self.compact
+                .extend_from_slice(itoa::Buffer::new().format(version).as_bytes());
+        }
+        self.compact.extend_from_slice(b",\"time_extracted\":");
+        crate::decode::json_out::write_string(time_extracted, &mut self.compact);
+        self.compact.push(b'}');
+        self.records += 1;
+        self.emit()
+    }
+
+    /// `{"type": "STATE", "value"}`, flushed at once so the target sees it.
+    pub fn state(&mut self, value: &Value) -> std::io::Result<()> {
+        self.start("STATE");
+        self.field("value", value);
+        self.compact.push(b'}');
+        self.emit()?;
+        self.flush()
+    }
+
+    /// `{"type": "ACTIVATE_VERSION", "stream", "version"}`.
+    pub fn activate_version(&mut self, stream: &str, version: i64) -> std::io::Result<()> {
+        self.start("ACTIVATE_VERSION");
+        self.field("stream", &Value::from(stream));
+        self.field("version", &Value::from(version));
+        self.compact.push(b'}');
+        self.emit()
+    }
+
+    /// Hands everything written so far to the reader of stdout.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+
+    /// Writes a whole pre-formatted document (the catalog of `--discover`).
+    pub fn raw(&mut self, text: &str) -> std::io::Result<()> {
+        self.out.write_all(text.as_bytes())?;
+        self.out.write_all(b"\n")?;
+        self.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn separators_follow_python_and_strings_stay_as_they_are() {
+        let mut out = Vec::new();
+        python_spacing(br#"{"a":[1,2],"b":"x, y: \"z,\"","c":{}}"#, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"a": [1, 2], "b": "x, y: \"z,\"", "c": {}}"#
+        );
+    }
+
+    #[test]
+    fn timestamps_are_singer_pythons_format() {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_709_296_200_123_456);
+        assert_eq!(singer_timestamp(at), "2024-03-01T12:30:00.123456Z");
+        assert_eq!(
+            singer_timestamp(std::time::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000000Z"
+        );
+    }
+
+    #[test]
+    fn messages_have_the_old_key_order() {
+        let mut writer = MessageWriter::new(Vec::new());
+        writer
+            .record(
+                "public-t",
+                br#"{"id":1}"#,
+                Some(7),
+                "2024-01-01T00:00:00.000000Z",
+            )
+            .unwrap();
+        writer.activate_version("public-t", 7).unwrap();
+        writer
+            .schema(
+                "public-t",
+                &serde_json::json!({"type": "object"}),
+                &["id".into()],
+                &["lsn"],
+            )
+            .unwrap();
+        writer.flush().unwrap();
+        let text = String::from_utf8(writer.out.into_inner().unwrap()).unwrap();
+        assert_eq!(
+            text,
+            "{\"type\": \"RECORD\", \"stream\": \"public-t\", \"record\": {\"id\": 1}, \"version\": 7, \"time_extracted\": \"2024-01-01T00:00:00.000000Z\"}\n\
+             {\"type\": \"ACTIVATE_VERSION\", \"stream\": \"public-t\", \"version\": 7}\n\
+             {\"type\": \"SCHEMA\", \"stream\": \"public-t\", \"schema\": {\"type\": \"object\"}, \"key_properties\": [\"id\"], \"bookmark_properties\": [\"lsn\"]}\n"
+        );
+    }
+}
