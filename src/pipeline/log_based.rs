@@ -24,6 +24,7 @@ use crate::source::cdc::{
     stream_changes, CdcSettings, CdcSummary, CdcTable, CdcTables, Decoding, SideConnection,
     StreamContext,
 };
+use crate::source::plugin::{pgoutput_options, wal2json_options, wal2json_table_name};
 use crate::source::state::{CdcState, ChunkLedger, StateFile};
 
 /// The ledger's state once the copy is over.
@@ -32,18 +33,6 @@ fn take_state(ledger: Arc<ChunkLedger>) -> CdcState {
         Ok(ledger) => ledger.into_state(),
         Err(shared) => shared.state(),
     }
-}
-
-/// wal2json's escaping of names in `add-tables`: space, quote, comma, dot and asterisk.
-pub(crate) fn escape_table_name(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for ch in name.chars() {
-        if matches!(ch, ' ' | '\'' | ',' | '.' | '*' | '"') {
-            out.push('\\');
-        }
-        out.push(ch);
-    }
-    out
 }
 
 fn state_file(config: &PipelineConfig) -> StateFile {
@@ -110,8 +99,8 @@ pub(crate) async fn run(
         .map(|task| {
             format!(
                 "{}.{}",
-                escape_table_name(&task.table.schema),
-                escape_table_name(&task.table.name)
+                wal2json_table_name(&task.table.schema),
+                wal2json_table_name(&task.table.name)
             )
         })
         .collect();
@@ -247,7 +236,7 @@ pub(crate) async fn run(
         },
     };
     let plugin_options = match &decoding {
-        Decoding::Wal2Json(format) => plugin_options(*format, &add_tables),
+        Decoding::Wal2Json(format) => wal2json_options(*format, &add_tables),
         Decoding::PgOutput { version, .. } => {
             pgoutput_options(*version, &config.source.publication, server_version, binary)
         }
@@ -350,59 +339,6 @@ pub(crate) async fn run(
     ))
 }
 
-/// wal2json's options: the format, transaction bounds with commit LSN and time, the tables.
-fn plugin_options(format: Wal2JsonFormat, add_tables: &[String]) -> Vec<(String, String)> {
-    let mut options: Vec<(&str, &str)> = match format {
-        Wal2JsonFormat::V2 => vec![
-            ("format-version", "2"),
-            ("include-transaction", "true"),
-            ("include-lsn", "true"),
-            ("include-timestamp", "true"),
-        ],
-        Wal2JsonFormat::V1 => vec![
-            ("format-version", "1"),
-            ("write-in-chunks", "true"),
-            ("include-xids", "true"),
-            ("include-lsn", "true"),
-            ("include-timestamp", "true"),
-        ],
-    };
-    let tables = add_tables.join(",");
-    options.push(("add-tables", &tables));
-    options
-        .into_iter()
-        .map(|(name, value)| (name.to_owned(), value.to_owned()))
-        .collect()
-}
-
-/// pgoutput's options: the protocol, the publication, streaming of large transactions
-/// (protocol 2), logical messages (heartbeats; PostgreSQL ≥ 14) and binary values.
-fn pgoutput_options(
-    version: ProtocolVersion,
-    publication: &str,
-    server_version: u32,
-    binary: bool,
-) -> Vec<(String, String)> {
-    let mut options = vec![
-        ("proto_version".to_owned(), version.number().to_string()),
-        // An identifier list: double quotes keep the name's case and punctuation.
-        (
-            "publication_names".to_owned(),
-            format!("\"{}\"", publication.replace('"', "\"\"")),
-        ),
-    ];
-    if version >= ProtocolVersion::V2 {
-        options.push(("streaming".to_owned(), "on".to_owned()));
-    }
-    if server_version >= 140_000 {
-        options.push(("messages".to_owned(), "true".to_owned()));
-    }
-    if binary {
-        options.push(("binary".to_owned(), "true".to_owned()));
-    }
-    options
-}
-
 /// Makes sure `publication` exists and publishes every selected table: created when missing,
 /// an error with the `ALTER PUBLICATION` to run when it lacks tables.
 async fn ensure_publication(
@@ -488,28 +424,6 @@ fn reconnect_delay(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn table_names_are_escaped_for_add_tables() {
-        assert_eq!(escape_table_name("plain"), "plain");
-        assert_eq!(escape_table_name("a b.c,d*e'f"), "a\\ b\\.c\\,d\\*e\\'f");
-    }
-
-    #[test]
-    fn each_format_asks_for_commit_positions_and_times() {
-        let tables = vec!["public.a".to_owned(), "s\\.x.b".to_owned()];
-        let v2 = plugin_options(Wal2JsonFormat::V2, &tables);
-        assert!(v2.contains(&("format-version".into(), "2".into())));
-        assert!(v2.contains(&("include-transaction".into(), "true".into())));
-        let v1 = plugin_options(Wal2JsonFormat::V1, &tables);
-        assert!(v1.contains(&("format-version".into(), "1".into())));
-        assert!(v1.contains(&("write-in-chunks".into(), "true".into())));
-        for options in [&v1, &v2] {
-            assert!(options.contains(&("include-lsn".into(), "true".into())));
-            assert!(options.contains(&("include-timestamp".into(), "true".into())));
-            assert!(options.contains(&("add-tables".into(), "public.a,s\\.x.b".into())));
-        }
-    }
 
     #[test]
     fn reconnects_back_off_from_one_second_to_thirty() {

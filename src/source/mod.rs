@@ -3,5 +3,6 @@
 
 pub mod cdc;
 pub mod discover;
+pub mod plugin;
 pub mod snapshot;
 pub mod state;

@@ -38,6 +38,7 @@
 //! With `break_at_end_lsn` (default true for the tap) the run ends once every transaction that
 //! committed before the WAL position read at start has been emitted.
 
+use crate::source::plugin::{wal2json_options, wal2json_table_name};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -88,42 +89,6 @@ pub struct LogicalSummary {
     pub lsn: Lsn,
     /// The highest position confirmed to the server.
     pub confirmed: Lsn,
-}
-
-/// wal2json's escaping of names in `add-tables` (space, quotes, comma, dot, asterisk).
-fn escape_table_name(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for ch in name.chars() {
-        if matches!(ch, ' ' | '\'' | ',' | '.' | '*' | '"') {
-            out.push('\\');
-        }
-        out.push(ch);
-    }
-    out
-}
-
-/// wal2json's options: format-version 2 with transaction bounds and LSNs, or the old tap's
-/// format-version 1 in chunks (`wal2json_format_version: 1`, for wal2json < 2.0).
-fn plugin_options(format: Wal2JsonFormat, add_tables: &[String]) -> Vec<(String, String)> {
-    let mut options: Vec<(&str, &str)> = match format {
-        Wal2JsonFormat::V2 => vec![
-            ("format-version", "2"),
-            ("include-transaction", "true"),
-            ("include-lsn", "true"),
-        ],
-        Wal2JsonFormat::V1 => vec![
-            ("format-version", "1"),
-            ("write-in-chunks", "true"),
-            ("include-xids", "true"),
-            ("include-lsn", "true"),
-        ],
-    };
-    let tables = add_tables.join(",");
-    options.push(("add-tables", &tables));
-    options
-        .into_iter()
-        .map(|(name, value)| (name.to_owned(), value.to_owned()))
-        .collect()
 }
 
 /// The lowest `lsn` bookmark of `streams` in `state`.
@@ -373,8 +338,8 @@ pub async fn sync<W: Write>(
         .map(|plan| {
             format!(
                 "{}.{}",
-                escape_table_name(&plan.table.schema),
-                escape_table_name(&plan.table.name)
+                wal2json_table_name(&plan.table.schema),
+                wal2json_table_name(&plan.table.name)
             )
         })
         .collect();
@@ -392,7 +357,7 @@ pub async fn sync<W: Write>(
             ))
             .await?;
     }
-    let options = plugin_options(config.wal2json_format, &add_tables);
+    let options = wal2json_options(config.wal2json_format, &add_tables);
     let mut v1 = (config.wal2json_format == Wal2JsonFormat::V1).then(V1Decoder::new);
     tracing::info!(slot = %settings.slot, from = %start, end = %settings.end_lsn, "requesting WAL streaming");
     // The stream starts confirmed at `start`: what the state read at start covers.
@@ -549,11 +514,6 @@ pub async fn sync<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn add_tables_escapes_like_wal2json_expects() {
-        assert_eq!(escape_table_name("a b.c"), "a\\ b\\.c");
-    }
 
     #[test]
     fn records_end_with_the_metadata_properties() {
