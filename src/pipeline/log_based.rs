@@ -105,15 +105,17 @@ pub(crate) async fn run(
         })
         .collect();
     let client = prepared.client.clone();
-    let (wait_for_sync, batch_size_rows, max_retries, flush_after) = match &config.destination {
-        DestinationConfig::Gdn(gdn) => (
-            gdn.wait_for_sync,
-            gdn.batch_size_rows,
-            gdn.max_retries,
-            gdn.batch_flush_interval.min(CDC_FLUSH_AFTER),
-        ),
-        DestinationConfig::Null => (false, 1000, 1, CDC_FLUSH_AFTER),
-    };
+    let (wait_for_sync, batch_size_rows, max_retries, flush_after, max_in_flight) =
+        match &config.destination {
+            DestinationConfig::Gdn(gdn) => (
+                gdn.wait_for_sync,
+                gdn.batch_size_rows,
+                gdn.max_retries,
+                gdn.batch_flush_interval.min(CDC_FLUSH_AFTER),
+                gdn.max_in_flight,
+            ),
+            DestinationConfig::Null => (false, 1000, 1, CDC_FLUSH_AFTER, 1),
+        };
 
     let slot = config.source.replication_slot.clone();
     let file = state_file(config);
@@ -249,6 +251,7 @@ pub(crate) async fn run(
         flush_bytes: 16 * 1024 * 1024,
         flush_after,
         batch_size_rows,
+        max_in_flight,
         wait_for_sync,
         max_retries,
         stop_at,

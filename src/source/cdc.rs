@@ -108,6 +108,8 @@ pub struct CdcSettings {
     pub flush_after: Duration,
     /// Documents per request.
     pub batch_size_rows: usize,
+    /// Requests of one flush in flight at once.
+    pub max_in_flight: usize,
     /// `waitForSync=true`.
     pub wait_for_sync: bool,
     /// Attempts for retryable failures.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
 use tokio::time::Instant;
 
 use super::row::RowChange;
@@ -220,6 +221,7 @@ pub(super) async fn flush(
     }
     let collections = std::mem::take(&mut pending.collections);
     *pending = Pending::default();
+    let mut requests = Vec::new();
     for (collection, ops) in collections {
         let mut upserts = Vec::new();
         let mut patches = Vec::new();
@@ -276,61 +278,87 @@ pub(super) async fn flush(
         } else {
             upserts.extend(moves.into_iter().map(|(key, _, doc)| (key, doc)));
         }
-        let Some(client) = client else {
+        let Some(_) = client else {
             metrics.ingested_documents.fetch_add(
                 (upserts.len() + patches.len() + deletes.len()) as u64,
                 Ordering::Relaxed,
             );
             continue;
         };
-        for chunk in deletes.chunks(settings.batch_size_rows.max(1)) {
+        let rows = settings.batch_size_rows.max(1);
+        let mut deletes = deletes.into_iter().peekable();
+        while deletes.peek().is_some() {
+            let keys: Vec<String> = deletes.by_ref().take(rows).collect();
             let body =
-                serde_json::to_vec(chunk).map_err(|error| CdcError::Merge(error.to_string()))?;
-            let keys: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            write(
-                client,
-                settings,
-                &collection,
-                &ops.table,
-                Operation::Delete,
-                &keys,
-                Bytes::from(body),
-                state,
-                metrics,
-            )
-            .await?;
+                serde_json::to_vec(&keys).map_err(|error| CdcError::Merge(error.to_string()))?;
+            requests.push(Request {
+                collection: Arc::clone(&collection),
+                table: ops.table.clone(),
+                operation: Operation::Delete,
+                keys,
+                body: Bytes::from(body),
+            });
         }
-        for (operation, documents) in [(Operation::Upsert, &upserts), (Operation::Patch, &patches)]
-        {
-            for chunk in documents.chunks(settings.batch_size_rows.max(1)) {
+        for (operation, documents) in [(Operation::Upsert, upserts), (Operation::Patch, patches)] {
+            let mut documents = documents.into_iter().peekable();
+            while documents.peek().is_some() {
+                let chunk: Vec<(String, Vec<u8>)> = documents.by_ref().take(rows).collect();
                 let mut body = Vec::with_capacity(
                     chunk.iter().map(|(_, doc)| doc.len() + 1).sum::<usize>() + 2,
                 );
                 body.push(b'[');
-                for (index, (_, doc)) in chunk.iter().enumerate() {
+                let mut keys = Vec::with_capacity(chunk.len());
+                for (index, (key, doc)) in chunk.into_iter().enumerate() {
                     if index > 0 {
                         body.push(b',');
                     }
-                    body.extend_from_slice(doc);
+                    body.extend_from_slice(&doc);
+                    keys.push(key);
                 }
                 body.push(b']');
-                let keys: Vec<&str> = chunk.iter().map(|(key, _)| key.as_str()).collect();
-                write(
-                    client,
-                    settings,
-                    &collection,
-                    &ops.table,
+                requests.push(Request {
+                    collection: Arc::clone(&collection),
+                    table: ops.table.clone(),
                     operation,
-                    &keys,
-                    Bytes::from(body),
-                    state,
-                    metrics,
-                )
-                .await?;
+                    keys,
+                    body: Bytes::from(body),
+                });
             }
         }
     }
-    Ok(())
+    let Some(client) = client else {
+        return Ok(());
+    };
+    // Every key has one operation in a flush (and moved documents were read above), so the
+    // requests are independent: they go out `max_in_flight` at a time. The watermark moves
+    // only once all of them are answered.
+    let mut writes = Vec::with_capacity(requests.len());
+    for request in &requests {
+        writes.push(write(
+            client,
+            settings,
+            &request.collection,
+            &request.table,
+            request.operation,
+            &request.keys,
+            request.body.clone(),
+            state,
+            metrics,
+        ));
+    }
+    futures_util::stream::iter(writes)
+        .buffer_unordered(settings.max_in_flight.max(1))
+        .try_collect::<()>()
+        .await
+}
+
+/// One write request of a flush.
+struct Request {
+    collection: Arc<str>,
+    table: String,
+    operation: Operation,
+    keys: Vec<String>,
+    body: Bytes,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -340,7 +368,7 @@ async fn write(
     collection: &str,
     table: &str,
     operation: Operation,
-    keys: &[&str],
+    keys: &[String],
     body: Bytes,
     state: &CdcState,
     metrics: &Metrics,
@@ -405,10 +433,7 @@ async fn write(
                 operation: operation.as_str(),
                 table: table.to_owned(),
                 collection: collection.to_owned(),
-                key: keys
-                    .get(first.index)
-                    .map(|key| (*key).to_owned())
-                    .unwrap_or_default(),
+                key: keys.get(first.index).cloned().unwrap_or_default(),
                 error_num: first.error_num,
                 message: first.message.clone(),
             });
