@@ -92,8 +92,12 @@ fn looks_like_jwt(text: &str) -> bool {
     })
 }
 
-/// Runs pgferry with `args`, feeding `stdin`, with trace logs; kills it after 60 s.
+/// Runs pgferry with `args`, feeding `stdin`, with trace logs; kills it after 60 s. Output
+/// goes to files (trace logs overflow a pipe nobody reads while we wait).
 fn pgferry(args: &[&str], stdin: &str, log_format: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("output dir");
+    let out_path = dir.path().join("stdout");
+    let err_path = dir.path().join("stderr");
     let mut command = Command::new(env!("CARGO_BIN_EXE_pgferry"));
     command
         .arg("--log-format")
@@ -103,27 +107,30 @@ fn pgferry(args: &[&str], stdin: &str, log_format: &str) -> (Option<i32>, String
         .env("PGFERRY_TEST_ENV_SECRET", ENV_SECRET)
         .env_remove("PGPASSWORD")
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"));
     let mut child = command.spawn().expect("start pgferry");
     if let Some(mut input) = child.stdin.take() {
         let _ = input.write_all(stdin.as_bytes());
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("poll pgferry").is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll pgferry") {
+            break Some(status);
+        }
         if Instant::now() > deadline {
             let _ = child.kill();
-            break;
+            let _ = child.wait();
+            break None;
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().expect("pgferry output");
+        std::thread::sleep(Duration::from_millis(10));
+    };
     let text = format!(
         "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        std::fs::read_to_string(&out_path).unwrap_or_default(),
+        std::fs::read_to_string(&err_path).unwrap_or_default()
     );
-    (output.status.code(), text)
+    (status.and_then(|status| status.code()), text)
 }
 
 /// A free TCP port nobody listens on.
