@@ -757,11 +757,9 @@ fn singer_target_resumes_from_its_last_state_after_every_fault() {
         let round = singer_round(&mut rng, index as u64 + 1, &mut model);
         let (mut child, feeder) = spawn_target(&config, round.lines.clone());
         std::thread::sleep(rng.millis(20, 500));
-        match fault {
-            Fault::PgRestart => cluster.restart(rng.millis(50, 600)),
-            _ => {}
-        }
-        if fault == Fault::Kill {
+        if fault == Fault::PgRestart {
+            cluster.restart(rng.millis(50, 600));
+        } else {
             let _ = child.kill();
         }
         let output = {
