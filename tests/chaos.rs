@@ -1,6 +1,6 @@
 //! The crash-and-fault matrix, reduced: for each of PostgreSQL → GDN snapshot, PostgreSQL → GDN
 //! streaming, GDN → PostgreSQL and the Singer target, every iteration injects one fault while
-//! pgferry works — SIGKILL at a random point, gdnlite stopped and restarted on its port,
+//! pgferry works — SIGKILL at a random point, gdnlite SIGKILLed and restarted on its port,
 //! PostgreSQL restarted, or gdnlite answering with 5xx/429/latency/resets/per-document errors —
 //! then lets pgferry finish and compares the final states exactly (lost, extra and divergent
 //! rows must all be 0). Streaming also checks after every kill that the slot's
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gdnlite_support::{all_documents, api, Http, Server, KEY};
+use gdnlite_support::{all_documents, api, Http, KEY};
 use hyper::Method;
 use pgferry::gdnlite::FaultConfig;
 use serde_json::{json, Value};
@@ -69,7 +69,7 @@ impl Rng {
 enum Fault {
     /// pgferry is SIGKILLed at a random point.
     Kill,
-    /// gdnlite stops and starts again on its port while pgferry works.
+    /// gdnlite is SIGKILLed and started again on its port while pgferry works.
     GdnRestart,
     /// PostgreSQL restarts (fast shutdown) while pgferry works.
     PgRestart,
@@ -81,7 +81,7 @@ impl Fault {
     fn name(self) -> &'static str {
         match self {
             Fault::Kill => "kill -9",
-            Fault::GdnRestart => "gdnlite restart",
+            Fault::GdnRestart => "gdnlite kill -9 + restart",
             Fault::PgRestart => "postgres restart",
             Fault::Faults => "5xx/429/latency/resets/doc errors",
         }
@@ -264,10 +264,97 @@ fn fault_of(index: usize, faults: &[Fault]) -> Fault {
     faults[index % faults.len()]
 }
 
-/// Switches gdnlite's fault injection (a restart on the same port and data directory).
-fn set_faults(runtime: &tokio::runtime::Runtime, server: &mut Server, faults: FaultConfig) {
-    server.config.faults = faults;
-    runtime.block_on(server.restart_in_place(Duration::ZERO));
+/// gdnlite as a process of its own (`pgferry gdnlite`), so it can be SIGKILLed and started
+/// again on the same port and data directory, with or without injected faults.
+struct GdnProcess {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+    faults: FaultConfig,
+}
+
+impl GdnProcess {
+    fn start() -> GdnProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .expect("a free port");
+        let mut gdn = GdnProcess {
+            child: None,
+            dir: tempfile::tempdir().expect("gdnlite data dir"),
+            port,
+            faults: FaultConfig::default(),
+        };
+        gdn.spawn();
+        gdn
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("gdnlite.log"))
+            .expect("gdnlite log");
+        let faults = &self.faults;
+        let child = pgferry(&["gdnlite", "--listen"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args(["--api-key", KEY])
+            .args([
+                "--fault-latency-ms",
+                &faults.latency.as_millis().to_string(),
+            ])
+            .args(["--fault-5xx-rate", &faults.error_5xx_rate.to_string()])
+            .args(["--fault-429-rate", &faults.rate_limit_rate.to_string()])
+            .args(["--fault-reset-rate", &faults.reset_rate.to_string()])
+            .args([
+                "--fault-document-error-rate",
+                &faults.document_error_rate.to_string(),
+            ])
+            .args(["--fault-seed", &faults.seed.unwrap_or(1).to_string()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start gdnlite");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "gdnlite did not come back:\n{}",
+                std::fs::read_to_string(self.dir.path().join("gdnlite.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILLs gdnlite, waits `down`, and starts it again on its port and data directory.
+    fn kill_and_restart(&mut self, down: Duration) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+        std::thread::sleep(down);
+        self.spawn();
+    }
+
+    /// Restarts gdnlite (SIGKILL) with these faults injected.
+    fn set_faults(&mut self, faults: FaultConfig) {
+        self.faults = faults;
+        self.kill_and_restart(Duration::ZERO);
+    }
+}
+
+impl Drop for GdnProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+    }
 }
 
 #[test]
@@ -279,7 +366,7 @@ fn snapshot_pg_to_gdn_survives_every_fault() {
         "CREATE TABLE public.snap (id int PRIMARY KEY, v int, note text);
          INSERT INTO public.snap SELECT g, g, repeat('n', g % 50) FROM generate_series(1, 4000) g;",
     );
-    let mut server = runtime.block_on(Server::start());
+    let mut server = GdnProcess::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("pipeline.json");
     std::fs::write(
@@ -322,7 +409,7 @@ fn snapshot_pg_to_gdn_survives_every_fault() {
             Fault::GdnRestart => {
                 let mut child = spawn_run(&config, &log);
                 std::thread::sleep(rng.millis(20, 600));
-                runtime.block_on(server.restart_in_place(rng.millis(100, 1500)));
+                server.kill_and_restart(rng.millis(100, 1500));
                 finish(&mut child, Duration::from_secs(120));
             }
             Fault::PgRestart => {
@@ -331,12 +418,12 @@ fn snapshot_pg_to_gdn_survives_every_fault() {
                 cluster.restart(rng.millis(50, 800));
                 finish(&mut child, Duration::from_secs(120));
             }
-            Fault::Faults => set_faults(&runtime, &mut server, injected(rng.next())),
+            Fault::Faults => server.set_faults(injected(rng.next())),
         }
         // The run that must finish (under the injected faults in a Faults round).
         run_to_end(&config, false, &format!("{scenario}, iteration {index}"));
         if fault == Fault::Faults {
-            set_faults(&runtime, &mut server, FaultConfig::default());
+            server.set_faults(FaultConfig::default());
         }
         let expected = rows(
             &cluster,
@@ -411,7 +498,7 @@ fn streaming_pg_to_gdn_never_confirms_ahead_and_converges() {
          CREATE TABLE public.ch (id int PRIMARY KEY, v int, note text);
          INSERT INTO public.ch SELECT g, g, 'c' FROM generate_series(1, 150) g;",
     );
-    let mut server = runtime.block_on(Server::start());
+    let mut server = GdnProcess::start();
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("pipeline.json");
     std::fs::write(
@@ -445,7 +532,7 @@ fn streaming_pg_to_gdn_never_confirms_ahead_and_converges() {
         round += 1;
         stream_workload(&cluster, round);
         if fault == Fault::Faults {
-            set_faults(&runtime, &mut server, injected(rng.next()));
+            server.set_faults(injected(rng.next()));
         }
         let mut child = spawn_run(&config, &log);
         std::thread::sleep(rng.millis(50, 700));
@@ -453,7 +540,7 @@ fn streaming_pg_to_gdn_never_confirms_ahead_and_converges() {
         stream_workload(&cluster, round);
         match fault {
             Fault::GdnRestart => {
-                runtime.block_on(server.restart_in_place(rng.millis(100, 1500)));
+                server.kill_and_restart(rng.millis(100, 1500));
             }
             Fault::PgRestart => cluster.restart(rng.millis(50, 800)),
             Fault::Kill | Fault::Faults => {}
@@ -463,7 +550,7 @@ fn streaming_pg_to_gdn_never_confirms_ahead_and_converges() {
         std::thread::sleep(rng.millis(0, 900));
         kill(&mut child);
         if fault == Fault::Faults {
-            set_faults(&runtime, &mut server, FaultConfig::default());
+            server.set_faults(FaultConfig::default());
         }
         // The slot never confirmed past what GDN holds: every row is either still in the slot
         // (unconfirmed) or in GDN. The table is read first, then the slot.
@@ -565,7 +652,7 @@ fn gdn_to_pg_survives_every_fault() {
     let scenario = "GDN → PG";
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let mut cluster = PgCluster::start_default();
-    let mut server = runtime.block_on(Server::start());
+    let mut server = GdnProcess::start();
     let http = runtime.block_on(async { Http::h1(&server.url()) });
     runtime
         .block_on(http.call(
@@ -605,7 +692,7 @@ fn gdn_to_pg_survives_every_fault() {
         round += 1;
         gdn_workload(&runtime, &http, &mut rng, round);
         if fault == Fault::Faults {
-            set_faults(&runtime, &mut server, injected(rng.next()));
+            server.set_faults(injected(rng.next()));
         }
         let mut child = spawn_run(&config, &log);
         std::thread::sleep(rng.millis(50, 700));
@@ -613,7 +700,7 @@ fn gdn_to_pg_survives_every_fault() {
         gdn_workload(&runtime, &http, &mut rng, round);
         match fault {
             Fault::GdnRestart => {
-                runtime.block_on(server.restart_in_place(rng.millis(100, 1500)));
+                server.kill_and_restart(rng.millis(100, 1500));
             }
             Fault::PgRestart => cluster.restart(rng.millis(50, 800)),
             Fault::Kill | Fault::Faults => {}
@@ -623,7 +710,7 @@ fn gdn_to_pg_survives_every_fault() {
         std::thread::sleep(rng.millis(0, 900));
         kill(&mut child);
         if fault == Fault::Faults {
-            set_faults(&runtime, &mut server, FaultConfig::default());
+            server.set_faults(FaultConfig::default());
         }
         run_to_end(&config, true, &format!("{scenario}, iteration {index}"));
         tally.compare(
