@@ -9,6 +9,7 @@
 # Usage: scripts/chaos.sh [iterations per scenario, default 50] [seed]
 #   CHAOS_PROFILE=release builds optimized (default: the debug build the tests use).
 #   CHAOS_THREADS=N runs N scenarios at once (default 4).
+#   CHAOS_LOG=path keeps the full output there (default target/chaos.log).
 # The reduced version runs in the tests: cargo test --test chaos (4 iterations per scenario).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,8 +20,8 @@ ITERATIONS="${1:-50}"
 SEED="${2:-$(date +%s)}"
 PROFILE_FLAG=()
 if [ "${CHAOS_PROFILE:-debug}" = release ]; then PROFILE_FLAG=(--release); fi
-OUT="$(mktemp -t pgferry-chaos.XXXXXX)"
-trap 'rm -f "$OUT"' EXIT
+OUT="${CHAOS_LOG:-target/chaos.log}"
+mkdir -p "$(dirname "$OUT")"
 
 log "chaos: ${ITERATIONS} iterations per scenario, seed ${SEED}"
 status=0
@@ -30,7 +31,7 @@ PGFERRY_CHAOS_ITERATIONS="$ITERATIONS" PGFERRY_CHAOS_SEED="$SEED" \
 
 grep -E 'panicked|lost|extra ' "$OUT" | grep -v '^CHAOS|' | head -40 >&2 || true
 echo
-echo "seed ${SEED}"
+echo "seed ${SEED} (full output: $OUT)"
 grep '^CHAOS|' "$OUT" | sort | awk -F'|' '
     BEGIN {
         printf "| %-20s | %10s | %9s | %10s | %15s | %s\n", "scenario", "iterations", "lost rows", "extra rows", "divergent rows", "faults"

@@ -793,13 +793,14 @@ fn spawn_target(config: &Path, lines: Vec<String>) -> (Child, std::thread::JoinH
         .expect("start pgferry target");
     let mut stdin = child.stdin.take().expect("stdin");
     let feeder = std::thread::spawn(move || {
-        for chunk in lines.chunks(25) {
+        // About 1.2 s for a round: the faults land while it loads.
+        for chunk in lines.chunks(10) {
             let mut text = chunk.join("\n");
             text.push('\n');
             if stdin.write_all(text.as_bytes()).is_err() {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(10));
         }
     });
     (child, feeder)
@@ -843,7 +844,7 @@ fn singer_target_resumes_from_its_last_state_after_every_fault() {
         let fault = fault_of(index, &all);
         let round = singer_round(&mut rng, index as u64 + 1, &mut model);
         let (mut child, feeder) = spawn_target(&config, round.lines.clone());
-        std::thread::sleep(rng.millis(20, 500));
+        std::thread::sleep(rng.millis(50, 1300));
         if fault == Fault::PgRestart {
             cluster.restart(rng.millis(50, 600));
         } else {
