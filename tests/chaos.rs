@@ -108,6 +108,8 @@ struct Tally {
     extra: usize,
     divergent: usize,
     faults: BTreeMap<Fault, usize>,
+    /// Evidence that faults landed mid-work, e.g. "resumed mid-stream" → iterations.
+    notes: BTreeMap<&'static str, usize>,
     examples: Vec<String>,
 }
 
@@ -152,6 +154,11 @@ impl Tally {
             .faults
             .iter()
             .map(|(fault, count)| format!("{} ×{count}", fault.name()))
+            .chain(
+                self.notes
+                    .iter()
+                    .map(|(note, count)| format!("({note}: {count})")),
+            )
             .collect();
         println!(
             "CHAOS|{scenario}|{}|{}|{}|{}|{}",
@@ -560,6 +567,12 @@ fn streaming_pg_to_gdn_never_confirms_ahead_and_converges() {
             .map(str::to_owned)
             .collect();
         let unconfirmed = unconfirmed_ev_ids(&cluster).unwrap_or_default();
+        if !unconfirmed.is_empty() {
+            *tally
+                .notes
+                .entry("killed with changes unconfirmed")
+                .or_default() += 1;
+        }
         let in_gdn = documents(&runtime, &http, "ev", &[]);
         for id in table_ids {
             if !unconfirmed.contains(&id) && !in_gdn.contains_key(&id) {
@@ -865,6 +878,9 @@ fn singer_target_resumes_from_its_last_state_after_every_fault() {
             "{scenario}, iteration {index} ({fault:?}): resumed at line {from} of {}",
             round.lines.len()
         );
+        if from > 0 && from < round.lines.len() {
+            *tally.notes.entry("resumed mid-stream").or_default() += 1;
+        }
         let mut rest: Vec<String> = SINGER_STREAMS.iter().map(|s| singer_schema(s)).collect();
         rest.extend(round.lines[from.min(round.lines.len())..].iter().cloned());
         let (child, feeder) = spawn_target(&config, rest);
