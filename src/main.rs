@@ -300,6 +300,9 @@ async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    for warning in pipeline.tls_warnings() {
+        tracing::warn!("{warning}");
+    }
     if let Some(workers) = args.parallelism {
         if workers == 0 {
             eprintln!("error: --parallelism must be at least 1");

@@ -1,6 +1,7 @@
 //! A short, deterministic stand-in for the `fuzz/` targets on the stable toolchain: every corpus
-//! file, then many mutations of each (bit flips, truncations, splices, random bytes), through the
-//! same entry points libFuzzer drives. Long runs: `scripts/fuzz.sh`.
+//! file (the seeds and every input a fuzzing run found and fixed), then many mutations of each
+//! (bit flips, truncations, splices, random bytes), through the same entry points libFuzzer
+//! drives. Long runs: `scripts/fuzz.sh`; results in `RELIABILITY.md`.
 
 use std::path::Path;
 
@@ -113,6 +114,26 @@ fn wal2json_v1_frames_never_panic() {
 #[test]
 fn pgoutput_messages_never_panic() {
     run("pgoutput", fuzz_targets::pgoutput);
+}
+
+#[test]
+fn wal2json_v2_frames_never_panic() {
+    run("wal2json_v2", fuzz_targets::wal2json_v2);
+}
+
+#[test]
+fn singer_lines_never_panic_and_binary_copy_keeps_every_row() {
+    run("singer_lines", fuzz_targets::singer_lines);
+}
+
+#[test]
+fn config_files_never_panic_or_echo_a_secret() {
+    run("config_file", fuzz_targets::config_file);
+}
+
+#[test]
+fn gdnlite_requests_never_panic_and_both_body_parsers_agree() {
+    run("gdnlite_request", fuzz_targets::gdnlite_request);
 }
 
 #[test]

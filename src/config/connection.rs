@@ -43,12 +43,28 @@ pub struct PgConnectionConfig {
     pub dbname: String,
     /// How much TLS to demand (`sslmode`, or `require` when `ssl` is true).
     pub sslmode: SslMode,
+    /// Whether the file chose the TLS mode itself (`sslmode` or `ssl`), rather than the default.
+    pub sslmode_explicit: bool,
     /// PEM contents for TLS.
     pub tls: TlsMaterial,
     /// Limit for establishing a connection (seconds in the file; default 30).
     pub connect_timeout: Duration,
     /// Shown in `pg_stat_activity`.
     pub application_name: String,
+}
+
+/// Whether `host` names this machine: `localhost`, a loopback address, or a Unix socket
+/// directory (an absolute path).
+pub fn is_local_host(host: &str) -> bool {
+    let host = host.trim();
+    if host.starts_with('/') || host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .map(|address| address.is_loopback())
+        .unwrap_or(false)
 }
 
 /// A required, non-blank string key.
@@ -93,6 +109,7 @@ impl PgConnectionConfig {
         dbname_hint: &'static str,
     ) -> Result<PgConnectionConfig, ConfigError> {
         let dbname = required(object, "dbname", dbname_hint)?;
+        let sslmode_explicit = object.contains_key("sslmode") || object.contains_key("ssl");
         let sslmode = match string(object, "sslmode")? {
             Some(mode) => {
                 mode.parse()
@@ -128,6 +145,7 @@ impl PgConnectionConfig {
             password,
             dbname,
             sslmode,
+            sslmode_explicit,
             tls: TlsMaterial {
                 root_ca_pem: pem(object, "ssl_root_ca_cert")?,
                 client_cert_pem: pem(object, "ssl_client_certificate")?,
@@ -139,6 +157,32 @@ impl PgConnectionConfig {
             application_name: string(object, "application_name")?
                 .unwrap_or_else(|| "pgferry".into()),
         })
+    }
+
+    /// The TLS rule of `pgferry run`: a server that is not on this machine gets `verify-full`
+    /// unless the file chose a mode itself. Local servers (loopback addresses, `localhost`, a
+    /// Unix socket directory) keep the old connectors' `prefer`.
+    pub fn apply_run_tls_default(&mut self) {
+        if !self.sslmode_explicit && !is_local_host(&self.host) {
+            self.sslmode = SslMode::VerifyFull;
+        }
+    }
+
+    /// The warning `pgferry run` logs when the file explicitly asks for less than `verify-full`
+    /// towards a server that is not on this machine; `None` when there is nothing to say.
+    pub fn tls_opt_out_warning(&self) -> Option<String> {
+        if !self.sslmode_explicit
+            || is_local_host(&self.host)
+            || self.sslmode == SslMode::VerifyFull
+        {
+            return None;
+        }
+        Some(format!(
+            "sslmode {} for {}:{} was set explicitly: the server's certificate or host name is not verified, so the connection can be intercepted (remove the setting to get verify-full, the default for remote hosts)",
+            self.sslmode.as_str(),
+            self.host,
+            self.port
+        ))
     }
 
     /// Options for [`crate::pg::Connection::connect`].

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::config::connection::PgConnectionConfig;
 use crate::config::destination::DestinationConfig;
 use crate::config::error::ConfigError;
 use crate::config::gdn_source::GdnSourceConfig;
@@ -230,7 +231,21 @@ fn kind(value: Option<&Value>, default: &'static str) -> Result<String, ConfigEr
 impl Pipeline {
     /// Reads a pipeline object: `source.type` is `postgres` (default) or `gdn`,
     /// `destination.type` is `gdn` (default), `null` or `postgres`.
+    ///
+    /// A PostgreSQL server that is not on this machine is verified with `verify-full` unless
+    /// the file sets `sslmode` or `ssl` ([`PgConnectionConfig::apply_run_tls_default`]).
     pub fn from_object(root: &serde_json::Map<String, Value>) -> Result<Pipeline, ConfigError> {
+        let mut pipeline = Pipeline::from_object_as_written(root)?;
+        match &mut pipeline {
+            Pipeline::PgToGdn(config) => config.source.connection.apply_run_tls_default(),
+            Pipeline::GdnToPg(config) => config.destination.connection.apply_run_tls_default(),
+        }
+        Ok(pipeline)
+    }
+
+    fn from_object_as_written(
+        root: &serde_json::Map<String, Value>,
+    ) -> Result<Pipeline, ConfigError> {
         let source = kind(root.get("source"), "postgres")?;
         let destination = kind(root.get("destination"), "gdn")?;
         match (source.as_str(), destination.as_str()) {
@@ -273,6 +288,23 @@ impl Pipeline {
                 detail: format!("unknown source type {other:?}; expected \"postgres\" or \"gdn\""),
             }),
         }
+    }
+
+    /// The PostgreSQL connection of the pipeline (its source or its destination).
+    pub fn pg_connection(&self) -> &PgConnectionConfig {
+        match self {
+            Pipeline::PgToGdn(config) => &config.source.connection,
+            Pipeline::GdnToPg(config) => &config.destination.connection,
+        }
+    }
+
+    /// Warnings `pgferry run` logs at start: an explicit opt-out of `verify-full` towards a
+    /// PostgreSQL server that is not on this machine.
+    pub fn tls_warnings(&self) -> Vec<String> {
+        self.pg_connection()
+            .tls_opt_out_warning()
+            .into_iter()
+            .collect()
     }
 
     /// Reads a pipeline file; the state file defaults to `<config>.state.json` beside it.
@@ -419,5 +451,54 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(error.contains("\"tables\""), "{error}");
+    }
+
+    #[test]
+    fn remote_servers_default_to_verify_full_and_opt_outs_warn() {
+        use crate::pg::SslMode;
+        let gdn = serde_json::json!({"gdn_url": "http://h", "api_key": "k"});
+        let run = |source: Value| {
+            pipeline(serde_json::json!({"source": source, "destination": gdn})).unwrap()
+        };
+        let mode = |pipeline: &Pipeline| pipeline.pg_connection().sslmode;
+        let remote = run(source());
+        assert_eq!(mode(&remote), SslMode::VerifyFull);
+        assert!(remote.tls_warnings().is_empty());
+        for host in [
+            "127.0.0.1",
+            "localhost",
+            "::1",
+            "[::1]",
+            "/var/run/postgresql",
+        ] {
+            let local = run(serde_json::json!({"host": host, "user": "u", "dbname": "d"}));
+            assert_eq!(mode(&local), SslMode::Prefer, "{host}");
+            assert!(local.tls_warnings().is_empty(), "{host}");
+        }
+        for (key, value, expected) in [
+            ("sslmode", serde_json::json!("disable"), SslMode::Disable),
+            ("sslmode", serde_json::json!("require"), SslMode::Require),
+            ("sslmode", serde_json::json!("verify-ca"), SslMode::VerifyCa),
+            ("ssl", serde_json::json!(false), SslMode::Prefer),
+            ("ssl", serde_json::json!(true), SslMode::Require),
+        ] {
+            let mut explicit = source();
+            explicit[key] = value;
+            let opted_out = run(explicit);
+            assert_eq!(mode(&opted_out), expected, "{key}");
+            let warnings = opted_out.tls_warnings();
+            assert_eq!(warnings.len(), 1, "{key}: {warnings:?}");
+            assert!(warnings[0].contains(expected.as_str()), "{}", warnings[0]);
+            assert!(warnings[0].contains("db:5432"), "{}", warnings[0]);
+        }
+        let mut full = source();
+        full["sslmode"] = serde_json::json!("verify-full");
+        assert!(run(full).tls_warnings().is_empty());
+        let destination = pipeline(serde_json::json!({
+            "source": {"type": "gdn", "gdn_url": "http://h", "api_key": "k", "source_collection": "c"},
+            "destination": {"type": "postgres", "host": "warehouse.example.com", "user": "u", "dbname": "dw"}
+        }))
+        .unwrap();
+        assert_eq!(mode(&destination), SslMode::VerifyFull);
     }
 }

@@ -700,6 +700,12 @@ fn array<'a>(element: &TypeCodec, raw: &'a [u8]) -> Result<Value<'a>, ValueError
     let total = total
         .filter(|total| *total <= raw.len() / 4 + 1)
         .ok_or_else(|| bad(NAME, "dimensions larger than the value"))?;
+    // PostgreSQL sends an empty array as zero dimensions. A dimension of size 0 would make
+    // `total` 0 and let the others be any size, each then allocated when nesting; with
+    // `total` > 0 every dimension is at most `total`, so nesting is bounded by the value.
+    if total == 0 {
+        return Err(bad(NAME, "a dimension of size 0"));
+    }
     let mut flat = Vec::with_capacity(total);
     for _ in 0..total {
         let len = reader.i32()?;
@@ -787,6 +793,25 @@ mod tests {
 
     fn json(codec: &TypeCodec, raw: &[u8]) -> String {
         decode(codec, raw).unwrap().to_json_string()
+    }
+
+    #[test]
+    fn an_array_with_an_empty_dimension_is_refused_without_allocating_the_others() {
+        // Found by fuzzing: dimensions [385875968, 0] hold no element, so the size check
+        // passed, and nesting then allocated 385,875,968 empty sub-arrays (18 GB). PostgreSQL
+        // sends an empty array as zero dimensions, never as a dimension of size 0.
+        let codec = TypeCodec::Array(Box::new(TypeCodec::Int4));
+        for dims in [[3i32, 0], [0x1701_0000, 0], [0, 5]] {
+            let mut raw = Vec::new();
+            for word in [2i32, 0, 23] {
+                raw.extend_from_slice(&word.to_be_bytes());
+            }
+            for size in dims {
+                raw.extend_from_slice(&size.to_be_bytes());
+                raw.extend_from_slice(&1i32.to_be_bytes());
+            }
+            assert!(decode(&codec, &raw).is_err(), "{dims:?}");
+        }
     }
 
     fn numeric_bytes(weight: i16, sign: u16, dscale: u16, digits: &[i16]) -> Vec<u8> {

@@ -116,7 +116,8 @@ async fn read_body(
     }
 }
 
-fn path_segments(path: &str) -> Result<Vec<String>, ApiError> {
+/// The percent-decoded, non-empty segments of a request path.
+pub(crate) fn path_segments(path: &str) -> Result<Vec<String>, ApiError> {
     path.split('/')
         .filter(|s| !s.is_empty())
         .map(|s| {

@@ -62,6 +62,50 @@ mod tests {
     }
 
     #[test]
+    fn wide_literals_round_to_the_nearest_double_on_every_path() {
+        // Found by fuzzing: the tree parser stored 1.2345678901234567e20 while the batch
+        // transcoder stored 1.2345678901234568e20, the correctly rounded double.
+        for literal in ["123456789012345678490", "1.23456789012345678490e20"] {
+            let tree = parse_body(literal.as_bytes()).unwrap();
+            assert_eq!(tree.as_f64(), Some(1.2345678901234568e20), "{literal}");
+            let Ok(TranscodedBody::Single(TranscodedDoc::NotObject)) =
+                transcode_batch(literal.as_bytes())
+            else {
+                panic!("a number is not a document");
+            };
+            let doc = format!("[{{\"n\": {literal}}}]");
+            let Ok(TranscodedBody::Array(docs)) = transcode_batch(doc.as_bytes()) else {
+                panic!("one document");
+            };
+            let TranscodedDoc::Object { open_body, .. } = &docs[0] else {
+                panic!("an object");
+            };
+            let stored: Value =
+                serde_json::from_slice(&TranscodedDoc::finish(open_body, "k", "c", "r")).unwrap();
+            assert_eq!(
+                stored["n"].as_f64(),
+                Some(1.2345678901234568e20),
+                "{literal}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_in_an_ignored_id_is_refused_like_anywhere_else() {
+        // Found by fuzzing: the transcoder skipped `_id` without checking it, so a batch write
+        // took a body that every other path refuses with 600.
+        let body = b"[{\"_key\": \"k\", \"_id\": \"orders\xffk\", \"v\": 1}]";
+        assert_eq!(
+            parse_body(body).unwrap_err().error_num,
+            super::super::error::CORRUPTED_JSON
+        );
+        assert_eq!(
+            transcode_batch(body).unwrap_err().error_num,
+            super::super::error::CORRUPTED_JSON
+        );
+    }
+
+    #[test]
     fn decimals_are_doubles() {
         let v = parse_body(br#"[0.1000000000000000055511151231257827, 1.5]"#).unwrap();
         assert_eq!(v[0].as_f64(), Some(0.1));
@@ -155,7 +199,7 @@ pub fn transcode_batch(bytes: &[u8]) -> Result<TranscodedBody, ApiError> {
 mod transcode {
     use std::fmt;
 
-    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
     use serde::Deserializer;
     use serde_json::Value;
 
@@ -361,7 +405,9 @@ mod transcode {
                     "_key" => key = Some(map.next_value::<Value>()?),
                     "_rev" => rev = Some(map.next_value::<Value>()?),
                     "_id" => {
-                        map.next_value::<IgnoredAny>()?;
+                        // Dropped, but checked like any value (UTF-8, nesting), as the other
+                        // paths check it.
+                        map.next_value_seed(ValueSeed(&mut Vec::new()))?;
                     }
                     _ => {
                         if out.len() > 1 {

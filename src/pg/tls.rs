@@ -63,6 +63,17 @@ impl FromStr for SslMode {
 }
 
 impl SslMode {
+    /// libpq's name of the mode (`verify-full`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
     /// Whether a server without TLS must be refused.
     pub fn requires_tls(self) -> bool {
         matches!(

@@ -65,10 +65,10 @@ pub fn text_to_binary(rows: &[&[u8]], types: &[BinaryType]) -> Option<Vec<u8>> {
     let columns = i16::try_from(types.len()).ok()?;
     let mut scratch = Vec::new();
     for chunk in rows {
-        for row in chunk
-            .split(|&byte| byte == b'\n')
-            .filter(|row| !row.is_empty())
-        {
+        // Every row ends in its newline; an empty row is one empty field (a one-column table
+        // and the empty string), not nothing.
+        for row in chunk.split_inclusive(|&byte| byte == b'\n') {
+            let row = row.strip_suffix(b"\n")?;
             out.extend_from_slice(&columns.to_be_bytes());
             let mut fields = row.split(|&byte| byte == b'\t');
             for &kind in types {
@@ -330,6 +330,21 @@ mod tests {
                 .map(|pair| i16::from_be_bytes([pair[0], pair[1]]))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn a_row_whose_only_field_is_empty_is_kept() {
+        // A one-column table and the empty string: the COPY text row is just its "\n".
+        let stream = text_to_binary(&[b"\nabc\n\n"], &[BinaryType::Text]).unwrap();
+        let mut rows = Vec::new();
+        let mut decoder = crate::decode::copy_binary::CopyBinaryDecoder::new(1);
+        decoder
+            .decode_chunk(bytes::Bytes::from(stream), &mut rows)
+            .unwrap();
+        decoder.finish().unwrap();
+        assert_eq!(rows.len(), 3, "\"\", \"abc\", \"\"");
+        // A chunk whose last row lacks its newline is not a stream of rows: fall back to text.
+        assert_eq!(text_to_binary(&[b"abc"], &[BinaryType::Text]), None);
     }
 
     #[test]

@@ -330,6 +330,33 @@ impl PgCluster {
         self.psql_in("postgres", sql)
     }
 
+    /// Runs SQL as the superuser; `Err` with psql's message instead of panicking (for SQL that
+    /// may meet a busy slot or a server going down).
+    pub fn try_psql(&self, sql: &str) -> Result<String, String> {
+        let output = Command::new("psql")
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(self.dir.path())
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ])
+            .output()
+            .map_err(|error| format!("psql: {error}"))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout)
+                .trim_end()
+                .to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    }
+
     /// Runs SQL as the superuser in `database`.
     pub fn psql_in(&self, database: &str, sql: &str) -> String {
         let output = Command::new("psql")

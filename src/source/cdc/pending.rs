@@ -523,3 +523,7 @@ mod tests {
         assert!(pending.op(&collection, "4").is_none());
     }
 }
+
+#[cfg(test)]
+#[path = "pending_props.rs"]
+mod props;

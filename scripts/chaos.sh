@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The crash-and-fault matrix: for each of PG → GDN snapshot, PG → GDN streaming, GDN → PG and
+# the Singer target, every iteration injects one fault while pgferry works (SIGKILL at a random
+# point, gdnlite restarted on its port, PostgreSQL restarted, gdnlite answering 5xx/429/latency/
+# resets/per-document errors), lets pgferry finish, and compares the final states exactly;
+# streaming also checks after every kill that the slot was never confirmed past GDN's data.
+# Prints a table: scenario, iterations, lost rows, extra rows, divergent rows (all must be 0).
+#
+# Usage: scripts/chaos.sh [iterations per scenario, default 50] [seed]
+#   CHAOS_PROFILE=release builds optimized (default: the debug build the tests use).
+#   CHAOS_THREADS=N runs N scenarios at once (default 4).
+#   CHAOS_LOG=path keeps the full output there (default target/chaos.log).
+# The reduced version runs in the tests: cargo test --test chaos (4 iterations per scenario).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/common.sh
+ensure_postgres
+
+ITERATIONS="${1:-50}"
+SEED="${2:-$(date +%s)}"
+PROFILE_FLAG=()
+if [ "${CHAOS_PROFILE:-debug}" = release ]; then PROFILE_FLAG=(--release); fi
+OUT="${CHAOS_LOG:-target/chaos.log}"
+mkdir -p "$(dirname "$OUT")"
+
+log "chaos: ${ITERATIONS} iterations per scenario, seed ${SEED}"
+status=0
+PGFERRY_CHAOS_ITERATIONS="$ITERATIONS" PGFERRY_CHAOS_SEED="$SEED" \
+    cargo test "${PROFILE_FLAG[@]}" --test chaos -- --nocapture --test-threads="${CHAOS_THREADS:-4}" \
+    >"$OUT" 2>&1 || status=$?
+
+grep -E 'panicked|lost|extra ' "$OUT" | grep -v '^CHAOS|' | head -40 >&2 || true
+echo
+echo "seed ${SEED} (full output: $OUT)"
+grep '^CHAOS|' "$OUT" | sort | awk -F'|' '
+    BEGIN {
+        printf "| %-20s | %10s | %9s | %10s | %15s | %s\n", "scenario", "iterations", "lost rows", "extra rows", "divergent rows", "faults"
+        printf "|%s|%s|%s|%s|%s|%s\n", "----------------------", "------------", "-----------", "------------", "-----------------", "---"
+    }
+    {
+        printf "| %-20s | %10d | %9d | %10d | %15d | %s\n", $2, $3, $4, $5, $6, $7
+        it += $3; lost += $4; extra += $5; div += $6; n++
+    }
+    END {
+        printf "| %-20s | %10d | %9d | %10d | %15d |\n", "total", it, lost, extra, div
+        if (n < 4) print "(" 4 - n " scenario(s) did not report: see the errors above)"
+    }'
+if [ "$status" -ne 0 ]; then
+    log "chaos FAILED (cargo test exit $status)"
+else
+    log "chaos passed"
+fi
+exit "$status"
