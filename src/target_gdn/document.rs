@@ -205,6 +205,18 @@ pub fn record_effect(
 ) -> Result<RecordEffect, String> {
     for (name, raw) in &record.record {
         let kind = kind_of(raw.get());
+        // GDN stores numbers as doubles: a literal beyond their range (e.g. 1e400, also inside
+        // an array or object) cannot be written, unless it goes as an exact string.
+        let as_string = kind == "number" && shape.string_numbers.contains(name.as_ref());
+        if matches!(kind, "number" | "array" | "object")
+            && !as_string
+            && serde_json::from_str::<serde_json::Value>(raw.get()).is_err()
+        {
+            let excerpt: String = raw.get().chars().take(60).collect();
+            return Err(format!(
+                "property {name:?} holds a number GDN cannot store (beyond a double's range): {excerpt}"
+            ));
+        }
         if let Some(Some(types)) = shape.types.get(name.as_ref()) {
             if !types.is_empty() && !type_allows(types, kind) {
                 let text = raw.get();
