@@ -394,14 +394,7 @@ async fn target(args: TargetArgs) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(error) => {
-            eprintln!("error: {error}");
-            if error.is_config() {
-                ExitCode::from(EXIT_CONFIG)
-            } else {
-                ExitCode::from(EXIT_FAILURE)
-            }
-        }
+        Err(error) => report_failure(&error, error.is_config()),
     }
 }
 
@@ -474,12 +467,7 @@ async fn tap(args: TapArgs) -> ExitCode {
             metrics
                 .ingest_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            eprintln!("error: {error}");
-            if error.is_input() {
-                ExitCode::from(EXIT_CONFIG)
-            } else {
-                ExitCode::from(EXIT_FAILURE)
-            }
+            report_failure(&error, error.is_input())
         }
     }
 }
@@ -521,13 +509,19 @@ async fn target_gdn(args: TargetGdnArgs) -> ExitCode {
             metrics
                 .ingest_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            eprintln!("error: {error}");
-            if error.is_config() {
-                ExitCode::from(EXIT_CONFIG)
-            } else {
-                ExitCode::from(EXIT_FAILURE)
-            }
+            report_failure(&error, error.is_config())
         }
+    }
+}
+
+/// Prints a command's error and picks its exit code: `2` when the input (config, catalog,
+/// state, arguments) is at fault, `1` for a failure while running.
+fn report_failure(error: &dyn std::fmt::Display, input_at_fault: bool) -> ExitCode {
+    eprintln!("error: {error}");
+    if input_at_fault {
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        ExitCode::from(EXIT_FAILURE)
     }
 }
 
@@ -556,14 +550,7 @@ async fn console(args: ConsoleArgs, which: Console) -> ExitCode {
             println!("{text}");
             ExitCode::SUCCESS
         }
-        Err(error) => {
-            eprintln!("error: {error}");
-            if error.is_input() {
-                ExitCode::from(EXIT_CONFIG)
-            } else {
-                ExitCode::from(EXIT_FAILURE)
-            }
-        }
+        Err(error) => report_failure(&error, error.is_input()),
     }
 }
 
