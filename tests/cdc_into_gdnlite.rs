@@ -8,32 +8,14 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use gdnlite_support::{api, Http, Server, KEY};
+use gdnlite_support::{api, Http, Server};
 use hyper::Method;
 use pgferry::config::PipelineConfig;
 use serde_json::{json, Value};
 use support::PgCluster;
 
 fn pipeline(cluster: &PgCluster, gdn_url: &str, dir: &Path, extra: Value) -> PipelineConfig {
-    let mut config = json!({
-        "source": {
-            "host": "127.0.0.1", "port": cluster.port(), "user": "postgres",
-            "password": "trust", "dbname": "postgres", "sslmode": "disable",
-            "replication_method": "LOG_BASED", "filter_schemas": "public"
-        },
-        "destination": {"gdn_url": gdn_url, "api_key": KEY, "batch_size_rows": 500},
-        "parallelism": 2,
-        "state_file": dir.join("state.json").display().to_string()
-    });
-    if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
-        for (key, value) in extra {
-            config.insert(key.clone(), value.clone());
-        }
-    }
-    match config {
-        Value::Object(map) => PipelineConfig::from_object(&map).expect("valid pipeline"),
-        _ => unreachable!("a JSON object"),
-    }
+    gdnlite_support::log_based_pipeline(cluster.port(), gdn_url, dir, extra)
 }
 
 /// Every document of `collection`, by `_key`.

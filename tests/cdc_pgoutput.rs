@@ -33,19 +33,7 @@ fn streamed_transactions_apply_at_commit_skip_rollbacks_and_stay_in_bounded_memo
     });
     let path = dir.path().join("pipeline.json");
     std::fs::write(&path, config.to_string()).expect("write pipeline");
-    let run = || {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_pgferry"))
-            .args(["run", "--once", "-c"])
-            .arg(&path)
-            .output()
-            .expect("run pgferry");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
+    let run = || support::run_to_completion(&path);
     run();
     assert_eq!(
         cluster.psql("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'big_pub' AND tablename = 'big'"),

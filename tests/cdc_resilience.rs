@@ -20,32 +20,7 @@ use serde_json::{json, Value};
 use support::PgCluster;
 
 fn pipeline(cluster: &PgCluster, gdn_url: &str, dir: &Path, extra: Value) -> PipelineConfig {
-    let mut config = json!({
-        "source": {
-            "host": "127.0.0.1", "port": cluster.port(), "user": "postgres",
-            "password": "trust", "dbname": "postgres", "sslmode": "disable",
-            "replication_method": "LOG_BASED", "filter_schemas": "public"
-        },
-        "destination": {"gdn_url": gdn_url, "api_key": KEY, "batch_size_rows": 500},
-        "parallelism": 2,
-        "state_file": dir.join("state.json").display().to_string()
-    });
-    if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
-        for (key, value) in extra {
-            match (config.get_mut(key), value) {
-                (Some(Value::Object(existing)), Value::Object(more)) => {
-                    existing.extend(more.clone());
-                }
-                _ => {
-                    config.insert(key.clone(), value.clone());
-                }
-            }
-        }
-    }
-    match config {
-        Value::Object(map) => PipelineConfig::from_object(&map).expect("valid pipeline"),
-        _ => unreachable!("a JSON object"),
-    }
+    gdnlite_support::log_based_pipeline(cluster.port(), gdn_url, dir, extra)
 }
 
 /// Starts a continuous LOG_BASED run (no `--once`) on `runtime`; send `true` to stop it.
@@ -367,19 +342,7 @@ fn a_million_row_transaction_streams_through_in_bounded_memory() {
     });
     let path = dir.path().join("pipeline.json");
     std::fs::write(&path, config.to_string()).expect("write pipeline");
-    let run = || {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_pgferry"))
-            .args(["run", "--once", "-c"])
-            .arg(&path)
-            .output()
-            .expect("run pgferry");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
+    let run = || support::run_to_completion(&path);
     run();
     cluster.psql(
         "BEGIN;

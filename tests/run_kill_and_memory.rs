@@ -10,7 +10,7 @@ use std::time::Duration;
 use gdnlite_support::{api, Http, Server, KEY};
 use hyper::Method;
 use serde_json::{json, Value};
-use support::{peak_rss_mb, PgCluster};
+use support::{peak_rss_mb, run_to_completion, PgCluster};
 
 fn write_pipeline(dir: &Path, cluster: &PgCluster, gdn_url: &str) -> PathBuf {
     let config = json!({
@@ -40,22 +40,6 @@ async fn count(http: &Http) -> u64 {
         .call(Method::GET, &api("collection/events/count"), Value::Null)
         .await;
     answer.json["count"].as_u64().unwrap_or(0)
-}
-
-/// Runs `pgferry run --once` to completion; returns its summary output.
-fn run_to_completion(config: &Path) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pgferry"))
-        .args(["run", "--once", "-c"])
-        .arg(config)
-        .output()
-        .expect("run pgferry");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "pgferry run failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

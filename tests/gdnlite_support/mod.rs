@@ -400,3 +400,42 @@ pub async fn all_documents(
             .await;
     }
 }
+
+/// A LOG_BASED pipeline from the PostgreSQL on `pg_port` (schema `public`) into the gdnlite at
+/// `gdn_url`, with its state file in `dir`. Keys of `extra` are set on top; an object given for
+/// `source` or `destination` adds to (or overrides) those objects' keys.
+pub fn log_based_pipeline(
+    pg_port: u16,
+    gdn_url: &str,
+    dir: &std::path::Path,
+    extra: Value,
+) -> pgferry::config::PipelineConfig {
+    let mut config = serde_json::json!({
+        "source": {
+            "host": "127.0.0.1", "port": pg_port, "user": "postgres",
+            "password": "trust", "dbname": "postgres", "sslmode": "disable",
+            "replication_method": "LOG_BASED", "filter_schemas": "public"
+        },
+        "destination": {"gdn_url": gdn_url, "api_key": KEY, "batch_size_rows": 500},
+        "parallelism": 2,
+        "state_file": dir.join("state.json").display().to_string()
+    });
+    if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+        for (key, value) in extra {
+            match (config.get_mut(key), value) {
+                (Some(Value::Object(existing)), Value::Object(more)) => {
+                    existing.extend(more.clone());
+                }
+                _ => {
+                    config.insert(key.clone(), value.clone());
+                }
+            }
+        }
+    }
+    match config {
+        Value::Object(map) => {
+            pgferry::config::PipelineConfig::from_object(&map).expect("valid pipeline")
+        }
+        _ => unreachable!("a JSON object"),
+    }
+}

@@ -450,3 +450,19 @@ pub fn peak_rss_mb(summary: &str) -> f64 {
         .and_then(|mb| mb.parse().ok())
         .unwrap_or_else(|| panic!("no peak RSS in the summary:\n{summary}"))
 }
+
+/// Runs `pgferry run --once -c <config>` to completion (it must succeed); returns its summary.
+pub fn run_to_completion(config: &Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_pgferry"))
+        .args(["run", "--once", "-c"])
+        .arg(config)
+        .output()
+        .expect("run pgferry");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "pgferry run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
