@@ -1,6 +1,7 @@
 //! Pure decoders: bytes in, typed values out. No I/O and no async here, so that every decoder
 //! can be unit-tested from byte fixtures, benchmarked with criterion and fuzzed alone.
 
+pub mod civil;
 pub mod commit_time;
 pub mod copy_binary;
 pub mod json_out;

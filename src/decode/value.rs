@@ -20,6 +20,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+use crate::decode::civil::civil_from_days;
 use crate::decode::json_out::write_string;
 
 /// How a `numeric` column is written, stable for all its values.
@@ -403,20 +404,6 @@ const MICROS_PER_SECOND: i64 = 1_000_000;
 const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SECOND;
 /// Days from 1970-01-01 to 2000-01-01, PostgreSQL's epoch.
 const PG_EPOCH_DAYS: i64 = 10_957;
-
-/// Civil date from days since 1970-01-01 (proleptic Gregorian, astronomical years).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
 
 /// Appends `value` (0 ≤ value < 10^width) zero-padded to `width` digits, without `fmt`.
 pub(crate) fn push_padded(text: &mut String, value: i64, width: u32) {

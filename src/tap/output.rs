@@ -9,6 +9,8 @@ use std::io::Write;
 
 use serde_json::Value;
 
+use crate::decode::civil::civil_from_days;
+
 /// Re-spaces compact JSON with Python's `json.dumps` separators (`", "` and `": "`), leaving
 /// strings untouched.
 pub fn python_spacing(compact: &[u8], out: &mut Vec<u8>) {
@@ -50,20 +52,6 @@ pub fn singer_timestamp(time: std::time::SystemTime) -> String {
         of_day % 60,
         since.subsec_micros()
     )
-}
-
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// The tap's stdout: Singer messages, buffered, in the old tap's layout.

@@ -249,14 +249,7 @@ fn date(text: &str) -> Option<i64> {
     if year < 1 || day < 1 || day > days_in_month {
         return None;
     }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some(era * 146_097 + doe - 719_468)
+    Some(crate::decode::civil::days_from_civil(year, month, day))
 }
 
 /// `HH:MM:SS[.f…]` (at most six fraction digits; `24:00:00` allowed) as microseconds.
