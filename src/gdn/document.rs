@@ -235,20 +235,6 @@ impl DocumentPlan {
         Ok(key)
     }
 
-    /// Appends the document of a row image given as PostgreSQL text (`(column, None)` is NULL;
-    /// an absent column is left out and makes the document partial).
-    pub fn encode_text(
-        &self,
-        image: &[(&str, Option<&str>)],
-        out: &mut Vec<u8>,
-    ) -> Result<TextDocument, DocumentError> {
-        let image: Vec<(&str, Option<ImageValue<'_>>)> = image
-            .iter()
-            .map(|(name, text)| (*name, text.map(ImageValue::Text)))
-            .collect();
-        self.encode_image(&image, out)
-    }
-
     /// Appends the document of a row image of text or binary values (`(column, None)` is
     /// NULL; an absent column is left out and makes the document partial).
     pub fn encode_image(
@@ -293,19 +279,8 @@ impl DocumentPlan {
         Ok(TextDocument { key, complete })
     }
 
-    /// The key of an old-row identity (DELETE, or an UPDATE that changed the key).
-    pub fn key_from_text(
-        &self,
-        identity: &[(&str, Option<&str>)],
-    ) -> Result<DocumentKey, DocumentError> {
-        let identity: Vec<(&str, Option<ImageValue<'_>>)> = identity
-            .iter()
-            .map(|(name, text)| (*name, text.map(ImageValue::Text)))
-            .collect();
-        self.key_from_image(&identity)
-    }
-
-    /// The key of an old-row identity of text or binary values.
+    /// The key of an old-row identity (DELETE, or an UPDATE that changed the key), of text
+    /// or binary values.
     pub fn key_from_image(
         &self,
         identity: &[(&str, Option<ImageValue<'_>>)],

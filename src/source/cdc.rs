@@ -382,10 +382,15 @@ impl Streamer<'_> {
                     .and_then(parse_timestamptz_micros),
             ),
             Action::Commit => {
-                let time = change
-                    .timestamp
-                    .as_deref()
-                    .and_then(parse_timestamptz_micros);
+                // The Begin's time usually stands already: parse the Commit's only without it.
+                let time = if self.commit_time.is_none() {
+                    change
+                        .timestamp
+                        .as_deref()
+                        .and_then(parse_timestamptz_micros)
+                } else {
+                    None
+                };
                 self.commit(change.next_lsn.unwrap_or(wal_start), time, stream, summary)
                     .await?;
             }

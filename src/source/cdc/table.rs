@@ -168,7 +168,9 @@ pub struct CdcTables {
 impl CdcTables {
     /// Adds (or replaces) `schema.table`.
     pub fn insert(&mut self, schema: &str, table: &str, streamed: CdcTable) {
-        self.by_name.insert(Self::key(schema, table), streamed);
+        let mut key = String::with_capacity(schema.len() + table.len() + 1);
+        Self::write_key(&mut key, schema, table);
+        self.by_name.insert(key, streamed);
     }
 
     /// Every table.
@@ -186,21 +188,18 @@ impl CdcTables {
         self.by_name.is_empty()
     }
 
-    fn key(schema: &str, table: &str) -> String {
-        // NUL cannot occur in PostgreSQL identifiers, so the pair maps to one string.
-        let mut key = String::with_capacity(schema.len() + table.len() + 1);
-        key.push_str(schema);
-        key.push('\0');
-        key.push_str(table);
-        key
+    /// `schema` NUL `table`: NUL cannot occur in PostgreSQL identifiers, so the pair maps to
+    /// one string.
+    fn write_key(out: &mut String, schema: &str, table: &str) {
+        out.clear();
+        out.push_str(schema);
+        out.push('\0');
+        out.push_str(table);
     }
 
     /// The streamed table `schema.table`, if it is one.
     pub(super) fn get_mut(&mut self, schema: &str, table: &str) -> Option<&mut CdcTable> {
-        self.scratch.clear();
-        self.scratch.push_str(schema);
-        self.scratch.push('\0');
-        self.scratch.push_str(table);
+        Self::write_key(&mut self.scratch, schema, table);
         self.by_name.get_mut(self.scratch.as_str())
     }
 }
