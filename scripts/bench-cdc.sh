@@ -25,12 +25,7 @@ BIN="/usr/lib/postgresql/${PG_MAJOR}/bin"
 
 WORK="$(mktemp -d /tmp/pgferry-bench-cdc.XXXXXX)"
 GDN_PID=""
-cleanup() {
-    if [ -n "$GDN_PID" ]; then kill "$GDN_PID" 2>/dev/null || true; wait "$GDN_PID" 2>/dev/null || true; fi
-    stop_cluster
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap cleanup_run EXIT
 start_cluster
 cluster_psql -d postgres -c "CREATE TABLE public.events (id bigint PRIMARY KEY, kind text NOT NULL, amount numeric(12,2), payload text, at timestamptz DEFAULT now())" >/dev/null
 

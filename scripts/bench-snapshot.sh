@@ -19,12 +19,7 @@ PGFERRY="$PWD/target/release/pgferry"
 
 WORK="$(mktemp -d /tmp/pgferry-bench.XXXXXX)"
 GDN_PID=""
-cleanup() {
-    if [ -n "$GDN_PID" ]; then kill "$GDN_PID" 2>/dev/null || true; wait "$GDN_PID" 2>/dev/null || true; fi
-    stop_cluster
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap cleanup_run EXIT
 start_cluster
 
 log "creating public.bench with $ROWS rows"

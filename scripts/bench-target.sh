@@ -17,7 +17,7 @@ BATCH="${BATCH:-100000}"
 COPY_FORMAT="${COPY_FORMAT:-auto}"
 WORK="$(mktemp -d /tmp/pgferry-bench-target.XXXXXX)"
 GDN_PID=""
-trap 'if [ -n "$GDN_PID" ]; then kill "$GDN_PID" 2>/dev/null || true; fi; stop_cluster; rm -rf "$WORK"' EXIT
+trap cleanup_run EXIT
 
 ensure_postgres
 log "building pgferry (release)"

@@ -17,12 +17,7 @@ cargo build --release --quiet
 PGFERRY="$PWD/target/release/pgferry"
 WORK="$(mktemp -d /tmp/pgferry-large-txn.XXXXXX)"
 GDN_PID=""
-cleanup() {
-    if [ -n "$GDN_PID" ]; then kill "$GDN_PID" 2>/dev/null || true; wait "$GDN_PID" 2>/dev/null || true; fi
-    stop_cluster
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap cleanup_run EXIT
 PG_EXTRA_CONF="logical_decoding_work_mem = '64kB'" start_cluster
 cluster_psql -d postgres -c "CREATE TABLE public.big (id bigint PRIMARY KEY, v text)" >/dev/null
 start_gdnlite "$PGFERRY" stress "$WORK/gdnlite"

@@ -117,3 +117,11 @@ start_gdnlite() {
     done
     die "gdnlite did not report listening within 10 s (log: $data.log)"
 }
+
+# For `trap cleanup_run EXIT` in scripts that start gdnlite (GDN_PID) and a cluster in a work
+# directory (WORK): stops both and removes the directory.
+cleanup_run() {
+    if [ -n "${GDN_PID:-}" ]; then kill "$GDN_PID" 2>/dev/null || true; wait "$GDN_PID" 2>/dev/null || true; fi
+    stop_cluster
+    if [ -n "${WORK:-}" ]; then rm -rf "$WORK"; fi
+}
