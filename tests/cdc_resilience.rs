@@ -381,8 +381,19 @@ async fn heartbeats_move_the_slot_of_an_idle_database() {
     let metrics = Arc::new(Metrics::new(Labels::from_env()));
     let (stop, streaming) =
         spawn_continuous_run(&tokio::runtime::Handle::current(), &config, &metrics);
-    // Nothing writes to this cluster now but pgferry's heartbeats: WAL past this point is theirs.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Once the run streams (it has confirmed a position), nothing writes to this cluster but
+    // pgferry's heartbeats: WAL past this point is theirs.
+    wait_for(
+        "the continuous run to stream",
+        Duration::from_secs(30),
+        || async {
+            metrics
+                .confirmed_lsn
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        },
+    )
+    .await;
     let start: pgferry::pg::Lsn = tokio::task::block_in_place(|| {
         cluster
             .psql("SELECT pg_current_wal_lsn()")
