@@ -308,13 +308,13 @@ async fn run(args: RunArgs) -> ExitCode {
             eprintln!("error: --parallelism must be at least 1");
             return ExitCode::from(EXIT_CONFIG);
         }
-        if let pgferry::config::Pipeline::PgToGdn(config) = &mut pipeline {
+        if let pgferry::config::Pipeline::FromPostgres(config) = &mut pipeline {
             config.parallelism = workers;
         }
     }
     if args.destination.is_some() {
         match &mut pipeline {
-            pgferry::config::Pipeline::PgToGdn(config) => {
+            pgferry::config::Pipeline::FromPostgres(config) => {
                 config.destination = pgferry::config::DestinationConfig::Null;
             }
             pgferry::config::Pipeline::GdnToPg(_) => {

@@ -8,6 +8,7 @@
 
 pub mod gdn_to_pg;
 mod log_based;
+mod pg_to_pg;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,9 +25,10 @@ use crate::pg::{Connection, PgError};
 use crate::progress::{spawn_display, CopyProgress};
 use crate::source::cdc::{CdcError, CdcSummary};
 use crate::source::snapshot::{
-    copy_tables, BatchLimits, CopyPlan, CopySummary, CopyTask, SnapshotError,
+    copy_tables, copy_tables_into, BatchLimits, CopyPlan, CopySummary, CopyTask, SnapshotError,
 };
 use crate::source::state::{ChunkLedger, StateError};
+use crate::target::replica::copy::ReplicaSink;
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,13 +68,16 @@ pub enum RunError {
     /// A GDN → PostgreSQL pipeline failed.
     #[error(transparent)]
     GdnToPg(Box<gdn_to_pg::GdnToPgError>),
+    /// The PostgreSQL destination of a PostgreSQL source failed.
+    #[error("PostgreSQL destination: {0}")]
+    Replica(Box<crate::target::replica::ReplicaError>),
 }
 
 /// What any pipeline run did.
 #[derive(Debug, Clone)]
 pub enum PipelineSummary {
     /// PostgreSQL → GDN (or null).
-    PgToGdn(RunSummary),
+    FromPostgres(RunSummary),
     /// GDN → PostgreSQL.
     GdnToPg(gdn_to_pg::GdnRunSummary),
 }
@@ -81,7 +86,7 @@ impl PipelineSummary {
     /// Lines for people.
     pub fn to_text(&self) -> String {
         match self {
-            PipelineSummary::PgToGdn(summary) => summary.to_text(),
+            PipelineSummary::FromPostgres(summary) => summary.to_text(),
             PipelineSummary::GdnToPg(summary) => summary.to_text(),
         }
     }
@@ -94,9 +99,9 @@ pub async fn run_pipeline(
     control: RunControl,
 ) -> Result<PipelineSummary, RunError> {
     match pipeline {
-        Pipeline::PgToGdn(config) => run_with(config, metrics, control)
+        Pipeline::FromPostgres(config) => run_with(config, metrics, control)
             .await
-            .map(PipelineSummary::PgToGdn),
+            .map(PipelineSummary::FromPostgres),
         Pipeline::GdnToPg(config) => gdn_to_pg::run(config, metrics, control)
             .await
             .map(PipelineSummary::GdnToPg)
@@ -280,15 +285,43 @@ pub(crate) struct Prepared {
     pub(crate) settings: WriterSettings,
     pub(crate) limits: BatchLimits,
     pub(crate) tasks: Vec<CopyTask>,
+    /// A PostgreSQL destination's tables and writer (then `client` is `None`).
+    pub(crate) replica: Option<pg_to_pg::ReplicaPrepared>,
 }
 
-/// Discovers the selected tables, connects to GDN and makes sure every collection exists.
+/// Discovers the selected tables, connects to GDN and makes sure every collection exists
+/// (or, for a PostgreSQL destination, every target table).
 pub(crate) async fn prepare(
     config: &PipelineConfig,
     allow_keyless: bool,
 ) -> Result<Prepared, RunError> {
     let discovered = discover_selected(&config.source, &config.tables).await?;
     let chosen = selected(&discovered, &config.tables)?;
+    if let DestinationConfig::Postgres(destination) = &config.destination {
+        let (tasks, replica) = pg_to_pg::prepare_targets(
+            &config.source.connect_options(),
+            destination,
+            &chosen,
+            config.numeric_mode,
+            allow_keyless,
+        )
+        .await?;
+        return Ok(Prepared {
+            client: None,
+            settings: WriterSettings {
+                max_in_flight: 1,
+                wait_for_sync: true,
+                max_retries: 1,
+                initial_backoff: Duration::from_millis(100),
+            },
+            limits: BatchLimits {
+                rows: destination.batch_size_rows,
+                bytes: 16 * 1024 * 1024,
+            },
+            tasks,
+            replica: Some(replica),
+        });
+    }
 
     let (client, settings, limits, create_stream) = match &config.destination {
         DestinationConfig::Gdn(gdn) => (
@@ -319,6 +352,11 @@ pub(crate) async fn prepare(
             },
             false,
         ),
+        DestinationConfig::Postgres(_) => {
+            return Err(RunError::Unsupported(
+                "a PostgreSQL destination is prepared above".into(),
+            ))
+        }
     };
 
     let mut tasks = Vec::with_capacity(chosen.len());
@@ -330,7 +368,7 @@ pub(crate) async fn prepare(
         let collection = match (&config.destination, collection_override) {
             (_, Some(name)) => name,
             (DestinationConfig::Gdn(gdn), None) => gdn.collection_for(&table.schema, &table.name),
-            (DestinationConfig::Null, None) => table.name.clone(),
+            (DestinationConfig::Null | DestinationConfig::Postgres(_), None) => table.name.clone(),
         };
         if let Some(client) = &client {
             retrying(settings.max_retries, || {
@@ -360,6 +398,7 @@ pub(crate) async fn prepare(
         settings,
         limits,
         tasks,
+        replica: None,
     })
 }
 
@@ -390,8 +429,8 @@ pub(crate) async fn copy_step(
         settings,
         limits,
         tasks,
+        replica,
     } = prepared;
-    let writer = Writer::new(client, settings, Arc::clone(metrics));
     let progress = Arc::new(CopyProgress::new(tasks.iter().map(|task| {
         (
             task.target.table.to_string(),
@@ -399,19 +438,24 @@ pub(crate) async fn copy_step(
         )
     })));
     let display = spawn_display(Arc::clone(&progress));
-    let copy = copy_tables(
-        &config.source.connect_options(),
-        tasks,
-        &writer,
-        CopyPlan {
-            workers: config.parallelism,
-            limits,
-            snapshot,
-            progress: Arc::clone(&progress),
-            ledger,
-        },
-    )
-    .await;
+    let plan = CopyPlan {
+        workers: config.parallelism,
+        limits,
+        snapshot,
+        progress: Arc::clone(&progress),
+        ledger,
+    };
+    let source = config.source.connect_options();
+    let copy = match replica {
+        Some(replica) => {
+            let sink = ReplicaSink::new(replica.target, replica.copies, Arc::clone(metrics));
+            copy_tables_into(&source, tasks, Arc::new(sink), plan).await
+        }
+        None => {
+            let writer = Writer::new(client, settings, Arc::clone(metrics));
+            copy_tables(&source, tasks, &writer, plan).await
+        }
+    };
     progress.finish();
     if let Some(display) = display {
         let _ = display.await;

@@ -82,6 +82,8 @@ pub enum DestinationConfig {
     Gdn(Box<GdnDestinationConfig>),
     /// Nowhere: rows are decoded, encoded and batched, then dropped (for benchmarks).
     Null,
+    /// Another PostgreSQL database: the source's tables replicated with their column types.
+    Postgres(Box<crate::config::ReplicaDestinationConfig>),
 }
 
 /// A whole number of at least 1 (`default` when absent).
@@ -213,7 +215,7 @@ impl GdnDestinationConfig {
 }
 
 impl DestinationConfig {
-    /// Reads a destination object: `type` is `gdn` (the default) or `null`.
+    /// Reads a destination object: `type` is `gdn` (the default), `null` or `postgres`.
     pub fn from_object(
         object: &serde_json::Map<String, Value>,
     ) -> Result<DestinationConfig, ConfigError> {
@@ -225,9 +227,12 @@ impl DestinationConfig {
                 reject_unknown_keys(object, &["type"])?;
                 Ok(DestinationConfig::Null)
             }
+            Some("postgres") => Ok(DestinationConfig::Postgres(Box::new(
+                crate::config::ReplicaDestinationConfig::from_object(object)?,
+            ))),
             Some(other) => Err(ConfigError::Invalid {
                 key: "type".into(),
-                detail: format!("destination type {other:?} is not supported here; expected \"gdn\" or \"null\""),
+                detail: format!("destination type {other:?} is not supported here; expected \"gdn\", \"null\" or \"postgres\""),
             }),
         }
     }

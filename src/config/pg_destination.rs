@@ -39,7 +39,7 @@ pub struct PgDestinationConfig {
 }
 
 /// Seconds, whole or fractional (`0.5`), at least one millisecond.
-fn seconds(
+pub(crate) fn seconds(
     object: &serde_json::Map<String, Value>,
     key: &str,
     default: f64,

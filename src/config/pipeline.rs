@@ -215,7 +215,7 @@ pub struct GdnToPgConfig {
 #[derive(Debug, Clone)]
 pub enum Pipeline {
     /// PostgreSQL → GDN (or the null destination): snapshot, then optionally LOG_BASED changes.
-    PgToGdn(Box<PipelineConfig>),
+    FromPostgres(Box<PipelineConfig>),
     /// GDN → PostgreSQL: collection scan, then the change stream.
     GdnToPg(Box<GdnToPgConfig>),
 }
@@ -237,7 +237,12 @@ impl Pipeline {
     pub fn from_object(root: &serde_json::Map<String, Value>) -> Result<Pipeline, ConfigError> {
         let mut pipeline = Pipeline::from_object_as_written(root)?;
         match &mut pipeline {
-            Pipeline::PgToGdn(config) => config.source.connection.apply_run_tls_default(),
+            Pipeline::FromPostgres(config) => {
+                config.source.connection.apply_run_tls_default();
+                if let DestinationConfig::Postgres(replica) = &mut config.destination {
+                    replica.connection.apply_run_tls_default();
+                }
+            }
             Pipeline::GdnToPg(config) => config.destination.connection.apply_run_tls_default(),
         }
         Ok(pipeline)
@@ -249,8 +254,8 @@ impl Pipeline {
         let source = kind(root.get("source"), "postgres")?;
         let destination = kind(root.get("destination"), "gdn")?;
         match (source.as_str(), destination.as_str()) {
-            ("postgres", "gdn" | "null") => {
-                PipelineConfig::from_object(root).map(|config| Pipeline::PgToGdn(Box::new(config)))
+            ("postgres", "gdn" | "null" | "postgres") => {
+                PipelineConfig::from_object(root).map(|config| Pipeline::FromPostgres(Box::new(config)))
             }
             ("gdn", "postgres") => {
                 reject_unknown_keys(root, GDN_TO_PG_KEYS)?;
@@ -273,10 +278,10 @@ impl Pipeline {
                     state_file: string(root, "state_file")?.map(PathBuf::from),
                 })))
             }
-            ("postgres" | "gdn", "postgres" | "gdn" | "null") => Err(ConfigError::Invalid {
+            ("gdn", "gdn" | "null") => Err(ConfigError::Invalid {
                 key: "destination.type".into(),
                 detail: format!(
-                    "a {source} → {destination} pipeline is not supported; pgferry runs postgres → gdn (or null) and gdn → postgres\nHINT: set \"type\" of the source and the destination to one of those pairs"
+                    "a {source} → {destination} pipeline is not supported; pgferry runs postgres → gdn, null or postgres, and gdn → postgres\nHINT: set \"type\" of the source and the destination to one of those pairs"
                 ),
             }),
             ("postgres" | "gdn", other) => Err(ConfigError::Invalid {
@@ -293,7 +298,7 @@ impl Pipeline {
     /// The PostgreSQL connection of the pipeline (its source or its destination).
     pub fn pg_connection(&self) -> &PgConnectionConfig {
         match self {
-            Pipeline::PgToGdn(config) => &config.source.connection,
+            Pipeline::FromPostgres(config) => &config.source.connection,
             Pipeline::GdnToPg(config) => &config.destination.connection,
         }
     }
@@ -301,10 +306,17 @@ impl Pipeline {
     /// Warnings `pgferry run` logs at start: an explicit opt-out of `verify-full` towards a
     /// PostgreSQL server that is not on this machine.
     pub fn tls_warnings(&self) -> Vec<String> {
-        self.pg_connection()
+        let mut warnings: Vec<String> = self
+            .pg_connection()
             .tls_opt_out_warning()
             .into_iter()
-            .collect()
+            .collect();
+        if let Pipeline::FromPostgres(config) = self {
+            if let DestinationConfig::Postgres(replica) = &config.destination {
+                warnings.extend(replica.connection.tls_opt_out_warning());
+            }
+        }
+        warnings
     }
 
     /// Reads a pipeline file; the state file defaults to `<config>.state.json` beside it.
@@ -312,7 +324,7 @@ impl Pipeline {
         let root = crate::config::read_json_object(path)?;
         let mut pipeline = Pipeline::from_object(&root)?;
         let state_file = match &mut pipeline {
-            Pipeline::PgToGdn(config) => &mut config.state_file,
+            Pipeline::FromPostgres(config) => &mut config.state_file,
             Pipeline::GdnToPg(config) => &mut config.state_file,
         };
         if state_file.is_none() {
@@ -411,7 +423,7 @@ mod tests {
             "source": source(), "destination": {"gdn_url": "http://h", "api_key": "k"}
         }))
         .unwrap();
-        assert!(matches!(old, Pipeline::PgToGdn(_)));
+        assert!(matches!(old, Pipeline::FromPostgres(_)));
         let gdn = pipeline(serde_json::json!({
             "source": {"type": "gdn", "gdn_url": "http://h", "api_key": "k", "source_collection": "c"},
             "destination": {"type": "postgres", "host": "db", "user": "u", "dbname": "dw"}
@@ -424,11 +436,6 @@ mod tests {
         assert_eq!(gdn.destination.table_for("c"), "c");
         for (source, destination, expected) in [
             ("gdn", "gdn", "gdn → gdn pipeline is not supported"),
-            (
-                "postgres",
-                "postgres",
-                "postgres → postgres pipeline is not supported",
-            ),
             ("gdn", "null", "gdn → null pipeline is not supported"),
             ("mysql", "gdn", "unknown source type \"mysql\""),
             ("gdn", "s3", "unknown destination type \"s3\""),
@@ -451,6 +458,42 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(error.contains("\"tables\""), "{error}");
+    }
+
+    #[test]
+    fn a_postgres_destination_replicates_with_its_own_tls_default() {
+        use crate::pg::SslMode;
+        let replica = pipeline(serde_json::json!({
+            "source": source(),
+            "destination": {"type": "postgres", "host": "replica.example.com", "user": "u",
+                            "dbname": "copy", "table_name": "{schema}_{table}"},
+            "tables": ["public.orders"]
+        }))
+        .unwrap();
+        let Pipeline::FromPostgres(config) = &replica else {
+            panic!("expected a PostgreSQL source")
+        };
+        let DestinationConfig::Postgres(destination) = &config.destination else {
+            panic!("expected a PostgreSQL destination")
+        };
+        assert_eq!(destination.connection.sslmode, SslMode::VerifyFull);
+        assert_eq!(
+            destination.table_for("public", "orders").unwrap(),
+            ("public".into(), "public_orders".into())
+        );
+        let opted_out = pipeline(serde_json::json!({
+            "source": source(),
+            "destination": {"type": "postgres", "host": "replica.example.com", "user": "u",
+                            "dbname": "copy", "sslmode": "disable"}
+        }))
+        .unwrap();
+        let warnings = opted_out.tls_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("replica.example.com"),
+            "{}",
+            warnings[0]
+        );
     }
 
     #[test]

@@ -81,17 +81,19 @@ pub(crate) async fn run(
             )));
         }
     }
+    let replica = prepared
+        .replica
+        .as_ref()
+        .map(|replica| Arc::clone(&replica.writer));
     let mut tables = CdcTables::default();
     for task in &prepared.tasks {
-        tables.insert(
-            &task.table.schema,
-            &task.table.name,
-            CdcTable::new(
-                &task.table,
-                task.plan.clone(),
-                Arc::clone(&task.target.collection),
-            ),
-        );
+        let plan = task.plan.clone();
+        let id = Arc::clone(&task.target.collection);
+        let streamed = match replica {
+            Some(_) => CdcTable::for_replica(&task.table, plan, id),
+            None => CdcTable::new(&task.table, plan, id),
+        };
+        tables.insert(&task.table.schema, &task.table.name, streamed);
     }
     let add_tables: Vec<String> = prepared
         .tasks
@@ -107,6 +109,13 @@ pub(crate) async fn run(
     let client = prepared.client.clone();
     let (wait_for_sync, batch_size_rows, max_retries, flush_after, max_in_flight) =
         match &config.destination {
+            DestinationConfig::Postgres(destination) => (
+                true,
+                destination.batch_size_rows,
+                1,
+                destination.batch_flush_interval,
+                1,
+            ),
             DestinationConfig::Gdn(gdn) => (
                 gdn.wait_for_sync,
                 gdn.batch_size_rows,
@@ -137,7 +146,9 @@ pub(crate) async fn run(
         .server_version_num()
         .unwrap_or(100_000);
     // Binary values only when every selected column has a binary decoder (as in the copy).
+    // A PostgreSQL destination takes text values (they parse back into any column type).
     let binary = config.source.pgoutput_binary
+        && replica.is_none()
         && server_version >= 140_000
         && prepared.tasks.iter().all(|task| task.plan.decodes_binary());
     if plugin == OutputPlugin::PgOutput {
@@ -247,7 +258,12 @@ pub(crate) async fn run(
         tracing::warn!("wal2json format-version 1: wal2json never reports TRUNCATE in this format, so a truncated table's documents stay in GDN; use format-version 2 (wal2json >= 2.0) when tables may be truncated");
     }
     let settings = CdcSettings {
-        flush_documents: batch_size_rows.max(1) * 8,
+        // A PostgreSQL destination commits a flush in one transaction: batch_size_rows caps it.
+        flush_documents: if replica.is_some() {
+            batch_size_rows.max(1)
+        } else {
+            batch_size_rows.max(1) * 8
+        },
         flush_bytes: 16 * 1024 * 1024,
         flush_after,
         batch_size_rows,
@@ -261,6 +277,7 @@ pub(crate) async fn run(
     };
     let context = StreamContext {
         client: client.as_ref(),
+        replica: replica.as_deref(),
         settings: &settings,
         state_file: &file,
         metrics: &metrics,

@@ -26,6 +26,7 @@ use crate::pg::catalog::NumericMode;
 use crate::pg::replication::LogicalStream;
 use crate::pg::{Lsn, PgError};
 use crate::source::state::{CdcState, StateError, StateFile};
+use crate::target::replica::{ReplicaError, ReplicaWriter};
 use pgoutput::PgOutputSource;
 
 mod pending;
@@ -89,6 +90,9 @@ pub enum CdcError {
     /// The state file failed.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The PostgreSQL destination failed.
+    #[error("applying changes: {0}")]
+    Replica(Box<ReplicaError>),
     /// Two versions of a document could not be merged (a bug, or a corrupt document in GDN).
     #[error("could not merge a partial update into its document: {0}\nHINT: this is a bug in pgferry or a corrupt document in GDN; the slot was not confirmed past this change, please report it")]
     Merge(String),
@@ -156,6 +160,8 @@ pub struct CdcSummary {
 pub struct StreamContext<'a> {
     /// GDN, or `None` for the null destination.
     pub client: Option<&'a GdnClient>,
+    /// A PostgreSQL destination instead (then `client` is `None`).
+    pub replica: Option<&'a ReplicaWriter>,
     /// The knobs.
     pub settings: &'a CdcSettings,
     /// Where the watermark is kept.
@@ -172,6 +178,7 @@ impl CdcError {
             CdcError::Postgres(error) => error.is_transient(),
             CdcError::Ended => true,
             CdcError::Gdn { source, .. } => source.is_retryable(),
+            CdcError::Replica(error) => error.is_transient(),
             CdcError::Decode(_)
             | CdcError::Document { .. }
             | CdcError::Refused { .. }
@@ -475,6 +482,12 @@ impl Streamer<'_> {
         };
         let table = table.clone();
         self.flush().await?;
+        if let Some(replica) = self.context.replica {
+            replica
+                .truncate(&table.collection)
+                .await
+                .map_err(|error| CdcError::Replica(Box::new(error)))?;
+        }
         if let Some(client) = self.context.client {
             retrying(self.context.settings.max_retries, || {
                 client.truncate_collection(&table.collection)
@@ -512,7 +525,20 @@ impl Streamer<'_> {
             table
                 .reshape(shape, side, self.context.settings.numeric_mode, wal_start)
                 .await?;
+            if let Some(replica) = self.context.replica {
+                // Rows pending in the old shape are written first, then the target follows.
+                let id = std::sync::Arc::clone(&table.collection);
+                let shape = table.shape().to_vec();
+                self.flush().await?;
+                replica
+                    .reshape(&id, &shape)
+                    .await
+                    .map_err(|error| CdcError::Replica(Box::new(error)))?;
+            }
         }
+        let Some(table) = tables.get_mut(row.schema, row.table) else {
+            return Ok(());
+        };
         apply_row(row, wal_start, table, &mut self.pending)
     }
 
@@ -539,6 +565,22 @@ impl Streamer<'_> {
     }
 
     async fn flush(&mut self) -> Result<(), CdcError> {
+        if let Some(replica) = self.context.replica {
+            if self.pending.is_empty() {
+                return Ok(());
+            }
+            let changes = self
+                .pending
+                .take_changes()
+                .into_iter()
+                .map(|(_, changes)| changes)
+                .collect();
+            let replaying = self.state.lsn < self.state.replay_until;
+            return replica
+                .apply(changes, replaying, self.context.metrics)
+                .await
+                .map_err(|error| CdcError::Replica(Box::new(error)));
+        }
         flush(
             &mut self.pending,
             self.context.client,

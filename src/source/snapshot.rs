@@ -57,6 +57,88 @@ pub enum SnapshotError {
     /// Copy progress could not be recorded.
     #[error(transparent)]
     State(StateError),
+    /// A PostgreSQL destination failed.
+    #[error(transparent)]
+    Replica(Box<crate::target::replica::ReplicaError>),
+}
+
+impl From<crate::target::replica::ReplicaError> for SnapshotError {
+    fn from(error: crate::target::replica::ReplicaError) -> SnapshotError {
+        SnapshotError::Replica(Box::new(error))
+    }
+}
+
+/// Where copied chunks go: GDN documents through the writer, or rows into another database.
+pub trait ChunkSink: Send + Sync + 'static {
+    /// What each copy worker keeps between chunks (e.g. its connection to the target).
+    type Worker: Send;
+
+    /// Settings the source connection of every worker runs before its snapshot transaction.
+    fn source_session(&self) -> Option<&str> {
+        None
+    }
+
+    /// Prepares worker `worker`.
+    fn open_worker(
+        &self,
+        worker: usize,
+    ) -> impl std::future::Future<Output = Result<Self::Worker, SnapshotError>> + Send;
+
+    /// Copies `chunk` of `tasks[index]` from `source` (inside the snapshot) and returns once
+    /// the chunk is durable at the destination; counts its rows into `progress`.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_chunk<'a>(
+        &'a self,
+        worker: &'a mut Self::Worker,
+        source: &'a mut Connection,
+        task: &'a CopyTask,
+        index: usize,
+        chunk: &'a Chunk,
+        progress: &'a CopyProgress,
+    ) -> impl std::future::Future<Output = Result<(), SnapshotError>> + Send + 'a;
+
+    /// Ends worker `worker` after its last chunk.
+    fn close_worker(&self, worker: Self::Worker) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Chunks become document batches for the GDN writer (or the null destination).
+#[derive(Debug, Clone)]
+pub struct DocumentSink {
+    /// The writer.
+    pub writer: Writer,
+    /// Batch limits.
+    pub limits: BatchLimits,
+}
+
+impl ChunkSink for DocumentSink {
+    type Worker = ();
+
+    async fn open_worker(&self, _worker: usize) -> Result<(), SnapshotError> {
+        Ok(())
+    }
+
+    async fn copy_chunk<'a>(
+        &'a self,
+        _worker: &'a mut (),
+        source: &'a mut Connection,
+        task: &'a CopyTask,
+        index: usize,
+        chunk: &'a Chunk,
+        progress: &'a CopyProgress,
+    ) -> Result<(), SnapshotError> {
+        copy_chunk(
+            source,
+            task,
+            index,
+            chunk,
+            self.limits,
+            &self.writer,
+            progress,
+        )
+        .await
+    }
+
+    async fn close_worker(&self, _worker: ()) {}
 }
 
 fn pg(context: impl Into<String>) -> impl FnOnce(PgError) -> SnapshotError {
@@ -163,22 +245,36 @@ pub struct CopyPlan {
     pub ledger: Option<Arc<ChunkLedger>>,
 }
 
-/// Copies `tasks` under one snapshot with `plan.workers` connections.
-///
-/// With `snapshot = Some(name)` the caller already holds an exported snapshot (e.g. from
-/// `CREATE_REPLICATION_SLOT … (SNAPSHOT 'export')`) and keeps it alive until this returns;
-/// otherwise a coordinator transaction exports one for the duration of the copy.
-///
-/// Rows are counted into `progress` (one entry per task, in task order) as batches are made.
+/// Copies `tasks` under one snapshot with `plan.workers` connections into `writer`.
 pub async fn copy_tables(
     options: &ConnectOptions,
     tasks: Vec<CopyTask>,
     writer: &Writer,
     plan: CopyPlan,
 ) -> Result<CopySummary, SnapshotError> {
+    let sink = Arc::new(DocumentSink {
+        writer: writer.clone(),
+        limits: plan.limits,
+    });
+    copy_tables_into(options, tasks, sink, plan).await
+}
+
+/// Copies `tasks` under one snapshot with `plan.workers` connections into `sink`.
+///
+/// With `snapshot = Some(name)` the caller already holds an exported snapshot (e.g. from
+/// `CREATE_REPLICATION_SLOT … (SNAPSHOT 'export')`) and keeps it alive until this returns;
+/// otherwise a coordinator transaction exports one for the duration of the copy.
+///
+/// Rows are counted into `progress` (one entry per task, in task order) as batches are made.
+pub async fn copy_tables_into<S: ChunkSink>(
+    options: &ConnectOptions,
+    tasks: Vec<CopyTask>,
+    sink: Arc<S>,
+    plan: CopyPlan,
+) -> Result<CopySummary, SnapshotError> {
     let CopyPlan {
         workers,
-        limits,
+        limits: _,
         snapshot,
         progress,
         ledger,
@@ -279,7 +375,7 @@ pub async fn copy_tables(
         let progress = Arc::clone(&progress);
         let spans = Arc::clone(&spans);
         let ledger = ledger.clone();
-        let writer = writer.clone();
+        let sink = Arc::clone(&sink);
         let snapshot = snapshot.clone();
         handles.push(tokio::spawn(async move {
             let shared = Shared {
@@ -289,7 +385,7 @@ pub async fn copy_tables(
                 spans: &spans,
                 ledger: ledger.as_deref(),
             };
-            copy_worker(worker, &options, &snapshot, shared, limits, &writer).await
+            copy_worker(worker, &options, &snapshot, shared, sink.as_ref()).await
         }));
     }
     let mut first_error = None;
@@ -342,17 +438,23 @@ struct Shared<'a> {
 /// Per table, the first chunk's start and the last chunk's end.
 type Spans = std::sync::Mutex<Vec<Option<(Instant, Instant)>>>;
 
-async fn copy_worker(
+async fn copy_worker<S: ChunkSink>(
     worker: usize,
     options: &ConnectOptions,
     snapshot: &str,
     shared: Shared<'_>,
-    limits: BatchLimits,
-    writer: &Writer,
+    sink: &S,
 ) -> Result<(), SnapshotError> {
     let mut connection = Connection::connect(options)
         .await
         .map_err(pg(format!("connecting copy worker {worker}")))?;
+    if let Some(session) = sink.source_session() {
+        connection
+            .execute(session)
+            .await
+            .map_err(pg("setting up a copy session"))?;
+    }
+    let mut state = sink.open_worker(worker).await?;
     connection
         .execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
@@ -370,12 +472,12 @@ async fn copy_worker(
         };
         let task = &shared.tasks[chunk.table];
         let started = Instant::now();
-        copy_chunk(
+        sink.copy_chunk(
+            &mut state,
             &mut connection,
             task,
+            chunk.table,
             &chunk,
-            limits,
-            writer,
             shared.progress,
         )
         .await?;
@@ -393,6 +495,7 @@ async fn copy_worker(
     }
     let _ = connection.execute("COMMIT").await;
     connection.close().await;
+    sink.close_worker(state).await;
     Ok(())
 }
 
@@ -412,6 +515,7 @@ impl From<CopyBinaryError> for RowError {
 async fn copy_chunk(
     connection: &mut Connection,
     task: &CopyTask,
+    index: usize,
     chunk: &Chunk,
     limits: BatchLimits,
     writer: &Writer,
@@ -419,7 +523,7 @@ async fn copy_chunk(
 ) -> Result<(), SnapshotError> {
     let metrics = writer.metrics();
     let count = |rows: usize| {
-        progress.add(chunk.table, rows as u64);
+        progress.add(index, rows as u64);
         metrics
             .rows_read
             .fetch_add(rows as u64, std::sync::atomic::Ordering::Relaxed);

@@ -17,6 +17,7 @@ mod error;
 pub mod infer;
 pub mod load;
 pub mod naming;
+pub mod replica;
 mod run;
 pub mod schema;
 pub mod state;

@@ -15,9 +15,11 @@ use super::table::CdcTable;
 use super::{CdcError, CdcSettings};
 use crate::decode::wal2json::Action;
 use crate::gdn::client::{retrying, BatchOutcome, GdnClient, GdnError};
+use crate::gdn::document::ImageValue;
 use crate::metrics::Metrics;
 use crate::pg::Lsn;
 use crate::source::state::CdcState;
+use crate::target::replica::apply::TableChanges;
 
 /// GDN's "document not found".
 const DOCUMENT_NOT_FOUND: u64 = 1202;
@@ -133,6 +135,44 @@ fn merge_objects(base: &[u8], patch: &[u8]) -> Result<Vec<u8>, CdcError> {
     serde_json::to_vec(&merged).map_err(|error| CdcError::Merge(error.to_string()))
 }
 
+/// The key of a row image: the document `_key` (GDN), or the key values (PostgreSQL).
+fn image_key(
+    table: &CdcTable,
+    image: &[(&str, Option<ImageValue<'_>>)],
+    lsn: Lsn,
+) -> Result<String, CdcError> {
+    match &table.replica {
+        Some(plan) => plan
+            .key_from_image(image)
+            .map_err(|error| CdcError::Replica(Box::new(error.into()))),
+        None => table
+            .plan
+            .key_from_image(image)
+            .map(|key| key.as_str().to_owned())
+            .map_err(|source| CdcError::Document { lsn, source }),
+    }
+}
+
+/// Encodes a new row image into `out`; returns its key and whether it is the whole row.
+fn encode_image(
+    table: &CdcTable,
+    image: &[(&str, Option<ImageValue<'_>>)],
+    out: &mut Vec<u8>,
+    lsn: Lsn,
+) -> Result<(String, bool), CdcError> {
+    match &table.replica {
+        Some(plan) => plan
+            .encode_image(image, out)
+            .map(|row| (row.key, row.complete))
+            .map_err(|error| CdcError::Replica(Box::new(error.into()))),
+        None => table
+            .plan
+            .encode_image(image, out)
+            .map(|document| (document.key.as_str().to_owned(), document.complete))
+            .map_err(|source| CdcError::Document { lsn, source }),
+    }
+}
+
 /// Turns one row change into pending operations on its table's collection.
 pub(super) fn apply_row(
     change: &RowChange<'_>,
@@ -140,7 +180,6 @@ pub(super) fn apply_row(
     table: &CdcTable,
     pending: &mut Pending,
 ) -> Result<(), CdcError> {
-    let document = |source| CdcError::Document { lsn, source };
     let name = table.plan.table();
     match change.action {
         Action::Delete => {
@@ -149,30 +188,20 @@ pub(super) fn apply_row(
                     "a DELETE on {name} at {lsn} carries no old key: the table has no primary key or replica identity\nHINT: ALTER TABLE {name} REPLICA IDENTITY USING INDEX <unique index>; (or add a primary key)"
                 )));
             }
-            let key = table
-                .plan
-                .key_from_image(&change.identity_pairs())
-                .map_err(document)?;
-            pending.put(&table.collection, name, key.as_str().to_owned(), Op::Delete)?;
+            let key = image_key(table, &change.identity_pairs(), lsn)?;
+            pending.put(&table.collection, name, key, Op::Delete)?;
         }
         _ => {
             let mut doc = Vec::with_capacity(256);
-            let encoded = table
-                .plan
-                .encode_image(&change.column_pairs(), &mut doc)
-                .map_err(document)?;
+            let (key, complete) = encode_image(table, &change.column_pairs(), &mut doc, lsn)?;
             // An INSERT is the whole row (a column it lacks did not exist then); only an
             // UPDATE leaves out unchanged TOASTed columns.
-            let complete = encoded.complete || change.action == Action::Insert;
+            let complete = complete || change.action == Action::Insert;
             if !change.identity.is_empty() {
-                let old = table
-                    .plan
-                    .key_from_image(&change.identity_pairs())
-                    .map_err(document)?;
-                if old != encoded.key {
-                    // The key changed: the old document goes away, and a partial new image
-                    // takes its missing (unchanged TOASTed) attributes from the old document.
-                    let old_key = old.as_str().to_owned();
+                let old_key = image_key(table, &change.identity_pairs(), lsn)?;
+                if old_key != key {
+                    // The key changed: the old row goes away, and a partial new image
+                    // takes its missing (unchanged TOASTed) values from the old row.
                     let moved = if complete {
                         Op::Upsert(doc)
                     } else {
@@ -189,12 +218,7 @@ pub(super) fn apply_row(
                         }
                     };
                     pending.put(&table.collection, name, old_key, Op::Delete)?;
-                    return pending.put(
-                        &table.collection,
-                        name,
-                        encoded.key.as_str().to_owned(),
-                        moved,
-                    );
+                    return pending.put(&table.collection, name, key, moved);
                 }
             }
             let op = if complete {
@@ -202,10 +226,37 @@ pub(super) fn apply_row(
             } else {
                 Op::Patch(doc)
             };
-            pending.put(&table.collection, name, encoded.key.as_str().to_owned(), op)?;
+            pending.put(&table.collection, name, key, op)?;
         }
     }
     Ok(())
+}
+
+impl Pending {
+    /// Takes every pending operation, split per collection into the kinds of write, and
+    /// leaves the batch empty.
+    pub(super) fn take_changes(&mut self) -> Vec<(String, TableChanges)> {
+        let collections = std::mem::take(&mut self.collections);
+        *self = Pending::default();
+        collections
+            .into_iter()
+            .map(|(collection, ops)| {
+                let mut changes = TableChanges {
+                    id: collection,
+                    ..TableChanges::default()
+                };
+                for (key, op) in ops.ops {
+                    match op {
+                        Op::Upsert(doc) => changes.upserts.push((key, doc)),
+                        Op::Patch(doc) => changes.patches.push((key, doc)),
+                        Op::Delete => changes.deletes.push(key),
+                        Op::MoveFrom(from, doc) => changes.moves.push((key, from, doc)),
+                    }
+                }
+                (ops.table, changes)
+            })
+            .collect()
+    }
 }
 
 /// Writes every pending operation; returns once GDN durably holds them all.
@@ -219,22 +270,15 @@ pub(super) async fn flush(
     if pending.is_empty() {
         return Ok(());
     }
-    let collections = std::mem::take(&mut pending.collections);
-    *pending = Pending::default();
     let mut requests = Vec::new();
-    for (collection, ops) in collections {
-        let mut upserts = Vec::new();
-        let mut patches = Vec::new();
-        let mut deletes = Vec::new();
-        let mut moves = Vec::new();
-        for (key, op) in ops.ops {
-            match op {
-                Op::Upsert(doc) => upserts.push((key, doc)),
-                Op::Patch(doc) => patches.push((key, doc)),
-                Op::Delete => deletes.push(key),
-                Op::MoveFrom(from, doc) => moves.push((key, from, doc)),
-            }
-        }
+    for (table, changes) in pending.take_changes() {
+        let TableChanges {
+            id: collection,
+            mut upserts,
+            mut patches,
+            deletes,
+            moves,
+        } = changes;
         if let Some(client) = client {
             // Read moved documents' old versions before their old keys are deleted.
             for (key, from, doc) in moves {
@@ -243,7 +287,7 @@ pub(super) async fn flush(
                 })
                 .await
                 .map_err(|source| CdcError::Gdn {
-                    table: ops.table.clone(),
+                    table: table.clone(),
                     collection: collection.to_string(),
                     source: Box::new(source),
                 })?;
@@ -251,7 +295,7 @@ pub(super) async fn flush(
                     Some(old) => {
                         let mut base: serde_json::Map<String, serde_json::Value> =
                             serde_json::from_slice(&old).map_err(|error| CdcError::Gdn {
-                                table: ops.table.clone(),
+                                table: table.clone(),
                                 collection: collection.to_string(),
                                 source: Box::new(GdnError::BadResponse {
                                     method: "GET".into(),
@@ -293,7 +337,7 @@ pub(super) async fn flush(
                 serde_json::to_vec(&keys).map_err(|error| CdcError::Merge(error.to_string()))?;
             requests.push(Request {
                 collection: Arc::clone(&collection),
-                table: ops.table.clone(),
+                table: table.clone(),
                 operation: Operation::Delete,
                 keys,
                 body: Bytes::from(body),
@@ -318,7 +362,7 @@ pub(super) async fn flush(
                 body.push(b']');
                 requests.push(Request {
                     collection: Arc::clone(&collection),
-                    table: ops.table.clone(),
+                    table: table.clone(),
                     operation,
                     keys,
                     body: Bytes::from(body),

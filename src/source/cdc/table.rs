@@ -11,6 +11,7 @@ use crate::decode::wal2json::Action;
 use crate::gdn::document::DocumentPlan;
 use crate::pg::catalog::{Column, NumericMode, Table};
 use crate::pg::Lsn;
+use crate::target::replica::ReplicaPlan;
 
 /// One streamed table: how its rows become documents and where they go.
 ///
@@ -21,8 +22,10 @@ use crate::pg::Lsn;
 pub struct CdcTable {
     /// Rows → documents (same attribute names and keys as the snapshot).
     pub plan: DocumentPlan,
-    /// The collection.
+    /// The collection (or, for a PostgreSQL destination, the target table's id).
     pub collection: Arc<str>,
+    /// For a PostgreSQL destination: rows are kept as text values instead of documents.
+    pub replica: Option<ReplicaPlan>,
     /// The catalog entry the plans are built on (its columns replaced as shapes change).
     table: Table,
     /// `(column, type name)` of the current plan, as the changes spell them.
@@ -41,7 +44,20 @@ impl CdcTable {
             table: table.clone(),
             plan,
             collection,
+            replica: None,
         }
+    }
+
+    /// A streamed table whose rows go to a PostgreSQL destination.
+    pub fn for_replica(table: &Table, plan: DocumentPlan, id: Arc<str>) -> CdcTable {
+        let mut streamed = CdcTable::new(table, plan, id);
+        streamed.replica = Some(replica_plan(table));
+        streamed
+    }
+
+    /// `(column, type name)` of the current plan.
+    pub(super) fn shape(&self) -> &[(String, String)] {
+        &self.shape
     }
 
     /// The row shape this change needs when the current plan does not fit it, else `None`.
@@ -152,10 +168,26 @@ impl CdcTable {
             .collect();
         self.plan = DocumentPlan::new(&table, numeric_mode, false)
             .map_err(|source| CdcError::Document { lsn, source })?;
+        if self.replica.is_some() {
+            self.replica = Some(replica_plan(&table));
+        }
         self.table = table;
         self.shape = shape;
         Ok(())
     }
+}
+
+/// The text-value plan of a table replicated into PostgreSQL.
+fn replica_plan(table: &Table) -> ReplicaPlan {
+    ReplicaPlan::new(
+        &table.qualified_name(),
+        table
+            .columns
+            .iter()
+            .map(|column| column.name.clone())
+            .collect(),
+        table.key_columns.clone(),
+    )
 }
 
 /// The streamed tables, found by a change's schema and table name without allocating.

@@ -1,0 +1,78 @@
+//! PostgreSQL → PostgreSQL: the source's tables replicated into another database with their
+//! own column types, by the same snapshot and change data capture that feed GDN.
+//!
+//! `table` creates or checks the target tables, `copy` moves snapshot chunks with
+//! `COPY … TO STDOUT` piped into `COPY … FROM STDIN` (binary when both sides have the same
+//! built-in types), `plan` turns streamed row images into the coalescing form the streaming
+//! loop shares with GDN, `sql` holds the statements, and `apply` commits a flush of coalesced
+//! changes in one target transaction before the slot may be confirmed past them.
+
+pub mod apply;
+pub mod copy;
+pub mod plan;
+pub mod sql;
+pub mod table;
+
+pub use apply::ReplicaWriter;
+pub use plan::{ImageError, ReplicaPlan};
+pub use sql::ReplicaTable;
+
+use crate::pg::PgError;
+
+/// Why replicating into PostgreSQL failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The target (or, while copying, the source) failed.
+    #[error("{during} {table}: {source}")]
+    Postgres {
+        /// What was being done.
+        during: &'static str,
+        /// The target table (or the source table while reading).
+        table: String,
+        /// The error.
+        source: PgError,
+    },
+    /// An existing target table cannot take the source's rows.
+    #[error("target table {table} cannot be used: {detail}")]
+    Unusable {
+        /// The target table.
+        table: String,
+        /// Why, with the fix.
+        detail: String,
+    },
+    /// A streamed row image could not become a row.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// Rows a partial update should change are not in the target (outside the replay window).
+    #[error("{missing} of {expected} rows of {table} that streamed UPDATEs change are not in the target table (first key {first_key})\nHINT: the target table lost rows pgferry wrote (deleted or truncated by hand?); the slot was not confirmed past these changes. Reload the table: drop it and remove the state file to copy again")]
+    Lost {
+        /// The target table.
+        table: String,
+        /// Rows not found.
+        missing: u64,
+        /// Rows the updates named.
+        expected: u64,
+        /// One of the keys, as its column values.
+        first_key: String,
+    },
+}
+
+impl ReplicaError {
+    /// Whether the same work may succeed after reconnecting (connection loss, restart).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ReplicaError::Postgres { source, .. } => source.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// An error of `during` on `table`.
+pub(crate) fn pg(during: &'static str, table: &str) -> impl FnOnce(PgError) -> ReplicaError {
+    let table = table.to_owned();
+    move |source| ReplicaError::Postgres {
+        during,
+        table,
+        source,
+    }
+}
