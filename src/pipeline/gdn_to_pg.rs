@@ -338,6 +338,8 @@ struct Follower<'a> {
     ids: Vec<String>,
     bytes: u64,
     summary: CollectionSummary,
+    /// Scan batches try a plain COPY first (an initial load into an empty table).
+    try_direct: bool,
 }
 
 impl Follower<'_> {
@@ -367,7 +369,12 @@ impl Follower<'_> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let applied = self.table.apply(&mut self.connection, &self.batch).await?;
+        let applied = self
+            .table
+            .apply(&mut self.connection, &self.batch, self.try_direct)
+            .await?;
+        // Once a key was there already (a resumed scan), later batches merge straight away.
+        self.try_direct = self.try_direct && applied.direct;
         for change in &applied.changes {
             tracing::info!(collection = self.collection, "{change}");
         }
@@ -547,6 +554,7 @@ async fn sync_collection(
         batch: DocumentBatch::default(),
         ids: Vec::new(),
         bytes: 0,
+        try_direct: false,
         summary: CollectionSummary {
             collection: collection.to_owned(),
             table: name.to_string(),
@@ -591,70 +599,181 @@ async fn sync_collection(
     Ok(summary)
 }
 
-/// Scans the collection into its table; `false` when a shutdown stopped it first.
+/// Scans the collection into the table. Three things overlap: the previous batch commits in
+/// PostgreSQL while the next one is read, and each page is parsed while gdnlite/GDN prepares the
+/// following one; both servers stay busy instead of waiting on each other. `Ok(false)` when a
+/// shutdown interrupted the scan (what was read is committed; the next run scans again).
 async fn scan(
     follower: &mut Follower<'_>,
     index: usize,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<bool, GdnToPgError> {
     let context = follower.context;
-    let source = &context.config.source;
     let batch_size = context.config.destination.batch_size_rows;
-    let new_scan = || {
-        CollectionScan::new(
-            context.client,
-            follower.collection,
-            source.cursor_batch_size,
-            source.cursor_ttl,
-            source.max_retries,
-        )
+    let mut reader = ScanReader {
+        context,
+        collection: follower.collection,
+        table: follower.table.name().clone(),
+        index,
+        pages: None,
+        ahead: None,
+        restarts: 0,
+        ended: false,
     };
-    let mut pages = new_scan();
-    let mut restarts = 0u32;
-    loop {
+    let mut filling = DocumentBatch::default();
+    // A scan's documents have distinct keys: into an empty table they can be copied as they
+    // are (the first batch that meets an existing key turns this off).
+    follower.try_direct = true;
+    let finished = loop {
         if *shutdown.borrow_and_update() {
             follower.commit().await?;
-            pages.close().await;
-            return Ok(false);
+            reader.close().await;
+            break false;
         }
-        let page = match pages.next_page().await {
-            Ok(Some(page)) => page,
-            Ok(None) => break,
-            // A lost page cannot be asked for again: scan from the start (upserts by key make
-            // the documents already loaded harmless).
-            Err(error) if error.is_retryable() && restarts + 1 < source.max_retries => {
-                restarts += 1;
-                tracing::warn!(collection = follower.collection, %error, "the scan broke; scanning again from the start");
-                tokio::time::sleep(Duration::from_millis(100u64 << restarts.min(7))).await;
-                pages = new_scan();
-                continue;
-            }
-            Err(error) => return Err(error.into()),
-        };
-        for raw in page {
-            context.metrics.rows_read.fetch_add(1, Ordering::Relaxed);
-            follower.bytes += raw.get().len() as u64;
-            let document: Map<String, Value> =
-                serde_json::from_str(raw.get()).map_err(|error| DocumentError::NoKey {
-                    table: follower.table.name().clone(),
-                    snippet: format!("not a JSON object ({error})"),
-                })?;
-            if !follower.batch.upsert(document) {
-                return Err(DocumentError::NoKey {
-                    table: follower.table.name().clone(),
-                    snippet: raw.get().chars().take(120).collect(),
+        let (committed, read) =
+            tokio::join!(follower.commit(), reader.fill(&mut filling, batch_size));
+        committed?;
+        let read = read?;
+        follower.bytes += read.bytes;
+        follower.summary.scanned += read.documents;
+        std::mem::swap(&mut follower.batch, &mut filling);
+        if reader.ended {
+            follower.commit().await?;
+            break true;
+        }
+    };
+    // Stream messages update rows that exist: they always merge.
+    follower.try_direct = false;
+    Ok(finished)
+}
+
+/// What one [`ScanReader::fill`] added.
+#[derive(Debug, Default)]
+struct Read {
+    documents: u64,
+    bytes: u64,
+}
+
+/// Reads a collection's cursor pages one ahead of the parsing.
+struct ScanReader<'a> {
+    context: &'a Context<'a>,
+    collection: &'a str,
+    table: TableName,
+    index: usize,
+    pages: Option<CollectionScan<'a>>,
+    /// The next page, already fetched (or being fetched while the current one is parsed).
+    ahead: Option<Vec<Box<serde_json::value::RawValue>>>,
+    restarts: u32,
+    ended: bool,
+}
+
+impl<'a> ScanReader<'a> {
+    /// The next page, `None` at the end. A broken scan starts again from the beginning (the
+    /// documents already loaded are upserted again, which is harmless).
+    async fn next_page(
+        &mut self,
+    ) -> Result<Option<Vec<Box<serde_json::value::RawValue>>>, GdnToPgError> {
+        let source = &self.context.config.source;
+        loop {
+            let pages = self.pages.get_or_insert_with(|| {
+                CollectionScan::new(
+                    self.context.client,
+                    self.collection,
+                    source.cursor_batch_size,
+                    source.cursor_ttl,
+                    source.max_retries,
+                )
+            });
+            match pages.next_page().await {
+                Ok(page) => return Ok(page),
+                // A lost page cannot be asked for again: scan from the start.
+                Err(error) if error.is_retryable() && self.restarts + 1 < source.max_retries => {
+                    self.restarts += 1;
+                    tracing::warn!(collection = self.collection, %error, "the scan broke; scanning again from the start");
+                    tokio::time::sleep(Duration::from_millis(100u64 << self.restarts.min(7))).await;
+                    self.pages = None;
                 }
-                .into());
-            }
-            follower.summary.scanned += 1;
-            context.progress.add(index, 1);
-            if follower.batch.len() >= batch_size {
-                follower.commit().await?;
+                Err(error) => return Err(error.into()),
             }
         }
     }
-    follower.commit().await?;
-    Ok(true)
+
+    /// Adds pages to `batch` until it holds at least `limit` documents or the scan ends; each
+    /// page is parsed while the next one is fetched.
+    async fn fill(
+        &mut self,
+        batch: &mut DocumentBatch,
+        limit: usize,
+    ) -> Result<Read, GdnToPgError> {
+        let mut read = Read::default();
+        while !self.ended && batch.len() < limit {
+            let page = match self.ahead.take() {
+                Some(page) => page,
+                None => match self.next_page().await? {
+                    Some(page) => page,
+                    None => {
+                        self.ended = true;
+                        break;
+                    }
+                },
+            };
+            let context = self.context;
+            let table = &self.table;
+            let index = self.index;
+            let parse = async {
+                for raw in &page {
+                    context.metrics.rows_read.fetch_add(1, Ordering::Relaxed);
+                    read.bytes += raw.get().len() as u64;
+                    let document: Map<String, Value> =
+                        serde_json::from_str(raw.get()).map_err(|error| DocumentError::NoKey {
+                            table: table.clone(),
+                            snippet: format!("not a JSON object ({error})"),
+                        })?;
+                    if !batch.upsert(document) {
+                        return Err(DocumentError::NoKey {
+                            table: table.clone(),
+                            snippet: raw.get().chars().take(120).collect(),
+                        });
+                    }
+                    read.documents += 1;
+                    context.progress.add(index, 1);
+                }
+                Ok(())
+            };
+            let pages = &mut self.pages;
+            let fetch = async {
+                match pages.as_mut() {
+                    Some(pages) => pages.next_page().await,
+                    None => Ok(None),
+                }
+            };
+            // The request goes out first, then the page is parsed while the server works.
+            let (next, parsed) = tokio::join!(fetch, parse);
+            parsed?;
+            match next {
+                Ok(Some(page)) => self.ahead = Some(page),
+                Ok(None) => self.ended = true,
+                // A lost page cannot be asked for again: the next round scans from the start.
+                Err(error)
+                    if error.is_retryable()
+                        && self.restarts + 1 < self.context.config.source.max_retries =>
+                {
+                    self.restarts += 1;
+                    tracing::warn!(collection = self.collection, %error, "the scan broke; scanning again from the start");
+                    tokio::time::sleep(Duration::from_millis(100u64 << self.restarts.min(7))).await;
+                    self.pages = None;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(read)
+    }
+
+    async fn close(self) {
+        if let Some(pages) = self.pages {
+            pages.close().await;
+        }
+    }
 }
 
 /// Applies stream messages in batches until a shutdown (or, with a backlog, once it is read).

@@ -17,7 +17,7 @@
 //! batch (after a crash between COMMIT and the acknowledgement) gives the same rows: every
 //! statement is an idempotent upsert or delete by key.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use serde_json::{Map, Value};
 
@@ -25,7 +25,7 @@ use crate::pg::query::{quote_identifier, quote_literal};
 use crate::pg::{Connection, PgError};
 use crate::target::copy_binary::{binary_type, text_to_binary};
 use crate::target::infer::{
-    column_name, encode_field, value_kind, ColumnType, ValueError, DELETED_AT_COLUMN, KEY_COLUMN,
+    column_name_of, encode_field, value_kind, ColumnType, ValueError, DELETED_AT_COLUMN, KEY_COLUMN,
 };
 use crate::target::naming::TableName;
 
@@ -82,8 +82,9 @@ pub enum DocumentError {
 /// What a batch does to one key.
 #[derive(Debug, Clone, PartialEq)]
 enum Change {
-    /// Insert or replace the row with these `(column, value)` pairs.
-    Upsert(Vec<(String, String, Value)>),
+    /// Insert or replace the row with the document's attributes (without `_key`, `_id`,
+    /// `_rev`); each goes to the column [`column_name_of`] names.
+    Upsert(Map<String, Value>),
     /// Delete the row.
     Delete,
 }
@@ -110,12 +111,8 @@ impl DocumentBatch {
         };
         document.remove("_id");
         document.remove("_rev");
-        let row = document
-            .into_iter()
-            .map(|(attribute, value)| (column_name(&attribute), attribute, value))
-            .collect();
         self.received += 1;
-        self.changes.insert(key, Change::Upsert(row));
+        self.changes.insert(key, Change::Upsert(document));
         true
     }
 
@@ -156,6 +153,8 @@ pub struct Applied {
     pub deletes: u64,
     /// Schema changes made (for the log).
     pub changes: Vec<String>,
+    /// The rows went straight into the table (no key of the batch was there yet).
+    pub direct: bool,
 }
 
 /// A table loaded from documents, as pgferry knows it.
@@ -296,14 +295,15 @@ impl DocumentTable {
             let Change::Upsert(row) = change else {
                 continue;
             };
-            for (column, _, value) in row {
+            for (attribute, value) in row {
+                let column = column_name_of(attribute);
                 let kind = value_kind(value);
-                match index.get(column) {
+                match index.get(column.as_ref()) {
                     Some(&position) => columns[position].1 = columns[position].1.join(kind),
                     None => {
                         if let Some(sql_type) = ColumnType::for_kind(kind) {
-                            index.insert(column.clone(), columns.len());
-                            columns.push((column.clone(), sql_type));
+                            index.insert(column.clone().into_owned(), columns.len());
+                            columns.push((column.into_owned(), sql_type));
                         }
                     }
                 }
@@ -331,11 +331,14 @@ impl DocumentTable {
     }
 
     /// Applies `batch` in one transaction (schema changes included); on success the table
-    /// model follows, on failure nothing changed.
+    /// model follows, on failure nothing changed. With `try_direct` (an initial load) a batch
+    /// without deletes is first copied straight into the table under a savepoint; a key that
+    /// exists already rolls that back and the batch is merged through staging instead.
     pub async fn apply(
         &mut self,
         connection: &mut Connection,
         batch: &DocumentBatch,
+        try_direct: bool,
     ) -> Result<Applied, DocumentError> {
         let (columns, ddl) = self.plan(batch);
         let position: HashMap<&str, usize> = columns
@@ -358,8 +361,8 @@ impl DocumentTable {
                 Change::Upsert(row) => {
                     upserts += 1;
                     fields.iter_mut().for_each(|field| *field = None);
-                    for (column, attribute, value) in row {
-                        if let Some(&index) = position.get(column.as_str()) {
+                    for (attribute, value) in row {
+                        if let Some(&index) = position.get(column_name_of(attribute).as_ref()) {
                             fields[index] = Some(value);
                             attributes[index] = attribute;
                         }
@@ -415,12 +418,15 @@ impl DocumentTable {
             .await
             .map_err(pg("starting a transaction on", &self.name))?;
         let result = self
-            .apply_in_transaction(connection, &columns, &script, &rows, &deletes)
+            .apply_in_transaction(connection, &columns, &script, &rows, &deletes, try_direct)
             .await;
-        if let Err(error) = result {
-            let _ = connection.execute("ROLLBACK").await;
-            return Err(error);
-        }
+        let direct = match result {
+            Ok(direct) => direct,
+            Err(error) => {
+                let _ = connection.execute("ROLLBACK").await;
+                return Err(error);
+            }
+        };
         connection
             .execute("COMMIT")
             .await
@@ -431,6 +437,7 @@ impl DocumentTable {
             upserts,
             deletes: (batch.len() as u64).saturating_sub(upserts),
             changes: ddl,
+            direct,
         })
     }
 
@@ -441,7 +448,8 @@ impl DocumentTable {
         script: &[String],
         rows: &[u8],
         deletes: &[u8],
-    ) -> Result<(), DocumentError> {
+        try_direct: bool,
+    ) -> Result<bool, DocumentError> {
         let name = &self.name;
         if !script.is_empty() {
             connection
@@ -464,6 +472,31 @@ impl DocumentTable {
                 Some(stream) => (" (FORMAT binary)", stream.as_slice()),
                 None => ("", rows),
             };
+            if try_direct && deletes.is_empty() {
+                connection
+                    .execute("SAVEPOINT pgferry_direct")
+                    .await
+                    .map_err(pg("starting a direct copy into", name))?;
+                let direct = copy(
+                    connection,
+                    &format!("COPY {} ({list}) FROM STDIN{format}", name.quoted()),
+                    payload,
+                    name,
+                )
+                .await;
+                match direct {
+                    Ok(()) => return Ok(true),
+                    Err(DocumentError::Postgres { source, .. })
+                        if source.code() == Some("23505") =>
+                    {
+                        connection
+                            .execute("ROLLBACK TO SAVEPOINT pgferry_direct")
+                            .await
+                            .map_err(pg("falling back to a merge into", name))?;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
             copy(
                 connection,
                 &format!("COPY {STAGING} ({list}) FROM STDIN{format}"),
@@ -520,7 +553,7 @@ impl DocumentTable {
                 .await
                 .map_err(pg("deleting rows of", name))?;
         }
-        Ok(())
+        Ok(false)
     }
 }
 
@@ -583,7 +616,8 @@ mod tests {
         assert_eq!((batch.received(), batch.len()), (5, 3));
         assert_eq!(
             batch.changes["a"],
-            Change::Upsert(vec![("n".into(), "n".into(), json!(2))])
+            Change::Upsert(document(json!({"n": 2}))),
+            "_key, _id and _rev are not columns"
         );
         assert_eq!(batch.changes["c"], Change::Delete);
     }

@@ -146,13 +146,18 @@ impl ColumnType {
 /// bytes, no NUL, not a name pgferry reserves), else up to 54 bytes of it, `_`, and 8 hex digits
 /// of its SHA-256 — so long names stay distinct instead of being cut to one.
 pub fn column_name(attribute: &str) -> String {
+    column_name_of(attribute).into_owned()
+}
+
+/// [`column_name`] without an allocation in the common case (the attribute's own name).
+pub fn column_name_of(attribute: &str) -> std::borrow::Cow<'_, str> {
     let reserved = attribute == KEY_COLUMN || attribute == DELETED_AT_COLUMN;
     if !attribute.is_empty()
         && attribute.len() <= MAX_IDENTIFIER_BYTES
         && !attribute.contains('\0')
         && !reserved
     {
-        return attribute.to_owned();
+        return std::borrow::Cow::Borrowed(attribute);
     }
     let digest = Sha256::digest(attribute.as_bytes());
     let hex: String = digest[..4]
@@ -164,7 +169,7 @@ pub fn column_name(attribute: &str) -> String {
         end -= 1;
     }
     let prefix: String = attribute[..end].chars().filter(|ch| *ch != '\0').collect();
-    format!("{prefix}_{hex}")
+    std::borrow::Cow::Owned(format!("{prefix}_{hex}"))
 }
 
 /// Why a value cannot be written to its column.
