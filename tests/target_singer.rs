@@ -828,3 +828,95 @@ fn binary_and_text_copy_load_identical_tables() {
     assert!(text.contains("-0.00001"), "{text}");
     assert_eq!(cluster.psql("SELECT count(*) FROM as_auto"), "6");
 }
+
+#[test]
+fn streams_load_in_parallel_and_states_still_wait_for_every_stream() {
+    let cluster = PgCluster::start_default();
+    cluster.psql("CREATE TABLE public.s5 (id bigint PRIMARY KEY, v bigint CHECK (v <> 999))");
+    let properties = json!({"id": {"type": "integer"}, "v": {"type": ["null", "integer"]}});
+    let streams: Vec<String> = (0..6).map(|n| format!("public-s{n}")).collect();
+    let mut messages: Vec<Value> = streams
+        .iter()
+        .map(|stream| schema(stream, properties.clone(), &["id"]))
+        .collect();
+    // Records of all streams interleaved, a STATE every 300 records; stream s5's row 999 is
+    // refused by the table, in the batch after STATE 10.
+    let mut states = 0;
+    for id in 0..600u64 {
+        for stream in &streams {
+            let v = if stream == "public-s5" && id == 520 {
+                999
+            } else {
+                id
+            };
+            messages.push(record(stream, json!({"id": id, "v": v})));
+        }
+        if (id + 1) % 50 == 0 {
+            states += 1;
+            messages.push(state(states));
+        }
+    }
+    let input = lines(&messages);
+    let (code, stdout, stderr) = run_failing(
+        &cluster,
+        json!({"batch_size_rows": 100, "parallelism": 3}),
+        &input,
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("stream \"public-s5\""), "{stderr}");
+    // Every STATE written covers only committed rows: its number n means 50·n ids of every
+    // stream are in their tables.
+    let written: Vec<u64> = stdout
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).expect("a STATE line")["bookmarks"]["n"]
+                .as_u64()
+                .expect("n")
+        })
+        .collect();
+    assert!(
+        !written.is_empty(),
+        "STATEs before the failure are released"
+    );
+    assert!(
+        written.windows(2).all(|pair| pair[0] < pair[1]),
+        "{written:?}"
+    );
+    let last = *written.last().unwrap_or(&0);
+    assert!(
+        last <= 10,
+        "no STATE after the refused row's batch: {written:?}"
+    );
+    for n in 0..6 {
+        let committed: u64 = cluster
+            .psql(&format!(
+                "SELECT count(*) FROM s{n} WHERE id < {}",
+                last * 50
+            ))
+            .parse()
+            .expect("count");
+        assert_eq!(committed, last * 50, "stream s{n} before STATE {last}");
+    }
+    assert_eq!(
+        cluster.psql("SELECT count(*) FROM s5 WHERE id >= 500"),
+        "0",
+        "the refused batch is not half-applied"
+    );
+
+    // Without the bad row, six streams over three connections load exactly.
+    let good = input.replace("\"v\":999", "\"v\":520");
+    let cluster = PgCluster::start_default();
+    let stdout = run_ok(
+        &cluster,
+        json!({"batch_size_rows": 100, "parallelism": 3}),
+        &good,
+    );
+    // (A STATE overtaken by a later releasable one is not written: the latest one is.)
+    assert!(stdout.ends_with("{\"bookmarks\":{\"n\":12}}\n"), "{stdout}");
+    for n in 0..6 {
+        assert_eq!(
+            cluster.psql(&format!("SELECT count(*), sum(id), sum(v) FROM s{n}")),
+            "600|179700|179700"
+        );
+    }
+}

@@ -87,6 +87,42 @@ pub struct TargetConfig {
     pub data_flattening_max_level: u64,
     /// `auto` (binary where exact, else text) or `text`.
     pub copy_format: CopyFormat,
+    /// Streams loaded at once, each over a connection of its own (`parallelism`: 0 = one per
+    /// stream, -1 = one per core; at most `max_parallelism`).
+    pub parallelism: usize,
+}
+
+/// `parallelism` as the old target read it: 0 = one per stream (up to `max_parallelism`),
+/// -1 = the number of cores, otherwise that many.
+fn parallelism(object: &serde_json::Map<String, Value>) -> Result<usize, ConfigError> {
+    let invalid = |detail: String| ConfigError::Invalid {
+        key: "parallelism".into(),
+        detail,
+    };
+    let wanted = match object.get("parallelism") {
+        None | Some(Value::Null) => 0,
+        Some(Value::Number(number)) => number
+            .as_i64()
+            .ok_or_else(|| invalid(format!("expected a whole number, got {number}")))?,
+        Some(Value::String(text)) => text
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| invalid(format!("expected a whole number, got {text:?}")))?,
+        Some(_) => return Err(invalid("expected a whole number".into())),
+    };
+    let max = usize::try_from(unsigned(object, "max_parallelism")?.unwrap_or(16))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    match wanted {
+        -1 => Ok(std::thread::available_parallelism()
+            .map_or(2, usize::from)
+            .min(max)),
+        0 => Ok(max),
+        n if n > 0 => Ok(usize::try_from(n).unwrap_or(usize::MAX).min(max)),
+        n => Err(invalid(format!(
+            "{n} is not allowed: use 0 (one connection per stream), -1 (one per core) or a positive count"
+        ))),
+    }
 }
 
 fn seconds(
@@ -168,9 +204,7 @@ impl TargetConfig {
                 })
             }
         };
-        for key in ["parallelism", "max_parallelism"] {
-            unsigned(object, key)?;
-        }
+        let parallelism = parallelism(object)?;
         string(object, "temp_dir")?;
         Ok(TargetConfig {
             connection,
@@ -189,6 +223,7 @@ impl TargetConfig {
             schema_evolution,
             data_flattening_max_level,
             copy_format,
+            parallelism,
         })
     }
 
@@ -208,6 +243,27 @@ mod tests {
     }
 
     #[test]
+    fn parallelism_follows_the_old_targets_rules() {
+        let with = |value: Value| {
+            let mut config = json!({"host": "db", "user": "u", "dbname": "dw"});
+            config
+                .as_object_mut()
+                .unwrap()
+                .extend(value.as_object().unwrap().clone());
+            parse(config).map(|config| config.parallelism)
+        };
+        assert_eq!(with(json!({})).unwrap(), 16);
+        assert_eq!(with(json!({"parallelism": 4})).unwrap(), 4);
+        assert_eq!(
+            with(json!({"parallelism": "8", "max_parallelism": 3})).unwrap(),
+            3
+        );
+        assert!(with(json!({"parallelism": -1})).unwrap() >= 1);
+        let error = with(json!({"parallelism": -2})).unwrap_err().to_string();
+        assert!(error.contains("parallelism"), "{error}");
+    }
+
+    #[test]
     fn reads_the_old_targets_keys_with_their_defaults() {
         let config = parse(json!({
             "host": "db", "port": "5433", "user": "u", "password": "pw", "dbname": "dw",
@@ -221,6 +277,10 @@ mod tests {
         assert!(config.hard_delete);
         assert_eq!(config.batch_size_rows, 500);
         assert_eq!(config.batch_flush_interval, Duration::from_secs(60));
+        assert_eq!(
+            config.parallelism, 16,
+            "0 = one connection per stream, up to 16"
+        );
         assert!(config.primary_key_required);
         assert!(!config.validate_records);
         assert!(!config.add_metadata_columns);

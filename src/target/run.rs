@@ -34,6 +34,8 @@ struct Stream {
     schema: StreamSchema,
     table: TableState,
     batch: StreamBatch,
+    /// The connection slot that loads this stream (its staging table lives in that session).
+    slot: usize,
     /// Batches to merge before trying a direct COPY again (after one met existing keys).
     direct_backoff: u32,
     /// Delete records that had no `_sdc_deleted_at` column to go to.
@@ -43,8 +45,9 @@ struct Stream {
 /// Batches merged through staging after a direct COPY met an existing key.
 const DIRECT_BACKOFF_BATCHES: u32 = 8;
 
-/// A batch being loaded by its own task, which owns the connection meanwhile.
+/// A batch being loaded by its own task, which owns the slot's connection meanwhile.
 struct InFlight {
+    slot: usize,
     stream: String,
     first_seq: Option<u64>,
     handle: tokio::task::JoinHandle<LoadJob>,
@@ -57,12 +60,27 @@ struct LoadJob {
     result: Result<(u64, LoadPath), LoadFailure>,
 }
 
+/// One of the target's connections.
+enum Slot {
+    /// Not opened yet (opened when a stream first needs it).
+    Unopened,
+    /// Ready.
+    Idle(Box<Connection>),
+    /// A load task holds it.
+    Busy,
+}
+
 struct Target<'a> {
     config: &'a TargetConfig,
-    /// `None` while a load task holds it.
-    connection: Option<Connection>,
-    in_flight: Option<InFlight>,
-    spare: Option<StreamBatch>,
+    /// `parallelism` connections; each stream is loaded by one of them, so batches of
+    /// different streams commit concurrently while each stream's batches stay in order.
+    slots: Vec<Slot>,
+    /// Slot for the next new stream (round robin).
+    next_slot: usize,
+    in_flight: Vec<InFlight>,
+    spare: Vec<StreamBatch>,
+    /// A load failed: no STATE may be released any more (its rows are not committed).
+    failed: bool,
     streams: HashMap<String, Stream>,
     states: StateTracker,
     output: &'a mut (dyn Write + Send),
@@ -92,7 +110,7 @@ impl Target<'_> {
         self.streams
             .values()
             .filter_map(|stream| stream.batch.first_seq())
-            .chain(self.in_flight.as_ref().and_then(|load| load.first_seq))
+            .chain(self.in_flight.iter().filter_map(|load| load.first_seq))
             .min()
     }
 
@@ -101,6 +119,9 @@ impl Target<'_> {
     }
 
     fn release_states(&mut self) -> Result<(), TargetError> {
+        if self.failed {
+            return Ok(());
+        }
         if let Some(value) = self.states.release(self.oldest_pending()) {
             self.output
                 .write_all(value.as_bytes())
@@ -112,16 +133,43 @@ impl Target<'_> {
         Ok(())
     }
 
-    /// Waits for the batch in flight, takes the connection back, and releases STATE.
+    /// Waits for every batch in flight, takes the connections back, and releases STATE.
     async fn join(&mut self) -> Result<(), TargetError> {
-        let Some(load) = self.in_flight.take() else {
-            return Ok(());
+        let mut first_error = None;
+        while let Some(load) = self.in_flight.pop() {
+            if let Err(error) = self.finish(load).await {
+                first_error.get_or_insert(error);
+            }
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the batch in flight on `slot`, if any.
+    async fn join_slot(&mut self, slot: usize) -> Result<(), TargetError> {
+        match self.in_flight.iter().position(|load| load.slot == slot) {
+            Some(index) => {
+                let load = self.in_flight.swap_remove(index);
+                self.finish(load).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for one load, takes its connection back, and releases STATE.
+    async fn finish(&mut self, load: InFlight) -> Result<(), TargetError> {
+        let job = match load.handle.await {
+            Ok(job) => job,
+            Err(error) => {
+                self.failed = true;
+                return Err(TargetError::Internal(format!(
+                    "the load task failed: {error}"
+                )));
+            }
         };
-        let job = load
-            .handle
-            .await
-            .map_err(|error| TargetError::Internal(format!("the load task failed: {error}")))?;
-        self.connection = Some(job.connection);
+        self.slots[load.slot] = Slot::Idle(Box::new(job.connection));
         let stream = self.streams.get_mut(&load.stream);
         match job.result {
             Ok((rows, path)) => {
@@ -133,9 +181,10 @@ impl Target<'_> {
                 }
                 let mut batch = job.batch;
                 batch.clear();
-                self.spare = Some(batch);
+                self.spare.push(batch);
             }
             Err(failure) => {
+                self.failed = true;
                 let line = failure
                     .row
                     .and_then(|row| job.batch.rows().nth(row))
@@ -171,35 +220,43 @@ impl Target<'_> {
         self.release_states()
     }
 
-    /// The connection, once no load holds it.
-    async fn connection(&mut self) -> Result<&mut Connection, TargetError> {
-        self.join().await?;
-        self.connection
-            .as_mut()
-            .ok_or_else(|| TargetError::Internal("the connection was lost by a load task".into()))
+    /// The connection of `slot`, once no load holds it (opened on first use).
+    async fn connection(&mut self, slot: usize) -> Result<&mut Connection, TargetError> {
+        self.join_slot(slot).await?;
+        if matches!(self.slots[slot], Slot::Unopened) {
+            self.slots[slot] = Slot::Idle(Box::new(open_connection(self.config).await?));
+        }
+        match &mut self.slots[slot] {
+            Slot::Idle(connection) => Ok(connection),
+            _ => Err(TargetError::Internal(
+                "a connection was lost by a load task".into(),
+            )),
+        }
     }
 
-    /// Starts loading a stream's pending rows; the previous load finishes first. The rows
-    /// count as pending (for STATE) until [`Target::join`] has seen them commit.
+    /// Starts loading a stream's pending rows on its slot's connection; the slot's previous
+    /// load finishes first. The rows count as pending (for STATE) until they commit.
     async fn flush_stream(&mut self, name: &str) -> Result<(), TargetError> {
-        if self
+        let Some(slot) = self
             .streams
             .get(name)
-            .is_none_or(|stream| stream.batch.is_empty())
-        {
+            .filter(|stream| !stream.batch.is_empty())
+            .map(|stream| stream.slot)
+        else {
             return Ok(());
-        }
-        self.join().await?;
-        let Some(mut connection) = self.connection.take() else {
+        };
+        self.connection(slot).await?;
+        let Slot::Idle(connection) = std::mem::replace(&mut self.slots[slot], Slot::Busy) else {
             return Err(TargetError::Internal(
-                "the connection was lost by a load task".into(),
+                "a connection was lost by a load task".into(),
             ));
         };
         let Some(stream) = self.streams.get_mut(name) else {
-            self.connection = Some(connection);
+            self.slots[slot] = Slot::Idle(connection);
             return Ok(());
         };
-        let batch = std::mem::replace(&mut stream.batch, self.spare.take().unwrap_or_default());
+        let mut connection = *connection;
+        let batch = std::mem::replace(&mut stream.batch, self.spare.pop().unwrap_or_default());
         let table = stream.table.clone();
         let try_direct = stream.direct_backoff == 0;
         stream.direct_backoff = stream.direct_backoff.saturating_sub(1);
@@ -222,7 +279,8 @@ impl Target<'_> {
                 result,
             }
         });
-        self.in_flight = Some(InFlight {
+        self.in_flight.push(InFlight {
+            slot,
             stream: name.to_owned(),
             first_seq,
             handle,
@@ -284,16 +342,22 @@ impl Target<'_> {
                 return Ok(());
             }
         }
-        let (staging, recreate_staging) = match self.streams.get(&message.stream) {
-            Some(stream) => (stream.table.staging.clone(), true),
+        let (staging, recreate_staging, slot) = match self.streams.get(&message.stream) {
+            Some(stream) => (stream.table.staging.clone(), true, stream.slot),
             None => {
                 self.staging_tables += 1;
-                (format!("pgferry_stage_{}", self.staging_tables), false)
+                let slot = self.next_slot % self.slots.len();
+                self.next_slot += 1;
+                (
+                    format!("pgferry_stage_{}", self.staging_tables),
+                    false,
+                    slot,
+                )
             }
         };
         let config = self.config;
         let table = prepare_table(
-            self.connection().await?,
+            self.connection(slot).await?,
             &schema,
             &name,
             config.schema_evolution,
@@ -327,6 +391,7 @@ impl Target<'_> {
                 schema,
                 table,
                 batch,
+                slot,
                 direct_backoff,
                 unapplied_deletes,
             },
@@ -341,20 +406,18 @@ pub async fn run<R: Read + Send + 'static>(
     input: R,
     output: &mut (dyn Write + Send),
 ) -> Result<Summary, TargetError> {
-    let mut connection = Connection::connect(&config.connection.connect_options())
-        .await
-        .map_err(TargetError::Connect)?;
-    // Staging tables are temp tables: keep a batch of them in memory rather than in temp files
-    // (only settable before the session's first temp table).
-    connection
-        .execute("SET temp_buffers = '128MB'")
-        .await
-        .map_err(TargetError::Connect)?;
+    // The first connection at once: a wrong address or password fails before any input.
+    let mut slots: Vec<Slot> = (0..config.parallelism.max(1))
+        .map(|_| Slot::Unopened)
+        .collect();
+    slots[0] = Slot::Idle(Box::new(open_connection(config).await?));
     let mut target = Target {
         config,
-        connection: Some(connection),
-        in_flight: None,
-        spare: None,
+        slots,
+        next_slot: 0,
+        in_flight: Vec::new(),
+        spare: Vec::new(),
+        failed: false,
         streams: HashMap::new(),
         states: StateTracker::default(),
         output,
@@ -385,10 +448,26 @@ pub async fn run<R: Read + Send + 'static>(
     }
     target.summary.records = records;
     let summary = target.summary.clone();
-    if let Some(connection) = target.connection.take() {
-        connection.close().await;
+    for slot in std::mem::take(&mut target.slots) {
+        if let Slot::Idle(connection) = slot {
+            connection.close().await;
+        }
     }
     Ok(summary)
+}
+
+/// A connection for loading.
+async fn open_connection(config: &TargetConfig) -> Result<Connection, TargetError> {
+    let mut connection = Connection::connect(&config.connection.connect_options())
+        .await
+        .map_err(TargetError::Connect)?;
+    // Staging tables are temp tables: keep a batch of them in memory rather than in temp files
+    // (only settable before the session's first temp table).
+    connection
+        .execute("SET temp_buffers = '128MB'")
+        .await
+        .map_err(TargetError::Connect)?;
+    Ok(connection)
 }
 
 /// The loop over the input: everything up to the final commit.
@@ -400,7 +479,7 @@ async fn process(
 ) -> Result<(), TargetError> {
     let config = target.config;
     loop {
-        let block = if target.pending() || target.in_flight.is_some() {
+        let block = if target.pending() || !target.in_flight.is_empty() {
             let deadline = target.last_flush + flush_every;
             tokio::select! {
                 block = reader.next() => block,
