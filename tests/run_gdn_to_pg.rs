@@ -551,3 +551,33 @@ async fn bad_configs_say_what_is_wrong_and_how_to_fix_it() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_into_a_table_that_holds_some_keys_already_merges_them() {
+    let cluster = PgCluster::start_default();
+    let server = Server::start().await;
+    let http = Http::h1(&server.url());
+    create_collection(&http, "orders").await;
+    upsert(&http, "orders", (0..1_200u64).map(order).collect()).await;
+    // A table from an earlier, interrupted load: two stale rows whose keys the scan meets in
+    // its first and its last batch. The scan's first batch tries a plain COPY, meets "o0" and
+    // must fall back to merging; later batches merge straight away.
+    cluster.psql(
+        "CREATE TABLE public.orders (\"_key\" text PRIMARY KEY, n bigint);
+         INSERT INTO public.orders VALUES ('o0', -1), ('o1199', -1), ('gone', 7);",
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_pipeline(
+        dir.path(),
+        &cluster,
+        &server.url(),
+        json!({"destination": {"batch_size_rows": 300}}),
+    );
+    run_once(&config);
+    let mut documents = all_documents(&http, "orders", true).await;
+    // The row no document has stays (pgferry never deletes what it did not see deleted).
+    documents.insert("gone".into(), json!({"_key": "gone", "n": 7}));
+    if let Err(difference) = compare(&rows(&cluster, "orders"), &documents) {
+        panic!("{difference}");
+    }
+}
