@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::config::OutputPlugin;
 use crate::config::{PgSourceConfig, ReplicationMethod};
+use crate::pg::catalog::publication_coverage;
 use crate::pg::query::quote_literal;
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
 use crate::pg::{Connection, PgError};
@@ -471,25 +472,21 @@ async fn check_publication(
     if let Some(table) = &config.filter_table {
         filter.push_str(&format!(" AND c.relname = {}", quote_literal(table)));
     }
-    let exists = connection
-        .query_one(&format!(
-            "SELECT 1 FROM pg_publication WHERE pubname = {}",
-            quote_literal(publication)
+    let tables: Vec<(String, String)> = connection
+        .query(&format!(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {filter}"
         ))
         .await?
-        .is_some();
-    let missing = connection
-        .query(&format!(
-            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE {filter} AND NOT EXISTS (SELECT 1 FROM pg_publication_tables p WHERE p.pubname = {} AND p.schemaname = n.nspname AND p.tablename = c.relname) \
-             ORDER BY 1",
-            quote_literal(publication)
-        ))
-        .await?;
-    let missing: Vec<String> = missing
         .iter()
-        .filter_map(|row| row.get(0).map(str::to_owned))
+        .map(|row| {
+            (
+                row.get(0).unwrap_or_default().to_owned(),
+                row.get(1).unwrap_or_default().to_owned(),
+            )
+        })
         .collect();
+    let coverage = publication_coverage(connection, publication, &tables).await?;
+    let (exists, missing) = (coverage.exists, coverage.missing);
     let quoted = crate::pg::query::quote_identifier(publication);
     if !exists {
         checker.pass(

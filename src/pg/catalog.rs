@@ -386,6 +386,55 @@ pub struct NamedType {
     pub resolved: ResolvedType,
 }
 
+/// What a publication covers of some tables: whether it exists, and which of the tables it
+/// does not publish (as `schema.table`, quoted only where SQL needs it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicationCoverage {
+    /// `pg_publication` has it.
+    pub exists: bool,
+    /// Tables it lacks, sorted.
+    pub missing: Vec<String>,
+}
+
+/// Reads which of `tables` (`(schema, table)`) the publication `publication` lacks; `pgferry
+/// check` and `pgferry run` (pgoutput) both decide from this.
+pub async fn publication_coverage(
+    connection: &mut Connection,
+    publication: &str,
+    tables: &[(String, String)],
+) -> Result<PublicationCoverage, PgError> {
+    let exists = connection
+        .query_one(&format!(
+            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {}",
+            quote_literal(publication)
+        ))
+        .await?
+        .is_some();
+    if tables.is_empty() {
+        return Ok(PublicationCoverage {
+            exists,
+            missing: Vec::new(),
+        });
+    }
+    let values: Vec<String> = tables
+        .iter()
+        .map(|(schema, table)| format!("({}, {})", quote_literal(schema), quote_literal(table)))
+        .collect();
+    let missing = connection
+        .query(&format!(
+            "SELECT format('%I.%I', t.schema_name, t.table_name) FROM (VALUES {}) AS t (schema_name, table_name) \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables p WHERE p.pubname = {} \
+             AND p.schemaname = t.schema_name AND p.tablename = t.table_name) ORDER BY 1",
+            values.join(", "),
+            quote_literal(publication)
+        ))
+        .await?
+        .iter()
+        .filter_map(|row| row.get(0).map(str::to_owned))
+        .collect();
+    Ok(PublicationCoverage { exists, missing })
+}
+
 /// Resolves type names such as `numeric(20,5)`, `character varying(40)`, `mood[]` or
 /// `sales.money_amount`, so changes of columns added or retyped after the catalog was read
 /// can be decoded by the type they carry. A name the server does not know is an error.

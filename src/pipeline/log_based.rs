@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::config::{DestinationConfig, OutputPlugin, PipelineConfig, Wal2JsonFormat};
 use crate::decode::pgoutput::ProtocolVersion;
 use crate::metrics::Metrics;
+use crate::pg::catalog::publication_coverage;
 use crate::pg::query::{quote_identifier, quote_literal};
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
 use crate::pg::Lsn;
@@ -367,48 +368,24 @@ async fn ensure_publication(
     tables: &[(String, String)],
 ) -> Result<(), RunError> {
     let mut connection = crate::pg::Connection::connect(options).await?;
-    let quoted = |(schema, table): &(String, String)| {
-        format!("{}.{}", quote_identifier(schema), quote_identifier(table))
-    };
-    let exists = connection
-        .query_one(&format!(
-            "SELECT 1 FROM pg_publication WHERE pubname = {}",
-            quote_literal(publication)
-        ))
-        .await?
-        .is_some();
-    let result = if exists {
-        let published: Vec<(String, String)> = connection
-            .query(&format!(
-                "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = {}",
-                quote_literal(publication)
-            ))
-            .await?
-            .iter()
-            .map(|row| {
-                (
-                    row.get(0).unwrap_or_default().to_owned(),
-                    row.get(1).unwrap_or_default().to_owned(),
-                )
-            })
-            .collect();
-        let missing: Vec<String> = tables
-            .iter()
-            .filter(|table| !published.contains(table))
-            .map(quoted)
-            .collect();
-        if missing.is_empty() {
+    let coverage = publication_coverage(&mut connection, publication, tables).await?;
+    let result = if coverage.exists {
+        if coverage.missing.is_empty() {
             Ok(())
         } else {
+            let missing = coverage.missing.join(", ");
             Err(RunError::Unsupported(format!(
-                "publication {publication:?} does not publish {}\nHINT: ALTER PUBLICATION {} ADD TABLE {};",
-                missing.join(", "),
+                "publication {publication:?} does not publish {missing}\nHINT: ALTER PUBLICATION {} ADD TABLE {missing};",
                 quote_identifier(publication),
-                missing.join(", ")
             )))
         }
     } else {
-        let list: Vec<String> = tables.iter().map(quoted).collect();
+        let list: Vec<String> = tables
+            .iter()
+            .map(|(schema, table)| {
+                format!("{}.{}", quote_identifier(schema), quote_identifier(table))
+            })
+            .collect();
         let sql = format!(
             "CREATE PUBLICATION {} FOR TABLE {}",
             quote_identifier(publication),
