@@ -124,6 +124,8 @@ pub struct RunSummary {
     pub peak_rss_bytes: Option<u64>,
     /// LOG_BASED: what streaming did after the copy.
     pub streaming: Option<CdcSummary>,
+    /// What `bytes` measured: `documents` (GDN, null) or `rows` (a PostgreSQL destination).
+    pub written: &'static str,
 }
 
 /// This process's peak resident set size, from `/proc/self/status` (Linux).
@@ -153,6 +155,7 @@ impl RunSummary {
             retries: load(&metrics.retries),
             peak_rss_bytes: peak_rss_bytes(),
             streaming,
+            written: "documents",
         }
     }
 
@@ -172,8 +175,9 @@ impl RunSummary {
         }
         if !self.copy.tables.is_empty() {
             text.push_str(&format!(
-                "copied {total} rows ({:.1} MB of documents) in {:.2} s: {:.0} rows/s, {} retries\n",
+                "copied {total} rows ({:.1} MB of {}) in {:.2} s: {:.0} rows/s, {} retries\n",
                 self.bytes as f64 / 1e6,
+                self.written,
                 seconds,
                 total as f64 / seconds,
                 self.retries
@@ -413,7 +417,17 @@ pub async fn run_with(
     }
     let prepared = prepare(config, true).await?;
     let copy = copy_step(config, prepared, &metrics, None, None).await?;
-    Ok(RunSummary::new(copy, &metrics, None))
+    let mut summary = RunSummary::new(copy, &metrics, None);
+    summary.written = written(&config.destination);
+    Ok(summary)
+}
+
+/// What a destination's byte count measures, for the summary.
+pub(crate) fn written(destination: &DestinationConfig) -> &'static str {
+    match destination {
+        DestinationConfig::Postgres(_) => "rows",
+        DestinationConfig::Gdn(_) | DestinationConfig::Null => "documents",
+    }
 }
 
 /// The consistent copy of every prepared table, under `snapshot` when given.

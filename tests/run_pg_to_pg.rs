@@ -131,6 +131,7 @@ fn full_table_copies_every_type_exactly_and_a_rerun_converges() {
         "{summary}"
     );
     assert!(summary.contains("sales.lines: 50000 rows"), "{summary}");
+    assert!(summary.contains("MB of rows"), "{summary}");
     let tables = [
         ("public.every_type", "id"),
         ("sales.lines", "order_id, line"),

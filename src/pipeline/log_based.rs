@@ -353,11 +353,9 @@ pub(crate) async fn run(
         display.finish().await;
     }
     outcome.map_err(|error| RunError::Cdc(Box::new(error)))?;
-    Ok(RunSummary::new(
-        copy.unwrap_or_default(),
-        &metrics,
-        Some(summary),
-    ))
+    let mut run = RunSummary::new(copy.unwrap_or_default(), &metrics, Some(summary));
+    run.written = crate::pipeline::written(&config.destination);
+    Ok(run)
 }
 
 /// Makes sure `publication` exists and publishes every selected table: created when missing,
