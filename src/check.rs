@@ -17,6 +17,9 @@ use crate::pg::query::quote_literal;
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
 use crate::pg::{Connection, PgError};
 
+mod destination;
+pub use destination::run_pipeline;
+
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -196,14 +196,27 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_FAILURE: u8 = 1;
 
 async fn check(args: CheckArgs) -> ExitCode {
-    let config = match pgferry::config::PgSourceConfig::from_file(&args.config) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(EXIT_CONFIG);
+    // A pipeline file (with a destination) gets its destination checked too.
+    let is_pipeline = pgferry::config::read_json_object(&args.config)
+        .map(|object| object.contains_key("destination"))
+        .unwrap_or(false);
+    let report = if is_pipeline {
+        match pgferry::config::Pipeline::from_file(&args.config) {
+            Ok(pipeline) => pgferry::check::run_pipeline(&pipeline).await,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    } else {
+        match pgferry::config::PgSourceConfig::from_file(&args.config) {
+            Ok(config) => pgferry::check::run(&config).await,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
         }
     };
-    let report = pgferry::check::run(&config).await;
     if args.format == "json" {
         match serde_json::to_string_pretty(&report) {
             Ok(json) => println!("{json}"),

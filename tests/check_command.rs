@@ -201,3 +201,56 @@ fn pgoutput_checks_the_publication_and_prints_the_alter_publication_fix() {
     let output = pgferry_check(&path, &[]);
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
 }
+
+#[test]
+fn a_pipeline_file_gets_its_destination_checked_too() {
+    let cluster = PgCluster::start_default();
+    cluster.require_wal2json();
+    cluster.psql("CREATE DATABASE replica");
+    cluster.psql("CREATE ROLE reader LOGIN; REVOKE CREATE ON DATABASE replica FROM PUBLIC");
+    cluster.psql_in("replica", "REVOKE CREATE ON SCHEMA public FROM PUBLIC");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pipeline = |destination: serde_json::Value| {
+        write_config(
+            dir.path(),
+            serde_json::json!({"source": source_config(&cluster, "postgres"), "destination": destination}),
+        )
+    };
+    let target = |user: &str, port: u16| {
+        serde_json::json!({"type": "postgres", "host": "127.0.0.1", "port": port, "user": user,
+                           "dbname": "replica", "sslmode": "disable"})
+    };
+
+    let output = pgferry_check(&pipeline(target("postgres", cluster.port())), &[]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("✓ target_connection:"), "{text}");
+    assert!(text.contains("✓ target_privileges:"), "{text}");
+
+    let output = pgferry_check(&pipeline(target("reader", cluster.port())), &[]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("✗ target_privileges:"), "{text}");
+    assert!(
+        text.contains("GRANT CREATE ON DATABASE \"replica\" TO \"reader\";"),
+        "{text}"
+    );
+
+    let output = pgferry_check(&pipeline(target("postgres", 1)), &[]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("✗ target_connection:"), "{text}");
+
+    // A GDN destination nobody answers for.
+    let output = pgferry_check(
+        &pipeline(serde_json::json!({"gdn_url": "http://127.0.0.1:1", "api_key": "k"})),
+        &[],
+    );
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("✗ gdn_destination: cannot reach GDN"),
+        "{text}"
+    );
+    assert!(text.contains("gdn_url"), "{text}");
+}
