@@ -372,3 +372,56 @@ fn unusable_targets_are_clear_errors() {
     let error = run(&config);
     assert!(error.contains("PostgreSQL destination"), "{error}");
 }
+
+#[test]
+fn a_server_restart_mid_stream_is_ridden_out_by_reconnecting() {
+    let mut cluster = cluster();
+    stream_tables(&cluster);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = pipeline(
+        dir.path(),
+        &cluster,
+        json!({"source": {"replication_method": "LOG_BASED", "filter_schemas": "public"}}),
+    );
+    run_to_completion(&config);
+    let log_path = dir.path().join("run.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgferry"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start pgferry");
+    cluster.psql_in(
+        SOURCE,
+        "INSERT INTO public.items SELECT g, 'before', 'b', g FROM generate_series(20001, 21000) g",
+    );
+    // Source and target are one server here: both connections break at once.
+    cluster.restart(Duration::from_secs(1));
+    cluster.psql_in(
+        SOURCE,
+        "INSERT INTO public.items SELECT g, 'after', 'b', g FROM generate_series(21001, 22000) g;
+         UPDATE public.items SET qty = -qty WHERE id BETWEEN 20500 AND 21500;",
+    );
+    // The running pgferry reconnects and applies what came after the restart.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while digest(&cluster, SOURCE, "public.items", "id")
+        != digest(&cluster, TARGET, "public.items", "id")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica did not catch up after the restart; log:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(log.contains("reconnecting"), "{log}");
+    assert_replicated(
+        &cluster,
+        &[("public.items", "id"), ("public.scratch", "id")],
+    );
+}
