@@ -22,26 +22,11 @@ PGFERRY="$PWD/target/release/pgferry"
 WORK="$(mktemp -d /tmp/pgferry-bench.XXXXXX)"
 trap cleanup_run EXIT
 start_cluster
-if [ ! -f "/usr/lib/postgresql/${PG_MAJOR}/lib/wal2json.so" ]; then
-    die "wal2json is missing: apt-get install -y postgresql-${PG_MAJOR}-wal2json"
-fi
 
-TABLE="CREATE TABLE public.bench (
-    id bigint PRIMARY KEY, customer text NOT NULL, amount numeric(12, 2) NOT NULL,
-    ratio double precision, placed_at timestamptz NOT NULL, active boolean NOT NULL,
-    tags text[], note text)"
 log "creating shop.public.bench with $ROWS rows"
 cluster_psql -d postgres -c "CREATE DATABASE shop" -c "CREATE DATABASE replica" -c "CREATE DATABASE ceiling" >/dev/null
-cluster_psql -d shop >/dev/null <<SQL
-$TABLE;
-INSERT INTO public.bench
-SELECT g, 'customer ' || (g % 9973), (g % 100000) / 100.0, g / 7.0,
-       '2024-01-01'::timestamptz + g * interval '1 second', g % 2 = 0,
-       ARRAY['t' || (g % 10), 'u' || (g % 3)], md5(g::text) || md5((g + 1)::text)
-FROM generate_series(1, $ROWS) AS g;
-VACUUM ANALYZE public.bench;
-SQL
-cluster_psql -d ceiling -c "$TABLE" >/dev/null
+create_bench_table shop "$ROWS"
+cluster_psql -d ceiling -c "$BENCH_TABLE_DDL" >/dev/null
 
 seconds() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { print b - a }'; }

@@ -23,24 +23,7 @@ trap cleanup_run EXIT
 start_cluster
 
 log "creating public.bench with $ROWS rows"
-cluster_psql -d postgres >/dev/null <<SQL
-CREATE TABLE public.bench (
-    id bigint PRIMARY KEY,
-    customer text NOT NULL,
-    amount numeric(12, 2) NOT NULL,
-    ratio double precision,
-    placed_at timestamptz NOT NULL,
-    active boolean NOT NULL,
-    tags text[],
-    note text
-);
-INSERT INTO public.bench
-SELECT g, 'customer ' || (g % 9973), (g % 100000) / 100.0, g / 7.0,
-       '2024-01-01'::timestamptz + g * interval '1 second', g % 2 = 0,
-       ARRAY['t' || (g % 10), 'u' || (g % 3)], md5(g::text) || md5((g + 1)::text)
-FROM generate_series(1, $ROWS) AS g;
-VACUUM ANALYZE public.bench;
-SQL
+create_bench_table postgres "$ROWS"
 TABLE_BYTES=$(cluster_psql -d postgres -At -c "SELECT pg_relation_size('public.bench')")
 
 seconds() { date +%s.%N; }

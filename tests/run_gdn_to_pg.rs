@@ -31,18 +31,7 @@ fn write_pipeline(dir: &Path, cluster: &PgCluster, gdn_url: &str, extra: Value) 
             "batch_size_rows": 500, "batch_flush_interval": 0.2
         }
     });
-    if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
-        for (section, values) in extra {
-            match (config.get_mut(section), values) {
-                (Some(Value::Object(target)), Value::Object(values)) => {
-                    target.extend(values.clone());
-                }
-                _ => {
-                    config.insert(section.clone(), values.clone());
-                }
-            }
-        }
-    }
+    support::merge_sections(&mut config, &extra);
     let path = dir.join("pipeline.json");
     std::fs::write(&path, config.to_string()).expect("write pipeline");
     path

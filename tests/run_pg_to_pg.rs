@@ -6,7 +6,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -39,21 +39,22 @@ fn pipeline(dir: &Path, cluster: &PgCluster, extra: Value) -> PathBuf {
         "parallelism": 2,
         "state_file": dir.join("state.json")
     });
-    if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
-        for (section, values) in extra {
-            match (config.get_mut(section), values) {
-                (Some(Value::Object(target)), Value::Object(values)) => {
-                    target.extend(values.clone());
-                }
-                _ => {
-                    config.insert(section.clone(), values.clone());
-                }
-            }
-        }
-    }
+    support::merge_sections(&mut config, &extra);
     let path = dir.join("pipeline.json");
     std::fs::write(&path, config.to_string()).expect("write pipeline");
     path
+}
+
+/// Starts a following (continuous) `pgferry run`, its log in `log`.
+fn spawn_run(config: &Path, log: &Path) -> Child {
+    let log = std::fs::File::create(log).expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_pgferry"))
+        .args(["run", "-c"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start pgferry")
 }
 
 /// Row count and a digest of every row's text form, in key order.
@@ -260,14 +261,7 @@ fn sigkill_at_random_points_then_a_restart_ends_exact() {
         seed
     };
     for round in 0..4u64 {
-        let log = std::fs::File::create(dir.path().join(format!("run-{round}.log"))).expect("log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pgferry"))
-            .args(["run", "-c"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start pgferry");
+        let mut child = spawn_run(&config, &dir.path().join(format!("run-{round}.log")));
         let base = 10_000 * (round + 1);
         for step in 0..5u64 {
             let from = base + step * 200;
@@ -385,18 +379,25 @@ fn a_server_restart_mid_stream_is_ridden_out_by_reconnecting() {
     );
     run_to_completion(&config);
     let log_path = dir.path().join("run.log");
-    let log = std::fs::File::create(&log_path).expect("log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgferry"))
-        .args(["run", "-c"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start pgferry");
+    let mut child = spawn_run(&config, &log_path);
     cluster.psql_in(
         SOURCE,
         "INSERT INTO public.items SELECT g, 'before', 'b', g FROM generate_series(20001, 21000) g",
     );
+    // Streaming: the rows inserted after the start arrive.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while cluster.psql_in(
+        TARGET,
+        "SELECT count(*) FROM public.items WHERE name = 'before'",
+    ) != "1000"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not stream; log:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Source and target are one server here: both connections break at once.
     cluster.restart(Duration::from_secs(1));
     cluster.psql_in(

@@ -125,3 +125,23 @@ cleanup_run() {
     stop_cluster
     if [ -n "${WORK:-}" ]; then rm -rf "$WORK"; fi
 }
+
+# The benchmarks' table (~200 B/row, mixed types): `public.bench` DDL, for an empty copy.
+BENCH_TABLE_DDL="CREATE TABLE public.bench (
+    id bigint PRIMARY KEY, customer text NOT NULL, amount numeric(12, 2) NOT NULL,
+    ratio double precision, placed_at timestamptz NOT NULL, active boolean NOT NULL,
+    tags text[], note text)"
+
+# Creates public.bench in database $1 with $2 rows, vacuumed and analyzed.
+create_bench_table() {
+    local database=$1 rows=$2
+    cluster_psql -d "$database" >/dev/null <<SQL
+$BENCH_TABLE_DDL;
+INSERT INTO public.bench
+SELECT g, 'customer ' || (g % 9973), (g % 100000) / 100.0, g / 7.0,
+       '2024-01-01'::timestamptz + g * interval '1 second', g % 2 = 0,
+       ARRAY['t' || (g % 10), 'u' || (g % 3)], md5(g::text) || md5((g + 1)::text)
+FROM generate_series(1, $rows) AS g;
+VACUUM ANALYZE public.bench;
+SQL
+}

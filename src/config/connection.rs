@@ -102,6 +102,18 @@ fn pem(object: &serde_json::Map<String, Value>, key: &str) -> Result<Option<Stri
 }
 
 impl PgConnectionConfig {
+    /// Reads a destination object: its keys must be the connection keys or `extra`; then the
+    /// connection as [`PgConnectionConfig::from_object`] reads it.
+    pub(crate) fn from_destination(
+        object: &serde_json::Map<String, Value>,
+        extra: &[&str],
+        dbname_hint: &'static str,
+    ) -> Result<PgConnectionConfig, ConfigError> {
+        let known: Vec<&str> = CONNECTION_KEYS.iter().chain(extra).copied().collect();
+        crate::config::value::reject_unknown_keys(object, &known)?;
+        PgConnectionConfig::from_object(object, dbname_hint)
+    }
+
     /// Reads the connection keys of `object` (other keys are the caller's to check).
     /// `dbname_hint` says what the database is for, in the error when it is missing.
     pub fn from_object(

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::config::connection::{PgConnectionConfig, CONNECTION_KEYS};
+use crate::config::connection::PgConnectionConfig;
 use crate::config::destination::positive;
 use crate::config::error::ConfigError;
-use crate::config::value::{boolean, reject_unknown_keys, string};
+use crate::config::value::{boolean, string};
 
 /// Keys a PostgreSQL destination knows besides the connection keys.
 const PG_DESTINATION_KEYS: &[&str] = &[
@@ -67,14 +67,9 @@ impl PgDestinationConfig {
         object: &serde_json::Map<String, Value>,
         collections: usize,
     ) -> Result<PgDestinationConfig, ConfigError> {
-        let known: Vec<&str> = CONNECTION_KEYS
-            .iter()
-            .chain(PG_DESTINATION_KEYS)
-            .copied()
-            .collect();
-        reject_unknown_keys(object, &known)?;
-        let connection = PgConnectionConfig::from_object(
+        let connection = PgConnectionConfig::from_destination(
             object,
+            PG_DESTINATION_KEYS,
             "the database to load into, e.g. \"dbname\": \"warehouse\"",
         )?;
         let table_name = string(object, "table_name")?

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::config::connection::{PgConnectionConfig, CONNECTION_KEYS};
+use crate::config::connection::PgConnectionConfig;
 use crate::config::destination::positive;
 use crate::config::error::ConfigError;
 use crate::config::pg_destination::seconds;
-use crate::config::value::{boolean, reject_unknown_keys, string};
+use crate::config::value::{boolean, string};
 
 /// Keys a replica destination knows besides the connection keys.
 const REPLICA_KEYS: &[&str] = &[
@@ -47,14 +47,9 @@ impl ReplicaDestinationConfig {
     pub fn from_object(
         object: &serde_json::Map<String, Value>,
     ) -> Result<ReplicaDestinationConfig, ConfigError> {
-        let known: Vec<&str> = CONNECTION_KEYS
-            .iter()
-            .chain(REPLICA_KEYS)
-            .copied()
-            .collect();
-        reject_unknown_keys(object, &known)?;
-        let connection = PgConnectionConfig::from_object(
+        let connection = PgConnectionConfig::from_destination(
             object,
+            REPLICA_KEYS,
             "the database to replicate into, e.g. \"dbname\": \"replica\"",
         )?;
         let table_name = string(object, "table_name")?

@@ -216,20 +216,9 @@ impl DocumentTable {
             staging: None,
         };
         if rows.is_empty() {
-            // Tables of other collections may create the schema at the same moment: losing that
-            // race (a unique violation in the catalog) means it exists.
-            match connection
-                .execute(&format!(
-                    "CREATE SCHEMA IF NOT EXISTS {}",
-                    quote_identifier(&name.schema)
-                ))
+            crate::target::ensure_schema(connection, &name.schema)
                 .await
-            {
-                Err(error) if error.code() != Some("23505") => {
-                    return Err(pg("creating the schema of", name)(error))
-                }
-                _ => {}
-            }
+                .map_err(pg("creating the schema of", name))?;
             connection
                 .execute(&format!(
                     "CREATE TABLE IF NOT EXISTS {} ({} text PRIMARY KEY{deleted_at})",

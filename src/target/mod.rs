@@ -25,3 +25,32 @@ pub mod state;
 pub use config::{CopyFormat, SchemaEvolution, TargetConfig};
 pub use error::{LoadError, TargetError};
 pub use run::{run, Summary};
+
+/// Creates `schema` unless it exists. Loads of other tables may create it at the same moment:
+/// losing that race (a unique violation in the catalog) means it exists. No NOTICE is caused
+/// when it exists already.
+pub(crate) async fn ensure_schema(
+    connection: &mut crate::pg::Connection,
+    schema: &str,
+) -> Result<(), crate::pg::PgError> {
+    let exists = connection
+        .query_one(&format!(
+            "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = {}",
+            crate::pg::query::quote_literal(schema)
+        ))
+        .await?
+        .is_some();
+    if exists {
+        return Ok(());
+    }
+    match connection
+        .execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {}",
+            crate::pg::query::quote_identifier(schema)
+        ))
+        .await
+    {
+        Err(error) if error.code() != Some("23505") => Err(error),
+        _ => Ok(()),
+    }
+}

@@ -466,3 +466,21 @@ pub fn run_to_completion(config: &Path) -> String {
     );
     stdout
 }
+
+/// Merges `extra` into a config: an object section (`"source": {…}`) is merged key by key,
+/// anything else replaces or adds the top-level key.
+pub fn merge_sections(config: &mut serde_json::Value, extra: &serde_json::Value) {
+    let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) else {
+        return;
+    };
+    for (section, values) in extra {
+        match (config.get_mut(section), values) {
+            (Some(serde_json::Value::Object(target)), serde_json::Value::Object(values)) => {
+                target.extend(values.clone());
+            }
+            _ => {
+                config.insert(section.clone(), values.clone());
+            }
+        }
+    }
+}

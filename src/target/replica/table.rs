@@ -51,30 +51,9 @@ pub async fn ensure(
         .iter()
         .all(|column| column.type_oid < FIRST_USER_OID);
     if existing.is_empty() {
-        let schema_exists = connection
-            .query_one(&format!(
-                "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = {}",
-                quote_literal(&table.target.schema)
-            ))
+        crate::target::ensure_schema(connection, &table.target.schema)
             .await
-            .map_err(pg("looking up the schema of", &name))?
-            .is_some();
-        if !schema_exists {
-            // Another run may create the schema at the same moment: losing that race (a
-            // unique violation in the catalog) means it exists.
-            match connection
-                .execute(&format!(
-                    "CREATE SCHEMA IF NOT EXISTS {}",
-                    quote_identifier(&table.target.schema)
-                ))
-                .await
-            {
-                Err(error) if error.code() != Some("23505") => {
-                    return Err(pg("creating the schema of", &name)(error))
-                }
-                _ => {}
-            }
-        }
+            .map_err(pg("creating the schema of", &name))?;
         if let Err(error) = connection.execute(&table.create_sql()).await {
             if error.code() == Some("42704") {
                 return Err(ReplicaError::Unusable {
