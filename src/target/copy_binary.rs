@@ -59,8 +59,20 @@ const PG_EPOCH_DAYS: i64 = 10_957;
 /// COPY stream (header, rows, trailer), or `None` when any value is not one this module encodes
 /// with certainty.
 pub fn text_to_binary(rows: &[&[u8]], types: &[BinaryType]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    text_to_binary_into(rows, types, &mut out).then_some(out)
+}
+
+/// [`text_to_binary`] into `out` (cleared first, its capacity reused across batches); `false`
+/// when a value is not one this module encodes with certainty (then `out` holds garbage).
+pub fn text_to_binary_into(rows: &[&[u8]], types: &[BinaryType], out: &mut Vec<u8>) -> bool {
+    encode_stream(rows, types, out).is_some()
+}
+
+fn encode_stream(rows: &[&[u8]], types: &[BinaryType], out: &mut Vec<u8>) -> Option<()> {
     let total: usize = rows.iter().map(|chunk| chunk.len()).sum();
-    let mut out = Vec::with_capacity(total + total / 4 + HEADER.len() + 2);
+    out.clear();
+    out.reserve(total + total / 4 + HEADER.len() + 2);
     out.extend_from_slice(HEADER);
     let columns = i16::try_from(types.len()).ok()?;
     let mut scratch = Vec::new();
@@ -79,7 +91,7 @@ pub fn text_to_binary(rows: &[&[u8]], types: &[BinaryType]) -> Option<Vec<u8>> {
                 }
                 let at = out.len();
                 out.extend_from_slice(&[0; 4]);
-                encode_field(field, kind, &mut out, &mut scratch)?;
+                encode_field(field, kind, out, &mut scratch)?;
                 let length = i32::try_from(out.len() - at - 4).ok()?;
                 out[at..at + 4].copy_from_slice(&length.to_be_bytes());
             }
@@ -89,7 +101,7 @@ pub fn text_to_binary(rows: &[&[u8]], types: &[BinaryType]) -> Option<Vec<u8>> {
         }
     }
     out.extend_from_slice(&(-1i16).to_be_bytes());
-    Some(out)
+    Some(())
 }
 
 fn encode_field(

@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 
 use crate::pg::query::{quote_identifier, quote_literal};
 use crate::pg::{Connection, PgError};
-use crate::target::copy_binary::{binary_type, text_to_binary};
+use crate::target::copy_binary::{binary_type, text_to_binary_into};
 use crate::target::infer::{
     column_name_of, encode_field, value_kind, ColumnType, ValueError, DELETED_AT_COLUMN, KEY_COLUMN,
 };
@@ -166,6 +166,8 @@ pub struct DocumentTable {
     hard_delete: bool,
     /// The attribute columns (and types) the session's staging table was made for.
     staging: Option<Vec<(String, ColumnType)>>,
+    /// COPY text and binary buffers, kept between batches (their pages stay mapped).
+    buffers: (Vec<u8>, Vec<u8>),
 }
 
 fn pg<'a>(
@@ -214,6 +216,7 @@ impl DocumentTable {
             columns: Vec::new(),
             hard_delete,
             staging: None,
+            buffers: Default::default(),
         };
         if rows.is_empty() {
             crate::target::ensure_schema(connection, &name.schema)
@@ -280,19 +283,32 @@ impl DocumentTable {
             .map(|(position, (name, _))| (name.clone(), position))
             .collect();
         let before = columns.len();
+        // Attribute → column position, resolved once per attribute name.
+        let mut by_attribute: HashMap<&str, usize> = HashMap::default();
         for change in batch.changes.values() {
             let Change::Upsert(row) = change else {
                 continue;
             };
             for (attribute, value) in row {
-                let column = column_name_of(attribute);
                 let kind = value_kind(value);
-                match index.get(column.as_ref()) {
-                    Some(&position) => columns[position].1 = columns[position].1.join(kind),
+                let known = match by_attribute.get(attribute.as_str()) {
+                    Some(&position) => Some(position),
+                    None => {
+                        let found = index.get(column_name_of(attribute).as_ref()).copied();
+                        if let Some(position) = found {
+                            by_attribute.insert(attribute, position);
+                        }
+                        found
+                    }
+                };
+                match known {
+                    Some(position) => columns[position].1 = columns[position].1.join(kind),
                     None => {
                         if let Some(sql_type) = ColumnType::for_kind(kind) {
-                            index.insert(column.clone().into_owned(), columns.len());
-                            columns.push((column.into_owned(), sql_type));
+                            let column = column_name_of(attribute).into_owned();
+                            index.insert(column.clone(), columns.len());
+                            by_attribute.insert(attribute, columns.len());
+                            columns.push((column, sql_type));
                         }
                     }
                 }
@@ -336,7 +352,10 @@ impl DocumentTable {
             .map(|(index, (name, _))| (name.as_str(), index))
             .collect();
         // Encode before touching the database: a bad value fails the batch up front.
-        let mut rows = Vec::new();
+        let (mut rows, mut binary) = std::mem::take(&mut self.buffers);
+        rows.clear();
+        // Attribute → column position, resolved once per attribute name.
+        let mut by_attribute: HashMap<&str, Option<usize>> = HashMap::default();
         let mut deletes = Vec::new();
         let mut upserts = 0u64;
         let mut fields: Vec<Option<&Value>> = vec![None; columns.len()];
@@ -351,7 +370,10 @@ impl DocumentTable {
                     upserts += 1;
                     fields.iter_mut().for_each(|field| *field = None);
                     for (attribute, value) in row {
-                        if let Some(&index) = position.get(column_name_of(attribute).as_ref()) {
+                        let index = *by_attribute.entry(attribute.as_str()).or_insert_with(|| {
+                            position.get(column_name_of(attribute).as_ref()).copied()
+                        });
+                        if let Some(index) = index {
                             fields[index] = Some(value);
                             attributes[index] = attribute;
                         }
@@ -407,8 +429,16 @@ impl DocumentTable {
             .await
             .map_err(pg("starting a transaction on", &self.name))?;
         let result = self
-            .apply_in_transaction(connection, &columns, &script, &rows, &deletes, try_direct)
+            .apply_in_transaction(
+                connection,
+                &columns,
+                &script,
+                (&rows, &mut binary),
+                &deletes,
+                try_direct,
+            )
             .await;
+        self.buffers = (rows, binary);
         let direct = match result {
             Ok(direct) => direct,
             Err(error) => {
@@ -435,7 +465,7 @@ impl DocumentTable {
         connection: &mut Connection,
         columns: &[(String, ColumnType)],
         script: &[String],
-        rows: &[u8],
+        (rows, binary): (&[u8], &mut Vec<u8>),
         deletes: &[u8],
         try_direct: bool,
     ) -> Result<bool, DocumentError> {
@@ -456,10 +486,11 @@ impl DocumentTable {
                 .chain(columns.iter().map(|(_, sql_type)| sql_type.sql()))
                 .map(binary_type)
                 .collect();
-            let binary = types.and_then(|types| text_to_binary(&[rows], &types));
-            let (format, payload) = match &binary {
-                Some(stream) => (" (FORMAT binary)", stream.as_slice()),
-                None => ("", rows),
+            let encoded = types.is_some_and(|types| text_to_binary_into(&[rows], &types, binary));
+            let (format, payload) = if encoded {
+                (" (FORMAT binary)", binary.as_slice())
+            } else {
+                ("", rows)
             };
             if try_direct && deletes.is_empty() {
                 connection
@@ -584,6 +615,7 @@ mod tests {
                 .collect(),
             hard_delete: true,
             staging: None,
+            buffers: Default::default(),
         }
     }
 
