@@ -73,6 +73,29 @@ pub enum RunError {
     Replica(Box<crate::target::replica::ReplicaError>),
 }
 
+impl RunError {
+    /// Whether running the pipeline again may succeed without a fix: PostgreSQL (source or
+    /// target) unreachable or restarting, GDN unreachable or overloaded while preparing or
+    /// copying. Errors of streaming itself are not: the stream reconnects on its own and
+    /// only gives up after `max_reconnect_attempts`.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RunError::Source(error) => error.is_transient(),
+            RunError::Destination(error) => error.is_retryable(),
+            RunError::Replica(error) => error.is_transient(),
+            RunError::Copy(error) => match error.as_ref() {
+                SnapshotError::Postgres { source, .. } => source.is_transient(),
+                SnapshotError::Replica(error) => error.is_transient(),
+                SnapshotError::Write(crate::gdn::writer::WriteError::Request {
+                    source, ..
+                }) => source.is_retryable(),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 /// What any pipeline run did.
 #[derive(Debug, Clone)]
 pub enum PipelineSummary {
@@ -413,7 +436,32 @@ pub async fn run_with(
     control: RunControl,
 ) -> Result<RunSummary, RunError> {
     if config.source.replication_method == ReplicationMethod::LogBased {
-        return log_based::run(config, metrics, control).await;
+        // Preparing and copying are resumable (the slot, the state file, the chunk ledger): a
+        // transient failure there (a server restarting) starts the run again after a backoff,
+        // within `max_reconnect_attempts` like the stream's own reconnects.
+        let mut failures = 0u32;
+        loop {
+            match log_based::run(config, Arc::clone(&metrics), control.clone()).await {
+                Err(error) if error.is_transient() => {
+                    failures += 1;
+                    let limit = config.source.max_reconnect_attempts;
+                    if limit != 0 && failures > limit {
+                        return Err(error);
+                    }
+                    let delay = log_based::reconnect_delay(failures);
+                    tracing::warn!(%error, attempt = failures, retry_in = ?delay, "the run failed before streaming; starting again");
+                    let mut shutdown = control.shutdown.clone();
+                    let stop = tokio::select! {
+                        _ = tokio::time::sleep(delay) => false,
+                        changed = shutdown.changed() => changed.is_ok() && *shutdown.borrow(),
+                    };
+                    if stop {
+                        return Err(error);
+                    }
+                }
+                outcome => return outcome,
+            }
+        }
     }
     let prepared = prepare(config, true).await?;
     let copy = copy_step(config, prepared, &metrics, None, None).await?;

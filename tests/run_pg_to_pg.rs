@@ -368,18 +368,24 @@ fn unusable_targets_are_clear_errors() {
 }
 
 #[test]
-fn a_server_restart_mid_stream_is_ridden_out_by_reconnecting() {
+fn server_restarts_while_starting_and_mid_stream_are_ridden_out() {
     let mut cluster = cluster();
     stream_tables(&cluster);
+    cluster.psql_in(
+        SOURCE,
+        "INSERT INTO public.scratch SELECT g, repeat('v', 500) FROM generate_series(101, 200000) g",
+    );
     let dir = tempfile::tempdir().expect("temp dir");
     let config = pipeline(
         dir.path(),
         &cluster,
         json!({"source": {"replication_method": "LOG_BASED", "filter_schemas": "public"}}),
     );
-    run_to_completion(&config);
     let log_path = dir.path().join("run.log");
     let mut child = spawn_run(&config, &log_path);
+    // While the run starts (connecting, creating the slot, copying): it starts again.
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.restart(Duration::from_secs(1));
     cluster.psql_in(
         SOURCE,
         "INSERT INTO public.items SELECT g, 'before', 'b', g FROM generate_series(20001, 21000) g",
@@ -421,6 +427,7 @@ fn a_server_restart_mid_stream_is_ridden_out_by_reconnecting() {
     let _ = child.wait();
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(log.contains("reconnecting"), "{log}");
+    assert!(!log.contains("error:"), "the run never gave up:\n{log}");
     assert_replicated(
         &cluster,
         &[("public.items", "id"), ("public.scratch", "id")],

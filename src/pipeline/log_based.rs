@@ -412,7 +412,7 @@ const CDC_FLUSH_AFTER: Duration = Duration::from_millis(50);
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Backoff before reconnect attempt `attempt` (1-based): 1 s doubling up to 30 s.
-fn reconnect_delay(attempt: u32) -> Duration {
+pub(crate) fn reconnect_delay(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(30))
 }
 
