@@ -96,6 +96,28 @@ impl RunError {
     }
 }
 
+impl RunError {
+    /// Whether no server could be reached at all (refused, unresolvable, timed out): on a
+    /// first attempt that is more likely a wrong address than a restart, so the run stops
+    /// at once with the error instead of retrying for minutes.
+    pub fn is_unreachable(&self) -> bool {
+        let pg =
+            |error: &PgError| matches!(error, PgError::Connect { .. } | PgError::Timeout { .. });
+        match self {
+            RunError::Source(error) => pg(error),
+            RunError::Replica(error) => matches!(
+                error.as_ref(),
+                crate::target::replica::ReplicaError::Postgres { source, .. } if pg(source)
+            ),
+            RunError::Destination(error) => matches!(
+                error,
+                GdnError::Unreachable { .. } | GdnError::Timeout { .. }
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// What any pipeline run did.
 #[derive(Debug, Clone)]
 pub enum PipelineSummary {
@@ -442,7 +464,10 @@ pub async fn run_with(
         let mut failures = 0u32;
         loop {
             match log_based::run(config, Arc::clone(&metrics), control.clone()).await {
-                Err(error) if error.is_transient() => {
+                // A first attempt that reaches no server at all stops: likely a wrong address.
+                Err(error)
+                    if error.is_transient() && !(failures == 0 && error.is_unreachable()) =>
+                {
                     failures += 1;
                     let limit = config.source.max_reconnect_attempts;
                     if limit != 0 && failures > limit {

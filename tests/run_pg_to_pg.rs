@@ -368,7 +368,7 @@ fn unusable_targets_are_clear_errors() {
 }
 
 #[test]
-fn server_restarts_while_starting_and_mid_stream_are_ridden_out() {
+fn server_restarts_during_the_copy_and_mid_stream_are_ridden_out() {
     let mut cluster = cluster();
     stream_tables(&cluster);
     cluster.psql_in(
@@ -383,8 +383,13 @@ fn server_restarts_while_starting_and_mid_stream_are_ridden_out() {
     );
     let log_path = dir.path().join("run.log");
     let mut child = spawn_run(&config, &log_path);
-    // While the run starts (connecting, creating the slot, copying): it starts again.
-    std::thread::sleep(Duration::from_millis(300));
+    // While the run copies (the slot exists, the copy of 100 MB runs): it starts again. (A
+    // first attempt that reaches no server at all stops at once instead: a wrong address.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while cluster.psql("SELECT count(*) FROM pg_replication_slots") != "1" {
+        assert!(std::time::Instant::now() < deadline, "no slot was created");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     cluster.restart(Duration::from_secs(1));
     cluster.psql_in(
         SOURCE,
