@@ -771,3 +771,49 @@ fn a_state_every_1000_rows_carries_the_rows_xmin() {
         2500
     );
 }
+
+#[test]
+fn a_partitioned_tables_changes_stream_under_its_own_stream() {
+    let cluster = PgCluster::start_default();
+    cluster.require_wal2json();
+    cluster.psql(
+        "CREATE TABLE public.events (id int, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+         CREATE TABLE public.events_eu PARTITION OF public.events FOR VALUES IN ('eu');
+         CREATE TABLE public.events_us PARTITION OF public.events FOR VALUES IN ('us');
+         INSERT INTO public.events VALUES (1, 'eu'), (2, 'us');",
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_json(
+        dir.path(),
+        "config.json",
+        &config(&cluster, json!({"replication_method": "LOG_BASED"})),
+    );
+    let output = tap(&[&config], &["-c", "-d"]);
+    let mut catalog: Value = serde_json::from_slice(&output.stdout).expect("the catalog is JSON");
+    for stream in catalog["streams"].as_array_mut().expect("streams") {
+        let selected = stream["tap_stream_id"] == "public-events";
+        stream["metadata"][0]["metadata"]["selected"] = json!(selected);
+        stream["metadata"][0]["metadata"]["replication-method"] = json!("LOG_BASED");
+    }
+    let catalog = write_json(dir.path(), "catalog.json", &catalog);
+    let first = run_ok(&[&config, &catalog], &["-c", "--catalog"]);
+    let state = write_json(dir.path(), "state.json", &last_state(&first));
+    cluster.psql("INSERT INTO public.events VALUES (3, 'eu'), (4, 'us'); DELETE FROM public.events WHERE id = 1;");
+    let second = run_ok(&[&config, &catalog, &state], &["-c", "--catalog", "-s"]);
+    let records: Vec<(i64, bool)> = second
+        .iter()
+        .filter(|message| message["type"] == "RECORD")
+        .map(|message| {
+            assert_eq!(message["stream"], "public-events");
+            (
+                message["record"]["id"].as_i64().expect("id"),
+                !message["record"]["_sdc_deleted_at"].is_null(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        records,
+        vec![(3, false), (4, false), (1, true)],
+        "the partitions' changes, in commit order, as the parent's stream"
+    );
+}

@@ -386,6 +386,32 @@ pub struct NamedType {
     pub resolved: ResolvedType,
 }
 
+/// The leaf partitions (`(schema, table)`) of the partitioned table `oid`, at any depth: their
+/// changes are decoded under their own names, so streaming maps them to the parent.
+pub async fn leaf_partitions(
+    connection: &mut Connection,
+    oid: u32,
+) -> Result<Vec<(String, String)>, PgError> {
+    let rows = connection
+        .query(&format!(
+            "WITH RECURSIVE tree (relid) AS (SELECT {oid}::oid UNION ALL \
+             SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.relid) \
+             SELECT n.nspname, c.relname FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.relid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'f') AND c.oid <> {oid}::oid ORDER BY 1, 2"
+        ))
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            (
+                row.get(0).unwrap_or_default().to_owned(),
+                row.get(1).unwrap_or_default().to_owned(),
+            )
+        })
+        .collect())
+}
+
 /// What a publication covers of some tables: whether it exists, and which of the tables it
 /// does not publish (as `schema.table`, quoted only where SQL needs it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -397,7 +423,8 @@ pub struct PublicationCoverage {
 }
 
 /// Reads which of `tables` (`(schema, table)`) the publication `publication` lacks; `pgferry
-/// check` and `pgferry run` (pgoutput) both decide from this.
+/// check` and `pgferry run` (pgoutput) both decide from this. A partitioned table counts as
+/// published when the publication lists it (`publish_via_partition_root`) or all its leaves.
 pub async fn publication_coverage(
     connection: &mut Connection,
     publication: &str,
@@ -422,9 +449,21 @@ pub async fn publication_coverage(
         .collect();
     let missing = connection
         .query(&format!(
-            "SELECT format('%I.%I', t.schema_name, t.table_name) FROM (VALUES {}) AS t (schema_name, table_name) \
-             WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables p WHERE p.pubname = {} \
-             AND p.schemaname = t.schema_name AND p.tablename = t.table_name) ORDER BY 1",
+            "WITH wanted AS (SELECT t.schema_name, t.table_name, c.oid, c.relkind \
+               FROM (VALUES {}) AS t (schema_name, table_name) \
+               LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = t.schema_name \
+               LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name), \
+             published AS (SELECT p.schemaname, p.tablename FROM pg_catalog.pg_publication_tables p WHERE p.pubname = {}) \
+             SELECT format('%I.%I', w.schema_name, w.table_name) FROM wanted w \
+             WHERE NOT EXISTS (SELECT 1 FROM published p WHERE p.schemaname = w.schema_name AND p.tablename = w.table_name) \
+             AND NOT (w.relkind = 'p' AND NOT EXISTS ( \
+               WITH RECURSIVE tree (relid) AS (SELECT w.oid UNION ALL \
+                 SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.relid) \
+               SELECT 1 FROM tree JOIN pg_catalog.pg_class lc ON lc.oid = tree.relid \
+               JOIN pg_catalog.pg_namespace ln ON ln.oid = lc.relnamespace \
+               WHERE lc.relkind = 'r' AND NOT EXISTS (SELECT 1 FROM published p \
+                 WHERE p.schemaname = ln.nspname AND p.tablename = lc.relname))) \
+             ORDER BY 1",
             values.join(", "),
             quote_literal(publication)
         ))

@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::config::{DestinationConfig, OutputPlugin, PipelineConfig, Wal2JsonFormat};
 use crate::decode::pgoutput::ProtocolVersion;
 use crate::metrics::Metrics;
-use crate::pg::catalog::publication_coverage;
+use crate::pg::catalog::{leaf_partitions, publication_coverage, RelationKind};
 use crate::pg::query::{quote_identifier, quote_literal};
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
 use crate::pg::Lsn;
@@ -131,6 +131,38 @@ pub(crate) async fn run(
     let file = state_file(config);
     let options = config.source.connect_options();
     let mut replication = ReplicationClient::connect(&options).await?;
+    // A partitioned table's changes are decoded under its leaf partitions' names: each leaf
+    // streams into its parent's collection (and wal2json is asked for the leaves too).
+    let mut add_tables = add_tables;
+    for task in &prepared.tasks {
+        if task.table.kind != RelationKind::PartitionedTable {
+            continue;
+        }
+        let leaves = leaf_partitions(replication.connection(), task.table.oid).await?;
+        if config.source.plugin == OutputPlugin::Wal2Json {
+            tracing::warn!(table = %task.table.qualified_name(), partitions = leaves.len(), "partitioned table with wal2json: its partitions are streamed as they are now; one attached later is not decoded until pgferry restarts, and its rows written before that are missed — restart pgferry right after attaching a partition (before writing to it), or use \"plugin\": \"pgoutput\"");
+        }
+        for (schema, name) in leaves {
+            add_tables.push(format!(
+                "{}.{}",
+                wal2json_table_name(&schema),
+                wal2json_table_name(&name)
+            ));
+            let streamed = match replica {
+                Some(_) => CdcTable::for_replica(
+                    &task.table,
+                    task.plan.clone(),
+                    Arc::clone(&task.target.collection),
+                ),
+                None => CdcTable::new(
+                    &task.table,
+                    task.plan.clone(),
+                    Arc::clone(&task.target.collection),
+                ),
+            };
+            tables.insert(&schema, &name, streamed);
+        }
+    }
     let existing = slot_info(&mut replication, &slot).await?;
     let plugin = config.source.plugin;
     if let Some((_, used)) = &existing {
@@ -384,8 +416,15 @@ async fn ensure_publication(
                 format!("{}.{}", quote_identifier(schema), quote_identifier(table))
             })
             .collect();
+        // From PostgreSQL 13 a partitioned table's changes can be published under its own
+        // name, partitions attached later included.
+        let with_root = if connection.server_version_num().unwrap_or(0) >= 130_000 {
+            " WITH (publish_via_partition_root = true)"
+        } else {
+            ""
+        };
         let sql = format!(
-            "CREATE PUBLICATION {} FOR TABLE {}",
+            "CREATE PUBLICATION {} FOR TABLE {}{with_root}",
             quote_identifier(publication),
             list.join(", ")
         );

@@ -187,6 +187,8 @@ struct Run<'a, W: Write> {
     since_state: u64,
     /// `stream.column` names a refresh did not find (dropped since): not refreshed again.
     unknown: std::collections::HashSet<String>,
+    /// Leaf partitions `(schema, table)` of partitioned streams → the stream's plan.
+    partitions: std::collections::HashMap<(String, String), usize>,
 }
 
 impl<W: Write> Run<'_, W> {
@@ -195,6 +197,11 @@ impl<W: Write> Run<'_, W> {
         self.plans
             .iter()
             .position(|plan| plan.table.schema == schema && plan.table.name == table)
+            .or_else(|| {
+                self.partitions
+                    .get(&(schema.to_owned(), table.to_owned()))
+                    .copied()
+            })
     }
 
     /// Re-reads a stream from the catalog after its columns changed, and says so in a SCHEMA.
@@ -333,17 +340,30 @@ pub async fn sync<W: Write>(
         )?;
     }
     out.flush()?;
+    let mut client = ReplicationClient::connect(&config.connect_options()).await?;
+    // A partitioned table's changes come under its leaf partitions' names.
+    let mut partitions = std::collections::HashMap::new();
+    for (index, plan) in plans.iter().enumerate() {
+        if plan.table.kind == crate::pg::catalog::RelationKind::PartitionedTable {
+            for leaf in
+                crate::pg::catalog::leaf_partitions(client.connection(), plan.table.oid).await?
+            {
+                partitions.insert(leaf, index);
+            }
+        }
+    }
     let add_tables: Vec<String> = plans
         .iter()
-        .map(|plan| {
+        .map(|plan| (&plan.table.schema, &plan.table.name))
+        .chain(partitions.keys().map(|(schema, name)| (schema, name)))
+        .map(|(schema, name)| {
             format!(
                 "{}.{}",
-                wal2json_table_name(&plan.table.schema),
-                wal2json_table_name(&plan.table.name)
+                wal2json_table_name(schema),
+                wal2json_table_name(name)
             )
         })
         .collect();
-    let mut client = ReplicationClient::connect(&config.connect_options()).await?;
     if client
         .connection()
         .server_version_num()
@@ -377,6 +397,7 @@ pub async fn sync<W: Write>(
         changes: 0,
         since_state: 0,
         unknown: std::collections::HashSet::new(),
+        partitions,
     };
     let mut committed = start;
     let mut emitted = start;
