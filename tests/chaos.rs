@@ -81,7 +81,8 @@ enum Fault {
     PgKill,
     /// The Singer tap of a `tap | target-gdn` pipe is SIGKILLed at a random point.
     KillTap,
-    /// The `target-gdn` of a `tap | target-gdn` pipe is SIGKILLed at a random point.
+    /// The `target-gdn` of a `tap | target-gdn` pipe is SIGKILLed at a random point, or just
+    /// after it echoes a STATE with a new `lsn`.
     KillTarget,
     /// gdnlite answers with 5xx, 429, latency, connection resets and per-document errors.
     Faults,
@@ -1006,8 +1007,8 @@ impl PipeFiles {
         let last = std::fs::read_to_string(&pipe.states)
             .unwrap_or_default()
             .lines()
-            .filter(|line| serde_json::from_str::<Value>(line).is_ok())
-            .last()
+            .rev()
+            .find(|line| serde_json::from_str::<Value>(line).is_ok())
             .map(str::to_owned);
         if let Some(state) = &last {
             std::fs::write(&self.state, state).expect("save the state");
@@ -1039,8 +1040,8 @@ impl PipeFiles {
 fn last_lsn(states: &str, stream: &str) -> Option<u64> {
     states
         .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .last()
+        .rev()
+        .find_map(|line| serde_json::from_str::<Value>(line).ok())
         .and_then(|state| state["bookmarks"][stream]["lsn"].as_u64())
 }
 
