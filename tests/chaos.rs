@@ -1243,6 +1243,7 @@ fn singer_tap_into_target_gdn_resumes_from_its_last_state_after_every_fault() {
         loop {
             attempts += 1;
             runs += 1;
+            let logged = std::fs::metadata(&files.log).map_or(0, |file| file.len());
             let pipe = files.spawn(runs);
             let (succeeded, _, took) = files.finish(pipe, Duration::from_secs(180));
             if succeeded {
@@ -1251,6 +1252,11 @@ fn singer_tap_into_target_gdn_resumes_from_its_last_state_after_every_fault() {
                 }
                 break;
             }
+            let log = std::fs::read(&files.log).unwrap_or_default();
+            eprintln!(
+                "{scenario}, iteration {index} ({fault:?}): rerun {attempts} failed:\n{}",
+                String::from_utf8_lossy(log.get(logged as usize..).unwrap_or_default())
+            );
             assert!(
                 attempts < 10,
                 "{scenario}, iteration {index}: 10 runs failed in a row:\n{}",
