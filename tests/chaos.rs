@@ -1,12 +1,14 @@
 //! The crash-and-fault matrix, reduced: for each of PostgreSQL → GDN snapshot, PostgreSQL → GDN
-//! streaming, GDN → PostgreSQL and the Singer target, every iteration injects one fault while
-//! pgferry works — SIGKILL at a random point, gdnlite SIGKILLed and restarted on its port,
-//! PostgreSQL restarted, or gdnlite answering with 5xx/429/latency/resets/per-document errors —
-//! then lets pgferry finish and compares the final states exactly (lost, extra and divergent
-//! rows must all be 0). Streaming also checks after every kill that the slot's
-//! `confirmed_flush_lsn` never passed data GDN does not hold.
+//! streaming, GDN → PostgreSQL, the Singer target and the Singer pipe `tap | target-gdn`, every
+//! iteration injects one fault while pgferry works — SIGKILL at a random point (of either side
+//! of the pipe), gdnlite SIGKILLed and restarted on its port, PostgreSQL restarted or SIGKILLed,
+//! or gdnlite answering with 5xx/429/latency/resets/per-document errors — then lets pgferry
+//! finish (the pipe: reruns from the last STATE) and compares the final states exactly (lost,
+//! extra and divergent rows must all be 0). Streaming and the pipe also check after every fault
+//! that the slot's `confirmed_flush_lsn` never passed data GDN does not hold.
 //!
-//! `PGFERRY_CHAOS_ITERATIONS` sets the iterations per scenario (default 4: each fault once);
+//! `PGFERRY_CHAOS_ITERATIONS` sets the iterations per scenario (default 4, or 5 where a scenario
+//! has five faults: each fault once);
 //! `PGFERRY_CHAOS_SEED` the random timing. `scripts/chaos.sh` runs many and prints the table
 //! from the `CHAOS|…` lines each scenario prints.
 
@@ -25,12 +27,13 @@ use pgferry::gdnlite::FaultConfig;
 use serde_json::{json, Value};
 use support::PgCluster;
 
-/// Iterations per scenario.
-fn iterations() -> usize {
+/// Iterations per scenario: `PGFERRY_CHAOS_ITERATIONS`, by default 4 or enough to inject each
+/// of the scenario's faults once.
+fn iterations(faults: &[Fault]) -> usize {
     std::env::var("PGFERRY_CHAOS_ITERATIONS")
         .ok()
         .and_then(|value| value.parse().ok())
-        .unwrap_or(4)
+        .unwrap_or(faults.len().max(4))
 }
 
 /// xorshift64*: reproducible timing from `PGFERRY_CHAOS_SEED`.
@@ -73,6 +76,14 @@ enum Fault {
     GdnRestart,
     /// PostgreSQL restarts (fast shutdown) while pgferry works.
     PgRestart,
+    /// PostgreSQL is SIGKILLed (postmaster and every server process) while pgferry works, and
+    /// started again on its data directory (crash recovery).
+    PgKill,
+    /// The Singer tap of a `tap | target-gdn` pipe is SIGKILLed at a random point.
+    KillTap,
+    /// The `target-gdn` of a `tap | target-gdn` pipe is SIGKILLed at a random point, or just
+    /// after it echoes a STATE with a new `lsn`.
+    KillTarget,
     /// gdnlite answers with 5xx, 429, latency, connection resets and per-document errors.
     Faults,
 }
@@ -83,6 +94,9 @@ impl Fault {
             Fault::Kill => "kill -9",
             Fault::GdnRestart => "gdnlite kill -9 + restart",
             Fault::PgRestart => "postgres restart",
+            Fault::PgKill => "postgres kill -9 + restart",
+            Fault::KillTap => "tap kill -9",
+            Fault::KillTarget => "target-gdn kill -9",
             Fault::Faults => "5xx/429/latency/resets/doc errors",
         }
     }
@@ -266,6 +280,16 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Restarts PostgreSQL cleanly ([`Fault::PgRestart`]) or crashes it ([`Fault::PgKill`]), down
+/// for `down`.
+fn disrupt_postgres(cluster: &mut PgCluster, fault: Fault, down: Duration) {
+    if fault == Fault::PgKill {
+        cluster.kill_and_restart(down);
+    } else {
+        cluster.restart(down);
+    }
+}
+
 /// The fault of iteration `index`: each in turn, so a short run still sees every one.
 fn fault_of(index: usize, faults: &[Fault]) -> Fault {
     faults[index % faults.len()]
@@ -397,7 +421,7 @@ fn snapshot_pg_to_gdn_survives_every_fault() {
         Fault::PgRestart,
         Fault::Faults,
     ];
-    for index in 0..iterations() {
+    for index in 0..iterations(&all) {
         let fault = fault_of(index, &all);
         // New data for this round: changed values and new rows (FULL_TABLE never deletes).
         cluster.psql(&format!(
@@ -408,7 +432,7 @@ fn snapshot_pg_to_gdn_survives_every_fault() {
             4100 + index * 100
         ));
         match fault {
-            Fault::Kill => {
+            Fault::Kill | Fault::KillTap | Fault::KillTarget => {
                 let mut child = spawn_run(&config, &log);
                 std::thread::sleep(rng.millis(20, 900));
                 kill(&mut child);
@@ -419,10 +443,10 @@ fn snapshot_pg_to_gdn_survives_every_fault() {
                 server.kill_and_restart(rng.millis(100, 1500));
                 finish(&mut child, Duration::from_secs(120));
             }
-            Fault::PgRestart => {
+            Fault::PgRestart | Fault::PgKill => {
                 let mut child = spawn_run(&config, &log);
                 std::thread::sleep(rng.millis(20, 600));
-                cluster.restart(rng.millis(50, 800));
+                disrupt_postgres(&mut cluster, fault, rng.millis(50, 800));
                 finish(&mut child, Duration::from_secs(120));
             }
             Fault::Faults => server.set_faults(injected(rng.next())),
@@ -531,10 +555,11 @@ fn streaming_pg_to_gdn_never_confirms_ahead_and_converges() {
         Fault::Kill,
         Fault::GdnRestart,
         Fault::PgRestart,
+        Fault::PgKill,
         Fault::Faults,
     ];
     let mut round = 0u64;
-    for index in 0..iterations() {
+    for index in 0..iterations(&all) {
         let fault = fault_of(index, &all);
         round += 1;
         stream_workload(&cluster, round);
@@ -549,8 +574,10 @@ fn streaming_pg_to_gdn_never_confirms_ahead_and_converges() {
             Fault::GdnRestart => {
                 server.kill_and_restart(rng.millis(100, 1500));
             }
-            Fault::PgRestart => cluster.restart(rng.millis(50, 800)),
-            Fault::Kill | Fault::Faults => {}
+            Fault::PgRestart | Fault::PgKill => {
+                disrupt_postgres(&mut cluster, fault, rng.millis(50, 800))
+            }
+            Fault::Kill | Fault::KillTap | Fault::KillTarget | Fault::Faults => {}
         }
         round += 1;
         stream_workload(&cluster, round);
@@ -700,7 +727,7 @@ fn gdn_to_pg_survives_every_fault() {
         Fault::Faults,
     ];
     let mut round = 0;
-    for index in 0..iterations() {
+    for index in 0..iterations(&all) {
         let fault = fault_of(index, &all);
         round += 1;
         gdn_workload(&runtime, &http, &mut rng, round);
@@ -715,8 +742,10 @@ fn gdn_to_pg_survives_every_fault() {
             Fault::GdnRestart => {
                 server.kill_and_restart(rng.millis(100, 1500));
             }
-            Fault::PgRestart => cluster.restart(rng.millis(50, 800)),
-            Fault::Kill | Fault::Faults => {}
+            Fault::PgRestart | Fault::PgKill => {
+                disrupt_postgres(&mut cluster, fault, rng.millis(50, 800))
+            }
+            Fault::Kill | Fault::KillTap | Fault::KillTarget | Fault::Faults => {}
         }
         round += 1;
         gdn_workload(&runtime, &http, &mut rng, round);
@@ -853,7 +882,7 @@ fn singer_target_resumes_from_its_last_state_after_every_fault() {
     let mut model: BTreeMap<&'static str, BTreeMap<String, String>> = BTreeMap::new();
     let mut tally = Tally::default();
     let all = [Fault::Kill, Fault::PgRestart];
-    for index in 0..iterations() {
+    for index in 0..iterations(&all) {
         let fault = fault_of(index, &all);
         let round = singer_round(&mut rng, index as u64 + 1, &mut model);
         let (mut child, feeder) = spawn_target(&config, round.lines.clone());
@@ -901,6 +930,370 @@ fn singer_target_resumes_from_its_last_state_after_every_fault() {
                 ),
             );
         }
+        tally.iterations += 1;
+        *tally.faults.entry(fault).or_default() += 1;
+    }
+    tally.report(scenario);
+}
+
+/// `pgferry tap | pgferry target-gdn`: two processes joined by a pipe, as an orchestrator runs
+/// them; the target's stdout (the STATE lines) goes to a file.
+struct SingerPipe {
+    tap: Child,
+    target: Child,
+    states: PathBuf,
+}
+
+/// The files of the Singer pipe scenario.
+struct PipeFiles {
+    tap: PathBuf,
+    catalog: PathBuf,
+    target: PathBuf,
+    /// The last STATE the target echoed (what an orchestrator saves); absent before the first.
+    state: PathBuf,
+    log: PathBuf,
+}
+
+impl PipeFiles {
+    /// Starts `pgferry tap -c … -p … [-s state] | pgferry target-gdn -c …`.
+    fn spawn(&self, run: usize) -> SingerPipe {
+        let log = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log)
+                .expect("pipe log")
+        };
+        let mut tap = pgferry(&["tap", "-c"]);
+        tap.arg(&self.tap).arg("-p").arg(&self.catalog);
+        if self.state.exists() {
+            tap.arg("-s").arg(&self.state);
+        }
+        let mut tap = tap
+            .stdout(Stdio::piped())
+            .stderr(log())
+            .spawn()
+            .expect("start pgferry tap");
+        let states = self.log.with_file_name(format!("states-{run}.jsonl"));
+        let target = pgferry(&["target-gdn", "-c"])
+            .arg(&self.target)
+            .stdin(tap.stdout.take().expect("tap stdout"))
+            .stdout(std::fs::File::create(&states).expect("states file"))
+            .stderr(log())
+            .spawn()
+            .expect("start pgferry target-gdn");
+        SingerPipe {
+            tap,
+            target,
+            states,
+        }
+    }
+
+    /// Waits up to `limit` for both sides (killing what is left), saves the last STATE the
+    /// target echoed as the next run's state; returns whether both exited 0, whether a STATE
+    /// came, and how long each side ran (about: from now, for the tap and the target).
+    fn finish(&self, mut pipe: SingerPipe, limit: Duration) -> (bool, bool, [Duration; 2]) {
+        let started = Instant::now();
+        let deadline = started + limit;
+        let mut took = [Duration::ZERO; 2];
+        for (child, took) in [&mut pipe.tap, &mut pipe.target].into_iter().zip(&mut took) {
+            finish(child, deadline.saturating_duration_since(Instant::now()));
+            *took = started.elapsed();
+        }
+        let succeeded = [&mut pipe.tap, &mut pipe.target]
+            .into_iter()
+            .all(|child| matches!(child.wait(), Ok(status) if status.success()));
+        // A line cut by a kill does not parse: the last whole one counts.
+        let last = std::fs::read_to_string(&pipe.states)
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .find(|line| serde_json::from_str::<Value>(line).is_ok())
+            .map(str::to_owned);
+        if let Some(state) = &last {
+            std::fs::write(&self.state, state).expect("save the state");
+        }
+        (succeeded, last.is_some(), took)
+    }
+
+    /// The `lsn` bookmark of `stream` in the saved state.
+    fn saved_lsn(&self, stream: &str) -> Option<u64> {
+        last_lsn(
+            &std::fs::read_to_string(&self.state).unwrap_or_default(),
+            stream,
+        )
+    }
+
+    /// Whether the saved state says the LOG_BASED copy of `stream` is done (an `lsn` and no
+    /// `xmin` bookmark): from then on its rows are either in GDN or still in the slot.
+    fn copied(&self, stream: &str) -> bool {
+        let state: Value = std::fs::read_to_string(&self.state)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or(Value::Null);
+        let bookmark = &state["bookmarks"][stream];
+        bookmark["lsn"].is_u64() && bookmark["xmin"].is_null()
+    }
+}
+
+/// The `lsn` bookmark of `stream` in the last whole STATE line of `states`.
+fn last_lsn(states: &str, stream: &str) -> Option<u64> {
+    states
+        .lines()
+        .rev()
+        .find_map(|line| serde_json::from_str::<Value>(line).ok())
+        .and_then(|state| state["bookmarks"][stream]["lsn"].as_u64())
+}
+
+/// Waits until the target echoes a STATE whose `lsn` for `stream` differs from `saved` (the
+/// moment it promised new progress), or exits, or a minute passes.
+fn await_new_lsn(pipe: &mut SingerPipe, stream: &str, saved: Option<u64>) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && matches!(pipe.target.try_wait(), Ok(None)) {
+        let echoed = last_lsn(
+            &std::fs::read_to_string(&pipe.states).unwrap_or_default(),
+            stream,
+        );
+        if echoed.is_some() && echoed != saved {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
+
+/// The Singer pipe's FULL_TABLE stream changes: updated values and new rows (a FULL_TABLE sync
+/// never deletes).
+fn full_table_workload(cluster: &PgCluster, round: u64) {
+    cluster.psql(&format!(
+        "UPDATE public.sf SET v = v + 1, note = note || 'u' WHERE id % 17 = {};
+         INSERT INTO public.sf SELECT g, -g, 'new' FROM generate_series({}, {}) g;",
+        round % 17,
+        3001 + round * 50,
+        3050 + round * 50
+    ));
+}
+
+#[test]
+fn singer_tap_into_target_gdn_resumes_from_its_last_state_after_every_fault() {
+    let scenario = "Singer tap → target-gdn";
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let mut cluster = PgCluster::start_default();
+    cluster.require_wal2json();
+    cluster.psql(
+        "CREATE TABLE public.ev (id bigserial PRIMARY KEY, v int);
+         CREATE TABLE public.ch (id int PRIMARY KEY, v int, note text);
+         CREATE TABLE public.sf (id int PRIMARY KEY, v int, note text);
+         INSERT INTO public.ch SELECT g, g, 'c' FROM generate_series(1, 150) g;
+         INSERT INTO public.ev (v) SELECT g FROM generate_series(1, 2000) g;
+         INSERT INTO public.sf SELECT g, g, repeat('n', g % 40) FROM generate_series(1, 3000) g;",
+    );
+    let mut server = GdnProcess::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, value: Value| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, value.to_string()).expect("write config");
+        path
+    };
+    let stream = |id: &str, method: &str| {
+        json!({"tap_stream_id": id, "metadata": [{"breadcrumb": [],
+               "metadata": {"selected": true, "replication-method": method}}]})
+    };
+    let files = PipeFiles {
+        tap: write(
+            "tap.json",
+            json!({"host": "127.0.0.1", "port": cluster.port(), "user": "postgres",
+                   "dbname": "postgres", "sslmode": "disable", "filter_schemas": "public",
+                   "replication_method": "LOG_BASED"}),
+        ),
+        catalog: write(
+            "catalog.json",
+            json!({"streams": [stream("public-ev", "LOG_BASED"), stream("public-ch", "LOG_BASED"),
+                               stream("public-sf", "FULL_TABLE")]}),
+        ),
+        target: write(
+            "target.json",
+            json!({"gdn_url": server.url(), "api_key": KEY, "batch_size_rows": 100,
+                   "batch_flush_interval": 1, "batch_flush_min_time_gap": 0}),
+        ),
+        state: dir.path().join("state.json"),
+        log: dir.path().join("pipe.log"),
+    };
+    let http = runtime.block_on(async { Http::h1(&server.url()) });
+    let mut rng = Rng::new(scenario);
+    let mut tally = Tally::default();
+    let all = [
+        Fault::KillTap,
+        Fault::KillTarget,
+        Fault::GdnRestart,
+        Fault::PgRestart,
+        Fault::Faults,
+    ];
+    let mut round = 0u64;
+    let mut runs = 0usize;
+    // How long the tap and the target ran in the last clean run without injected faults: a
+    // fault lands at a random point of the run of the side it hits.
+    let mut run_time = [Duration::from_millis(900); 2];
+    for index in 0..iterations(&all) {
+        let fault = fault_of(index, &all);
+        let streaming = files.copied("public-ev");
+        round += 1;
+        stream_workload(&cluster, round);
+        full_table_workload(&cluster, round);
+        if fault == Fault::Faults {
+            server.set_faults(injected(rng.next()));
+        }
+        runs += 1;
+        let mut pipe = files.spawn(runs);
+        // Half the target's kills land at a random point, half at the most dangerous instant:
+        // right after it promised new streaming progress (a STATE with a new `lsn`), when the
+        // records before that STATE must already be in GDN.
+        let after_promise = fault == Fault::KillTarget && rng.below(2) == 0;
+        // The tap reads PostgreSQL, the target writes GDN.
+        let side = usize::from(matches!(
+            fault,
+            Fault::KillTarget | Fault::GdnRestart | Fault::Faults
+        ));
+        if !after_promise {
+            let within = u64::try_from(run_time[side].as_millis()).unwrap_or(u64::MAX);
+            std::thread::sleep(rng.millis(10, within.max(20)));
+        }
+        let running =
+            [&mut pipe.tap, &mut pipe.target].map(|child| matches!(child.try_wait(), Ok(None)));
+        if running[side] && fault != Fault::Faults {
+            *tally.notes.entry("fault while its side ran").or_default() += 1;
+        }
+        match fault {
+            Fault::KillTap => kill(&mut pipe.tap),
+            Fault::KillTarget => {
+                if after_promise
+                    && await_new_lsn(&mut pipe, "public-ev", files.saved_lsn("public-ev"))
+                {
+                    *tally
+                        .notes
+                        .entry("target killed just after a new lsn")
+                        .or_default() += 1;
+                }
+                kill(&mut pipe.target);
+            }
+            Fault::GdnRestart => server.kill_and_restart(rng.millis(100, 1500)),
+            Fault::PgRestart | Fault::PgKill => {
+                disrupt_postgres(&mut cluster, fault, rng.millis(50, 800))
+            }
+            Fault::Kill | Fault::Faults => {}
+        }
+        // Changes while it runs (a LOG_BASED run stops at the WAL position it read at start:
+        // these are for the next run).
+        round += 1;
+        stream_workload(&cluster, round);
+        full_table_workload(&cluster, round);
+        let (succeeded, stated, _) = files.finish(pipe, Duration::from_secs(120));
+        eprintln!(
+            "{scenario}, iteration {index} ({fault:?}{}): run {}, a STATE came: {stated} (the last clean run: tap, target {:?} ms)",
+            if after_promise {
+                ", just after a new lsn"
+            } else {
+                ""
+            },
+            if succeeded { "ended cleanly" } else { "failed" },
+            run_time.map(|took| took.as_millis())
+        );
+        if !succeeded && stated {
+            *tally
+                .notes
+                .entry("resumed from a mid-run STATE")
+                .or_default() += 1;
+        }
+        if fault == Fault::Faults {
+            // Reads of the check below must not meet the faults.
+            server.set_faults(FaultConfig::default());
+        }
+        // The tap confirms the slot only up to the state the target echoed: every row of the
+        // insert-only table is either in GDN or still unconfirmed in the slot.
+        if streaming {
+            let table_ids: Vec<String> = cluster
+                .psql("SELECT id FROM public.ev")
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            let unconfirmed = unconfirmed_ev_ids(&cluster).unwrap_or_default();
+            if !unconfirmed.is_empty() {
+                *tally
+                    .notes
+                    .entry("changes left unconfirmed in the slot")
+                    .or_default() += 1;
+            }
+            let in_gdn = documents(&runtime, &http, "ev", &[]);
+            for id in table_ids {
+                if !unconfirmed.contains(&id) && !in_gdn.contains_key(&id) {
+                    tally.lost += 1;
+                    tally.example(format!(
+                        "iteration {index} ({fault:?}): ev {id} confirmed but not in GDN (slot at {})",
+                        cluster.psql("SELECT confirmed_flush_lsn FROM pg_replication_slots")
+                    ));
+                }
+            }
+        }
+        // The orchestrator runs the pipe again from the last STATE until a run ends cleanly
+        // (under the injected faults in a Faults round).
+        if fault == Fault::Faults {
+            server.set_faults(injected(rng.next()));
+        }
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            runs += 1;
+            let logged = std::fs::metadata(&files.log).map_or(0, |file| file.len());
+            let pipe = files.spawn(runs);
+            let (succeeded, _, took) = files.finish(pipe, Duration::from_secs(180));
+            if succeeded {
+                if fault != Fault::Faults {
+                    run_time = took;
+                }
+                break;
+            }
+            let log = std::fs::read(&files.log).unwrap_or_default();
+            eprintln!(
+                "{scenario}, iteration {index} ({fault:?}): rerun {attempts} failed:\n{}",
+                String::from_utf8_lossy(log.get(logged as usize..).unwrap_or_default())
+            );
+            assert!(
+                attempts < 10,
+                "{scenario}, iteration {index}: 10 runs failed in a row:\n{}",
+                std::fs::read_to_string(&files.log).unwrap_or_default()
+            );
+        }
+        if attempts > 1 {
+            *tally
+                .notes
+                .entry("runs that failed and were rerun")
+                .or_default() += attempts - 1;
+        }
+        if fault == Fault::Faults {
+            server.set_faults(FaultConfig::default());
+        }
+        let what = format!("iteration {index} ({fault:?})");
+        tally.compare(
+            &format!("{what} ev"),
+            &rows(&cluster, "SELECT id, v FROM public.ev"),
+            &documents(&runtime, &http, "ev", &["v"]),
+        );
+        tally.compare(
+            &format!("{what} ch"),
+            &rows(
+                &cluster,
+                "SELECT id, v || '|' || coalesce(note, '') FROM public.ch",
+            ),
+            &documents(&runtime, &http, "ch", &["v", "note"]),
+        );
+        tally.compare(
+            &format!("{what} sf"),
+            &rows(
+                &cluster,
+                "SELECT id, v || '|' || coalesce(note, '') FROM public.sf",
+            ),
+            &documents(&runtime, &http, "sf", &["v", "note"]),
+        );
         tally.iterations += 1;
         *tally.faults.entry(fault).or_default() += 1;
     }

@@ -247,6 +247,24 @@ fn no_command_prints_a_secret_whatever_fails() {
         scenarios.push((name.to_owned(), args, stdin.to_owned()));
     };
 
+    // The tap's catalog and a LOG_BASED state (its slot does not exist: a tap that connects
+    // fails after it logged in).
+    let catalog = fixture
+        .write(
+            "catalog.json",
+            &json!({"streams": [{"tap_stream_id": "public-orders", "metadata": [
+                {"breadcrumb": [], "metadata": {"selected": true, "replication-method": "LOG_BASED"}}]}]}),
+        )
+        .display()
+        .to_string();
+    let tap_state = fixture
+        .write(
+            "tap_state.json",
+            &json!({"bookmarks": {"public-orders": {"lsn": 1000, "version": 1}}}),
+        )
+        .display()
+        .to_string();
+
     // PostgreSQL connections that fail: closed port, wrong password, env password (wrong),
     // TLS demanded of a server without it while a client key (plain and encrypted) is set.
     let mut pg_cases = vec![
@@ -315,6 +333,19 @@ fn no_command_prints_a_secret_whatever_fails() {
             &format!("run gdn → pg: {case}"),
             &["run", "--once"],
             Some(&gdn_to_pg),
+            "",
+        );
+        let mut tap_source = pg.clone();
+        tap_source["filter_schemas"] = json!("public");
+        tap_source["replication_method"] = json!("FULL_TABLE");
+        let tap_full = fixture.write(&format!("tap{index}.json"), &tap_source);
+        add(&format!("tap: {case}"), &["tap"], Some(&tap_full), "");
+        tap_source["replication_method"] = json!("LOG_BASED");
+        let tap_log = fixture.write(&format!("tap_log{index}.json"), &tap_source);
+        add(
+            &format!("tap LOG_BASED -p -s: {case}"),
+            &["tap", "-p", &catalog, "-s", &tap_state],
+            Some(&tap_log),
             "",
         );
         let target = fixture.write(&format!("target{index}.json"), pg);
@@ -393,6 +424,62 @@ fn no_command_prints_a_secret_whatever_fails() {
         );
     }
 
+    // The Singer target into GDN, fed a SCHEMA, a RECORD and a STATE: refused key, key from the
+    // environment (wrong), unreachable, wrong login, an unknown fabric, and a working key or
+    // login (a JWT is issued) meeting input it refuses.
+    let singer_input = "{\"type\":\"SCHEMA\",\"stream\":\"public-t\",\"schema\":{\"properties\":{\"id\":{\"type\":\"integer\"}}},\"key_properties\":[\"id\"]}\n{\"type\":\"RECORD\",\"stream\":\"public-t\",\"record\":{\"id\":1}}\n{\"type\":\"STATE\",\"value\":{\"n\":1}}\n";
+    // (A record's values are data, not secrets: an error may quote them. A line that is not
+    // JSON is never quoted.)
+    let refused_input = format!("{singer_input}not json {API_KEY} {GDN_PASSWORD}\n");
+    for (case, config, input) in [
+        (
+            "wrong api key",
+            gdn_destination(&gdn, WRONG_API_KEY),
+            singer_input.to_owned(),
+        ),
+        (
+            "api key from env, wrong",
+            json!({"gdn_url": gdn, "api_key": from_env, "max_retries": 1}),
+            singer_input.to_owned(),
+        ),
+        (
+            "unreachable",
+            gdn_destination(&unreachable_gdn, API_KEY),
+            singer_input.to_owned(),
+        ),
+        (
+            "wrong login",
+            json!({"gdn_url": gdn, "email": GDN_EMAIL, "password": PG_WRONG_PASSWORD, "max_retries": 1}),
+            singer_input.to_owned(),
+        ),
+        (
+            "unknown fabric",
+            json!({"gdn_url": gdn, "api_key": API_KEY, "fabric": "nope", "max_retries": 1}),
+            singer_input.to_owned(),
+        ),
+        (
+            "api key ok, refused input",
+            gdn_destination(&gdn, API_KEY),
+            refused_input.clone(),
+        ),
+        (
+            "login ok, refused input",
+            json!({"gdn_url": gdn, "email": GDN_EMAIL, "password": GDN_PASSWORD, "max_retries": 1}),
+            refused_input.clone(),
+        ),
+    ] {
+        let target = fixture.write(
+            &format!("target_gdn-{}.json", case.replace(' ', "_")),
+            &config,
+        );
+        add(
+            &format!("target-gdn, GDN {case}"),
+            &["target-gdn"],
+            Some(&target),
+            &input,
+        );
+    }
+
     // Bad configs that carry secrets in odd shapes under secret keys (a value of a non-secret
     // key, e.g. `port`, may be quoted in its error: it is not known to be secret).
     let bad_configs: Vec<(&str, String)> = vec![
@@ -422,6 +509,12 @@ fn no_command_prints_a_secret_whatever_fails() {
         add(
             &format!("target, bad config: {case}"),
             &["target"],
+            Some(&source),
+            "",
+        );
+        add(
+            &format!("tap, bad config: {case}"),
+            &["tap"],
             Some(&source),
             "",
         );
@@ -459,6 +552,14 @@ fn no_command_prints_a_secret_whatever_fails() {
             "API key and a bad number",
             json!({"gdn_url": gdn, "api_key": API_KEY, "max_retries": "many"}),
         ),
+        (
+            "api key env var unset",
+            json!({"gdn_url": gdn, "api_key": {"env": "PGFERRY_TEST_UNSET"}}),
+        ),
+        (
+            "password object with a typo",
+            json!({"gdn_url": gdn, "email": GDN_EMAIL, "password": {"evn": GDN_PASSWORD}}),
+        ),
     ] {
         let pipeline = fixture.write(
             &format!("baddest-{}.json", case.replace(' ', "_")),
@@ -469,6 +570,16 @@ fn no_command_prints_a_secret_whatever_fails() {
             &["run"],
             Some(&pipeline),
             "",
+        );
+        let target = fixture.write(
+            &format!("badtarget_gdn-{}.json", case.replace(' ', "_")),
+            &destination,
+        );
+        add(
+            &format!("target-gdn, bad config: {case}"),
+            &["target-gdn"],
+            Some(&target),
+            singer_input,
         );
         let mut source = destination.clone();
         source["type"] = json!("gdn");
@@ -488,6 +599,30 @@ fn no_command_prints_a_secret_whatever_fails() {
         "run, missing config",
         &["run", "-c", "/nonexistent/pipeline.json"],
         None,
+        "",
+    );
+
+    let truncated = fixture.write_raw(
+        "target_gdn_truncated.json",
+        &format!("{{\"gdn_url\": \"{gdn}\", \"api_key\": \"{API_KEY}"),
+    );
+    add(
+        "target-gdn, bad config: truncated JSON",
+        &["target-gdn"],
+        Some(&truncated),
+        singer_input,
+    );
+
+    // A tap that logs in with the right password, then fails: its state names a slot the
+    // database does not have.
+    let mut tap_right = pg_ok.clone();
+    tap_right["filter_schemas"] = json!("public");
+    tap_right["replication_method"] = json!("LOG_BASED");
+    let tap_right = fixture.write("tap_right.json", &tap_right);
+    add(
+        "tap LOG_BASED, right password, missing slot",
+        &["tap", "--catalog", &catalog, "--state", &tap_state],
+        Some(&tap_right),
         "",
     );
 

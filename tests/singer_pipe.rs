@@ -388,3 +388,57 @@ async fn target_gdn_serves_the_old_metrics_while_it_runs() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_gdn_retries_documents_gdn_fails_one_by_one() {
+    // A third of the documents of every request fail alone (errorNum 1, "retry"): upserts,
+    // partial updates and deletes must all be sent again, as `pgferry run` does, not stop the run.
+    let server = Server::start_with(|config| {
+        config.faults = pgferry::gdnlite::FaultConfig {
+            document_error_rate: 0.3,
+            seed: Some(7),
+            ..pgferry::gdnlite::FaultConfig::default()
+        };
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write(
+        dir.path(),
+        "target.json",
+        &json!({"gdn_url": server.url(), "api_key": KEY, "batch_size_rows": 20,
+                "batch_flush_min_time_gap": 0}),
+    );
+    let schema = r#"{"type": "SCHEMA", "stream": "public-t", "schema": {"properties": {"id": {"type": ["integer"]}, "v": {"type": ["null", "integer"]}, "w": {"type": ["null", "string"]}, "_sdc_deleted_at": {"type": ["null", "string"]}}}, "key_properties": ["id"]}"#;
+    let mut input = format!("{schema}\n");
+    for id in 1..=60 {
+        input.push_str(&format!(
+            "{{\"type\": \"RECORD\", \"stream\": \"public-t\", \"record\": {{\"id\": {id}, \"v\": {id}, \"w\": \"w{id}\", \"_sdc_deleted_at\": null}}}}\n"
+        ));
+    }
+    input.push_str("{\"type\": \"STATE\", \"value\": {\"n\": 1}}\n");
+    // Partial updates (no `w`: an unchanged TOASTed column) of 1–30, deletes of 31–60.
+    for id in 1..=30 {
+        input.push_str(&format!(
+            "{{\"type\": \"RECORD\", \"stream\": \"public-t\", \"record\": {{\"id\": {id}, \"v\": {}}}}}\n",
+            -id
+        ));
+    }
+    for id in 31..=60 {
+        input.push_str(&format!(
+            "{{\"type\": \"RECORD\", \"stream\": \"public-t\", \"record\": {{\"id\": {id}, \"_sdc_deleted_at\": \"2024-01-01T00:00:00Z\"}}}}\n"
+        ));
+    }
+    input.push_str("{\"type\": \"STATE\", \"value\": {\"n\": 2}}\n");
+    let (code, stdout, stderr) = in_blocking(move || target_gdn(&config, &input)).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "{\"n\": 1}\n{\"n\": 2}\n");
+    let documents = all_documents(&Http::h1(&server.url()), "t", true).await;
+    let expected: std::collections::BTreeMap<String, (Value, Value)> = (1..=30)
+        .map(|id| (id.to_string(), (json!(-id), json!(format!("w{id}")))))
+        .collect();
+    let actual: std::collections::BTreeMap<String, (Value, Value)> = documents
+        .iter()
+        .map(|(key, document)| (key.clone(), (document["v"].clone(), document["w"].clone())))
+        .collect();
+    assert_eq!(actual, expected, "1–30 patched, keeping w; 31–60 deleted");
+}

@@ -12,7 +12,8 @@
 //! `batch_flush_min_time_gap` apart), and at the end of the input. A flush writes upserts
 //! (`POST …?overwrite=true`), partial updates (`PATCH`; a document that does not exist yet is
 //! created) and deletes (a missing document is already deleted), waits for all of them, and only
-//! then echoes the latest STATE.
+//! then echoes the latest STATE. Documents GDN fails one by one are sent again, up to
+//! `max_retries` times, for every kind of write.
 
 mod document;
 
@@ -35,6 +36,11 @@ use crate::singer::{parse_line, LineReader, Message, SingerError};
 
 /// GDN's "document not found".
 const DOCUMENT_NOT_FOUND: u64 = 1202;
+
+/// The pause before sending again documents GDN failed one by one (as `pgferry run` does).
+fn document_backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100u64 << attempt.min(6))
+}
 
 /// The target's settings: the old target's keys (and the pipeline destination's).
 #[derive(Debug, Clone)]
@@ -353,34 +359,52 @@ impl<W: Write> Target<'_, W> {
         }
         for (collection, keys) in deletes {
             for chunk in keys.chunks(rows) {
-                let body =
-                    serde_json::to_vec(&chunk.iter().map(DocumentKey::as_str).collect::<Vec<_>>())
-                        .map(Bytes::from)
-                        .unwrap_or_default();
-                let outcome = retrying(retries, || {
-                    self.client
-                        .delete_documents(&collection, body.clone(), wait)
-                })
-                .await?;
-                if let Some(failure) = outcome
-                    .failures
-                    .iter()
-                    .find(|failure| failure.error_num != DOCUMENT_NOT_FOUND)
-                {
-                    return Err(TargetGdnError::Refused {
-                        operation: "delete",
-                        key: chunk
-                            .get(failure.index)
-                            .map(|key| key.to_string())
-                            .unwrap_or_default(),
-                        collection: collection.to_string(),
-                        error_num: failure.error_num,
-                        message: failure.message.clone(),
-                    });
+                // Documents GDN fails one by one are sent again, as the writer does for upserts
+                // (a delete is idempotent); "not found" means already deleted.
+                let mut remaining: Vec<&DocumentKey> = chunk.iter().collect();
+                let mut attempt = 0u32;
+                loop {
+                    attempt += 1;
+                    let body = serde_json::to_vec(
+                        &remaining.iter().map(|key| key.as_str()).collect::<Vec<_>>(),
+                    )
+                    .map(Bytes::from)
+                    .unwrap_or_default();
+                    let outcome = retrying(retries, || {
+                        self.client
+                            .delete_documents(&collection, body.clone(), wait)
+                    })
+                    .await?;
+                    let failed: Vec<_> = outcome
+                        .failures
+                        .iter()
+                        .filter(|failure| failure.error_num != DOCUMENT_NOT_FOUND)
+                        .collect();
+                    metrics.ingested_documents.fetch_add(
+                        (remaining.len() - failed.len()) as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    let Some(first) = failed.first() else {
+                        break;
+                    };
+                    if attempt >= retries.max(1) {
+                        return Err(TargetGdnError::Refused {
+                            operation: "delete",
+                            key: remaining
+                                .get(first.index)
+                                .map(|key| key.to_string())
+                                .unwrap_or_default(),
+                            collection: collection.to_string(),
+                            error_num: first.error_num,
+                            message: first.message.clone(),
+                        });
+                    }
+                    remaining = failed
+                        .iter()
+                        .filter_map(|failure| remaining.get(failure.index).copied())
+                        .collect();
+                    tokio::time::sleep(document_backoff(attempt)).await;
                 }
-                metrics
-                    .ingested_documents
-                    .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
         }
         for PatchBatch {
@@ -390,44 +414,63 @@ impl<W: Write> Target<'_, W> {
         } in patches
         {
             for chunk in documents.chunks(rows) {
-                let mut body = Vec::with_capacity(chunk.len() * 128);
-                body.push(b'[');
-                for (index, (_, document)) in chunk.iter().enumerate() {
-                    if index > 0 {
-                        body.push(b',');
-                    }
-                    body.extend_from_slice(document);
-                }
-                body.push(b']');
-                let body = Bytes::from(body);
-                let outcome = retrying(retries, || {
-                    self.client.patch_documents(&collection, body.clone(), wait)
-                })
-                .await?;
                 let mut missing = self.writer.batch(4096);
-                for failure in &outcome.failures {
-                    let Some((key, document)) = chunk.get(failure.index) else {
-                        continue;
+                // As for deletes: documents failed one by one are sent again.
+                let mut remaining: Vec<&(DocumentKey, Vec<u8>)> = chunk.iter().collect();
+                let mut attempt = 0u32;
+                loop {
+                    attempt += 1;
+                    let mut body = Vec::with_capacity(remaining.len() * 128);
+                    body.push(b'[');
+                    for (index, (_, document)) in remaining.iter().enumerate() {
+                        if index > 0 {
+                            body.push(b',');
+                        }
+                        body.extend_from_slice(document);
+                    }
+                    body.push(b']');
+                    let body = Bytes::from(body);
+                    let outcome = retrying(retries, || {
+                        self.client.patch_documents(&collection, body.clone(), wait)
+                    })
+                    .await?;
+                    let mut failed = Vec::new();
+                    let mut created = 0usize;
+                    for failure in &outcome.failures {
+                        let Some(&entry) = remaining.get(failure.index) else {
+                            continue;
+                        };
+                        if failure.error_num == DOCUMENT_NOT_FOUND {
+                            // Not there yet: the partial record is all there is, create it.
+                            let (key, document) = entry;
+                            created += 1;
+                            let _ = missing.push_with(|out| {
+                                out.extend_from_slice(document);
+                                Ok::<_, ()>(Some(key.clone()))
+                            });
+                        } else {
+                            failed.push((entry, failure));
+                        }
+                    }
+                    metrics.ingested_documents.fetch_add(
+                        (remaining.len() - created - failed.len()) as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    let Some(&((key, _), first)) = failed.first() else {
+                        break;
                     };
-                    if failure.error_num != DOCUMENT_NOT_FOUND {
+                    if attempt >= retries.max(1) {
                         return Err(TargetGdnError::Refused {
                             operation: "patch",
                             key: key.to_string(),
                             collection: collection.to_string(),
-                            error_num: failure.error_num,
-                            message: failure.message.clone(),
+                            error_num: first.error_num,
+                            message: first.message.clone(),
                         });
                     }
-                    // Not there yet: the partial record is all there is, create it.
-                    let _ = missing.push_with(|out| {
-                        out.extend_from_slice(document);
-                        Ok::<_, ()>(Some(key.clone()))
-                    });
+                    remaining = failed.into_iter().map(|(entry, _)| entry).collect();
+                    tokio::time::sleep(document_backoff(attempt)).await;
                 }
-                metrics.ingested_documents.fetch_add(
-                    (chunk.len() - missing.len()) as u64,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
                 if !missing.is_empty() {
                     let target = BatchTarget {
                         table: Arc::clone(&table),

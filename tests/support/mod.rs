@@ -422,6 +422,55 @@ impl PgCluster {
         self.pg_ctl_start();
     }
 
+    /// Crashes the server and starts it again on the same data directory, which runs crash
+    /// recovery: SIGKILL to the postmaster, then to every process it had started (the whole
+    /// server dies at once, as when it is OOM-killed), waiting `down` in between.
+    ///
+    /// The cluster's `fsync = off` is safe for this: a killed process leaves what it wrote in
+    /// the OS page cache, which survives; only a crash of the operating system would lose it.
+    /// (Commits made with `synchronous_commit = off` may still be lost, as on any server: WAL
+    /// not yet written out from shared memory dies with it.)
+    pub fn kill_and_restart(&mut self, down: Duration) {
+        let pid_file = self.data().join("postmaster.pid");
+        let postmaster: u32 = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.lines().next()?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no postmaster PID in {}", pid_file.display()));
+        // As root this reaches the `postgres` user's processes; otherwise they are ours.
+        let signal = |name: &str, pid: u32| {
+            let _ = Command::new("kill").args([name, &pid.to_string()]).output();
+        };
+        // Stopped, the postmaster starts no process between the listing and the kill.
+        signal("-STOP", postmaster);
+        let mut server = vec![postmaster];
+        server.extend(children_of(postmaster));
+        for pid in &server {
+            signal("-KILL", *pid);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while server.iter().any(|pid| is_alive(*pid)) {
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL processes {server:?} outlived SIGKILL"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The dead server's lock files: an orphan not yet reaped (a zombie) still answers
+        // kill(pid, 0), and PostgreSQL would take it for a running postmaster.
+        let _ = std::fs::remove_file(&pid_file);
+        let _ = std::fs::remove_file(self.dir.path().join(format!(".s.PGSQL.{}.lock", self.port)));
+        self.stopped = true;
+        std::thread::sleep(down);
+        let before = self.server_log().len();
+        self.pg_ctl_start();
+        let log = self.server_log();
+        assert!(
+            log.get(before..)
+                .is_some_and(|after| after.contains("not properly shut down")),
+            "PostgreSQL started without crash recovery after SIGKILL:\n{log}"
+        );
+    }
+
     /// Stops the server now (also done on drop).
     pub fn stop(&mut self) {
         if !self.stopped {
@@ -439,6 +488,36 @@ impl Drop for PgCluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The state letter and parent PID of process `pid`, from `/proc/<pid>/stat`.
+fn process_status(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid …": the command may hold spaces and parentheses.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let parent = fields.next()?.parse().ok()?;
+    Some((state, parent))
+}
+
+/// Whether process `pid` runs (a zombie has exited: it only waits to be reaped).
+fn is_alive(pid: u32) -> bool {
+    matches!(process_status(pid), Some((state, _)) if state != 'Z' && state != 'X')
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+                .filter(
+                    |child| matches!(process_status(*child), Some((_, parent)) if parent == pid),
+                )
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The `peak RSS … MB` line of a `pgferry run` summary, in MB.
