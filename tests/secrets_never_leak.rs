@@ -335,6 +335,26 @@ fn no_command_prints_a_secret_whatever_fails() {
             Some(&gdn_to_pg),
             "",
         );
+        // PostgreSQL → PostgreSQL, the failing connection as the target, then as the source.
+        let working = fixture.pg(right.clone(), true);
+        for (side, source, target) in [("target", &working, pg), ("source", pg, &working)] {
+            let mut source = source.clone();
+            source["replication_method"] = json!("LOG_BASED");
+            let mut target = target.clone();
+            target["type"] = json!("postgres");
+            let pg_to_pg = fixture.write(
+                &format!("pg_to_pg_{side}{index}.json"),
+                &json!({"source": source, "destination": target, "tables": ["public.orders"],
+                        "parallelism": 1,
+                        "state_file": fixture.dir.path().join(format!("pg_to_pg_{side}{index}.state")).display().to_string()}),
+            );
+            add(
+                &format!("run pg → pg, {side}: {case}"),
+                &["run", "--once"],
+                Some(&pg_to_pg),
+                "",
+            );
+        }
         let mut tap_source = pg.clone();
         tap_source["filter_schemas"] = json!("public");
         tap_source["replication_method"] = json!("FULL_TABLE");
