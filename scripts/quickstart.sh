@@ -76,7 +76,7 @@ cat >"$CONFIG" <<JSON
 JSON
 
 log "pgferry check -c $CONFIG"
-"$PGFERRY" check -c "$CONFIG"
+GDN_API_KEY="$GDN_KEY" "$PGFERRY" check -c "$CONFIG"
 
 log "pgferry run --once: slot + consistent snapshot copy of public.orders into gdnlite"
 GDN_API_KEY="$GDN_KEY" "$PGFERRY" run -c "$CONFIG" --once
