@@ -414,6 +414,13 @@ fn no_command_prints_a_secret_whatever_fails() {
             Some(&pipeline),
             "",
         );
+        // `check` of a pipeline file checks its GDN destination too.
+        add(
+            &format!("check pipeline, GDN {case}"),
+            &["check"],
+            Some(&pipeline),
+            "",
+        );
     }
     let mut pg_destination = pg_ok.clone();
     pg_destination["type"] = json!("postgres");
