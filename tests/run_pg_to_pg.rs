@@ -358,6 +358,14 @@ fn unusable_targets_are_clear_errors() {
     );
     let error = run(&config);
     assert!(error.contains("must contain {table}"), "{error}");
+    // The destination is the source database: each table would be its own target.
+    let config = pipeline(
+        dir.path(),
+        &cluster,
+        json!({"destination": {"dbname": SOURCE}, "tables": ["public.accounts"]}),
+    );
+    let error = run(&config);
+    assert!(error.contains("is the table itself"), "{error}");
     let config = pipeline(
         dir.path(),
         &cluster,

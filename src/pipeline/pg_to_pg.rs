@@ -46,12 +46,21 @@ pub(crate) async fn prepare_targets(
             "the tables",
         ))
         .map_err(replica_error)?;
+    let (session, source_database) = source_session(source).await?;
+    let same_database =
+        source_database.is_some() && database_identity(&mut connection).await == source_database;
     let mut tasks = Vec::with_capacity(chosen.len());
     let mut copies = Vec::with_capacity(chosen.len());
     let mut seen = HashSet::new();
     for (index, (table, rename)) in chosen.iter().enumerate() {
         let plan = DocumentPlan::new(table, numeric_mode, allow_keyless)?;
         let name = target_name(destination, table, rename.as_deref())?;
+        if same_database && name.schema == table.schema && name.table == table.name {
+            return Err(RunError::Unsupported(format!(
+                "the target of {} is the table itself: source and destination are the same database\nHINT: replicate into another database, or another schema or name (\"target_schema\", \"table_name\")",
+                table.qualified_name()
+            )));
+        }
         if !seen.insert(name.clone()) {
             return Err(RunError::Unsupported(format!(
                 "two source tables would be replicated into {name}\nHINT: give one of them its own name: \"tables\": [{{\"table\": \"{}\", \"collection\": \"<target table>\"}}]",
@@ -94,7 +103,6 @@ pub(crate) async fn prepare_targets(
         });
     }
     connection.close().await;
-    let session = applier_session(source).await?;
     let writer = ReplicaWriter::new(
         target.clone(),
         session,
@@ -149,18 +157,36 @@ fn target_name(
     }
 }
 
-/// The settings streamed text values need on the target: the copy's, with the source's
-/// IntervalStyle (the walsender prints intervals in it; pgferry's sessions ask for ISO dates).
-async fn applier_session(source: &ConnectOptions) -> Result<String, RunError> {
+/// The settings streamed text values need on the target (the copy's, with the source's
+/// IntervalStyle: the walsender prints intervals in it; pgferry's sessions ask for ISO dates),
+/// and which database the source is ([`database_identity`]).
+async fn source_session(source: &ConnectOptions) -> Result<(String, Option<String>), RunError> {
     let mut connection = Connection::connect(source).await?;
     let style = connection
         .query_one("SELECT current_setting('IntervalStyle')")
         .await?
         .and_then(|row| row.get(0).map(str::to_owned))
         .unwrap_or_else(|| "postgres".into());
+    let identity = database_identity(&mut connection).await;
     connection.close().await;
-    Ok(format!(
-        "{TEXT_SESSION}; SET IntervalStyle = {}",
-        quote_literal(&style)
+    Ok((
+        format!(
+            "{TEXT_SESSION}; SET IntervalStyle = {}",
+            quote_literal(&style)
+        ),
+        identity,
     ))
+}
+
+/// The cluster's system identifier and the database's name, when the role may read them
+/// (`pg_control_system()`): two connections with the same identity reach the same database.
+async fn database_identity(connection: &mut Connection) -> Option<String> {
+    connection
+        .query_one(
+            "SELECT (SELECT system_identifier FROM pg_catalog.pg_control_system())::text || '/' || current_database()",
+        )
+        .await
+        .ok()
+        .flatten()
+        .and_then(|row| row.get(0).map(str::to_owned))
 }
