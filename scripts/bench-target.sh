@@ -8,6 +8,7 @@
 #   ROWS=200000 scripts/bench-target.sh  # a quicker run
 #   BENCH_NO_GNU_TIME=1 …                # peak RSS from /proc even where GNU time exists
 #   COPY_FORMAT=text …                   # pgferry's COPY format: auto (binary where exact) or text
+#   PROFILE=/tmp/gdn.perf …              # perf record -g of the GDN -> PostgreSQL run (perf report -i …)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
@@ -114,7 +115,9 @@ cat > "$WORK/gdn_to_pg.json" <<JSON
                  "sslmode": "disable", "table_name": "bench_from_gdn", "batch_size_rows": $BATCH},
  "state_file": "$WORK/gdn_to_pg.state.json"}
 JSON
-GDN_API_KEY=bench measure "$WORK/gdn" /dev/null /dev/null "$BIN" run --once -c "$WORK/gdn_to_pg.json"
+# PROFILE=/path/perf.data records the GDN -> PostgreSQL run with `perf record -g` (its time and
+# RSS are then perf's too: for finding where the time goes, not for the table).
+GDN_API_KEY=bench measure "$WORK/gdn" /dev/null /dev/null ${PROFILE:+perf record -g -o "$PROFILE" --} "$BIN" run --once -c "$WORK/gdn_to_pg.json"
 GDN_S="$ELAPSED"; GDN_RSS="$RSS_KB"
 FROM_GDN=$(cluster_psql -At -c "SELECT count(*) FROM public.bench_from_gdn")
 [ "$FROM_GDN" = "$ROWS" ] || die "GDN -> PostgreSQL loaded $FROM_GDN rows, expected $ROWS"
