@@ -15,6 +15,8 @@ cd "$(dirname "$0")/.."
 
 ROWS="${ROWS:-2000000}"
 BATCH="${BATCH:-100000}"
+# GDN -> PostgreSQL commits a batch while the next is read (two in memory): its own default.
+GDN_BATCH="${GDN_BATCH:-10000}"
 COPY_FORMAT="${COPY_FORMAT:-auto}"
 WORK="$(mktemp -d /tmp/pgferry-bench-target.XXXXXX)"
 GDN_PID=""
@@ -112,7 +114,7 @@ GDN_API_KEY=bench "$BIN" run -c "$WORK/fill.json" >/dev/null
 cat > "$WORK/gdn_to_pg.json" <<JSON
 {"source": {"type": "gdn", "gdn_url": "$GDN_URL", "api_key": {"env": "GDN_API_KEY"}, "source_collection": "bench_docs"},
  "destination": {"type": "postgres", "host": "127.0.0.1", "port": $PG_PORT, "user": "postgres", "dbname": "postgres",
-                 "sslmode": "disable", "table_name": "bench_from_gdn", "batch_size_rows": $BATCH},
+                 "sslmode": "disable", "table_name": "bench_from_gdn", "batch_size_rows": $GDN_BATCH},
  "state_file": "$WORK/gdn_to_pg.state.json"}
 JSON
 # PROFILE=/path/perf.data records the GDN -> PostgreSQL run with `perf record -g` (its time and
