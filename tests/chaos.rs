@@ -474,6 +474,61 @@ fn snapshot_pg_to_gdn_survives_every_fault() {
 
 /// Ids of `public.ev` rows whose inserts the slot has not been confirmed past (retried while
 /// a killed run's walsender still holds the slot).
+/// Both streamed tables (`ev`, `ch`) equal their collections, row for row.
+fn compare_streamed(
+    cluster: &PgCluster,
+    runtime: &tokio::runtime::Runtime,
+    http: &Http,
+    tally: &mut Tally,
+    what: &str,
+) {
+    tally.compare(
+        &format!("{what} ev"),
+        &rows(cluster, "SELECT id, v FROM public.ev"),
+        &documents(runtime, http, "ev", &["v"]),
+    );
+    tally.compare(
+        &format!("{what} ch"),
+        &rows(
+            cluster,
+            "SELECT id, v || '|' || coalesce(note, '') FROM public.ch",
+        ),
+        &documents(runtime, http, "ch", &["v", "note"]),
+    );
+}
+
+/// The slot never confirmed past what GDN holds: every row of `public.ev` is either still in
+/// the slot (unconfirmed) or in the `ev` collection. The table is read first, then the slot.
+/// A row in neither counts as lost; `note` counts the times changes were still unconfirmed.
+fn assert_slot_never_ahead(
+    cluster: &PgCluster,
+    runtime: &tokio::runtime::Runtime,
+    http: &Http,
+    tally: &mut Tally,
+    when: &str,
+    note: &'static str,
+) {
+    let table_ids: Vec<String> = cluster
+        .psql("SELECT id FROM public.ev")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let unconfirmed = unconfirmed_ev_ids(cluster).unwrap_or_default();
+    if !unconfirmed.is_empty() {
+        *tally.notes.entry(note).or_default() += 1;
+    }
+    let in_gdn = documents(runtime, http, "ev", &[]);
+    for id in table_ids {
+        if !unconfirmed.contains(&id) && !in_gdn.contains_key(&id) {
+            tally.lost += 1;
+            tally.example(format!(
+                "{when}: ev {id} confirmed but not in GDN (slot at {})",
+                cluster.psql("SELECT confirmed_flush_lsn FROM pg_replication_slots")
+            ));
+        }
+    }
+}
+
 fn unconfirmed_ev_ids(cluster: &PgCluster) -> Option<std::collections::BTreeSet<String>> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -588,44 +643,18 @@ fn streaming_pg_to_gdn_never_confirms_ahead_and_converges() {
         }
         // The slot never confirmed past what GDN holds: every row is either still in the slot
         // (unconfirmed) or in GDN. The table is read first, then the slot.
-        let table_ids: Vec<String> = cluster
-            .psql("SELECT id FROM public.ev")
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        let unconfirmed = unconfirmed_ev_ids(&cluster).unwrap_or_default();
-        if !unconfirmed.is_empty() {
-            *tally
-                .notes
-                .entry("killed with changes unconfirmed")
-                .or_default() += 1;
-        }
-        let in_gdn = documents(&runtime, &http, "ev", &[]);
-        for id in table_ids {
-            if !unconfirmed.contains(&id) && !in_gdn.contains_key(&id) {
-                tally.lost += 1;
-                tally.example(format!(
-                    "iteration {index} ({fault:?}): ev {id} confirmed but not in GDN (slot at {})",
-                    cluster.psql("SELECT confirmed_flush_lsn FROM pg_replication_slots")
-                ));
-            }
-        }
+        assert_slot_never_ahead(
+            &cluster,
+            &runtime,
+            &http,
+            &mut tally,
+            &format!("iteration {index} ({fault:?})"),
+            "killed with changes unconfirmed",
+        );
         // Then it catches up, and both tables equal their collections.
         run_to_end(&config, true, &format!("{scenario}, iteration {index}"));
         let what = format!("iteration {index} ({fault:?})");
-        tally.compare(
-            &format!("{what} ev"),
-            &rows(&cluster, "SELECT id, v FROM public.ev"),
-            &documents(&runtime, &http, "ev", &["v"]),
-        );
-        tally.compare(
-            &format!("{what} ch"),
-            &rows(
-                &cluster,
-                "SELECT id, v || '|' || coalesce(note, '') FROM public.ch",
-            ),
-            &documents(&runtime, &http, "ch", &["v", "note"]),
-        );
+        compare_streamed(&cluster, &runtime, &http, &mut tally, &what);
         tally.iterations += 1;
         *tally.faults.entry(fault).or_default() += 1;
     }
@@ -1211,28 +1240,14 @@ fn singer_tap_into_target_gdn_resumes_from_its_last_state_after_every_fault() {
         // The tap confirms the slot only up to the state the target echoed: every row of the
         // insert-only table is either in GDN or still unconfirmed in the slot.
         if streaming {
-            let table_ids: Vec<String> = cluster
-                .psql("SELECT id FROM public.ev")
-                .lines()
-                .map(str::to_owned)
-                .collect();
-            let unconfirmed = unconfirmed_ev_ids(&cluster).unwrap_or_default();
-            if !unconfirmed.is_empty() {
-                *tally
-                    .notes
-                    .entry("changes left unconfirmed in the slot")
-                    .or_default() += 1;
-            }
-            let in_gdn = documents(&runtime, &http, "ev", &[]);
-            for id in table_ids {
-                if !unconfirmed.contains(&id) && !in_gdn.contains_key(&id) {
-                    tally.lost += 1;
-                    tally.example(format!(
-                        "iteration {index} ({fault:?}): ev {id} confirmed but not in GDN (slot at {})",
-                        cluster.psql("SELECT confirmed_flush_lsn FROM pg_replication_slots")
-                    ));
-                }
-            }
+            assert_slot_never_ahead(
+                &cluster,
+                &runtime,
+                &http,
+                &mut tally,
+                &format!("iteration {index} ({fault:?})"),
+                "changes left unconfirmed in the slot",
+            );
         }
         // The orchestrator runs the pipe again from the last STATE until a run ends cleanly
         // (under the injected faults in a Faults round).
@@ -1273,19 +1288,7 @@ fn singer_tap_into_target_gdn_resumes_from_its_last_state_after_every_fault() {
             server.set_faults(FaultConfig::default());
         }
         let what = format!("iteration {index} ({fault:?})");
-        tally.compare(
-            &format!("{what} ev"),
-            &rows(&cluster, "SELECT id, v FROM public.ev"),
-            &documents(&runtime, &http, "ev", &["v"]),
-        );
-        tally.compare(
-            &format!("{what} ch"),
-            &rows(
-                &cluster,
-                "SELECT id, v || '|' || coalesce(note, '') FROM public.ch",
-            ),
-            &documents(&runtime, &http, "ch", &["v", "note"]),
-        );
+        compare_streamed(&cluster, &runtime, &http, &mut tally, &what);
         tally.compare(
             &format!("{what} sf"),
             &rows(
