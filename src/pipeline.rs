@@ -94,9 +94,7 @@ impl RunError {
             _ => false,
         }
     }
-}
 
-impl RunError {
     /// Whether no server could be reached at all (refused, unresolvable, timed out): on a
     /// first attempt that is more likely a wrong address than a restart, so the run stops
     /// at once with the error instead of retrying for minutes.
@@ -189,7 +187,12 @@ pub fn peak_rss_bytes() -> Option<u64> {
 
 impl RunSummary {
     /// The summary of a run: the copy, the writer's totals from `metrics`, and streaming.
-    pub fn new(copy: CopySummary, metrics: &Metrics, streaming: Option<CdcSummary>) -> RunSummary {
+    pub fn new(
+        copy: CopySummary,
+        metrics: &Metrics,
+        streaming: Option<CdcSummary>,
+        destination: &DestinationConfig,
+    ) -> RunSummary {
         let load = |counter: &std::sync::atomic::AtomicU64| {
             counter.load(std::sync::atomic::Ordering::Relaxed)
         };
@@ -200,7 +203,10 @@ impl RunSummary {
             retries: load(&metrics.retries),
             peak_rss_bytes: peak_rss_bytes(),
             streaming,
-            written: "documents",
+            written: match destination {
+                DestinationConfig::Postgres(_) => "rows",
+                DestinationConfig::Gdn(_) | DestinationConfig::Null => "documents",
+            },
         }
     }
 
@@ -470,17 +476,11 @@ pub async fn run_with(
                 {
                     failures += 1;
                     let limit = config.source.max_reconnect_attempts;
-                    if limit != 0 && failures > limit {
+                    let Some(delay) = log_based::retry_delay(failures, limit) else {
                         return Err(error);
-                    }
-                    let delay = log_based::reconnect_delay(failures);
-                    tracing::warn!(%error, attempt = failures, retry_in = ?delay, "the run failed before streaming; starting again");
-                    let mut shutdown = control.shutdown.clone();
-                    let stop = tokio::select! {
-                        _ = tokio::time::sleep(delay) => false,
-                        changed = shutdown.changed() => changed.is_ok() && *shutdown.borrow(),
                     };
-                    if stop {
+                    tracing::warn!(%error, attempt = failures, retry_in = ?delay, "the run failed before streaming; starting again");
+                    if log_based::shutdown_during(delay, &control.shutdown).await {
                         return Err(error);
                     }
                 }
@@ -490,17 +490,7 @@ pub async fn run_with(
     }
     let prepared = prepare(config, true).await?;
     let copy = copy_step(config, prepared, &metrics, None, None).await?;
-    let mut summary = RunSummary::new(copy, &metrics, None);
-    summary.written = written(&config.destination);
-    Ok(summary)
-}
-
-/// What a destination's byte count measures, for the summary.
-pub(crate) fn written(destination: &DestinationConfig) -> &'static str {
-    match destination {
-        DestinationConfig::Postgres(_) => "rows",
-        DestinationConfig::Gdn(_) | DestinationConfig::Null => "documents",
-    }
+    Ok(RunSummary::new(copy, &metrics, None, &config.destination))
 }
 
 /// The consistent copy of every prepared table, under `snapshot` when given.

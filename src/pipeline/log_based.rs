@@ -86,27 +86,6 @@ pub(crate) async fn run(
         .replica
         .as_ref()
         .map(|replica| Arc::clone(&replica.writer));
-    let mut tables = CdcTables::default();
-    for task in &prepared.tasks {
-        let plan = task.plan.clone();
-        let id = Arc::clone(&task.target.collection);
-        let streamed = match replica {
-            Some(_) => CdcTable::for_replica(&task.table, plan, id),
-            None => CdcTable::new(&task.table, plan, id),
-        };
-        tables.insert(&task.table.schema, &task.table.name, streamed);
-    }
-    let add_tables: Vec<String> = prepared
-        .tasks
-        .iter()
-        .map(|task| {
-            format!(
-                "{}.{}",
-                wal2json_table_name(&task.table.schema),
-                wal2json_table_name(&task.table.name)
-            )
-        })
-        .collect();
     let client = prepared.client.clone();
     let (wait_for_sync, batch_size_rows, max_retries, flush_after, max_in_flight) =
         match &config.destination {
@@ -131,34 +110,31 @@ pub(crate) async fn run(
     let file = state_file(config);
     let options = config.source.connect_options();
     let mut replication = ReplicationClient::connect(&options).await?;
-    // A partitioned table's changes are decoded under its leaf partitions' names: each leaf
-    // streams into its parent's collection (and wal2json is asked for the leaves too).
-    let mut add_tables = add_tables;
+    // Each table streams under its own name and, when partitioned, under its leaf partitions'
+    // names (their changes are decoded under those): all into the table's collection, and
+    // wal2json is asked for every one of them.
+    let mut tables = CdcTables::default();
+    let mut add_tables = Vec::with_capacity(prepared.tasks.len());
     for task in &prepared.tasks {
-        if task.table.kind != RelationKind::PartitionedTable {
-            continue;
+        let mut names = vec![(task.table.schema.clone(), task.table.name.clone())];
+        if task.table.kind == RelationKind::PartitionedTable {
+            let leaves = leaf_partitions(replication.connection(), task.table.oid).await?;
+            if config.source.plugin == OutputPlugin::Wal2Json {
+                tracing::warn!(table = %task.table.qualified_name(), partitions = leaves.len(), "partitioned table with wal2json: its partitions are streamed as they are now; one attached later is not decoded until pgferry restarts, and its rows written before that are missed — restart pgferry right after attaching a partition (before writing to it), or use \"plugin\": \"pgoutput\"");
+            }
+            names.extend(leaves);
         }
-        let leaves = leaf_partitions(replication.connection(), task.table.oid).await?;
-        if config.source.plugin == OutputPlugin::Wal2Json {
-            tracing::warn!(table = %task.table.qualified_name(), partitions = leaves.len(), "partitioned table with wal2json: its partitions are streamed as they are now; one attached later is not decoded until pgferry restarts, and its rows written before that are missed — restart pgferry right after attaching a partition (before writing to it), or use \"plugin\": \"pgoutput\"");
-        }
-        for (schema, name) in leaves {
+        for (schema, name) in names {
             add_tables.push(format!(
                 "{}.{}",
                 wal2json_table_name(&schema),
                 wal2json_table_name(&name)
             ));
+            let plan = task.plan.clone();
+            let id = Arc::clone(&task.target.collection);
             let streamed = match replica {
-                Some(_) => CdcTable::for_replica(
-                    &task.table,
-                    task.plan.clone(),
-                    Arc::clone(&task.target.collection),
-                ),
-                None => CdcTable::new(
-                    &task.table,
-                    task.plan.clone(),
-                    Arc::clone(&task.target.collection),
-                ),
+                Some(_) => CdcTable::for_replica(&task.table, plan, id),
+                None => CdcTable::new(&task.table, plan, id),
             };
             tables.insert(&schema, &name, streamed);
         }
@@ -351,22 +327,16 @@ pub(crate) async fn run(
                 }
                 failures += 1;
                 let limit = config.source.max_reconnect_attempts;
-                if limit != 0 && failures > limit {
+                let Some(delay) = retry_delay(failures, limit) else {
                     tracing::error!(attempts = limit, "giving up after consecutive reconnects");
                     break Err(error);
-                }
-                let delay = reconnect_delay(failures);
+                };
                 tracing::warn!(%error, attempt = failures, retry_in = ?delay, resume_from = %summary.confirmed.max(state.lsn), "streaming interrupted; reconnecting");
                 metrics
                     .reconnects
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 summary.reconnects += 1;
-                let mut shutdown = control.shutdown.clone();
-                let stop = tokio::select! {
-                    _ = tokio::time::sleep(delay) => false,
-                    changed = shutdown.changed() => changed.is_ok() && *shutdown.borrow(),
-                };
-                if stop {
+                if shutdown_during(delay, &control.shutdown).await {
                     // Nothing is pending that the watermark covers: stopping here loses nothing.
                     break Ok(());
                 }
@@ -385,9 +355,12 @@ pub(crate) async fn run(
         display.finish().await;
     }
     outcome.map_err(|error| RunError::Cdc(Box::new(error)))?;
-    let mut run = RunSummary::new(copy.unwrap_or_default(), &metrics, Some(summary));
-    run.written = crate::pipeline::written(&config.destination);
-    Ok(run)
+    Ok(RunSummary::new(
+        copy.unwrap_or_default(),
+        &metrics,
+        Some(summary),
+        &config.destination,
+    ))
 }
 
 /// Makes sure `publication` exists and publishes every selected table: created when missing,
@@ -451,8 +424,26 @@ const CDC_FLUSH_AFTER: Duration = Duration::from_millis(50);
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Backoff before reconnect attempt `attempt` (1-based): 1 s doubling up to 30 s.
-pub(crate) fn reconnect_delay(attempt: u32) -> Duration {
+fn reconnect_delay(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(30))
+}
+
+/// The backoff before trying again after `failures` failures in a row, or `None` once
+/// `limit` (`max_reconnect_attempts`, 0 = no limit) is used up.
+pub(crate) fn retry_delay(failures: u32, limit: u32) -> Option<Duration> {
+    (limit == 0 || failures <= limit).then(|| reconnect_delay(failures))
+}
+
+/// Sleeps `delay`; `true` when a shutdown was asked for meanwhile (the caller then stops).
+pub(crate) async fn shutdown_during(
+    delay: Duration,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    let mut shutdown = shutdown.clone();
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        changed = shutdown.changed() => changed.is_ok() && *shutdown.borrow(),
+    }
 }
 
 #[cfg(test)]
@@ -463,5 +454,12 @@ mod tests {
     fn reconnects_back_off_from_one_second_to_thirty() {
         let delays: Vec<u64> = (1..=8).map(|n| reconnect_delay(n).as_secs()).collect();
         assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(retry_delay(3, 3), Some(Duration::from_secs(4)));
+        assert_eq!(retry_delay(4, 3), None, "the limit is used up");
+        assert_eq!(
+            retry_delay(40, 0),
+            Some(Duration::from_secs(30)),
+            "0 = forever"
+        );
     }
 }

@@ -536,9 +536,6 @@ impl Streamer<'_> {
                     .map_err(|error| CdcError::Replica(Box::new(error)))?;
             }
         }
-        let Some(table) = tables.get_mut(row.schema, row.table) else {
-            return Ok(());
-        };
         apply_row(row, wal_start, table, &mut self.pending)
     }
 

@@ -84,15 +84,14 @@ pub trait ChunkSink: Send + Sync + 'static {
         worker: usize,
     ) -> impl std::future::Future<Output = Result<Self::Worker, SnapshotError>> + Send;
 
-    /// Copies `chunk` of `tasks[index]` from `source` (inside the snapshot) and returns once
-    /// the chunk is durable at the destination; counts its rows into `progress`.
-    #[allow(clippy::too_many_arguments)]
+    /// Copies `chunk` of `task` (the copy's task number `chunk.table`) from `source` (inside
+    /// the snapshot) and returns once the chunk is durable at the destination; counts its rows
+    /// into `progress`.
     fn copy_chunk<'a>(
         &'a self,
         worker: &'a mut Self::Worker,
         source: &'a mut Connection,
         task: &'a CopyTask,
-        index: usize,
         chunk: &'a Chunk,
         progress: &'a CopyProgress,
     ) -> impl std::future::Future<Output = Result<(), SnapshotError>> + Send + 'a;
@@ -122,20 +121,10 @@ impl ChunkSink for DocumentSink {
         _worker: &'a mut (),
         source: &'a mut Connection,
         task: &'a CopyTask,
-        index: usize,
         chunk: &'a Chunk,
         progress: &'a CopyProgress,
     ) -> Result<(), SnapshotError> {
-        copy_chunk(
-            source,
-            task,
-            index,
-            chunk,
-            self.limits,
-            &self.writer,
-            progress,
-        )
-        .await
+        copy_chunk(source, task, chunk, self.limits, &self.writer, progress).await
     }
 
     async fn close_worker(&self, _worker: ()) {}
@@ -472,15 +461,8 @@ async fn copy_worker<S: ChunkSink>(
         };
         let task = &shared.tasks[chunk.table];
         let started = Instant::now();
-        sink.copy_chunk(
-            &mut state,
-            &mut connection,
-            task,
-            chunk.table,
-            &chunk,
-            shared.progress,
-        )
-        .await?;
+        sink.copy_chunk(&mut state, &mut connection, task, &chunk, shared.progress)
+            .await?;
         // Recorded only now that every batch of the chunk is durable: a resumed copy skips it.
         if let Some(ledger) = shared.ledger {
             ledger
@@ -515,7 +497,6 @@ impl From<CopyBinaryError> for RowError {
 async fn copy_chunk(
     connection: &mut Connection,
     task: &CopyTask,
-    index: usize,
     chunk: &Chunk,
     limits: BatchLimits,
     writer: &Writer,
@@ -523,7 +504,7 @@ async fn copy_chunk(
 ) -> Result<(), SnapshotError> {
     let metrics = writer.metrics();
     let count = |rows: usize| {
-        progress.add(index, rows as u64);
+        progress.add(chunk.table, rows as u64);
         metrics
             .rows_read
             .fetch_add(rows as u64, std::sync::atomic::Ordering::Relaxed);

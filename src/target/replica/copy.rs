@@ -88,10 +88,10 @@ impl ChunkSink for ReplicaSink {
         worker: &'a mut TargetWorker,
         source: &'a mut Connection,
         task: &'a CopyTask,
-        index: usize,
         chunk: &'a Chunk,
         progress: &'a CopyProgress,
     ) -> Result<(), SnapshotError> {
+        let index = chunk.table;
         let Some(copy) = self.tables.get(index) else {
             return Err(ReplicaError::Unusable {
                 table: task.table.qualified_name(),
@@ -99,7 +99,7 @@ impl ChunkSink for ReplicaSink {
             }
             .into());
         };
-        let result = copy_chunk(worker, source, task, index, chunk, copy).await;
+        let result = copy_chunk(worker, source, task, chunk, copy).await;
         match result {
             Ok((rows, bytes)) => {
                 progress.add(index, rows);
@@ -131,7 +131,6 @@ async fn copy_chunk(
     worker: &mut TargetWorker,
     source: &mut Connection,
     task: &CopyTask,
-    index: usize,
     chunk: &Chunk,
     copy: &ReplicaCopy,
 ) -> Result<(u64, u64), SnapshotError> {
@@ -147,6 +146,7 @@ async fn copy_chunk(
         .execute("BEGIN")
         .await
         .map_err(pg("starting a copy transaction on", &name))?;
+    let index = chunk.table;
     if !direct && !worker.staged[index] {
         target
             .execute(&table.staging_sql())
