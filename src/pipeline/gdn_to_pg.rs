@@ -686,16 +686,23 @@ impl<'a> ScanReader<'a> {
             });
             match pages.next_page().await {
                 Ok(page) => return Ok(page),
-                // A lost page cannot be asked for again: scan from the start.
-                Err(error) if error.is_retryable() && self.restarts + 1 < source.max_retries => {
-                    self.restarts += 1;
-                    tracing::warn!(collection = self.collection, %error, "the scan broke; scanning again from the start");
-                    tokio::time::sleep(Duration::from_millis(100u64 << self.restarts.min(7))).await;
-                    self.pages = None;
-                }
-                Err(error) => return Err(error.into()),
+                Err(error) => self.restart(error).await?,
             }
         }
+    }
+
+    /// After a failed page request: a lost page cannot be asked for again, so a retryable
+    /// failure (within `max_retries` restarts) scans again from the start after a backoff;
+    /// any other is the scan's error.
+    async fn restart(&mut self, error: GdnError) -> Result<(), GdnToPgError> {
+        if !error.is_retryable() || self.restarts + 1 >= self.context.config.source.max_retries {
+            return Err(error.into());
+        }
+        self.restarts += 1;
+        tracing::warn!(collection = self.collection, %error, "the scan broke; scanning again from the start");
+        tokio::time::sleep(Duration::from_millis(100u64 << self.restarts.min(7))).await;
+        self.pages = None;
+        Ok(())
     }
 
     /// Adds pages to `batch` until it holds at least `limit` documents or the scan ends; each
@@ -753,17 +760,8 @@ impl<'a> ScanReader<'a> {
             match next {
                 Ok(Some(page)) => self.ahead = Some(page),
                 Ok(None) => self.ended = true,
-                // A lost page cannot be asked for again: the next round scans from the start.
-                Err(error)
-                    if error.is_retryable()
-                        && self.restarts + 1 < self.context.config.source.max_retries =>
-                {
-                    self.restarts += 1;
-                    tracing::warn!(collection = self.collection, %error, "the scan broke; scanning again from the start");
-                    tokio::time::sleep(Duration::from_millis(100u64 << self.restarts.min(7))).await;
-                    self.pages = None;
-                }
-                Err(error) => return Err(error.into()),
+                // The next round asks again, from a new scan.
+                Err(error) => self.restart(error).await?,
             }
         }
         Ok(read)

@@ -183,25 +183,7 @@ impl Inner {
         options: &ConnectOptions,
         session: &str,
     ) -> Result<&mut Connection, ReplicaError> {
-        if self.connection.is_none() {
-            let mut connection = Connection::connect(options)
-                .await
-                .map_err(pg("connecting to the target for", "streamed changes"))?;
-            if !session.is_empty() {
-                connection
-                    .execute(session)
-                    .await
-                    .map_err(pg("setting up the session for", "streamed changes"))?;
-            }
-            self.staged.clear();
-            self.connection = Some(connection);
-        }
-        self.connection
-            .as_mut()
-            .ok_or_else(|| ReplicaError::Unusable {
-                table: "(target)".into(),
-                detail: "no connection".into(),
-            })
+        open(&mut self.connection, &mut self.staged, options, session).await
     }
 
     /// After a failure: roll back if the connection still works, else drop it.
@@ -222,15 +204,12 @@ impl Inner {
         replaying: bool,
         metrics: &Metrics,
     ) -> Result<(), ReplicaError> {
-        self.connect(options, session).await?;
         let Inner {
             connection,
             tables,
             staged,
         } = self;
-        let Some(connection) = connection.as_mut() else {
-            return Ok(());
-        };
+        let connection = open(connection, staged, options, session).await?;
         connection
             .execute("BEGIN")
             .await
@@ -273,6 +252,33 @@ impl Inner {
         metrics.ingested_bytes.fetch_add(bytes, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// The session's connection, opened (with `session` run first) when there is none; a new
+/// session has no staging tables yet.
+async fn open<'c>(
+    connection: &'c mut Option<Connection>,
+    staged: &mut HashSet<Arc<str>>,
+    options: &ConnectOptions,
+    session: &str,
+) -> Result<&'c mut Connection, ReplicaError> {
+    let open = match connection.take() {
+        Some(open) => open,
+        None => {
+            let mut fresh = Connection::connect(options)
+                .await
+                .map_err(pg("connecting to the target for", "streamed changes"))?;
+            if !session.is_empty() {
+                fresh
+                    .execute(session)
+                    .await
+                    .map_err(pg("setting up the session for", "streamed changes"))?;
+            }
+            staged.clear();
+            fresh
+        }
+    };
+    Ok(connection.insert(open))
 }
 
 /// Applies one table's changes inside the open transaction.
