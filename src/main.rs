@@ -352,25 +352,7 @@ async fn run(args: RunArgs) -> ExitCode {
         },
         None => None,
     };
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate => {}
-        }
-        tracing::info!("stopping: flushing what is pending and confirming it");
-        let _ = stop.send(true);
-        // Keep the sender alive so the stream sees the request.
-        std::future::pending::<()>().await;
-    });
+    let shutdown = shutdown_signal();
     let control = pgferry::pipeline::RunControl {
         shutdown,
         once: args.once,
@@ -447,7 +429,9 @@ fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
             _ = tokio::signal::ctrl_c() => {}
             _ = terminate => {}
         }
+        tracing::info!("stopping: flushing what is pending and confirming it");
         let _ = stop.send(true);
+        // Keep the sender alive so the receivers see the request.
         std::future::pending::<()>().await;
     });
     shutdown

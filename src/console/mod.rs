@@ -17,7 +17,6 @@ use serde_json::{json, Value};
 
 use crate::decode::copy_binary::CopyBinaryDecoder;
 use crate::gdn::keys::document_attribute_names;
-use crate::pg::query::quote_identifier;
 use crate::pg::Connection;
 use crate::tap::catalog::{plan_streams, StreamPlan};
 use crate::tap::full_table::write_row;
@@ -115,18 +114,7 @@ pub async fn samples(config: &crate::config::PgSourceConfig) -> Result<String, T
             out.push(b',');
         }
         let names = attribute_names(plan);
-        let select: Vec<String> = plan
-            .columns
-            .iter()
-            .map(|column| {
-                let quoted = quote_identifier(&column.name);
-                if column.text_cast {
-                    format!("{quoted}::text")
-                } else {
-                    quoted
-                }
-            })
-            .collect();
+        let select = plan.select_list();
         let sql = format!(
             "COPY (SELECT {} FROM {} LIMIT {SAMPLE_ROWS}) TO STDOUT (FORMAT binary)",
             select.join(", "),

@@ -150,6 +150,22 @@ pub struct StreamPlan {
 }
 
 impl StreamPlan {
+    /// The synced columns as a COPY's `SELECT` names them: quoted, and `::text` where the
+    /// binary decoder has no codec for the type.
+    pub fn select_list(&self) -> Vec<String> {
+        self.columns
+            .iter()
+            .map(|column| {
+                let quoted = crate::pg::query::quote_identifier(&column.name);
+                if column.text_cast {
+                    format!("{quoted}::text")
+                } else {
+                    quoted
+                }
+            })
+            .collect()
+    }
+
     /// The codec of a column by name (logical decoding names columns).
     pub fn column(&self, name: &str) -> Option<&SyncColumn> {
         self.columns.iter().find(|column| column.name == name)

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::decode::copy_binary::{CopyBinaryDecoder, CopyBinaryError, RowFields};
 use crate::decode::value::decode;
-use crate::pg::query::{quote_identifier, quote_literal};
+use crate::pg::query::quote_literal;
 use crate::pg::{ConnectOptions, Connection};
 use crate::tap::catalog::StreamPlan;
 use crate::tap::output::{singer_timestamp, MessageWriter};
@@ -138,18 +138,7 @@ pub async fn sync_stream<W: Write>(
             ))
             .await?;
     }
-    let mut select: Vec<String> = plan
-        .columns
-        .iter()
-        .map(|column| {
-            let quoted = quote_identifier(&column.name);
-            if column.text_cast {
-                format!("{quoted}::text")
-            } else {
-                quoted
-            }
-        })
-        .collect();
+    let mut select = plan.select_list();
     if !is_view {
         select.push("xmin::text::bigint".into());
     }
