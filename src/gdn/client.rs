@@ -257,11 +257,16 @@ impl GdnClient {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         })
         .with_no_client_auth();
+        let mut tcp = HttpConnector::new();
+        // The scheme is the TLS connector's business; small HTTP/2 frames go out at once
+        // (Nagle's algorithm held a request's frames behind the previous one's ACK).
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http2()
-            .build();
+            .wrap_connector(tcp);
         let http = Client::builder(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .http2_only(true)
