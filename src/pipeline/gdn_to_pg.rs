@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 
 use crate::config::{GdnAuth, GdnToPgConfig};
 use crate::gdn::client::{retrying, GdnClient, GdnError};
@@ -406,17 +406,15 @@ impl Follower<'_> {
             .fetch_add(1, Ordering::Relaxed);
         self.bytes += message.payload.len() as u64;
         if !message.payload.iter().all(u8::is_ascii_whitespace) {
-            let document: Map<String, Value> = serde_json::from_slice(&message.payload)
-                .map_err(|error| bad(format!("the payload is not a JSON object: {error}")))?;
-            let key = document_key(&document)
-                .map(str::to_owned)
-                .ok_or_else(|| bad("the payload has no string \"_key\"".into()))?;
-            match message.op {
-                ChangeOp::Upsert => {
-                    self.batch.upsert(document);
-                }
-                ChangeOp::Delete => self.batch.delete(key),
-            }
+            let payload = String::from_utf8(message.payload)
+                .map_err(|error| bad(format!("the payload is not UTF-8: {error}")))?;
+            let document = RawValue::from_string(payload)
+                .map_err(|error| bad(format!("the payload is not JSON: {error}")))?;
+            let result = match message.op {
+                ChangeOp::Upsert => self.batch.upsert(document).map_err(|bad| bad.reason),
+                ChangeOp::Delete => document_key(&document).map(|key| self.batch.delete(key)),
+            };
+            result.map_err(|reason| bad(format!("the payload {reason}")))?;
         }
         self.ids.push(message.id);
         Ok(())
@@ -662,7 +660,7 @@ struct ScanReader<'a> {
     index: usize,
     pages: Option<CollectionScan<'a>>,
     /// The next page, already fetched (or being fetched while the current one is parsed).
-    ahead: Option<Vec<Box<serde_json::value::RawValue>>>,
+    ahead: Option<Vec<Box<RawValue>>>,
     restarts: u32,
     ended: bool,
 }
@@ -670,9 +668,7 @@ struct ScanReader<'a> {
 impl<'a> ScanReader<'a> {
     /// The next page, `None` at the end. A broken scan starts again from the beginning (the
     /// documents already loaded are upserted again, which is harmless).
-    async fn next_page(
-        &mut self,
-    ) -> Result<Option<Vec<Box<serde_json::value::RawValue>>>, GdnToPgError> {
+    async fn next_page(&mut self) -> Result<Option<Vec<Box<RawValue>>>, GdnToPgError> {
         let source = &self.context.config.source;
         loop {
             let pages = self.pages.get_or_insert_with(|| {
@@ -728,24 +724,18 @@ impl<'a> ScanReader<'a> {
             let table = &self.table;
             let index = self.index;
             let parse = async {
-                for raw in &page {
+                for raw in page {
                     context.metrics.rows_read.fetch_add(1, Ordering::Relaxed);
                     read.bytes += raw.get().len() as u64;
-                    let document: Map<String, Value> =
-                        serde_json::from_str(raw.get()).map_err(|error| DocumentError::NoKey {
-                            table: table.clone(),
-                            snippet: format!("not a JSON object ({error})"),
-                        })?;
-                    if !batch.upsert(document) {
-                        return Err(DocumentError::NoKey {
-                            table: table.clone(),
-                            snippet: raw.get().chars().take(120).collect(),
-                        });
-                    }
+                    batch.upsert(raw).map_err(|rejected| DocumentError::Bad {
+                        table: table.clone(),
+                        snippet: rejected.snippet(),
+                        reason: rejected.reason,
+                    })?;
                     read.documents += 1;
                     context.progress.add(index, 1);
                 }
-                Ok(())
+                Ok::<(), DocumentError>(())
             };
             let pages = &mut self.pages;
             let fetch = async {

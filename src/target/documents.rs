@@ -17,15 +17,18 @@
 //! batch (after a crash between COMMIT and the acknowledgement) gives the same rows: every
 //! statement is an idempotent upsert or delete by key.
 
-use foldhash::HashMap;
+use std::borrow::Cow;
 
-use serde_json::{Map, Value};
+use foldhash::HashMap;
+use serde_json::value::RawValue;
 
 use crate::pg::query::{quote_identifier, quote_literal};
 use crate::pg::{Connection, PgError};
 use crate::target::copy_binary::{binary_type, text_to_binary_into};
+use crate::target::copy_encode::{json_kind, string_contents, JsonKind};
 use crate::target::infer::{
-    column_name_of, encode_field, value_kind, ColumnType, ValueError, DELETED_AT_COLUMN, KEY_COLUMN,
+    column_name_of, encode_field, raw_kind, ColumnType, ValueError, ValueKind, DELETED_AT_COLUMN,
+    KEY_COLUMN,
 };
 use crate::target::naming::TableName;
 
@@ -39,11 +42,13 @@ const STAGING_DELETES: &str = "pgferry_doc_deletes";
 /// Why a batch of documents could not be applied (it was rolled back).
 #[derive(Debug, thiserror::Error)]
 pub enum DocumentError {
-    /// A document without a string `_key`.
-    #[error("a document of {table} has no string \"_key\": {snippet}\n(GDN documents always have one; nothing of this batch was applied and its messages were not acknowledged)")]
-    NoKey {
+    /// A document that cannot be loaded.
+    #[error("a document of {table} {reason}: {snippet}\n(nothing of this batch was applied and its messages were not acknowledged; fix or remove the document in GDN, or leave the collection out)")]
+    Bad {
         /// The table.
         table: TableName,
+        /// Why.
+        reason: BadDocument,
         /// The start of the document.
         snippet: String,
     },
@@ -79,14 +84,120 @@ pub enum DocumentError {
     },
 }
 
+/// One attribute of a document: the batch's name for it, what its value asks of a column,
+/// and where the value's JSON text lies in the document (so it is read once and copied once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Field {
+    /// Position in [`Attributes::names`].
+    attribute: u32,
+    kind: ValueKind,
+    start: u32,
+    end: u32,
+}
+
+/// A document kept as GDN sent it, with where each of its attributes (without `_key`, `_id`
+/// and `_rev`) lies in it: no map or value tree is built per document.
+#[derive(Debug)]
+struct Document {
+    raw: Box<RawValue>,
+    fields: Vec<Field>,
+}
+
+impl Document {
+    /// The JSON text of one of this document's fields.
+    fn value(&self, field: &Field) -> &str {
+        &self.raw.get()[field.start as usize..field.end as usize]
+    }
+}
+
 /// What a batch does to one key.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 enum Change {
-    /// Insert or replace the row with the document's attributes (without `_key`, `_id`,
-    /// `_rev`); each goes to the column [`column_name_of`] names.
-    Upsert(Map<String, Value>),
+    /// Insert or replace the row with the document's attributes; each goes to the column
+    /// [`column_name_of`] names.
+    Upsert(Document),
     /// Delete the row.
     Delete,
+}
+
+/// The attribute names of a batch, each once, in the order they were first seen (the order
+/// new columns are added in).
+#[derive(Debug, Default)]
+struct Attributes {
+    names: Vec<Box<str>>,
+    ids: HashMap<Box<str>, u32>,
+    /// The previous document's attributes by position: documents of a collection mostly
+    /// share one shape, and comparing a name is cheaper than hashing it.
+    last: Vec<u32>,
+}
+
+impl Attributes {
+    /// The id of `name`, the `position`-th attribute of the document being read.
+    fn id(&mut self, position: usize, name: &str) -> Result<u32, BadDocument> {
+        if let Some(&id) = self.last.get(position) {
+            if *self.names[id as usize] == *name {
+                return Ok(id);
+            }
+        }
+        let id = match self.ids.get(name) {
+            Some(&id) => id,
+            None => {
+                let id = u32::try_from(self.names.len()).map_err(|_| BadDocument::TooLarge)?;
+                self.names.push(name.into());
+                self.ids.insert(name.into(), id);
+                id
+            }
+        };
+        match self.last.get_mut(position) {
+            Some(slot) => *slot = id,
+            None => self.last.push(id),
+        }
+        Ok(id)
+    }
+
+    fn clear(&mut self) {
+        self.names.clear();
+        self.ids.clear();
+        self.last.clear();
+    }
+}
+
+/// Why a GDN document cannot be loaded (the batch it came in is not applied).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadDocument {
+    /// Not a JSON object.
+    #[error("is not a JSON object ({0})")]
+    NotAnObject(String),
+    /// No `_key`, or not a string.
+    #[error("has no string \"_key\"")]
+    NoKey,
+    /// Beyond what a batch can address (4 GiB, or 4 billion attribute names).
+    #[error("is larger than pgferry can hold in a batch (4 GiB)")]
+    TooLarge,
+    /// A value no column can hold.
+    #[error("attribute {attribute:?} {source}")]
+    Value {
+        /// The attribute.
+        attribute: String,
+        /// Why.
+        source: ValueError,
+    },
+}
+
+/// A document [`DocumentBatch::upsert`] refused, and why.
+#[derive(Debug)]
+pub struct Rejected {
+    /// Why.
+    pub reason: BadDocument,
+    /// The document.
+    pub document: Box<RawValue>,
+}
+
+impl Rejected {
+    /// The start of the document, for an error message.
+    pub fn snippet(&self) -> String {
+        self.document.get().chars().take(120).collect()
+    }
 }
 
 /// Changes to apply in one transaction, each key once.
@@ -94,26 +205,149 @@ enum Change {
 pub struct DocumentBatch {
     changes: HashMap<String, Change>,
     received: usize,
+    attributes: Attributes,
 }
 
-/// The `_key` of a document, when it has a string one.
-pub fn document_key(document: &Map<String, Value>) -> Option<&str> {
-    document.get(KEY_COLUMN).and_then(Value::as_str)
+/// The `_key` of a document (the payload of a stream message).
+pub fn document_key(raw: &RawValue) -> Result<String, BadDocument> {
+    #[derive(serde::Deserialize)]
+    struct KeyOf<'a> {
+        #[serde(rename = "_key", borrow)]
+        key: Option<&'a RawValue>,
+    }
+    let KeyOf { key } = serde_json::from_str(raw.get())
+        .map_err(|error| BadDocument::NotAnObject(error.to_string()))?;
+    key.and_then(string_key).ok_or(BadDocument::NoKey)
+}
+
+/// The contents of a `_key` value, when it is a string.
+fn string_key(raw: &RawValue) -> Option<String> {
+    (json_kind(raw.get()) == JsonKind::String)
+        .then(|| string_contents(raw.get()).ok().map(Cow::into_owned))
+        .flatten()
+}
+
+/// Reads one document's attributes into the batch's names and its own fields.
+struct Reader<'b> {
+    attributes: &'b mut Attributes,
+    /// Where the document's text starts (field offsets are relative to it).
+    base: usize,
+    /// What went wrong, when the visitor stopped with an error.
+    problem: Option<BadDocument>,
+}
+
+/// The document's `_key` and fields.
+type Read = (Option<String>, Vec<Field>);
+
+impl<'de> serde::de::Visitor<'de> for &mut Reader<'_> {
+    type Value = Read;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Read, M::Error> {
+        let mut key = None;
+        let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+        while let Some(Name(name)) = map.next_key::<Name<'de>>()? {
+            let value: &'de RawValue = map.next_value()?;
+            match name.as_ref() {
+                KEY_COLUMN => key = string_key(value),
+                "_id" | "_rev" => {}
+                name => {
+                    let text = value.get();
+                    let kind = raw_kind(text).map_err(|source| {
+                        self.stop(BadDocument::Value {
+                            attribute: name.to_owned(),
+                            source,
+                        })
+                    })?;
+                    let start = (text.as_ptr() as usize).saturating_sub(self.base);
+                    let mut offset = |at: usize| {
+                        u32::try_from(at).map_err(|_| self.stop::<M::Error>(BadDocument::TooLarge))
+                    };
+                    let (start, end) = (offset(start)?, offset(start + text.len())?);
+                    let attribute = self
+                        .attributes
+                        .id(fields.len(), name)
+                        .map_err(|problem| self.stop(problem))?;
+                    fields.push(Field {
+                        attribute,
+                        kind,
+                        start,
+                        end,
+                    });
+                }
+            }
+        }
+        Ok((key, fields))
+    }
+}
+
+impl Reader<'_> {
+    /// Keeps `problem` and stops the visitor.
+    fn stop<E: serde::de::Error>(&mut self, problem: BadDocument) -> E {
+        let message = problem.to_string();
+        self.problem = Some(problem);
+        E::custom(message)
+    }
+}
+
+/// An attribute name, borrowed from the document when it has no escapes.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Name<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(transparent)]
+        struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+        Borrowed::deserialize(deserializer).map(|Borrowed(name)| Name(name))
+    }
 }
 
 impl DocumentBatch {
     /// Adds a document (it replaces any earlier change of its key in this batch). `_id` and
     /// `_rev` are dropped; `_key` becomes the key; every other attribute goes to its column.
-    /// `false` when the document has no string `_key`.
-    pub fn upsert(&mut self, mut document: Map<String, Value>) -> bool {
-        let Some(Value::String(key)) = document.remove(KEY_COLUMN) else {
-            return false;
+    /// The document is kept as it is: only where each value lies and its kind are noted.
+    pub fn upsert(&mut self, raw: Box<RawValue>) -> Result<(), Rejected> {
+        match self.read(&raw) {
+            Ok((key, fields)) => {
+                self.received += 1;
+                self.changes
+                    .insert(key, Change::Upsert(Document { raw, fields }));
+                Ok(())
+            }
+            Err(reason) => Err(Rejected {
+                reason,
+                document: raw,
+            }),
+        }
+    }
+
+    /// The `_key` and the fields of a document.
+    fn read(&mut self, raw: &RawValue) -> Result<(String, Vec<Field>), BadDocument> {
+        let text = raw.get();
+        if u32::try_from(text.len()).is_err() {
+            return Err(BadDocument::TooLarge);
+        }
+        let mut reader = Reader {
+            attributes: &mut self.attributes,
+            base: text.as_ptr() as usize,
+            problem: None,
         };
-        document.remove("_id");
-        document.remove("_rev");
-        self.received += 1;
-        self.changes.insert(key, Change::Upsert(document));
-        true
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let read = serde::Deserializer::deserialize_map(&mut deserializer, &mut reader)
+            .and_then(|read| deserializer.end().map(|()| read));
+        let (key, fields) = match read {
+            Ok(read) => read,
+            Err(error) => {
+                return Err(reader
+                    .problem
+                    .take()
+                    .unwrap_or_else(|| BadDocument::NotAnObject(error.to_string())))
+            }
+        };
+        Ok((key.ok_or(BadDocument::NoKey)?, fields))
     }
 
     /// Adds a delete of `key` (it replaces any earlier change of the key in this batch).
@@ -140,6 +374,7 @@ impl DocumentBatch {
     /// Forgets every change.
     pub fn clear(&mut self) {
         self.changes.clear();
+        self.attributes.clear();
         self.received = 0;
     }
 }
@@ -155,6 +390,16 @@ pub struct Applied {
     pub changes: Vec<String>,
     /// The rows went straight into the table (no key of the batch was there yet).
     pub direct: bool,
+}
+
+/// What a batch does to the table's columns.
+struct Plan {
+    /// Attribute columns in table order after the batch.
+    columns: Vec<(String, ColumnType)>,
+    /// The schema changes that get there.
+    ddl: Vec<String>,
+    /// The column position of each of the batch's attributes.
+    column_of: Vec<Option<usize>>,
 }
 
 /// A table loaded from documents, as pgferry knows it.
@@ -274,8 +519,19 @@ impl DocumentTable {
         &self.columns
     }
 
-    /// The columns after this batch, and the DDL that gets the table there.
-    fn plan(&self, batch: &DocumentBatch) -> (Vec<(String, ColumnType)>, Vec<String>) {
+    /// The columns after this batch, the DDL that gets the table there, and the column each
+    /// of the batch's attributes goes to (`None` for one that only ever was null or whose
+    /// documents were all replaced within the batch).
+    fn plan(&self, batch: &DocumentBatch) -> Plan {
+        // The kinds each attribute has in the documents the batch keeps, one bit per kind.
+        let mut kinds = vec![0u8; batch.attributes.names.len()];
+        for change in batch.changes.values() {
+            if let Change::Upsert(document) = change {
+                for field in &document.fields {
+                    kinds[field.attribute as usize] |= field.kind.bit();
+                }
+            }
+        }
         let mut columns = self.columns.clone();
         let mut index: HashMap<String, usize> = columns
             .iter()
@@ -283,36 +539,29 @@ impl DocumentTable {
             .map(|(position, (name, _))| (name.clone(), position))
             .collect();
         let before = columns.len();
-        // Attribute → column position, resolved once per attribute name.
-        let mut by_attribute: HashMap<&str, usize> = HashMap::default();
-        for change in batch.changes.values() {
-            let Change::Upsert(row) = change else {
-                continue;
+        let mut column_of = Vec::with_capacity(kinds.len());
+        for (attribute, kinds) in batch.attributes.names.iter().zip(kinds) {
+            let present = ValueKind::ALL
+                .into_iter()
+                .filter(|kind| kinds & kind.bit() != 0);
+            let column = column_name_of(attribute);
+            let position = match index.get(column.as_ref()) {
+                Some(&position) => Some(position),
+                None => present
+                    .clone()
+                    .find_map(ColumnType::for_kind)
+                    .map(|sql_type| {
+                        index.insert(column.clone().into_owned(), columns.len());
+                        columns.push((column.into_owned(), sql_type));
+                        columns.len() - 1
+                    }),
             };
-            for (attribute, value) in row {
-                let kind = value_kind(value);
-                let known = match by_attribute.get(attribute.as_str()) {
-                    Some(&position) => Some(position),
-                    None => {
-                        let found = index.get(column_name_of(attribute).as_ref()).copied();
-                        if let Some(position) = found {
-                            by_attribute.insert(attribute, position);
-                        }
-                        found
-                    }
-                };
-                match known {
-                    Some(position) => columns[position].1 = columns[position].1.join(kind),
-                    None => {
-                        if let Some(sql_type) = ColumnType::for_kind(kind) {
-                            let column = column_name_of(attribute).into_owned();
-                            index.insert(column.clone(), columns.len());
-                            by_attribute.insert(attribute, columns.len());
-                            columns.push((column, sql_type));
-                        }
-                    }
+            if let Some(position) = position {
+                for kind in present {
+                    columns[position].1 = columns[position].1.join(kind);
                 }
             }
+            column_of.push(position);
         }
         let mut ddl = Vec::new();
         for (position, (column, sql_type)) in columns.iter().enumerate() {
@@ -332,7 +581,11 @@ impl DocumentTable {
                 ));
             }
         }
-        (columns, ddl)
+        Plan {
+            columns,
+            ddl,
+            column_of,
+        }
     }
 
     /// Applies `batch` in one transaction (schema changes included); on success the table
@@ -345,37 +598,29 @@ impl DocumentTable {
         batch: &DocumentBatch,
         try_direct: bool,
     ) -> Result<Applied, DocumentError> {
-        let (columns, ddl) = self.plan(batch);
-        let position: HashMap<&str, usize> = columns
-            .iter()
-            .enumerate()
-            .map(|(index, (name, _))| (name.as_str(), index))
-            .collect();
+        let Plan {
+            columns,
+            ddl,
+            column_of,
+        } = self.plan(batch);
         // Encode before touching the database: a bad value fails the batch up front.
         let (mut rows, mut binary) = std::mem::take(&mut self.buffers);
         rows.clear();
-        // Attribute → column position, resolved once per attribute name.
-        let mut by_attribute: HashMap<&str, Option<usize>> = HashMap::default();
         let mut deletes = Vec::new();
         let mut upserts = 0u64;
-        let mut fields: Vec<Option<&Value>> = vec![None; columns.len()];
-        let mut attributes: Vec<&str> = vec![""; columns.len()];
+        let mut fields: Vec<Option<Field>> = vec![None; columns.len()];
         for (key, change) in &batch.changes {
             match change {
                 Change::Delete => {
                     crate::target::copy_encode::push_escaped(&mut deletes, key.as_bytes());
                     deletes.push(b'\n');
                 }
-                Change::Upsert(row) => {
+                Change::Upsert(document) => {
                     upserts += 1;
                     fields.iter_mut().for_each(|field| *field = None);
-                    for (attribute, value) in row {
-                        let index = *by_attribute.entry(attribute.as_str()).or_insert_with(|| {
-                            position.get(column_name_of(attribute).as_ref()).copied()
-                        });
-                        if let Some(index) = index {
-                            fields[index] = Some(value);
-                            attributes[index] = attribute;
+                    for field in &document.fields {
+                        if let Some(index) = column_of[field.attribute as usize] {
+                            fields[index] = Some(*field);
                         }
                     }
                     if key.contains('\0') {
@@ -387,21 +632,20 @@ impl DocumentTable {
                         });
                     }
                     crate::target::copy_encode::push_escaped(&mut rows, key.as_bytes());
-                    for (index, (_, sql_type)) in columns.iter().enumerate() {
+                    for (field, (_, sql_type)) in fields.iter().zip(&columns) {
                         rows.push(b'\t');
-                        match fields[index] {
-                            None => rows.extend_from_slice(b"\\N"),
-                            Some(value) => {
-                                encode_field(&mut rows, value, sql_type).map_err(|source| {
-                                    DocumentError::Value {
-                                        table: self.name.clone(),
-                                        key: key.clone(),
-                                        attribute: attributes[index].to_owned(),
-                                        source,
-                                    }
-                                })?
-                            }
-                        }
+                        let Some(field) = field else {
+                            rows.extend_from_slice(b"\\N");
+                            continue;
+                        };
+                        encode_field(&mut rows, document.value(field), field.kind, sql_type)
+                            .map_err(|source| DocumentError::Value {
+                                table: self.name.clone(),
+                                key: key.clone(),
+                                attribute: batch.attributes.names[field.attribute as usize]
+                                    .to_string(),
+                                source,
+                            })?;
                     }
                     rows.push(b'\n');
                 }
@@ -601,7 +845,7 @@ async fn copy(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn table(columns: &[(&str, ColumnType)]) -> DocumentTable {
         DocumentTable {
@@ -619,39 +863,168 @@ mod tests {
         }
     }
 
-    fn document(value: Value) -> Map<String, Value> {
-        value.as_object().cloned().unwrap()
+    fn document(value: Value) -> Box<RawValue> {
+        RawValue::from_string(value.to_string()).unwrap()
+    }
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_owned()).unwrap()
+    }
+
+    /// The attributes of `key`'s pending document, as (name, JSON text, kind).
+    fn fields_of(batch: &DocumentBatch, key: &str) -> Vec<(String, String, ValueKind)> {
+        let Change::Upsert(document) = &batch.changes[key] else {
+            panic!("{key} is not an upsert");
+        };
+        document
+            .fields
+            .iter()
+            .map(|field| {
+                (
+                    batch.attributes.names[field.attribute as usize].to_string(),
+                    document.value(field).to_owned(),
+                    field.kind,
+                )
+            })
+            .collect()
     }
 
     #[test]
     fn a_batch_keeps_the_last_change_of_each_key() {
         let mut batch = DocumentBatch::default();
-        assert!(batch.upsert(document(
-            json!({"_key": "a", "_id": "c/a", "_rev": "1", "n": 1})
-        )));
-        assert!(batch.upsert(document(json!({"_key": "a", "n": 2}))));
+        batch
+            .upsert(document(
+                json!({"_key": "a", "_id": "c/a", "_rev": "1", "n": 1}),
+            ))
+            .unwrap();
+        batch
+            .upsert(document(json!({"_key": "a", "n": 2})))
+            .unwrap();
         batch.delete("b".into());
-        assert!(batch.upsert(document(json!({"_key": "b", "n": 3}))));
+        batch
+            .upsert(document(json!({"_key": "b", "n": 3})))
+            .unwrap();
         batch.delete("c".into());
-        assert!(!batch.upsert(document(json!({"n": 4}))));
+        let rejected = batch.upsert(document(json!({"n": 4}))).unwrap_err();
+        assert_eq!(rejected.reason, BadDocument::NoKey);
+        assert_eq!(rejected.snippet(), r#"{"n":4}"#);
         assert_eq!((batch.received(), batch.len()), (5, 3));
         assert_eq!(
-            batch.changes["a"],
-            Change::Upsert(document(json!({"n": 2}))),
+            fields_of(&batch, "a"),
+            vec![("n".into(), "2".into(), ValueKind::Integer)],
             "_key, _id and _rev are not columns"
         );
-        assert_eq!(batch.changes["c"], Change::Delete);
+        assert!(matches!(batch.changes["c"], Change::Delete));
+    }
+
+    #[test]
+    fn a_document_is_read_in_place_with_each_value_as_sent() {
+        let mut batch = DocumentBatch::default();
+        batch
+            .upsert(raw(r#"{ "_key" : "k\u0031", "a\"b": 1.50, "s": "x\ty", "o": {"z": [1, 2]}, "nil": null, "big": 18446744073709551616 }"#))
+            .unwrap();
+        assert_eq!(
+            fields_of(&batch, "k1"),
+            vec![
+                ("a\"b".into(), "1.50".into(), ValueKind::Float),
+                ("s".into(), r#""x\ty""#.into(), ValueKind::String),
+                ("o".into(), r#"{"z": [1, 2]}"#.into(), ValueKind::Structure),
+                ("nil".into(), "null".into(), ValueKind::Null),
+                (
+                    "big".into(),
+                    "18446744073709551616".into(),
+                    ValueKind::Float
+                ),
+            ],
+            "names and the key are decoded, values keep their text"
+        );
+        // A second shape, then the first again: the names stay one id each.
+        batch
+            .upsert(raw(r#"{"_key": "k2", "s": "y", "new": true}"#))
+            .unwrap();
+        batch
+            .upsert(raw(r#"{"_key": "k3", "a\"b": 2, "s": "z"}"#))
+            .unwrap();
+        assert_eq!(
+            batch
+                .attributes
+                .names
+                .iter()
+                .map(|name| &**name)
+                .collect::<Vec<_>>(),
+            ["a\"b", "s", "o", "nil", "big", "new"]
+        );
+        assert_eq!(fields_of(&batch, "k3")[1].0, "s");
+    }
+
+    #[test]
+    fn documents_that_cannot_be_loaded_say_why() {
+        let mut batch = DocumentBatch::default();
+        let reason =
+            |batch: &mut DocumentBatch, text: &str| batch.upsert(raw(text)).unwrap_err().reason;
+        assert!(matches!(
+            reason(&mut batch, "[1]"),
+            BadDocument::NotAnObject(_)
+        ));
+        assert!(matches!(
+            reason(&mut batch, r#""s""#),
+            BadDocument::NotAnObject(_)
+        ));
+        assert_eq!(reason(&mut batch, r#"{"_key": 7}"#), BadDocument::NoKey);
+        assert_eq!(
+            reason(&mut batch, r#"{"_key": "a", "x": 1e999}"#),
+            BadDocument::Value {
+                attribute: "x".into(),
+                source: ValueError::OutOfRange
+            }
+        );
+        assert_eq!(
+            reason(&mut batch, r#"{"_key": "a", "x": 1e999}"#).to_string(),
+            "attribute \"x\" is a number beyond the range of a double precision value"
+        );
+        assert!(batch.is_empty(), "nothing of a refused document is kept");
+        assert_eq!(
+            document_key(&raw(r#"{"a": 1, "_key": "k"}"#)),
+            Ok("k".into())
+        );
+        assert_eq!(document_key(&raw("{}")), Err(BadDocument::NoKey));
+        assert!(matches!(
+            document_key(&raw("[]")),
+            Err(BadDocument::NotAnObject(_))
+        ));
+    }
+
+    #[test]
+    fn only_the_documents_a_batch_keeps_type_its_columns() {
+        let existing = table(&[]);
+        let mut batch = DocumentBatch::default();
+        batch
+            .upsert(raw(r#"{"_key": "a", "n": "text", "gone": 1}"#))
+            .unwrap();
+        batch
+            .upsert(document(json!({"_key": "a", "n": 5})))
+            .unwrap();
+        batch
+            .upsert(document(json!({"_key": "b", "only_null": null})))
+            .unwrap();
+        let plan = existing.plan(&batch);
+        assert_eq!(plan.columns, vec![("n".into(), ColumnType::BigInt)]);
+        assert_eq!(plan.column_of, vec![Some(0), None, None]);
     }
 
     #[test]
     fn new_attributes_add_columns_and_disagreeing_values_widen_them() {
         let existing = table(&[("n", ColumnType::BigInt), ("s", ColumnType::Text)]);
         let mut batch = DocumentBatch::default();
-        batch.upsert(document(
-            json!({"_key": "a", "n": 1.5, "s": "x", "new": {"k": 1}, "empty": null}),
-        ));
-        batch.upsert(document(json!({"_key": "b", "s": 7})));
-        let (columns, ddl) = existing.plan(&batch);
+        batch
+            .upsert(document(
+                json!({"_key": "a", "n": 1.5, "s": "x", "new": {"k": 1}, "empty": null}),
+            ))
+            .unwrap();
+        batch
+            .upsert(document(json!({"_key": "b", "s": 7})))
+            .unwrap();
+        let Plan { columns, ddl, .. } = existing.plan(&batch);
         assert_eq!(
             columns,
             vec![
@@ -669,7 +1042,8 @@ mod tests {
             ]
         );
         let mut same = DocumentBatch::default();
-        same.upsert(document(json!({"_key": "c", "n": 1, "s": "y"})));
-        assert!(existing.plan(&same).1.is_empty());
+        same.upsert(document(json!({"_key": "c", "n": 1, "s": "y"})))
+            .unwrap();
+        assert!(existing.plan(&same).ddl.is_empty());
     }
 }

@@ -17,10 +17,12 @@
 //! Columns of other types (a table created by hand) are kept and fed with PostgreSQL's input
 //! syntax: strings as their contents, everything else as JSON text.
 
-use serde_json::Value;
+use std::borrow::Cow;
+use std::io::Write as _;
+
 use sha2::{Digest, Sha256};
 
-use crate::target::copy_encode::push_escaped;
+use crate::target::copy_encode::{json_kind, push_escaped, string_contents, JsonKind};
 
 /// The name of the key column.
 pub const KEY_COLUMN: &str = "_key";
@@ -65,16 +67,82 @@ pub enum ValueKind {
     Structure,
 }
 
-/// The kind of a JSON value.
-pub fn value_kind(value: &Value) -> ValueKind {
-    match value {
-        Value::Null => ValueKind::Null,
-        Value::Bool(_) => ValueKind::Boolean,
-        Value::Number(number) if number.is_i64() => ValueKind::Integer,
-        Value::Number(_) => ValueKind::Float,
-        Value::String(_) => ValueKind::String,
-        Value::Array(_) | Value::Object(_) => ValueKind::Structure,
+impl ValueKind {
+    /// Every kind, in the order of their bits in [`ValueKind::bit`].
+    pub const ALL: [ValueKind; 6] = [
+        ValueKind::Null,
+        ValueKind::Boolean,
+        ValueKind::Integer,
+        ValueKind::Float,
+        ValueKind::String,
+        ValueKind::Structure,
+    ];
+
+    /// This kind as one bit, so the kinds an attribute has had fit in a `u8`.
+    pub fn bit(self) -> u8 {
+        1 << self as u8
     }
+}
+
+/// The kind of one JSON value given as its text (serde_json has checked its syntax), read
+/// from the text itself: a whole number is an `Integer` when it fits 64 signed bits (`-0` is
+/// not one, as for serde_json), every other number must be a finite double.
+pub fn raw_kind(raw: &str) -> Result<ValueKind, ValueError> {
+    Ok(match json_kind(raw) {
+        JsonKind::Null => ValueKind::Null,
+        JsonKind::Boolean => ValueKind::Boolean,
+        JsonKind::String => ValueKind::String,
+        JsonKind::Array | JsonKind::Object => ValueKind::Structure,
+        JsonKind::Number => {
+            if is_whole(raw) && raw != "-0" && raw.parse::<i64>().is_ok() {
+                ValueKind::Integer
+            } else if raw.parse::<f64>().is_ok_and(f64::is_finite) {
+                ValueKind::Float
+            } else {
+                return Err(ValueError::OutOfRange);
+            }
+        }
+    })
+}
+
+/// Whether a JSON number is written without a fraction or an exponent.
+fn is_whole(raw: &str) -> bool {
+    raw.bytes()
+        .all(|byte| byte == b'-' || byte.is_ascii_digit())
+}
+
+/// A JSON number's text as PostgreSQL's `double precision` input reads the same double as
+/// serde_json: itself, except a number that underflows to zero (PostgreSQL refuses those
+/// as out of range; serde_json, and GDN, read them as zero).
+fn double_text(raw: &str) -> &str {
+    let mantissa = raw.split(['e', 'E']).next().unwrap_or(raw);
+    let underflows = raw.parse::<f64>().is_ok_and(|value| value == 0.0)
+        && mantissa.bytes().any(|byte| matches!(byte, b'1'..=b'9'));
+    match (underflows, raw.starts_with('-')) {
+        (false, _) => raw,
+        (true, false) => "0",
+        (true, true) => "-0",
+    }
+}
+
+/// Whether JSON text holds the escape `\u0000` (a NUL character), which PostgreSQL's text
+/// and jsonb refuse; an escaped backslash followed by `u0000` is not one.
+fn has_nul_escape(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    let mut from = 0;
+    while let Some(found) = raw[from..].find("\\u0000") {
+        let at = from + found;
+        let backslashes = bytes[..=at]
+            .iter()
+            .rev()
+            .take_while(|&&byte| byte == b'\\')
+            .count();
+        if backslashes % 2 == 1 {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
 }
 
 impl ColumnType {
@@ -178,6 +246,12 @@ pub enum ValueError {
     /// PostgreSQL's text and jsonb cannot hold U+0000.
     #[error("contains the character U+0000, which PostgreSQL text and jsonb cannot store")]
     Nul,
+    /// A JSON string with an escape that does not decode (a lone UTF-16 surrogate).
+    #[error("holds a string that does not decode: {0}")]
+    Unreadable(String),
+    /// A number no double holds (GDN keeps numbers as doubles).
+    #[error("is a number beyond the range of a double precision value")]
+    OutOfRange,
     /// The value does not fit the column (a column created by hand with another type).
     #[error("a {kind:?} value does not fit column type {column}")]
     Mismatch {
@@ -188,48 +262,67 @@ pub enum ValueError {
     },
 }
 
-/// Appends `value` as one COPY text field of a column of type `column` (`\N` for null).
+/// Appends the value `raw` (JSON text of kind `kind`, from [`raw_kind`]) as one COPY text
+/// field of a column of type `column` (`\N` for null). Numbers keep their JSON text where
+/// PostgreSQL reads the same value from it; a fraction or exponent going into `numeric` is
+/// written as the double's shortest exact text (GDN keeps numbers as doubles). Objects, arrays
+/// and every value of a `jsonb` column are the document's own JSON text.
 pub fn encode_field(
     out: &mut Vec<u8>,
-    value: &Value,
+    raw: &str,
+    kind: ValueKind,
     column: &ColumnType,
 ) -> Result<(), ValueError> {
-    let kind = value_kind(value);
-    let mismatch = || ValueError::Mismatch {
-        kind,
-        column: column.sql().to_owned(),
-    };
-    match (value, column) {
-        (Value::Null, _) => out.extend_from_slice(b"\\N"),
-        (Value::Bool(flag), ColumnType::Boolean) => {
-            out.push(if *flag { b't' } else { b'f' });
+    match (kind, column) {
+        (ValueKind::Null, _) => out.extend_from_slice(b"\\N"),
+        (ValueKind::Boolean, ColumnType::Boolean) => {
+            out.push(if raw.starts_with('t') { b't' } else { b'f' });
         }
-        (Value::Bool(flag), ColumnType::Other(_)) => {
-            out.extend_from_slice(if *flag { b"true" } else { b"false" });
+        (ValueKind::Boolean, ColumnType::Other(_))
+        | (ValueKind::Integer, ColumnType::BigInt | ColumnType::Numeric | ColumnType::Other(_)) => {
+            out.extend_from_slice(raw.as_bytes())
         }
-        (Value::Number(number), ColumnType::BigInt) if number.is_i64() => {
-            out.extend_from_slice(number.to_string().as_bytes());
+        (ValueKind::Float, ColumnType::Double) => {
+            out.extend_from_slice(double_text(raw).as_bytes())
         }
-        (Value::Number(number), ColumnType::Double) if !number.is_i64() => {
-            out.extend_from_slice(number.to_string().as_bytes());
-        }
-        (Value::Number(number), ColumnType::Numeric | ColumnType::Other(_)) => {
-            out.extend_from_slice(number.to_string().as_bytes());
-        }
-        (Value::String(text), ColumnType::Text | ColumnType::Other(_)) => {
-            if text.contains('\0') {
-                return Err(ValueError::Nul);
+        (ValueKind::Float, ColumnType::Numeric | ColumnType::Other(_)) => {
+            if is_whole(raw) {
+                out.extend_from_slice(raw.as_bytes());
+            } else {
+                let shortest = raw
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                    .ok_or(ValueError::OutOfRange)?;
+                // Writing into a Vec cannot fail.
+                let _ = write!(out, "{shortest}");
             }
-            push_escaped(out, text.as_bytes());
         }
-        (_, ColumnType::Jsonb) | (Value::Array(_) | Value::Object(_), ColumnType::Other(_)) => {
-            let text = value.to_string();
-            if text.contains("\\u0000") {
-                return Err(ValueError::Nul);
+        (ValueKind::String, ColumnType::Text | ColumnType::Other(_)) => {
+            match string_contents(raw).map_err(|error| ValueError::Unreadable(error.to_string()))? {
+                // Without escapes a JSON string holds no control characters: nothing to escape.
+                Cow::Borrowed(text) => out.extend_from_slice(text.as_bytes()),
+                Cow::Owned(text) if text.contains('\0') => return Err(ValueError::Nul),
+                Cow::Owned(text) => push_escaped(out, text.as_bytes()),
             }
-            push_escaped(out, text.as_bytes());
         }
-        _ => return Err(mismatch()),
+        (_, ColumnType::Jsonb) | (ValueKind::Structure, ColumnType::Other(_)) => {
+            if raw.contains("\\u") {
+                if has_nul_escape(raw) {
+                    return Err(ValueError::Nul);
+                }
+                // An escape PostgreSQL's JSON parser refuses too (a lone surrogate).
+                serde_json::from_str::<serde_json::Value>(raw)
+                    .map_err(|error| ValueError::Unreadable(error.to_string()))?;
+            }
+            push_escaped(out, raw.as_bytes());
+        }
+        _ => {
+            return Err(ValueError::Mismatch {
+                kind,
+                column: column.sql().to_owned(),
+            })
+        }
     }
     Ok(())
 }
@@ -237,12 +330,18 @@ pub fn encode_field(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    fn raw_field(raw: &str, column: ColumnType) -> Result<String, ValueError> {
+        let mut out = Vec::new();
+        encode_field(&mut out, raw, raw_kind(raw)?, &column)
+            .map(|()| String::from_utf8(out).unwrap())
+    }
 
     fn inferred(values: &[Value]) -> Option<ColumnType> {
         let mut column: Option<ColumnType> = None;
         for value in values {
-            let kind = value_kind(value);
+            let kind = raw_kind(&value.to_string()).unwrap();
             column = match column {
                 None => ColumnType::for_kind(kind),
                 Some(current) => Some(current.join(kind)),
@@ -319,10 +418,7 @@ mod tests {
 
     #[test]
     fn values_are_written_in_copy_text() {
-        let field = |value: Value, column: ColumnType| {
-            let mut out = Vec::new();
-            encode_field(&mut out, &value, &column).map(|()| String::from_utf8(out).unwrap())
-        };
+        let field = |value: Value, column: ColumnType| raw_field(&value.to_string(), column);
         assert_eq!(field(json!(null), ColumnType::BigInt).unwrap(), "\\N");
         assert_eq!(field(json!(true), ColumnType::Boolean).unwrap(), "t");
         assert_eq!(field(json!(-42), ColumnType::BigInt).unwrap(), "-42");
@@ -350,5 +446,108 @@ mod tests {
             Err(ValueError::Nul)
         );
         assert!(field(json!("x"), ColumnType::BigInt).is_err());
+    }
+
+    #[test]
+    fn numbers_are_read_from_their_text_as_serde_json_reads_them() {
+        let kind = |raw: &str| raw_kind(raw).unwrap();
+        for (raw, value) in [
+            ("0", json!(0)),
+            ("-0", serde_json::from_str::<Value>("-0").unwrap()),
+            ("9223372036854775807", json!(i64::MAX)),
+            ("-9223372036854775808", json!(i64::MIN)),
+            ("9223372036854775808", json!(9_223_372_036_854_775_808u64)),
+            ("1e2", json!(100.0)),
+            ("1.0", json!(1.0)),
+        ] {
+            let expected = match &value {
+                Value::Number(number) if number.is_i64() => ValueKind::Integer,
+                _ => ValueKind::Float,
+            };
+            assert_eq!(kind(raw), expected, "{raw}");
+        }
+        assert_eq!(raw_kind("1e400"), Err(ValueError::OutOfRange));
+        assert_eq!(raw_kind("-1e400"), Err(ValueError::OutOfRange));
+        assert_eq!(
+            kind("1e-400"),
+            ValueKind::Float,
+            "underflow is zero, as for serde_json"
+        );
+    }
+
+    #[test]
+    fn raw_values_keep_their_text_where_postgresql_reads_the_same_value() {
+        assert_eq!(raw_field("1.50", ColumnType::Double).unwrap(), "1.50");
+        assert_eq!(raw_field("1.50", ColumnType::Numeric).unwrap(), "1.5");
+        assert_eq!(
+            raw_field("0.1000000000000000055511151231257827", ColumnType::Numeric).unwrap(),
+            "0.1",
+            "a double's shortest exact text"
+        );
+        assert_eq!(
+            raw_field("18446744073709551615", ColumnType::Numeric).unwrap(),
+            "18446744073709551615",
+            "a whole number beyond 64 signed bits stays exact"
+        );
+        assert_eq!(raw_field("-0", ColumnType::Numeric).unwrap(), "-0");
+        assert_eq!(raw_field("1e-400", ColumnType::Double).unwrap(), "0");
+        assert_eq!(raw_field("-1.5e-400", ColumnType::Double).unwrap(), "-0");
+        assert_eq!(
+            raw_field("0.0e-400", ColumnType::Double).unwrap(),
+            "0.0e-400"
+        );
+        assert_eq!(
+            raw_field("5e-324", ColumnType::Double).unwrap(),
+            "5e-324",
+            "subnormal"
+        );
+        assert_eq!(raw_field("false", ColumnType::Boolean).unwrap(), "f");
+        assert_eq!(
+            raw_field("{ \"a\" :\n [1.50] }", ColumnType::Jsonb).unwrap(),
+            "{ \"a\" :\\n [1.50] }",
+            "jsonb gets the document's own text"
+        );
+        assert_eq!(raw_field(r#""plain""#, ColumnType::Text).unwrap(), "plain");
+        assert_eq!(
+            raw_field(r#""tab\tcr\r""#, ColumnType::Text).unwrap(),
+            "tab\\tcr\\r"
+        );
+    }
+
+    #[test]
+    fn nul_and_undecodable_escapes_are_errors_naming_the_reason() {
+        assert_eq!(
+            raw_field(r#""a\u0000""#, ColumnType::Text),
+            Err(ValueError::Nul)
+        );
+        assert_eq!(
+            raw_field(r#"{"a": "\u0000"}"#, ColumnType::Jsonb),
+            Err(ValueError::Nul)
+        );
+        assert_eq!(
+            raw_field(r#"{"a": "\\u0000"}"#, ColumnType::Jsonb).unwrap(),
+            r#"{"a": "\\\\u0000"}"#,
+            "an escaped backslash before u0000 is not a NUL"
+        );
+        assert_eq!(
+            raw_field(r#"["\\\u0000"]"#, ColumnType::Jsonb),
+            Err(ValueError::Nul),
+            "a backslash, then the NUL escape"
+        );
+        assert!(matches!(
+            raw_field(r#""\ud800""#, ColumnType::Text),
+            Err(ValueError::Unreadable(_))
+        ));
+        assert!(matches!(
+            raw_field(r#"["\ud800"]"#, ColumnType::Jsonb),
+            Err(ValueError::Unreadable(_))
+        ));
+        assert_eq!(
+            raw_field("true", ColumnType::BigInt),
+            Err(ValueError::Mismatch {
+                kind: ValueKind::Boolean,
+                column: "bigint".into()
+            })
+        );
     }
 }
