@@ -43,7 +43,9 @@ use crate::pg::{Connection, PgError};
 use crate::pipeline::RunControl;
 use crate::progress::{spawn_display, CopyProgress};
 use crate::source::state::{StateError, StateFile};
-use crate::target::documents::{document_key, DocumentBatch, DocumentError, DocumentTable};
+use crate::target::documents::{
+    document_key, Applied, DocumentBatch, DocumentError, DocumentTable, Encoded, TableModel,
+};
 use crate::target::naming::TableName;
 
 /// The `kind` of a GDN → PostgreSQL state file.
@@ -90,11 +92,20 @@ pub enum GdnToPgError {
     /// The state file failed.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The scan's encoding thread stopped without saying why (a bug in pgferry).
+    #[error("the scan's encoding thread stopped: {0}\n(nothing of the batch it held was applied; please report this with the log)")]
+    Encoder(String),
 }
 
 impl From<DocumentError> for GdnToPgError {
     fn from(error: DocumentError) -> GdnToPgError {
         GdnToPgError::Load(Box::new(error))
+    }
+}
+
+impl From<Box<DocumentError>> for GdnToPgError {
+    fn from(error: Box<DocumentError>) -> GdnToPgError {
+        GdnToPgError::Load(error)
     }
 }
 
@@ -338,8 +349,8 @@ struct Follower<'a> {
     ids: Vec<String>,
     bytes: u64,
     summary: CollectionSummary,
-    /// Scan batches try a plain COPY first (an initial load into an empty table).
-    try_direct: bool,
+    /// The collection's position in the progress display.
+    index: usize,
 }
 
 impl Follower<'_> {
@@ -371,10 +382,33 @@ impl Follower<'_> {
         }
         let applied = self
             .table
-            .apply(&mut self.connection, &self.batch, self.try_direct)
+            .apply(&mut self.connection, &self.batch, false)
             .await?;
-        // Once a key was there already (a resumed scan), later batches merge straight away.
-        self.try_direct = self.try_direct && applied.direct;
+        self.record(&applied);
+        self.batch.clear();
+        Ok(())
+    }
+
+    /// Commits one encoded scan batch, with a plain COPY first while `try_direct`; returns
+    /// whether that went through (once a key was there already, later batches merge).
+    async fn commit_scanned(
+        &mut self,
+        scanned: &ScannedBatch,
+        try_direct: bool,
+    ) -> Result<bool, GdnToPgError> {
+        let applied = self
+            .table
+            .commit(&mut self.connection, &scanned.encoded, try_direct)
+            .await?;
+        self.bytes += scanned.bytes;
+        self.record(&applied);
+        self.summary.scanned += scanned.documents;
+        self.context.progress.add(self.index, scanned.documents);
+        Ok(applied.direct)
+    }
+
+    /// Logs a committed batch's schema changes and counts it.
+    fn record(&mut self, applied: &Applied) {
         for change in &applied.changes {
             tracing::info!(collection = self.collection, "{change}");
         }
@@ -389,8 +423,6 @@ impl Follower<'_> {
         metrics.batches.fetch_add(1, Ordering::Relaxed);
         metrics.batch_documents.fetch_add(rows, Ordering::Relaxed);
         self.summary.batches += 1;
-        self.batch.clear();
-        Ok(())
     }
 
     /// Adds one stream message to the batch.
@@ -552,7 +584,7 @@ async fn sync_collection(
         batch: DocumentBatch::default(),
         ids: Vec::new(),
         bytes: 0,
-        try_direct: false,
+        index,
         summary: CollectionSummary {
             collection: collection.to_owned(),
             table: name.to_string(),
@@ -568,7 +600,7 @@ async fn sync_collection(
         };
         context.state.set(collection, entry.clone()).await?;
         tracing::info!(%collection, table = %name, %subscription, "scanning the collection (subscribed to its stream first)");
-        let finished = scan(&mut follower, index, &mut shutdown).await?;
+        let finished = scan(&mut follower, &mut shutdown).await?;
         if !finished {
             follower.consumer.close().await;
             follower.connection.close().await;
@@ -597,72 +629,145 @@ async fn sync_collection(
     Ok(summary)
 }
 
-/// Scans the collection into the table. Three things overlap: the previous batch commits in
-/// PostgreSQL while the next one is read, and each page is parsed while gdnlite/GDN prepares the
-/// following one; both servers stay busy instead of waiting on each other. `Ok(false)` when a
-/// shutdown interrupted the scan (what was read is committed; the next run scans again).
+/// Pages fetched ahead of the encoding.
+const PAGES_AHEAD: usize = 4;
+
+/// Scans the collection into the table in three stages that run at once: this task fetches
+/// cursor pages, a thread of its own reads them into batches and encodes each as COPY data (a
+/// batch ahead, against the columns the table will have by then), and this task commits the
+/// encoded batches in PostgreSQL. GDN, pgferry and PostgreSQL all stay busy instead of waiting
+/// on each other. `Ok(false)` when a shutdown interrupted the scan (what was read is
+/// committed; the next run scans again).
 async fn scan(
     follower: &mut Follower<'_>,
-    index: usize,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<bool, GdnToPgError> {
     let context = follower.context;
-    let batch_size = context.config.destination.batch_size_rows;
     let mut reader = ScanReader {
         context,
         collection: follower.collection,
-        table: follower.table.name().clone(),
-        index,
         pages: None,
-        ahead: None,
         restarts: 0,
-        ended: false,
     };
-    let mut filling = DocumentBatch::default();
-    // A scan's documents have distinct keys: into an empty table they can be copied as they
-    // are (the first batch that meets an existing key turns this off).
-    follower.try_direct = true;
-    let finished = loop {
-        if *shutdown.borrow_and_update() {
-            follower.commit().await?;
-            reader.close().await;
-            break false;
-        }
-        let (committed, read) =
-            tokio::join!(follower.commit(), reader.fill(&mut filling, batch_size));
-        committed?;
-        let read = read?;
-        follower.bytes += read.bytes;
-        follower.summary.scanned += read.documents;
-        std::mem::swap(&mut follower.batch, &mut filling);
-        if reader.ended {
-            follower.commit().await?;
-            break true;
+    let (pages_tx, pages_rx) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+    let (encoded_tx, mut encoded_rx) = tokio::sync::mpsc::channel(1);
+    let (spare_tx, spare_rx) = std::sync::mpsc::channel();
+    let encoder = ScanEncoder {
+        model: follower.table.model().clone(),
+        batch_size: context.config.destination.batch_size_rows,
+    };
+    let encoding =
+        tokio::task::spawn_blocking(move || encoder.run(pages_rx, &encoded_tx, &spare_rx));
+    let fetch = async {
+        let pages_tx = pages_tx;
+        loop {
+            if *shutdown.borrow_and_update() {
+                return Ok(false);
+            }
+            let Some(page) = reader.next_page().await? else {
+                return Ok(true);
+            };
+            context
+                .metrics
+                .rows_read
+                .fetch_add(page.len() as u64, Ordering::Relaxed);
+            if pages_tx.send(page).await.is_err() {
+                // The encoder stopped: its error (or the commit's) is the scan's.
+                return Ok(true);
+            }
         }
     };
-    // Stream messages update rows that exist: they always merge.
-    follower.try_direct = false;
-    Ok(finished)
+    let commit = async {
+        // A scan's documents have distinct keys: into an empty table they can be copied as
+        // they are (the first batch that meets an existing key turns this off).
+        let mut try_direct = true;
+        while let Some(scanned) = encoded_rx.recv().await {
+            let scanned: ScannedBatch = scanned?;
+            try_direct = follower.commit_scanned(&scanned, try_direct).await?;
+            // The buffers go back to the encoder; it is gone only after an error.
+            let _ = spare_tx.send(scanned.encoded.into_buffers());
+        }
+        Ok::<(), GdnToPgError>(())
+    };
+    let outcome = tokio::try_join!(fetch, commit);
+    // On an error the stages still running are dropped; the encoder sees its channels close.
+    drop(encoded_rx);
+    if let Err(error) = encoding.await {
+        return Err(GdnToPgError::Encoder(error.to_string()));
+    }
+    reader.close().await;
+    outcome.map(|(finished, ())| finished)
 }
 
-/// What one [`ScanReader::fill`] added.
-#[derive(Debug, Default)]
-struct Read {
+/// A scan batch encoded for the table, and what it counts for.
+struct ScannedBatch {
+    encoded: Encoded,
     documents: u64,
     bytes: u64,
 }
 
-/// Reads a collection's cursor pages one ahead of the parsing.
+/// The scan's middle stage, on a thread of its own: cursor pages in, encoded batches out.
+struct ScanEncoder {
+    /// The table's columns as they will be once the batches before are committed.
+    model: TableModel,
+    batch_size: usize,
+}
+
+impl ScanEncoder {
+    /// Reads pages until their channel closes, sending a batch each `batch_size` documents
+    /// (and the rest at the end). Stops at the first error, which it sends on.
+    fn run(
+        mut self,
+        mut pages: tokio::sync::mpsc::Receiver<Vec<Box<RawValue>>>,
+        out: &tokio::sync::mpsc::Sender<Result<ScannedBatch, Box<DocumentError>>>,
+        spare: &std::sync::mpsc::Receiver<(Vec<u8>, Vec<u8>)>,
+    ) {
+        let mut batch = DocumentBatch::default();
+        let (mut documents, mut bytes) = (0u64, 0u64);
+        loop {
+            let page = pages.blocking_recv();
+            let end = page.is_none();
+            for raw in page.into_iter().flatten() {
+                documents += 1;
+                bytes += raw.get().len() as u64;
+                if let Err(rejected) = batch.upsert(raw) {
+                    let _ = out.blocking_send(Err(Box::new(DocumentError::Bad {
+                        table: self.model.name().clone(),
+                        snippet: rejected.snippet(),
+                        reason: Box::new(rejected.reason),
+                    })));
+                    return;
+                }
+            }
+            if batch.len() >= self.batch_size || (end && !batch.is_empty()) {
+                let buffers = spare.try_recv().unwrap_or_default();
+                let scanned = self.model.encode(&batch, buffers).map(|encoded| {
+                    self.model.assume_committed(&encoded);
+                    ScannedBatch {
+                        encoded,
+                        documents: std::mem::take(&mut documents),
+                        bytes: std::mem::take(&mut bytes),
+                    }
+                });
+                let failed = scanned.is_err();
+                batch.clear();
+                if out.blocking_send(scanned).is_err() || failed {
+                    return;
+                }
+            }
+            if end {
+                return;
+            }
+        }
+    }
+}
+
+/// Reads a collection's cursor pages, starting the scan again after a retryable failure.
 struct ScanReader<'a> {
     context: &'a Context<'a>,
     collection: &'a str,
-    table: TableName,
-    index: usize,
     pages: Option<CollectionScan<'a>>,
-    /// The next page, already fetched (or being fetched while the current one is parsed).
-    ahead: Option<Vec<Box<RawValue>>>,
     restarts: u32,
-    ended: bool,
 }
 
 impl<'a> ScanReader<'a> {
@@ -699,62 +804,6 @@ impl<'a> ScanReader<'a> {
         tokio::time::sleep(Duration::from_millis(100u64 << self.restarts.min(7))).await;
         self.pages = None;
         Ok(())
-    }
-
-    /// Adds pages to `batch` until it holds at least `limit` documents or the scan ends; each
-    /// page is parsed while the next one is fetched.
-    async fn fill(
-        &mut self,
-        batch: &mut DocumentBatch,
-        limit: usize,
-    ) -> Result<Read, GdnToPgError> {
-        let mut read = Read::default();
-        while !self.ended && batch.len() < limit {
-            let page = match self.ahead.take() {
-                Some(page) => page,
-                None => match self.next_page().await? {
-                    Some(page) => page,
-                    None => {
-                        self.ended = true;
-                        break;
-                    }
-                },
-            };
-            let context = self.context;
-            let table = &self.table;
-            let index = self.index;
-            let parse = async {
-                for raw in page {
-                    context.metrics.rows_read.fetch_add(1, Ordering::Relaxed);
-                    read.bytes += raw.get().len() as u64;
-                    batch.upsert(raw).map_err(|rejected| DocumentError::Bad {
-                        table: table.clone(),
-                        snippet: rejected.snippet(),
-                        reason: rejected.reason,
-                    })?;
-                    read.documents += 1;
-                    context.progress.add(index, 1);
-                }
-                Ok::<(), DocumentError>(())
-            };
-            let pages = &mut self.pages;
-            let fetch = async {
-                match pages.as_mut() {
-                    Some(pages) => pages.next_page().await,
-                    None => Ok(None),
-                }
-            };
-            // The request goes out first, then the page is parsed while the server works.
-            let (next, parsed) = tokio::join!(fetch, parse);
-            parsed?;
-            match next {
-                Ok(Some(page)) => self.ahead = Some(page),
-                Ok(None) => self.ended = true,
-                // The next round asks again, from a new scan.
-                Err(error) => self.restart(error).await?,
-            }
-        }
-        Ok(read)
     }
 
     async fn close(self) {

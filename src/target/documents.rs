@@ -48,7 +48,7 @@ pub enum DocumentError {
         /// The table.
         table: TableName,
         /// Why.
-        reason: BadDocument,
+        reason: Box<BadDocument>,
         /// The start of the document.
         snippet: String,
     },
@@ -402,16 +402,55 @@ struct Plan {
     column_of: Vec<Option<usize>>,
 }
 
-/// A table loaded from documents, as pgferry knows it.
+/// The columns a table has, or will have once the batches before are committed: what a batch
+/// is planned and encoded against. Cheap to clone, so the encoding can run on its own thread,
+/// a batch ahead of the commits.
 #[derive(Debug, Clone)]
-pub struct DocumentTable {
+pub struct TableModel {
     name: TableName,
     /// Attribute columns in table order (without `_key` and `_sdc_deleted_at`).
     columns: Vec<(String, ColumnType)>,
+}
+
+/// A batch planned and encoded for its table, ready for [`DocumentTable::commit`].
+#[derive(Debug)]
+pub struct Encoded {
+    /// Attribute columns after the batch.
+    columns: Vec<(String, ColumnType)>,
+    /// The schema changes that get there.
+    ddl: Vec<String>,
+    /// The upserted rows as COPY data, binary when every column has an exact binary form.
+    payload: Vec<u8>,
+    binary: bool,
+    /// A buffer for the next batch (the text rows when the payload is binary).
+    spare: Vec<u8>,
+    /// Deleted keys as COPY text.
+    deletes: Vec<u8>,
+    upserts: u64,
+    removed: u64,
+}
+
+impl Encoded {
+    /// Rows inserted or replaced plus keys deleted.
+    pub fn changes(&self) -> u64 {
+        self.upserts + self.removed
+    }
+
+    /// The buffers, for the next batch to reuse (their pages stay mapped).
+    pub fn into_buffers(self) -> (Vec<u8>, Vec<u8>) {
+        (self.payload, self.spare)
+    }
+}
+
+/// A table loaded from documents, as pgferry knows it.
+#[derive(Debug, Clone)]
+pub struct DocumentTable {
+    /// The columns as committed.
+    model: TableModel,
     hard_delete: bool,
     /// The attribute columns (and types) the session's staging table was made for.
     staging: Option<Vec<(String, ColumnType)>>,
-    /// COPY text and binary buffers, kept between batches (their pages stay mapped).
+    /// COPY text and binary buffers, kept between batches.
     buffers: (Vec<u8>, Vec<u8>),
 }
 
@@ -457,8 +496,10 @@ impl DocumentTable {
             .await
             .map_err(pg("reading the columns of", name))?;
         let mut table = DocumentTable {
-            name: name.clone(),
-            columns: Vec::new(),
+            model: TableModel {
+                name: name.clone(),
+                columns: Vec::new(),
+            },
             hard_delete,
             staging: None,
             buffers: Default::default(),
@@ -486,6 +527,7 @@ impl DocumentTable {
                 KEY_COLUMN => key_ok = row.get(2) == Some("t"),
                 DELETED_AT_COLUMN => has_deleted_at = true,
                 _ => table
+                    .model
                     .columns
                     .push((column.to_owned(), ColumnType::from_sql(sql))),
             }
@@ -511,148 +553,52 @@ impl DocumentTable {
 
     /// The table's name.
     pub fn name(&self) -> &TableName {
-        &self.name
+        &self.model.name
     }
 
-    /// Attribute columns and their types, in table order.
-    pub fn columns(&self) -> &[(String, ColumnType)] {
-        &self.columns
-    }
-
-    /// The columns after this batch, the DDL that gets the table there, and the column each
-    /// of the batch's attributes goes to (`None` for one that only ever was null or whose
-    /// documents were all replaced within the batch).
-    fn plan(&self, batch: &DocumentBatch) -> Plan {
-        // The kinds each attribute has in the documents the batch keeps, one bit per kind.
-        let mut kinds = vec![0u8; batch.attributes.names.len()];
-        for change in batch.changes.values() {
-            if let Change::Upsert(document) = change {
-                for field in &document.fields {
-                    kinds[field.attribute as usize] |= field.kind.bit();
-                }
-            }
-        }
-        let mut columns = self.columns.clone();
-        let mut index: HashMap<String, usize> = columns
-            .iter()
-            .enumerate()
-            .map(|(position, (name, _))| (name.clone(), position))
-            .collect();
-        let before = columns.len();
-        let mut column_of = Vec::with_capacity(kinds.len());
-        for (attribute, kinds) in batch.attributes.names.iter().zip(kinds) {
-            let present = ValueKind::ALL
-                .into_iter()
-                .filter(|kind| kinds & kind.bit() != 0);
-            let column = column_name_of(attribute);
-            let position = match index.get(column.as_ref()) {
-                Some(&position) => Some(position),
-                None => present
-                    .clone()
-                    .find_map(ColumnType::for_kind)
-                    .map(|sql_type| {
-                        index.insert(column.clone().into_owned(), columns.len());
-                        columns.push((column.into_owned(), sql_type));
-                        columns.len() - 1
-                    }),
-            };
-            if let Some(position) = position {
-                for kind in present {
-                    columns[position].1 = columns[position].1.join(kind);
-                }
-            }
-            column_of.push(position);
-        }
-        let mut ddl = Vec::new();
-        for (position, (column, sql_type)) in columns.iter().enumerate() {
-            let quoted = quote_identifier(column);
-            if position >= before {
-                ddl.push(format!(
-                    "ALTER TABLE {} ADD COLUMN {quoted} {}",
-                    self.name.quoted(),
-                    sql_type.sql()
-                ));
-            } else if self.columns[position].1 != *sql_type {
-                ddl.push(format!(
-                    "ALTER TABLE {} ALTER COLUMN {quoted} TYPE {} USING {}",
-                    self.name.quoted(),
-                    sql_type.sql(),
-                    self.columns[position].1.widen_using(&quoted, sql_type)
-                ));
-            }
-        }
-        Plan {
-            columns,
-            ddl,
-            column_of,
-        }
+    /// The committed columns, to encode batches against.
+    pub fn model(&self) -> &TableModel {
+        &self.model
     }
 
     /// Applies `batch` in one transaction (schema changes included); on success the table
-    /// model follows, on failure nothing changed. With `try_direct` (an initial load) a batch
-    /// without deletes is first copied straight into the table under a savepoint; a key that
-    /// exists already rolls that back and the batch is merged through staging instead.
+    /// model follows, on failure nothing changed. See [`DocumentTable::commit`] for
+    /// `try_direct`.
     pub async fn apply(
         &mut self,
         connection: &mut Connection,
         batch: &DocumentBatch,
         try_direct: bool,
     ) -> Result<Applied, DocumentError> {
-        let Plan {
+        // Encode before touching the database: a bad value fails the batch up front.
+        let encoded = self
+            .model
+            .encode(batch, std::mem::take(&mut self.buffers))
+            .map_err(|error| *error)?;
+        let applied = self.commit(connection, &encoded, try_direct).await;
+        self.buffers = encoded.into_buffers();
+        applied
+    }
+
+    /// Applies an encoded batch in one transaction (schema changes included); on success the
+    /// table model follows, on failure nothing changed. With `try_direct` (an initial load) a
+    /// batch without deletes is first copied straight into the table under a savepoint; a key
+    /// that exists already rolls that back and the batch is merged through staging instead.
+    pub async fn commit(
+        &mut self,
+        connection: &mut Connection,
+        encoded: &Encoded,
+        try_direct: bool,
+    ) -> Result<Applied, DocumentError> {
+        let Encoded {
             columns,
             ddl,
-            column_of,
-        } = self.plan(batch);
-        // Encode before touching the database: a bad value fails the batch up front.
-        let (mut rows, mut binary) = std::mem::take(&mut self.buffers);
-        rows.clear();
-        let mut deletes = Vec::new();
-        let mut upserts = 0u64;
-        let mut fields: Vec<Option<Field>> = vec![None; columns.len()];
-        for (key, change) in &batch.changes {
-            match change {
-                Change::Delete => {
-                    crate::target::copy_encode::push_escaped(&mut deletes, key.as_bytes());
-                    deletes.push(b'\n');
-                }
-                Change::Upsert(document) => {
-                    upserts += 1;
-                    fields.iter_mut().for_each(|field| *field = None);
-                    for field in &document.fields {
-                        if let Some(index) = column_of[field.attribute as usize] {
-                            fields[index] = Some(*field);
-                        }
-                    }
-                    if key.contains('\0') {
-                        return Err(DocumentError::Value {
-                            table: self.name.clone(),
-                            key: key.clone(),
-                            attribute: KEY_COLUMN.into(),
-                            source: ValueError::Nul,
-                        });
-                    }
-                    crate::target::copy_encode::push_escaped(&mut rows, key.as_bytes());
-                    for (field, (_, sql_type)) in fields.iter().zip(&columns) {
-                        rows.push(b'\t');
-                        let Some(field) = field else {
-                            rows.extend_from_slice(b"\\N");
-                            continue;
-                        };
-                        encode_field(&mut rows, document.value(field), field.kind, sql_type)
-                            .map_err(|source| DocumentError::Value {
-                                table: self.name.clone(),
-                                key: key.clone(),
-                                attribute: batch.attributes.names[field.attribute as usize]
-                                    .to_string(),
-                                source,
-                            })?;
-                    }
-                    rows.push(b'\n');
-                }
-            }
-        }
+            upserts,
+            removed,
+            ..
+        } = encoded;
         let mut script = ddl.clone();
-        if self.staging.as_ref() != Some(&columns) {
+        if self.staging.as_ref() != Some(columns) {
             let definitions: String = columns
                 .iter()
                 .map(|(name, sql_type)| format!(", {} {}", quote_identifier(name), sql_type.sql()))
@@ -671,18 +617,10 @@ impl DocumentTable {
         connection
             .execute("BEGIN")
             .await
-            .map_err(pg("starting a transaction on", &self.name))?;
+            .map_err(pg("starting a transaction on", self.name()))?;
         let result = self
-            .apply_in_transaction(
-                connection,
-                &columns,
-                &script,
-                (&rows, &mut binary),
-                &deletes,
-                try_direct,
-            )
+            .apply_in_transaction(connection, encoded, &script, try_direct)
             .await;
-        self.buffers = (rows, binary);
         let direct = match result {
             Ok(direct) => direct,
             Err(error) => {
@@ -693,13 +631,13 @@ impl DocumentTable {
         connection
             .execute("COMMIT")
             .await
-            .map_err(pg("committing a batch into", &self.name))?;
+            .map_err(pg("committing a batch into", self.name()))?;
         self.staging = Some(columns.clone());
-        self.columns = columns;
+        self.model.columns.clone_from(columns);
         Ok(Applied {
-            upserts,
-            deletes: (batch.len() as u64).saturating_sub(upserts),
-            changes: ddl,
+            upserts: *upserts,
+            deletes: *removed,
+            changes: ddl.clone(),
             direct,
         })
     }
@@ -707,13 +645,18 @@ impl DocumentTable {
     async fn apply_in_transaction(
         &self,
         connection: &mut Connection,
-        columns: &[(String, ColumnType)],
+        encoded: &Encoded,
         script: &[String],
-        (rows, binary): (&[u8], &mut Vec<u8>),
-        deletes: &[u8],
         try_direct: bool,
     ) -> Result<bool, DocumentError> {
-        let name = &self.name;
+        let name = self.name();
+        let Encoded {
+            columns,
+            payload,
+            binary,
+            deletes,
+            ..
+        } = encoded;
         if !script.is_empty() {
             connection
                 .execute(&script.join("; "))
@@ -725,17 +668,8 @@ impl DocumentTable {
             .chain(columns.iter().map(|(column, _)| quote_identifier(column)))
             .collect::<Vec<_>>()
             .join(", ");
-        if !rows.is_empty() {
-            let types: Option<Vec<_>> = std::iter::once("text")
-                .chain(columns.iter().map(|(_, sql_type)| sql_type.sql()))
-                .map(binary_type)
-                .collect();
-            let encoded = types.is_some_and(|types| text_to_binary_into(&[rows], &types, binary));
-            let (format, payload) = if encoded {
-                (" (FORMAT binary)", binary.as_slice())
-            } else {
-                ("", rows)
-            };
+        if !payload.is_empty() {
+            let format = if *binary { " (FORMAT binary)" } else { "" };
             if try_direct && deletes.is_empty() {
                 connection
                     .execute("SAVEPOINT pgferry_direct")
@@ -821,6 +755,172 @@ impl DocumentTable {
     }
 }
 
+impl TableModel {
+    /// The table's name.
+    pub fn name(&self) -> &TableName {
+        &self.name
+    }
+
+    /// The columns after this batch, the DDL that gets the table there, and the column each
+    /// of the batch's attributes goes to (`None` for one that only ever was null or whose
+    /// documents were all replaced within the batch).
+    fn plan(&self, batch: &DocumentBatch) -> Plan {
+        // The kinds each attribute has in the documents the batch keeps, one bit per kind.
+        let mut kinds = vec![0u8; batch.attributes.names.len()];
+        for change in batch.changes.values() {
+            if let Change::Upsert(document) = change {
+                for field in &document.fields {
+                    kinds[field.attribute as usize] |= field.kind.bit();
+                }
+            }
+        }
+        let mut columns = self.columns.clone();
+        let mut index: HashMap<String, usize> = columns
+            .iter()
+            .enumerate()
+            .map(|(position, (name, _))| (name.clone(), position))
+            .collect();
+        let before = columns.len();
+        let mut column_of = Vec::with_capacity(kinds.len());
+        for (attribute, kinds) in batch.attributes.names.iter().zip(kinds) {
+            let present = ValueKind::ALL
+                .into_iter()
+                .filter(|kind| kinds & kind.bit() != 0);
+            let column = column_name_of(attribute);
+            let position = match index.get(column.as_ref()) {
+                Some(&position) => Some(position),
+                None => present
+                    .clone()
+                    .find_map(ColumnType::for_kind)
+                    .map(|sql_type| {
+                        index.insert(column.clone().into_owned(), columns.len());
+                        columns.push((column.into_owned(), sql_type));
+                        columns.len() - 1
+                    }),
+            };
+            if let Some(position) = position {
+                for kind in present {
+                    columns[position].1 = columns[position].1.join(kind);
+                }
+            }
+            column_of.push(position);
+        }
+        let mut ddl = Vec::new();
+        for (position, (column, sql_type)) in columns.iter().enumerate() {
+            let quoted = quote_identifier(column);
+            if position >= before {
+                ddl.push(format!(
+                    "ALTER TABLE {} ADD COLUMN {quoted} {}",
+                    self.name.quoted(),
+                    sql_type.sql()
+                ));
+            } else if self.columns[position].1 != *sql_type {
+                ddl.push(format!(
+                    "ALTER TABLE {} ALTER COLUMN {quoted} TYPE {} USING {}",
+                    self.name.quoted(),
+                    sql_type.sql(),
+                    self.columns[position].1.widen_using(&quoted, sql_type)
+                ));
+            }
+        }
+        Plan {
+            columns,
+            ddl,
+            column_of,
+        }
+    }
+
+    /// Plans `batch` against these columns and encodes it as COPY data (reusing `buffers`).
+    /// The model itself does not change; see [`TableModel::assume_committed`].
+    pub fn encode(
+        &self,
+        batch: &DocumentBatch,
+        buffers: (Vec<u8>, Vec<u8>),
+    ) -> Result<Encoded, Box<DocumentError>> {
+        let Plan {
+            columns,
+            ddl,
+            column_of,
+        } = self.plan(batch);
+        let (mut rows, mut binary) = buffers;
+        rows.clear();
+        let mut deletes = Vec::new();
+        let mut upserts = 0u64;
+        let mut fields: Vec<Option<Field>> = vec![None; columns.len()];
+        for (key, change) in &batch.changes {
+            match change {
+                Change::Delete => {
+                    crate::target::copy_encode::push_escaped(&mut deletes, key.as_bytes());
+                    deletes.push(b'\n');
+                }
+                Change::Upsert(document) => {
+                    upserts += 1;
+                    fields.iter_mut().for_each(|field| *field = None);
+                    for field in &document.fields {
+                        if let Some(index) = column_of[field.attribute as usize] {
+                            fields[index] = Some(*field);
+                        }
+                    }
+                    if key.contains('\0') {
+                        return Err(Box::new(DocumentError::Value {
+                            table: self.name.clone(),
+                            key: key.clone(),
+                            attribute: KEY_COLUMN.into(),
+                            source: ValueError::Nul,
+                        }));
+                    }
+                    crate::target::copy_encode::push_escaped(&mut rows, key.as_bytes());
+                    for (field, (_, sql_type)) in fields.iter().zip(&columns) {
+                        rows.push(b'\t');
+                        let Some(field) = field else {
+                            rows.extend_from_slice(b"\\N");
+                            continue;
+                        };
+                        encode_field(&mut rows, document.value(field), field.kind, sql_type)
+                            .map_err(|source| {
+                                Box::new(DocumentError::Value {
+                                    table: self.name.clone(),
+                                    key: key.clone(),
+                                    attribute: batch.attributes.names[field.attribute as usize]
+                                        .to_string(),
+                                    source,
+                                })
+                            })?;
+                    }
+                    rows.push(b'\n');
+                }
+            }
+        }
+        let types: Option<Vec<_>> = std::iter::once("text")
+            .chain(columns.iter().map(|(_, sql_type)| sql_type.sql()))
+            .map(binary_type)
+            .collect();
+        let binary_ok = !rows.is_empty()
+            && types.is_some_and(|types| text_to_binary_into(&[&rows], &types, &mut binary));
+        let (payload, spare) = if binary_ok {
+            (binary, rows)
+        } else {
+            (rows, binary)
+        };
+        Ok(Encoded {
+            columns,
+            ddl,
+            payload,
+            binary: binary_ok,
+            spare,
+            deletes,
+            upserts,
+            removed: (batch.len() as u64).saturating_sub(upserts),
+        })
+    }
+
+    /// Takes the columns `encoded` leaves the table with, as if it committed: the next batch
+    /// is encoded against them while this one is still being applied.
+    pub fn assume_committed(&mut self, encoded: &Encoded) {
+        self.columns.clone_from(&encoded.columns);
+    }
+}
+
 async fn copy(
     connection: &mut Connection,
     sql: &str,
@@ -847,8 +947,8 @@ mod tests {
     use super::*;
     use serde_json::{json, Value};
 
-    fn table(columns: &[(&str, ColumnType)]) -> DocumentTable {
-        DocumentTable {
+    fn table(columns: &[(&str, ColumnType)]) -> TableModel {
+        TableModel {
             name: TableName {
                 schema: "public".into(),
                 table: "orders".into(),
@@ -857,9 +957,6 @@ mod tests {
                 .iter()
                 .map(|(name, sql_type)| ((*name).to_owned(), sql_type.clone()))
                 .collect(),
-            hard_delete: true,
-            staging: None,
-            buffers: Default::default(),
         }
     }
 
