@@ -709,6 +709,66 @@ async fn body_limit_is_413() {
     );
 }
 
+/// Documents written out of key order, some replaced since (their bodies moved to the end of
+/// the document log), come back whole and in key order, page after page.
+#[tokio::test]
+async fn cursor_pages_hold_whole_documents_whatever_their_place_in_the_log() {
+    let server = Server::start().await;
+    let http = Http::h2(&server.url());
+    create(&http, "scattered", false).await;
+    for chunk in (0..60).rev().collect::<Vec<i64>>().chunks(9) {
+        let docs: Vec<Value> = chunk
+            .iter()
+            .map(|i| json!({"_key": format!("k{i:03}"), "i": i, "pad": "x".repeat(*i as usize)}))
+            .collect();
+        http.call(Method::POST, &api("document/scattered"), Value::Array(docs))
+            .await
+            .assert_ok(202);
+    }
+    let replaced: Vec<Value> = (0..60)
+        .step_by(3)
+        .map(|i| json!({"_key": format!("k{i:03}"), "i": i, "replaced": true}))
+        .collect();
+    http.call(
+        Method::PUT,
+        &api("document/scattered"),
+        Value::Array(replaced),
+    )
+    .await
+    .assert_ok(202);
+    let mut page = http
+        .call(
+            Method::POST,
+            &api("cursor"),
+            json!({"query": "FOR d IN scattered RETURN d", "batchSize": 7}),
+        )
+        .await;
+    page.assert_ok(201);
+    let mut seen = Vec::new();
+    loop {
+        for doc in page.json["result"].as_array().expect("result") {
+            let i = doc["i"].as_i64().expect("i");
+            assert_eq!(doc["_key"], format!("k{i:03}"));
+            if i % 3 == 0 {
+                assert_eq!(doc["replaced"], true, "{doc}");
+                assert!(doc.get("pad").is_none(), "{doc}");
+            } else {
+                assert_eq!(doc["pad"], "x".repeat(i as usize), "{doc}");
+            }
+            seen.push(i);
+        }
+        if page.json["hasMore"] != true {
+            break;
+        }
+        let id = page.json["id"].as_str().expect("id").to_string();
+        page = http
+            .call(Method::PUT, &api(&format!("cursor/{id}")), Value::Null)
+            .await;
+        page.assert_ok(200);
+    }
+    assert_eq!(seen, (0..60).collect::<Vec<i64>>());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cursors_page_in_key_order() {
     let server = Server::start().await;

@@ -197,46 +197,42 @@ impl Cursors {
     }
 }
 
-/// Reads the next page; returns the page and whether more documents follow.
-fn page(cursor: &mut Cursor) -> Result<(Vec<Vec<u8>>, bool), ApiError> {
+/// The next page: its documents joined as JSON array elements, how many, and whether more
+/// follow.
+fn page(cursor: &mut Cursor) -> Result<(Vec<u8>, usize, bool), ApiError> {
     let want = cursor
         .remaining
         .map_or(cursor.batch_size, |r| r.min(cursor.batch_size));
-    let mut docs = store::documents_after(
+    let page = store::document_ptrs_after(
         &cursor.snapshot,
         &cursor.collection,
         cursor.last_key.as_deref(),
-        want as usize + 1,
+        want as usize,
     )?;
-    let more_in_collection = docs.len() as u64 > want;
-    docs.truncate(want as usize);
-    if let Some((key, _)) = docs.last() {
-        cursor.last_key = Some(key.clone());
+    let mut docs = Vec::with_capacity(page.ptrs.iter().map(|ptr| ptr.len as usize + 1).sum());
+    store::read_documents_joined(&cursor.snapshot, &page.ptrs, &mut docs)?;
+    if page.last_key.is_some() {
+        cursor.last_key = page.last_key;
     }
     if let Some(r) = cursor.remaining.as_mut() {
-        *r -= docs.len() as u64;
+        *r -= page.ptrs.len() as u64;
     }
-    let has_more = more_in_collection && cursor.remaining != Some(0);
-    Ok((docs.into_iter().map(|(_, d)| d).collect(), has_more))
+    let has_more = page.more && cursor.remaining != Some(0);
+    Ok((docs, page.ptrs.len(), has_more))
 }
 
 fn answer(
     code: StatusCode,
-    docs: &[Vec<u8>],
+    (docs, count_in_page): (&[u8], usize),
     has_more: bool,
     id: Option<&str>,
     count: Option<u64>,
 ) -> Resp {
-    let mut out = Vec::with_capacity(docs.iter().map(Vec::len).sum::<usize>() + docs.len() + 256);
+    let mut out = Vec::with_capacity(docs.len() + 256);
     out.extend_from_slice(
         format!("{{\"error\":false,\"code\":{},\"result\":[", code.as_u16()).as_bytes(),
     );
-    for (i, doc) in docs.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(doc);
-    }
+    out.extend_from_slice(docs);
     out.extend_from_slice(format!("],\"hasMore\":{has_more},\"cached\":false").as_bytes());
     if let Some(id) = id {
         out.extend_from_slice(format!(",\"id\":\"{id}\"").as_bytes());
@@ -246,8 +242,7 @@ fn answer(
     }
     out.extend_from_slice(
         format!(
-            ",\"extra\":{{\"warnings\":[],\"stats\":{{\"scannedFull\":{},\"filtered\":0}}}}}}",
-            docs.len()
+            ",\"extra\":{{\"warnings\":[],\"stats\":{{\"scannedFull\":{count_in_page},\"filtered\":0}}}}}}"
         )
         .as_bytes(),
     );
@@ -342,7 +337,7 @@ pub fn create(state: &State, body: &Bytes) -> Result<Resp, ApiError> {
         expires: Instant::now() + ttl,
         count,
     };
-    let (docs, has_more) = page(&mut cursor)?;
+    let (docs, in_page, has_more) = page(&mut cursor)?;
     let id = if has_more {
         let id = (state.cursors.next_id.fetch_add(1, Ordering::Relaxed) + 1).to_string();
         state.cursors.lock().insert(id.clone(), cursor);
@@ -352,7 +347,7 @@ pub fn create(state: &State, body: &Bytes) -> Result<Resp, ApiError> {
     };
     Ok(answer(
         StatusCode::CREATED,
-        &docs,
+        (&docs, in_page),
         has_more,
         id.as_deref(),
         count,
@@ -374,7 +369,7 @@ pub fn next(state: &State, id: &str) -> Result<Resp, ApiError> {
     let Some(mut cursor) = state.cursors.lock().remove(id) else {
         return Err(cursor_not_found(id));
     };
-    let (docs, has_more) = page(&mut cursor)?;
+    let (docs, in_page, has_more) = page(&mut cursor)?;
     let count = cursor.count;
     if has_more {
         cursor.expires = now + cursor.ttl;
@@ -382,7 +377,7 @@ pub fn next(state: &State, id: &str) -> Result<Resp, ApiError> {
     }
     Ok(answer(
         StatusCode::OK,
-        &docs,
+        (&docs, in_page),
         has_more,
         has_more.then_some(id),
         count,

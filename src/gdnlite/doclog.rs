@@ -77,6 +77,21 @@ impl DocLog {
         Ok(buf)
     }
 
+    /// Reads `len` bytes at `offset` into `buf` (replacing what it held): several bodies that
+    /// lie next to each other in one call.
+    pub fn read_range_into(
+        &self,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), ApiError> {
+        buf.clear();
+        buf.resize(len, 0);
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| ApiError::storage(format!("document log read at {offset}: {e}")))
+    }
+
     /// Writes `bytes` at `offset` (the writer's append point).
     pub fn write_at(&self, bytes: &[u8], offset: u64) -> Result<(), ApiError> {
         self.file

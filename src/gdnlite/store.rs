@@ -421,6 +421,101 @@ pub fn documents_after(
     Ok(out)
 }
 
+/// A page of a collection's documents by where they lie in the log.
+#[derive(Debug, Default)]
+pub struct PagePtrs {
+    /// The documents' places in the log, in key order.
+    pub ptrs: Vec<Ptr>,
+    /// The last document's key.
+    pub last_key: Option<String>,
+    /// Whether more documents follow.
+    pub more: bool,
+}
+
+/// Where the documents of `collection` with keys after `after` (or from the start) lie in
+/// the log, at most `limit` of them in key order.
+pub fn document_ptrs_after(
+    snap: &Snapshot,
+    collection: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<PagePtrs, ApiError> {
+    let table = snap.txn.open_table(DOCUMENTS).map_err(ApiError::storage)?;
+    let (start, end) = prefix_range(collection);
+    let start = match after {
+        Some(a) => doc_key(collection, a),
+        None => start,
+    };
+    let prefix = collection.len() + 1;
+    let mut page = PagePtrs {
+        ptrs: Vec::with_capacity(limit.min(4096)),
+        ..PagePtrs::default()
+    };
+    let mut last: Option<Vec<u8>> = None;
+    for entry in table
+        .range(start.as_slice()..end.as_slice())
+        .map_err(ApiError::storage)?
+    {
+        let (key, value) = entry.map_err(ApiError::storage)?;
+        let key = key.value().get(prefix..).unwrap_or_default();
+        if after.is_some_and(|a| a.as_bytes() == key) {
+            continue;
+        }
+        if page.ptrs.len() >= limit {
+            page.more = true;
+            break;
+        }
+        page.ptrs.push(decode_ptr(value.value())?);
+        match last.as_mut() {
+            Some(buffer) => {
+                buffer.clear();
+                buffer.extend_from_slice(key);
+            }
+            None => last = Some(key.to_vec()),
+        }
+    }
+    page.last_key = last.map(|key| String::from_utf8_lossy(&key).into_owned());
+    Ok(page)
+}
+
+/// Longest stretch of the log read in one call when joining documents.
+const MAX_READ_RUN: u64 = 4 << 20;
+
+/// Appends the bodies at `ptrs` to `out`, separated by commas (a JSON array's elements).
+/// Bodies that lie next to each other in the log — documents written in key order — are read
+/// with one call instead of one each.
+pub fn read_documents_joined(
+    snap: &Snapshot,
+    ptrs: &[Ptr],
+    out: &mut Vec<u8>,
+) -> Result<(), ApiError> {
+    let mut scratch = Vec::new();
+    let mut first = 0;
+    while first < ptrs.len() {
+        let start = ptrs[first].offset;
+        let mut end = start + u64::from(ptrs[first].len);
+        let mut next = first + 1;
+        while next < ptrs.len() && ptrs[next].offset == end && end - start < MAX_READ_RUN {
+            end += u64::from(ptrs[next].len);
+            next += 1;
+        }
+        let len = usize::try_from(end - start)
+            .map_err(|_| ApiError::storage("a document log stretch beyond the address space"))?;
+        snap.log.read_range_into(start, len, &mut scratch)?;
+        let mut at = 0;
+        for (index, ptr) in ptrs[first..next].iter().enumerate() {
+            if first + index > 0 {
+                out.push(b',');
+            }
+            let len = ptr.len as usize;
+            out.extend_from_slice(&scratch[at..at + len]);
+            at += len;
+        }
+        first = next;
+    }
+    Ok(())
+}
+
 /// Number of documents in `collection`.
 pub fn count(snap: &Snapshot, collection: &str) -> Result<u64, ApiError> {
     let table = snap.txn.open_table(DOCUMENTS).map_err(ApiError::storage)?;
