@@ -19,7 +19,11 @@ const PG_DESTINATION_KEYS: &[&str] = &[
     "batch_flush_interval",
     "hard_delete",
     "schema_evolution",
+    "parallelism",
 ];
+
+/// Most connections one collection's scan loads over.
+pub const MAX_PARALLELISM: u64 = 16;
 
 /// Settings of a PostgreSQL destination.
 #[derive(Debug, Clone)]
@@ -36,6 +40,9 @@ pub struct PgDestinationConfig {
     pub batch_flush_interval: Duration,
     /// A GDN delete deletes the row (true) or sets `_sdc_deleted_at` and keeps it (false).
     pub hard_delete: bool,
+    /// Connections a collection's scan commits its batches over at once (PostgreSQL parses
+    /// and indexes each COPY on one core; the stream afterwards uses one).
+    pub parallelism: usize,
 }
 
 /// Seconds, whole or fractional (`0.5`), at least one millisecond.
@@ -111,6 +118,15 @@ impl PgDestinationConfig {
             batch_size_rows: positive(object, "batch_size_rows", 10_000)? as usize,
             batch_flush_interval: seconds(object, "batch_flush_interval", 1.0)?,
             hard_delete: boolean(object, "hard_delete")?.unwrap_or(true),
+            parallelism: match positive(object, "parallelism", 2)? {
+                n if n > MAX_PARALLELISM => {
+                    return Err(ConfigError::Invalid {
+                        key: "parallelism".into(),
+                        detail: format!("{n} is above {MAX_PARALLELISM}; each is a PostgreSQL connection working at once"),
+                    })
+                }
+                n => n as usize,
+            },
         })
     }
 
@@ -142,6 +158,7 @@ mod tests {
         assert_eq!(config.batch_size_rows, 10_000);
         assert_eq!(config.batch_flush_interval, Duration::from_millis(250));
         assert!(config.hard_delete);
+        assert_eq!(config.parallelism, 2);
     }
 
     #[test]

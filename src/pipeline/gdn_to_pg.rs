@@ -27,7 +27,7 @@
 //! until SIGINT/SIGTERM, then commits and acknowledges what it holds and exits.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -389,39 +389,14 @@ impl Follower<'_> {
         Ok(())
     }
 
-    /// Commits one encoded scan batch, with a plain COPY first while `try_direct`; returns
-    /// whether that went through (once a key was there already, later batches merge).
-    async fn commit_scanned(
-        &mut self,
-        scanned: &ScannedBatch,
-        try_direct: bool,
-    ) -> Result<bool, GdnToPgError> {
-        let applied = self
-            .table
-            .commit(&mut self.connection, &scanned.encoded, try_direct)
-            .await?;
-        self.bytes += scanned.bytes;
-        self.record(&applied);
-        self.summary.scanned += scanned.documents;
-        self.context.progress.add(self.index, scanned.documents);
-        Ok(applied.direct)
-    }
-
     /// Logs a committed batch's schema changes and counts it.
     fn record(&mut self, applied: &Applied) {
-        for change in &applied.changes {
-            tracing::info!(collection = self.collection, "{change}");
-        }
-        let metrics = self.context.metrics;
-        let rows = applied.upserts + applied.deletes;
-        metrics
-            .ingested_documents
-            .fetch_add(rows, Ordering::Relaxed);
-        metrics
-            .ingested_bytes
-            .fetch_add(std::mem::take(&mut self.bytes), Ordering::Relaxed);
-        metrics.batches.fetch_add(1, Ordering::Relaxed);
-        metrics.batch_documents.fetch_add(rows, Ordering::Relaxed);
+        count_batch(
+            self.context,
+            self.collection,
+            applied,
+            std::mem::take(&mut self.bytes),
+        );
         self.summary.batches += 1;
     }
 
@@ -629,20 +604,44 @@ async fn sync_collection(
     Ok(summary)
 }
 
+/// Logs a committed batch's schema changes and adds it to the metrics.
+fn count_batch(context: &Context<'_>, collection: &str, applied: &Applied, bytes: u64) {
+    for change in &applied.changes {
+        tracing::info!(collection, "{change}");
+    }
+    let metrics = context.metrics;
+    let rows = applied.upserts + applied.deletes;
+    metrics
+        .ingested_documents
+        .fetch_add(rows, Ordering::Relaxed);
+    metrics.ingested_bytes.fetch_add(bytes, Ordering::Relaxed);
+    metrics.batches.fetch_add(1, Ordering::Relaxed);
+    metrics.batch_documents.fetch_add(rows, Ordering::Relaxed);
+}
+
 /// Pages fetched ahead of the encoding.
 const PAGES_AHEAD: usize = 4;
 
 /// Scans the collection into the table in three stages that run at once: this task fetches
 /// cursor pages, a thread of its own reads them into batches and encodes each as COPY data (a
-/// batch ahead, against the columns the table will have by then), and this task commits the
-/// encoded batches in PostgreSQL. GDN, pgferry and PostgreSQL all stay busy instead of waiting
-/// on each other. `Ok(false)` when a shutdown interrupted the scan (what was read is
-/// committed; the next run scans again).
+/// batch ahead, against the columns the table will have by then), and `parallelism`
+/// connections commit the encoded batches in PostgreSQL (a scan's batches hold distinct keys,
+/// so they do not wait on each other; one that changes the columns commits alone). GDN,
+/// pgferry and PostgreSQL all stay busy instead of waiting on each other. `Ok(false)` when a
+/// shutdown interrupted the scan (what was read is committed; the next run scans again).
 async fn scan(
     follower: &mut Follower<'_>,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<bool, GdnToPgError> {
     let context = follower.context;
+    let destination = &context.config.destination;
+    let mut others = Vec::new();
+    for _ in 1..destination.parallelism {
+        let connection = Connection::connect(&destination.connection.connect_options())
+            .await
+            .map_err(|error| GdnToPgError::Connect(Box::new(error)))?;
+        others.push((connection, follower.table.for_another_session()));
+    }
     let mut reader = ScanReader {
         context,
         collection: follower.collection,
@@ -650,11 +649,11 @@ async fn scan(
         restarts: 0,
     };
     let (pages_tx, pages_rx) = tokio::sync::mpsc::channel(PAGES_AHEAD);
-    let (encoded_tx, mut encoded_rx) = tokio::sync::mpsc::channel(1);
+    let (encoded_tx, encoded_rx) = tokio::sync::mpsc::channel(destination.parallelism);
     let (spare_tx, spare_rx) = std::sync::mpsc::channel();
     let encoder = ScanEncoder {
         model: follower.table.model().clone(),
-        batch_size: context.config.destination.batch_size_rows,
+        batch_size: destination.batch_size_rows,
     };
     let encoding =
         tokio::task::spawn_blocking(move || encoder.run(pages_rx, &encoded_tx, &spare_rx));
@@ -677,26 +676,111 @@ async fn scan(
             }
         }
     };
-    let commit = async {
-        // A scan's documents have distinct keys: into an empty table they can be copied as
-        // they are (the first batch that meets an existing key turns this off).
-        let mut try_direct = true;
-        while let Some(scanned) = encoded_rx.recv().await {
-            let scanned: ScannedBatch = scanned?;
-            try_direct = follower.commit_scanned(&scanned, try_direct).await?;
-            // The buffers go back to the encoder; it is gone only after an error.
-            let _ = spare_tx.send(scanned.encoded.into_buffers());
-        }
-        Ok::<(), GdnToPgError>(())
+    let lanes = ScanLanes {
+        context,
+        collection: follower.collection,
+        index: follower.index,
+        batches: tokio::sync::Mutex::new(encoded_rx),
+        order: tokio::sync::RwLock::new(()),
+        try_direct: AtomicBool::new(true),
+        spare: spare_tx,
+        documents: AtomicU64::new(0),
+        batches_committed: AtomicU64::new(0),
     };
+    let commit = futures_util::future::try_join_all(
+        std::iter::once((&mut follower.connection, &mut follower.table))
+            .chain(
+                others
+                    .iter_mut()
+                    .map(|(connection, table)| (connection, table)),
+            )
+            .map(|(connection, table)| lanes.commit(connection, table)),
+    );
     let outcome = tokio::try_join!(fetch, commit);
     // On an error the stages still running are dropped; the encoder sees its channels close.
-    drop(encoded_rx);
-    if let Err(error) = encoding.await {
-        return Err(GdnToPgError::Encoder(error.to_string()));
-    }
+    let ScanLanes {
+        batches,
+        documents,
+        batches_committed,
+        ..
+    } = lanes;
+    drop(batches);
+    let model = encoding
+        .await
+        .map_err(|error| GdnToPgError::Encoder(error.to_string()))?;
     reader.close().await;
-    outcome.map(|(finished, ())| finished)
+    for (connection, _) in others {
+        connection.close().await;
+    }
+    follower.summary.scanned += documents.into_inner();
+    follower.summary.batches += batches_committed.into_inner();
+    let (finished, _) = outcome?;
+    // Every batch is committed: the columns are the encoder's.
+    follower.table.committed_elsewhere(model);
+    Ok(finished)
+}
+
+/// What the connections that commit a scan's batches share.
+struct ScanLanes<'a> {
+    context: &'a Context<'a>,
+    collection: &'a str,
+    index: usize,
+    /// Encoded batches, in the order they were read.
+    batches:
+        tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Result<ScannedBatch, Box<DocumentError>>>>,
+    /// Batches commit side by side (shared); one that changes the columns alone (exclusive),
+    /// after every batch before it and before any after it.
+    order: tokio::sync::RwLock<()>,
+    /// Batches are copied straight into the table until one meets a key that is there.
+    try_direct: AtomicBool,
+    /// Buffers back to the encoder.
+    spare: std::sync::mpsc::Sender<(Vec<u8>, Vec<u8>)>,
+    documents: AtomicU64,
+    batches_committed: AtomicU64,
+}
+
+impl ScanLanes<'_> {
+    /// Commits batches over one connection until they run out.
+    async fn commit(
+        &self,
+        connection: &mut Connection,
+        table: &mut DocumentTable,
+    ) -> Result<(), GdnToPgError> {
+        loop {
+            // The turn is taken while the batch is taken, so turns follow the batches' order.
+            let (scanned, alone, shared) = {
+                let mut batches = self.batches.lock().await;
+                let Some(scanned) = batches.recv().await else {
+                    return Ok(());
+                };
+                let scanned = scanned?;
+                if scanned.encoded.changes_columns() {
+                    (scanned, Some(self.order.write().await), None)
+                } else {
+                    (scanned, None, Some(self.order.read().await))
+                }
+            };
+            let applied = table
+                .commit(
+                    connection,
+                    &scanned.encoded,
+                    self.try_direct.load(Ordering::Relaxed),
+                )
+                .await?;
+            drop((alone, shared));
+            if !applied.direct {
+                // A resumed scan: the table has keys already, later batches merge.
+                self.try_direct.store(false, Ordering::Relaxed);
+            }
+            count_batch(self.context, self.collection, &applied, scanned.bytes);
+            self.documents
+                .fetch_add(scanned.documents, Ordering::Relaxed);
+            self.batches_committed.fetch_add(1, Ordering::Relaxed);
+            self.context.progress.add(self.index, scanned.documents);
+            // The buffers go back to the encoder; it is gone only after an error.
+            let _ = self.spare.send(scanned.encoded.into_buffers());
+        }
+    }
 }
 
 /// A scan batch encoded for the table, and what it counts for.
@@ -715,13 +799,14 @@ struct ScanEncoder {
 
 impl ScanEncoder {
     /// Reads pages until their channel closes, sending a batch each `batch_size` documents
-    /// (and the rest at the end). Stops at the first error, which it sends on.
+    /// (and the rest at the end). Stops at the first error, which it sends on. Returns the
+    /// columns the table has once every batch sent is committed.
     fn run(
         mut self,
         mut pages: tokio::sync::mpsc::Receiver<Vec<Box<RawValue>>>,
         out: &tokio::sync::mpsc::Sender<Result<ScannedBatch, Box<DocumentError>>>,
         spare: &std::sync::mpsc::Receiver<(Vec<u8>, Vec<u8>)>,
-    ) {
+    ) -> TableModel {
         let mut batch = DocumentBatch::default();
         let (mut documents, mut bytes) = (0u64, 0u64);
         loop {
@@ -736,7 +821,7 @@ impl ScanEncoder {
                         snippet: rejected.snippet(),
                         reason: Box::new(rejected.reason),
                     })));
-                    return;
+                    return self.model;
                 }
             }
             if batch.len() >= self.batch_size || (end && !batch.is_empty()) {
@@ -752,11 +837,11 @@ impl ScanEncoder {
                 let failed = scanned.is_err();
                 batch.clear();
                 if out.blocking_send(scanned).is_err() || failed {
-                    return;
+                    return self.model;
                 }
             }
             if end {
-                return;
+                return self.model;
             }
         }
     }

@@ -431,9 +431,10 @@ pub struct Encoded {
 }
 
 impl Encoded {
-    /// Rows inserted or replaced plus keys deleted.
-    pub fn changes(&self) -> u64 {
-        self.upserts + self.removed
+    /// Whether the batch adds or widens columns (it must commit after every batch before it
+    /// and before any after it).
+    pub fn changes_columns(&self) -> bool {
+        !self.ddl.is_empty()
     }
 
     /// The buffers, for the next batch to reuse (their pages stay mapped).
@@ -443,7 +444,7 @@ impl Encoded {
 }
 
 /// A table loaded from documents, as pgferry knows it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DocumentTable {
     /// The columns as committed.
     model: TableModel,
@@ -559,6 +560,23 @@ impl DocumentTable {
     /// The committed columns, to encode batches against.
     pub fn model(&self) -> &TableModel {
         &self.model
+    }
+
+    /// The same table, for another session on the same database (which has no staging
+    /// tables yet).
+    pub fn for_another_session(&self) -> DocumentTable {
+        DocumentTable {
+            model: self.model.clone(),
+            hard_delete: self.hard_delete,
+            staging: None,
+            buffers: Default::default(),
+        }
+    }
+
+    /// Takes `model` as the committed columns, after batches were committed over other
+    /// sessions.
+    pub fn committed_elsewhere(&mut self, model: TableModel) {
+        self.model = model;
     }
 
     /// Applies `batch` in one transaction (schema changes included); on success the table
