@@ -570,3 +570,113 @@ async fn a_scan_into_a_table_that_holds_some_keys_already_merges_them() {
         panic!("{difference}");
     }
 }
+
+/// A scan committed over four connections at once, whose later batches bring a new attribute
+/// and widen another: the batches that change the columns commit alone and in order, and the
+/// table ends equal to the collection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_over_several_connections_changes_columns_in_order_and_ends_exact() {
+    let cluster = PgCluster::start_default();
+    let server = Server::start().await;
+    let http = Http::h1(&server.url());
+    create_collection(&http, "orders").await;
+    // Every 600 documents (two batches of 300: the scan cuts at whole cursor pages) a new
+    // attribute: a batch that adds a column, then one that only uses it.
+    let documents: Vec<Value> = (0..3_000u64)
+        .map(|index| {
+            let mut document = match index {
+                0..=999 => json!({"_key": format!("o{index:05}"), "n": index}),
+                1_000..=1_999 => json!({"_key": format!("o{index:05}"), "n": index, "late": format!("l{index}")}),
+                _ => json!({"_key": format!("o{index:05}"), "n": index as f64 + 0.5, "late": null, "later": [index]}),
+            };
+            document[format!("step{}", index / 600)] = json!(index);
+            document
+        })
+        .collect();
+    for chunk in documents.chunks(1_000) {
+        upsert(&http, "orders", chunk.to_vec()).await;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_pipeline(
+        dir.path(),
+        &cluster,
+        &server.url(),
+        json!({"destination": {"batch_size_rows": 150, "parallelism": 4}}),
+    );
+    let summary = run_once(&config);
+    assert!(summary.contains("scanned 3000 documents"), "{summary}");
+    if let Err(difference) = compare(
+        &rows(&cluster, "orders"),
+        &all_documents(&http, "orders", true).await,
+    ) {
+        panic!("{difference}");
+    }
+    let types = column_types(&cluster, "orders");
+    assert_eq!(
+        types.get("n").map(String::as_str),
+        Some("numeric"),
+        "{types:?}"
+    );
+    assert_eq!(
+        types.get("late").map(String::as_str),
+        Some("text"),
+        "{types:?}"
+    );
+    assert_eq!(
+        types.get("later").map(String::as_str),
+        Some("jsonb"),
+        "{types:?}"
+    );
+}
+
+/// A document with a value no column can hold stops the scan with an error naming the
+/// document, the attribute and the reason; nothing of its batch is in the table, and once the
+/// document is fixed the next run ends exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_no_column_can_hold_stops_the_scan_naming_it() {
+    let cluster = PgCluster::start_default();
+    let server = Server::start().await;
+    let http = Http::h1(&server.url());
+    create_collection(&http, "orders").await;
+    let mut documents: Vec<Value> = (0..1_000u64)
+        .map(|index| json!({"_key": format!("o{index:05}"), "name": format!("n{index}")}))
+        .collect();
+    documents[500] = json!({"_key": "o00500", "name": "before\u{0}after"});
+    upsert(&http, "orders", documents).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_pipeline(
+        dir.path(),
+        &cluster,
+        &server.url(),
+        json!({"destination": {"batch_size_rows": 100}}),
+    );
+    let output = pgferry(&["run", "--once"], &config)
+        .output()
+        .expect("run pgferry");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    for needed in ["\"o00500\"", "attribute \"name\"", "U+0000"] {
+        assert!(stderr.contains(needed), "{needed} missing from:\n{stderr}");
+    }
+    let loaded = cluster.psql(
+        "SELECT count(*) FILTER (WHERE \"_key\" BETWEEN 'o00500' AND 'o00599') FROM public.orders",
+    );
+    assert_eq!(
+        loaded, "0",
+        "nothing of the refused document's batch was applied"
+    );
+
+    upsert(
+        &http,
+        "orders",
+        vec![json!({"_key": "o00500", "name": "fixed"})],
+    )
+    .await;
+    run_once(&config);
+    if let Err(difference) = compare(
+        &rows(&cluster, "orders"),
+        &all_documents(&http, "orders", true).await,
+    ) {
+        panic!("{difference}");
+    }
+}
