@@ -429,8 +429,26 @@ async fn killed_with_sigkill_at_random_points_and_restarted_the_table_equals_the
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        let pause =
-            Duration::from_millis(100 + random.below(if iteration < 3 { 500 } else { 1_500 }));
+        if iteration < 3 {
+            // Killed while the scan runs (it is fast: a fixed wait from the start can miss it).
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("scanning the collection")
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "the scan never started:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let pause = Duration::from_millis(if iteration < 3 {
+            random.below(100)
+        } else {
+            100 + random.below(1_500)
+        });
         tokio::time::sleep(pause).await;
         if let Ok(Some(status)) = child.try_wait() {
             panic!(

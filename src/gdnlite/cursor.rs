@@ -314,17 +314,17 @@ pub fn create(state: &State, body: &Bytes) -> Result<Resp, ApiError> {
     let mut last_key = None;
     let mut to_skip = scan.offset;
     while to_skip > 0 {
-        let skipped = store::documents_after(
+        let skipped = store::document_ptrs_after(
             &snapshot,
             &scan.collection,
             last_key.as_deref(),
             to_skip.min(10_000) as usize,
         )?;
-        if skipped.is_empty() {
+        if skipped.ptrs.is_empty() {
             break;
         }
-        to_skip -= skipped.len() as u64;
-        last_key = skipped.last().map(|(k, _)| k.clone());
+        to_skip -= skipped.ptrs.len() as u64;
+        last_key = skipped.last_key;
     }
     let ttl = Duration::from_secs_f64(ttl);
     let mut cursor = Cursor {

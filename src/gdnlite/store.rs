@@ -388,39 +388,6 @@ pub fn document(snap: &Snapshot, collection: &str, key: &str) -> Result<Option<V
     }
 }
 
-/// Documents of `collection` with keys after `after` (or from the start), at most `limit`.
-pub fn documents_after(
-    snap: &Snapshot,
-    collection: &str,
-    after: Option<&str>,
-    limit: usize,
-) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
-    let table = snap.txn.open_table(DOCUMENTS).map_err(ApiError::storage)?;
-    let (start, end) = prefix_range(collection);
-    let start = match after {
-        Some(a) => doc_key(collection, a),
-        None => start,
-    };
-    let prefix = collection.len() + 1;
-    let mut out = Vec::with_capacity(limit.min(4096));
-    for entry in table
-        .range(start.as_slice()..end.as_slice())
-        .map_err(ApiError::storage)?
-    {
-        if out.len() >= limit {
-            break;
-        }
-        let (key, value) = entry.map_err(ApiError::storage)?;
-        let key = key.value().get(prefix..).unwrap_or_default();
-        if after.is_some_and(|a| a.as_bytes() == key) {
-            continue;
-        }
-        let doc = snap.log.read(decode_ptr(value.value())?)?;
-        out.push((String::from_utf8_lossy(key).into_owned(), doc));
-    }
-    Ok(out)
-}
-
 /// A page of a collection's documents by where they lie in the log.
 #[derive(Debug, Default)]
 pub struct PagePtrs {
