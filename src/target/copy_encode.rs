@@ -104,7 +104,9 @@ pub fn string_contents(raw: &str) -> Result<Cow<'_, str>, EncodeError> {
     Ok(Cow::Owned(decoded))
 }
 
-fn push_string(out: &mut Vec<u8>, raw: &str) -> Result<(), EncodeError> {
+/// Appends the contents of the JSON string literal `raw` escaped for COPY text; a NUL is an
+/// error.
+pub fn push_string(out: &mut Vec<u8>, raw: &str) -> Result<(), EncodeError> {
     let contents = string_contents(raw)?;
     if contents.contains('\0') {
         return Err(EncodeError::Nul);
@@ -159,7 +161,8 @@ pub fn integral_text(raw: &str) -> Option<Cow<'_, str>> {
     }))
 }
 
-fn is_integer_text(text: &str) -> bool {
+/// Whether `text` is a whole number: an optional sign, then digits only.
+pub fn is_integer_text(text: &str) -> bool {
     let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
     !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit())
 }

@@ -17,12 +17,13 @@
 //! Columns of other types (a table created by hand) are kept and fed with PostgreSQL's input
 //! syntax: strings as their contents, everything else as JSON text.
 
-use std::borrow::Cow;
 use std::io::Write as _;
 
 use sha2::{Digest, Sha256};
 
-use crate::target::copy_encode::{json_kind, push_escaped, string_contents, JsonKind};
+use crate::target::copy_encode::{
+    is_integer_text, json_kind, push_escaped, push_string, EncodeError, JsonKind,
+};
 
 /// The name of the key column.
 pub const KEY_COLUMN: &str = "_key";
@@ -94,7 +95,7 @@ pub fn raw_kind(raw: &str) -> Result<ValueKind, ValueError> {
         JsonKind::String => ValueKind::String,
         JsonKind::Array | JsonKind::Object => ValueKind::Structure,
         JsonKind::Number => {
-            if is_whole(raw) && raw != "-0" && raw.parse::<i64>().is_ok() {
+            if is_integer_text(raw) && raw != "-0" && raw.parse::<i64>().is_ok() {
                 ValueKind::Integer
             } else if raw.parse::<f64>().is_ok_and(f64::is_finite) {
                 ValueKind::Float
@@ -103,12 +104,6 @@ pub fn raw_kind(raw: &str) -> Result<ValueKind, ValueError> {
             }
         }
     })
-}
-
-/// Whether a JSON number is written without a fraction or an exponent.
-fn is_whole(raw: &str) -> bool {
-    raw.bytes()
-        .all(|byte| byte == b'-' || byte.is_ascii_digit())
 }
 
 /// A JSON number's text as PostgreSQL's `double precision` input reads the same double as
@@ -286,7 +281,7 @@ pub fn encode_field(
             out.extend_from_slice(double_text(raw).as_bytes())
         }
         (ValueKind::Float, ColumnType::Numeric | ColumnType::Other(_)) => {
-            if is_whole(raw) {
+            if is_integer_text(raw) {
                 out.extend_from_slice(raw.as_bytes());
             } else {
                 let shortest = raw
@@ -299,12 +294,11 @@ pub fn encode_field(
             }
         }
         (ValueKind::String, ColumnType::Text | ColumnType::Other(_)) => {
-            match string_contents(raw).map_err(|error| ValueError::Unreadable(error.to_string()))? {
-                // Without escapes a JSON string holds no control characters: nothing to escape.
-                Cow::Borrowed(text) => out.extend_from_slice(text.as_bytes()),
-                Cow::Owned(text) if text.contains('\0') => return Err(ValueError::Nul),
-                Cow::Owned(text) => push_escaped(out, text.as_bytes()),
-            }
+            push_string(out, raw).map_err(|error| match error {
+                EncodeError::Nul => ValueError::Nul,
+                EncodeError::String(detail) => ValueError::Unreadable(detail),
+                other => ValueError::Unreadable(other.to_string()),
+            })?;
         }
         (_, ColumnType::Jsonb) | (ValueKind::Structure, ColumnType::Other(_)) => {
             if raw.contains("\\u") {
