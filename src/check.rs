@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::config::OutputPlugin;
 use crate::config::{PgSourceConfig, ReplicationMethod};
 use crate::pg::catalog::publication_coverage;
-use crate::pg::query::quote_literal;
+use crate::pg::query::{quote_literal, Row};
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
 use crate::pg::{Connection, PgError};
 
@@ -481,12 +481,7 @@ async fn check_publication(
         ))
         .await?
         .iter()
-        .map(|row| {
-            (
-                row.get(0).unwrap_or_default().to_owned(),
-                row.get(1).unwrap_or_default().to_owned(),
-            )
-        })
+        .map(Row::pair)
         .collect();
     let coverage = publication_coverage(connection, publication, &tables).await?;
     let (exists, missing) = (coverage.exists, coverage.missing);

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use crate::decode::value::{NumericOut, TypeCodec};
-use crate::pg::query::quote_literal;
+use crate::pg::query::{quote_literal, Row};
 use crate::pg::{Connection, PgError};
 
 /// What kind of relation a table is.
@@ -401,15 +401,7 @@ pub async fn leaf_partitions(
              WHERE c.relkind IN ('r', 'f') AND c.oid <> {oid}::oid ORDER BY 1, 2"
         ))
         .await?;
-    Ok(rows
-        .iter()
-        .map(|row| {
-            (
-                row.get(0).unwrap_or_default().to_owned(),
-                row.get(1).unwrap_or_default().to_owned(),
-            )
-        })
-        .collect())
+    Ok(rows.iter().map(Row::pair).collect())
 }
 
 /// What a publication covers of some tables: whether it exists, and which of the tables it

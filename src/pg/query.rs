@@ -32,6 +32,14 @@ impl Row {
         self.values.get(index).and_then(|value| value.as_deref())
     }
 
+    /// The first two values as text (empty for NULL): a catalog row of two names.
+    pub fn pair(&self) -> (String, String) {
+        (
+            self.get(0).unwrap_or_default().to_owned(),
+            self.get(1).unwrap_or_default().to_owned(),
+        )
+    }
+
     /// The value of the column called `name`, or `None` for NULL or an unknown column.
     pub fn get_named(&self, name: &str) -> Option<&str> {
         let index = self.columns.iter().position(|column| column == name)?;

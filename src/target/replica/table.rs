@@ -4,7 +4,7 @@
 use super::sql::{ReplicaTable, DELETED_AT};
 use super::{pg, ReplicaError};
 use crate::pg::catalog::Table;
-use crate::pg::query::{quote_identifier, quote_literal};
+use crate::pg::query::{quote_identifier, quote_literal, Row};
 use crate::pg::Connection;
 use crate::target::naming::TableName;
 
@@ -151,15 +151,7 @@ async fn existing_columns(
         ))
         .await
         .map_err(pg("reading the columns of", &target.to_string()))?;
-    Ok(rows
-        .iter()
-        .map(|row| {
-            (
-                row.get(0).unwrap_or_default().to_owned(),
-                row.get(1).unwrap_or_default().to_owned(),
-            )
-        })
-        .collect())
+    Ok(rows.iter().map(Row::pair).collect())
 }
 
 /// Whether a unique, non-partial index covers exactly the key columns (ON CONFLICT needs one).
