@@ -197,9 +197,9 @@ impl Cursors {
     }
 }
 
-/// The next page: its documents joined as JSON array elements, how many, and whether more
-/// follow.
-fn page(cursor: &mut Cursor) -> Result<(Vec<u8>, usize, bool), ApiError> {
+/// The next page of an answer with status `code`: the answer's text up to and including its
+/// documents (joined as JSON array elements), how many there are, and whether more follow.
+fn page(cursor: &mut Cursor, code: StatusCode) -> Result<(Vec<u8>, usize, bool), ApiError> {
     let want = cursor
         .remaining
         .map_or(cursor.batch_size, |r| r.min(cursor.batch_size));
@@ -209,8 +209,17 @@ fn page(cursor: &mut Cursor) -> Result<(Vec<u8>, usize, bool), ApiError> {
         cursor.last_key.as_deref(),
         want as usize,
     )?;
-    let mut docs = Vec::with_capacity(page.ptrs.iter().map(|ptr| ptr.len as usize + 1).sum());
-    store::read_documents_joined(&cursor.snapshot, &page.ptrs, &mut docs)?;
+    let mut out = Vec::with_capacity(
+        page.ptrs
+            .iter()
+            .map(|ptr| ptr.len as usize + 1)
+            .sum::<usize>()
+            + 256,
+    );
+    out.extend_from_slice(
+        format!("{{\"error\":false,\"code\":{},\"result\":[", code.as_u16()).as_bytes(),
+    );
+    store::read_documents_joined(&cursor.snapshot, &page.ptrs, &mut out)?;
     if page.last_key.is_some() {
         cursor.last_key = page.last_key;
     }
@@ -218,21 +227,17 @@ fn page(cursor: &mut Cursor) -> Result<(Vec<u8>, usize, bool), ApiError> {
         *r -= page.ptrs.len() as u64;
     }
     let has_more = page.more && cursor.remaining != Some(0);
-    Ok((docs, page.ptrs.len(), has_more))
+    Ok((out, page.ptrs.len(), has_more))
 }
 
+/// Completes the answer `page` began.
 fn answer(
     code: StatusCode,
-    (docs, count_in_page): (&[u8], usize),
+    (mut out, count_in_page): (Vec<u8>, usize),
     has_more: bool,
     id: Option<&str>,
     count: Option<u64>,
 ) -> Resp {
-    let mut out = Vec::with_capacity(docs.len() + 256);
-    out.extend_from_slice(
-        format!("{{\"error\":false,\"code\":{},\"result\":[", code.as_u16()).as_bytes(),
-    );
-    out.extend_from_slice(docs);
     out.extend_from_slice(format!("],\"hasMore\":{has_more},\"cached\":false").as_bytes());
     if let Some(id) = id {
         out.extend_from_slice(format!(",\"id\":\"{id}\"").as_bytes());
@@ -337,7 +342,7 @@ pub fn create(state: &State, body: &Bytes) -> Result<Resp, ApiError> {
         expires: Instant::now() + ttl,
         count,
     };
-    let (docs, in_page, has_more) = page(&mut cursor)?;
+    let (docs, in_page, has_more) = page(&mut cursor, StatusCode::CREATED)?;
     let id = if has_more {
         let id = (state.cursors.next_id.fetch_add(1, Ordering::Relaxed) + 1).to_string();
         state.cursors.lock().insert(id.clone(), cursor);
@@ -347,7 +352,7 @@ pub fn create(state: &State, body: &Bytes) -> Result<Resp, ApiError> {
     };
     Ok(answer(
         StatusCode::CREATED,
-        (&docs, in_page),
+        (docs, in_page),
         has_more,
         id.as_deref(),
         count,
@@ -369,7 +374,7 @@ pub fn next(state: &State, id: &str) -> Result<Resp, ApiError> {
     let Some(mut cursor) = state.cursors.lock().remove(id) else {
         return Err(cursor_not_found(id));
     };
-    let (docs, in_page, has_more) = page(&mut cursor)?;
+    let (docs, in_page, has_more) = page(&mut cursor, StatusCode::OK)?;
     let count = cursor.count;
     if has_more {
         cursor.expires = now + cursor.ttl;
@@ -377,7 +382,7 @@ pub fn next(state: &State, id: &str) -> Result<Resp, ApiError> {
     }
     Ok(answer(
         StatusCode::OK,
-        (&docs, in_page),
+        (docs, in_page),
         has_more,
         has_more.then_some(id),
         count,
