@@ -222,9 +222,10 @@ pub fn document_key(raw: &RawValue) -> Result<String, BadDocument> {
 
 /// The contents of a `_key` value, when it is a string.
 fn string_key(raw: &RawValue) -> Option<String> {
-    (json_kind(raw.get()) == JsonKind::String)
-        .then(|| string_contents(raw.get()).ok().map(Cow::into_owned))
-        .flatten()
+    if json_kind(raw.get()) != JsonKind::String {
+        return None;
+    }
+    string_contents(raw.get()).ok().map(Cow::into_owned)
 }
 
 /// Reads one document's attributes into the batch's names and its own fields.
