@@ -475,6 +475,15 @@ async fn killed_with_sigkill_at_random_points_and_restarted_the_table_equals_the
         phases.contains(&"scanning") && phases.contains(&"streaming"),
         "kills hit both the scan and the streaming: {phases:?}"
     );
+    // A kill mid-scan leaves the table keyless and marked: the next run starts it over.
+    let restarted_loads = (0..6)
+        .filter(|iteration| {
+            std::fs::read_to_string(dir.path().join(format!("run-{iteration}.log")))
+                .unwrap_or_default()
+                .contains("was interrupted: emptying it")
+        })
+        .count();
+    assert!(restarted_loads > 0, "no run found an interrupted load");
 
     let summary = run_once(&config);
     assert!(summary.contains("events → public.events"), "{summary}");
@@ -697,4 +706,146 @@ async fn a_document_no_column_can_hold_stops_the_scan_naming_it() {
     ) {
         panic!("{difference}");
     }
+}
+
+/// The primary key and the comment of `public.<table>`: a finished load has the key on
+/// `_key` and no comment.
+fn key_and_comment(cluster: &PgCluster, table: &str) -> String {
+    cluster.psql(&format!(
+        "SELECT coalesce((SELECT string_agg(pg_get_constraintdef(oid), ', ') FROM pg_constraint \
+           WHERE conrelid = 'public.{table}'::regclass AND contype = 'p'), 'no primary key') \
+         || ' / ' || coalesce(obj_description('public.{table}'::regclass, 'pg_class'), 'no comment')"
+    ))
+}
+
+/// Rows beyond one per `_key`.
+fn duplicate_keys(cluster: &PgCluster, table: &str) -> String {
+    cluster.psql(&format!(
+        "SELECT count(*) - count(DISTINCT \"_key\") FROM public.{table}"
+    ))
+}
+
+/// Runs `pgferry run --once` to completion; returns stderr (the log).
+fn run_once_log(config: &Path) -> String {
+    let output = pgferry(&["run", "--once"], config)
+        .output()
+        .expect("run pgferry");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "pgferry run --once failed:\n{}\n{stderr}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    stderr
+}
+
+/// The comment pgferry puts on a table it created until the table's initial load is in.
+const LOADING_COMMENT: &str =
+    "pgferry: initial load in progress; the primary key on \"_key\" is added when it completes";
+
+/// A table pgferry creates is loaded without its primary key, which is built when the scan
+/// is in. A table still marked as loading (an earlier scan was interrupted: stale rows, a key
+/// twice) is emptied and loaded again; an unkeyed table that is not pgferry's is refused and
+/// left as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_is_built_after_the_scan_and_an_interrupted_load_starts_over() {
+    let cluster = PgCluster::start_default();
+    let server = Server::start().await;
+    let http = Http::h1(&server.url());
+    create_collection(&http, "orders").await;
+    upsert(&http, "orders", (0..1_200u64).map(order).collect()).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    let config = write_pipeline(dir.path(), &cluster, &server.url(), json!({}));
+    let log = run_once_log(&config);
+    assert!(log.contains("adding the primary key"), "{log}");
+    assert_eq!(
+        key_and_comment(&cluster, "orders"),
+        "PRIMARY KEY (_key) / no comment"
+    );
+    let documents = all_documents(&http, "orders", true).await;
+    if let Err(difference) = compare(&rows(&cluster, "orders"), &documents) {
+        panic!("{difference}");
+    }
+    assert_eq!(duplicate_keys(&cluster, "orders"), "0");
+
+    // What a run killed mid-scan leaves: the mark, no key, part of the rows, one key twice.
+    cluster.psql(&format!(
+        "CREATE TABLE public.half (\"_key\" text NOT NULL, n bigint);
+         COMMENT ON TABLE public.half IS '{LOADING_COMMENT}';
+         INSERT INTO public.half VALUES ('o0', -1), ('o0', -2), ('gone', 7);"
+    ));
+    let config = write_pipeline(
+        dir.path(),
+        &cluster,
+        &server.url(),
+        json!({"destination": {"table_name": "half"}, "state_file": dir.path().join("half.state.json")}),
+    );
+    let log = run_once_log(&config);
+    assert!(log.contains("was interrupted: emptying it"), "{log}");
+    // Exact: the stale rows ("gone" included) are gone, each key once, the key built.
+    if let Err(difference) = compare(&rows(&cluster, "half"), &documents) {
+        panic!("{difference}");
+    }
+    assert_eq!(duplicate_keys(&cluster, "half"), "0");
+    assert_eq!(
+        key_and_comment(&cluster, "half"),
+        "PRIMARY KEY (_key) / no comment"
+    );
+
+    // A user's table without a unique "_key" and without the mark is refused, untouched.
+    cluster.psql(
+        "CREATE TABLE public.mine (\"_key\" text, n bigint);
+         INSERT INTO public.mine VALUES ('o0', -1), ('o0', -2);",
+    );
+    let config = write_pipeline(
+        dir.path(),
+        &cluster,
+        &server.url(),
+        json!({"destination": {"table_name": "mine"}, "state_file": dir.path().join("mine.state.json")}),
+    );
+    let (_, text) = run_failing(&config);
+    assert!(
+        text.contains("public.mine exists but has no \"_key\" column with a unique index"),
+        "{text}"
+    );
+    assert_eq!(cluster.psql("SELECT count(*) FROM public.mine"), "2");
+}
+
+/// A scan broken by server failures starts again from the beginning, so the documents read
+/// before the break are copied twice into the keyless table: building the key keeps each
+/// once, and the table ends equal to the collection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_started_again_after_failures_keeps_each_key_once() {
+    let cluster = PgCluster::start_default();
+    let mut server = Server::start().await;
+    let http = Http::h1(&server.url());
+    create_collection(&http, "orders").await;
+    upsert(&http, "orders", (0..1_500u64).map(order).collect()).await;
+    let documents = all_documents(&http, "orders", true).await;
+    server.config.faults = pgferry::gdnlite::FaultConfig {
+        error_5xx_rate: 0.08,
+        seed: Some(0x5EED_0007),
+        ..pgferry::gdnlite::FaultConfig::default()
+    };
+    server.restart_in_place(Duration::ZERO).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_pipeline(
+        dir.path(),
+        &cluster,
+        &server.url(),
+        json!({"source": {"cursor_batch_size": 100, "max_retries": 40},
+               "destination": {"batch_size_rows": 100}}),
+    );
+    let log = run_once_log(&config);
+    assert!(log.contains("scanning again from the start"), "{log}");
+    assert!(log.contains("keys the scan read twice"), "{log}");
+    if let Err(difference) = compare(&rows(&cluster, "orders"), &documents) {
+        panic!("{difference}");
+    }
+    assert_eq!(duplicate_keys(&cluster, "orders"), "0");
+    assert_eq!(
+        key_and_comment(&cluster, "orders"),
+        "PRIMARY KEY (_key) / no comment"
+    );
 }

@@ -2,7 +2,7 @@
 //! change stream; resumable at every step.
 //!
 //! ```text
-//! subscribe ──▶ cursor scan ──batches──▶ COPY + merge, COMMIT ──▶ state: scan done
+//! subscribe ──▶ cursor scan ──batches──▶ COPY (+ merge), COMMIT ──▶ [primary key] ──▶ state: scan done
 //!     │
 //!     └──messages──▶ batch (last change per _key) ──▶ COPY + merge, COMMIT ──▶ ack each message
 //! ```
@@ -21,6 +21,11 @@
 //!    final state; a crash during the scan (state file: scan not done) scans again.
 //!    The state file records, per collection, the subscription and whether its scan finished;
 //!    a different subscription name, or a table that vanished, scans again.
+//! 4. A table pgferry creates is loaded without its primary key (each batch copied straight
+//!    in) and marked as loading; the key is built once the scan is in, before the scan is
+//!    recorded done. A run that finds the table still marked (a crash or a stop mid-scan)
+//!    empties it and scans again; keys a restarted scan read twice are kept once (any copy is
+//!    a state the row passes through, and point 2 brings it to the end state).
 //!
 //! `--once` stops after the scan plus the messages the subscription had not acknowledged when
 //! it attached (its `msgBacklog` in the stream's stats); otherwise the run follows the streams
@@ -530,8 +535,7 @@ async fn sync_collection(
     let mut connection = Connection::connect(&destination.connection.connect_options())
         .await
         .map_err(|error| GdnToPgError::Connect(Box::new(error)))?;
-    let (table, created) =
-        DocumentTable::open(&mut connection, &name, destination.hard_delete).await?;
+    let table = DocumentTable::open(&mut connection, &name, destination.hard_delete).await?;
     let subscription = source.subscription_for(
         collection,
         &destination.connection.dbname,
@@ -545,7 +549,7 @@ async fn sync_collection(
         None
     };
     let recorded = context.state.get(collection).await;
-    let scan_done = !created
+    let scan_done = !table.loading()
         && recorded
             .as_ref()
             .is_some_and(|entry| entry.scan_done && entry.subscription == subscription);
@@ -580,6 +584,13 @@ async fn sync_collection(
             follower.consumer.close().await;
             follower.connection.close().await;
             return Ok(follower.summary);
+        }
+        if follower.table.loading() {
+            tracing::info!(%collection, table = %name, "scan loaded: adding the primary key on \"_key\"");
+            let removed = follower.table.finish_load(&mut follower.connection).await?;
+            if removed > 0 {
+                tracing::info!(%collection, table = %name, removed, "removed the copies of keys the scan read twice");
+            }
         }
         context
             .state

@@ -16,6 +16,12 @@
 //! so a batch, its schema changes included, is applied completely or not at all. Replaying a
 //! batch (after a crash between COMMIT and the acknowledgement) gives the same rows: every
 //! statement is an idempotent upsert or delete by key.
+//!
+//! A table pgferry creates starts without its primary key and is marked as loading (a table
+//! comment): the initial scan is copied straight in, and the key is built once at its end
+//! ([`DocumentTable::finish_load`]), which costs PostgreSQL far less than a B-tree insert per
+//! row. A run that finds its own table still marked (an earlier scan was interrupted) empties
+//! it and scans again; a key the scan read twice is kept once when the key is built.
 
 use std::borrow::Cow;
 
@@ -38,6 +44,10 @@ const COPY_CHUNK_BYTES: usize = 256 * 1024;
 const STAGING: &str = "pgferry_doc_stage";
 /// The session's staging table of deleted keys.
 const STAGING_DELETES: &str = "pgferry_doc_deletes";
+/// The comment on a table pgferry created whose initial load has not finished (it has no
+/// primary key yet): how a later run tells its own half-loaded table from a user's table.
+pub const LOADING_COMMENT: &str =
+    "pgferry: initial load in progress; the primary key on \"_key\" is added when it completes";
 
 /// Why a batch of documents could not be applied (it was rolled back).
 #[derive(Debug, thiserror::Error)]
@@ -454,6 +464,8 @@ pub struct DocumentTable {
     staging: Option<Vec<(String, ColumnType)>>,
     /// COPY text and binary buffers, kept between batches.
     buffers: (Vec<u8>, Vec<u8>),
+    /// The initial load is running: no primary key yet, batches are copied straight in.
+    loading: bool,
 }
 
 fn pg<'a>(
@@ -468,14 +480,15 @@ fn pg<'a>(
 }
 
 impl DocumentTable {
-    /// Opens `name`, creating the schema and the table (`"_key" text PRIMARY KEY`, plus
-    /// `"_sdc_deleted_at"` without `hard_delete`) when missing. Returns the table and whether
-    /// it was created now.
+    /// Opens `name`, creating the schema and the table (`"_key" text`, plus
+    /// `"_sdc_deleted_at"` without `hard_delete`) when missing. A table created now, or one of
+    /// pgferry's whose initial load was interrupted (emptied now), is [loading](Self::loading):
+    /// it gets its primary key from [`DocumentTable::finish_load`].
     pub async fn open(
         connection: &mut Connection,
         name: &TableName,
         hard_delete: bool,
-    ) -> Result<(DocumentTable, bool), DocumentError> {
+    ) -> Result<DocumentTable, DocumentError> {
         let deleted_at = if hard_delete {
             String::new()
         } else {
@@ -488,7 +501,8 @@ impl DocumentTable {
             .query(&format!(
                 "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), \
                  EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisunique \
-                   AND i.indnatts = 1 AND i.indkey[0] = a.attnum AND i.indpred IS NULL) \
+                   AND i.indnatts = 1 AND i.indkey[0] = a.attnum AND i.indpred IS NULL), \
+                 pg_catalog.obj_description(c.oid, 'pg_class') \
                  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
                  WHERE n.nspname = {} AND c.relname = {} AND c.relkind IN ('r', 'p') ORDER BY a.attnum",
@@ -505,28 +519,32 @@ impl DocumentTable {
             hard_delete,
             staging: None,
             buffers: Default::default(),
+            loading: true,
         };
         if rows.is_empty() {
             crate::target::ensure_schema(connection, &name.schema)
                 .await
                 .map_err(pg("creating the schema of", name))?;
+            // One implicit transaction: the table never exists without its mark.
             connection
                 .execute(&format!(
-                    "CREATE TABLE IF NOT EXISTS {} ({} text PRIMARY KEY{deleted_at})",
-                    name.quoted(),
-                    quote_identifier(KEY_COLUMN)
+                    "CREATE TABLE {table} ({} text NOT NULL{deleted_at}); COMMENT ON TABLE {table} IS {}",
+                    quote_identifier(KEY_COLUMN),
+                    quote_literal(LOADING_COMMENT),
+                    table = name.quoted(),
                 ))
                 .await
                 .map_err(pg("creating", name))?;
-            return Ok((table, true));
+            return Ok(table);
         }
-        let mut key_ok = false;
+        let mut key = None;
         let mut has_deleted_at = false;
+        let marked = rows[0].get(3) == Some(LOADING_COMMENT);
         for row in &rows {
             let column = row.get(0).unwrap_or_default();
             let sql = row.get(1).unwrap_or_default();
             match column {
-                KEY_COLUMN => key_ok = row.get(2) == Some("t"),
+                KEY_COLUMN => key = Some(row.get(2) == Some("t")),
                 DELETED_AT_COLUMN => has_deleted_at = true,
                 _ => table
                     .model
@@ -534,11 +552,21 @@ impl DocumentTable {
                     .push((column.to_owned(), ColumnType::from_sql(sql))),
             }
         }
-        if !key_ok {
-            return Err(DocumentError::Unusable {
-                table: name.clone(),
-                detail: "has no \"_key\" column with a unique index of its own".into(),
-            });
+        match key {
+            Some(true) => table.loading = false,
+            Some(false) if marked => {
+                tracing::warn!(table = %name, "an earlier run's initial load of this table was interrupted: emptying it and loading it again");
+                connection
+                    .execute(&format!("TRUNCATE {}", name.quoted()))
+                    .await
+                    .map_err(pg("emptying the interrupted load of", name))?;
+            }
+            _ => {
+                return Err(DocumentError::Unusable {
+                    table: name.clone(),
+                    detail: "has no \"_key\" column with a unique index of its own".into(),
+                })
+            }
         }
         if !hard_delete && !has_deleted_at {
             connection
@@ -550,7 +578,71 @@ impl DocumentTable {
                 .await
                 .map_err(pg("adding _sdc_deleted_at to", name))?;
         }
-        Ok((table, false))
+        Ok(table)
+    }
+
+    /// Whether the initial load is running (the table has no primary key yet): the scan must
+    /// run whatever the state file says, and [`DocumentTable::finish_load`] must follow it.
+    pub fn loading(&self) -> bool {
+        self.loading
+    }
+
+    /// Ends the initial load: builds the primary key on `_key` (one sort instead of a B-tree
+    /// insert per row) and clears the loading mark, in one transaction. Copies of a key the
+    /// scan read twice (a scan started again after a failure) are removed first, keeping the
+    /// one copied last; the stream replays every change made since the scan began, so any
+    /// copy is a state the row passes through. Returns how many copies were removed.
+    pub async fn finish_load(&mut self, connection: &mut Connection) -> Result<u64, DocumentError> {
+        if !self.loading {
+            return Ok(0);
+        }
+        let name = self.model.name.clone();
+        let table = name.quoted();
+        let key = quote_identifier(KEY_COLUMN);
+        let add_key = format!(
+            "ALTER TABLE {table} ADD PRIMARY KEY ({key}); COMMENT ON TABLE {table} IS NULL"
+        );
+        let mut removed = 0;
+        match connection.execute(&add_key).await {
+            Ok(_) => {}
+            Err(error) if error.code() == Some("23505") => {
+                tracing::warn!(table = %name, "the scan read some documents twice (it was started again): keeping one row per key");
+                connection
+                    .execute("BEGIN")
+                    .await
+                    .map_err(pg("starting a transaction on", &name))?;
+                let result = async {
+                    removed = connection
+                        .execute(&format!(
+                            "DELETE FROM {table} a USING {table} b WHERE a.{key} = b.{key} AND a.ctid < b.ctid"
+                        ))
+                        .await
+                        .map_err(pg("removing the copies of keys read twice from", &name))?;
+                    connection
+                        .execute(&add_key)
+                        .await
+                        .map_err(pg("adding the primary key to", &name))
+                }
+                .await;
+                if let Err(error) = result {
+                    let _ = connection.execute("ROLLBACK").await;
+                    return Err(error);
+                }
+                connection
+                    .execute("COMMIT")
+                    .await
+                    .map_err(pg("adding the primary key to", &name))?;
+            }
+            Err(source) => {
+                return Err(DocumentError::Postgres {
+                    during: "adding the primary key to",
+                    table: name,
+                    source,
+                })
+            }
+        }
+        self.loading = false;
+        Ok(removed)
     }
 
     /// The table's name.
@@ -571,6 +663,7 @@ impl DocumentTable {
             hard_delete: self.hard_delete,
             staging: None,
             buffers: Default::default(),
+            loading: self.loading,
         }
     }
 
@@ -689,61 +782,20 @@ impl DocumentTable {
             .join(", ");
         if !payload.is_empty() {
             let format = if *binary { " (FORMAT binary)" } else { "" };
-            if try_direct && deletes.is_empty() {
-                connection
-                    .execute("SAVEPOINT pgferry_direct")
-                    .await
-                    .map_err(pg("starting a direct copy into", name))?;
-                let direct = copy(
-                    connection,
-                    &format!("COPY {} ({list}) FROM STDIN{format}", name.quoted()),
-                    payload,
-                    name,
-                )
-                .await;
-                match direct {
-                    Ok(()) => return Ok(true),
-                    Err(DocumentError::Postgres { source, .. })
-                        if source.code() == Some("23505") =>
-                    {
-                        connection
-                            .execute("ROLLBACK TO SAVEPOINT pgferry_direct")
-                            .await
-                            .map_err(pg("falling back to a merge into", name))?;
-                    }
-                    Err(error) => return Err(error),
-                }
-            }
-            copy(
-                connection,
-                &format!("COPY {STAGING} ({list}) FROM STDIN{format}"),
-                payload,
-                name,
-            )
-            .await?;
-            let deleted_at = quote_identifier(DELETED_AT_COLUMN);
-            let mut sets: Vec<String> = columns
-                .iter()
-                .map(|(column, _)| {
-                    let quoted = quote_identifier(column);
-                    format!("{quoted} = EXCLUDED.{quoted}")
-                })
-                .collect();
-            if !self.hard_delete {
-                sets.push(format!("{deleted_at} = NULL"));
-            }
-            let action = if sets.is_empty() {
-                "DO NOTHING".to_owned()
+            let into_table = format!("COPY {} ({list}) FROM STDIN{format}", name.quoted());
+            if self.loading {
+                // No key to conflict on yet: the initial load is copied straight in (a key
+                // copied twice is kept once when the key is built).
+                copy(connection, &into_table, payload, name).await?;
+            } else if try_direct
+                && deletes.is_empty()
+                && self.copy_direct(connection, &into_table, payload).await?
+            {
+                return Ok(true);
             } else {
-                format!("DO UPDATE SET {}", sets.join(", "))
-            };
-            connection
-                .execute(&format!(
-                    "INSERT INTO {} AS t ({list}) SELECT {list} FROM {STAGING} ON CONFLICT ({key}) {action}",
-                    name.quoted()
-                ))
-                .await
-                .map_err(pg("merging a batch into", name))?;
+                self.merge(connection, columns, &list, format, payload)
+                    .await?;
+            }
         }
         if !deletes.is_empty() {
             copy(
@@ -770,7 +822,77 @@ impl DocumentTable {
                 .await
                 .map_err(pg("deleting rows of", name))?;
         }
-        Ok(false)
+        Ok(self.loading)
+    }
+
+    /// Copies a batch straight into the table under a savepoint: `Ok(false)` (rolled back)
+    /// when a key of it is there already.
+    async fn copy_direct(
+        &self,
+        connection: &mut Connection,
+        into_table: &str,
+        payload: &[u8],
+    ) -> Result<bool, DocumentError> {
+        let name = self.name();
+        connection
+            .execute("SAVEPOINT pgferry_direct")
+            .await
+            .map_err(pg("starting a direct copy into", name))?;
+        match copy(connection, into_table, payload, name).await {
+            Ok(()) => Ok(true),
+            Err(DocumentError::Postgres { source, .. }) if source.code() == Some("23505") => {
+                connection
+                    .execute("ROLLBACK TO SAVEPOINT pgferry_direct")
+                    .await
+                    .map_err(pg("falling back to a merge into", name))?;
+                Ok(false)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Copies a batch into staging and upserts it into the table by key.
+    async fn merge(
+        &self,
+        connection: &mut Connection,
+        columns: &[(String, ColumnType)],
+        list: &str,
+        format: &str,
+        payload: &[u8],
+    ) -> Result<(), DocumentError> {
+        let name = self.name();
+        let key = quote_identifier(KEY_COLUMN);
+        copy(
+            connection,
+            &format!("COPY {STAGING} ({list}) FROM STDIN{format}"),
+            payload,
+            name,
+        )
+        .await?;
+        let deleted_at = quote_identifier(DELETED_AT_COLUMN);
+        let mut sets: Vec<String> = columns
+            .iter()
+            .map(|(column, _)| {
+                let quoted = quote_identifier(column);
+                format!("{quoted} = EXCLUDED.{quoted}")
+            })
+            .collect();
+        if !self.hard_delete {
+            sets.push(format!("{deleted_at} = NULL"));
+        }
+        let action = if sets.is_empty() {
+            "DO NOTHING".to_owned()
+        } else {
+            format!("DO UPDATE SET {}", sets.join(", "))
+        };
+        connection
+            .execute(&format!(
+                "INSERT INTO {} AS t ({list}) SELECT {list} FROM {STAGING} ON CONFLICT ({key}) {action}",
+                name.quoted()
+            ))
+            .await
+            .map_err(pg("merging a batch into", name))?;
+        Ok(())
     }
 }
 
