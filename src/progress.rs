@@ -13,8 +13,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub struct TableProgress {
     /// `schema.table`.
     pub name: String,
-    /// The planner's row estimate (0 when unknown).
-    pub estimate: u64,
+    /// The planner's row estimate (0 while unknown; it may arrive after the copy started).
+    pub estimate: AtomicU64,
     /// Rows read so far.
     pub rows: AtomicU64,
 }
@@ -35,7 +35,7 @@ impl CopyProgress {
                 .into_iter()
                 .map(|(name, estimate)| TableProgress {
                     name,
-                    estimate,
+                    estimate: AtomicU64::new(estimate),
                     rows: AtomicU64::new(0),
                 })
                 .collect(),
@@ -47,6 +47,14 @@ impl CopyProgress {
     pub fn add(&self, index: usize, rows: u64) {
         if let Some(table) = self.tables.get(index) {
             table.rows.fetch_add(rows, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets table `index`'s estimate once it is known (a count that arrives after the copy
+    /// started).
+    pub fn set_estimate(&self, index: usize, estimate: u64) {
+        if let Some(table) = self.tables.get(index) {
+            table.estimate.store(estimate, Ordering::Relaxed);
         }
     }
 
@@ -78,7 +86,7 @@ pub fn spawn_display(progress: Arc<CopyProgress>) -> Option<tokio::task::JoinHan
             .tables
             .iter()
             .map(|table| {
-                let bar = bars.add(ProgressBar::new(table.estimate.max(1)));
+                let bar = bars.add(ProgressBar::new(1));
                 bar.set_style(style.clone());
                 bar.set_prefix(table.name.clone());
                 bar
@@ -87,9 +95,8 @@ pub fn spawn_display(progress: Arc<CopyProgress>) -> Option<tokio::task::JoinHan
         loop {
             for (index, bar) in handles.iter().enumerate() {
                 let rows = progress.rows(index);
-                if rows > bar.length().unwrap_or(0) {
-                    bar.set_length(rows);
-                }
+                let estimate = progress.tables[index].estimate.load(Ordering::Relaxed);
+                bar.set_length(rows.max(estimate).max(1));
                 bar.set_position(rows);
             }
             if progress.done.load(Ordering::Relaxed) {

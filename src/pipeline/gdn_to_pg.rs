@@ -302,14 +302,21 @@ pub async fn run(
         state: tokio::sync::Mutex::new(load_state(&file)?),
         file,
     };
-    let mut estimates = Vec::with_capacity(source.collections.len());
-    for collection in &source.collections {
-        let count = retrying(source.max_retries, || client.count(collection))
-            .await
-            .unwrap_or(0);
-        estimates.push((collection.clone(), count));
-    }
-    let progress = Arc::new(CopyProgress::new(estimates));
+    // The counts only size the progress bars: they are read beside the work, not before it
+    // (counting a large collection can take a while).
+    let progress = Arc::new(CopyProgress::new(
+        source
+            .collections
+            .iter()
+            .map(|collection| (collection.clone(), 0)),
+    ));
+    let estimates = async {
+        for (index, collection) in source.collections.iter().enumerate() {
+            if let Ok(count) = retrying(source.max_retries, || client.count(collection)).await {
+                progress.set_estimate(index, count);
+            }
+        }
+    };
     let display = spawn_display(Arc::clone(&progress));
     let context = Context {
         config,
@@ -320,14 +327,18 @@ pub async fn run(
         progress: &progress,
         control: &control,
     };
-    let result = futures_util::future::try_join_all(
+    let sync = std::pin::pin!(futures_util::future::try_join_all(
         source
             .collections
             .iter()
             .enumerate()
             .map(|(index, collection)| sync_collection(&context, index, collection)),
-    )
-    .await;
+    ));
+    // The work does not wait for the counts (a failed run does not retry them first).
+    let result = match futures_util::future::select(sync, std::pin::pin!(estimates)).await {
+        futures_util::future::Either::Left((result, _)) => result,
+        futures_util::future::Either::Right(((), sync)) => sync.await,
+    };
     progress.finish();
     if let Some(display) = display {
         let _ = display.await;
@@ -587,10 +598,12 @@ async fn sync_collection(
         }
         if follower.table.loading() {
             tracing::info!(%collection, table = %name, "scan loaded: adding the primary key on \"_key\"");
+            let building = Instant::now();
             let removed = follower.table.finish_load(&mut follower.connection).await?;
             if removed > 0 {
                 tracing::info!(%collection, table = %name, removed, "removed the copies of keys the scan read twice");
             }
+            tracing::info!(%collection, table = %name, seconds = building.elapsed().as_secs_f64(), "primary key added");
         }
         context
             .state
