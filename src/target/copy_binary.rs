@@ -50,7 +50,7 @@ pub fn binary_type(sql_type: &str) -> Option<BinaryType> {
 }
 
 /// The 19-byte header of a binary COPY stream (signature, flags, extension length).
-const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+pub const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 
 /// Days from 1970-01-01 to 2000-01-01, PostgreSQL's epoch.
 const PG_EPOCH_DAYS: i64 = 10_957;
@@ -172,7 +172,7 @@ fn unescape(field: &[u8], out: &mut Vec<u8>) -> Option<()> {
 
 /// A plain decimal (`-12.340`, `.5`, `7.`) as PostgreSQL's binary numeric: base-10000 digits,
 /// weight, sign, display scale. No exponent, NaN or infinity (`None`).
-fn numeric(text: &str, out: &mut Vec<u8>) -> Option<()> {
+pub fn numeric(text: &str, out: &mut Vec<u8>) -> Option<()> {
     let (negative, body) = match text.as_bytes().first()? {
         b'-' => (true, &text[1..]),
         b'+' => (false, &text[1..]),

@@ -33,8 +33,8 @@ use crate::pg::{Connection, PgError};
 use crate::target::copy_binary::{binary_type, text_to_binary_into};
 use crate::target::copy_encode::{json_kind, string_contents, JsonKind};
 use crate::target::infer::{
-    column_name_of, encode_field, raw_kind, ColumnType, ValueError, ValueKind, DELETED_AT_COLUMN,
-    KEY_COLUMN,
+    column_name_of, encode_field, encode_field_binary, raw_kind, ColumnType, ValueError, ValueKind,
+    DELETED_AT_COLUMN, KEY_COLUMN,
 };
 use crate::target::naming::TableName;
 
@@ -710,18 +710,25 @@ impl DocumentTable {
             ..
         } = encoded;
         let mut script = ddl.clone();
-        if self.staging.as_ref() != Some(columns) {
+        // The initial load copies straight into the table: no staging unless it deletes.
+        let staged = !self.loading || !encoded.deletes.is_empty();
+        if staged && self.staging.as_ref() != Some(columns) {
             let definitions: String = columns
                 .iter()
                 .map(|(name, sql_type)| format!(", {} {}", quote_identifier(name), sql_type.sql()))
                 .collect();
+            // The session's staging tables exist exactly when `staging` is set (a failed
+            // transaction rolls their creation back along with the rest).
+            if self.staging.is_some() {
+                script.push(format!("DROP TABLE pg_temp.{STAGING}"));
+            }
             script.push(format!(
-                "DROP TABLE IF EXISTS pg_temp.{STAGING}; CREATE TEMP TABLE {STAGING} ({} text{definitions}) ON COMMIT DELETE ROWS",
+                "CREATE TEMP TABLE {STAGING} ({} text{definitions}) ON COMMIT DELETE ROWS",
                 quote_identifier(KEY_COLUMN)
             ));
             if self.staging.is_none() {
                 script.push(format!(
-                    "DROP TABLE IF EXISTS pg_temp.{STAGING_DELETES}; CREATE TEMP TABLE {STAGING_DELETES} ({} text) ON COMMIT DELETE ROWS",
+                    "CREATE TEMP TABLE {STAGING_DELETES} ({} text) ON COMMIT DELETE ROWS",
                     quote_identifier(KEY_COLUMN)
                 ));
             }
@@ -744,7 +751,9 @@ impl DocumentTable {
             .execute("COMMIT")
             .await
             .map_err(pg("committing a batch into", self.name()))?;
-        self.staging = Some(columns.clone());
+        if staged {
+            self.staging = Some(columns.clone());
+        }
         self.model.columns.clone_from(columns);
         Ok(Applied {
             upserts: *upserts,
@@ -983,65 +992,44 @@ impl TableModel {
             ddl,
             column_of,
         } = self.plan(batch);
-        let (mut rows, mut binary) = buffers;
-        rows.clear();
+        let (mut rows, mut spare) = buffers;
         let mut deletes = Vec::new();
-        let mut upserts = 0u64;
-        let mut fields: Vec<Option<Field>> = vec![None; columns.len()];
-        for (key, change) in &batch.changes {
-            match change {
-                Change::Delete => {
-                    crate::target::copy_encode::push_escaped(&mut deletes, key.as_bytes());
-                    deletes.push(b'\n');
+        // Binary COPY written straight from the documents when every column has a binary
+        // form here; else (or when a value has no certain binary form) COPY text.
+        if columns.iter().all(|(_, sql_type)| sql_type.binary()) {
+            if let Some(upserts) =
+                self.encode_rows(batch, &columns, &column_of, true, &mut rows, &mut deletes)?
+            {
+                if upserts == 0 {
+                    // Nothing to copy (a batch of deletes).
+                    rows.clear();
                 }
-                Change::Upsert(document) => {
-                    upserts += 1;
-                    fields.iter_mut().for_each(|field| *field = None);
-                    for field in &document.fields {
-                        if let Some(index) = column_of[field.attribute as usize] {
-                            fields[index] = Some(*field);
-                        }
-                    }
-                    if key.contains('\0') {
-                        return Err(Box::new(DocumentError::Value {
-                            table: self.name.clone(),
-                            key: key.clone(),
-                            attribute: KEY_COLUMN.into(),
-                            source: ValueError::Nul,
-                        }));
-                    }
-                    crate::target::copy_encode::push_escaped(&mut rows, key.as_bytes());
-                    for (field, (_, sql_type)) in fields.iter().zip(&columns) {
-                        rows.push(b'\t');
-                        let Some(field) = field else {
-                            rows.extend_from_slice(b"\\N");
-                            continue;
-                        };
-                        encode_field(&mut rows, document.value(field), field.kind, sql_type)
-                            .map_err(|source| {
-                                Box::new(DocumentError::Value {
-                                    table: self.name.clone(),
-                                    key: key.clone(),
-                                    attribute: batch.attributes.names[field.attribute as usize]
-                                        .to_string(),
-                                    source,
-                                })
-                            })?;
-                    }
-                    rows.push(b'\n');
-                }
+                return Ok(Encoded {
+                    columns,
+                    ddl,
+                    payload: rows,
+                    binary: true,
+                    spare,
+                    deletes,
+                    upserts,
+                    removed: (batch.len() as u64).saturating_sub(upserts),
+                });
             }
+            deletes.clear();
         }
+        let upserts = self
+            .encode_rows(batch, &columns, &column_of, false, &mut rows, &mut deletes)?
+            .unwrap_or_default();
         let types: Option<Vec<_>> = std::iter::once("text")
             .chain(columns.iter().map(|(_, sql_type)| sql_type.sql()))
             .map(binary_type)
             .collect();
         let binary_ok = !rows.is_empty()
-            && types.is_some_and(|types| text_to_binary_into(&[&rows], &types, &mut binary));
+            && types.is_some_and(|types| text_to_binary_into(&[&rows], &types, &mut spare));
         let (payload, spare) = if binary_ok {
-            (binary, rows)
+            (spare, rows)
         } else {
-            (rows, binary)
+            (rows, spare)
         };
         Ok(Encoded {
             columns,
@@ -1053,6 +1041,99 @@ impl TableModel {
             upserts,
             removed: (batch.len() as u64).saturating_sub(upserts),
         })
+    }
+
+    /// Writes the batch's upserts into `rows` (binary COPY, or COPY text) and its deletes
+    /// into `deletes`; returns the upserts, or `None` when a value has no certain binary form.
+    fn encode_rows(
+        &self,
+        batch: &DocumentBatch,
+        columns: &[(String, ColumnType)],
+        column_of: &[Option<usize>],
+        binary: bool,
+        rows: &mut Vec<u8>,
+        deletes: &mut Vec<u8>,
+    ) -> Result<Option<u64>, Box<DocumentError>> {
+        rows.clear();
+        if binary {
+            rows.extend_from_slice(crate::target::copy_binary::HEADER);
+        }
+        let Ok(count) = i16::try_from(columns.len() + 1) else {
+            return Ok(None);
+        };
+        let mut upserts = 0u64;
+        let mut fields: Vec<Option<Field>> = vec![None; columns.len()];
+        for (key, change) in &batch.changes {
+            let document = match change {
+                Change::Delete => {
+                    crate::target::copy_encode::push_escaped(deletes, key.as_bytes());
+                    deletes.push(b'\n');
+                    continue;
+                }
+                Change::Upsert(document) => document,
+            };
+            upserts += 1;
+            fields.iter_mut().for_each(|field| *field = None);
+            for field in &document.fields {
+                if let Some(index) = column_of[field.attribute as usize] {
+                    fields[index] = Some(*field);
+                }
+            }
+            if key.contains('\0') {
+                return Err(Box::new(DocumentError::Value {
+                    table: self.name.clone(),
+                    key: key.clone(),
+                    attribute: KEY_COLUMN.into(),
+                    source: ValueError::Nul,
+                }));
+            }
+            if binary {
+                let Ok(length) = i32::try_from(key.len()) else {
+                    return Ok(None);
+                };
+                rows.extend_from_slice(&count.to_be_bytes());
+                rows.extend_from_slice(&length.to_be_bytes());
+                rows.extend_from_slice(key.as_bytes());
+            } else {
+                crate::target::copy_encode::push_escaped(rows, key.as_bytes());
+            }
+            for (field, (_, sql_type)) in fields.iter().zip(columns) {
+                let Some(field) = field else {
+                    if binary {
+                        rows.extend_from_slice(&(-1i32).to_be_bytes());
+                    } else {
+                        rows.extend_from_slice(b"\t\\N");
+                    }
+                    continue;
+                };
+                let value = document.value(field);
+                let written = if binary {
+                    encode_field_binary(rows, value, field.kind, sql_type)
+                } else {
+                    rows.push(b'\t');
+                    encode_field(rows, value, field.kind, sql_type).map(|()| true)
+                };
+                match written {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(None),
+                    Err(source) => {
+                        return Err(Box::new(DocumentError::Value {
+                            table: self.name.clone(),
+                            key: key.clone(),
+                            attribute: batch.attributes.names[field.attribute as usize].to_string(),
+                            source,
+                        }))
+                    }
+                }
+            }
+            if !binary {
+                rows.push(b'\n');
+            }
+        }
+        if binary {
+            rows.extend_from_slice(&(-1i16).to_be_bytes());
+        }
+        Ok(Some(upserts))
     }
 
     /// Takes the columns `encoded` leaves the table with, as if it committed: the next batch
@@ -1283,5 +1364,85 @@ mod tests {
         same.upsert(document(json!({"_key": "c", "n": 1, "s": "y"})))
             .unwrap();
         assert!(existing.plan(&same).ddl.is_empty());
+    }
+
+    /// The encoded batch, and its rows written as COPY text then converted by `copy_binary`
+    /// (the conversion the Singer loader uses, checked there against PostgreSQL).
+    fn binary_both_ways(model: &TableModel, batch: &DocumentBatch) -> (Encoded, Option<Vec<u8>>) {
+        let encoded = model.encode(batch, Default::default()).unwrap();
+        let (mut text, mut deletes) = (Vec::new(), Vec::new());
+        model
+            .encode_rows(
+                batch,
+                &encoded.columns,
+                &model.plan(batch).column_of,
+                false,
+                &mut text,
+                &mut deletes,
+            )
+            .unwrap();
+        let types: Option<Vec<_>> = std::iter::once("text")
+            .chain(encoded.columns.iter().map(|(_, sql_type)| sql_type.sql()))
+            .map(binary_type)
+            .collect();
+        let mut converted = Vec::new();
+        let converted = types
+            .is_some_and(|types| text_to_binary_into(&[&text], &types, &mut converted))
+            .then_some(converted);
+        (encoded, converted)
+    }
+
+    #[test]
+    fn binary_rows_written_from_documents_equal_the_text_rows_converted() {
+        let model = table(&[]);
+        let mut batch = DocumentBatch::default();
+        for text in [
+            r#"{"_key": "a\tb", "flag": true, "n": -9223372036854775808, "d": 1.5, "s": "tab\tline\nslash\\ \u00e9", "j": {"x": [1, "\n"]}}"#,
+            r#"{"_key": "b", "flag": false, "n": 9223372036854775807, "d": 7, "s": "", "j": "text"}"#,
+            r#"{"_key": "c", "flag": null, "d": -0.000125, "j": 3}"#,
+            r#"{"_key": "d"}"#,
+        ] {
+            batch.upsert(raw(text)).unwrap();
+        }
+        batch.delete("gone".into());
+        let (encoded, converted) = binary_both_ways(&model, &batch);
+        assert_eq!(
+            encoded
+                .columns
+                .iter()
+                .map(|(_, sql_type)| sql_type.clone())
+                .collect::<Vec<_>>(),
+            [
+                ColumnType::Boolean,
+                ColumnType::BigInt,
+                ColumnType::Numeric,
+                ColumnType::Text,
+                ColumnType::Jsonb
+            ]
+        );
+        assert!(encoded.binary);
+        assert_eq!(Some(encoded.payload), converted);
+        assert_eq!((encoded.upserts, encoded.removed), (4, 1));
+        assert_eq!(encoded.deletes, b"gone\n");
+
+        // A fraction whose shortest text has an exponent has no binary numeric here: the
+        // batch goes as text, which PostgreSQL reads itself.
+        let mut batch = DocumentBatch::default();
+        batch.upsert(raw(r#"{"_key": "e", "d": 1e-7}"#)).unwrap();
+        batch.upsert(raw(r#"{"_key": "f", "d": 2}"#)).unwrap();
+        let (encoded, converted) = binary_both_ways(&model, &batch);
+        assert_eq!(encoded.columns, [("d".into(), ColumnType::Numeric)]);
+        assert!(!encoded.binary && converted.is_none());
+        let text = String::from_utf8(encoded.payload).unwrap();
+        assert!(
+            text.contains("e\t1e-7\n") && text.contains("f\t2\n"),
+            "{text}"
+        );
+
+        // Only deletes: nothing to copy.
+        let mut batch = DocumentBatch::default();
+        batch.delete("k".into());
+        let encoded = model.encode(&batch, Default::default()).unwrap();
+        assert!(encoded.payload.is_empty());
     }
 }

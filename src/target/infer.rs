@@ -17,12 +17,13 @@
 //! Columns of other types (a table created by hand) are kept and fed with PostgreSQL's input
 //! syntax: strings as their contents, everything else as JSON text.
 
-use std::io::Write as _;
+use std::borrow::Cow;
 
 use sha2::{Digest, Sha256};
 
+use crate::target::copy_binary::numeric as numeric_binary;
 use crate::target::copy_encode::{
-    is_integer_text, json_kind, push_escaped, push_string, EncodeError, JsonKind,
+    is_integer_text, json_kind, push_escaped, string_contents, EncodeError, JsonKind,
 };
 
 /// The name of the key column.
@@ -141,6 +142,19 @@ fn has_nul_escape(raw: &str) -> bool {
 }
 
 impl ColumnType {
+    /// Whether [`encode_field_binary`] writes this column's values (the types pgferry infers
+    /// that have an exact binary form; `double precision` and other types go as text).
+    pub fn binary(&self) -> bool {
+        matches!(
+            self,
+            ColumnType::Boolean
+                | ColumnType::BigInt
+                | ColumnType::Numeric
+                | ColumnType::Text
+                | ColumnType::Jsonb
+        )
+    }
+
     /// The type as SQL writes it (and `format_type()` prints it).
     pub fn sql(&self) -> &str {
         match self {
@@ -257,6 +271,81 @@ pub enum ValueError {
     },
 }
 
+/// A value ready for its column, after the checks both COPY formats share: what the text
+/// and the binary encoders write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Prepared<'a> {
+    /// NULL.
+    Null,
+    /// A `boolean` column's value.
+    Boolean(bool),
+    /// Input syntax PostgreSQL reads as it is: a number's text (of a number column, or of a
+    /// column of another type), or `true` / `false` for a column of another type.
+    Literal(Cow<'a, str>),
+    /// A string's contents (no NUL).
+    Text(Cow<'a, str>),
+    /// JSON text PostgreSQL's `jsonb` accepts.
+    Json(&'a str),
+}
+
+/// Checks `raw` (of `kind`) against `column` and gives the value to write.
+fn prepare<'a>(
+    raw: &'a str,
+    kind: ValueKind,
+    column: &ColumnType,
+) -> Result<Prepared<'a>, ValueError> {
+    Ok(match (kind, column) {
+        (ValueKind::Null, _) => Prepared::Null,
+        (ValueKind::Boolean, ColumnType::Boolean) => Prepared::Boolean(raw.starts_with('t')),
+        (ValueKind::Boolean, ColumnType::Other(_))
+        | (ValueKind::Integer, ColumnType::BigInt | ColumnType::Numeric | ColumnType::Other(_)) => {
+            Prepared::Literal(Cow::Borrowed(raw))
+        }
+        (ValueKind::Float, ColumnType::Double) => {
+            Prepared::Literal(Cow::Borrowed(double_text(raw)))
+        }
+        (ValueKind::Float, ColumnType::Numeric | ColumnType::Other(_)) => {
+            if is_integer_text(raw) {
+                Prepared::Literal(Cow::Borrowed(raw))
+            } else {
+                let shortest = raw
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                    .ok_or(ValueError::OutOfRange)?;
+                Prepared::Literal(Cow::Owned(shortest.to_string()))
+            }
+        }
+        (ValueKind::String, ColumnType::Text | ColumnType::Other(_)) => {
+            let contents = string_contents(raw).map_err(|error| match error {
+                EncodeError::String(detail) => ValueError::Unreadable(detail),
+                other => ValueError::Unreadable(other.to_string()),
+            })?;
+            if contents.contains('\0') {
+                return Err(ValueError::Nul);
+            }
+            Prepared::Text(contents)
+        }
+        (_, ColumnType::Jsonb) | (ValueKind::Structure, ColumnType::Other(_)) => {
+            if raw.contains("\\u") {
+                if has_nul_escape(raw) {
+                    return Err(ValueError::Nul);
+                }
+                // An escape PostgreSQL's JSON parser refuses too (a lone surrogate).
+                serde_json::from_str::<serde_json::Value>(raw)
+                    .map_err(|error| ValueError::Unreadable(error.to_string()))?;
+            }
+            Prepared::Json(raw)
+        }
+        _ => {
+            return Err(ValueError::Mismatch {
+                kind,
+                column: column.sql().to_owned(),
+            })
+        }
+    })
+}
+
 /// Appends the value `raw` (JSON text of kind `kind`, from [`raw_kind`]) as one COPY text
 /// field of a column of type `column` (`\N` for null). Numbers keep their JSON text where
 /// PostgreSQL reads the same value from it; a fraction or exponent going into `numeric` is
@@ -268,57 +357,65 @@ pub fn encode_field(
     kind: ValueKind,
     column: &ColumnType,
 ) -> Result<(), ValueError> {
-    match (kind, column) {
-        (ValueKind::Null, _) => out.extend_from_slice(b"\\N"),
-        (ValueKind::Boolean, ColumnType::Boolean) => {
-            out.push(if raw.starts_with('t') { b't' } else { b'f' });
+    match prepare(raw, kind, column)? {
+        Prepared::Null => out.extend_from_slice(b"\\N"),
+        Prepared::Boolean(value) => out.push(if value { b't' } else { b'f' }),
+        Prepared::Literal(text) => out.extend_from_slice(text.as_bytes()),
+        Prepared::Text(Cow::Borrowed(text)) => {
+            // Without JSON escapes the contents hold no control characters: nothing to escape.
+            out.extend_from_slice(text.as_bytes())
         }
-        (ValueKind::Boolean, ColumnType::Other(_))
-        | (ValueKind::Integer, ColumnType::BigInt | ColumnType::Numeric | ColumnType::Other(_)) => {
-            out.extend_from_slice(raw.as_bytes())
-        }
-        (ValueKind::Float, ColumnType::Double) => {
-            out.extend_from_slice(double_text(raw).as_bytes())
-        }
-        (ValueKind::Float, ColumnType::Numeric | ColumnType::Other(_)) => {
-            if is_integer_text(raw) {
-                out.extend_from_slice(raw.as_bytes());
-            } else {
-                let shortest = raw
-                    .parse::<f64>()
-                    .ok()
-                    .and_then(serde_json::Number::from_f64)
-                    .ok_or(ValueError::OutOfRange)?;
-                // Writing into a Vec cannot fail.
-                let _ = write!(out, "{shortest}");
-            }
-        }
-        (ValueKind::String, ColumnType::Text | ColumnType::Other(_)) => {
-            push_string(out, raw).map_err(|error| match error {
-                EncodeError::Nul => ValueError::Nul,
-                EncodeError::String(detail) => ValueError::Unreadable(detail),
-                other => ValueError::Unreadable(other.to_string()),
-            })?;
-        }
-        (_, ColumnType::Jsonb) | (ValueKind::Structure, ColumnType::Other(_)) => {
-            if raw.contains("\\u") {
-                if has_nul_escape(raw) {
-                    return Err(ValueError::Nul);
-                }
-                // An escape PostgreSQL's JSON parser refuses too (a lone surrogate).
-                serde_json::from_str::<serde_json::Value>(raw)
-                    .map_err(|error| ValueError::Unreadable(error.to_string()))?;
-            }
-            push_escaped(out, raw.as_bytes());
-        }
-        _ => {
-            return Err(ValueError::Mismatch {
-                kind,
-                column: column.sql().to_owned(),
-            })
-        }
+        Prepared::Text(Cow::Owned(text)) => push_escaped(out, text.as_bytes()),
+        Prepared::Json(json) => push_escaped(out, json.as_bytes()),
     }
     Ok(())
+}
+
+/// [`encode_field`] as one field of binary COPY (length and bytes) into a column whose
+/// [`ColumnType::binary`] form is known. `Ok(false)` when the value has no binary form this
+/// module writes with certainty (a numeric with an exponent): the batch then goes as text.
+pub fn encode_field_binary(
+    out: &mut Vec<u8>,
+    raw: &str,
+    kind: ValueKind,
+    column: &ColumnType,
+) -> Result<bool, ValueError> {
+    let prepared = prepare(raw, kind, column)?;
+    if prepared == Prepared::Null {
+        out.extend_from_slice(&(-1i32).to_be_bytes());
+        return Ok(true);
+    }
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let written = match (prepared, column) {
+        (Prepared::Boolean(value), ColumnType::Boolean) => {
+            out.push(u8::from(value));
+            true
+        }
+        (Prepared::Literal(text), ColumnType::BigInt) => match text.parse::<i64>() {
+            Ok(value) => {
+                out.extend_from_slice(&value.to_be_bytes());
+                true
+            }
+            Err(_) => false,
+        },
+        (Prepared::Literal(text), ColumnType::Numeric) => numeric_binary(&text, out).is_some(),
+        (Prepared::Text(text), ColumnType::Text) => {
+            out.extend_from_slice(text.as_bytes());
+            true
+        }
+        (Prepared::Json(json), ColumnType::Jsonb) => {
+            out.push(1);
+            out.extend_from_slice(json.as_bytes());
+            true
+        }
+        _ => false,
+    };
+    let Ok(length) = i32::try_from(out.len() - at - 4) else {
+        return Ok(false);
+    };
+    out[at..at + 4].copy_from_slice(&length.to_be_bytes());
+    Ok(written)
 }
 
 #[cfg(test)]
