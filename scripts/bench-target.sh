@@ -82,8 +82,16 @@ measure() {
     fi
 }
 
+# Every timed run starts from a quiet cluster: the dead rows of the run before vacuumed and
+# its WAL checkpointed, so no run pays for autovacuum or a checkpoint the previous one caused.
+settle() {
+    cluster_psql -q -c "VACUUM" -c "CHECKPOINT"
+    sync
+}
+
 log "psql \\copy of the CSV into a table with the same columns and primary key"
 cluster_psql -c "$TABLE_DDL"
+settle
 measure "$WORK/copy" /dev/null /dev/null psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "\\copy public.bench FROM '$WORK/data.csv' WITH (FORMAT csv)"
 COPY_S="$ELAPSED"; COPY_RSS="$RSS_KB"
 cluster_psql -c "DROP TABLE public.bench"
@@ -93,6 +101,7 @@ cat > "$WORK/target.json" <<JSON
 {"host": "127.0.0.1", "port": $PG_PORT, "user": "postgres", "dbname": "postgres", "sslmode": "disable",
  "batch_size_rows": $BATCH, "copy_format": "$COPY_FORMAT"}
 JSON
+settle
 measure "$WORK/target" "$WORK/data.singer" "$WORK/state.out" "$BIN" target -c "$WORK/target.json"
 TARGET_S="$ELAPSED"; TARGET_RSS="$RSS_KB"
 LOADED=$(cluster_psql -At -c "SELECT count(*) FROM public.bench")
@@ -100,6 +109,7 @@ LOADED=$(cluster_psql -At -c "SELECT count(*) FROM public.bench")
 STATES=$(wc -l < "$WORK/state.out")
 
 log "pgferry target again over the loaded table (every row an update through ON CONFLICT)"
+settle
 measure "$WORK/update" "$WORK/data.singer" /dev/null "$BIN" target -c "$WORK/target.json"
 UPDATE_S="$ELAPSED"; UPDATE_RSS="$RSS_KB"
 
@@ -119,6 +129,7 @@ cat > "$WORK/gdn_to_pg.json" <<JSON
 JSON
 # PROFILE=/path/perf.data records the GDN -> PostgreSQL run with `perf record -g` (its time and
 # RSS are then perf's too: for finding where the time goes, not for the table).
+settle
 GDN_API_KEY=bench measure "$WORK/gdn" /dev/null /dev/null ${PROFILE:+perf record -g -o "$PROFILE" --} "$BIN" run --once -c "$WORK/gdn_to_pg.json"
 GDN_S="$ELAPSED"; GDN_RSS="$RSS_KB"
 FROM_GDN=$(cluster_psql -At -c "SELECT count(*) FROM public.bench_from_gdn")

@@ -643,8 +643,9 @@ fn count_batch(context: &Context<'_>, collection: &str, applied: &Applied, bytes
     metrics.batch_documents.fetch_add(rows, Ordering::Relaxed);
 }
 
-/// Pages fetched ahead of the encoding.
-const PAGES_AHEAD: usize = 4;
+/// Pages fetched ahead of the encoding: more than a batch's worth at GDN's largest page
+/// (1,000 documents), so fetching goes on while the encoder turns a batch into COPY data.
+const PAGES_AHEAD: usize = 16;
 
 /// Scans the collection into the table in three stages that run at once: this task fetches
 /// cursor pages, a thread of its own reads them into batches and encodes each as COPY data (a
