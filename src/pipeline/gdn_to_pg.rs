@@ -49,7 +49,8 @@ use crate::pipeline::RunControl;
 use crate::progress::{spawn_display, CopyProgress};
 use crate::source::state::{StateError, StateFile};
 use crate::target::documents::{
-    document_key, Applied, DocumentBatch, DocumentError, DocumentTable, Encoded, TableModel,
+    document_key, Applied, DocumentBatch, DocumentError, DocumentTable, Encoded, PagedBatch,
+    TableModel,
 };
 use crate::target::naming::TableName;
 
@@ -648,8 +649,9 @@ fn count_batch(context: &Context<'_>, collection: &str, applied: &Applied, bytes
 const PAGES_AHEAD: usize = 16;
 
 /// Scans the collection into the table in three stages that run at once: this task fetches
-/// cursor pages, a thread of its own reads them into batches and encodes each as COPY data (a
-/// batch ahead, against the columns the table will have by then), and `parallelism`
+/// cursor pages, a thread of its own reads each page and encodes it as COPY data into the open
+/// batch while it is fresh in the cache (against the columns the table will have by then; see
+/// [`PagedBatch`]), and `parallelism`
 /// connections commit the encoded batches in PostgreSQL (a scan's batches hold distinct keys,
 /// so they do not wait on each other; one that changes the columns commits alone). GDN,
 /// pgferry and PostgreSQL all stay busy instead of waiting on each other. `Ok(false)` when a
@@ -823,52 +825,113 @@ struct ScanEncoder {
 }
 
 impl ScanEncoder {
-    /// Reads pages until their channel closes, sending a batch each `batch_size` documents
-    /// (and the rest at the end). Stops at the first error, which it sends on. Returns the
-    /// columns the table has once every batch sent is committed.
+    /// Reads pages until their channel closes, encoding each into the open batch while it is
+    /// fresh in the cache, and sending the batch once it holds `batch_size` documents, once a
+    /// page does not fit it (other columns, a repeated key), and at the end. Stops at the
+    /// first error, which it sends on. Returns the columns the table has once every batch
+    /// sent is committed.
     fn run(
         mut self,
         mut pages: tokio::sync::mpsc::Receiver<Vec<Box<RawValue>>>,
         out: &tokio::sync::mpsc::Sender<Result<ScannedBatch, Box<DocumentError>>>,
         spare: &std::sync::mpsc::Receiver<(Vec<u8>, Vec<u8>)>,
     ) -> TableModel {
-        let mut batch = DocumentBatch::default();
-        let (mut documents, mut bytes) = (0u64, 0u64);
+        let mut page_batch = DocumentBatch::default();
+        // The open batch, and the documents and bytes it counts for.
+        let mut open: Option<(PagedBatch, u64, u64)> = None;
         loop {
             let page = pages.blocking_recv();
             let end = page.is_none();
-            for raw in page.into_iter().flatten() {
-                documents += 1;
-                bytes += raw.get().len() as u64;
-                if let Err(rejected) = batch.upsert(raw) {
-                    let _ = out.blocking_send(Err(Box::new(DocumentError::Bad {
-                        table: self.model.name().clone(),
-                        snippet: rejected.snippet(),
-                        reason: Box::new(rejected.reason),
-                    })));
+            if let Some(page) = page {
+                page_batch.clear();
+                let (mut documents, mut bytes) = (0u64, 0u64);
+                for raw in page {
+                    documents += 1;
+                    bytes += raw.get().len() as u64;
+                    if let Err(rejected) = page_batch.upsert(raw) {
+                        let _ = out.blocking_send(Err(Box::new(DocumentError::Bad {
+                            table: self.model.name().clone(),
+                            snippet: rejected.snippet(),
+                            reason: Box::new(rejected.reason),
+                        })));
+                        return self.model;
+                    }
+                }
+                // An empty page (the last may be one) adds nothing.
+                let taken = match page_batch.is_empty() {
+                    true => Ok(()),
+                    false => self.take_page(&page_batch, (documents, bytes), &mut open, out, spare),
+                };
+                if let Err(error) = taken {
+                    if let Some(error) = error {
+                        let _ = out.blocking_send(Err(error));
+                    }
                     return self.model;
                 }
             }
-            if batch.len() >= self.batch_size || (end && !batch.is_empty()) {
-                let buffers = spare.try_recv().unwrap_or_default();
-                let scanned = self.model.encode(&batch, buffers).map(|encoded| {
-                    self.model.assume_committed(&encoded);
-                    ScannedBatch {
-                        encoded,
-                        documents: std::mem::take(&mut documents),
-                        bytes: std::mem::take(&mut bytes),
+            let full = open
+                .as_ref()
+                .is_some_and(|(paged, ..)| paged.len() >= self.batch_size as u64);
+            if full || end {
+                if let Some(batch) = open.take() {
+                    if !self.send(batch, out) {
+                        return self.model;
                     }
-                });
-                let failed = scanned.is_err();
-                batch.clear();
-                if out.blocking_send(scanned).is_err() || failed {
-                    return self.model;
                 }
             }
             if end {
                 return self.model;
             }
         }
+    }
+
+    /// Adds a page to the open batch, or, when it does not fit, sends that batch on and opens
+    /// the next with the page. `Err(Some(_))` is the scan's error; `Err(None)` when the commits
+    /// are gone (after an error of theirs).
+    fn take_page(
+        &mut self,
+        page: &DocumentBatch,
+        (documents, bytes): (u64, u64),
+        open: &mut Option<(PagedBatch, u64, u64)>,
+        out: &tokio::sync::mpsc::Sender<Result<ScannedBatch, Box<DocumentError>>>,
+        spare: &std::sync::mpsc::Receiver<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), Option<Box<DocumentError>>> {
+        if let Some((paged, open_documents, open_bytes)) = open.as_mut() {
+            if paged.append(page).map_err(Some)? {
+                *open_documents += documents;
+                *open_bytes += bytes;
+                return Ok(());
+            }
+        }
+        if let Some(full) = open.take() {
+            if !self.send(full, out) {
+                return Err(None);
+            }
+        }
+        let buffers = spare.try_recv().unwrap_or_default();
+        let paged = self.model.start_paged(page, buffers).map_err(Some)?;
+        *open = Some((paged, documents, bytes));
+        Ok(())
+    }
+
+    /// Sends a finished batch on (after which the model has its columns); `false` when the
+    /// commits are gone (after an error).
+    fn send(
+        &mut self,
+        (paged, documents, bytes): (PagedBatch, u64, u64),
+        out: &tokio::sync::mpsc::Sender<Result<ScannedBatch, Box<DocumentError>>>,
+    ) -> bool {
+        if paged.is_empty() {
+            return true;
+        }
+        let encoded = paged.finish();
+        self.model.assume_committed(&encoded);
+        out.blocking_send(Ok(ScannedBatch {
+            encoded,
+            documents,
+            bytes,
+        }))
+        .is_ok()
     }
 }
 

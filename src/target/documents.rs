@@ -25,7 +25,7 @@
 
 use std::borrow::Cow;
 
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 use serde_json::value::RawValue;
 
 use crate::pg::query::{quote_identifier, quote_literal};
@@ -44,6 +44,9 @@ const COPY_CHUNK_BYTES: usize = 256 * 1024;
 const STAGING: &str = "pgferry_doc_stage";
 /// The session's staging table of deleted keys.
 const STAGING_DELETES: &str = "pgferry_doc_deletes";
+/// Binary COPY's header and trailer.
+const BINARY_HEADER: &[u8] = crate::target::copy_binary::HEADER;
+const BINARY_TRAILER: &[u8] = &(-1i16).to_be_bytes();
 /// The comment on a table pgferry created whose initial load has not finished (it has no
 /// primary key yet): how a later run tells its own half-loaded table from a user's table.
 pub const LOADING_COMMENT: &str =
@@ -992,14 +995,17 @@ impl TableModel {
             ddl,
             column_of,
         } = self.plan(batch);
-        let (mut rows, mut spare) = buffers;
+        let (mut rows, spare) = buffers;
         let mut deletes = Vec::new();
         // Binary COPY written straight from the documents when every column has a binary
         // form here; else (or when a value has no certain binary form) COPY text.
         if columns.iter().all(|(_, sql_type)| sql_type.binary()) {
+            rows.clear();
+            rows.extend_from_slice(BINARY_HEADER);
             if let Some(upserts) =
                 self.encode_rows(batch, &columns, &column_of, true, &mut rows, &mut deletes)?
             {
+                rows.extend_from_slice(BINARY_TRAILER);
                 if upserts == 0 {
                     // Nothing to copy (a batch of deletes).
                     rows.clear();
@@ -1017,25 +1023,16 @@ impl TableModel {
             }
             deletes.clear();
         }
+        rows.clear();
         let upserts = self
             .encode_rows(batch, &columns, &column_of, false, &mut rows, &mut deletes)?
             .unwrap_or_default();
-        let types: Option<Vec<_>> = std::iter::once("text")
-            .chain(columns.iter().map(|(_, sql_type)| sql_type.sql()))
-            .map(binary_type)
-            .collect();
-        let binary_ok = !rows.is_empty()
-            && types.is_some_and(|types| text_to_binary_into(&[&rows], &types, &mut spare));
-        let (payload, spare) = if binary_ok {
-            (spare, rows)
-        } else {
-            (rows, spare)
-        };
+        let (payload, binary, spare) = text_or_converted(&columns, rows, spare);
         Ok(Encoded {
             columns,
             ddl,
             payload,
-            binary: binary_ok,
+            binary,
             spare,
             deletes,
             upserts,
@@ -1043,8 +1040,51 @@ impl TableModel {
         })
     }
 
-    /// Writes the batch's upserts into `rows` (binary COPY, or COPY text) and its deletes
-    /// into `deletes`; returns the upserts, or `None` when a value has no certain binary form.
+    /// Starts a scan batch with `page`, planned against these columns; see [`PagedBatch`].
+    pub fn start_paged(
+        &self,
+        page: &DocumentBatch,
+        buffers: (Vec<u8>, Vec<u8>),
+    ) -> Result<PagedBatch, Box<DocumentError>> {
+        let Plan {
+            columns,
+            ddl,
+            column_of,
+        } = self.plan(page);
+        let (payload, spare) = buffers;
+        let mut paged = PagedBatch {
+            target: TableModel {
+                name: self.name.clone(),
+                columns,
+            },
+            ddl,
+            binary: false,
+            payload,
+            spare,
+            upserts: 0,
+            keys: HashSet::default(),
+        };
+        paged.binary = paged
+            .target
+            .columns
+            .iter()
+            .all(|(_, sql_type)| sql_type.binary());
+        paged.payload.clear();
+        if paged.binary {
+            paged.payload.extend_from_slice(BINARY_HEADER);
+        }
+        if !paged.append_planned(page, &column_of)? {
+            // A value without a certain binary form: the batch goes as text.
+            paged.binary = false;
+            paged.payload.clear();
+            paged.append_planned(page, &column_of)?;
+        }
+        Ok(paged)
+    }
+
+    /// Appends the batch's upserts to `rows` (binary COPY rows without the stream's header and
+    /// trailer, or COPY text) and its deletes to `deletes`; returns the upserts, or `None`
+    /// when a value has no certain binary form.
     fn encode_rows(
         &self,
         batch: &DocumentBatch,
@@ -1054,10 +1094,6 @@ impl TableModel {
         rows: &mut Vec<u8>,
         deletes: &mut Vec<u8>,
     ) -> Result<Option<u64>, Box<DocumentError>> {
-        rows.clear();
-        if binary {
-            rows.extend_from_slice(crate::target::copy_binary::HEADER);
-        }
         let Ok(count) = i16::try_from(columns.len() + 1) else {
             return Ok(None);
         };
@@ -1130,9 +1166,6 @@ impl TableModel {
                 rows.push(b'\n');
             }
         }
-        if binary {
-            rows.extend_from_slice(&(-1i16).to_be_bytes());
-        }
         Ok(Some(upserts))
     }
 
@@ -1140,6 +1173,135 @@ impl TableModel {
     /// is encoded against them while this one is still being applied.
     pub fn assume_committed(&mut self, encoded: &Encoded) {
         self.columns.clone_from(&encoded.columns);
+    }
+}
+
+/// Converts COPY text rows to binary when every column has an exact binary form (the text
+/// rows are then the spare buffer): `(payload, binary, spare)`.
+fn text_or_converted(
+    columns: &[(String, ColumnType)],
+    rows: Vec<u8>,
+    mut spare: Vec<u8>,
+) -> (Vec<u8>, bool, Vec<u8>) {
+    let types: Option<Vec<_>> = std::iter::once("text")
+        .chain(columns.iter().map(|(_, sql_type)| sql_type.sql()))
+        .map(binary_type)
+        .collect();
+    let binary = !rows.is_empty()
+        && types.is_some_and(|types| text_to_binary_into(&[&rows], &types, &mut spare));
+    if binary {
+        (spare, true, rows)
+    } else {
+        (rows, false, spare)
+    }
+}
+
+/// A scan's batch, encoded page by page while each page is fresh in the cache (a whole batch
+/// of documents does not fit in it, and reading them back for the encoding cost a fifth of
+/// pgferry's time). Its columns are those its first page needs; a page that needs others
+/// (a new attribute, a wider type), that repeats a key of the batch, or that has no certain
+/// binary form in a binary batch, does not fit and starts the next batch. Scans have no
+/// deletes.
+#[derive(Debug)]
+pub struct PagedBatch {
+    /// The table's columns once this batch commits.
+    target: TableModel,
+    /// The schema changes that get there (from the columns before the batch).
+    ddl: Vec<String>,
+    binary: bool,
+    /// Binary COPY (header and rows) or COPY text rows.
+    payload: Vec<u8>,
+    spare: Vec<u8>,
+    upserts: u64,
+    /// Hashes of the batch's keys: a page repeating one (a collision too) starts the next
+    /// batch, so no batch holds a key twice.
+    keys: HashSet<u64>,
+}
+
+impl PagedBatch {
+    /// Documents in the batch.
+    pub fn len(&self) -> u64 {
+        self.upserts
+    }
+
+    /// Whether the batch holds no document yet.
+    pub fn is_empty(&self) -> bool {
+        self.upserts == 0
+    }
+
+    /// Appends `page` when it fits the batch (`Ok(false)` when it does not: nothing was
+    /// added, finish this batch and start the next with the page).
+    pub fn append(&mut self, page: &DocumentBatch) -> Result<bool, Box<DocumentError>> {
+        let Plan { ddl, column_of, .. } = self.target.plan(page);
+        if !ddl.is_empty() {
+            return Ok(false);
+        }
+        self.append_planned(page, &column_of)
+    }
+
+    fn append_planned(
+        &mut self,
+        page: &DocumentBatch,
+        column_of: &[Option<usize>],
+    ) -> Result<bool, Box<DocumentError>> {
+        let hasher = foldhash::fast::FixedState::with_seed(0x5CA7);
+        let hashes: Vec<u64> = page
+            .changes
+            .keys()
+            .map(|key| std::hash::BuildHasher::hash_one(&hasher, key))
+            .collect();
+        if hashes.iter().any(|hash| self.keys.contains(hash)) {
+            return Ok(false);
+        }
+        let before = self.payload.len();
+        let mut deletes = Vec::new();
+        match self.target.encode_rows(
+            page,
+            &self.target.columns,
+            column_of,
+            self.binary,
+            &mut self.payload,
+            &mut deletes,
+        )? {
+            Some(upserts) => {
+                self.upserts += upserts;
+                self.keys.extend(hashes);
+                Ok(true)
+            }
+            None => {
+                self.payload.truncate(before);
+                Ok(false)
+            }
+        }
+    }
+
+    /// The batch, ready for [`DocumentTable::commit`].
+    pub fn finish(self) -> Encoded {
+        let PagedBatch {
+            target,
+            ddl,
+            binary,
+            mut payload,
+            spare,
+            upserts,
+            ..
+        } = self;
+        let (payload, binary, spare) = if binary {
+            payload.extend_from_slice(BINARY_TRAILER);
+            (payload, true, spare)
+        } else {
+            text_or_converted(&target.columns, payload, spare)
+        };
+        Encoded {
+            columns: target.columns,
+            ddl,
+            payload,
+            binary,
+            spare,
+            deletes: Vec::new(),
+            upserts,
+            removed: 0,
+        }
     }
 }
 
@@ -1444,5 +1606,79 @@ mod tests {
         batch.delete("k".into());
         let encoded = model.encode(&batch, Default::default()).unwrap();
         assert!(encoded.payload.is_empty());
+    }
+
+    fn page(documents: &[Value]) -> DocumentBatch {
+        let mut batch = DocumentBatch::default();
+        for value in documents {
+            batch.upsert(document(value.clone())).unwrap();
+        }
+        batch
+    }
+
+    #[test]
+    fn a_paged_batch_takes_pages_that_fit_and_refuses_the_others() {
+        let model = table(&[]);
+        let first = page(&[
+            json!({"_key": "a", "n": 1, "s": "x"}),
+            json!({"_key": "b", "n": 2}),
+        ]);
+        let second = page(&[json!({"_key": "c", "n": 3, "s": "y\tz"})]);
+        let mut paged = model.start_paged(&first, Default::default()).unwrap();
+        assert!(paged.append(&second).unwrap());
+        assert_eq!(paged.len(), 3);
+        for (refused, why) in [
+            (
+                page(&[json!({"_key": "d", "new": true})]),
+                "a new attribute",
+            ),
+            (page(&[json!({"_key": "d", "n": 1.5})]), "a wider type"),
+            (
+                page(&[json!({"_key": "a", "n": 4})]),
+                "a key the batch holds",
+            ),
+        ] {
+            assert!(!paged.append(&refused).unwrap(), "{why}");
+        }
+        assert_eq!(paged.len(), 3, "a refused page adds nothing");
+        let encoded = paged.finish();
+        assert_eq!(
+            encoded.columns,
+            [
+                ("n".into(), ColumnType::BigInt),
+                ("s".into(), ColumnType::Text)
+            ]
+        );
+        assert_eq!(encoded.ddl.len(), 2);
+        assert!(encoded.binary);
+        // The rows of each page, as the whole-batch encoder writes them, one after the other.
+        let rows_of = |batch: &DocumentBatch| {
+            let payload = model.encode(batch, Default::default()).unwrap().payload;
+            payload[BINARY_HEADER.len()..payload.len() - BINARY_TRAILER.len()].to_vec()
+        };
+        let expected = [
+            BINARY_HEADER,
+            &rows_of(&first),
+            &rows_of(&second),
+            BINARY_TRAILER,
+        ]
+        .concat();
+        assert_eq!(encoded.payload, expected);
+        assert_eq!((encoded.upserts, encoded.removed), (3, 0));
+
+        // A value without a certain binary form refuses a binary batch; a batch started with
+        // it goes as text.
+        let numeric = table(&[("d", ColumnType::Numeric)]);
+        let mut paged = numeric
+            .start_paged(&page(&[json!({"_key": "e", "d": 2})]), Default::default())
+            .unwrap();
+        let exponent = page(&[json!({"_key": "f", "d": 1e-7})]);
+        assert!(!paged.append(&exponent).unwrap());
+        let mut text = numeric.start_paged(&exponent, Default::default()).unwrap();
+        assert!(text.append(&page(&[json!({"_key": "g", "d": 3})])).unwrap());
+        let encoded = text.finish();
+        assert!(!encoded.binary);
+        let rows = String::from_utf8(encoded.payload).unwrap();
+        assert_eq!(rows, "f\t1e-7\ng\t3\n");
     }
 }
