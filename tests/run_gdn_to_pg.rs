@@ -57,18 +57,23 @@ fn spawn_run(config: &Path, log: &Path) -> Child {
         .expect("start pgferry")
 }
 
-/// Runs `pgferry run --once` to completion; returns stdout.
+/// Runs `pgferry run --once` to completion; returns stdout (the summary).
 fn run_once(config: &Path) -> String {
+    run_once_logged(config).0
+}
+
+/// Runs `pgferry run --once` to completion; returns stdout and stderr (the log).
+fn run_once_logged(config: &Path) -> (String, String) {
     let output = pgferry(&["run", "--once"], config)
         .output()
         .expect("run pgferry");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
         output.status.success(),
-        "pgferry run --once failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+        "pgferry run --once failed:\n{stdout}\n{stderr}"
     );
-    stdout
+    (stdout, stderr)
 }
 
 async fn create_collection(http: &Http, name: &str) {
@@ -725,20 +730,6 @@ fn duplicate_keys(cluster: &PgCluster, table: &str) -> String {
     ))
 }
 
-/// Runs `pgferry run --once` to completion; returns stderr (the log).
-fn run_once_log(config: &Path) -> String {
-    let output = pgferry(&["run", "--once"], config)
-        .output()
-        .expect("run pgferry");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(
-        output.status.success(),
-        "pgferry run --once failed:\n{}\n{stderr}",
-        String::from_utf8_lossy(&output.stdout)
-    );
-    stderr
-}
-
 /// The comment pgferry puts on a table it created until the table's initial load is in.
 const LOADING_COMMENT: &str =
     "pgferry: initial load in progress; the primary key on \"_key\" is added when it completes";
@@ -757,7 +748,7 @@ async fn the_key_is_built_after_the_scan_and_an_interrupted_load_starts_over() {
     let dir = tempfile::tempdir().expect("temp dir");
 
     let config = write_pipeline(dir.path(), &cluster, &server.url(), json!({}));
-    let log = run_once_log(&config);
+    let (_, log) = run_once_logged(&config);
     assert!(log.contains("adding the primary key"), "{log}");
     assert_eq!(
         key_and_comment(&cluster, "orders"),
@@ -781,7 +772,7 @@ async fn the_key_is_built_after_the_scan_and_an_interrupted_load_starts_over() {
         &server.url(),
         json!({"destination": {"table_name": "half"}, "state_file": dir.path().join("half.state.json")}),
     );
-    let log = run_once_log(&config);
+    let (_, log) = run_once_logged(&config);
     assert!(log.contains("was interrupted: emptying it"), "{log}");
     // Exact: the stale rows ("gone" included) are gone, each key once, the key built.
     if let Err(difference) = compare(&rows(&cluster, "half"), &documents) {
@@ -837,7 +828,7 @@ async fn a_scan_started_again_after_failures_keeps_each_key_once() {
         json!({"source": {"cursor_batch_size": 100, "max_retries": 40},
                "destination": {"batch_size_rows": 100}}),
     );
-    let log = run_once_log(&config);
+    let (_, log) = run_once_logged(&config);
     assert!(log.contains("scanning again from the start"), "{log}");
     assert!(log.contains("keys the scan read twice"), "{log}");
     if let Err(difference) = compare(&rows(&cluster, "orders"), &documents) {
