@@ -760,6 +760,7 @@ fn gdn_to_pg_survives_every_fault() {
         Fault::Kill,
         Fault::GdnRestart,
         Fault::PgRestart,
+        Fault::PgKill,
         Fault::Faults,
     ];
     let mut round = 0;
@@ -917,16 +918,16 @@ fn singer_target_resumes_from_its_last_state_after_every_fault() {
     let mut rng = Rng::new(scenario);
     let mut model: BTreeMap<&'static str, BTreeMap<String, String>> = BTreeMap::new();
     let mut tally = Tally::default();
-    let all = [Fault::Kill, Fault::PgRestart];
+    let all = [Fault::Kill, Fault::PgRestart, Fault::PgKill];
     for index in 0..iterations(&all) {
         let fault = fault_of(index, &all);
         let round = singer_round(&mut rng, index as u64 + 1, &mut model);
         let (mut child, feeder) = spawn_target(&config, round.lines.clone());
         std::thread::sleep(rng.millis(50, 1300));
-        if fault == Fault::PgRestart {
-            cluster.restart(rng.millis(50, 600));
-        } else {
+        if fault == Fault::Kill {
             let _ = child.kill();
+        } else {
+            disrupt_postgres(&mut cluster, fault, rng.millis(50, 600));
         }
         let output = {
             let deadline = Instant::now() + Duration::from_secs(120);

@@ -395,3 +395,28 @@ async fn starting_an_unknown_slot_is_a_server_error_naming_it() {
     assert_eq!(error.code(), Some("42704"), "{error}");
     assert!(error.to_string().contains("no_such_slot"));
 }
+
+/// A destination session commits durably even where the server's default is
+/// `synchronous_commit = off` (as on the test clusters): an asynchronous COMMIT returns before
+/// its WAL is flushed, and pgferry acknowledges what a COMMIT holds as soon as it returns. A
+/// stronger setting of the role is kept; other sessions keep the server's default.
+#[tokio::test]
+async fn a_destination_session_turns_an_asynchronous_commit_default_back_on() {
+    let cluster = PgCluster::start_default();
+    cluster.psql("CREATE ROLE apply_user LOGIN SUPERUSER; ALTER ROLE apply_user SET synchronous_commit = 'remote_apply';");
+    let setting = |options: pgferry::pg::ConnectOptions| async move {
+        let mut connection = Connection::connect(&options).await.expect("connect");
+        let rows = connection
+            .query("SHOW synchronous_commit")
+            .await
+            .expect("show");
+        rows[0].get(0).unwrap_or_default().to_owned()
+    };
+    let mut destination = cluster.options("postgres");
+    destination.durable_commits = true;
+    assert_eq!(setting(destination).await, "on");
+    assert_eq!(setting(cluster.options("postgres")).await, "off");
+    let mut stronger = cluster.options("apply_user");
+    stronger.durable_commits = true;
+    assert_eq!(setting(stronger).await, "remote_apply");
+}

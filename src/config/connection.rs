@@ -210,6 +210,16 @@ impl PgConnectionConfig {
             tls: self.tls.clone(),
             connect_timeout: self.connect_timeout,
             replication: false,
+            durable_commits: false,
+        }
+    }
+
+    /// [`Self::connect_options`] for a destination: its commits are durable before pgferry
+    /// acknowledges what they hold (see [`ConnectOptions::durable_commits`]).
+    pub fn destination_options(&self) -> ConnectOptions {
+        ConnectOptions {
+            durable_commits: true,
+            ..self.connect_options()
         }
     }
 }

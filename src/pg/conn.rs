@@ -69,6 +69,11 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Open a logical replication connection (`replication=database`).
     pub replication: bool,
+    /// The session writes what pgferry acknowledges once committed (a destination): a server
+    /// default of `synchronous_commit = off` is turned back `on` for it, since an
+    /// asynchronous COMMIT returns before its WAL is flushed and a crash would lose rows whose
+    /// GDN messages, slot position or Singer STATE were already let go.
+    pub durable_commits: bool,
 }
 
 impl ConnectOptions {
@@ -85,6 +90,7 @@ impl ConnectOptions {
             tls: TlsMaterial::default(),
             connect_timeout: Duration::from_secs(30),
             replication: false,
+            durable_commits: false,
         }
     }
 
@@ -215,6 +221,15 @@ impl Connection {
             desynchronized: false,
         };
         connection.startup(options).await?;
+        if options.durable_commits {
+            // Stronger settings (`remote_apply`, …) and `local` are kept as they are.
+            connection
+                .execute(
+                    "SELECT pg_catalog.set_config('synchronous_commit', 'on', false) \
+                     WHERE pg_catalog.current_setting('synchronous_commit') = 'off'",
+                )
+                .await?;
+        }
         Ok(connection)
     }
 

@@ -544,7 +544,7 @@ async fn sync_collection(
     if name.table.len() > 63 {
         return Err(GdnToPgError::LongTableName(name.table));
     }
-    let mut connection = Connection::connect(&destination.connection.connect_options())
+    let mut connection = Connection::connect(&destination.connection.destination_options())
         .await
         .map_err(|error| GdnToPgError::Connect(Box::new(error)))?;
     let table = DocumentTable::open(&mut connection, &name, destination.hard_delete).await?;
@@ -664,7 +664,7 @@ async fn scan(
     let destination = &context.config.destination;
     let mut others = Vec::new();
     for _ in 1..destination.parallelism {
-        let connection = Connection::connect(&destination.connection.connect_options())
+        let connection = Connection::connect(&destination.connection.destination_options())
             .await
             .map_err(|error| GdnToPgError::Connect(Box::new(error)))?;
         others.push((connection, follower.table.for_another_session()));

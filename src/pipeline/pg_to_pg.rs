@@ -37,7 +37,7 @@ pub(crate) async fn prepare_targets(
     numeric_mode: NumericMode,
     allow_keyless: bool,
 ) -> Result<(Vec<CopyTask>, ReplicaPrepared), RunError> {
-    let target = destination.connection.connect_options();
+    let target = destination.connection.destination_options();
     let replica_error = |error: ReplicaError| RunError::Replica(Box::new(error));
     let mut connection = Connection::connect(&target)
         .await

@@ -458,7 +458,7 @@ pub async fn run<R: Read + Send + 'static>(
 
 /// A connection for loading.
 async fn open_connection(config: &TargetConfig) -> Result<Connection, TargetError> {
-    let mut connection = Connection::connect(&config.connection.connect_options())
+    let mut connection = Connection::connect(&config.connection.destination_options())
         .await
         .map_err(TargetError::Connect)?;
     // Staging tables are temp tables: keep a batch of them in memory rather than in temp files
