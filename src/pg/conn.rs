@@ -32,6 +32,8 @@ const MAX_MESSAGE_LEN: usize = (1 << 30) + (1 << 20);
 /// Write buffer size at which streaming writers flush to the socket (backpressure point).
 pub(crate) const WRITE_FLUSH_THRESHOLD: usize = 256 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
+/// A read smaller than this, on a stream that coalesces reads, waits before the next.
+const SMALL_READ: usize = 16 * 1024;
 /// Message tags a server may send before the first ReadyForQuery.
 const STARTUP_TAGS: &[u8] = b"REKSZNv";
 
@@ -136,6 +138,10 @@ pub struct Connection {
     authentication: &'static str,
     /// Set when a COPY was abandoned half-way: the protocol state is unknown.
     pub(crate) desynchronized: bool,
+    /// Wait this long before reading again after a read that brought little (a stream).
+    pub(crate) coalesce_reads: Option<std::time::Duration>,
+    /// The last read brought less than [`SMALL_READ`].
+    small_read: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -219,6 +225,8 @@ impl Connection {
             tls_peer_certificate: peer_certificate.filter(|der| !der.is_empty()),
             authentication: "trust",
             desynchronized: false,
+            coalesce_reads: None,
+            small_read: false,
         };
         connection.startup(options).await?;
         if options.durable_commits {
@@ -552,11 +560,15 @@ impl Connection {
             } else {
                 self.read_buf.reserve(READ_CHUNK);
             }
+            if let (Some(pause), true) = (self.coalesce_reads, self.small_read) {
+                tokio::time::sleep(pause).await;
+            }
             let read = self
                 .io
                 .read_buf(&mut self.read_buf)
                 .await
                 .map_err(|error| PgError::io(during, error))?;
+            self.small_read = read < SMALL_READ;
             if read == 0 {
                 if startup
                     && self

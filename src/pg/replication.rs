@@ -273,6 +273,7 @@ impl ReplicationClient {
             }
             Backend::Message(other) => return Err(unexpected(DURING, &other)),
         }
+        self.connection.coalesce_reads = Some(Duration::from_millis(1));
         Ok(LogicalStream {
             connection: self.connection,
             received: start,
