@@ -403,12 +403,22 @@ fn server_restarts_during_the_copy_and_mid_stream_are_ridden_out() {
         SOURCE,
         "INSERT INTO public.items SELECT g, 'before', 'b', g FROM generate_series(20001, 21000) g",
     );
-    // Streaming: the rows inserted after the start arrive.
+    // Streaming: the copy is recorded done (the retried copy may have taken these rows
+    // already; the second restart must hit the stream, not the copy) and the rows inserted
+    // after the start arrive.
+    let state_file = dir.path().join("state.json");
+    let copied = || {
+        std::fs::read_to_string(&state_file)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            .is_some_and(|state| state["snapshot_done"] == json!(true))
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while cluster.psql_in(
-        TARGET,
-        "SELECT count(*) FROM public.items WHERE name = 'before'",
-    ) != "1000"
+    while !copied()
+        || cluster.psql_in(
+            TARGET,
+            "SELECT count(*) FROM public.items WHERE name = 'before'",
+        ) != "1000"
     {
         assert!(
             std::time::Instant::now() < deadline,
