@@ -139,7 +139,7 @@ pub struct Connection {
     /// Set when a COPY was abandoned half-way: the protocol state is unknown.
     pub(crate) desynchronized: bool,
     /// Wait this long before reading again after a read that brought little (a stream).
-    pub(crate) coalesce_reads: Option<std::time::Duration>,
+    pub(crate) coalesce_reads: Option<Duration>,
     /// The last read brought less than [`SMALL_READ`].
     small_read: bool,
 }

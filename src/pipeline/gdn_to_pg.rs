@@ -858,9 +858,10 @@ impl ScanEncoder {
                     }
                 }
                 // An empty page (the last may be one) adds nothing.
-                let taken = match page_batch.is_empty() {
-                    true => Ok(()),
-                    false => self.take_page(&page_batch, (documents, bytes), &mut open, out, spare),
+                let taken = if page_batch.is_empty() {
+                    Ok(())
+                } else {
+                    self.take_page(&page_batch, (documents, bytes), &mut open, out, spare)
                 };
                 if let Err(error) = taken {
                     if let Some(error) = error {

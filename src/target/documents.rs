@@ -605,45 +605,21 @@ impl DocumentTable {
         let add_key = format!(
             "ALTER TABLE {table} ADD PRIMARY KEY ({key}); COMMENT ON TABLE {table} IS NULL"
         );
-        let mut removed = 0;
-        match connection.execute(&add_key).await {
-            Ok(_) => {}
+        let removed = match connection.execute(&add_key).await {
+            Ok(_) => 0,
             Err(error) if error.code() == Some("23505") => {
                 tracing::warn!(table = %name, "the scan read some documents twice (it was started again): keeping one row per key");
-                connection
-                    .execute("BEGIN")
+                // One simple query: one implicit transaction, all of it or nothing.
+                let results = connection
+                    .simple_query_all(&format!(
+                        "DELETE FROM {table} a USING {table} b WHERE a.{key} = b.{key} AND a.ctid < b.ctid; {add_key}"
+                    ))
                     .await
-                    .map_err(pg("starting a transaction on", &name))?;
-                let result = async {
-                    removed = connection
-                        .execute(&format!(
-                            "DELETE FROM {table} a USING {table} b WHERE a.{key} = b.{key} AND a.ctid < b.ctid"
-                        ))
-                        .await
-                        .map_err(pg("removing the copies of keys read twice from", &name))?;
-                    connection
-                        .execute(&add_key)
-                        .await
-                        .map_err(pg("adding the primary key to", &name))
-                }
-                .await;
-                if let Err(error) = result {
-                    let _ = connection.execute("ROLLBACK").await;
-                    return Err(error);
-                }
-                connection
-                    .execute("COMMIT")
-                    .await
-                    .map_err(pg("adding the primary key to", &name))?;
+                    .map_err(pg("removing the copies of keys read twice and adding the primary key to", &name))?;
+                results.first().map_or(0, |deleted| deleted.row_count())
             }
-            Err(source) => {
-                return Err(DocumentError::Postgres {
-                    during: "adding the primary key to",
-                    table: name,
-                    source,
-                })
-            }
-        }
+            Err(source) => return Err(pg("adding the primary key to", &name)(source)),
+        };
         self.loading = false;
         Ok(removed)
     }
@@ -1543,14 +1519,8 @@ mod tests {
                 &mut deletes,
             )
             .unwrap();
-        let types: Option<Vec<_>> = std::iter::once("text")
-            .chain(encoded.columns.iter().map(|(_, sql_type)| sql_type.sql()))
-            .map(binary_type)
-            .collect();
-        let mut converted = Vec::new();
-        let converted = types
-            .is_some_and(|types| text_to_binary_into(&[&text], &types, &mut converted))
-            .then_some(converted);
+        let (converted, binary, _) = text_or_converted(&encoded.columns, text, Vec::new());
+        let converted = binary.then_some(converted);
         (encoded, converted)
     }
 
