@@ -713,6 +713,19 @@ async fn a_document_no_column_can_hold_stops_the_scan_naming_it() {
     }
 }
 
+/// `public.<table>` equals the collection, holds each key once, and has its primary key on
+/// `_key` with the loading mark cleared: what a finished load leaves.
+fn assert_loaded(cluster: &PgCluster, table: &str, documents: &BTreeMap<String, Value>) {
+    if let Err(difference) = compare(&rows(cluster, table), documents) {
+        panic!("{table}: {difference}");
+    }
+    assert_eq!(duplicate_keys(cluster, table), "0", "{table}");
+    assert_eq!(
+        key_and_comment(cluster, table),
+        "PRIMARY KEY (_key) / no comment"
+    );
+}
+
 /// The primary key and the comment of `public.<table>`: a finished load has the key on
 /// `_key` and no comment.
 fn key_and_comment(cluster: &PgCluster, table: &str) -> String {
@@ -750,15 +763,8 @@ async fn the_key_is_built_after_the_scan_and_an_interrupted_load_starts_over() {
     let config = write_pipeline(dir.path(), &cluster, &server.url(), json!({}));
     let (_, log) = run_once_logged(&config);
     assert!(log.contains("adding the primary key"), "{log}");
-    assert_eq!(
-        key_and_comment(&cluster, "orders"),
-        "PRIMARY KEY (_key) / no comment"
-    );
     let documents = all_documents(&http, "orders", true).await;
-    if let Err(difference) = compare(&rows(&cluster, "orders"), &documents) {
-        panic!("{difference}");
-    }
-    assert_eq!(duplicate_keys(&cluster, "orders"), "0");
+    assert_loaded(&cluster, "orders", &documents);
 
     // What a run killed mid-scan leaves: the mark, no key, part of the rows, one key twice.
     cluster.psql(&format!(
@@ -775,14 +781,7 @@ async fn the_key_is_built_after_the_scan_and_an_interrupted_load_starts_over() {
     let (_, log) = run_once_logged(&config);
     assert!(log.contains("was interrupted: emptying it"), "{log}");
     // Exact: the stale rows ("gone" included) are gone, each key once, the key built.
-    if let Err(difference) = compare(&rows(&cluster, "half"), &documents) {
-        panic!("{difference}");
-    }
-    assert_eq!(duplicate_keys(&cluster, "half"), "0");
-    assert_eq!(
-        key_and_comment(&cluster, "half"),
-        "PRIMARY KEY (_key) / no comment"
-    );
+    assert_loaded(&cluster, "half", &documents);
 
     // A user's table without a unique "_key" and without the mark is refused, untouched.
     cluster.psql(
@@ -831,12 +830,5 @@ async fn a_scan_started_again_after_failures_keeps_each_key_once() {
     let (_, log) = run_once_logged(&config);
     assert!(log.contains("scanning again from the start"), "{log}");
     assert!(log.contains("keys the scan read twice"), "{log}");
-    if let Err(difference) = compare(&rows(&cluster, "orders"), &documents) {
-        panic!("{difference}");
-    }
-    assert_eq!(duplicate_keys(&cluster, "orders"), "0");
-    assert_eq!(
-        key_and_comment(&cluster, "orders"),
-        "PRIMARY KEY (_key) / no comment"
-    );
+    assert_loaded(&cluster, "orders", &documents);
 }
