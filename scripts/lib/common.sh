@@ -67,6 +67,20 @@ as_pg_user() {
     if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
+# Whether the server binaries in $1 know the setting $2 (from the binary, not a version string).
+server_has_setting() {
+    "$1/postgres" --describe-config 2>/dev/null | cut -f1 | grep -qx "$2"
+}
+
+# The allow-list line for output plugins: PostgreSQL 15.19 and the same-day minors of every
+# branch refuse any output plugin but pgoutput and test_decoding unless the server lists it.
+# Empty on a server without the setting.
+plugin_allow_conf() {
+    if server_has_setting "$1" output_plugin_libraries; then
+        echo "output_plugin_libraries = 'pgoutput, test_decoding, wal2json'"
+    fi
+}
+
 # Starts a throwaway cluster: sets PG_DIR, PG_PORT. Stop it with stop_cluster.
 # Extra postgresql.conf lines may come in PG_EXTRA_CONF.
 start_cluster() {
@@ -82,6 +96,7 @@ unix_socket_directories = '$PG_DIR'
 wal_level = logical
 max_replication_slots = 10
 max_wal_senders = 10
+$(plugin_allow_conf "$bindir")
 ${PG_EXTRA_CONF:-}
 CONF
     as_pg_user "$bindir/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 start >/dev/null \

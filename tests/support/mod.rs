@@ -36,6 +36,18 @@ fn bindir() -> PathBuf {
         })
 }
 
+/// Whether the server binary in `bindir` knows the setting `name` (`postgres --describe-config`
+/// lists every parameter of that build; it runs without a cluster, and also as root).
+pub fn has_setting(bindir: &Path, name: &str) -> bool {
+    let output = Command::new(bindir.join("postgres"))
+        .arg("--describe-config")
+        .output()
+        .unwrap_or_else(|error| panic!("could not run {}/postgres: {error}", bindir.display()));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .any(|line| line.split('\t').next() == Some(name))
+}
+
 fn pkglibdir() -> PathBuf {
     let output = Command::new("pg_config").arg("--pkglibdir").output();
     match output {
@@ -214,6 +226,11 @@ impl PgCluster {
                 false,
             );
             conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        }
+        // PostgreSQL 15.19 and the same-day minors allow only built-in output plugins unless
+        // the allow-list names others: the test clusters allow wal2json where it exists.
+        if has_setting(&cluster.bindir, "output_plugin_libraries") {
+            conf.push_str("output_plugin_libraries = 'pgoutput, test_decoding, wal2json'\n");
         }
         for (name, value) in &builder.settings {
             conf.push_str(&format!("{name} = '{value}'\n"));
