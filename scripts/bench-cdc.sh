@@ -35,7 +35,8 @@ pipeline() { # name destination-json
     cat >"$WORK/$1.json" <<JSON
 {
   "source": {"host": "127.0.0.1", "port": $PG_PORT, "user": "postgres", "password": "x", "dbname": "postgres",
-             "sslmode": "disable", "replication_method": "LOG_BASED", "replication_slot": "bench_$1"},
+             "sslmode": "disable", "replication_method": "LOG_BASED", "replication_slot": "bench_$1",
+             "plugin": "wal2json"},
   "destination": $2,
   "tables": ["public.events"],
   "state_file": "$WORK/$1.state.json"

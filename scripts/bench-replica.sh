@@ -42,7 +42,7 @@ PSQL_S=$(elapsed "$start" "$(seconds)")
 cat >"$WORK/pipeline.json" <<JSON
 {
   "source": {"host": "127.0.0.1", "port": $PG_PORT, "user": "postgres", "dbname": "shop",
-             "sslmode": "disable", "replication_method": "LOG_BASED"},
+             "sslmode": "disable", "replication_method": "LOG_BASED", "plugin": "wal2json"},
   "destination": {"type": "postgres", "host": "127.0.0.1", "port": $PG_PORT, "user": "postgres",
                   "dbname": "replica", "sslmode": "disable"},
   "tables": ["public.bench"],

@@ -16,6 +16,8 @@ use crate::pg::catalog::publication_coverage;
 use crate::pg::query::{quote_literal, Row};
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
 use crate::pg::{Connection, PgError};
+use crate::source::plugin_choice::{allow_list_fix, is_refused_plugin, AllowList};
+use crate::source::slot_setup::resolve_plugin;
 
 mod destination;
 pub use destination::run_pipeline;
@@ -254,7 +256,7 @@ pub async fn run(config: &PgSourceConfig) -> Report {
                 "max_replication_slots",
                 "max_wal_senders",
                 "replication_privilege",
-                config.plugin.name(),
+                "plugin",
                 "replication_slot",
             ] {
                 checker.skip(name, "no connection");
@@ -413,13 +415,42 @@ async fn run_on(
         );
     }
 
-    if !wal_level_ok || !privileged || max_slots == 0 || max_senders == 0 {
-        checker.skip(config.plugin.name(), "the checks above must pass first");
-    } else {
-        check_plugin(checker, config, version_num).await;
-    }
-    if config.plugin == OutputPlugin::PgOutput {
-        check_publication(checker, connection, config).await?;
+    let tables = selected_tables(connection, config).await?;
+    let slot_name = existing
+        .first()
+        .and_then(|slot| slot.get(0))
+        .unwrap_or(&candidates[0])
+        .to_owned();
+    let (choice, allow) = resolve_plugin(connection, config, &slot_name, &tables).await?;
+    let chosen = match choice {
+        Ok(chosen) => {
+            checker.pass(
+                "plugin",
+                format!(
+                    "{} ({}: {})",
+                    chosen.plugin.name(),
+                    config.plugin.name(),
+                    chosen.reason
+                ),
+            );
+            Some(chosen)
+        }
+        Err(refusal) => {
+            checker.fail("plugin", true, refusal.detail, refusal.fix);
+            None
+        }
+    };
+    if let Some(chosen) = &chosen {
+        let plugin = chosen.plugin;
+        if !wal_level_ok || !privileged || max_slots == 0 || max_senders == 0 {
+            checker.skip(plugin.name(), "the checks above must pass first");
+        } else {
+            let instead = chosen.pgoutput_fix.as_deref();
+            check_plugin(checker, config, plugin, instead, &allow, version_num).await;
+        }
+        if plugin == OutputPlugin::PgOutput {
+            check_publication(checker, connection, config, &tables).await?;
+        }
     }
 
     match existing.first() {
@@ -427,9 +458,8 @@ async fn run_on(
             let name = slot.get(0).unwrap_or_default();
             let plugin = slot.get(1).unwrap_or_default();
             let database = slot.get(3).unwrap_or_default();
-            let wanted = config.plugin.name();
-            if slot.get(2) != Some("logical") || plugin != wanted {
-                checker.fail("replication_slot", true, format!("slot {name:?} exists but uses plugin {plugin:?}; the config reads {wanted}"), format!("set \"plugin\": {plugin:?} in the source config, or drop and recreate the slot (this loses its position):\nSELECT pg_drop_replication_slot({});\nSELECT * FROM pg_create_logical_replication_slot({}, '{wanted}');", quote_literal(name), quote_literal(name)));
+            if slot.get(2) != Some("logical") {
+                checker.fail("replication_slot", true, format!("slot {name:?} exists but is a physical slot; logical decoding needs a logical one"), format!("set \"replication_slot\" to another name, or drop the slot: SELECT pg_drop_replication_slot({});", quote_literal(name)));
             } else if database != config.connection.dbname {
                 checker.fail("replication_slot", true, format!("slot {name:?} belongs to database {database:?}, not {:?}", config.connection.dbname), "set \"replication_slot\" to a slot of this database, or create one: SELECT * FROM pg_create_logical_replication_slot('<name>', 'wal2json'); in that database");
             } else {
@@ -441,7 +471,7 @@ async fn run_on(
                 checker.pass(
                     "replication_slot",
                     format!(
-                        "slot {name:?} exists with plugin {wanted}, confirmed up to {}{active}",
+                        "slot {name:?} exists with plugin {plugin}, confirmed up to {}{active}",
                         slot.get(5).unwrap_or("?")
                     ),
                 );
@@ -449,21 +479,21 @@ async fn run_on(
         }
         None => {
             let name = &candidates[0];
-            checker.pass("replication_slot", format!("slot {name:?} does not exist yet; `pgferry run` creates it with a consistent snapshot (to create it yourself: SELECT * FROM pg_create_logical_replication_slot({}, '{}');)", quote_literal(name), config.plugin.name()));
+            let plugin = chosen
+                .as_ref()
+                .map_or("pgoutput", |chosen| chosen.plugin.name());
+            checker.pass("replication_slot", format!("slot {name:?} does not exist yet; `pgferry run` creates it with a consistent snapshot (to create it yourself: SELECT * FROM pg_create_logical_replication_slot({}, '{plugin}');)", quote_literal(name)));
         }
     }
     Ok(())
 }
 
-/// pgoutput reads a publication: it must publish every selected table (or not exist yet, and
-/// `pgferry run` creates it), and updates/deletes need a key or replica identity.
-async fn check_publication(
-    checker: &mut Checker,
+/// The tables a source config selects (`filter_schemas`, `filter_table`), as `(schema, table)`.
+async fn selected_tables(
     connection: &mut Connection,
     config: &PgSourceConfig,
-) -> Result<(), PgError> {
-    let publication = &config.publication;
-    let mut filter = String::from("c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'");
+) -> Result<Vec<(String, String)>, PgError> {
+    let mut filter = String::from("c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' AND NOT c.relispartition");
     if !config.filter_schemas.is_empty() {
         let list: Vec<String> = config
             .filter_schemas
@@ -475,15 +505,26 @@ async fn check_publication(
     if let Some(table) = &config.filter_table {
         filter.push_str(&format!(" AND c.relname = {}", quote_literal(table)));
     }
-    let tables: Vec<(String, String)> = connection
+    Ok(connection
         .query(&format!(
-            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {filter}"
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {filter} ORDER BY 1, 2"
         ))
         .await?
         .iter()
         .map(Row::pair)
-        .collect();
-    let coverage = publication_coverage(connection, publication, &tables).await?;
+        .collect())
+}
+
+/// pgoutput reads a publication: it must publish every selected table (or not exist yet, and
+/// `pgferry run` creates it), and updates/deletes need a key or replica identity.
+async fn check_publication(
+    checker: &mut Checker,
+    connection: &mut Connection,
+    config: &PgSourceConfig,
+    tables: &[(String, String)],
+) -> Result<(), PgError> {
+    let publication = &config.publication;
+    let coverage = publication_coverage(connection, publication, tables).await?;
     let (exists, missing) = (coverage.exists, coverage.missing);
     let quoted = crate::pg::query::quote_identifier(publication);
     if !exists {
@@ -515,8 +556,15 @@ async fn check_publication(
 
 /// Proves the output plugin loads and replication connections are allowed: a temporary slot
 /// is created over a replication connection and dropped at once.
-async fn check_plugin(checker: &mut Checker, config: &PgSourceConfig, version_num: u32) {
-    let plugin = config.plugin.name();
+async fn check_plugin(
+    checker: &mut Checker,
+    config: &PgSourceConfig,
+    output_plugin: OutputPlugin,
+    pgoutput_fix: Option<&str>,
+    allow: &AllowList,
+    version_num: u32,
+) {
+    let plugin = output_plugin.name();
     let options = config.connect_options();
     let mut client = match ReplicationClient::connect(&options).await {
         Ok(client) => client,
@@ -559,6 +607,16 @@ async fn check_plugin(checker: &mut Checker, config: &PgSourceConfig, version_nu
             };
             checker.fail("wal2json", true, "the wal2json output plugin is not installed on the server", format!("install it on the database server: Debian/Ubuntu: apt-get install postgresql-{major}-wal2json; RHEL/Fedora: dnf install wal2json_{}; or build it from source (no restart needed)", major.replace('.', "")));
         }
+        Err(error) if is_refused_plugin(&error) => checker.fail(
+            plugin,
+            true,
+            format!(
+                "the server refuses {plugin} as an output plugin ({}): {}",
+                allow.describe(),
+                first_line(&error.to_string())
+            ),
+            allow_list_fix(allow, output_plugin, pgoutput_fix),
+        ),
         Err(error) => checker.fail(
             plugin,
             true,
@@ -566,10 +624,23 @@ async fn check_plugin(checker: &mut Checker, config: &PgSourceConfig, version_nu
                 "a test slot with {plugin} could not be created: {}",
                 first_line(&error.to_string())
             ),
-            "see the error above and the server log",
+            slot_failure_fix(&error),
         ),
     }
     client.into_inner().close().await;
+}
+
+/// The fix for a test slot the server refused for a reason other than the allow-list.
+fn slot_failure_fix(error: &PgError) -> String {
+    match error.code() {
+        Some("53400") => "every replication slot or WAL sender is in use: list them with SELECT slot_name, active, database FROM pg_replication_slots; drop unused ones with SELECT pg_drop_replication_slot('<name>'); or raise max_replication_slots / max_wal_senders in postgresql.conf and restart".to_owned(),
+        Some("55000") => "in postgresql.conf set\nwal_level = logical\nthen restart PostgreSQL".to_owned(),
+        Some("42501") => "as a superuser run: ALTER ROLE <the config's user> REPLICATION;".to_owned(),
+        _ => match error.as_db_error().and_then(|db| db.hint.clone()) {
+            Some(hint) => hint,
+            None => "the server's reason is in the line above; fix that, then run pgferry check again".to_owned(),
+        },
+    }
 }
 
 #[cfg(test)]

@@ -132,10 +132,16 @@ async fn scripted_workload(output: Output) {
         json!({"tables": ["public.items", "public.pairs"]}),
     );
     match output {
-        Output::Wal2JsonV2 => {}
-        Output::Wal2JsonV1 => config.source.wal2json_format = pgferry::config::Wal2JsonFormat::V1,
+        Output::Wal2JsonV2 | Output::Wal2JsonV1 => {
+            config.source.plugin =
+                pgferry::config::PluginChoice::Forced(pgferry::config::OutputPlugin::Wal2Json);
+            if output == Output::Wal2JsonV1 {
+                config.source.wal2json_format = pgferry::config::Wal2JsonFormat::V1;
+            }
+        }
         Output::PgOutputV1 | Output::PgOutputStreaming => {
-            config.source.plugin = pgferry::config::OutputPlugin::PgOutput;
+            config.source.plugin =
+                pgferry::config::PluginChoice::Forced(pgferry::config::OutputPlugin::PgOutput);
             config.source.pgoutput_streaming = output == Output::PgOutputStreaming;
             // Protocol 1 reads text values, protocol 2 binary ones: both decoders are covered.
             config.source.pgoutput_binary = output == Output::PgOutputStreaming;

@@ -599,7 +599,8 @@ fn streaming_pg_to_gdn_never_confirms_ahead_and_converges() {
         json!({
             "source": {"host": "127.0.0.1", "port": cluster.port(), "user": "postgres",
                        "dbname": "postgres", "sslmode": "disable",
-                       "replication_method": "LOG_BASED", "max_reconnect_attempts": 0},
+                       "replication_method": "LOG_BASED", "max_reconnect_attempts": 0,
+                       "plugin": "wal2json"},
             "destination": {"gdn_url": server.url(), "api_key": KEY, "batch_size_rows": 100,
                             "batch_flush_interval": 1},
             "tables": ["public.ev", "public.ch"], "parallelism": 2,
@@ -1137,7 +1138,7 @@ fn singer_tap_into_target_gdn_resumes_from_its_last_state_after_every_fault() {
             "tap.json",
             json!({"host": "127.0.0.1", "port": cluster.port(), "user": "postgres",
                    "dbname": "postgres", "sslmode": "disable", "filter_schemas": "public",
-                   "replication_method": "LOG_BASED"}),
+                   "replication_method": "LOG_BASED", "plugin": "wal2json"}),
         ),
         catalog: write(
             "catalog.json",

@@ -57,7 +57,9 @@ fn a_good_cluster_passes_every_check() {
         "max_replication_slots",
         "max_wal_senders",
         "replication_privilege",
-        "wal2json",
+        "plugin",
+        "pgoutput",
+        "publication",
         "replication_slot",
     ] {
         assert!(
@@ -74,8 +76,97 @@ fn a_good_cluster_passes_every_check() {
     assert_eq!(
         cluster.psql("SELECT count(*) FROM pg_replication_slots"),
         "0",
-        "the wal2json probe leaves no slot behind"
+        "the plugin probe leaves no slot behind"
     );
+}
+
+/// A stock server of a release with `output_plugin_libraries` (only `wal_level = logical`
+/// set): `auto` needs nothing more; a forced wal2json fails with the exact statement, and that
+/// statement, run as printed, makes the check pass.
+#[test]
+fn a_stock_server_passes_with_auto_and_wal2json_gets_the_exact_allow_list_fix() {
+    let cluster = PgCluster::builder().stock_allow_list().start();
+    cluster.require_wal2json();
+    assert_eq!(
+        cluster.psql("SELECT setting FROM pg_settings WHERE name = 'output_plugin_libraries'"),
+        "pgoutput, test_decoding",
+        "this test needs a server release with the allow-list (Debian's 15.19 or later)"
+    );
+    cluster.psql("CREATE TABLE public.t (id int PRIMARY KEY)");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = write_config(dir.path(), source_config(&cluster, "postgres"));
+    let output = pgferry_check(&path, &[]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("✓ plugin: pgoutput (auto: a new slot: pgoutput"),
+        "{text}"
+    );
+    assert!(text.contains("✓ pgoutput:"), "{text}");
+
+    let mut config = source_config(&cluster, "postgres");
+    config["plugin"] = serde_json::json!("wal2json");
+    let path = write_config(dir.path(), config);
+    let output = pgferry_check(&path, &[]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("✗ plugin: the server does not allow wal2json as an output plugin: output_plugin_libraries = 'pgoutput, test_decoding'"),
+        "{text}"
+    );
+    let statement =
+        "ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', 'wal2json';";
+    assert!(text.contains(statement), "{text}");
+    assert!(text.contains("SELECT pg_reload_conf();"), "{text}");
+    assert!(text.contains("parameter group"), "{text}");
+    assert!(text.contains("\"plugin\": \"pgoutput\""), "{text}");
+    assert!(!text.contains("see the error above"), "{text}");
+
+    // The fix as printed, then a reload: wal2json loads.
+    cluster.psql(statement);
+    cluster.reload();
+    let output = pgferry_check(&path, &[]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("✓ wal2json: the wal2json output plugin loads"),
+        "{text}"
+    );
+}
+
+/// A replication role that may not read the allow-list nor create the publication: `auto`
+/// falls back to wal2json, whose test slot the stock server refuses; the fix names both ways.
+#[test]
+fn a_role_that_cannot_see_the_allow_list_gets_both_fixes_from_the_probe() {
+    let cluster = PgCluster::builder().stock_allow_list().start();
+    cluster.require_wal2json();
+    cluster.psql(
+        "CREATE TABLE public.t (id int PRIMARY KEY); CREATE ROLE etl LOGIN REPLICATION; GRANT SELECT ON public.t TO etl;",
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = source_config(&cluster, "etl");
+    config["filter_schemas"] = serde_json::json!("public");
+    let path = write_config(dir.path(), config);
+    let output = pgferry_check(&path, &[]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("✓ plugin: wal2json (auto: a new slot: wal2json, since pgoutput cannot be used (publication \"macrometa_postgres\" does not exist and role \"etl\" may not create it"), "{text}");
+    assert!(
+        text.contains("✗ wal2json: the server refuses wal2json as an output plugin"),
+        "{text}"
+    );
+    assert!(
+        text.contains("or let pgferry stream through pgoutput (built in, always allowed): have the tables' owner or a superuser run: CREATE PUBLICATION \"macrometa_postgres\" FOR TABLE \"public\".\"t\""),
+        "{text}"
+    );
+    assert!(text.contains("SHOW output_plugin_libraries"), "{text}");
+
+    // The owner creates the publication: auto now takes pgoutput.
+    cluster.psql("CREATE PUBLICATION macrometa_postgres FOR TABLE public.t");
+    let output = pgferry_check(&path, &[]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("✓ plugin: pgoutput (auto: a new slot: pgoutput (built in) with publication \"macrometa_postgres\", which publishes every selected table)"), "{text}");
 }
 
 #[test]

@@ -30,10 +30,9 @@ pub enum Wal2JsonFormat {
 }
 
 /// The logical decoding output plugin LOG_BASED streaming uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputPlugin {
     /// wal2json (the old connector's), JSON text.
-    #[default]
     Wal2Json,
     /// pgoutput, built into PostgreSQL ≥ 10 (managed services offer it), binary framing.
     PgOutput,
@@ -45,6 +44,36 @@ impl OutputPlugin {
         match self {
             OutputPlugin::Wal2Json => "wal2json",
             OutputPlugin::PgOutput => "pgoutput",
+        }
+    }
+
+    /// The plugin a slot's `plugin` column names, when pgferry can decode it.
+    pub fn from_name(name: &str) -> Option<OutputPlugin> {
+        match name {
+            "wal2json" => Some(OutputPlugin::Wal2Json),
+            "pgoutput" => Some(OutputPlugin::PgOutput),
+            _ => None,
+        }
+    }
+}
+
+/// The `plugin` key: a plugin forced by the config, or `auto` (the default), which keeps an
+/// existing slot's plugin and gives a new slot pgoutput where a publication can be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PluginChoice {
+    /// Chosen at start from the slot, the publication and the server's allow-list.
+    #[default]
+    Auto,
+    /// Set in the config: this plugin or an error.
+    Forced(OutputPlugin),
+}
+
+impl PluginChoice {
+    /// The config's spelling: `auto`, `wal2json` or `pgoutput`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PluginChoice::Auto => "auto",
+            PluginChoice::Forced(plugin) => plugin.name(),
         }
     }
 }
@@ -127,8 +156,8 @@ pub struct PgSourceConfig {
     pub max_reconnect_attempts: u32,
     /// LOG_BASED: wal2json's `format-version`.
     pub wal2json_format: Wal2JsonFormat,
-    /// LOG_BASED: the output plugin.
-    pub plugin: OutputPlugin,
+    /// LOG_BASED: the output plugin, or `auto`.
+    pub plugin: PluginChoice,
     /// LOG_BASED with pgoutput: the publication (created for the selected tables if missing).
     pub publication: String,
     /// LOG_BASED with pgoutput: stream large in-progress transactions (protocol 2, PostgreSQL
@@ -215,14 +244,18 @@ impl PgSourceConfig {
                 .filter(|seconds| *seconds > 0)
                 .map(std::time::Duration::from_secs),
             plugin: match string(object, "plugin")?.as_deref() {
-                None | Some("wal2json") => OutputPlugin::Wal2Json,
-                Some("pgoutput") => OutputPlugin::PgOutput,
-                Some(other) => {
-                    return Err(ConfigError::Invalid {
-                        key: "plugin".into(),
-                        detail: format!("expected \"wal2json\" or \"pgoutput\", got {other:?}"),
-                    })
-                }
+                None | Some("auto") | Some("") => PluginChoice::Auto,
+                Some(name) => match OutputPlugin::from_name(name) {
+                    Some(plugin) => PluginChoice::Forced(plugin),
+                    None => {
+                        return Err(ConfigError::Invalid {
+                            key: "plugin".into(),
+                            detail: format!(
+                                "expected \"auto\", \"pgoutput\" or \"wal2json\", got {name:?}"
+                            ),
+                        })
+                    }
+                },
             },
             publication,
             pgoutput_streaming: boolean(object, "pgoutput_streaming")?.unwrap_or(true),
@@ -327,11 +360,20 @@ mod tests {
         );
         assert_eq!(config.max_reconnect_attempts, 0);
         assert_eq!(config.wal2json_format, Wal2JsonFormat::V2);
-        assert_eq!(config.plugin, OutputPlugin::Wal2Json);
+        assert_eq!(config.plugin, PluginChoice::Auto, "auto by default");
         assert_eq!(config.publication, config.replication_slot);
         let pgoutput = parse(json!({"host": "h", "user": "u", "dbname": "d", "plugin": "pgoutput", "publication": "pub1", "pgoutput_streaming": false}))
             .unwrap();
-        assert_eq!(pgoutput.plugin, OutputPlugin::PgOutput);
+        assert_eq!(
+            pgoutput.plugin,
+            PluginChoice::Forced(OutputPlugin::PgOutput)
+        );
+        let wal2json =
+            parse(json!({"host": "h", "user": "u", "dbname": "d", "plugin": "wal2json"})).unwrap();
+        assert_eq!(
+            wal2json.plugin,
+            PluginChoice::Forced(OutputPlugin::Wal2Json)
+        );
         assert_eq!(pgoutput.publication, "pub1");
         assert!(!pgoutput.pgoutput_streaming);
         assert!(pgoutput.pgoutput_binary, "binary values by default");

@@ -15,17 +15,20 @@ use std::time::Duration;
 use crate::config::{DestinationConfig, OutputPlugin, PipelineConfig, Wal2JsonFormat};
 use crate::decode::pgoutput::ProtocolVersion;
 use crate::metrics::Metrics;
-use crate::pg::catalog::{leaf_partitions, publication_coverage, RelationKind};
-use crate::pg::query::{quote_identifier, quote_literal};
+use crate::pg::catalog::{leaf_partitions, RelationKind};
+use crate::pg::query::quote_literal;
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
-use crate::pg::Lsn;
+use crate::pg::{Lsn, PgError};
 use crate::pipeline::{copy_step, prepare, RunControl, RunError, RunSummary};
 use crate::progress::spawn_stream_display;
 use crate::source::cdc::{
-    stream_changes, CdcSettings, CdcSummary, CdcTable, CdcTables, Decoding, SideConnection,
-    StreamContext,
+    stream_changes, CdcError, CdcSettings, CdcSummary, CdcTable, CdcTables, Decoding,
+    SideConnection, StreamContext,
 };
 use crate::source::plugin::{pgoutput_options, wal2json_options, wal2json_table_name};
+use crate::source::slot_setup::{
+    ensure_publication, refused_plugin_message, resolve_plugin, PublicationError,
+};
 use crate::source::state::{CdcState, ChunkLedger, StateFile};
 
 /// The ledger's state once the copy is over.
@@ -45,25 +48,19 @@ fn state_file(config: &PipelineConfig) -> StateFile {
     )
 }
 
-/// The slot's confirmed position and plugin, when it exists.
-async fn slot_info(
-    client: &mut ReplicationClient,
-    slot: &str,
-) -> Result<Option<(Lsn, String)>, RunError> {
+/// The slot's confirmed position, when it exists.
+async fn slot_info(client: &mut ReplicationClient, slot: &str) -> Result<Option<Lsn>, RunError> {
     let row = client
         .connection()
         .query_one(&format!(
-            "SELECT confirmed_flush_lsn, plugin FROM pg_replication_slots WHERE slot_name = {}",
+            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = {}",
             quote_literal(slot)
         ))
         .await?;
     Ok(row.map(|row| {
-        (
-            row.get(0)
-                .and_then(|lsn| lsn.parse().ok())
-                .unwrap_or(Lsn::ZERO),
-            row.get(1).unwrap_or_default().to_owned(),
-        )
+        row.get(0)
+            .and_then(|lsn| lsn.parse().ok())
+            .unwrap_or(Lsn::ZERO)
     }))
 }
 
@@ -110,6 +107,17 @@ pub(crate) async fn run(
     let file = state_file(config);
     let options = config.source.connect_options();
     let mut replication = ReplicationClient::connect(&options).await?;
+    let selected: Vec<(String, String)> = prepared
+        .tasks
+        .iter()
+        .map(|task| (task.table.schema.clone(), task.table.name.clone()))
+        .collect();
+    let (choice, allow) =
+        resolve_plugin(replication.connection(), &config.source, &slot, &selected).await?;
+    let chosen = choice
+        .map_err(|refusal| RunError::Unsupported(refusal.message()))?
+        .log();
+    let plugin = chosen.plugin;
     // Each table streams under its own name and, when partitioned, under its leaf partitions'
     // names (their changes are decoded under those): all into the table's collection, and
     // wal2json is asked for every one of them.
@@ -119,7 +127,7 @@ pub(crate) async fn run(
         let mut names = vec![(task.table.schema.clone(), task.table.name.clone())];
         if task.table.kind == RelationKind::PartitionedTable {
             let leaves = leaf_partitions(replication.connection(), task.table.oid).await?;
-            if config.source.plugin == OutputPlugin::Wal2Json {
+            if plugin == OutputPlugin::Wal2Json {
                 tracing::warn!(table = %task.table.qualified_name(), partitions = leaves.len(), "partitioned table with wal2json: its partitions are streamed as they are now; one attached later is not decoded until pgferry restarts, and its rows written before that are missed — restart pgferry right after attaching a partition (before writing to it), or use \"plugin\": \"pgoutput\"");
             }
             names.extend(leaves);
@@ -140,16 +148,6 @@ pub(crate) async fn run(
         }
     }
     let existing = slot_info(&mut replication, &slot).await?;
-    let plugin = config.source.plugin;
-    if let Some((_, used)) = &existing {
-        if used != plugin.name() {
-            return Err(RunError::Unsupported(format!(
-                "replication slot {slot:?} uses the output plugin {used:?}, not {}\nHINT: set \"plugin\" to {used:?}, set \"replication_slot\" to another name, or drop the slot: SELECT pg_drop_replication_slot({});",
-                plugin.name(),
-                quote_literal(&slot)
-            )));
-        }
-    }
     let server_version = replication
         .connection()
         .server_version_num()
@@ -162,13 +160,17 @@ pub(crate) async fn run(
         && prepared.tasks.iter().all(|task| task.plan.decodes_binary());
     if plugin == OutputPlugin::PgOutput {
         // Before the slot exists: pgoutput reads the publication as of each change.
-        let selected: Vec<(String, String)> = prepared
-            .tasks
-            .iter()
-            .map(|task| (task.table.schema.clone(), task.table.name.clone()))
-            .collect();
-        ensure_publication(&options, &config.source.publication, &selected).await?;
+        ensure_publication(&options, &config.source.publication, &selected)
+            .await
+            .map_err(|error| match error {
+                PublicationError::Postgres(error) => RunError::Source(error),
+                PublicationError::Unusable(message) => RunError::Unsupported(message),
+            })?;
     }
+    let refused = |error: PgError| match refused_plugin_message(&error, &chosen, &allow) {
+        Some(message) => RunError::Unsupported(message),
+        None => RunError::Source(error),
+    };
     let stored = file.load()?.filter(|state| state.slot == slot);
 
     let (state, copy) = match (existing, stored) {
@@ -178,7 +180,8 @@ pub(crate) async fn run(
             // `replication` (idle) until the copy is done.
             let created = replication
                 .create_logical_slot(&slot, plugin.name(), SlotSnapshot::Export, false)
-                .await?;
+                .await
+                .map_err(refused)?;
             let state = CdcState::new(&slot, created.consistent_point);
             file.save(&state)?;
             tracing::info!(%slot, consistent_point = %created.consistent_point, "created the replication slot; copying under its snapshot");
@@ -197,7 +200,7 @@ pub(crate) async fn run(
             file.save(&state)?;
             (state, Some(copy))
         }
-        (Some((confirmed, _)), stored) => {
+        (Some(confirmed), stored) => {
             // The slot exists but no finished copy is recorded: copy again under a fresh
             // snapshot and replay from the slot's position (the resume rule).
             let mut state = stored.unwrap_or_else(|| CdcState::new(&slot, confirmed));
@@ -306,7 +309,13 @@ pub(crate) async fn run(
             };
             let stream = client
                 .start_logical(&slot, state.lsn, &plugin_options, STATUS_INTERVAL)
-                .await?;
+                .await
+                .map_err(
+                    |error| match refused_plugin_message(&error, &chosen, &allow) {
+                        Some(message) => CdcError::Unsupported(message),
+                        None => error.into(),
+                    },
+                )?;
             stream_changes(
                 stream,
                 &mut tables,
@@ -361,59 +370,6 @@ pub(crate) async fn run(
         Some(summary),
         &config.destination,
     ))
-}
-
-/// Makes sure `publication` exists and publishes every selected table: created when missing,
-/// an error with the `ALTER PUBLICATION` to run when it lacks tables.
-async fn ensure_publication(
-    options: &crate::pg::ConnectOptions,
-    publication: &str,
-    tables: &[(String, String)],
-) -> Result<(), RunError> {
-    let mut connection = crate::pg::Connection::connect(options).await?;
-    let coverage = publication_coverage(&mut connection, publication, tables).await?;
-    let result = if coverage.exists {
-        if coverage.missing.is_empty() {
-            Ok(())
-        } else {
-            let missing = coverage.missing.join(", ");
-            Err(RunError::Unsupported(format!(
-                "publication {publication:?} does not publish {missing}\nHINT: ALTER PUBLICATION {} ADD TABLE {missing};",
-                quote_identifier(publication),
-            )))
-        }
-    } else {
-        let list: Vec<String> = tables
-            .iter()
-            .map(|(schema, table)| {
-                format!("{}.{}", quote_identifier(schema), quote_identifier(table))
-            })
-            .collect();
-        // From PostgreSQL 13 a partitioned table's changes can be published under its own
-        // name, partitions attached later included.
-        let with_root = if connection.server_version_num().unwrap_or(0) >= 130_000 {
-            " WITH (publish_via_partition_root = true)"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "CREATE PUBLICATION {} FOR TABLE {}{with_root}",
-            quote_identifier(publication),
-            list.join(", ")
-        );
-        match connection.execute(&sql).await {
-            Ok(_) => {
-                tracing::info!(%publication, tables = list.len(), "created the publication");
-                Ok(())
-            }
-            Err(error) if error.is_transient() => Err(error.into()),
-            Err(error) => Err(RunError::Unsupported(format!(
-                "could not create publication {publication:?}: {error}\nHINT: have the tables' owner (or a superuser) run: {sql};"
-            ))),
-        }
-    };
-    connection.close().await;
-    result
 }
 
 /// The longest a streamed change waits before it is written (a shorter `batch_flush_interval`

@@ -4,5 +4,7 @@
 pub mod cdc;
 pub mod discover;
 pub mod plugin;
+pub mod plugin_choice;
+pub mod slot_setup;
 pub mod snapshot;
 pub mod state;

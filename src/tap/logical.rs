@@ -38,7 +38,12 @@
 //! With `break_at_end_lsn` (default true for the tap) the run ends once every transaction that
 //! committed before the WAL position read at start has been emitted.
 
-use crate::source::plugin::{wal2json_options, wal2json_table_name};
+use crate::config::OutputPlugin;
+use crate::decode::pgoutput::ProtocolVersion;
+use crate::source::plugin::{pgoutput_options, wal2json_options, wal2json_table_name};
+use crate::source::plugin_choice::{AllowList, Chosen};
+use crate::source::slot_setup::refused_plugin_message;
+use crate::tap::pgoutput_changes::{OwnedChange, PgOutputChanges};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -72,6 +77,10 @@ const IDLE_STATE: Duration = Duration::from_secs(1);
 pub struct LogicalSettings {
     /// The slot to read.
     pub slot: String,
+    /// The slot's output plugin, as chosen at start.
+    pub plugin: Chosen,
+    /// The server's allow-list, for the fix when it refuses the plugin.
+    pub allow: AllowList,
     /// The WAL position read at start.
     pub end_lsn: Lsn,
     /// Stop once every transaction before `end_lsn` is emitted.
@@ -89,6 +98,16 @@ pub struct LogicalSummary {
     pub lsn: Lsn,
     /// The highest position confirmed to the server.
     pub confirmed: Lsn,
+}
+
+/// Reads the slot's messages as changes, by the slot's plugin and format.
+enum Decoder {
+    /// wal2json format-version 1 (chunked transactions).
+    Wal2JsonV1(Box<V1Decoder>),
+    /// wal2json format-version 2 (one message per change).
+    Wal2JsonV2,
+    /// pgoutput protocol 1, text values.
+    PgOutput(Box<PgOutputChanges>),
 }
 
 /// The lowest `lsn` bookmark of `streams` in `state`.
@@ -377,13 +396,38 @@ pub async fn sync<W: Write>(
             ))
             .await?;
     }
-    let options = wal2json_options(config.wal2json_format, &add_tables);
-    let mut v1 = (config.wal2json_format == Wal2JsonFormat::V1).then(V1Decoder::new);
+    let server_version = client.connection().server_version_num().unwrap_or(0);
+    let (options, mut decoder) = match settings.plugin.plugin {
+        OutputPlugin::Wal2Json => (
+            wal2json_options(config.wal2json_format, &add_tables),
+            match config.wal2json_format {
+                Wal2JsonFormat::V1 => Decoder::Wal2JsonV1(Box::default()),
+                Wal2JsonFormat::V2 => Decoder::Wal2JsonV2,
+            },
+        ),
+        // Protocol 1 in text: a large transaction arrives whole at its commit (the server
+        // spills it meanwhile), which is what a Singer tap emits anyway.
+        OutputPlugin::PgOutput => (
+            pgoutput_options(
+                ProtocolVersion::V1,
+                &config.publication,
+                server_version,
+                false,
+            ),
+            Decoder::PgOutput(Box::default()),
+        ),
+    };
     tracing::info!(slot = %settings.slot, from = %start, end = %settings.end_lsn, "requesting WAL streaming");
     // The stream starts confirmed at `start`: what the state read at start covers.
     let mut stream = client
         .start_logical(&settings.slot, start, &options, STATE_POLL)
-        .await?;
+        .await
+        .map_err(|error| {
+            match refused_plugin_message(&error, &settings.plugin, &settings.allow) {
+                Some(message) => TapError::Unsupported(message),
+                None => TapError::Postgres(error),
+            }
+        })?;
     metrics
         .confirmed_lsn
         .store(start.as_u64(), Ordering::Relaxed);
@@ -482,12 +526,23 @@ pub async fn sync<W: Write>(
                 }
             }
             Some(ReplicationMessage::XLogData(xlog)) => {
+                let mut owned = Vec::new();
                 let mut changes = Vec::with_capacity(1);
-                match v1.as_mut() {
-                    Some(decoder) => decoder.decode(&xlog.data, xlog.wal_start, &mut changes),
-                    None => parse_v2(&xlog.data, xlog.wal_start).map(|change| changes.push(change)),
+                match &mut decoder {
+                    Decoder::Wal2JsonV1(decoder) => decoder
+                        .decode(&xlog.data, xlog.wal_start, &mut changes)
+                        .map_err(|error| TapError::Decode(error.to_string()))?,
+                    Decoder::Wal2JsonV2 => changes.push(
+                        parse_v2(&xlog.data, xlog.wal_start)
+                            .map_err(|error| TapError::Decode(error.to_string()))?,
+                    ),
+                    Decoder::PgOutput(decoder) => {
+                        decoder
+                            .decode(&xlog.data, xlog.wal_start, &mut owned)
+                            .map_err(|error| TapError::Decode(error.to_string()))?;
+                        changes.extend(owned.iter().map(OwnedChange::as_change));
+                    }
                 }
-                .map_err(|error| TapError::Decode(error.to_string()))?;
                 for change in &changes {
                     tracing::trace!(action = ?change.action, at = %xlog.wal_start, "change");
                     match change.action {

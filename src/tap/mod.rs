@@ -15,6 +15,7 @@ mod error;
 pub mod full_table;
 pub mod logical;
 pub mod output;
+pub mod pgoutput_changes;
 pub mod state;
 
 use std::io::Write;
@@ -24,11 +25,14 @@ use serde_json::{json, Value};
 
 pub use error::TapError;
 
-use crate::config::{ConfigError, PgSourceConfig, ReplicationMethod};
+use crate::config::{ConfigError, OutputPlugin, PgSourceConfig, ReplicationMethod};
 use crate::metrics::Metrics;
 use crate::pg::query::quote_literal;
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
 use crate::pg::{ConnectOptions, Connection, Lsn};
+use crate::source::slot_setup::{
+    ensure_publication, refused_plugin_message, resolve_plugin, PublicationError,
+};
 use crate::tap::catalog::{plan_streams, read_catalog, StreamPlan};
 use crate::tap::output::MessageWriter;
 use crate::tap::state::TapState;
@@ -215,8 +219,8 @@ fn sync_methods(
     Ok(methods)
 }
 
-/// The slot to use: the first candidate that exists (a wal2json slot of this database), else
-/// `None` with the name to create.
+/// The slot to use: the first candidate that exists (a slot of this database; its plugin is
+/// judged by the plugin rule), else the name to create, with whether it exists.
 async fn locate_slot(
     client: &mut ReplicationClient,
     config: &PgSourceConfig,
@@ -226,7 +230,7 @@ async fn locate_slot(
         let row = client
             .connection()
             .query_one(&format!(
-                "SELECT plugin, database FROM pg_replication_slots WHERE slot_name = {}",
+                "SELECT NULL, database FROM pg_replication_slots WHERE slot_name = {}",
                 quote_literal(slot)
             ))
             .await?;
@@ -236,13 +240,6 @@ async fn locate_slot(
                     "replication slot {slot:?} belongs to database {:?}, not {:?}\nHINT: slots are per database; set \"replication_slot\" (or \"tap_id\") to a slot of this database",
                     row.get(1).unwrap_or_default(),
                     config.connection.dbname
-                )));
-            }
-            if row.get(0) != Some("wal2json") {
-                return Err(TapError::Unsupported(format!(
-                    "replication slot {slot:?} uses the output plugin {:?}, not wal2json\nHINT: set \"replication_slot\" to another name, or drop it: SELECT pg_drop_replication_slot({});",
-                    row.get(0).unwrap_or_default(),
-                    quote_literal(slot)
                 )));
             }
             return Ok((slot.clone(), true));
@@ -288,16 +285,6 @@ pub async fn run<W: Write>(
     let identity = source_identity(&mut connection, &config.connection.dbname).await;
     let wal_end = current_wal_lsn(&mut connection).await?;
     check_state_source(&state, &identity, wal_end, &state_path)?;
-    if config.plugin != crate::config::OutputPlugin::Wal2Json
-        && plans
-            .iter()
-            .any(|plan| plan.method == ReplicationMethod::LogBased)
-    {
-        return Err(TapError::Unsupported(format!(
-            "the tap streams LOG_BASED changes with wal2json, as the old tap did; \"plugin\": {:?} is for `pgferry run`\nHINT: remove \"plugin\" from the tap's config, or use `pgferry run` for pgoutput",
-            config.plugin.name()
-        )));
-    }
     let methods = sync_methods(&plans, &mut state, &state_path)?;
     let logical: Vec<String> = plans
         .iter()
@@ -313,9 +300,27 @@ pub async fn run<W: Write>(
     let mut holder = None;
     let mut initial_lsn = wal_end;
     let mut snapshot = None;
+    let mut plugin = None;
     if !logical.is_empty() {
         let mut client = ReplicationClient::connect(&config.connect_options()).await?;
         let (name, exists) = locate_slot(&mut client, &config).await?;
+        let tables: Vec<(String, String)> = plans
+            .iter()
+            .filter(|plan| plan.method == ReplicationMethod::LogBased)
+            .map(|plan| (plan.table.schema.clone(), plan.table.name.clone()))
+            .collect();
+        let (choice, allow) = resolve_plugin(client.connection(), &config, &name, &tables).await?;
+        let chosen = choice
+            .map_err(|refusal| TapError::Unsupported(refusal.message()))?
+            .log();
+        if chosen.plugin == OutputPlugin::PgOutput {
+            ensure_publication(&config.connect_options(), &config.publication, &tables)
+                .await
+                .map_err(|error| match error {
+                    PublicationError::Postgres(error) => TapError::Postgres(error),
+                    PublicationError::Unusable(message) => TapError::Unsupported(message),
+                })?;
+        }
         let needs_copy = methods.contains(&SyncMethod::LogicalInitial);
         if !exists {
             if methods.contains(&SyncMethod::PureLogical)
@@ -329,8 +334,14 @@ pub async fn run<W: Write>(
             // A new slot: its exported snapshot is the first copy's snapshot, and its
             // consistent point the streams' lsn, so no change is missed or repeated.
             let created = client
-                .create_logical_slot(&name, "wal2json", SlotSnapshot::Export, false)
-                .await?;
+                .create_logical_slot(&name, chosen.plugin.name(), SlotSnapshot::Export, false)
+                .await
+                .map_err(
+                    |error| match refused_plugin_message(&error, &chosen, &allow) {
+                        Some(message) => TapError::Unsupported(message),
+                        None => TapError::Postgres(error),
+                    },
+                )?;
             tracing::info!(slot = %name, consistent_point = %created.consistent_point, "created the replication slot");
             initial_lsn = created.consistent_point;
             snapshot = created.snapshot_name;
@@ -339,6 +350,7 @@ pub async fn run<W: Write>(
             tracing::info!(slot = %name, lsn = %wal_end, "using the existing slot: streams start at the WAL position read before their copy");
         }
         slot = Some(name);
+        plugin = Some((chosen, allow));
     }
     connection.close().await;
 
@@ -394,9 +406,11 @@ pub async fn run<W: Write>(
         .filter(|(_, method)| **method == SyncMethod::PureLogical)
         .map(|(plan, _)| plan.clone())
         .collect();
-    if let (false, Some(slot)) = (streaming.is_empty(), slot) {
+    if let (false, Some(slot), Some((chosen, allow))) = (streaming.is_empty(), slot, plugin) {
         let settings = logical::LogicalSettings {
             slot,
+            plugin: chosen,
+            allow,
             end_lsn: wal_end,
             break_at_end_lsn: config.break_at_end_lsn.unwrap_or(true),
             state_path: options.state.clone(),

@@ -122,6 +122,7 @@ impl TlsFixture {
 #[derive(Debug, Default)]
 pub struct ClusterBuilder {
     settings: Vec<(String, String)>,
+    stock_allow_list: bool,
     hba: Vec<String>,
     tls: Option<TlsFixture>,
 }
@@ -136,6 +137,13 @@ impl ClusterBuilder {
     /// Adds a `pg_hba.conf` line before the defaults (first match wins).
     pub fn hba(mut self, line: &str) -> Self {
         self.hba.push(line.to_owned());
+        self
+    }
+
+    /// Leaves `output_plugin_libraries` at the server's default (`pgoutput, test_decoding` on
+    /// releases that have it): a stock server, which refuses wal2json.
+    pub fn stock_allow_list(mut self) -> Self {
+        self.stock_allow_list = true;
         self
     }
 
@@ -229,7 +237,7 @@ impl PgCluster {
         }
         // PostgreSQL 15.19 and the same-day minors allow only built-in output plugins unless
         // the allow-list names others: the test clusters allow wal2json where it exists.
-        if has_setting(&cluster.bindir, "output_plugin_libraries") {
+        if !builder.stock_allow_list && has_setting(&cluster.bindir, "output_plugin_libraries") {
             conf.push_str("output_plugin_libraries = 'pgoutput, test_decoding, wal2json'\n");
         }
         for (name, value) in &builder.settings {

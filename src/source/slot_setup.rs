@@ -1,0 +1,234 @@
+//! What a LOG_BASED start reads and prepares on the server before it uses its slot: the facts
+//! the plugin choice rests on (the slot's plugin, the publication, the allow-list) and the
+//! publication pgoutput reads. `pgferry run`, `pgferry tap` and `pgferry check` all go through
+//! here, so they decide alike.
+
+use crate::config::PgSourceConfig;
+use crate::pg::catalog::publication_coverage;
+use crate::pg::query::{quote_identifier, quote_literal};
+use crate::pg::{ConnectOptions, Connection, PgError};
+use crate::source::plugin_choice::{
+    allow_list_fix, choose, is_refused_plugin, AllowList, Chosen, PluginFacts, PublicationState,
+    Refusal,
+};
+
+/// Reads the server's `output_plugin_libraries` as far as this role may.
+pub async fn read_allow_list(connection: &mut Connection) -> Result<AllowList, PgError> {
+    match connection.query_one("SHOW output_plugin_libraries").await {
+        Ok(row) => {
+            let setting = row
+                .and_then(|row| row.get(0).map(str::to_owned))
+                .unwrap_or_default();
+            let context = connection
+                .query_one("SELECT context FROM pg_catalog.pg_settings WHERE name = 'output_plugin_libraries'")
+                .await?
+                .and_then(|row| row.get(0).map(str::to_owned));
+            Ok(AllowList::parse(
+                &setting,
+                context.as_deref() != Some("postmaster"),
+            ))
+        }
+        // 42704: no such setting (a release before the allow-list).
+        Err(error) if error.code() == Some("42704") => Ok(AllowList::Unrestricted),
+        // 42501: only superusers and pg_read_all_settings may read it.
+        Err(error) if error.code() == Some("42501") => Ok(AllowList::Hidden),
+        Err(error) => Err(error),
+    }
+}
+
+/// The plugin of slot `slot`, when it exists.
+pub async fn slot_plugin(
+    connection: &mut Connection,
+    slot: &str,
+) -> Result<Option<String>, PgError> {
+    Ok(connection
+        .query_one(&format!(
+            "SELECT plugin FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+            quote_literal(slot)
+        ))
+        .await?
+        .map(|row| row.get(0).unwrap_or_default().to_owned()))
+}
+
+/// `CREATE PUBLICATION` for the selected tables; from PostgreSQL 13 a partitioned table's
+/// changes are published under its own name, partitions attached later included.
+pub fn create_publication_sql(
+    publication: &str,
+    tables: &[(String, String)],
+    server_version: u32,
+) -> String {
+    let list: Vec<String> = tables
+        .iter()
+        .map(|(schema, table)| format!("{}.{}", quote_identifier(schema), quote_identifier(table)))
+        .collect();
+    let with_root = if server_version >= 130_000 {
+        " WITH (publish_via_partition_root = true)"
+    } else {
+        ""
+    };
+    format!(
+        "CREATE PUBLICATION {} FOR TABLE {}{with_root}",
+        quote_identifier(publication),
+        list.join(", ")
+    )
+}
+
+/// What publication `publication` offers a new pgoutput slot for `tables`.
+pub async fn publication_state(
+    connection: &mut Connection,
+    publication: &str,
+    tables: &[(String, String)],
+) -> Result<PublicationState, PgError> {
+    let coverage = publication_coverage(connection, publication, tables).await?;
+    if coverage.exists {
+        return Ok(if coverage.missing.is_empty() {
+            PublicationState::Covers
+        } else {
+            PublicationState::Lacks(coverage.missing)
+        });
+    }
+    let values: Vec<String> = tables
+        .iter()
+        .map(|(schema, table)| format!("({}, {})", quote_literal(schema), quote_literal(table)))
+        .collect();
+    let not_owned = if values.is_empty() {
+        "false".to_owned()
+    } else {
+        format!(
+            "EXISTS (SELECT 1 FROM (VALUES {}) AS t (schema_name, table_name) \
+             JOIN pg_catalog.pg_namespace n ON n.nspname = t.schema_name \
+             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name \
+             WHERE NOT pg_catalog.pg_has_role(c.relowner, 'USAGE'))",
+            values.join(", ")
+        )
+    };
+    let can_create = connection
+        .query_one(&format!(
+            "SELECT coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), false) \
+             OR (has_database_privilege(current_database(), 'CREATE') AND NOT {not_owned})"
+        ))
+        .await?
+        .and_then(|row| row.get(0).map(|value| value == "t"))
+        .unwrap_or(false);
+    Ok(PublicationState::Absent { can_create })
+}
+
+/// Reads the facts and applies the plugin rule for `config`'s slot and publication.
+pub async fn resolve_plugin(
+    connection: &mut Connection,
+    config: &PgSourceConfig,
+    slot: &str,
+    tables: &[(String, String)],
+) -> Result<(Result<Chosen, Refusal>, AllowList), PgError> {
+    let allow = read_allow_list(connection).await?;
+    let used = slot_plugin(connection, slot).await?;
+    let publication_state = publication_state(connection, &config.publication, tables).await?;
+    let create = create_publication_sql(
+        &config.publication,
+        tables,
+        connection.server_version_num().unwrap_or(0),
+    );
+    let facts = PluginFacts {
+        slot,
+        slot_plugin: used.as_deref(),
+        publication: &config.publication,
+        publication_state: &publication_state,
+        create_publication: &create,
+        allow: &allow,
+        user: &config.connection.user,
+    };
+    Ok((choose(config.plugin, &facts), allow))
+}
+
+/// The error for a slot creation or `START_REPLICATION` the allow-list refused: what the
+/// server said, and the fix. `None` when `error` is something else.
+pub fn refused_plugin_message(
+    error: &PgError,
+    chosen: &Chosen,
+    allow: &AllowList,
+) -> Option<String> {
+    is_refused_plugin(error).then(|| {
+        format!(
+            "the server refuses {} as an output plugin: {} ({})\nHINT: {}",
+            chosen.plugin.name(),
+            error.as_db_error().map_or("", |db| db.message.as_str()),
+            allow.describe(),
+            allow_list_fix(allow, chosen.plugin, chosen.pgoutput_fix.as_deref())
+        )
+    })
+}
+
+/// Why the publication pgoutput needs could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum PublicationError {
+    /// Reading or creating it failed on the way (may be transient).
+    #[error(transparent)]
+    Postgres(#[from] PgError),
+    /// It cannot serve the selected tables as it is: the reason and the statement to run.
+    #[error("{0}")]
+    Unusable(String),
+}
+
+/// Makes sure `publication` exists and publishes every selected table: created when missing,
+/// an error with the `ALTER PUBLICATION` to run when it lacks tables.
+pub async fn ensure_publication(
+    options: &ConnectOptions,
+    publication: &str,
+    tables: &[(String, String)],
+) -> Result<(), PublicationError> {
+    let mut connection = Connection::connect(options).await?;
+    let result = ensure_on(&mut connection, publication, tables).await;
+    connection.close().await;
+    result
+}
+
+async fn ensure_on(
+    connection: &mut Connection,
+    publication: &str,
+    tables: &[(String, String)],
+) -> Result<(), PublicationError> {
+    let coverage = publication_coverage(connection, publication, tables).await?;
+    if coverage.exists {
+        if coverage.missing.is_empty() {
+            return Ok(());
+        }
+        let missing = coverage.missing.join(", ");
+        return Err(PublicationError::Unusable(format!(
+            "publication {publication:?} does not publish {missing}\nHINT: ALTER PUBLICATION {} ADD TABLE {missing};",
+            quote_identifier(publication),
+        )));
+    }
+    let sql = create_publication_sql(
+        publication,
+        tables,
+        connection.server_version_num().unwrap_or(0),
+    );
+    match connection.execute(&sql).await {
+        Ok(_) => {
+            tracing::info!(%publication, tables = tables.len(), "created the publication");
+            Ok(())
+        }
+        Err(error) if error.is_transient() => Err(error.into()),
+        Err(error) => Err(PublicationError::Unusable(format!(
+            "could not create publication {publication:?}: {error}\nHINT: have the tables' owner (or a superuser) run: {sql};"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_publication_statement_quotes_names_and_publishes_via_the_root_from_13() {
+        let tables = vec![("public".to_owned(), "Order Items".to_owned())];
+        assert_eq!(
+            create_publication_sql("my pub", &tables, 150_000),
+            "CREATE PUBLICATION \"my pub\" FOR TABLE \"public\".\"Order Items\" WITH (publish_via_partition_root = true)"
+        );
+        assert_eq!(
+            create_publication_sql("p", &tables, 120_000),
+            "CREATE PUBLICATION \"p\" FOR TABLE \"public\".\"Order Items\""
+        );
+    }
+}
