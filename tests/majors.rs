@@ -13,7 +13,9 @@
 //!   by the server, not streamed, and still lands exact;
 //! - a following `pgferry run` stopped with SIGTERM after GDN holds the changes exits 0 with the
 //!   slot confirmed at least to the WAL position read after those changes committed;
-//! - PostgreSQL → PostgreSQL LOG_BASED: the target equals the source.
+//! - PostgreSQL → PostgreSQL LOG_BASED: the target equals the source;
+//! - `pgferry tap` with an old tap config (no `plugin`): the first run copies under a new
+//!   pgoutput slot, the next streams an insert, an update and a delete as Singer records.
 //!
 //! Each scenario gets its own database (so its own slot and publication) and its own gdnlite.
 //! A new scenario is one function and one line in [`SCENARIOS`].
@@ -42,6 +44,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("protocol_1", log_based_protocol_1_follows_the_same_changes),
     ("sigterm", sigterm_confirms_what_gdn_holds),
     ("pg_to_pg", pg_to_pg_target_equals_the_source),
+    ("tap", tap_copies_then_streams_through_pgoutput),
 ];
 
 #[test]
@@ -129,7 +132,8 @@ impl Major {
         }
     }
 
-    /// Writes a pipeline from `database` (LOG_BASED, pgoutput, schema `public`) into
+    /// Writes a pipeline from `database` (LOG_BASED, no `plugin` key: `auto` gives a new slot
+    /// pgoutput, schema `public`) into
     /// `destination`, with `extra` merged into its sections; returns its path.
     fn pipeline(&self, database: &str, destination: Value, extra: Value) -> PathBuf {
         let dir = self.dir.path().join(database);
@@ -138,7 +142,7 @@ impl Major {
             "source": {
                 "host": "127.0.0.1", "port": self.cluster.port(), "user": "postgres",
                 "password": "trust", "dbname": database, "sslmode": "disable",
-                "replication_method": "LOG_BASED", "plugin": "pgoutput", "filter_schemas": "public"
+                "replication_method": "LOG_BASED", "filter_schemas": "public"
             },
             "destination": destination,
             "parallelism": 2,
@@ -375,6 +379,7 @@ fn check_passes(env: &Major, database: &str) {
         &format!("✓ server_version: PostgreSQL {}.", env.major),
         "✓ wal_level:",
         "✓ replication_privilege:",
+        "✓ plugin: pgoutput (auto: a new slot: pgoutput",
         "the pgoutput output plugin loads",
         "✓ gdn_destination:",
         "all checks passed",
@@ -649,4 +654,97 @@ fn pg_to_pg_target_equals_the_source(env: &Major, database: &str) {
         env.major
     );
     assert!(source.starts_with("296 "), "{source}");
+}
+
+/// The Singer messages `pgferry tap -c <config> [-s <state>]` wrote, one JSON value per line.
+fn tap(config: &Path, state: Option<&Path>) -> Vec<Value> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pgferry"));
+    command.args(["tap", "-c"]).arg(config);
+    if let Some(state) = state {
+        command.arg("-s").arg(state);
+    }
+    let output = command.output().expect("run pgferry tap");
+    assert!(
+        output.status.success(),
+        "pgferry tap failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a Singer message per line"))
+        .collect()
+}
+
+/// `(id, note, deleted)` of each RECORD, in order.
+fn tap_records(messages: &[Value]) -> Vec<(i64, Value, bool)> {
+    messages
+        .iter()
+        .filter(|message| message["type"] == "RECORD")
+        .map(|message| {
+            let record = &message["record"];
+            (
+                record["id"].as_i64().expect("id"),
+                record["note"].clone(),
+                !record["_sdc_deleted_at"].is_null(),
+            )
+        })
+        .collect()
+}
+
+fn tap_copies_then_streams_through_pgoutput(env: &Major, database: &str) {
+    env.psql(
+        database,
+        "CREATE TABLE public.orders (id int PRIMARY KEY, note text);
+         INSERT INTO public.orders VALUES (1, 'one'), (2, 'two');",
+    );
+    let dir = env.dir.path().join(database);
+    std::fs::create_dir_all(&dir).expect("tap dir");
+    let config = dir.join("tap.json");
+    std::fs::write(
+        &config,
+        json!({"host": "127.0.0.1", "port": env.cluster.port(), "user": "postgres",
+               "dbname": database, "sslmode": "disable", "filter_schemas": "public",
+               "replication_method": "LOG_BASED"})
+        .to_string(),
+    )
+    .expect("write tap config");
+    let first = tap(&config, None);
+    assert_eq!(
+        tap_records(&first),
+        vec![(1, json!("one"), false), (2, json!("two"), false)],
+        "PostgreSQL {}: the first run copies",
+        env.major
+    );
+    assert_eq!(
+        env.psql(
+            database,
+            "SELECT plugin FROM pg_replication_slots WHERE slot_name = 'macrometa_tap'"
+        ),
+        "pgoutput"
+    );
+    let state = first
+        .iter()
+        .rev()
+        .find(|message| message["type"] == "STATE")
+        .expect("a STATE")["value"]
+        .clone();
+    let state_path = dir.join("state.json");
+    std::fs::write(&state_path, state.to_string()).expect("write state");
+    env.psql(
+        database,
+        "INSERT INTO public.orders VALUES (3, 'three');
+         UPDATE public.orders SET note = 'uno' WHERE id = 1;
+         DELETE FROM public.orders WHERE id = 2;",
+    );
+    let second = tap(&config, Some(&state_path));
+    assert_eq!(
+        tap_records(&second),
+        vec![
+            (3, json!("three"), false),
+            (1, json!("uno"), false),
+            (2, Value::Null, true)
+        ],
+        "PostgreSQL {}: the changes stream as records",
+        env.major
+    );
 }
