@@ -31,6 +31,46 @@ fn pipeline(dir: &Path, cluster: &PgCluster, gdn_url: &str, user: &str, extra: V
     path
 }
 
+/// A test's gdnlite (on its own runtime), directory and pipeline from `cluster` as `user`.
+struct Setup {
+    runtime: tokio::runtime::Runtime,
+    server: Server,
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Setup {
+    fn new(cluster: &PgCluster, user: &str, extra: Value) -> Setup {
+        let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+        let server = runtime.block_on(Server::start());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = pipeline(dir.path(), cluster, &server.url(), user, extra);
+        Setup {
+            runtime,
+            server,
+            _dir: dir,
+            config,
+        }
+    }
+
+    /// `pgferry run --once`, which must succeed; returns its output.
+    fn run_ok(&self) -> String {
+        let output = run_once(&self.config);
+        assert!(output.status.success(), "{}", text(&output));
+        text(&output)
+    }
+
+    /// The `v` attribute of every document of collection `t`, by key.
+    fn documents(&self) -> Vec<(String, Value)> {
+        let http = Http::h1(&self.server.url());
+        self.runtime
+            .block_on(all_documents(&http, "t", true))
+            .into_iter()
+            .map(|(key, document)| (key, document["v"].clone()))
+            .collect()
+    }
+}
+
 fn run_once(config: &Path) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_pgferry"))
         .args(["run", "--once", "-c"])
@@ -54,16 +94,6 @@ fn slot(cluster: &PgCluster) -> String {
     )
 }
 
-/// The `v` attribute of every document of collection `t`, by key.
-fn documents(runtime: &tokio::runtime::Runtime, server: &Server) -> Vec<(String, Value)> {
-    let http = Http::h1(&server.url());
-    runtime
-        .block_on(all_documents(&http, "t", true))
-        .into_iter()
-        .map(|(key, document)| (key, document["v"].clone()))
-        .collect()
-}
-
 fn expected(pairs: &[(&str, &str)]) -> Vec<(String, Value)> {
     pairs
         .iter()
@@ -73,19 +103,13 @@ fn expected(pairs: &[(&str, &str)]) -> Vec<(String, Value)> {
 
 #[test]
 fn a_stock_server_copies_and_streams_through_pgoutput_with_no_plugin_key() {
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let cluster = PgCluster::builder().stock_allow_list().start();
     cluster.psql("CREATE TABLE public.t (id int PRIMARY KEY, v text); INSERT INTO public.t VALUES (1, 'one'), (2, 'two');");
-    let server = runtime.block_on(Server::start());
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = pipeline(dir.path(), &cluster, &server.url(), "postgres", json!({}));
-
-    let first = run_once(&config);
-    assert!(first.status.success(), "{}", text(&first));
+    let setup = Setup::new(&cluster, "postgres", json!({}));
+    let log = setup.run_ok();
     assert!(
-        text(&first).contains("a new slot: pgoutput (built in) with publication \"macrometa_postgres\", which will be created for the selected tables"),
-        "the choice and its reason are logged:\n{}",
-        text(&first)
+        log.contains("a new slot: pgoutput (built in) with publication \"macrometa_postgres\", which will be created for the selected tables"),
+        "the choice and its reason are logged:\n{log}"
     );
     assert!(
         slot(&cluster).starts_with("pgoutput "),
@@ -93,39 +117,28 @@ fn a_stock_server_copies_and_streams_through_pgoutput_with_no_plugin_key() {
         slot(&cluster)
     );
     cluster.psql("UPDATE public.t SET v = 'uno' WHERE id = 1; DELETE FROM public.t WHERE id = 2; INSERT INTO public.t VALUES (3, 'three');");
-    let second = run_once(&config);
-    assert!(second.status.success(), "{}", text(&second));
-    assert_eq!(
-        documents(&runtime, &server),
-        expected(&[("1", "uno"), ("3", "three")])
-    );
+    setup.run_ok();
+    assert_eq!(setup.documents(), expected(&[("1", "uno"), ("3", "three")]));
 }
 
 #[test]
 fn an_old_wal2json_slot_resumes_on_wal2json_where_the_server_allows_it() {
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let cluster = PgCluster::start_default();
     cluster.require_wal2json();
     cluster.psql("CREATE TABLE public.t (id int PRIMARY KEY, v text); INSERT INTO public.t VALUES (1, 'one');");
     // As the old connector's docs told users to create it.
     cluster
         .psql("SELECT * FROM pg_create_logical_replication_slot('macrometa_postgres', 'wal2json')");
-    let server = runtime.block_on(Server::start());
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = pipeline(dir.path(), &cluster, &server.url(), "postgres", json!({}));
-
-    let first = run_once(&config);
-    assert!(first.status.success(), "{}", text(&first));
+    let setup = Setup::new(&cluster, "postgres", json!({}));
+    let log = setup.run_ok();
     assert!(
-        text(&first).contains("the existing slot \"macrometa_postgres\" uses wal2json"),
-        "{}",
-        text(&first)
+        log.contains("the existing slot \"macrometa_postgres\" uses wal2json"),
+        "{log}"
     );
     cluster.psql(
         "INSERT INTO public.t VALUES (2, 'two'); UPDATE public.t SET v = 'uno' WHERE id = 1;",
     );
-    let second = run_once(&config);
-    assert!(second.status.success(), "{}", text(&second));
+    setup.run_ok();
     assert!(
         slot(&cluster).starts_with("wal2json "),
         "{}",
@@ -136,27 +149,15 @@ fn an_old_wal2json_slot_resumes_on_wal2json_where_the_server_allows_it() {
         "0",
         "no publication is made for a wal2json slot"
     );
-    assert_eq!(
-        documents(&runtime, &server),
-        expected(&[("1", "uno"), ("2", "two")])
-    );
+    assert_eq!(setup.documents(), expected(&[("1", "uno"), ("2", "two")]));
 }
 
 #[test]
 fn a_forced_wal2json_on_a_stock_server_fails_at_once_with_the_fix_and_creates_nothing() {
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let cluster = PgCluster::builder().stock_allow_list().start();
     cluster.psql("CREATE TABLE public.t (id int PRIMARY KEY, v text)");
-    let server = runtime.block_on(Server::start());
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = pipeline(
-        dir.path(),
-        &cluster,
-        &server.url(),
-        "postgres",
-        json!({"plugin": "wal2json"}),
-    );
-    let output = run_once(&config);
+    let setup = Setup::new(&cluster, "postgres", json!({"plugin": "wal2json"}));
+    let output = run_once(&setup.config);
     let log = text(&output);
     assert_eq!(output.status.code(), Some(1), "{log}");
     assert!(
@@ -178,7 +179,6 @@ fn a_forced_wal2json_on_a_stock_server_fails_at_once_with_the_fix_and_creates_no
 /// run stops at once with the fix, exit 1, the slot not confirmed any further.
 #[test]
 fn a_server_reconfigured_between_runs_stops_the_run_with_the_fix_not_a_retry() {
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let cluster = PgCluster::start_default();
     cluster.require_wal2json();
     cluster.psql(
@@ -187,24 +187,19 @@ fn a_server_reconfigured_between_runs_stops_the_run_with_the_fix_not_a_retry() {
          ALTER TABLE public.t OWNER TO etl;
          INSERT INTO public.t VALUES (1, 'one');",
     );
-    let server = runtime.block_on(Server::start());
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = pipeline(
-        dir.path(),
+    let setup = Setup::new(
         &cluster,
-        &server.url(),
         "etl",
         json!({"plugin": "wal2json", "max_reconnect_attempts": 1}),
     );
-    let first = run_once(&config);
-    assert!(first.status.success(), "{}", text(&first));
+    setup.run_ok();
     let before = slot(&cluster);
     assert!(before.starts_with("wal2json "), "{before}");
 
     cluster.psql("ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding'");
     cluster.reload();
     cluster.psql("INSERT INTO public.t VALUES (2, 'two')");
-    let output = run_once(&config);
+    let output = run_once(&setup.config);
     let log = text(&output);
     assert_eq!(output.status.code(), Some(1), "{log}");
     assert!(
@@ -218,5 +213,5 @@ fn a_server_reconfigured_between_runs_stops_the_run_with_the_fix_not_a_retry() {
         "not retried as a passing fault: {log}"
     );
     assert_eq!(slot(&cluster), before, "nothing confirmed past the refusal");
-    assert_eq!(documents(&runtime, &server), expected(&[("1", "one")]));
+    assert_eq!(setup.documents(), expected(&[("1", "one")]));
 }

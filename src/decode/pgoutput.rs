@@ -301,6 +301,17 @@ pub struct Relation {
     pub columns: Vec<RelationColumn>,
 }
 
+impl Relation {
+    /// The relation's schema: PostgreSQL sends an empty namespace for `pg_catalog`.
+    pub fn schema(&self) -> &str {
+        if self.namespace.is_empty() {
+            "pg_catalog"
+        } else {
+            &self.namespace
+        }
+    }
+}
+
 /// Type: the name of a non-built-in type a following Relation uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Type {

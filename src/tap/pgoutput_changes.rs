@@ -46,11 +46,7 @@ struct RelationNames {
 impl From<&Relation> for RelationNames {
     fn from(relation: &Relation) -> RelationNames {
         RelationNames {
-            schema: if relation.namespace.is_empty() {
-                "pg_catalog".to_owned()
-            } else {
-                relation.namespace.clone()
-            },
+            schema: relation.schema().to_owned(),
             table: relation.name.clone(),
             columns: relation
                 .columns

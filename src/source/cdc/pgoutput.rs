@@ -79,11 +79,7 @@ async fn describe(
         .collect();
     let names = side.format_types(&types).await?;
     Ok(RelationInfo {
-        schema: if relation.namespace.is_empty() {
-            "pg_catalog".to_owned()
-        } else {
-            relation.namespace.clone()
-        },
+        schema: relation.schema().to_owned(),
         table: relation.name.clone(),
         columns: relation
             .columns
