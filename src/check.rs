@@ -176,6 +176,16 @@ impl Checker {
         });
     }
 
+    /// A warning: the run works, but something it streams will fail or be refused later.
+    fn warn(&mut self, name: &'static str, detail: impl Into<String>, fix: impl Into<String>) {
+        self.checks.push(Check {
+            name,
+            status: Status::Warn,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        });
+    }
+
     fn skip(&mut self, name: &'static str, why: &str) {
         self.checks.push(Check {
             name,
@@ -452,6 +462,7 @@ async fn run_on(
             check_publication(checker, connection, config, &tables).await?;
         }
     }
+    check_replica_identity(checker, connection, &tables).await?;
 
     match existing.first() {
         Some(slot) => {
@@ -484,6 +495,78 @@ async fn run_on(
                 .map_or("pgoutput", |chosen| chosen.plugin.name());
             checker.pass("replication_slot", format!("slot {name:?} does not exist yet; `pgferry run` creates it with a consistent snapshot (to create it yourself: SELECT * FROM pg_create_logical_replication_slot({}, '{plugin}');)", quote_literal(name)));
         }
+    }
+    Ok(())
+}
+
+/// Selected tables whose UPDATEs and DELETEs carry no old key (REPLICA IDENTITY NOTHING, or
+/// DEFAULT without a primary key), or that have no key at all (FULL without one): a warning
+/// with the statement that gives each an identity.
+async fn check_replica_identity(
+    checker: &mut Checker,
+    connection: &mut Connection,
+    tables: &[(String, String)],
+) -> Result<(), PgError> {
+    if tables.is_empty() || !checker.log_based {
+        return Ok(());
+    }
+    let values: Vec<String> = tables
+        .iter()
+        .map(|(schema, table)| format!("({}, {})", quote_literal(schema), quote_literal(table)))
+        .collect();
+    let rows = connection
+        .query(&format!(
+            "SELECT format('%I.%I', n.nspname, c.relname), c.relreplident, \
+               EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
+               EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisreplident) \
+             FROM (VALUES {}) AS t (schema_name, table_name) \
+             JOIN pg_catalog.pg_namespace n ON n.nspname = t.schema_name \
+             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name \
+             WHERE c.relkind IN ('r', 'p') ORDER BY 1",
+            values.join(", ")
+        ))
+        .await?;
+    let mut without = Vec::new();
+    let mut fixes = Vec::new();
+    for row in &rows {
+        let name = row.get(0).unwrap_or_default();
+        let primary = row.get(2) == Some("t");
+        let index = row.get(3) == Some("t");
+        match (row.get(1), primary, index) {
+            (Some("n"), true, _) => {
+                without.push(format!("{name} (REPLICA IDENTITY NOTHING)"));
+                fixes.push(format!("ALTER TABLE {name} REPLICA IDENTITY DEFAULT;"));
+            }
+            (Some("n"), false, _) | (Some("d"), false, _) => {
+                without.push(format!("{name} (no primary key)"));
+                fixes.push(format!(
+                    "ALTER TABLE {name} ADD PRIMARY KEY (<its key columns>);"
+                ));
+            }
+            (Some("i"), _, false) => {
+                without.push(format!("{name} (its replica identity index is gone)"));
+                fixes.push(format!("ALTER TABLE {name} REPLICA IDENTITY DEFAULT;"));
+            }
+            (Some("f"), false, _) => {
+                without.push(format!("{name} (REPLICA IDENTITY FULL without a key)"));
+                fixes.push(format!(
+                    "ALTER TABLE {name} ADD PRIMARY KEY (<its key columns>);"
+                ));
+            }
+            _ => {}
+        }
+    }
+    if without.is_empty() {
+        checker.pass(
+            "replica_identity",
+            "every selected table's UPDATEs and DELETEs carry its key",
+        );
+    } else {
+        checker.warn(
+            "replica_identity",
+            format!("UPDATEs and DELETEs of {} carry no key: through pgoutput PostgreSQL refuses them (the writes fail while the table is published), through wal2json the run stops at the first one", without.join(", ")),
+            fixes.join("\n"),
+        );
     }
     Ok(())
 }

@@ -161,12 +161,22 @@ fn a_role_that_cannot_see_the_allow_list_gets_both_fixes_from_the_probe() {
     );
     assert!(text.contains("SHOW output_plugin_libraries"), "{text}");
 
-    // The owner creates the publication: auto now takes pgoutput.
+    // The owner creates the publication: auto now takes pgoutput. A table whose UPDATEs carry
+    // no key is a warning with the statement that fixes it.
+    cluster.psql("ALTER TABLE public.t REPLICA IDENTITY NOTHING");
     cluster.psql("CREATE PUBLICATION macrometa_postgres FOR TABLE public.t");
     let output = pgferry_check(&path, &[]);
     let text = stdout(&output);
     assert_eq!(output.status.code(), Some(0), "{text}");
     assert!(text.contains("✓ plugin: pgoutput (auto: a new slot: pgoutput (built in) with publication \"macrometa_postgres\", which publishes every selected table)"), "{text}");
+    assert!(
+        text.contains("⚠ replica_identity: UPDATEs and DELETEs of public.t (REPLICA IDENTITY NOTHING) carry no key"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ALTER TABLE public.t REPLICA IDENTITY DEFAULT;"),
+        "{text}"
+    );
 }
 
 #[test]

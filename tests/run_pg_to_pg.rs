@@ -516,3 +516,105 @@ fn partitioned_tables_stream_through_pgoutput() {
 fn partitioned_tables_stream_through_a_publication_of_their_leaves() {
     partitioned_tables_stream_their_partitions_changes("pgoutput", Some("by_hand"));
 }
+
+/// Types wal2json writes in its own way, streamed into PostgreSQL through both plugins:
+/// `bytea` (wal2json drops its `\x`), `"char"` and a mixed-case enum (wal2json drops the quotes
+/// of their names: `char` alone names `character(1)`), a `regclass` and a `regtype` (their
+/// binary form is a source oid: copied by name), in the copy and in the stream.
+fn wal2json_shaped_types(plugin: &str) {
+    let cluster = cluster();
+    let types = r#"CREATE TYPE public."Mood_Mixed" AS ENUM ('Sad', 'ok');
+        CREATE TABLE public.odd (id int PRIMARY KEY, raw bytea, qc "char", m public."Mood_Mixed",
+                                 rel regclass, typ regtype, raws bytea[]);"#;
+    cluster.psql_in(SOURCE, types);
+    cluster.psql_in(
+        TARGET,
+        r#"CREATE TYPE public."Mood_Mixed" AS ENUM ('Sad', 'ok');"#,
+    );
+    cluster.psql_in(
+        SOURCE,
+        r#"INSERT INTO public.odd VALUES
+             (1, '\xff', 'q', 'Sad', 'public.odd', 'integer', '{"\\x00ff"}'),
+             (2, '\x000102', 'é', 'ok', 'pg_class', 'public."Mood_Mixed"', NULL);"#,
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = pipeline(
+        dir.path(),
+        &cluster,
+        json!({"source": {"replication_method": "LOG_BASED", "plugin": plugin, "filter_schemas": "public"}}),
+    );
+    run_to_completion(&config);
+    let tables = [("public.odd", "id")];
+    assert_replicated(&cluster, &tables);
+    cluster.psql_in(
+        SOURCE,
+        r#"INSERT INTO public.odd VALUES (3, '\xdeadbeef', 'ü', 'ok', 'public.odd', 'text', '{"\\x"}');
+           UPDATE public.odd SET raw = '\x00', qc = 'z', m = 'ok' WHERE id = 1;
+           UPDATE public.odd SET qc = 'ä' WHERE id = 2;"#,
+    );
+    run_to_completion(&config);
+    assert_replicated(&cluster, &tables);
+    assert_eq!(
+        cluster.psql_in(TARGET, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'public.odd'::regclass AND attname = 'qc'"),
+        "\"char\"",
+        "the target column keeps its type"
+    );
+}
+
+#[test]
+fn wal2json_shaped_types_stream_exactly_through_wal2json() {
+    wal2json_shaped_types("wal2json");
+}
+
+#[test]
+fn wal2json_shaped_types_stream_exactly_through_pgoutput() {
+    wal2json_shaped_types("pgoutput");
+}
+
+/// wal2json sends NaN and ±Infinity of real, double precision and numeric as null: a
+/// PostgreSQL destination would hold NULL. Such tables are refused at start with the reason,
+/// nothing created; pgoutput streams them exactly.
+#[test]
+fn wal2json_into_postgres_refuses_columns_whose_nan_it_would_null() {
+    let cluster = cluster();
+    cluster.psql_in(
+        SOURCE,
+        "CREATE TABLE public.nums (id int PRIMARY KEY, f float8, n numeric);
+         INSERT INTO public.nums VALUES (1, 'NaN', 'Infinity');",
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = pipeline(
+        dir.path(),
+        &cluster,
+        json!({"source": {"replication_method": "LOG_BASED", "plugin": "wal2json", "filter_schemas": "public"}}),
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_pgferry"))
+        .args(["run", "--once", "-c"])
+        .arg(&config)
+        .output()
+        .expect("run pgferry");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("\"public\".\"nums\".\"f\", \"public\".\"nums\".\"n\"")
+            && text.contains("\"plugin\": \"pgoutput\""),
+        "{text}"
+    );
+    assert_eq!(
+        cluster.psql_in(SOURCE, "SELECT count(*) FROM pg_replication_slots"),
+        "0",
+        "refused before the slot"
+    );
+    let config = pipeline(
+        dir.path(),
+        &cluster,
+        json!({"source": {"replication_method": "LOG_BASED", "plugin": "pgoutput", "filter_schemas": "public"}}),
+    );
+    run_to_completion(&config);
+    cluster.psql_in(
+        SOURCE,
+        "INSERT INTO public.nums VALUES (2, '-Infinity', 'NaN'), (3, 1.5, 2.5);",
+    );
+    run_to_completion(&config);
+    assert_replicated(&cluster, &[("public.nums", "id")]);
+}

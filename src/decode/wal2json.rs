@@ -54,6 +54,11 @@ pub struct ColumnValue<'a> {
     /// wal2json's type name (e.g. `numeric(30,10)`, `integer[]`).
     #[serde(rename = "type", borrow, default)]
     pub type_name: Cow<'a, str>,
+    /// The type's oid (with `include-type-oids`): wal2json writes a type name that
+    /// `format_type` quoted (`"char"`, `"Mixed_Case"`) without its quotes, so the name alone
+    /// can name another type.
+    #[serde(rename = "typeoid", default)]
+    pub type_oid: Option<u32>,
     /// The raw JSON literal; `None` for SQL NULL.
     #[serde(borrow, default)]
     pub value: Option<&'a RawValue>,
@@ -203,9 +208,37 @@ pub fn parse_v2(data: &[u8], at: Lsn) -> Result<Change<'_>, Wal2JsonError> {
     })
 }
 
+/// Whether a server WARNING is wal2json saying it skipped a row change, which it reports no
+/// other way: a table without a replica identity (`REPLICA IDENTITY NOTHING`, or no primary
+/// key) loses its UPDATEs and DELETEs, and a row without data its change.
+pub fn is_skipped_change(message: &str) -> bool {
+    const SKIPPED: &[&str] = &[
+        "no tuple identifier for ",
+        "no tuple data for ",
+        "no old tuple data for ",
+    ];
+    SKIPPED.iter().any(|prefix| message.starts_with(prefix))
+        || (message.starts_with("table ")
+            && message.ends_with(" without primary key or replica identity is nothing"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_warnings_of_a_skipped_change_are_recognised() {
+        for message in [
+            "no tuple identifier for UPDATE in table \"public\".\"t\"",
+            "no tuple identifier for DELETE in table \"s\".\"odd \"name\"",
+            "no tuple data for INSERT in table \"public\".\"t\"",
+            "no old tuple data for DELETE in table \"public\".\"t\"",
+            "table \"t\" without primary key or replica identity is nothing",
+        ] {
+            assert!(is_skipped_change(message), "{message}");
+        }
+        assert!(!is_skipped_change("there is no transaction in progress"));
+    }
 
     const AT: Lsn = Lsn::from_u64(0x152E6F0);
 

@@ -328,6 +328,7 @@ fn columns<'a>(
         .map(|((name, type_name), value)| ColumnValue {
             name,
             type_name,
+            type_oid: None,
             value,
         })
         .collect())

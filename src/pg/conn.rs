@@ -125,6 +125,9 @@ pub struct BackendKey {
     pub secret_key: i32,
 }
 
+/// WARNING notices kept until taken: enough to act on, bounded against a chatty server.
+const MAX_WARNINGS: usize = 64;
+
 /// An established, authenticated connection, ready for queries.
 pub struct Connection {
     io: Box<dyn Transport>,
@@ -142,6 +145,8 @@ pub struct Connection {
     pub(crate) coalesce_reads: Option<Duration>,
     /// The last read brought less than [`SMALL_READ`].
     small_read: bool,
+    /// WARNING notices not yet taken (a plugin's word that it skipped a change, say).
+    warnings: Vec<DbError>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -219,6 +224,7 @@ impl Connection {
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             write_buf: BytesMut::with_capacity(8 * 1024),
             parameters: HashMap::new(),
+            warnings: Vec::new(),
             backend_key: None,
             address,
             tls: peer_certificate.is_some(),
@@ -473,6 +479,12 @@ impl Connection {
         }
     }
 
+    /// The WARNING notices received since the last call (at most [`MAX_WARNINGS`] are kept),
+    /// for callers that must act on them, not only log them.
+    pub(crate) fn take_warnings(&mut self) -> Vec<DbError> {
+        std::mem::take(&mut self.warnings)
+    }
+
     /// Whether a whole message is already buffered, so reading it needs no I/O (and no timer).
     pub(crate) fn has_buffered_message(&self) -> bool {
         self.read_buf.len() >= 5 && {
@@ -543,6 +555,11 @@ impl Connection {
                         Message::NoticeResponse(body) => {
                             if let Ok(notice) = DbError::from_fields(body.fields()) {
                                 tracing::info!(target: "pgferry::server", severity = %notice.severity, code = %notice.code, "{}", notice.message);
+                                if notice.severity == "WARNING"
+                                    && self.warnings.len() < MAX_WARNINGS
+                                {
+                                    self.warnings.push(notice);
+                                }
                             }
                         }
                         Message::ParameterStatus(body) => {

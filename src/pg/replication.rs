@@ -24,7 +24,7 @@ use crate::decode::replication::{PgTimestamp, ReplicationMessage, StandbyStatusU
 use crate::pg::conn::{server_error, unexpected, Backend, ConnectOptions, Connection};
 use crate::pg::error::PgError;
 use crate::pg::lsn::Lsn;
-use crate::pg::query::{quote_identifier, quote_literal};
+use crate::pg::query::quote_identifier;
 
 /// What `IDENTIFY_SYSTEM` reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +77,12 @@ pub fn validate_slot_name(name: &str) -> Result<(), PgError> {
         });
     }
     Ok(())
+}
+
+/// A string literal of the replication command grammar (`repl_scanner.l`): quotes doubled,
+/// backslashes as they are; it has no `E'…'` form.
+fn replication_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
 }
 
 /// The old connector's default slot name: `macrometa_<dbname>`, lower-cased, every character
@@ -234,6 +240,9 @@ impl ReplicationClient {
     }
 
     /// Builds the `START_REPLICATION … LOGICAL` command with quoted plugin options.
+    ///
+    /// The replication command grammar (`repl_scanner.l`) knows only `'…'` strings with `''`
+    /// for a quote: a backslash is an ordinary character there, and `E'…'` is a syntax error.
     pub fn start_command(slot: &str, start: Lsn, options: &[(String, String)]) -> String {
         let mut command = format!(
             "START_REPLICATION SLOT {} LOGICAL {start}",
@@ -242,7 +251,9 @@ impl ReplicationClient {
         if !options.is_empty() {
             let list: Vec<String> = options
                 .iter()
-                .map(|(name, value)| format!("{} {}", quote_identifier(name), quote_literal(value)))
+                .map(|(name, value)| {
+                    format!("{} {}", quote_identifier(name), replication_literal(value))
+                })
                 .collect();
             command.push_str(&format!(" ({})", list.join(", ")));
         }
@@ -361,6 +372,12 @@ impl LogicalStream {
         self.confirmed = self.confirmed.max(lsn);
     }
 
+    /// The server's WARNING notices since the last call: a plugin that skips a change says so
+    /// only this way (wal2json: `no tuple identifier for UPDATE in table …`).
+    pub fn take_warnings(&mut self) -> Vec<crate::pg::DbError> {
+        self.connection.take_warnings()
+    }
+
     /// The highest position confirmed so far.
     pub fn confirmed(&self) -> Lsn {
         self.confirmed
@@ -454,11 +471,13 @@ mod tests {
             &[
                 ("format-version".into(), "2".into()),
                 ("add-tables".into(), "public.o'brien".into()),
+                ("add-tables".into(), "public.a\\ b\\.c".into()),
             ],
         );
         assert_eq!(
             command,
-            "START_REPLICATION SLOT \"macrometa_db\" LOGICAL 0/16B3748 (\"format-version\" '2', \"add-tables\" 'public.o''brien')"
+            "START_REPLICATION SLOT \"macrometa_db\" LOGICAL 0/16B3748 (\"format-version\" '2', \"add-tables\" 'public.o''brien', \"add-tables\" 'public.a\\ b\\.c')",
+            "no E'' form: the replication grammar takes backslashes as they are"
         );
     }
 

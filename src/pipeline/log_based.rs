@@ -22,8 +22,8 @@ use crate::pg::{Lsn, PgError};
 use crate::pipeline::{copy_step, prepare, RunControl, RunError, RunSummary};
 use crate::progress::spawn_stream_display;
 use crate::source::cdc::{
-    stream_changes, CdcError, CdcSettings, CdcSummary, CdcTable, CdcTables, Decoding,
-    SideConnection, StreamContext,
+    stream_changes, wal2json_lossy_columns, wal2json_lossy_error, CdcError, CdcSettings,
+    CdcSummary, CdcTable, CdcTables, Decoding, SideConnection, StreamContext,
 };
 use crate::source::plugin::{pgoutput_options, wal2json_options, wal2json_table_name};
 use crate::source::slot_setup::{
@@ -118,6 +118,16 @@ pub(crate) async fn run(
         .map_err(|refusal| RunError::Unsupported(refusal.message()))?
         .log();
     let plugin = chosen.plugin;
+    if replica.is_some() && plugin == OutputPlugin::Wal2Json {
+        let lossy: Vec<String> = prepared
+            .tasks
+            .iter()
+            .flat_map(|task| wal2json_lossy_columns(&task.table))
+            .collect();
+        if !lossy.is_empty() {
+            return Err(RunError::Unsupported(wal2json_lossy_error(&lossy)));
+        }
+    }
     // Each table streams under its own name and, when partitioned, under its leaf partitions'
     // names (their changes are decoded under those): all into the table's collection, and
     // wal2json is asked for every one of them.

@@ -17,7 +17,7 @@ use crate::config::Wal2JsonFormat;
 use crate::decode::commit_time::parse_timestamptz_micros;
 use crate::decode::pgoutput::ProtocolVersion;
 use crate::decode::replication::ReplicationMessage;
-use crate::decode::wal2json::{parse_v2, Action, Change, Wal2JsonError};
+use crate::decode::wal2json::{is_skipped_change, parse_v2, Action, Change, Wal2JsonError};
 use crate::decode::wal2json_v1::V1Decoder;
 use crate::gdn::client::{retrying, GdnClient, GdnError};
 use crate::gdn::document::DocumentError;
@@ -294,6 +294,15 @@ pub async fn stream_changes(
             message = stream.next() => message?,
         };
         messages += 1;
+        // Read before the message is applied: a skipped change's warning precedes its commit.
+        for warning in stream.take_warnings() {
+            if is_skipped_change(&warning.message) {
+                return Err(CdcError::Unsupported(skipped_change_error(
+                    &warning.message,
+                    run.committed,
+                )));
+            }
+        }
         match message {
             None => return Err(CdcError::Ended),
             Some(ReplicationMessage::PrimaryKeepalive(keepalive)) => {
@@ -339,6 +348,43 @@ pub async fn stream_changes(
             }
         }
     }
+}
+
+/// The columns of `table` whose NaN and ±Infinity wal2json sends as `null` (it writes
+/// `real`, `double precision` and `numeric` values as JSON numbers, which have neither), as
+/// `schema.table.column`: a PostgreSQL destination would store NULL for them.
+pub fn wal2json_lossy_columns(table: &crate::pg::catalog::Table) -> Vec<String> {
+    const FLOAT4: u32 = 700;
+    const FLOAT8: u32 = 701;
+    const NUMERIC: u32 = 1700;
+    table
+        .columns
+        .iter()
+        .filter(|column| matches!(column.type_oid, FLOAT4 | FLOAT8 | NUMERIC))
+        .map(|column| {
+            format!(
+                "{}.{}",
+                table.qualified_name(),
+                crate::pg::query::quote_identifier(&column.name)
+            )
+        })
+        .collect()
+}
+
+/// Why PostgreSQL → PostgreSQL refuses wal2json for `columns`, and the fix.
+pub fn wal2json_lossy_error(columns: &[String]) -> String {
+    format!(
+        "wal2json sends NaN and ±Infinity of real, double precision and numeric columns as null, so a PostgreSQL destination would hold NULL where the source holds them: {}\nHINT: stream through pgoutput, which keeps them: \"plugin\": \"pgoutput\" (or \"auto\", which takes pgoutput for a new slot); a pipeline on an existing wal2json slot drops it first (SELECT pg_drop_replication_slot('<slot>');) and copies again",
+        columns.join(", ")
+    )
+}
+
+/// The error for a change the plugin skipped (its only trace is the server's `warning`): the
+/// slot stays before it, and the fix.
+pub(crate) fn skipped_change_error(warning: &str, confirmed: Lsn) -> String {
+    format!(
+        "wal2json skipped a row change after {confirmed}: {warning}. The table has no replica identity (REPLICA IDENTITY NOTHING, or DEFAULT without a primary key), so the WAL holds no old key and the change cannot be applied; nothing past {confirmed} is confirmed\nHINT: give the table an identity for later changes (ALTER TABLE … REPLICA IDENTITY DEFAULT with a primary key, or REPLICA IDENTITY FULL); the changes already written cannot be decoded by wal2json: copy the table again (delete the state file and drop the slot, then run), or stream through pgoutput, with which PostgreSQL refuses such writes instead of losing them"
+    )
 }
 
 /// How XLogData frames are decoded.
@@ -523,8 +569,22 @@ impl Streamer<'_> {
         if let Some(shape) = table.shape_for(row) {
             tracing::info!(table = %table.plan.table(), lsn = %wal_start, columns = ?shape, "the change has another row shape than the plan (columns added, dropped or retyped): re-planning");
             table
-                .reshape(shape, side, self.context.settings.numeric_mode, wal_start)
+                .reshape(
+                    shape,
+                    &row.keys,
+                    side,
+                    self.context.settings.numeric_mode,
+                    wal_start,
+                )
                 .await?;
+            if let (Some(_), Decoding::Wal2Json(_)) =
+                (self.context.replica, &self.context.settings.decoding)
+            {
+                let lossy = wal2json_lossy_columns(table.table());
+                if !lossy.is_empty() {
+                    return Err(CdcError::Unsupported(wal2json_lossy_error(&lossy)));
+                }
+            }
             if let Some(replica) = self.context.replica {
                 // Rows pending in the old shape are written first, then the target follows.
                 let id = std::sync::Arc::clone(&table.collection);

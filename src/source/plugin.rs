@@ -4,11 +4,17 @@
 use crate::config::Wal2JsonFormat;
 use crate::decode::pgoutput::ProtocolVersion;
 
-/// wal2json's escaping of names in `add-tables`: space, quote, comma, dot and asterisk.
+/// wal2json's escaping of names in `add-tables`: its parser (`string_to_SelectTable`) ends a
+/// name at white space or a comma, splits schema from table at a dot, reads `*` as "all", and
+/// takes the character after a backslash as it is; so each of those, the backslash itself and
+/// quotes are escaped.
 pub fn wal2json_table_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for ch in name.chars() {
-        if matches!(ch, ' ' | '\'' | ',' | '.' | '*' | '"') {
+        if matches!(ch, '\\' | '\'' | ',' | '.' | '*' | '"')
+            || ch.is_ascii_whitespace()
+            || ch == '\x0b'
+        {
             out.push('\\');
         }
         out.push(ch);
@@ -24,6 +30,10 @@ pub fn wal2json_options(format: Wal2JsonFormat, add_tables: &[String]) -> Vec<(S
             ("include-transaction", "true"),
             ("include-lsn", "true"),
             ("include-timestamp", "true"),
+            // Type names lose the quotes format_type gave them; the oid settles which type.
+            ("include-type-oids", "true"),
+            // The key as of the change: a key column renamed later is still found.
+            ("include-pk", "true"),
         ],
         Wal2JsonFormat::V1 => vec![
             ("format-version", "1"),
@@ -77,6 +87,10 @@ mod tests {
     fn table_names_are_escaped_for_add_tables() {
         assert_eq!(wal2json_table_name("plain"), "plain");
         assert_eq!(wal2json_table_name("a b.c,d*e'f"), "a\\ b\\.c\\,d\\*e\\'f");
+        assert_eq!(
+            wal2json_table_name("back\\slash\ttab \"q\""),
+            "back\\\\slash\\\ttab\\ \\\"q\\\""
+        );
     }
 
     #[test]
@@ -85,6 +99,7 @@ mod tests {
         let v2 = wal2json_options(Wal2JsonFormat::V2, &tables);
         assert!(v2.contains(&("format-version".into(), "2".into())));
         assert!(v2.contains(&("include-transaction".into(), "true".into())));
+        assert!(v2.contains(&("include-type-oids".into(), "true".into())));
         let v1 = wal2json_options(Wal2JsonFormat::V1, &tables);
         assert!(v1.contains(&("format-version".into(), "1".into())));
         assert!(v1.contains(&("write-in-chunks".into(), "true".into())));

@@ -55,7 +55,7 @@ use std::sync::atomic::Ordering;
 use crate::config::{PgSourceConfig, Wal2JsonFormat};
 use crate::decode::replication::ReplicationMessage;
 use crate::decode::text_value::from_text;
-use crate::decode::wal2json::{parse_v2, Action, Change, ColumnValue};
+use crate::decode::wal2json::{is_skipped_change, parse_v2, Action, Change, ColumnValue};
 use crate::decode::wal2json_v1::V1Decoder;
 use crate::metrics::Metrics;
 use crate::pg::replication::ReplicationClient;
@@ -512,6 +512,14 @@ pub async fn sync<W: Write>(
             message = stream.next() => message?,
         };
         messages += 1;
+        for warning in stream.take_warnings() {
+            if is_skipped_change(&warning.message) {
+                return Err(TapError::Decode(crate::source::cdc::skipped_change_error(
+                    &warning.message,
+                    committed,
+                )));
+            }
+        }
         match message {
             None => {
                 return Err(TapError::Decode(

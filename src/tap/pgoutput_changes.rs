@@ -109,6 +109,7 @@ fn lend(columns: &[OwnedColumn]) -> Vec<ColumnValue<'_>> {
     columns
         .iter()
         .map(|(name, value)| ColumnValue {
+            type_oid: None,
             name: Cow::Borrowed(name.as_str()),
             type_name: Cow::Borrowed(""),
             value: value.as_deref(),

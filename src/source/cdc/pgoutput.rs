@@ -128,6 +128,8 @@ fn fields<'m>(
         fields.push(Field {
             name,
             type_name,
+            // format_type's own spelling: the name alone is exact.
+            type_oid: None,
             value,
         });
     }
@@ -176,6 +178,12 @@ fn row_change<'m>(
         table: &relation.table,
         columns,
         identity,
+        keys: relation
+            .columns
+            .iter()
+            .filter(|(_, _, is_key)| *is_key)
+            .map(|(name, _, _)| name.as_str())
+            .collect(),
     }))
 }
 

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use crate::pg::catalog::{resolve_type_names, NamedType, Table};
+use crate::pg::query::quote_literal;
 use crate::pg::{ConnectOptions, Connection, PgError};
 
 /// A plain connection beside the replication stream: resolves the types of columns the
@@ -80,6 +81,53 @@ impl SideConnection {
                 })
             })
             .collect()
+    }
+
+    /// The type of each `(spelling, oid)`, with the spelling that names it exactly. Without an
+    /// oid the spelling is taken as it is; with one, the spelling or, failing that, the
+    /// spelling in double quotes (wal2json writes `format_type`'s `"char"` as `char`, which
+    /// alone names `character`) must name the type of that oid.
+    pub(super) async fn resolve_spellings(
+        &mut self,
+        spelled: &[(&str, Option<u32>)],
+    ) -> Result<Vec<(String, NamedType)>, PgError> {
+        let mut exact = Vec::with_capacity(spelled.len());
+        for (spelling, oid) in spelled {
+            let Some(oid) = oid else {
+                exact.push((*spelling).to_owned());
+                continue;
+            };
+            let quoted = format!("\"{}\"", spelling.replace('"', "\"\""));
+            let known = [*spelling, quoted.as_str()]
+                .into_iter()
+                .find(|name| self.types.get(*name).is_some_and(|named| named.oid == *oid));
+            let name = match known {
+                Some(name) => name.to_owned(),
+                None => {
+                    let sql = format!(
+                        "SELECT CASE WHEN to_regtype({plain}) = {oid} THEN {plain} WHEN to_regtype({quoted_literal}) = {oid} THEN {quoted_literal} ELSE format_type({oid}, NULL) END",
+                        plain = quote_literal(spelling),
+                        quoted_literal = quote_literal(&quoted),
+                    );
+                    let result = self.connection().await?.query_one(&sql).await;
+                    if result.as_ref().is_err_and(PgError::is_transient) {
+                        self.connection = None;
+                    }
+                    result?
+                        .and_then(|row| row.get(0).map(str::to_owned))
+                        .ok_or_else(|| {
+                            PgError::protocol(
+                                "resolving type names",
+                                format!("no type has oid {oid} ({spelling})"),
+                            )
+                        })?
+                }
+            };
+            exact.push(name);
+        }
+        let names: Vec<&str> = exact.iter().map(String::as_str).collect();
+        let types = self.resolve_types(&names).await?;
+        Ok(exact.into_iter().zip(types).collect())
     }
 
     /// `format_type(oid, typmod)` of each pair, in order (pgoutput names types by oid).

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::row::{Field, RowChange};
+use super::row::{same_type_spelling, Field, RowChange};
 use super::side::SideConnection;
 use super::CdcError;
 use crate::decode::wal2json::Action;
@@ -12,6 +12,10 @@ use crate::gdn::document::DocumentPlan;
 use crate::pg::catalog::{Column, NumericMode, Table};
 use crate::pg::Lsn;
 use crate::target::replica::ReplicaPlan;
+
+/// A column of a change's row shape: name, type as the change spelled it, and the type's oid
+/// when the change gave it.
+pub(super) type SpelledColumn = (String, String, Option<u32>);
 
 /// One streamed table: how its rows become documents and where they go.
 ///
@@ -60,15 +64,16 @@ impl CdcTable {
         &self.shape
     }
 
-    /// The row shape this change needs when the current plan does not fit it, else `None`.
-    pub(super) fn shape_for(&self, change: &RowChange<'_>) -> Option<Vec<(String, String)>> {
+    /// The row shape this change needs when the current plan does not fit it, else `None`:
+    /// `(column, type as spelled, type oid when the change gave it)`.
+    pub(super) fn shape_for(&self, change: &RowChange<'_>) -> Option<Vec<SpelledColumn>> {
         let fits = |column: &Field<'_>, position: Option<usize>| {
             let known = position
                 .and_then(|position| self.shape.get(position))
                 .filter(|(name, _)| name == column.name)
                 .or_else(|| self.shape.iter().find(|(name, _)| name == column.name));
             known.is_some_and(|(_, type_name)| {
-                column.type_name.is_empty() || type_name == column.type_name
+                column.type_name.is_empty() || same_type_spelling(type_name, column.type_name)
             })
         };
         let columns_fit = change
@@ -81,15 +86,19 @@ impl CdcTable {
         if columns_fit && identity_fits && exact {
             return None;
         }
-        let spelled = |column: &Field<'_>, before: Option<&String>| {
-            let type_name = if column.type_name.is_empty() {
-                before.cloned().unwrap_or_default()
-            } else {
-                column.type_name.to_string()
-            };
-            (column.name.to_string(), type_name)
+        let spelled = |column: &Field<'_>, before: Option<&String>| match before {
+            Some(before)
+                if column.type_name.is_empty() || same_type_spelling(before, column.type_name) =>
+            {
+                (column.name.to_string(), before.clone(), None)
+            }
+            _ => (
+                column.name.to_string(),
+                column.type_name.to_string(),
+                column.type_oid,
+            ),
         };
-        let mut shape: Vec<(String, String)> = if change.action == Action::Insert {
+        let mut shape: Vec<SpelledColumn> = if change.action == Action::Insert {
             // An INSERT carries every column the row had: that is the shape.
             change
                 .columns
@@ -98,10 +107,14 @@ impl CdcTable {
                 .collect()
         } else {
             // An UPDATE may leave out unchanged TOASTed columns: keep the ones it lacks.
-            let mut shape = self.shape.clone();
+            let mut shape: Vec<SpelledColumn> = self
+                .shape
+                .iter()
+                .map(|(name, type_name)| (name.clone(), type_name.clone(), None))
+                .collect();
             for column in &change.columns {
                 let entry = spelled(column, self.type_of(column.name));
-                match shape.iter_mut().find(|(name, _)| *name == entry.0) {
+                match shape.iter_mut().find(|(name, _, _)| *name == entry.0) {
                     Some(existing) => *existing = entry,
                     None => shape.push(entry),
                 }
@@ -109,7 +122,7 @@ impl CdcTable {
             shape
         };
         for column in &change.identity {
-            if !shape.iter().any(|(name, _)| name == column.name) {
+            if !shape.iter().any(|(name, _, _)| name == column.name) {
                 shape.push(spelled(column, self.type_of(column.name)));
             }
         }
@@ -128,19 +141,37 @@ impl CdcTable {
             .map(|(_, type_name)| type_name)
     }
 
-    /// Re-plans for `shape`, with column types resolved by name through `types`.
+    /// Re-plans for `shape`, with column types resolved by name (and oid, where the change
+    /// gave it) through the side connection; the plan keeps each type's exact spelling.
     pub(super) async fn reshape(
         &mut self,
-        shape: Vec<(String, String)>,
+        shape: Vec<SpelledColumn>,
+        change_keys: &[&str],
         side: &mut SideConnection,
         numeric_mode: NumericMode,
         lsn: Lsn,
     ) -> Result<(), CdcError> {
+        let columns: Vec<&str> = shape.iter().map(|(name, _, _)| name.as_str()).collect();
+        let key_columns = keys_in_shape(&self.table.key_columns, &columns, change_keys)
+            .map_err(|missing| {
+                CdcError::Unsupported(format!(
+                    "a change of {} at {lsn} has no key column {} (the table's key now is ({}); the change's columns are ({})): a key column was renamed or dropped after the change was made, and the change does not say which column took its place\nHINT: the key cannot be read from this change; copy the table again (delete the state file and drop the slot, then run){}",
+                    self.plan.table(),
+                    missing.join(", "),
+                    self.table.key_columns.join(", "),
+                    columns.join(", "),
+                    if self.replica.is_some() { "; for a PostgreSQL destination, rename the target's key columns to match the source's first" } else { "" }
+                ))
+            })?;
         let names: Vec<&str> = shape
             .iter()
-            .map(|(_, type_name)| type_name.as_str())
+            .map(|(_, type_name, _)| type_name.as_str())
             .collect();
-        let resolved = side.resolve_types(&names).await.map_err(|error| {
+        let spelled: Vec<(&str, Option<u32>)> = shape
+            .iter()
+            .map(|(_, type_name, oid)| (type_name.as_str(), *oid))
+            .collect();
+        let resolved = side.resolve_spellings(&spelled).await.map_err(|error| {
             if error.is_transient() {
                 CdcError::Postgres(error)
             } else {
@@ -151,12 +182,21 @@ impl CdcTable {
                 ))
             }
         })?;
+        let shape: Vec<(String, String)> = shape
+            .into_iter()
+            .zip(&resolved)
+            .map(|((name, _, _), (exact, _))| (name, exact.clone()))
+            .collect();
         let mut table = self.table.clone();
+        if key_columns != table.key_columns {
+            tracing::info!(table = %self.plan.table(), %lsn, from = ?table.key_columns, to = ?key_columns, "the key columns were renamed: the change keys by their names as of its time");
+            table.key_columns = key_columns;
+        }
         table.columns = shape
             .iter()
             .zip(resolved)
             .enumerate()
-            .map(|(index, ((name, type_name), named))| Column {
+            .map(|(index, ((name, type_name), (_, named)))| Column {
                 name: name.clone(),
                 position: i16::try_from(index + 1).unwrap_or(i16::MAX),
                 type_name: type_name.clone(),
@@ -175,6 +215,42 @@ impl CdcTable {
         self.shape = shape;
         Ok(())
     }
+}
+
+/// The key columns for a row shape: the table's own, or, where some are not in `columns` (a
+/// key column renamed after the change), those of `change_keys` (the key as of the change)
+/// that are not among the table's, in their place and order. `Err` names the missing ones.
+fn keys_in_shape(
+    keys: &[String],
+    columns: &[&str],
+    change_keys: &[&str],
+) -> Result<Vec<String>, Vec<String>> {
+    let missing: Vec<&String> = keys
+        .iter()
+        .filter(|key| !columns.contains(&key.as_str()))
+        .collect();
+    if missing.is_empty() {
+        return Ok(keys.to_vec());
+    }
+    let replacements: Vec<&str> = change_keys
+        .iter()
+        .copied()
+        .filter(|key| columns.contains(key) && !keys.iter().any(|known| known == key))
+        .collect();
+    if replacements.len() != missing.len() {
+        return Err(missing.into_iter().cloned().collect());
+    }
+    let mut replacements = replacements.into_iter();
+    Ok(keys
+        .iter()
+        .map(|key| {
+            if columns.contains(&key.as_str()) {
+                key.clone()
+            } else {
+                replacements.next().unwrap_or(key).to_owned()
+            }
+        })
+        .collect())
 }
 
 /// The text-value plan of a table replicated into PostgreSQL.
@@ -233,5 +309,30 @@ impl CdcTables {
     pub(super) fn get_mut(&mut self, schema: &str, table: &str) -> Option<&mut CdcTable> {
         Self::write_key(&mut self.scratch, schema, table);
         self.by_name.get_mut(self.scratch.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_renamed_key_column_is_found_by_the_changes_own_key() {
+        let keys = vec!["a".to_owned(), "z".to_owned()];
+        assert_eq!(
+            keys_in_shape(&keys, &["a", "v", "z"], &[]),
+            Ok(keys.clone()),
+            "nothing renamed"
+        );
+        assert_eq!(
+            keys_in_shape(&keys, &["a", "v", "old_z"], &["a", "old_z"]),
+            Ok(vec!["a".to_owned(), "old_z".to_owned()]),
+            "the key order of the table is kept"
+        );
+        assert_eq!(
+            keys_in_shape(&keys, &["a", "v", "old_z"], &[]),
+            Err(vec!["z".to_owned()]),
+            "a change that does not say is an error naming the column"
+        );
     }
 }

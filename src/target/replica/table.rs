@@ -46,10 +46,9 @@ pub async fn ensure(
         soft_delete,
         staging,
     };
-    let builtin = source
-        .columns
-        .iter()
-        .all(|column| column.type_oid < FIRST_USER_OID);
+    let builtin = source.columns.iter().all(|column| {
+        column.type_oid < FIRST_USER_OID && !OBJECT_REFERENCE_TYPES.contains(&column.type_oid)
+    });
     if existing.is_empty() {
         crate::target::ensure_schema(connection, &table.target.schema)
             .await
@@ -175,3 +174,12 @@ async fn has_key_index(
         .map_err(pg("reading the indexes of", &table.target.to_string()))?;
     Ok(row.is_some_and(|row| row.get(0) == Some("t")))
 }
+
+/// The `reg*` types and their arrays: their binary form is the oid of an object of the source
+/// database (a table, a type, …), which names another object or none in the target; their
+/// text form names the object, which the target resolves to its own.
+const OBJECT_REFERENCE_TYPES: &[u32] = &[
+    24, 2202, 2203, 2204, 2205, 2206, 3734, 3769, 4089, 4096,
+    4191, // regproc … regcollation
+    1008, 2207, 2208, 2209, 2210, 2211, 3735, 3770, 4090, 4097, 4192, // their arrays
+];
