@@ -6,6 +6,7 @@
 //! GDN → PostgreSQL (`gdn_to_pg.rs`): each collection scanned, then followed through its
 //! change stream. [`run_pipeline`] picks by the pipeline's source and destination types.
 
+mod collections;
 pub mod gdn_to_pg;
 mod log_based;
 mod pg_to_pg;
@@ -414,17 +415,42 @@ pub(crate) async fn prepare(
         }
     };
 
+    let destinations: Vec<collections::TableCollection> = chosen
+        .iter()
+        .map(|(table, collection_override)| {
+            let (collection, requested) = match (&config.destination, collection_override) {
+                (_, Some(name)) => (name.clone(), true),
+                (DestinationConfig::Gdn(gdn), None) => (
+                    gdn.collection_for(&table.schema, &table.name),
+                    gdn.target_collection.is_some(),
+                ),
+                (DestinationConfig::Null | DestinationConfig::Postgres(_), None) => {
+                    (table.name.clone(), false)
+                }
+            };
+            collections::TableCollection {
+                table: table.qualified_name(),
+                prefix: format!("{}.{}", table.schema, table.name),
+                collection,
+                requested,
+                keyless: table.key_columns.is_empty(),
+            }
+        })
+        .collect();
+    let prefixes = if client.is_some() {
+        collections::key_prefixes(&destinations).map_err(RunError::Unsupported)?
+    } else {
+        // The null destination writes nothing: names cannot collide there.
+        vec![None; destinations.len()]
+    };
     let mut tasks = Vec::with_capacity(chosen.len());
-    for (table, collection_override) in chosen {
+    for (((table, _), destination), prefix) in chosen.into_iter().zip(destinations).zip(prefixes) {
         // FULL_TABLE may copy keyless tables: the collection is emptied first, so a re-run
         // replaces its content instead of duplicating it. LOG_BASED needs keys.
-        let plan = DocumentPlan::new(table, config.numeric_mode, allow_keyless)?;
-        let keyless = table.key_columns.is_empty();
-        let collection = match (&config.destination, collection_override) {
-            (_, Some(name)) => name,
-            (DestinationConfig::Gdn(gdn), None) => gdn.collection_for(&table.schema, &table.name),
-            (DestinationConfig::Null | DestinationConfig::Postgres(_), None) => table.name.clone(),
-        };
+        let plan =
+            DocumentPlan::new(table, config.numeric_mode, allow_keyless)?.with_key_prefix(prefix);
+        let keyless = destination.keyless;
+        let collection = destination.collection;
         if let Some(client) = &client {
             retrying(settings.max_retries, || {
                 client.ensure_collection(&collection, create_stream)

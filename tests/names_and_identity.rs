@@ -302,3 +302,102 @@ fn wal2json_changes_without_a_replica_identity_stop_the_run_instead_of_vanishing
         );
     }
 }
+
+/// Two tables of one name in two schemas: the default naming rule would put both in one
+/// collection, where an UPDATE of one and a DELETE of the other hit the same document. The run
+/// is refused with the fix; named by schema they stream apart; shared on purpose
+/// (`target_collection`) each key carries its table.
+#[test]
+fn tables_of_one_name_in_two_schemas_never_share_a_collection_by_accident() {
+    let world = World::new();
+    world.cluster.psql(
+        "CREATE SCHEMA s1;
+         CREATE TABLE public.t (a int PRIMARY KEY, v text);
+         CREATE TABLE s1.t (a int PRIMARY KEY, v text);
+         INSERT INTO public.t VALUES (1, 'public one'), (2, 'public two');
+         INSERT INTO s1.t VALUES (1, 's1 one');",
+    );
+    let with = |name: &str, destination: Value| {
+        let config = world.pipeline(
+            name,
+            &world.streamed,
+            json!({"replication_method": "LOG_BASED", "plugin": "pgoutput", "filter_schemas": "public,s1"}),
+        );
+        let mut value: Value =
+            serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+        support::merge_sections(&mut value, &json!({ "destination": destination }));
+        std::fs::write(&config, value.to_string()).unwrap();
+        config
+    };
+
+    let accidental = run(&with("accidental", json!({})));
+    let text = log(&accidental);
+    assert_eq!(accidental.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("tables \"public\".\"t\", \"s1\".\"t\" would all write collection \"t\"")
+            && text.contains("\"collection_name\": \"{schema}_{table}\""),
+        "{text}"
+    );
+    assert_eq!(
+        world
+            .cluster
+            .psql("SELECT count(*) FROM pg_replication_slots"),
+        "0",
+        "refused before anything is created"
+    );
+
+    let by_schema = with("by_schema", json!({"collection_name": "{schema}_{table}"}));
+    run_ok(&by_schema);
+    world
+        .cluster
+        .psql("UPDATE public.t SET v = 'public uno' WHERE a = 1; DELETE FROM s1.t WHERE a = 1;");
+    run_ok(&by_schema);
+    let apart = world.documents(&world.streamed, &["public_t", "s1_t"]);
+    assert_eq!(apart["public_t"]["1"]["v"], "public uno");
+    assert_eq!(apart["public_t"].len(), 2);
+    assert!(apart["s1_t"].is_empty(), "{apart:?}");
+
+    let shared = world.pipeline(
+        "shared",
+        &world.copied,
+        json!({"replication_method": "FULL_TABLE", "filter_schemas": "public,s1"}),
+    );
+    let mut value: Value =
+        serde_json::from_str(&std::fs::read_to_string(&shared).unwrap()).unwrap();
+    support::merge_sections(
+        &mut value,
+        &json!({"destination": {"target_collection": "all"}}),
+    );
+    std::fs::write(&shared, value.to_string()).unwrap();
+    world
+        .cluster
+        .psql("INSERT INTO s1.t VALUES (1, 's1 again')");
+    run_ok(&shared);
+    let all = world.documents(&world.copied, &["all"]);
+    let keys: Vec<&String> = all["all"].keys().collect();
+    assert_eq!(keys, ["public.t:1", "public.t:2", "s1.t:1"], "{all:?}");
+    assert_eq!(all["all"]["s1.t:1"]["v"], "s1 again");
+}
+
+/// `json` holds numbers no double can (`1e400`); GDN refuses the request that carries one. The
+/// run stops naming the document's `_key` and attribute, not only the table.
+#[test]
+fn a_json_number_beyond_a_double_is_refused_naming_its_key_and_attribute() {
+    let world = World::new();
+    world.cluster.psql(
+        r#"CREATE TABLE public.j (id int PRIMARY KEY, doc json);
+           INSERT INTO public.j VALUES (1, '{"a": 1}'), (2, '{"a": 1e400}'), (3, '[]');"#,
+    );
+    let config = world.pipeline(
+        "copy",
+        &world.copied,
+        json!({"replication_method": "FULL_TABLE"}),
+    );
+    let output = run(&config);
+    let text = log(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("with _key \"2\"") && text.contains("attribute \"doc\""),
+        "{text}"
+    );
+}

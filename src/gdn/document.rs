@@ -105,6 +105,9 @@ pub struct DocumentPlan {
     text_cast: Vec<bool>,
     key_indexes: Vec<usize>,
     key_attribute_is_column: bool,
+    /// Set when tables share a collection by request: their keys start with the table's name,
+    /// so equal keys of two tables never name one document.
+    key_prefix: Option<String>,
 }
 
 impl DocumentPlan {
@@ -150,7 +153,29 @@ impl DocumentPlan {
             codecs,
             text_cast,
             key_indexes,
+            key_prefix: None,
         })
+    }
+
+    /// The plan with keys prefixed by `prefix` (`schema.table`), for a collection several
+    /// tables share: `_key` becomes `<prefix>:<key>` (each part percent-encoded as in a
+    /// composite key).
+    pub fn with_key_prefix(mut self, prefix: Option<String>) -> DocumentPlan {
+        self.key_prefix = prefix;
+        self
+    }
+
+    /// The key prefix, when tables share the collection.
+    pub fn key_prefix(&self) -> Option<&str> {
+        self.key_prefix.as_deref()
+    }
+
+    /// The key of a row from its key columns' text, with the prefix when there is one.
+    fn derive_key(&self, mut parts: Vec<String>) -> DocumentKey {
+        if let Some(prefix) = &self.key_prefix {
+            parts.insert(0, prefix.clone());
+        }
+        DocumentKey::derive(&parts)
     }
 
     /// The select list for the snapshot query: columns quoted, `::text` where needed.
@@ -193,13 +218,15 @@ impl DocumentPlan {
         }
         let key = match self.key_indexes.as_slice() {
             [] => None,
-            [single] => Some(DocumentKey::derive(&[self.key_part(row, *single)?])),
+            [single] if self.key_prefix.is_none() => {
+                Some(DocumentKey::derive(&[self.key_part(row, *single)?]))
+            }
             several => {
                 let parts = several
                     .iter()
                     .map(|&index| self.key_part(row, index))
                     .collect::<Result<Vec<_>, _>>()?;
-                Some(DocumentKey::derive(&parts))
+                Some(self.derive_key(parts))
             }
         };
         let mark = out.len();
@@ -396,7 +423,7 @@ impl DocumentPlan {
             let value = self.image_value(index, raw)?;
             parts.push(value.key_text().into_owned());
         }
-        Ok(DocumentKey::derive(&parts))
+        Ok(self.derive_key(parts))
     }
 
     fn value<'r, R: RowFields + ?Sized>(

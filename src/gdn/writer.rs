@@ -355,13 +355,36 @@ impl Writer {
                     tokio::time::sleep(self.backoff(attempt)).await;
                 }
                 Err(error) => {
+                    // A request refused as a whole for its body: name the document at fault.
+                    if let GdnError::Status {
+                        status: 400,
+                        error_num,
+                        ..
+                    } = &error
+                    {
+                        if let Some((index, reason)) =
+                            unreadable_document(body, documents, &pending)
+                        {
+                            return Err(WriteError::Document {
+                                table: target.table.to_string(),
+                                collection: target.collection.to_string(),
+                                key: keys.get(index).and_then(|key| key.as_ref()).map_or_else(
+                                    || "(generated)".into(),
+                                    |key| key.as_str().to_owned(),
+                                ),
+                                error_num: error_num.unwrap_or(600),
+                                message: reason,
+                                attempts: attempt,
+                            });
+                        }
+                    }
                     return Err(WriteError::Request {
                         table: target.table.to_string(),
                         collection: target.collection.to_string(),
                         documents: pending.len(),
                         attempts: attempt,
                         source: error,
-                    })
+                    });
                 }
             }
         }
@@ -374,6 +397,38 @@ impl Writer {
         let jitter = jitter_fraction();
         Duration::from_millis(ceiling / 2 + (ceiling as f64 / 2.0 * jitter) as u64)
     }
+}
+
+/// The first of the `pending` documents a JSON reader with doubles cannot read (a number
+/// beyond a double, such as `1e400` in a `json` value, which GDN refuses with the whole
+/// request), with the attribute at fault.
+fn unreadable_document(
+    body: &[u8],
+    documents: &[Range<usize>],
+    pending: &[usize],
+) -> Option<(usize, String)> {
+    pending.iter().find_map(|&index| {
+        let document = body.get(documents.get(index)?.clone())?;
+        let error = serde_json::from_slice::<serde_json::Value>(document).err()?;
+        let attribute = serde_json::from_slice::<
+            std::collections::BTreeMap<String, Box<serde_json::value::RawValue>>,
+        >(document)
+        .ok()
+        .and_then(|attributes| {
+            attributes.into_iter().find_map(|(name, value)| {
+                serde_json::from_str::<serde_json::Value>(value.get())
+                    .err()
+                    .map(|_| name)
+            })
+        });
+        Some((
+            index,
+            match attribute {
+                Some(name) => format!("attribute {name:?} cannot be read as JSON with doubles ({error}); a number beyond a double (e.g. 1e400 in a json column) has no form in GDN"),
+                None => format!("the document cannot be read as JSON with doubles ({error})"),
+            },
+        ))
+    })
 }
 
 /// A cheap pseudo-random number in [0, 1) for jitter (no dependency, no shared state).
@@ -417,6 +472,17 @@ mod tests {
                 .unwrap();
         }
         batch
+    }
+
+    #[test]
+    fn the_document_a_whole_request_was_refused_for_is_named_with_its_attribute() {
+        let body = br#"[{"_key":"1","doc":{"a":1}},{"_key":"2","doc":{"a":1e400}}]"#;
+        let documents = vec![1..27, 28..body.len() - 1];
+        let (index, reason) =
+            unreadable_document(body, &documents, &[0, 1]).expect("the second is unreadable");
+        assert_eq!(index, 1);
+        assert!(reason.contains("attribute \"doc\""), "{reason}");
+        assert_eq!(unreadable_document(body, &documents, &[0]), None);
     }
 
     #[test]

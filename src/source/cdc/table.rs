@@ -206,8 +206,10 @@ impl CdcTable {
                 resolved: named.resolved,
             })
             .collect();
+        let prefix = self.plan.key_prefix().map(str::to_owned);
         self.plan = DocumentPlan::new(&table, numeric_mode, false)
-            .map_err(|source| CdcError::Document { lsn, source })?;
+            .map_err(|source| CdcError::Document { lsn, source })?
+            .with_key_prefix(prefix);
         if self.replica.is_some() {
             self.replica = Some(replica_plan(&table));
         }
