@@ -438,6 +438,7 @@ pub(crate) async fn prepare(
         })
         .collect();
     let prefixes = if client.is_some() {
+        collections::check_names(&destinations).map_err(RunError::Unsupported)?;
         collections::key_prefixes(&destinations).map_err(RunError::Unsupported)?
     } else {
         // The null destination writes nothing: names cannot collide there.

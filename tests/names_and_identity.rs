@@ -151,7 +151,22 @@ fn quoted_table_names(plugin: &str) {
         &world.streamed,
         json!({"replication_method": "LOG_BASED", "plugin": plugin}),
     );
-    // Collection names GDN refuses are mapped per table.
+    // The default names are names GDN refuses: refused before anything is created.
+    let refused = run(&config);
+    assert_eq!(refused.status.code(), Some(1), "{}", log(&refused));
+    assert!(
+        log(&refused).contains("a name GDN does not take")
+            && log(&refused).contains("\"collection\": \"<name>\""),
+        "{}",
+        log(&refused)
+    );
+    assert_eq!(
+        world
+            .cluster
+            .psql("SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+    // Mapped per table, they stream.
     let mut value: Value =
         serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
     value["tables"] = json!([

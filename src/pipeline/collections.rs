@@ -25,6 +25,24 @@ pub struct TableCollection {
     pub keyless: bool,
 }
 
+/// Refuses a collection name GDN does not take (a letter first, then letters, digits, `_` and
+/// `-`, at most 256 bytes), naming the table, the rule and the per-table fix, before anything is
+/// created.
+pub fn check_names(tables: &[TableCollection]) -> Result<(), String> {
+    match tables
+        .iter()
+        .find(|table| !crate::gdnlite::keys::is_valid_collection_name(&table.collection))
+    {
+        None => Ok(()),
+        Some(table) => Err(format!(
+            "table {} would write collection {:?}, a name GDN does not take (a letter first, then letters, digits, _ and -, at most 256 bytes)\nHINT: give the table a collection of its own: \"tables\": [{{\"table\": {}, \"collection\": \"<name>\"}}], or change \"collection_name\"",
+            table.table,
+            table.collection,
+            serde_json::Value::String(table.table.clone())
+        )),
+    }
+}
+
 /// The key prefix of each table (in order): `Some` where it shares its collection by request;
 /// an error naming the tables and the fix where tables would share one by accident.
 pub fn key_prefixes(tables: &[TableCollection]) -> Result<Vec<Option<String>>, String> {
@@ -95,6 +113,14 @@ mod tests {
         );
         assert!(error.contains("{schema}_{table}"), "{error}");
         assert!(error.contains("\"table\": \"public.t\""), "{error}");
+    }
+
+    #[test]
+    fn a_collection_name_gdn_refuses_is_refused_with_the_per_table_fix() {
+        let error = check_names(&[table("public.a b", "a b", false)]).unwrap_err();
+        assert!(error.contains("a name GDN does not take"), "{error}");
+        assert!(error.contains("\"collection\": \"<name>\""), "{error}");
+        assert!(check_names(&[table("public.t", "t", false)]).is_ok());
     }
 
     #[test]
