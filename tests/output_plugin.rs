@@ -215,3 +215,24 @@ fn a_server_reconfigured_between_runs_stops_the_run_with_the_fix_not_a_retry() {
     assert_eq!(slot(&cluster), before, "nothing confirmed past the refusal");
     assert_eq!(setup.documents(), expected(&[("1", "one")]));
 }
+
+/// Every replication slot taken: the run stops at once with the query that lists the slots
+/// and the setting to raise, instead of retrying slot creation for good.
+#[test]
+fn every_slot_taken_is_a_fix_not_a_retry() {
+    let cluster = PgCluster::builder()
+        .setting("max_replication_slots", "1")
+        .start();
+    cluster.psql("CREATE TABLE public.t (id int PRIMARY KEY, v text)");
+    cluster.psql("SELECT pg_create_logical_replication_slot('someone_else', 'pgoutput')");
+    let setup = Setup::new(&cluster, "postgres", json!({"max_reconnect_attempts": 2}));
+    let output = run_once(&setup.config);
+    let log = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    assert!(log.contains("all replication slots are in use"), "{log}");
+    assert!(
+        log.contains("pg_drop_replication_slot('<name>')") && log.contains("max_replication_slots"),
+        "{log}"
+    );
+    assert!(!log.contains("starting again"), "not retried: {log}");
+}

@@ -247,3 +247,17 @@ fn composite_keys_out_of_column_order_and_dropped_columns() {
         collections: &["w2j_pk_with_pk", "w2j_position"],
     });
 }
+
+/// A primary key with INCLUDE columns (`PRIMARY KEY (a) INCLUDE (b)`): the key is `a` alone;
+/// deletes carry only it, and updates of `b` are updates, not key changes.
+#[test]
+fn a_primary_key_with_include_columns_keys_by_its_key_columns_only() {
+    run_scenario(&Scenario {
+        setup: "CREATE TABLE public.included (a int, b text NOT NULL, c text, PRIMARY KEY (a) INCLUDE (b));
+             INSERT INTO public.included VALUES (1, 'one', 'x'), (2, 'two', 'y'), (3, 'three', 'z');",
+        changes: "UPDATE public.included SET b = 'uno' WHERE a = 1;
+             DELETE FROM public.included WHERE a = 2;
+             INSERT INTO public.included VALUES (4, 'four', NULL);",
+        collections: &["included"],
+    });
+}

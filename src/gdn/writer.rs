@@ -326,17 +326,13 @@ impl Writer {
                         // Keyless inserts are not idempotent: re-sending could duplicate.
                         let first = &outcome.failures[0];
                         let index = pending.get(first.index).copied().unwrap_or(0);
-                        return Err(WriteError::Document {
-                            table: target.table.to_string(),
-                            collection: target.collection.to_string(),
-                            key: keys.get(index).and_then(|key| key.as_ref()).map_or_else(
-                                || "(generated)".into(),
-                                |key| key.as_str().to_owned(),
-                            ),
-                            error_num: first.error_num,
-                            message: first.message.clone(),
-                            attempts: attempt,
-                        });
+                        return Err(document_error(
+                            target,
+                            keys.get(index),
+                            first.error_num,
+                            first.message.clone(),
+                            attempt,
+                        ));
                     }
                     self.metrics
                         .retries
@@ -365,17 +361,13 @@ impl Writer {
                         if let Some((index, reason)) =
                             unreadable_document(body, documents, &pending)
                         {
-                            return Err(WriteError::Document {
-                                table: target.table.to_string(),
-                                collection: target.collection.to_string(),
-                                key: keys.get(index).and_then(|key| key.as_ref()).map_or_else(
-                                    || "(generated)".into(),
-                                    |key| key.as_str().to_owned(),
-                                ),
-                                error_num: error_num.unwrap_or(600),
-                                message: reason,
-                                attempts: attempt,
-                            });
+                            return Err(document_error(
+                                target,
+                                keys.get(index),
+                                error_num.unwrap_or(600),
+                                reason,
+                                attempt,
+                            ));
                         }
                     }
                     return Err(WriteError::Request {
@@ -396,6 +388,26 @@ impl Writer {
         let ceiling = base.saturating_mul(1 << attempt.min(16)).min(10_000);
         let jitter = jitter_fraction();
         Duration::from_millis(ceiling / 2 + (ceiling as f64 / 2.0 * jitter) as u64)
+    }
+}
+
+/// GDN's refusal of one document of `target`, named by its key (`(generated)` when keyless).
+fn document_error(
+    target: &BatchTarget,
+    key: Option<&Option<DocumentKey>>,
+    error_num: u64,
+    message: String,
+    attempts: u32,
+) -> WriteError {
+    WriteError::Document {
+        table: target.table.to_string(),
+        collection: target.collection.to_string(),
+        key: key
+            .and_then(Option::as_ref)
+            .map_or_else(|| "(generated)".into(), |key| key.as_str().to_owned()),
+        error_num,
+        message,
+        attempts,
     }
 }
 

@@ -293,6 +293,13 @@ pub async fn discover(
              ORDER BY a.attrelid, a.attnum"
         ))
         .await?;
+    // An index's key columns are its first `indnkeyatts` (PostgreSQL 11+); the rest are its
+    // INCLUDE columns, which identify nothing.
+    let key_attributes = if connection.server_version_num().unwrap_or(0) >= 110_000 {
+        "i.indnkeyatts"
+    } else {
+        "i.indnatts"
+    };
     let keys = connection
         .query(&format!(
             "SELECT i.indrelid, i.indisprimary, a.attname \
@@ -300,6 +307,7 @@ pub async fn discover(
              CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
              WHERE i.indrelid IN ({oid_list}) AND (i.indisprimary OR i.indisreplident) \
+               AND k.ord <= {key_attributes} \
              ORDER BY i.indrelid, i.indisprimary DESC, k.ord"
         ))
         .await?;

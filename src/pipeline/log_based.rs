@@ -27,7 +27,8 @@ use crate::source::cdc::{
 };
 use crate::source::plugin::{pgoutput_options, wal2json_options, wal2json_table_name};
 use crate::source::slot_setup::{
-    ensure_publication, refused_plugin_message, resolve_plugin, PublicationError,
+    ensure_publication, refused_plugin_message, resolve_plugin, slots_exhausted_message,
+    PublicationError,
 };
 use crate::source::state::{CdcState, ChunkLedger, StateFile};
 
@@ -177,7 +178,9 @@ pub(crate) async fn run(
                 PublicationError::Unusable(message) => RunError::Unsupported(message),
             })?;
     }
-    let refused = |error: PgError| match refused_plugin_message(&error, &chosen, &allow) {
+    let refused = |error: PgError| match refused_plugin_message(&error, &chosen, &allow)
+        .or_else(|| slots_exhausted_message(&error))
+    {
         Some(message) => RunError::Unsupported(message),
         None => RunError::Source(error),
     };

@@ -158,6 +158,18 @@ pub fn refused_plugin_message(
     })
 }
 
+/// The error for a slot creation refused because every slot is taken (SQLSTATE 53400, `all
+/// replication slots are in use`): a limit to raise or slots to drop, not a passing fault to
+/// retry. `None` when `error` is something else.
+pub fn slots_exhausted_message(error: &PgError) -> Option<String> {
+    (error.code() == Some("53400")).then(|| {
+        format!(
+            "{}\nHINT: every replication slot is taken: list them with SELECT slot_name, database, active, pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)) AS held FROM pg_replication_slots; drop unused ones with SELECT pg_drop_replication_slot('<name>'); or raise max_replication_slots in postgresql.conf and restart PostgreSQL",
+            error.as_db_error().map_or("all replication slots are in use", |db| db.message.as_str())
+        )
+    })
+}
+
 /// Why the publication pgoutput needs could not be made ready.
 #[derive(Debug, thiserror::Error)]
 pub enum PublicationError {

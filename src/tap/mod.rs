@@ -31,7 +31,8 @@ use crate::pg::query::quote_literal;
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
 use crate::pg::{ConnectOptions, Connection, Lsn};
 use crate::source::slot_setup::{
-    ensure_publication, refused_plugin_message, resolve_plugin, PublicationError,
+    ensure_publication, refused_plugin_message, resolve_plugin, slots_exhausted_message,
+    PublicationError,
 };
 use crate::tap::catalog::{plan_streams, read_catalog, StreamPlan};
 use crate::tap::output::MessageWriter;
@@ -336,12 +337,14 @@ pub async fn run<W: Write>(
             let created = client
                 .create_logical_slot(&name, chosen.plugin.name(), SlotSnapshot::Export, false)
                 .await
-                .map_err(
-                    |error| match refused_plugin_message(&error, &chosen, &allow) {
+                .map_err(|error| {
+                    match refused_plugin_message(&error, &chosen, &allow)
+                        .or_else(|| slots_exhausted_message(&error))
+                    {
                         Some(message) => TapError::Unsupported(message),
                         None => TapError::Postgres(error),
-                    },
-                )?;
+                    }
+                })?;
             tracing::info!(slot = %name, consistent_point = %created.consistent_point, "created the replication slot");
             initial_lsn = created.consistent_point;
             snapshot = created.snapshot_name;
