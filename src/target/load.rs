@@ -11,7 +11,7 @@ use crate::target::batch::StreamBatch;
 use crate::target::config::SchemaEvolution;
 use crate::target::copy_binary::{binary_type, text_to_binary, BinaryType};
 use crate::target::naming::TableName;
-use crate::target::schema::{fit, widened, Fit, StreamSchema};
+use crate::target::schema::{fit, widened, Fit, StreamSchema, METADATA_COLUMNS};
 
 /// COPY data is sent in messages of about this size.
 const COPY_CHUNK_BYTES: usize = 256 * 1024;
@@ -47,6 +47,41 @@ pub struct TableState {
     pub changes: Vec<String>,
     /// Binary encodings of the columns, when every column has one (else COPY text).
     pub binary: Option<Vec<BinaryType>>,
+    /// Whether `_sdc_deleted_at` is a date/time column (values that are not timestamps make
+    /// it text first, see [`deleted_at_as_text`]).
+    pub deleted_at_temporal: bool,
+}
+
+/// Turns the table's `_sdc_deleted_at` (and its staging twin) into `text`, for a batch holding
+/// a value that is not a timestamp: the old target stored any value there and read any
+/// non-null one as a delete, so the column adapts rather than the run stopping.
+pub async fn deleted_at_as_text(
+    connection: &mut Connection,
+    table: &mut TableState,
+) -> Result<(), PgError> {
+    let Some(column) = table.deleted_at.clone() else {
+        return Ok(());
+    };
+    let quoted = quote_identifier(&column);
+    let script = format!(
+        "BEGIN; ALTER TABLE {target} ALTER COLUMN {quoted} TYPE text USING {quoted}::text; \
+         ALTER TABLE pg_temp.{staging} ALTER COLUMN {quoted} TYPE text; COMMIT",
+        target = table.name.quoted(),
+        staging = table.staging,
+    );
+    if let Err(error) = connection.execute(&script).await {
+        let _ = connection.execute("ROLLBACK").await;
+        return Err(error);
+    }
+    tracing::warn!(table = %table.name, "a _sdc_deleted_at value is not a timestamp: the column is now text (any non-null value still marks a delete)");
+    if let (Some(index), Some(binary)) = (
+        table.columns.iter().position(|name| *name == column),
+        table.binary.as_mut(),
+    ) {
+        binary[index] = BinaryType::Text;
+    }
+    table.deleted_at_temporal = false;
+    Ok(())
 }
 
 /// A column of an existing table.
@@ -194,6 +229,12 @@ pub async fn prepare_table(
                     ));
                     continue;
                 };
+                if METADATA_COLUMNS.contains(&column.name.as_str()) {
+                    // The old target made these `character varying`; a metadata value never
+                    // renames or retypes a column (any non-null `_sdc_deleted_at` is a delete).
+                    types[index] = current.sql_type.clone();
+                    continue;
+                }
                 match fit(&current.sql_type, column.pg_type) {
                     Fit::Holds => {
                         types[index] = current.sql_type.clone();
@@ -271,8 +312,12 @@ pub async fn prepare_table(
         .iter()
         .map(|sql_type| binary_type(sql_type))
         .collect::<Option<Vec<_>>>();
+    let deleted_at_temporal = schema
+        .deleted_at
+        .is_some_and(|index| types[index].starts_with("timestamp") || types[index] == "date");
     Ok(TableState {
         binary,
+        deleted_at_temporal,
         name: name.clone(),
         deleted_at: schema.deleted_at.map(|index| columns[index].clone()),
         columns,
@@ -594,6 +639,7 @@ mod tests {
             deleted_at: Some("_sdc_deleted_at".into()),
             changes: vec![],
             binary: None,
+            deleted_at_temporal: true,
         }
     }
 

@@ -12,7 +12,9 @@ use crate::singer::{parse_line, LineReader, Message, SchemaMessage};
 use crate::target::batch::{Pushed, StreamBatch};
 use crate::target::config::{CopyFormat, TargetConfig};
 use crate::target::error::{LoadError, TargetError};
-use crate::target::load::{load_batch, prepare_table, LoadFailure, LoadPath, TableState};
+use crate::target::load::{
+    deleted_at_as_text, load_batch, prepare_table, LoadFailure, LoadPath, TableState,
+};
 use crate::target::naming::target_table;
 use crate::target::schema::StreamSchema;
 use crate::target::state::StateTracker;
@@ -256,6 +258,17 @@ impl Target<'_> {
             return Ok(());
         };
         let mut connection = *connection;
+        if stream.batch.deleted_at_not_timestamp() && stream.table.deleted_at_temporal {
+            if let Err(source) = deleted_at_as_text(&mut connection, &mut stream.table).await {
+                self.slots[slot] = Slot::Idle(Box::new(connection));
+                return Err(TargetError::Prepare {
+                    line: stream.batch.line_range().0,
+                    stream: name.to_owned(),
+                    table: stream.table.name.clone(),
+                    source: Box::new(source),
+                });
+            }
+        }
         let batch = std::mem::replace(&mut stream.batch, self.spare.pop().unwrap_or_default());
         let table = stream.table.clone();
         let try_direct = stream.direct_backoff == 0;
