@@ -24,7 +24,7 @@ pub use pg_destination::PgDestinationConfig;
 pub use pg_replica::ReplicaDestinationConfig;
 pub use pipeline::{parse_table_name, PipelineConfig, TableSelection};
 pub use source::{OutputPlugin, PgSourceConfig, PluginChoice, ReplicationMethod, Wal2JsonFormat};
-pub use value::{boolean, did_you_mean, reject_unknown_keys, string, unsigned};
+pub use value::{boolean, did_you_mean, lenient_keys, reject_unknown_keys, string, unsigned};
 
 pub use pipeline::{GdnToPgConfig, Pipeline};
 

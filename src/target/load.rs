@@ -10,7 +10,7 @@ use crate::pg::{Connection, PgError};
 use crate::target::batch::StreamBatch;
 use crate::target::config::SchemaEvolution;
 use crate::target::copy_binary::{binary_type, text_to_binary, BinaryType};
-use crate::target::naming::TableName;
+use crate::target::naming::{folded_identifier, TableName};
 use crate::target::schema::{fit, widened, Fit, StreamSchema, METADATA_COLUMNS};
 
 /// COPY data is sent in messages of about this size.
@@ -150,9 +150,43 @@ fn column_list(columns: &[String]) -> String {
         .join(", ")
 }
 
+/// What the old target's config asked for around a table besides its columns.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TableExtras<'a> {
+    /// Roles granted USAGE on a schema this run creates and SELECT on the tables of a schema
+    /// where this run creates a table (`default_target_schema_select_permission(s)`,
+    /// `schema_mapping.*.target_schema_select_permissions`), as the old target granted them.
+    pub grantees: &'a [String],
+    /// Indexes to have, each a comma-separated column list (`schema_mapping.*.indices`).
+    pub indices: &'a [String],
+}
+
+/// `CREATE INDEX IF NOT EXISTS` for one `schema_mapping` index, named as the old target
+/// named it (`i_<table, 30 characters>_<columns joined by _>`), so it is not made twice.
+fn index_sql(name: &TableName, spec: &str) -> String {
+    let columns: Vec<String> = spec
+        .split(',')
+        .map(folded_identifier)
+        .filter(|column| !column.is_empty())
+        .collect();
+    let table: String = name
+        .table
+        .chars()
+        .take(30)
+        .filter(|c| *c != ' ' && *c != '"')
+        .collect();
+    format!(
+        "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
+        quote_identifier(&format!("i_{table}_{}", columns.join("_"))),
+        name.quoted(),
+        column_list(&columns)
+    )
+}
+
 /// Creates or evolves the table of a stream so it has every column of `schema` with a type
-/// that holds its values; creates the session's staging table (dropping the stream's previous
-/// one when `recreate_staging`).
+/// that holds its values, with the grants and indexes of `extras`; creates the session's
+/// staging table (dropping the stream's previous one when `recreate_staging`).
+#[allow(clippy::too_many_arguments)]
 pub async fn prepare_table(
     connection: &mut Connection,
     schema: &StreamSchema,
@@ -160,6 +194,7 @@ pub async fn prepare_table(
     evolution: SchemaEvolution,
     staging: &str,
     recreate_staging: bool,
+    extras: TableExtras<'_>,
 ) -> Result<TableState, PgError> {
     let columns: Vec<String> = schema
         .columns
@@ -184,11 +219,22 @@ pub async fn prepare_table(
         ))
         .await?
         .is_some();
+    let grantees: Vec<String> = extras
+        .grantees
+        .iter()
+        .map(|role| quote_identifier(&folded_identifier(role)))
+        .collect();
     if !schema_exists {
         changes.push(format!(
             "CREATE SCHEMA IF NOT EXISTS {}",
             quote_identifier(&name.schema)
         ));
+        for role in &grantees {
+            changes.push(format!(
+                "GRANT USAGE ON SCHEMA {} TO {role}",
+                quote_identifier(&name.schema)
+            ));
+        }
     }
     let mut mode = if key.is_empty() {
         MergeMode::Append
@@ -210,6 +256,12 @@ pub async fn prepare_table(
                 name.quoted(),
                 definitions.join(", ")
             ));
+            for role in &grantees {
+                changes.push(format!(
+                    "GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {role}",
+                    quote_identifier(&name.schema)
+                ));
+            }
         }
         Some(existing) => {
             let suffix = connection
@@ -287,6 +339,14 @@ pub async fn prepare_table(
             let _ = connection.execute("ROLLBACK").await;
             return Err(error);
         }
+    }
+    if !extras.indices.is_empty() {
+        let script: Vec<String> = extras
+            .indices
+            .iter()
+            .map(|spec| index_sql(name, spec))
+            .collect();
+        connection.execute(&script.join("; ")).await?;
     }
     if mode == MergeMode::OnConflict && !has_unique_key(connection, name, &key).await? {
         tracing::warn!(table = %name, "no unique index on the key ({}): merging with UPDATE then INSERT; add a PRIMARY KEY for faster loads", key.join(", "));

@@ -13,9 +13,9 @@ use crate::target::batch::{Pushed, StreamBatch};
 use crate::target::config::{CopyFormat, TargetConfig};
 use crate::target::error::{LoadError, TargetError};
 use crate::target::load::{
-    deleted_at_as_text, load_batch, prepare_table, LoadFailure, LoadPath, TableState,
+    deleted_at_as_text, load_batch, prepare_table, LoadFailure, LoadPath, TableExtras, TableState,
 };
-use crate::target::naming::target_table;
+use crate::target::naming::{split_stream, table_name, target_table};
 use crate::target::schema::StreamSchema;
 use crate::target::state::StateTracker;
 
@@ -369,6 +369,11 @@ impl Target<'_> {
             }
         };
         let config = self.config;
+        let (source_schema, source_table) = split_stream(&message.stream);
+        let extras = TableExtras {
+            grantees: config.grantees(source_schema),
+            indices: config.indices(source_schema, &table_name(&source_table)),
+        };
         let table = prepare_table(
             self.connection(slot).await?,
             &schema,
@@ -376,6 +381,7 @@ impl Target<'_> {
             config.schema_evolution,
             &staging,
             recreate_staging,
+            extras,
         )
         .await
         .map_err(|source| TargetError::Prepare {
