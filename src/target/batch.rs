@@ -35,6 +35,22 @@ fn is_key_only_delete(schema: &StreamSchema, record: &RecordMessage<'_>) -> bool
     delete
 }
 
+/// The JSON a string holds, for a `jsonb` column whose schema does not allow strings: older
+/// taps sent json/jsonb values dumped to strings (`"[]"`), and the old target's COPY stored
+/// the JSON they hold; a string that holds no JSON stays a JSON string.
+fn json_in_string(column: &crate::target::schema::Column, raw: &str) -> Option<String> {
+    if column.pg_type != crate::target::schema::PgType::Jsonb
+        || column.json_types.string
+        || column.json_types.any
+        || json_kind(raw) != JsonKind::String
+    {
+        return None;
+    }
+    let contents = crate::target::copy_encode::string_contents(raw).ok()?;
+    serde_json::from_str::<&RawValue>(&contents).ok()?;
+    Some(contents.into_owned())
+}
+
 /// Whether a JSON value is a string PostgreSQL reads as a `timestamptz` instant (checked
 /// conservatively: ISO 8601 with or without an offset).
 fn is_timestamp_value(raw: &str) -> bool {
@@ -373,6 +389,8 @@ impl StreamBatch {
                             }
                             kind = ValueKind::Text;
                         }
+                        let unwrapped = json_in_string(column, text);
+                        let text = unwrapped.as_deref().unwrap_or(text);
                         encode_value(&mut self.data, text, kind).map_err(|source| {
                             RowError::Value {
                                 column: column.property.clone(),
