@@ -830,3 +830,142 @@ fn partitioned_stream(plugin: &str) {
         "the partitions' changes, in commit order, as the parent's stream"
     );
 }
+
+/// Runs the tap to its end, failing the test if it has not stopped by itself by `limit`.
+fn run_within(
+    args: &[&Path],
+    flags: &[&str],
+    limit: std::time::Duration,
+) -> (Output, std::time::Duration) {
+    use std::time::Instant;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pgferry"));
+    command.arg("tap");
+    for (flag, path) in flags.iter().zip(args) {
+        command.arg(flag).arg(path);
+    }
+    let started = Instant::now();
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run pgferry tap");
+    while child.try_wait().expect("tap status").is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("tap output");
+            panic!(
+                "the tap did not stop by itself within {limit:?}:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let elapsed = started.elapsed();
+    (child.wait_with_output().expect("tap output"), elapsed)
+}
+
+#[test]
+fn an_old_pipelinewise_tap_config_starts_and_its_keys_do_what_they_did() {
+    use std::time::Duration;
+
+    let cluster = PgCluster::start_default();
+    cluster.psql(FIXTURE);
+    let dir = tempfile::tempdir().expect("temp dir");
+    // What pipelinewise wrote for tap-postgres: its own keys, and one an orchestrator adds.
+    let mut old = config_value_without(&cluster, "sslmode");
+    old["filter_table"] = json!("orders");
+    old["default_replication_method"] = json!("LOG_BASED");
+    old["max_run_seconds"] = json!(43200);
+    old["logical_poll_total_seconds"] = json!("2");
+    old["limit"] = json!(100);
+    old["break_at_end_lsn"] = json!(false);
+    old["orchestrator_run_id"] = json!("abc");
+    let config = write_json(dir.path(), "config.json", &old);
+
+    // First run: the copy of a LOG_BASED stream (default_replication_method applies to the
+    // streams without a method of their own).
+    let (output, _) = run_within(&[&config], &["-c"], Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("\"orchestrator_run_id\" is not used by pgferry tap and is ignored"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("\"limit\" applies to INCREMENTAL streams only"),
+        "{stderr}"
+    );
+    let messages: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON"))
+        .collect();
+    let state = last_state(&messages);
+    assert_eq!(
+        state["bookmarks"]["public-orders"]["last_replication_method"],
+        "LOG_BASED"
+    );
+    assert!(
+        state["bookmarks"]["public-orders"]["lsn"].is_u64(),
+        "{state}"
+    );
+    assert_eq!(
+        messages
+            .iter()
+            .filter(|message| message["type"] == "RECORD")
+            .count(),
+        2
+    );
+    let state_file = write_json(dir.path(), "state.json", &state);
+
+    // Second run streams without an end: logical_poll_total_seconds ends it after 2 s
+    // without a change, with the change made before it and a final STATE.
+    cluster.psql("INSERT INTO public.orders (id, amount) VALUES (3, 1.50)");
+    let (output, took) = run_within(
+        &[&config, &state_file],
+        &["-c", "-s"],
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("logical_poll_total_seconds"), "{stderr}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "it waited for changes: {took:?}"
+    );
+    let messages: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON"))
+        .collect();
+    let records: Vec<&Value> = messages
+        .iter()
+        .filter(|message| message["type"] == "RECORD")
+        .collect();
+    assert_eq!(records.len(), 1, "{messages:#?}");
+    assert_eq!(records[0]["record"]["id"], 3);
+    assert_eq!(
+        messages.last().map(|message| &message["type"]),
+        Some(&json!("STATE"))
+    );
+    let state_file = write_json(dir.path(), "state.json", &last_state(&messages));
+
+    // max_run_seconds bounds the whole run (the poll bound off: 0, as pipelinewise read it).
+    old["logical_poll_total_seconds"] = json!(0);
+    old["max_run_seconds"] = json!(3);
+    let config = write_json(dir.path(), "config.json", &old);
+    let (output, took) = run_within(
+        &[&config, &state_file],
+        &["-c", "-s"],
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("max_run_seconds reached"), "{stderr}");
+    assert!(took >= Duration::from_secs(3), "{took:?}");
+
+    // A known key with a value it cannot take is still an error, before any message.
+    old["max_run_seconds"] = json!("soon");
+    let config = write_json(dir.path(), "config.json", &old);
+    let (code, stdout, stderr) = failing(&[&config], &["-c"]);
+    assert_eq!((code, stdout.as_str()), (2, ""), "{stderr}");
+    assert!(stderr.contains("max_run_seconds"), "{stderr}");
+}
