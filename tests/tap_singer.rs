@@ -969,3 +969,140 @@ fn an_old_pipelinewise_tap_config_starts_and_its_keys_do_what_they_did() {
     assert_eq!((code, stdout.as_str()), (2, ""), "{stderr}");
     assert!(stderr.contains("max_run_seconds"), "{stderr}");
 }
+
+/// Whether `value` is of a JSON type the property schema lists (items of arrays too).
+fn fits_schema(value: &Value, schema: &Value) -> bool {
+    let types: Vec<&str> = schema["type"]
+        .as_array()
+        .map(|types| types.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let kind = match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(number) if number.is_i64() || number.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    types.contains(&kind) || (kind == "integer" && types.contains(&"number"))
+}
+
+#[test]
+fn values_fit_the_schema_the_tap_sends_in_full_table_and_log_based_alike() {
+    let cluster = PgCluster::start_default();
+    cluster.psql(
+        "CREATE TABLE public.odd (id integer PRIMARY KEY, f double precision, r real, n numeric, \
+         n38 numeric(38,4), m money, ms money[]); \
+         INSERT INTO public.odd VALUES \
+           (1, 'NaN', 'Infinity', 'NaN', 1.5, '-1234.50', '{1.50,-2}'), \
+           (2, '-Infinity', 0.5, 'Infinity', NULL, '0.07', NULL), \
+           (3, 2.5, '-Infinity', '-Infinity', 12345678901234567890123456789012.1234, NULL, '{}')",
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_json(
+        dir.path(),
+        "config.json",
+        &config(
+            &cluster,
+            json!({"filter_table": "odd", "replication_method": "LOG_BASED"}),
+        ),
+    );
+    let output = tap(&[&config], &["-c"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    // Schema bounds are exact integers, as the old tap (Python integers) wrote them.
+    assert!(
+        stdout.contains(&format!("\"maximum\": 1{}, ", "0".repeat(62)))
+            && stdout.contains(&format!("\"minimum\": -1{}, ", "0".repeat(34))),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("e+") && !stdout.contains("e62"),
+        "{stdout}"
+    );
+    let copy: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON"))
+        .collect();
+    let state = write_json(dir.path(), "state.json", &last_state(&copy));
+
+    // The same values changed while streaming.
+    cluster.psql(
+        "INSERT INTO public.odd SELECT id + 10, f, r, n, n38, m, ms FROM public.odd; \
+         UPDATE public.odd SET m = m, r = r WHERE id = 12",
+    );
+    let output = tap(&[&config, &state], &["-c", "-s"]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let streamed_text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let streamed: Vec<Value> = streamed_text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON"))
+        .collect();
+    // Every digit of a wide numeric, in both paths (checked on the text: a JSON parser here
+    // would round it).
+    for (text, id) in [(&stdout, 3), (&streamed_text, 13)] {
+        let line = text
+            .lines()
+            .find(|line| line.contains("\"RECORD\"") && line.contains(&format!("\"id\": {id},")))
+            .unwrap_or_else(|| panic!("row {id} in {text}"));
+        assert!(
+            line.contains("\"n38\": 12345678901234567890123456789012.1234,"),
+            "{line}"
+        );
+    }
+
+    for (messages, method, offset) in [(&copy, "FULL_TABLE copy", 0), (&streamed, "LOG_BASED", 10)]
+    {
+        let schema = messages
+            .iter()
+            .find(|message| message["type"] == "SCHEMA")
+            .map(|message| message["schema"]["properties"].clone())
+            .unwrap_or_else(|| panic!("{method}: a SCHEMA"));
+        let records: HashMap<i64, &Value> = messages
+            .iter()
+            .filter(|message| message["type"] == "RECORD")
+            .filter_map(|message| Some((message["record"]["id"].as_i64()?, &message["record"])))
+            .collect();
+        for record in records.values() {
+            for (name, value) in record.as_object().expect("record") {
+                if name == "_sdc_deleted_at" {
+                    continue;
+                }
+                assert!(
+                    fits_schema(value, &schema[name]),
+                    "{method}: {name} = {value} does not fit {}",
+                    schema[name]
+                );
+            }
+        }
+        let row = |id: i64| {
+            records
+                .get(&(id + offset))
+                .copied()
+                .unwrap_or_else(|| panic!("{method}: row {id}"))
+        };
+        // NaN and ±Infinity have no JSON number: null, as the old tap sent them.
+        assert_eq!(
+            (&row(1)["f"], &row(1)["r"], &row(1)["n"]),
+            (&Value::Null, &Value::Null, &Value::Null),
+            "{method}"
+        );
+        assert_eq!(
+            (&row(2)["f"], &row(2)["n"], &row(3)["r"]),
+            (&Value::Null, &Value::Null, &Value::Null)
+        );
+        assert_eq!(row(3)["f"], json!(2.5), "{method}");
+        // money as PostgreSQL prints it, as the old tap sent it (schema: string).
+        assert_eq!(row(1)["m"], json!("-$1,234.50"), "{method}");
+        assert_eq!(row(2)["m"], json!("$0.07"), "{method}");
+        assert_eq!(row(1)["ms"], json!(["$1.50", "-$2.00"]), "{method}");
+        assert_eq!(row(3)["ms"], json!([]), "{method}");
+    }
+}

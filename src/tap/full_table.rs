@@ -90,7 +90,7 @@ pub(crate) fn write_row<R: RowFields + ?Sized>(
                     column: column.name.clone(),
                     detail: error.to_string(),
                 })?;
-                value.write_json(out);
+                crate::tap::catalog::schema_value(&column.codec, value).write_json(out);
             }
         }
     }

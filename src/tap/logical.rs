@@ -151,9 +151,12 @@ fn write_columns(
             .map_err(|detail| value_error(plan, &column.name, detail))?
         {
             None => record.extend_from_slice(b"null"),
-            Some(text) => from_text(&sync.codec, &text)
-                .map_err(|error| value_error(plan, &column.name, error.to_string()))?
-                .write_json(record),
+            Some(text) => crate::tap::catalog::schema_value(
+                &sync.codec,
+                from_text(&sync.codec, &text)
+                    .map_err(|error| value_error(plan, &column.name, error.to_string()))?,
+            )
+            .write_json(record),
         }
     }
     Ok(())

@@ -360,6 +360,7 @@ pub async fn run<W: Write>(
         let catalog = crate::source::discover::catalog(&config).await?;
         let text = serde_json::to_string_pretty(&catalog)
             .map_err(|error| TapError::Decode(error.to_string()))?;
+        let text = String::from_utf8_lossy(&output::exact_integers(text.as_bytes())).into_owned();
         out.raw(&text)?;
         return Ok(TapSummary::default());
     }
