@@ -732,6 +732,28 @@ fn flush_streams_with_intermediate_flushes_on_all_streams() {
         "messages-pg-logical-streams.json",
     );
     assert_state_sequence(&states);
+    // Every load covers every stream, so each STATE of the tap whose records a load committed
+    // is written: seven, where the old target wrote six of its own.
+    let written: Vec<u64> = states
+        .iter()
+        .map(|state| lsns(state).iter().map(|(_, lsn)| *lsn).max().unwrap_or(0))
+        .collect();
+    assert_eq!(
+        written,
+        [
+            108_197_216,
+            108_201_336,
+            108_237_600,
+            108_238_768,
+            108_239_176,
+            108_239_896,
+            108_240_872
+        ]
+    );
+    assert!(states.iter().all(|state| {
+        let positions = lsns(state);
+        positions.iter().all(|(_, lsn)| *lsn == positions[0].1)
+    }));
     assert_logical_streams(&cluster);
 }
 
