@@ -743,3 +743,66 @@ fn logical_replication() {
         "{second:#?}"
     );
 }
+
+/// What `clear_state_on_replication_change` checked upstream, through whole runs: a stream whose
+/// method changed starts over (its bookmarks cleared but the new method), one whose method
+/// stayed keeps them (an interrupted FULL_TABLE copy keeps its `version`).
+#[test]
+fn replication_method_changes() {
+    let cluster = PgCluster::start_default();
+    cluster.psql("CREATE TABLE public.chicken_table (id integer PRIMARY KEY, v text); INSERT INTO chicken_table VALUES (1, 'a')");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = |method: &str, state: Value| {
+        let config = write_json(
+            dir.path(),
+            "c.json",
+            &config(
+                &cluster,
+                "postgres",
+                json!({"filter_table": "chicken_table", "replication_method": method}),
+            ),
+        );
+        let state = write_json(dir.path(), "s.json", &state);
+        let all = messages(&tap(&[("-c", &config), ("-s", &state)]));
+        let last = all
+            .iter()
+            .rev()
+            .find(|message| message["type"] == "STATE")
+            .expect("a STATE")["value"]["bookmarks"]["public-chicken_table"]
+            .clone();
+        let records = all
+            .iter()
+            .filter(|message| message["type"] == "RECORD")
+            .count();
+        (last, records)
+    };
+    // LOG_BASED → FULL_TABLE: the lsn is dropped, the table copied in full, a new version.
+    let (bookmark, records) = run(
+        "FULL_TABLE",
+        json!({"bookmarks": {"public-chicken_table": {"version": 88, "last_replication_method": "LOG_BASED", "lsn": 1000}}}),
+    );
+    assert_eq!(records, 1);
+    assert_eq!(bookmark["last_replication_method"], "FULL_TABLE");
+    assert!(bookmark.get("lsn").is_none(), "{bookmark}");
+    assert_ne!(bookmark["version"], 88);
+    // An interrupted FULL_TABLE copy staying FULL_TABLE keeps its version (and reads the table
+    // again in full: README, interrupted copy).
+    let (bookmark, records) = run(
+        "FULL_TABLE",
+        json!({"bookmarks": {"public-chicken_table": {"version": 88, "last_replication_method": "FULL_TABLE", "xmin": 333333}}}),
+    );
+    assert_eq!(records, 1);
+    assert_eq!(bookmark["version"], 88);
+    assert_eq!(bookmark["xmin"], Value::Null);
+    // An interrupted FULL_TABLE copy → LOG_BASED: its xmin is dropped, the first LOG_BASED copy
+    // runs and leaves an lsn.
+    let (bookmark, records) = run(
+        "LOG_BASED",
+        json!({"bookmarks": {"public-chicken_table": {"version": 2222, "last_replication_method": "FULL_TABLE", "xmin": 2}}}),
+    );
+    assert_eq!(records, 1);
+    assert_eq!(bookmark["last_replication_method"], "LOG_BASED");
+    assert!(bookmark["lsn"].is_u64(), "{bookmark}");
+    assert_eq!(bookmark["xmin"], Value::Null);
+    assert_ne!(bookmark["version"], 2222);
+}
