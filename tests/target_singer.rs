@@ -1006,6 +1006,23 @@ fn deleted_at_is_read_as_the_old_target_read_it_in_the_type_the_table_has() {
         cluster.psql("SELECT id, name, _sdc_deleted_at FROM new_made ORDER BY id"),
         "1|one|2024-05-01 10:00:00+00\n2|two|2019-12-18T13:19:44+00:00+00:00"
     );
+    // The same for `_sdc_extracted_at` when a tap's time_extracted is not a timestamp.
+    let input = format!(
+        "{}\n{}\n",
+        schema(
+            "public-new_made",
+            json!({"id": {"type": "integer"}, "name": {"type": ["null", "string"]}}),
+            &["id"]
+        ),
+        r#"{"type": "RECORD", "stream": "public-new_made", "record": {"id": 3, "name": "three"}, "time_extracted": "yesterday"}"#
+    );
+    let (code, _, stderr) = run_failing(&cluster, json!({"add_metadata_columns": true}), &input);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(columns(&cluster, "public.new_made").contains("_sdc_extracted_at text"));
+    assert_eq!(
+        cluster.psql("SELECT _sdc_extracted_at FROM new_made WHERE id = 3"),
+        "yesterday"
+    );
 }
 
 #[test]

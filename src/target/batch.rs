@@ -54,9 +54,11 @@ fn json_in_string(column: &crate::target::schema::Column, raw: &str) -> Option<S
 /// Whether a JSON value is a string PostgreSQL reads as a `timestamptz` instant (checked
 /// conservatively: ISO 8601 with or without an offset).
 fn is_timestamp_value(raw: &str) -> bool {
-    let Ok(text) = crate::target::copy_encode::string_contents(raw) else {
-        return false;
-    };
+    crate::target::copy_encode::string_contents(raw).is_ok_and(|text| is_timestamp_text(&text))
+}
+
+/// Whether text reads as a `timestamptz` instant (ISO 8601, with or without an offset).
+fn is_timestamp_text(text: &str) -> bool {
     let text = text.trim();
     is_timestamptz(text) || is_timestamptz(&format!("{text}+00:00"))
 }
@@ -153,8 +155,9 @@ pub struct StreamBatch {
     live: usize,
     live_deletes: usize,
     first_seq: Option<u64>,
-    /// A non-null `_sdc_deleted_at` that is not a timestamp with a clear instant was buffered.
-    deleted_at_not_timestamp: bool,
+    /// Metadata columns (`_sdc_deleted_at`, `_sdc_extracted_at`) given a value that is not a
+    /// timestamp in this batch.
+    metadata_not_timestamp: Vec<usize>,
     key_scratch: Vec<u8>,
     fields: Vec<(usize, usize, usize)>,
 }
@@ -229,16 +232,23 @@ impl StreamBatch {
         chunks
     }
 
-    /// Whether a buffered `_sdc_deleted_at` value would not parse as `timestamptz`: the old
-    /// target took any non-null value as a delete (tap-mysql sent `…+00:00+00:00`), so the
-    /// column must become text before this batch loads, never stop the run.
-    pub fn deleted_at_not_timestamp(&self) -> bool {
-        self.deleted_at_not_timestamp
+    /// The metadata columns (by position) given a value in this batch that would not parse as
+    /// a timestamp: the old target stored any value there and took any non-null
+    /// `_sdc_deleted_at` as a delete (tap-mysql sent `…+00:00+00:00`), so such a column must
+    /// become text before this batch loads, never stop the run.
+    pub fn metadata_not_timestamp(&self) -> &[usize] {
+        &self.metadata_not_timestamp
+    }
+
+    fn flag_not_timestamp(&mut self, position: usize) {
+        if !self.metadata_not_timestamp.contains(&position) {
+            self.metadata_not_timestamp.push(position);
+        }
     }
 
     /// Forgets every row (after a load committed).
     pub fn clear(&mut self) {
-        self.deleted_at_not_timestamp = false;
+        self.metadata_not_timestamp.clear();
         self.data.clear();
         self.rows.clear();
         self.by_key.clear();
@@ -360,7 +370,12 @@ impl StreamBatch {
                 self.data.extend_from_slice(batched_at.as_bytes());
             } else if Some(position) == schema.extracted_at && raw.is_none() {
                 match &record.time_extracted {
-                    Some(time) => push_escaped(&mut self.data, time.as_bytes()),
+                    Some(time) => {
+                        if !is_timestamp_text(time) {
+                            self.flag_not_timestamp(position);
+                        }
+                        push_escaped(&mut self.data, time.as_bytes());
+                    }
                     None => self.data.extend_from_slice(b"\\N"),
                 }
             } else {
@@ -385,7 +400,7 @@ impl StreamBatch {
                             // it is stored as text when it is not a timestamp.
                             deleted = json_kind(text) != JsonKind::Null;
                             if deleted && !is_timestamp_value(text) {
-                                self.deleted_at_not_timestamp = true;
+                                self.flag_not_timestamp(position);
                             }
                             kind = ValueKind::Text;
                         }
@@ -586,7 +601,10 @@ mod tests {
         let mut batch = StreamBatch::default();
         push(&mut batch, 1, r#"{"type":"RECORD","stream":"s","record":{"id":1,"_sdc_deleted_at":"2019-02-12T01:10:10.000000Z"}}"#).unwrap();
         push(&mut batch, 2, r#"{"type":"RECORD","stream":"s","record":{"id":2,"_sdc_deleted_at":"2019-02-10 02:00:00"}}"#).unwrap();
-        assert!(!batch.deleted_at_not_timestamp(), "both are timestamps");
+        assert!(
+            batch.metadata_not_timestamp().is_empty(),
+            "both are timestamps"
+        );
         push(&mut batch, 3, r#"{"type":"RECORD","stream":"s","record":{"id":3,"_sdc_deleted_at":"2019-12-18T13:19:44+00:00+00:00"}}"#).unwrap();
         push(
             &mut batch,
@@ -594,13 +612,13 @@ mod tests {
             r#"{"type":"RECORD","stream":"s","record":{"id":4,"_sdc_deleted_at":true}}"#,
         )
         .unwrap();
-        assert!(batch.deleted_at_not_timestamp());
+        assert_eq!(batch.metadata_not_timestamp(), [2]);
         assert_eq!(batch.live_deletes(), 4);
         let last: Vec<&[u8]> = batch.rows().map(|row| row.data).collect();
         assert_eq!(last[2], b"3\t\\N\t2019-12-18T13:19:44+00:00+00:00\n");
         assert_eq!(last[3], b"4\t\\N\ttrue\n");
         batch.clear();
-        assert!(!batch.deleted_at_not_timestamp());
+        assert!(batch.metadata_not_timestamp().is_empty());
     }
 }
 

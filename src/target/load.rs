@@ -47,40 +47,55 @@ pub struct TableState {
     pub changes: Vec<String>,
     /// Binary encodings of the columns, when every column has one (else COPY text).
     pub binary: Option<Vec<BinaryType>>,
-    /// Whether `_sdc_deleted_at` is a date/time column (values that are not timestamps make
-    /// it text first, see [`deleted_at_as_text`]).
-    pub deleted_at_temporal: bool,
+    /// The columns' types as the table has them (`format_type()`), in column order.
+    pub types: Vec<String>,
 }
 
-/// Turns the table's `_sdc_deleted_at` (and its staging twin) into `text`, for a batch holding
-/// a value that is not a timestamp: the old target stored any value there and read any
-/// non-null one as a delete, so the column adapts rather than the run stopping.
-pub async fn deleted_at_as_text(
+/// Turns metadata columns (by position) that are not text yet, and their staging twins, into
+/// `text`, for a batch giving them a value that is not a timestamp: the old target stored any
+/// value there and read any non-null `_sdc_deleted_at` as a delete, so the column adapts rather
+/// than the run stopping.
+pub async fn metadata_as_text(
     connection: &mut Connection,
     table: &mut TableState,
+    positions: &[usize],
 ) -> Result<(), PgError> {
-    let Some(column) = table.deleted_at.clone() else {
+    let changing: Vec<usize> = positions
+        .iter()
+        .copied()
+        .filter(|&position| {
+            table.types.get(position).is_some_and(|sql_type| {
+                sql_type != "text" && !sql_type.starts_with("character varying")
+            })
+        })
+        .collect();
+    if changing.is_empty() {
         return Ok(());
-    };
-    let quoted = quote_identifier(&column);
-    let script = format!(
-        "BEGIN; ALTER TABLE {target} ALTER COLUMN {quoted} TYPE text USING {quoted}::text; \
-         ALTER TABLE pg_temp.{staging} ALTER COLUMN {quoted} TYPE text; COMMIT",
-        target = table.name.quoted(),
-        staging = table.staging,
-    );
+    }
+    let mut statements = Vec::new();
+    for &position in &changing {
+        let quoted = quote_identifier(&table.columns[position]);
+        statements.push(format!(
+            "ALTER TABLE {} ALTER COLUMN {quoted} TYPE text USING {quoted}::text",
+            table.name.quoted()
+        ));
+        statements.push(format!(
+            "ALTER TABLE pg_temp.{} ALTER COLUMN {quoted} TYPE text",
+            table.staging
+        ));
+    }
+    let script = format!("BEGIN; {}; COMMIT", statements.join("; "));
     if let Err(error) = connection.execute(&script).await {
         let _ = connection.execute("ROLLBACK").await;
         return Err(error);
     }
-    tracing::warn!(table = %table.name, "a _sdc_deleted_at value is not a timestamp: the column is now text (any non-null value still marks a delete)");
-    if let (Some(index), Some(binary)) = (
-        table.columns.iter().position(|name| *name == column),
-        table.binary.as_mut(),
-    ) {
-        binary[index] = BinaryType::Text;
+    for position in changing {
+        tracing::warn!(table = %table.name, column = %table.columns[position], "a metadata value is not a timestamp: the column is now text (any non-null _sdc_deleted_at still marks a delete)");
+        table.types[position] = "text".to_owned();
+        if let Some(binary) = table.binary.as_mut() {
+            binary[position] = BinaryType::Text;
+        }
     }
-    table.deleted_at_temporal = false;
     Ok(())
 }
 
@@ -372,12 +387,9 @@ pub async fn prepare_table(
         .iter()
         .map(|sql_type| binary_type(sql_type))
         .collect::<Option<Vec<_>>>();
-    let deleted_at_temporal = schema
-        .deleted_at
-        .is_some_and(|index| types[index].starts_with("timestamp") || types[index] == "date");
     Ok(TableState {
         binary,
-        deleted_at_temporal,
+        types,
         name: name.clone(),
         deleted_at: schema.deleted_at.map(|index| columns[index].clone()),
         columns,
@@ -699,7 +711,11 @@ mod tests {
             deleted_at: Some("_sdc_deleted_at".into()),
             changes: vec![],
             binary: None,
-            deleted_at_temporal: true,
+            types: vec![
+                "integer".into(),
+                "numeric".into(),
+                "timestamp with time zone".into(),
+            ],
         }
     }
 

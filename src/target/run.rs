@@ -13,7 +13,7 @@ use crate::target::batch::{Pushed, StreamBatch};
 use crate::target::config::{CopyFormat, TargetConfig};
 use crate::target::error::{LoadError, TargetError};
 use crate::target::load::{
-    deleted_at_as_text, load_batch, prepare_table, LoadFailure, LoadPath, TableExtras, TableState,
+    load_batch, metadata_as_text, prepare_table, LoadFailure, LoadPath, TableExtras, TableState,
 };
 use crate::target::naming::{split_stream, table_name, target_table};
 use crate::target::schema::StreamSchema;
@@ -258,8 +258,11 @@ impl Target<'_> {
             return Ok(());
         };
         let mut connection = *connection;
-        if stream.batch.deleted_at_not_timestamp() && stream.table.deleted_at_temporal {
-            if let Err(source) = deleted_at_as_text(&mut connection, &mut stream.table).await {
+        if !stream.batch.metadata_not_timestamp().is_empty() {
+            let positions = stream.batch.metadata_not_timestamp().to_vec();
+            if let Err(source) =
+                metadata_as_text(&mut connection, &mut stream.table, &positions).await
+            {
                 self.slots[slot] = Slot::Idle(Box::new(connection));
                 return Err(TargetError::Prepare {
                     line: stream.batch.line_range().0,
