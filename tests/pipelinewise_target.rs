@@ -620,7 +620,11 @@ fn grant_privileges() {
         );
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{stderr}");
-        assert!(stderr.contains("group_not_exists_1"), "{stderr}");
+        assert!(
+            stderr.contains("default_target_schema_select_permissions: role \"group_not_exists_1\" does not exist")
+                && stderr.contains("HINT: create the role"),
+            "{stderr}"
+        );
         assert_eq!(
             cluster.psql(&format!(
                 "SELECT count(*) FROM pg_namespace WHERE nspname = '{SCHEMA}'"

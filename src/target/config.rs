@@ -366,6 +366,32 @@ impl TargetConfig {
             .unwrap_or(&self.default_grantees)
     }
 
+    /// Every role the config grants to, with the key that names it (checked at start, so a
+    /// missing role stops the run before anything is created).
+    pub fn all_grantees(&self) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = self
+            .default_grantees
+            .iter()
+            .map(|role| {
+                (
+                    "default_target_schema_select_permissions".to_owned(),
+                    role.clone(),
+                )
+            })
+            .collect();
+        let mut sources: Vec<&String> = self.schema_extras.keys().collect();
+        sources.sort();
+        for source in sources {
+            for role in self.schema_extras[source].grantees.iter().flatten() {
+                all.push((
+                    format!("schema_mapping.{source}.target_schema_select_permissions"),
+                    role.clone(),
+                ));
+            }
+        }
+        all
+    }
+
     /// Indexes `schema_mapping` asks for on `table` of `source_schema`.
     pub fn indices(&self, source_schema: Option<&str>, table: &str) -> &[String] {
         source_schema

@@ -432,7 +432,9 @@ pub async fn run<R: Read + Send + 'static>(
     let mut slots: Vec<Slot> = (0..config.parallelism.max(1))
         .map(|_| Slot::Unopened)
         .collect();
-    slots[0] = Slot::Idle(Box::new(open_connection(config).await?));
+    let mut first = open_connection(config).await?;
+    check_grantees(&mut first, config).await?;
+    slots[0] = Slot::Idle(Box::new(first));
     let mut target = Target {
         config,
         slots,
@@ -476,6 +478,29 @@ pub async fn run<R: Read + Send + 'static>(
         }
     }
     Ok(summary)
+}
+
+/// Refuses a config granting to a role that does not exist, before anything is created (the
+/// old target failed on its GRANT, after creating the schema).
+async fn check_grantees(
+    connection: &mut Connection,
+    config: &TargetConfig,
+) -> Result<(), TargetError> {
+    for (key, role) in config.all_grantees() {
+        let role = crate::target::naming::folded_identifier(&role);
+        let exists = connection
+            .query_one(&format!(
+                "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {}",
+                crate::pg::query::quote_literal(&role)
+            ))
+            .await
+            .map_err(TargetError::Connect)?
+            .is_some();
+        if !exists {
+            return Err(TargetError::UnknownGrantee { key, role });
+        }
+    }
+    Ok(())
 }
 
 /// A connection for loading.
