@@ -273,6 +273,20 @@ fn decimal_pk() {
         .expect("a SCHEMA");
     let z62 = "0".repeat(62);
     let z34 = "0".repeat(34);
+    // The catalog of `-d` too.
+    let catalog = Command::new(env!("CARGO_BIN_EXE_pgferry"))
+        .args(["tap", "-d", "-c"])
+        .arg(&config)
+        .output()
+        .expect("run pgferry tap -d");
+    let catalog = String::from_utf8_lossy(&catalog.stdout);
+    assert!(
+        catalog.contains(&format!("\"maximum\": 1{}", "0".repeat(62)))
+            && catalog.contains(&format!("\"minimum\": -1{}", "0".repeat(34)))
+            && !catalog.contains("e62")
+            && !catalog.contains("e34"),
+        "{catalog}"
+    );
     for expected in [
         format!("\"our_decimal\": {{\"exclusiveMaximum\": true, \"exclusiveMinimum\": true, \"maximum\": 1{z62}, \"minimum\": -1{z62}, \"multipleOf\": 1e-38, \"type\": [\"number\"]}}"),
         "\"our_decimal_10_2\": {\"exclusiveMaximum\": true, \"exclusiveMinimum\": true, \"maximum\": 100000000, \"minimum\": -100000000, \"multipleOf\": 0.01, \"type\": [\"null\", \"number\"]}".to_owned(),
