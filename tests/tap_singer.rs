@@ -990,7 +990,19 @@ fn fits_schema(value: &Value, schema: &Value) -> bool {
 
 #[test]
 fn values_fit_the_schema_the_tap_sends_in_full_table_and_log_based_alike() {
+    values_fit_the_schema("pgoutput");
+}
+
+#[test]
+fn values_fit_the_schema_the_tap_sends_through_wal2json_too() {
+    values_fit_the_schema("wal2json");
+}
+
+fn values_fit_the_schema(plugin: &str) {
     let cluster = PgCluster::start_default();
+    if plugin == "wal2json" {
+        cluster.require_wal2json();
+    }
     cluster.psql(
         "CREATE TABLE public.odd (id integer PRIMARY KEY, f double precision, r real, n numeric, \
          n38 numeric(38,4), m money, ms money[]); \
@@ -1005,7 +1017,7 @@ fn values_fit_the_schema_the_tap_sends_in_full_table_and_log_based_alike() {
         "config.json",
         &config(
             &cluster,
-            json!({"filter_table": "odd", "replication_method": "LOG_BASED"}),
+            json!({"filter_table": "odd", "replication_method": "LOG_BASED", "plugin": plugin}),
         ),
     );
     let output = tap(&[&config], &["-c"]);
