@@ -57,9 +57,26 @@ fn is_timestamp_value(raw: &str) -> bool {
     crate::target::copy_encode::string_contents(raw).is_ok_and(|text| is_timestamp_text(&text))
 }
 
-/// Whether text reads as a `timestamptz` instant (ISO 8601, with or without an offset).
+/// Whether text reads as a `timestamptz` instant (ISO 8601, with or without an offset; a
+/// fraction past microseconds, which PostgreSQL rounds, is checked by its first six digits).
 fn is_timestamp_text(text: &str) -> bool {
     let text = text.trim();
+    let shortened;
+    let text = match text.find('.') {
+        Some(dot) => {
+            let digits = text[dot + 1..]
+                .bytes()
+                .take_while(u8::is_ascii_digit)
+                .count();
+            if digits > 6 {
+                shortened = format!("{}{}", &text[..dot + 7], &text[dot + 1 + digits..]);
+                shortened.as_str()
+            } else {
+                text
+            }
+        }
+        None => text,
+    };
     is_timestamptz(text) || is_timestamptz(&format!("{text}+00:00"))
 }
 
@@ -605,6 +622,10 @@ mod tests {
             batch.metadata_not_timestamp().is_empty(),
             "both are timestamps"
         );
+        assert!(is_timestamp_text("2019-02-12T01:10:10.123456789Z"));
+        assert!(is_timestamp_text("2019-02-12 01:10:10.5+05:30"));
+        assert!(!is_timestamp_text("2019-02-12T01:10:10.5+05:30+00:00"));
+        assert!(!is_timestamp_text("yesterday"));
         push(&mut batch, 3, r#"{"type":"RECORD","stream":"s","record":{"id":3,"_sdc_deleted_at":"2019-12-18T13:19:44+00:00+00:00"}}"#).unwrap();
         push(
             &mut batch,
