@@ -1118,3 +1118,40 @@ fn values_fit_the_schema(plugin: &str) {
         assert_eq!(row(3)["ms"], json!([]), "{method}");
     }
 }
+
+#[test]
+fn a_log_based_first_copy_stopped_after_its_first_state_is_copied_again() {
+    let cluster = PgCluster::start_default();
+    cluster.psql(FIXTURE);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_json(
+        dir.path(),
+        "config.json",
+        &config(
+            &cluster,
+            json!({"filter_table": "orders", "replication_method": "LOG_BASED"}),
+        ),
+    );
+    let first = run_ok(&[&config], &["-c"]);
+    // What a target echoes when the pipe dies right after the copy's first STATE (before any
+    // row): the copy is marked unfinished, so the next run copies again, not streams past it.
+    let early = first
+        .iter()
+        .find(|message| message["type"] == "STATE")
+        .expect("a STATE")["value"]
+        .clone();
+    let bookmark = &early["bookmarks"]["public-orders"];
+    assert!(bookmark["lsn"].is_u64(), "{early}");
+    assert_eq!(bookmark["xmin"], 2, "{early}");
+    let state = write_json(dir.path(), "state.json", &early);
+    let again = run_ok(&[&config, &state], &["-c", "-s"]);
+    let ids: Vec<&Value> = again
+        .iter()
+        .filter(|message| message["type"] == "RECORD")
+        .map(|message| &message["record"]["id"])
+        .collect();
+    assert_eq!(ids, [&json!(1), &json!(2)], "{again:#?}");
+    let last = last_state(&again);
+    assert_eq!(last["bookmarks"]["public-orders"]["lsn"], bookmark["lsn"]);
+    assert_eq!(last["bookmarks"]["public-orders"]["xmin"], Value::Null);
+}
