@@ -290,7 +290,9 @@ async fn discover(args: DiscoverArgs) -> ExitCode {
     match pgferry::source::discover::catalog(&config).await {
         Ok(catalog) => match serde_json::to_string_pretty(&catalog) {
             Ok(text) => {
-                println!("{text}");
+                // Schema bounds beyond 64 bits with every digit, as `pgferry tap -d` prints them.
+                let exact = pgferry::tap::output::exact_integers(text.as_bytes());
+                println!("{}", String::from_utf8_lossy(&exact));
                 ExitCode::SUCCESS
             }
             Err(error) => {

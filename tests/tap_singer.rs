@@ -830,3 +830,328 @@ fn partitioned_stream(plugin: &str) {
         "the partitions' changes, in commit order, as the parent's stream"
     );
 }
+
+/// Runs the tap to its end, failing the test if it has not stopped by itself by `limit`.
+fn run_within(
+    args: &[&Path],
+    flags: &[&str],
+    limit: std::time::Duration,
+) -> (Output, std::time::Duration) {
+    use std::time::Instant;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pgferry"));
+    command.arg("tap");
+    for (flag, path) in flags.iter().zip(args) {
+        command.arg(flag).arg(path);
+    }
+    let started = Instant::now();
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run pgferry tap");
+    while child.try_wait().expect("tap status").is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("tap output");
+            panic!(
+                "the tap did not stop by itself within {limit:?}:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let elapsed = started.elapsed();
+    (child.wait_with_output().expect("tap output"), elapsed)
+}
+
+#[test]
+fn an_old_pipelinewise_tap_config_starts_and_its_keys_do_what_they_did() {
+    use std::time::Duration;
+
+    let cluster = PgCluster::start_default();
+    cluster.psql(FIXTURE);
+    let dir = tempfile::tempdir().expect("temp dir");
+    // What pipelinewise wrote for tap-postgres: its own keys, and one an orchestrator adds.
+    let mut old = config_value_without(&cluster, "sslmode");
+    old["filter_table"] = json!("orders");
+    old["default_replication_method"] = json!("LOG_BASED");
+    old["max_run_seconds"] = json!(43200);
+    old["logical_poll_total_seconds"] = json!("2");
+    old["limit"] = json!(100);
+    old["break_at_end_lsn"] = json!(false);
+    old["orchestrator_run_id"] = json!("abc");
+    let config = write_json(dir.path(), "config.json", &old);
+
+    // First run: the copy of a LOG_BASED stream (default_replication_method applies to the
+    // streams without a method of their own).
+    let (output, _) = run_within(&[&config], &["-c"], Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("\"orchestrator_run_id\" is not used by pgferry tap and is ignored"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("\"limit\" applies to INCREMENTAL streams only"),
+        "{stderr}"
+    );
+    let messages: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON"))
+        .collect();
+    let state = last_state(&messages);
+    assert_eq!(
+        state["bookmarks"]["public-orders"]["last_replication_method"],
+        "LOG_BASED"
+    );
+    assert!(
+        state["bookmarks"]["public-orders"]["lsn"].is_u64(),
+        "{state}"
+    );
+    assert_eq!(
+        messages
+            .iter()
+            .filter(|message| message["type"] == "RECORD")
+            .count(),
+        2
+    );
+    let state_file = write_json(dir.path(), "state.json", &state);
+
+    // Second run streams without an end: logical_poll_total_seconds ends it after 2 s
+    // without a change, with the change made before it and a final STATE.
+    cluster.psql("INSERT INTO public.orders (id, amount) VALUES (3, 1.50)");
+    let (output, took) = run_within(
+        &[&config, &state_file],
+        &["-c", "-s"],
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("logical_poll_total_seconds"), "{stderr}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "it waited for changes: {took:?}"
+    );
+    let messages: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON"))
+        .collect();
+    let records: Vec<&Value> = messages
+        .iter()
+        .filter(|message| message["type"] == "RECORD")
+        .collect();
+    assert_eq!(records.len(), 1, "{messages:#?}");
+    assert_eq!(records[0]["record"]["id"], 3);
+    assert_eq!(
+        messages.last().map(|message| &message["type"]),
+        Some(&json!("STATE"))
+    );
+    let state_file = write_json(dir.path(), "state.json", &last_state(&messages));
+
+    // max_run_seconds bounds the whole run (the poll bound off: 0, as pipelinewise read it).
+    old["logical_poll_total_seconds"] = json!(0);
+    old["max_run_seconds"] = json!(3);
+    let config = write_json(dir.path(), "config.json", &old);
+    let (output, took) = run_within(
+        &[&config, &state_file],
+        &["-c", "-s"],
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("max_run_seconds reached"), "{stderr}");
+    assert!(took >= Duration::from_secs(3), "{took:?}");
+
+    // A known key with a value it cannot take is still an error, before any message.
+    old["max_run_seconds"] = json!("soon");
+    let config = write_json(dir.path(), "config.json", &old);
+    let (code, stdout, stderr) = failing(&[&config], &["-c"]);
+    assert_eq!((code, stdout.as_str()), (2, ""), "{stderr}");
+    assert!(stderr.contains("max_run_seconds"), "{stderr}");
+}
+
+/// Whether `value` is of a JSON type the property schema lists (items of arrays too).
+fn fits_schema(value: &Value, schema: &Value) -> bool {
+    let types: Vec<&str> = schema["type"]
+        .as_array()
+        .map(|types| types.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let kind = match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(number) if number.is_i64() || number.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    types.contains(&kind) || (kind == "integer" && types.contains(&"number"))
+}
+
+#[test]
+fn values_fit_the_schema_the_tap_sends_in_full_table_and_log_based_alike() {
+    values_fit_the_schema("pgoutput");
+}
+
+#[test]
+fn values_fit_the_schema_the_tap_sends_through_wal2json_too() {
+    values_fit_the_schema("wal2json");
+}
+
+fn values_fit_the_schema(plugin: &str) {
+    let cluster = PgCluster::start_default();
+    if plugin == "wal2json" {
+        cluster.require_wal2json();
+    }
+    cluster.psql(
+        "CREATE TABLE public.odd (id integer PRIMARY KEY, f double precision, r real, n numeric, \
+         n38 numeric(38,4), m money, ms money[]); \
+         INSERT INTO public.odd VALUES \
+           (1, 'NaN', 'Infinity', 'NaN', 1.5, '-1234.50', '{1.50,-2}'), \
+           (2, '-Infinity', 0.5, 'Infinity', NULL, '0.07', NULL), \
+           (3, 2.5, '-Infinity', '-Infinity', 12345678901234567890123456789012.1234, NULL, '{}')",
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_json(
+        dir.path(),
+        "config.json",
+        &config(
+            &cluster,
+            json!({"filter_table": "odd", "replication_method": "LOG_BASED", "plugin": plugin}),
+        ),
+    );
+    let output = tap(&[&config], &["-c"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    // Schema bounds are exact integers, as the old tap (Python integers) wrote them.
+    assert!(
+        stdout.contains(&format!("\"maximum\": 1{}, ", "0".repeat(62)))
+            && stdout.contains(&format!("\"minimum\": -1{}, ", "0".repeat(34))),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("e+") && !stdout.contains("e62"),
+        "{stdout}"
+    );
+    let copy: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON"))
+        .collect();
+    let state = write_json(dir.path(), "state.json", &last_state(&copy));
+
+    // The same values changed while streaming.
+    cluster.psql(
+        "INSERT INTO public.odd SELECT id + 10, f, r, n, n38, m, ms FROM public.odd; \
+         UPDATE public.odd SET m = m, r = r WHERE id = 12",
+    );
+    let output = tap(&[&config, &state], &["-c", "-s"]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let streamed_text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let streamed: Vec<Value> = streamed_text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON"))
+        .collect();
+    // Every digit of a wide numeric, in both paths (checked on the text: a JSON parser here
+    // would round it).
+    for (text, id) in [(&stdout, 3), (&streamed_text, 13)] {
+        let line = text
+            .lines()
+            .find(|line| line.contains("\"RECORD\"") && line.contains(&format!("\"id\": {id},")))
+            .unwrap_or_else(|| panic!("row {id} in {text}"));
+        assert!(
+            line.contains("\"n38\": 12345678901234567890123456789012.1234,"),
+            "{line}"
+        );
+    }
+
+    for (messages, method, offset) in [(&copy, "FULL_TABLE copy", 0), (&streamed, "LOG_BASED", 10)]
+    {
+        let schema = messages
+            .iter()
+            .find(|message| message["type"] == "SCHEMA")
+            .map(|message| message["schema"]["properties"].clone())
+            .unwrap_or_else(|| panic!("{method}: a SCHEMA"));
+        let records: HashMap<i64, &Value> = messages
+            .iter()
+            .filter(|message| message["type"] == "RECORD")
+            .filter_map(|message| Some((message["record"]["id"].as_i64()?, &message["record"])))
+            .collect();
+        for record in records.values() {
+            for (name, value) in record.as_object().expect("record") {
+                if name == "_sdc_deleted_at" {
+                    continue;
+                }
+                assert!(
+                    fits_schema(value, &schema[name]),
+                    "{method}: {name} = {value} does not fit {}",
+                    schema[name]
+                );
+            }
+        }
+        let row = |id: i64| {
+            records
+                .get(&(id + offset))
+                .copied()
+                .unwrap_or_else(|| panic!("{method}: row {id}"))
+        };
+        // NaN and ±Infinity have no JSON number: null, as the old tap sent them.
+        assert_eq!(
+            (&row(1)["f"], &row(1)["r"], &row(1)["n"]),
+            (&Value::Null, &Value::Null, &Value::Null),
+            "{method}"
+        );
+        assert_eq!(
+            (&row(2)["f"], &row(2)["n"], &row(3)["r"]),
+            (&Value::Null, &Value::Null, &Value::Null)
+        );
+        assert_eq!(row(3)["f"], json!(2.5), "{method}");
+        // money as PostgreSQL prints it, as the old tap sent it (schema: string).
+        assert_eq!(row(1)["m"], json!("-$1,234.50"), "{method}");
+        assert_eq!(row(2)["m"], json!("$0.07"), "{method}");
+        assert_eq!(row(1)["ms"], json!(["$1.50", "-$2.00"]), "{method}");
+        assert_eq!(row(3)["ms"], json!([]), "{method}");
+    }
+}
+
+#[test]
+fn a_log_based_first_copy_stopped_after_its_first_state_is_copied_again() {
+    let cluster = PgCluster::start_default();
+    cluster.psql(FIXTURE);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_json(
+        dir.path(),
+        "config.json",
+        &config(
+            &cluster,
+            json!({"filter_table": "orders", "replication_method": "LOG_BASED"}),
+        ),
+    );
+    let first = run_ok(&[&config], &["-c"]);
+    // What a target echoes when the pipe dies right after the copy's first STATE (before any
+    // row): the copy is marked unfinished, so the next run copies again, not streams past it.
+    let early = first
+        .iter()
+        .find(|message| message["type"] == "STATE")
+        .expect("a STATE")["value"]
+        .clone();
+    let bookmark = &early["bookmarks"]["public-orders"];
+    assert!(bookmark["lsn"].is_u64(), "{early}");
+    assert_eq!(bookmark["xmin"], 2, "{early}");
+    let state = write_json(dir.path(), "state.json", &early);
+    let again = run_ok(&[&config, &state], &["-c", "-s"]);
+    let ids: Vec<&Value> = again
+        .iter()
+        .filter(|message| message["type"] == "RECORD")
+        .map(|message| &message["record"]["id"])
+        .collect();
+    assert_eq!(ids, [&json!(1), &json!(2)], "{again:#?}");
+    let last = last_state(&again);
+    assert_eq!(last["bookmarks"]["public-orders"]["lsn"], bookmark["lsn"]);
+    assert_eq!(last["bookmarks"]["public-orders"]["xmin"], Value::Null);
+}

@@ -465,9 +465,14 @@ fn bad_input_is_a_clear_error_with_line_stream_and_column() {
         "the record before the bad one was pending, not half-loaded"
     );
 
+    // A drop-in: an unknown key is a warning with the closest key, as Singer targets ignore
+    // keys they do not use; a known key with a bad value is still a config error (exit 2).
     let (code, _, stderr) = run_failing(&cluster, json!({"hard_delet": true}), "");
-    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("did you mean \"hard_delete\""), "{stderr}");
+    let (code, _, stderr) = run_failing(&cluster, json!({"hard_delete": "maybe"}), "");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("hard_delete"), "{stderr}");
 
     let dir = tempfile::tempdir().expect("temp dir");
     let config = write_config(dir.path(), &cluster, json!({"port": 1}));
@@ -919,4 +924,140 @@ fn streams_load_in_parallel_and_states_still_wait_for_every_stream() {
             "600|179700|179700"
         );
     }
+}
+
+#[test]
+fn deleted_at_is_read_as_the_old_target_read_it_in_the_type_the_table_has() {
+    let cluster = PgCluster::start_default();
+    // A table the old target made: its metadata columns are `character varying`.
+    cluster.psql(
+        "CREATE TABLE public.old_made (id integer PRIMARY KEY, name character varying, \
+         _sdc_extracted_at timestamp without time zone, _sdc_batched_at timestamp without time zone, \
+         _sdc_deleted_at character varying); INSERT INTO old_made VALUES (1, 'one', NULL, NULL, NULL), (2, 'two', NULL, NULL, NULL)",
+    );
+    let properties = json!({"id": {"type": "integer", "minimum": -2147483648, "maximum": 2147483647}, "name": {"type": ["null", "string"]}});
+    let input = lines(&[
+        schema("public-old_made", properties.clone(), &["id"]),
+        record(
+            "public-old_made",
+            json!({"id": 1, "_sdc_deleted_at": "2019-12-18T13:19:44+00:00+00:00"}),
+        ),
+        record(
+            "public-old_made",
+            json!({"id": 3, "name": "three", "_sdc_deleted_at": "2024-05-01T10:00:00Z"}),
+        ),
+        state(1),
+    ]);
+    let stdout = run_ok(&cluster, json!({"add_metadata_columns": true}), &input);
+    assert_eq!(stdout, "{\"bookmarks\":{\"n\":1}}\n");
+    assert_eq!(
+        columns(&cluster, "public.old_made"),
+        "id integer\nname character varying\n_sdc_extracted_at timestamp without time zone\n\
+         _sdc_batched_at timestamp without time zone\n_sdc_deleted_at character varying",
+        "metadata columns are never renamed or retyped"
+    );
+    assert_eq!(
+        cluster.psql("SELECT id, name, _sdc_deleted_at FROM old_made ORDER BY id"),
+        "1|one|2019-12-18T13:19:44+00:00+00:00\n2|two|\n3|three|2024-05-01T10:00:00Z"
+    );
+    // With hard_delete, any non-null value deletes, whatever it holds.
+    let input = lines(&[
+        schema("public-old_made", properties, &["id"]),
+        record(
+            "public-old_made",
+            json!({"id": 2, "_sdc_deleted_at": "not a time at all"}),
+        ),
+    ]);
+    run_ok(&cluster, json!({"hard_delete": true}), &input);
+    assert_eq!(cluster.psql("SELECT id FROM old_made ORDER BY id"), "1\n3");
+
+    // A table pgferry makes keeps timestamptz while every value is a timestamp…
+    let properties = json!({"id": {"type": "integer"}, "name": {"type": ["null", "string"]}});
+    let input = lines(&[
+        schema("public-new_made", properties.clone(), &["id"]),
+        record(
+            "public-new_made",
+            json!({"id": 1, "name": "one", "_sdc_deleted_at": "2024-05-01T10:00:00Z"}),
+        ),
+        record("public-new_made", json!({"id": 2, "name": "two"})),
+    ]);
+    run_ok(&cluster, json!({"add_metadata_columns": true}), &input);
+    assert!(
+        columns(&cluster, "public.new_made").ends_with("_sdc_deleted_at timestamp with time zone"),
+        "{}",
+        columns(&cluster, "public.new_made")
+    );
+    // …and becomes text, keeping the values it held, when one is not.
+    let input = lines(&[
+        schema("public-new_made", properties, &["id"]),
+        record(
+            "public-new_made",
+            json!({"id": 2, "_sdc_deleted_at": "2019-12-18T13:19:44+00:00+00:00"}),
+        ),
+        state(2),
+    ]);
+    let (code, stdout, stderr) =
+        run_failing(&cluster, json!({"add_metadata_columns": true}), &input);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "{\"bookmarks\":{\"n\":2}}\n");
+    assert!(stderr.contains("is now text"), "{stderr}");
+    assert!(columns(&cluster, "public.new_made").ends_with("_sdc_deleted_at text"));
+    assert_eq!(
+        cluster.psql("SELECT id, name, _sdc_deleted_at FROM new_made ORDER BY id"),
+        "1|one|2024-05-01 10:00:00+00\n2|two|2019-12-18T13:19:44+00:00+00:00"
+    );
+    // The same for `_sdc_extracted_at` when a tap's time_extracted is not a timestamp.
+    let input = format!(
+        "{}\n{}\n",
+        schema(
+            "public-new_made",
+            json!({"id": {"type": "integer"}, "name": {"type": ["null", "string"]}}),
+            &["id"]
+        ),
+        r#"{"type": "RECORD", "stream": "public-new_made", "record": {"id": 3, "name": "three"}, "time_extracted": "yesterday"}"#
+    );
+    let (code, _, stderr) = run_failing(&cluster, json!({"add_metadata_columns": true}), &input);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(columns(&cluster, "public.new_made").contains("_sdc_extracted_at text"));
+    assert_eq!(
+        cluster.psql("SELECT _sdc_extracted_at FROM new_made WHERE id = 3"),
+        "yesterday"
+    );
+}
+
+#[test]
+fn a_delete_with_values_into_a_table_without_deleted_at_is_loaded_and_only_key_only_deletes_are_left(
+) {
+    let cluster = PgCluster::start_default();
+    let properties = json!({"id": {"type": "integer"}, "name": {"type": ["null", "string"]}});
+    let input = lines(&[
+        schema("public-plain", properties, &["id"]),
+        record("public-plain", json!({"id": 1, "name": "one"})),
+        record(
+            "public-plain",
+            json!({"id": 2, "name": "Thai: แผ่นดิน", "_sdc_deleted_at": "2019-02-12T01:10:10.000000Z"}),
+        ),
+        record(
+            "public-plain",
+            json!({"id": 1, "_sdc_deleted_at": "2019-02-12T01:10:10.000000Z"}),
+        ),
+        record(
+            "public-plain",
+            json!({"id": 9, "_sdc_deleted_at": "2019-02-12T01:10:10.000000Z"}),
+        ),
+        state(1),
+    ]);
+    let (code, stdout, stderr) = run_failing(&cluster, json!({}), &input);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "{\"bookmarks\":{\"n\":1}}\n");
+    assert_eq!(
+        cluster.psql("SELECT id, name FROM plain ORDER BY id"),
+        "1|one\n2|Thai: แผ่นดิน",
+        "the record with values is an upsert; the key-only delete leaves row 1 and makes no row 9"
+    );
+    assert!(
+        stderr.contains("the row is left unchanged")
+            && stderr.contains("left their rows unchanged"),
+        "the key-only deletes are reported: {stderr}"
+    );
 }

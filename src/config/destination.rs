@@ -9,7 +9,8 @@ use crate::config::error::ConfigError;
 use crate::config::value::{boolean, reject_unknown_keys, secret, string, unsigned};
 use crate::secret::Secret;
 
-const GDN_KEYS: &[&str] = &[
+/// Keys of a GDN destination object (and of `pgferry target-gdn`'s config).
+pub const GDN_KEYS: &[&str] = &[
     "type",
     "gdn_host",
     "gdn_url",

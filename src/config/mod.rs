@@ -17,14 +17,16 @@ mod source;
 mod value;
 
 pub use connection::{PgConnectionConfig, CONNECTION_KEYS};
-pub use destination::{DestinationConfig, GdnAuth, GdnDestinationConfig};
+pub use destination::{DestinationConfig, GdnAuth, GdnDestinationConfig, GDN_KEYS};
 pub use error::ConfigError;
 pub use gdn_source::{GdnSourceConfig, DEFAULT_SUBSCRIPTION_NAME};
 pub use pg_destination::PgDestinationConfig;
 pub use pg_replica::ReplicaDestinationConfig;
 pub use pipeline::{parse_table_name, PipelineConfig, TableSelection};
-pub use source::{OutputPlugin, PgSourceConfig, PluginChoice, ReplicationMethod, Wal2JsonFormat};
-pub use value::{boolean, did_you_mean, reject_unknown_keys, string, unsigned};
+pub use source::{
+    OutputPlugin, PgSourceConfig, PluginChoice, ReplicationMethod, Wal2JsonFormat, SOURCE_KEYS,
+};
+pub use value::{boolean, did_you_mean, lenient_keys, reject_unknown_keys, string, unsigned};
 
 pub use pipeline::{GdnToPgConfig, Pipeline};
 

@@ -49,6 +49,33 @@ pub fn reject_unknown_keys(
     Ok(())
 }
 
+/// The keys of `object` that a drop-in command (`tap`, `target`, `target-gdn`) does not know,
+/// each as a warning with the closest known key, and `object` without them. Singer connectors
+/// ignore keys they do not use and orchestrators (pipelinewise, Meltano) pass such keys, so a
+/// config written for the old connectors must start; `pgferry run`'s own files stay strict
+/// ([`reject_unknown_keys`]).
+pub fn lenient_keys(
+    object: &serde_json::Map<String, Value>,
+    known: &[&str],
+    command: &str,
+) -> (serde_json::Map<String, Value>, Vec<String>) {
+    let mut kept = serde_json::Map::new();
+    let mut warnings = Vec::new();
+    for (key, value) in object {
+        if known.contains(&key.as_str()) {
+            kept.insert(key.clone(), value.clone());
+        } else {
+            let suggestion = did_you_mean(key, known)
+                .map(|candidate| format!("; did you mean {candidate:?}?"))
+                .unwrap_or_default();
+            warnings.push(format!(
+                "config key {key:?} is not used by pgferry {command} and is ignored{suggestion}"
+            ));
+        }
+    }
+    (kept, warnings)
+}
+
 fn invalid(key: &str, detail: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_owned(),
@@ -177,6 +204,25 @@ mod tests {
         assert!(
             error.to_string().contains("did you mean \"host\""),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn drop_in_commands_warn_about_unknown_keys_and_keep_the_others() {
+        let (kept, warnings) = lenient_keys(
+            &object(json!({"host": "h", "hots": 1, "orchestrator_only": true})),
+            &["host", "port"],
+            "tap",
+        );
+        assert_eq!(kept, object(json!({"host": "h"})));
+        assert_eq!(warnings.len(), 2);
+        assert!(
+            warnings[0].contains("\"hots\"") && warnings[0].contains("did you mean \"host\""),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[1].contains("orchestrator_only") && !warnings[1].contains("did you mean"),
+            "{warnings:?}"
         );
     }
 

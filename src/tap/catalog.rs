@@ -119,6 +119,39 @@ pub fn parse_catalog(text: &str) -> Result<Vec<CatalogStream>, String> {
     Ok(out)
 }
 
+/// The codec of a column for the tap: `money` (and `money[]`) as PostgreSQL prints it
+/// (`-$1,234.50`), the string the old tap sent under its `string` schema, in FULL_TABLE
+/// (selected `::text`, `::text[]`) and LOG_BASED (the text the plugin sends) alike.
+fn tap_codec((codec, text_cast): (TypeCodec, bool)) -> (TypeCodec, bool) {
+    match codec {
+        TypeCodec::Money { .. } => (TypeCodec::Text, true),
+        TypeCodec::Array(element) if matches!(*element, TypeCodec::Money { .. }) => {
+            (TypeCodec::Array(Box::new(TypeCodec::Text)), true)
+        }
+        other => (other, text_cast),
+    }
+}
+
+/// A value as the schema the tap sends allows it: `NaN` and `±Infinity` of `real`, `double
+/// precision` and `numeric` (schema `number`) become null, as the old tap sent them (JSON
+/// has no such numbers, and a string would break the schema), in both sync methods.
+pub fn schema_value<'a>(
+    codec: &TypeCodec,
+    value: crate::decode::value::Value<'a>,
+) -> crate::decode::value::Value<'a> {
+    use crate::decode::value::Value as V;
+    match (codec, value) {
+        (TypeCodec::Float4 | TypeCodec::Float8 | TypeCodec::Numeric(_), V::Str(_)) => V::Null,
+        (TypeCodec::Array(element), V::Array(items)) => V::Array(
+            items
+                .into_iter()
+                .map(|item| schema_value(element, item))
+                .collect(),
+        ),
+        (_, value) => value,
+    }
+}
+
 /// One column the tap reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncColumn {
@@ -157,7 +190,9 @@ impl StreamPlan {
             .iter()
             .map(|column| {
                 let quoted = crate::pg::query::quote_identifier(&column.name);
-                if column.text_cast {
+                if column.text_cast && matches!(column.codec, TypeCodec::Array(_)) {
+                    format!("{quoted}::text[]")
+                } else if column.text_cast {
                     format!("{quoted}::text")
                 } else {
                     quoted
@@ -292,7 +327,7 @@ pub async fn plan_streams(
             if !sync {
                 continue;
             }
-            let (codec, text_cast) = column.codec(NumericMode::Number);
+            let (codec, text_cast) = tap_codec(column.codec(NumericMode::Number));
             columns.push(SyncColumn {
                 name: column.name.clone(),
                 codec,

@@ -90,13 +90,17 @@ pub(crate) fn write_row<R: RowFields + ?Sized>(
                     column: column.name.clone(),
                     detail: error.to_string(),
                 })?;
-                value.write_json(out);
+                crate::tap::catalog::schema_value(&column.codec, value).write_json(out);
             }
         }
     }
     out.push(b'}');
     Ok(())
 }
+
+/// The `xmin` bookmark of a LOG_BASED first copy before its first rows: PostgreSQL's frozen
+/// transaction id, older than any row.
+pub const COPY_STARTED_XMIN: i64 = 2;
 
 /// Syncs one stream in full; `snapshot` is an exported snapshot to read under (LOG_BASED's
 /// first copy when pgferry created the slot).
@@ -118,6 +122,13 @@ pub async fn sync_stream<W: Write>(
         _ => version_now(),
     };
     state.set_bookmark(stream, "version", Value::from(version));
+    if !is_view && !interrupted && state.bookmark(stream, "lsn").is_some() {
+        // A LOG_BASED first copy: its first STATE already carries `lsn`, and a run stopped
+        // before the copy's end would resume by streaming from it, without the rows. An `xmin`
+        // marks the copy unfinished (2, the frozen xid: older than every row, so the old tap
+        // too would copy all of them again).
+        state.set_bookmark(stream, "xmin", Value::from(COPY_STARTED_XMIN));
+    }
     out.state(&state.value())?;
     if first_run {
         out.activate_version(stream, version)?;

@@ -85,6 +85,10 @@ pub struct LogicalSettings {
     pub end_lsn: Lsn,
     /// Stop once every transaction before `end_lsn` is emitted.
     pub break_at_end_lsn: bool,
+    /// `max_run_seconds`: stop at the first transaction boundary after this long.
+    pub max_run: Option<Duration>,
+    /// `logical_poll_total_seconds`: stop after this long without a change.
+    pub poll_total: Option<Duration>,
     /// The state file to poll for the target's durable position.
     pub state_path: Option<PathBuf>,
 }
@@ -147,9 +151,12 @@ fn write_columns(
             .map_err(|detail| value_error(plan, &column.name, detail))?
         {
             None => record.extend_from_slice(b"null"),
-            Some(text) => from_text(&sync.codec, &text)
-                .map_err(|error| value_error(plan, &column.name, error.to_string()))?
-                .write_json(record),
+            Some(text) => crate::tap::catalog::schema_value(
+                &sync.codec,
+                from_text(&sync.codec, &text)
+                    .map_err(|error| value_error(plan, &column.name, error.to_string()))?,
+            )
+            .write_json(record),
         }
     }
     Ok(())
@@ -455,13 +462,32 @@ pub async fn sync<W: Write>(
     let mut idle = tokio::time::interval(IDLE_STATE);
     idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut messages_at_idle = 0u64;
+    // pipelinewise's bounds: the whole run, and the time without data.
+    let started = tokio::time::Instant::now();
+    let far = started + Duration::from_secs(100 * 365 * 86_400);
+    let run_deadline = settings.max_run.map_or(far, |bound| started + bound);
+    let mut last_data = started;
+    let mut bound_reached: Option<&'static str> = None;
     loop {
         if settings.break_at_end_lsn && !in_transaction && committed >= settings.end_lsn {
             tracing::info!(lsn = %committed, end = %settings.end_lsn, "caught up with the WAL position read at start");
             break;
         }
+        if let (Some(why), false) = (bound_reached, in_transaction) {
+            tracing::info!(lsn = %committed, "stopping: {why}");
+            break;
+        }
+        let poll_deadline = settings.poll_total.map_or(far, |bound| last_data + bound);
         let message = tokio::select! {
             biased;
+            () = tokio::time::sleep_until(run_deadline), if bound_reached.is_none() && settings.max_run.is_some() => {
+                bound_reached = Some("max_run_seconds reached");
+                continue;
+            }
+            () = tokio::time::sleep_until(poll_deadline), if bound_reached.is_none() && settings.poll_total.is_some() => {
+                bound_reached = Some("logical_poll_total_seconds without a change");
+                continue;
+            }
             changed = shutdown.changed() => {
                 if changed.is_ok() && *shutdown.borrow() && !in_transaction {
                     break;
@@ -534,6 +560,7 @@ pub async fn sync<W: Write>(
                 }
             }
             Some(ReplicationMessage::XLogData(xlog)) => {
+                last_data = tokio::time::Instant::now();
                 let mut owned = Vec::new();
                 let mut changes = Vec::with_capacity(1);
                 match &mut decoder {

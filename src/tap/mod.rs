@@ -75,17 +75,110 @@ enum SyncMethod {
     PureLogical,
 }
 
-/// Reads and checks a source config for the tap and the console commands: the old tap's keys,
-/// `filter_schemas` required.
-pub fn read_config(path: &std::path::Path) -> Result<PgSourceConfig, TapError> {
-    let config = PgSourceConfig::from_file(path)?;
-    if config.filter_schemas.is_empty() {
+/// Keys pipelinewise-tap-postgres read that are not source keys of `pgferry run`.
+const PIPELINEWISE_TAP_KEYS: &[&str] = &[
+    "max_run_seconds",
+    "logical_poll_total_seconds",
+    "default_replication_method",
+    "limit",
+];
+
+/// A tap config: the source keys, and what pipelinewise-tap-postgres's own keys ask for.
+#[derive(Debug, Clone)]
+pub struct TapConfig {
+    /// The source keys, as `pgferry run` reads them.
+    pub source: PgSourceConfig,
+    /// `max_run_seconds`: streaming stops at the first transaction boundary after this long.
+    pub max_run: Option<std::time::Duration>,
+    /// `logical_poll_total_seconds`: streaming stops after this long without a change.
+    pub logical_poll_total: Option<std::time::Duration>,
+    /// Keys ignored, each with why (logged at start).
+    pub warnings: Vec<String>,
+}
+
+/// A positive number of seconds (pipelinewise wrote them as numbers or strings); 0 or absent
+/// means no bound.
+fn seconds_key(
+    object: &serde_json::Map<String, Value>,
+    key: &str,
+) -> Result<Option<std::time::Duration>, ConfigError> {
+    let invalid = |detail: String| ConfigError::Invalid {
+        key: key.to_owned(),
+        detail,
+    };
+    let seconds = match object.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(number)) => number.as_f64(),
+        Some(Value::String(text)) => text.trim().parse::<f64>().ok(),
+        Some(_) => None,
+    };
+    match seconds {
+        Some(0.0) => Ok(None),
+        Some(seconds) if seconds.is_finite() && seconds > 0.0 => {
+            Ok(Some(std::time::Duration::from_secs_f64(seconds)))
+        }
+        _ => Err(invalid(format!(
+            "expected a number of seconds, got {}",
+            object.get(key).map(Value::to_string).unwrap_or_default()
+        ))),
+    }
+}
+
+/// Reads a tap config object: unknown keys are warnings (Singer taps ignore keys they do not
+/// use, and orchestrators pass such keys); pipelinewise's keys are honoured or, for `limit`
+/// (INCREMENTAL only, which this tap does not offer), accepted with a warning saying so.
+pub fn tap_config_from_object(
+    object: &serde_json::Map<String, Value>,
+) -> Result<TapConfig, TapError> {
+    let known: Vec<&str> = crate::config::SOURCE_KEYS
+        .iter()
+        .chain(PIPELINEWISE_TAP_KEYS)
+        .copied()
+        .collect();
+    let (mut kept, mut warnings) = crate::config::lenient_keys(object, &known, "tap");
+    let max_run = seconds_key(&kept, "max_run_seconds")?;
+    let logical_poll_total = seconds_key(&kept, "logical_poll_total_seconds")?;
+    if kept.get("limit").is_some_and(|limit| !limit.is_null()) {
+        warnings.push("config key \"limit\" applies to INCREMENTAL streams only, which pgferry tap does not offer (use LOG_BASED or FULL_TABLE): it has no effect".into());
+    }
+    // pipelinewise's `default_replication_method` is the method of streams whose metadata
+    // names none, which is what `replication_method` is here.
+    if let Some(default) = kept.remove("default_replication_method") {
+        if !default.is_null() && kept.get("replication_method").is_none_or(Value::is_null) {
+            kept.insert("replication_method".into(), default);
+        }
+    }
+    for key in PIPELINEWISE_TAP_KEYS {
+        kept.remove(*key);
+    }
+    let source = PgSourceConfig::from_object(&kept)?;
+    if source.filter_schemas.is_empty() {
         return Err(TapError::Config(ConfigError::Missing {
             key: "filter_schemas",
             hint: "the schema(s) to read, comma separated, e.g. \"filter_schemas\": \"public\"",
         }));
     }
+    Ok(TapConfig {
+        source,
+        max_run,
+        logical_poll_total,
+        warnings,
+    })
+}
+
+/// Reads a tap config file; ignored keys are logged as warnings.
+pub fn read_tap_config(path: &std::path::Path) -> Result<TapConfig, TapError> {
+    let config = tap_config_from_object(&crate::config::read_json_object(path)?)?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     Ok(config)
+}
+
+/// Reads and checks a source config for the tap and the console commands: the old tap's keys,
+/// `filter_schemas` required, unknown keys warnings.
+pub fn read_config(path: &std::path::Path) -> Result<PgSourceConfig, TapError> {
+    read_tap_config(path).map(|config| config.source)
 }
 
 /// Connection options for reading whole tables: the replica with `use_secondary`.
@@ -261,12 +354,14 @@ pub async fn run<W: Write>(
     metrics: &Metrics,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<TapSummary, TapError> {
-    let config = read_config(&options.config)?;
+    let tap_config = read_tap_config(&options.config)?;
+    let config = tap_config.source.clone();
     let mut out = MessageWriter::new(out);
     if options.discover {
         let catalog = crate::source::discover::catalog(&config).await?;
         let text = serde_json::to_string_pretty(&catalog)
             .map_err(|error| TapError::Decode(error.to_string()))?;
+        let text = String::from_utf8_lossy(&output::exact_integers(text.as_bytes())).into_owned();
         out.raw(&text)?;
         return Ok(TapSummary::default());
     }
@@ -416,6 +511,8 @@ pub async fn run<W: Write>(
             allow,
             end_lsn: wal_end,
             break_at_end_lsn: config.break_at_end_lsn.unwrap_or(true),
+            max_run: tap_config.max_run,
+            poll_total: tap_config.logical_poll_total,
             state_path: options.state.clone(),
         };
         let streamed = logical::sync(

@@ -36,6 +36,88 @@ pub fn python_spacing(compact: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// A number token written with an exponent (`1e62`, `-1.5e+34`) as the integer it is, or
+/// `None` when it is not an integer. Schema bounds of wide numerics are powers of ten beyond
+/// 64 bits, which JSON values here hold as doubles; the old tap (Python integers) wrote every
+/// digit, and validators compare the bound exactly.
+fn exact_integer(token: &str) -> Option<String> {
+    let (mantissa, exponent) = token.split_once(['e', 'E'])?;
+    let exponent: i64 = exponent
+        .strip_prefix('+')
+        .unwrap_or(exponent)
+        .parse()
+        .ok()?;
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", mantissa),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let fraction = fraction.trim_end_matches('0');
+    let zeros = exponent.checked_sub(i64::try_from(fraction.len()).ok()?)?;
+    if !(0..=400).contains(&zeros)
+        || !whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let digits = format!(
+        "{whole}{fraction}{}",
+        "0".repeat(usize::try_from(zeros).ok()?)
+    );
+    let digits = digits.trim_start_matches('0');
+    Some(if digits.is_empty() {
+        "0".to_owned()
+    } else {
+        format!("{sign}{digits}")
+    })
+}
+
+/// Rewrites the exponent-written integers of JSON text (outside strings) with every digit.
+pub fn exact_integers(json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(json.len() + 64);
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut index = 0;
+    while index < json.len() {
+        let byte = json[index];
+        if in_string {
+            out.push(byte);
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            index += 1;
+            continue;
+        }
+        if byte == b'-' || byte.is_ascii_digit() {
+            let end = json[index..]
+                .iter()
+                .position(|b| {
+                    !(b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
+                })
+                .map_or(json.len(), |length| index + length);
+            let token = std::str::from_utf8(&json[index..end]).unwrap_or_default();
+            match exact_integer(token) {
+                Some(digits) => out.extend_from_slice(digits.as_bytes()),
+                None => out.extend_from_slice(&json[index..end]),
+            }
+            index = end;
+            continue;
+        }
+        if byte == b'"' {
+            in_string = true;
+        }
+        out.push(byte);
+        index += 1;
+    }
+    out
+}
+
 /// `2024-03-01T12:30:00.123456Z`: singer-python's `strftime` of a UTC time (for
 /// `time_extracted` and a delete's `_sdc_deleted_at`).
 pub fn singer_timestamp(time: std::time::SystemTime) -> String {
@@ -111,7 +193,11 @@ impl<W: Write> MessageWriter<W> {
     ) -> std::io::Result<()> {
         self.start("SCHEMA");
         self.field("stream", &Value::from(stream));
+        let start = self.compact.len();
         self.field("schema", schema);
+        let exact = exact_integers(&self.compact[start..]);
+        self.compact.truncate(start);
+        self.compact.extend_from_slice(&exact);
         self.field("key_properties", &Value::from(key_properties.to_vec()));
         if !bookmark_properties.is_empty() {
             self.field(
@@ -233,5 +319,21 @@ mod tests {
              {\"type\": \"ACTIVATE_VERSION\", \"stream\": \"public-t\", \"version\": 7}\n\
              {\"type\": \"SCHEMA\", \"stream\": \"public-t\", \"schema\": {\"type\": \"object\"}, \"key_properties\": [\"id\"], \"bookmark_properties\": [\"lsn\"]}\n"
         );
+    }
+}
+
+#[cfg(test)]
+mod exact_integer_tests {
+    use super::*;
+
+    #[test]
+    fn exponent_integers_get_every_digit_and_nothing_else_changes() {
+        let json = br#"{"maximum":1e62,"minimum":-1e62,"m":1e+34,"f":1.5e3,"x":0.01,"y":1e-38,"s":"1e62","n":12}"#;
+        let expected = format!(
+            r#"{{"maximum":1{z62},"minimum":-1{z62},"m":1{z34},"f":1500,"x":0.01,"y":1e-38,"s":"1e62","n":12}}"#,
+            z62 = "0".repeat(62),
+            z34 = "0".repeat(34)
+        );
+        assert_eq!(String::from_utf8(exact_integers(json)).unwrap(), expected);
     }
 }

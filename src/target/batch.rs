@@ -10,10 +10,75 @@ use std::collections::HashMap;
 use serde_json::value::RawValue;
 
 use crate::singer::{object_fields, RecordMessage};
+use crate::target::copy_binary::is_timestamptz;
 use crate::target::copy_encode::{
     encode_value, json_kind, push_escaped, validate_value, EncodeError, JsonKind,
 };
-use crate::target::schema::{StreamSchema, FLATTEN_SEPARATOR};
+use crate::target::schema::{StreamSchema, ValueKind, FLATTEN_SEPARATOR};
+
+/// Whether a record is a delete (non-null `_sdc_deleted_at`) that carries nothing but its key
+/// and `_sdc_*` metadata, as log-based taps send deletes.
+fn is_key_only_delete(schema: &StreamSchema, record: &RecordMessage<'_>) -> bool {
+    let mut delete = false;
+    for (name, value) in &record.record {
+        if name == "_sdc_deleted_at" {
+            delete = json_kind(value.get()) != JsonKind::Null;
+        } else if !name.starts_with("_sdc_")
+            && !schema
+                .key
+                .iter()
+                .any(|&index| schema.columns[index].property == name.as_ref())
+        {
+            return false;
+        }
+    }
+    delete
+}
+
+/// The JSON a string holds, for a `jsonb` column whose schema does not allow strings: older
+/// taps sent json/jsonb values dumped to strings (`"[]"`), and the old target's COPY stored
+/// the JSON they hold; a string that holds no JSON stays a JSON string.
+fn json_in_string(column: &crate::target::schema::Column, raw: &str) -> Option<String> {
+    if column.pg_type != crate::target::schema::PgType::Jsonb
+        || column.json_types.string
+        || column.json_types.any
+        || json_kind(raw) != JsonKind::String
+    {
+        return None;
+    }
+    let contents = crate::target::copy_encode::string_contents(raw).ok()?;
+    serde_json::from_str::<&RawValue>(&contents).ok()?;
+    Some(contents.into_owned())
+}
+
+/// Whether a JSON value is a string PostgreSQL reads as a `timestamptz` instant (checked
+/// conservatively: ISO 8601 with or without an offset).
+fn is_timestamp_value(raw: &str) -> bool {
+    crate::target::copy_encode::string_contents(raw).is_ok_and(|text| is_timestamp_text(&text))
+}
+
+/// Whether text reads as a `timestamptz` instant (ISO 8601, with or without an offset; a
+/// fraction past microseconds, which PostgreSQL rounds, is checked by its first six digits).
+fn is_timestamp_text(text: &str) -> bool {
+    let text = text.trim();
+    let shortened;
+    let text = match text.find('.') {
+        Some(dot) => {
+            let digits = text[dot + 1..]
+                .bytes()
+                .take_while(u8::is_ascii_digit)
+                .count();
+            if digits > 6 {
+                shortened = format!("{}{}", &text[..dot + 7], &text[dot + 1 + digits..]);
+                shortened.as_str()
+            } else {
+                text
+            }
+        }
+        None => text,
+    };
+    is_timestamptz(text) || is_timestamptz(&format!("{text}+00:00"))
+}
 
 /// Why a record cannot be buffered; the caller adds the line and stream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,6 +172,9 @@ pub struct StreamBatch {
     live: usize,
     live_deletes: usize,
     first_seq: Option<u64>,
+    /// Metadata columns (`_sdc_deleted_at`, `_sdc_extracted_at`) given a value that is not a
+    /// timestamp in this batch.
+    metadata_not_timestamp: Vec<usize>,
     key_scratch: Vec<u8>,
     fields: Vec<(usize, usize, usize)>,
 }
@@ -181,8 +249,23 @@ impl StreamBatch {
         chunks
     }
 
+    /// The metadata columns (by position) given a value in this batch that would not parse as
+    /// a timestamp: the old target stored any value there and took any non-null
+    /// `_sdc_deleted_at` as a delete (tap-mysql sent `…+00:00+00:00`), so such a column must
+    /// become text before this batch loads, never stop the run.
+    pub fn metadata_not_timestamp(&self) -> &[usize] {
+        &self.metadata_not_timestamp
+    }
+
+    fn flag_not_timestamp(&mut self, position: usize) {
+        if !self.metadata_not_timestamp.contains(&position) {
+            self.metadata_not_timestamp.push(position);
+        }
+    }
+
     /// Forgets every row (after a load committed).
     pub fn clear(&mut self) {
+        self.metadata_not_timestamp.clear();
         self.data.clear();
         self.rows.clear();
         self.by_key.clear();
@@ -195,9 +278,10 @@ impl StreamBatch {
     /// stream's columns. `batched_at` fills `_sdc_batched_at`. With `keep_on_delete` (no
     /// `hard_delete`), a delete replacing a pending row keeps that row's values where it has none.
     ///
-    /// A delete (non-null `_sdc_deleted_at`) for a table without that column has nowhere to go:
-    /// it is not buffered (loading its key alone would blank the row) and
-    /// [`Pushed::DeleteWithoutColumn`] says so, for the caller to report.
+    /// A delete (non-null `_sdc_deleted_at`) for a table without that column is loaded as the
+    /// old target loaded it, an upsert of its values, when it carries values besides its key;
+    /// one that carries only its key has nothing to load (its key alone would blank the row):
+    /// it is not buffered and [`Pushed::DeleteWithoutColumn`] says so, for the caller to report.
     #[allow(clippy::too_many_arguments)]
     pub fn push(
         &mut self,
@@ -209,11 +293,7 @@ impl StreamBatch {
         keep_on_delete: bool,
         batched_at: &str,
     ) -> Result<Pushed, RowError> {
-        if schema.deleted_at.is_none()
-            && record.record.iter().any(|(name, value)| {
-                name == "_sdc_deleted_at" && json_kind(value.get()) != JsonKind::Null
-            })
-        {
+        if schema.deleted_at.is_none() && is_key_only_delete(schema, record) {
             return Ok(Pushed::DeleteWithoutColumn);
         }
         let mut values: Vec<Option<&RawValue>> = vec![None; schema.columns.len()];
@@ -307,7 +387,12 @@ impl StreamBatch {
                 self.data.extend_from_slice(batched_at.as_bytes());
             } else if Some(position) == schema.extracted_at && raw.is_none() {
                 match &record.time_extracted {
-                    Some(time) => push_escaped(&mut self.data, time.as_bytes()),
+                    Some(time) => {
+                        if !is_timestamp_text(time) {
+                            self.flag_not_timestamp(position);
+                        }
+                        push_escaped(&mut self.data, time.as_bytes());
+                    }
                     None => self.data.extend_from_slice(b"\\N"),
                 }
             } else {
@@ -326,16 +411,24 @@ impl StreamBatch {
                     None => self.data.extend_from_slice(b"\\N"),
                     Some(raw) => {
                         let text = raw.get();
-                        if Some(position) == schema.deleted_at && json_kind(text) != JsonKind::Null
-                        {
-                            deleted = true;
+                        let mut kind = column.pg_type.kind();
+                        if Some(position) == schema.deleted_at {
+                            // Any non-null value marks a delete, as the old target read it;
+                            // it is stored as text when it is not a timestamp.
+                            deleted = json_kind(text) != JsonKind::Null;
+                            if deleted && !is_timestamp_value(text) {
+                                self.flag_not_timestamp(position);
+                            }
+                            kind = ValueKind::Text;
                         }
-                        encode_value(&mut self.data, text, column.pg_type.kind()).map_err(
-                            |source| RowError::Value {
+                        let unwrapped = json_in_string(column, text);
+                        let text = unwrapped.as_deref().unwrap_or(text);
+                        encode_value(&mut self.data, text, kind).map_err(|source| {
+                            RowError::Value {
                                 column: column.property.clone(),
                                 source,
-                            },
-                        )?;
+                            }
+                        })?;
                     }
                 }
             }
@@ -493,6 +586,60 @@ mod tests {
             Ok(Pushed::DeleteWithoutColumn)
         );
         assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn a_delete_with_values_without_a_deleted_at_column_is_an_upsert_of_its_values() {
+        let schema = StreamSchema::new(
+            &serde_json::json!({"properties": {"id": {"type": "integer"}, "name": {}}}),
+            &[],
+            &["id".to_owned()],
+            false,
+        )
+        .unwrap();
+        let mut batch = StreamBatch::default();
+        let line = r#"{"type":"RECORD","stream":"s","record":{"id":1,"name":"kept","_sdc_deleted_at":"2019-12-18T13:19:44+00:00+00:00"}}"#;
+        let Message::Record(record) = parse_line(line, 1).unwrap() else {
+            panic!("not a record")
+        };
+        assert_eq!(
+            batch.push(&schema, &record, 1, 1, false, true, ""),
+            Ok(Pushed::Buffered)
+        );
+        let rows: Vec<(Vec<u8>, bool)> = batch
+            .rows()
+            .map(|row| (row.data.to_vec(), row.deleted))
+            .collect();
+        assert_eq!(rows, vec![(b"1\tkept\n".to_vec(), false)]);
+    }
+
+    #[test]
+    fn any_non_null_deleted_at_is_a_delete_and_non_timestamps_are_flagged() {
+        let mut batch = StreamBatch::default();
+        push(&mut batch, 1, r#"{"type":"RECORD","stream":"s","record":{"id":1,"_sdc_deleted_at":"2019-02-12T01:10:10.000000Z"}}"#).unwrap();
+        push(&mut batch, 2, r#"{"type":"RECORD","stream":"s","record":{"id":2,"_sdc_deleted_at":"2019-02-10 02:00:00"}}"#).unwrap();
+        assert!(
+            batch.metadata_not_timestamp().is_empty(),
+            "both are timestamps"
+        );
+        assert!(is_timestamp_text("2019-02-12T01:10:10.123456789Z"));
+        assert!(is_timestamp_text("2019-02-12 01:10:10.5+05:30"));
+        assert!(!is_timestamp_text("2019-02-12T01:10:10.5+05:30+00:00"));
+        assert!(!is_timestamp_text("yesterday"));
+        push(&mut batch, 3, r#"{"type":"RECORD","stream":"s","record":{"id":3,"_sdc_deleted_at":"2019-12-18T13:19:44+00:00+00:00"}}"#).unwrap();
+        push(
+            &mut batch,
+            4,
+            r#"{"type":"RECORD","stream":"s","record":{"id":4,"_sdc_deleted_at":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(batch.metadata_not_timestamp(), [2]);
+        assert_eq!(batch.live_deletes(), 4);
+        let last: Vec<&[u8]> = batch.rows().map(|row| row.data).collect();
+        assert_eq!(last[2], b"3\t\\N\t2019-12-18T13:19:44+00:00+00:00\n");
+        assert_eq!(last[3], b"4\t\\N\ttrue\n");
+        batch.clear();
+        assert!(batch.metadata_not_timestamp().is_empty());
     }
 }
 

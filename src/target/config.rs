@@ -7,8 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::config::{
-    boolean, reject_unknown_keys, string, unsigned, ConfigError, PgConnectionConfig,
-    CONNECTION_KEYS,
+    boolean, lenient_keys, string, unsigned, ConfigError, PgConnectionConfig, CONNECTION_KEYS,
 };
 
 /// Keys the target knows besides the connection keys.
@@ -31,7 +30,60 @@ const TARGET_KEYS: &[&str] = &[
     "schema_evolution",
     "copy_format",
     "default_target_schema_select_permission",
+    "default_target_schema_select_permissions",
+    "disable_table_cache",
 ];
+
+/// Keys of a `schema_mapping` entry, as pipelinewise wrote them.
+const SCHEMA_MAPPING_KEYS: &[&str] = &[
+    "target_schema",
+    "target_schema_select_permissions",
+    "indices",
+];
+
+/// What a `schema_mapping` entry asks for besides the target schema.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchemaExtras {
+    /// Roles granted USAGE on the schema and SELECT on its tables, instead of the default ones.
+    pub grantees: Option<Vec<String>>,
+    /// Table name → indexes to create, each a comma-separated column list (`"a,b"`).
+    pub indices: HashMap<String, Vec<String>>,
+}
+
+/// Grantees as the old target read them: a role name or a list of them. A dict (as
+/// pipelinewise's Snowflake target took) was accepted and ignored by the PostgreSQL target:
+/// the same here, with a warning.
+fn grantees(
+    value: Option<&Value>,
+    key: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Vec<String>>, ConfigError> {
+    let invalid = || ConfigError::Invalid {
+        key: key.to_owned(),
+        detail: "expected a role name or a list of role names, e.g. [\"analysts\"]".into(),
+    };
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(role)) if role.trim().is_empty() => Ok(None),
+        Some(Value::String(role)) => Ok(Some(vec![role.trim().to_owned()])),
+        Some(Value::Array(roles)) => roles
+            .iter()
+            .map(|role| {
+                role.as_str()
+                    .map(|role| role.trim().to_owned())
+                    .ok_or_else(invalid)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|roles| Some(roles.into_iter().filter(|role| !role.is_empty()).collect())),
+        Some(Value::Object(_)) => {
+            warnings.push(format!(
+                "{key}: an object of users and groups is ignored, as the old target ignored it; give a role name or a list of role names"
+            ));
+            Ok(None)
+        }
+        Some(_) => Err(invalid()),
+    }
+}
 
 /// What to do with a column whose type changed between SCHEMA messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -64,6 +116,13 @@ pub struct TargetConfig {
     pub target_table: Option<String>,
     /// Source schema → target schema.
     pub schema_mapping: HashMap<String, String>,
+    /// Source schema → grants and indexes of its `schema_mapping` entry.
+    pub schema_extras: HashMap<String, SchemaExtras>,
+    /// Roles granted USAGE on created schemas and SELECT on their tables
+    /// (`default_target_schema_select_permission(s)`), as the old target did.
+    pub default_grantees: Vec<String>,
+    /// Config keys ignored, each with why (logged at start).
+    pub warnings: Vec<String>,
     /// Delete rows whose record has `_sdc_deleted_at`, instead of keeping the time.
     pub hard_delete: bool,
     /// A stream's buffered rows are loaded at this count.
@@ -141,7 +200,8 @@ impl TargetConfig {
         object: &serde_json::Map<String, Value>,
     ) -> Result<TargetConfig, ConfigError> {
         let known: Vec<&str> = CONNECTION_KEYS.iter().chain(TARGET_KEYS).copied().collect();
-        reject_unknown_keys(object, &known)?;
+        let (object, mut warnings) = lenient_keys(object, &known, "target");
+        let object = &object;
         let connection = PgConnectionConfig::from_object(
             object,
             "the database to load into, e.g. \"dbname\": \"warehouse\"",
@@ -158,19 +218,66 @@ impl TargetConfig {
         };
         let data_flattening_max_level = unsigned(object, "data_flattening_max_level")?.unwrap_or(0);
         let mut schema_mapping = HashMap::new();
+        let mut schema_extras = HashMap::new();
         match object.get("schema_mapping") {
             None | Some(Value::Null) => {}
             Some(Value::Object(mapping)) => {
                 for (source, entry) in mapping {
+                    let needs_target = || ConfigError::Invalid {
+                        key: "schema_mapping".into(),
+                        detail: format!("entry {source:?} needs {{\"target_schema\": \"…\"}}"),
+                    };
+                    let entry = entry.as_object().ok_or_else(needs_target)?;
+                    let (entry, entry_warnings) = lenient_keys(
+                        entry,
+                        SCHEMA_MAPPING_KEYS,
+                        &format!("target (schema_mapping.{source})"),
+                    );
+                    warnings.extend(entry_warnings);
                     let target = entry
                         .get("target_schema")
                         .and_then(Value::as_str)
                         .filter(|schema| !schema.is_empty())
-                        .ok_or_else(|| ConfigError::Invalid {
-                            key: "schema_mapping".into(),
-                            detail: format!("entry {source:?} needs {{\"target_schema\": \"…\"}}"),
-                        })?;
+                        .ok_or_else(needs_target)?;
                     schema_mapping.insert(source.clone(), target.to_owned());
+                    let key = format!("schema_mapping.{source}.target_schema_select_permissions");
+                    let mut extras = SchemaExtras {
+                        grantees: grantees(
+                            entry.get("target_schema_select_permissions"),
+                            &key,
+                            &mut warnings,
+                        )?,
+                        ..SchemaExtras::default()
+                    };
+                    let bad_indices = || ConfigError::Invalid {
+                        key: format!("schema_mapping.{source}.indices"),
+                        detail: "expected {\"<table>\": [\"<column>\", \"<column>,<column>\"]}"
+                            .into(),
+                    };
+                    match entry.get("indices") {
+                        None | Some(Value::Null) => {}
+                        Some(Value::Object(tables)) => {
+                            for (table, columns) in tables {
+                                let columns = columns
+                                    .as_array()
+                                    .ok_or_else(bad_indices)?
+                                    .iter()
+                                    .map(|column| {
+                                        column
+                                            .as_str()
+                                            .filter(|column| !column.trim().is_empty())
+                                            .map(str::to_owned)
+                                            .ok_or_else(bad_indices)
+                                    })
+                                    .collect::<Result<Vec<_>, _>>()?;
+                                extras
+                                    .indices
+                                    .insert(crate::target::naming::table_name(table), columns);
+                            }
+                        }
+                        Some(_) => return Err(bad_indices()),
+                    }
+                    schema_extras.insert(source.clone(), extras);
                 }
             }
             Some(_) => return Err(ConfigError::Invalid {
@@ -180,6 +287,18 @@ impl TargetConfig {
                         .into(),
             }),
         }
+        let mut default_grantees = None;
+        for key in [
+            "default_target_schema_select_permissions",
+            "default_target_schema_select_permission",
+        ] {
+            if let Some(roles) = grantees(object.get(key), key, &mut warnings)? {
+                default_grantees.get_or_insert(roles);
+            }
+        }
+        // Accepted, without effect: the old target cached the catalog's column list between
+        // streams; pgferry reads a table's columns once per SCHEMA message anyway.
+        boolean(object, "disable_table_cache")?;
         let schema_evolution = match string(object, "schema_evolution")?.as_deref() {
             None | Some("rename") => SchemaEvolution::Rename,
             Some("widen") => SchemaEvolution::Widen,
@@ -212,6 +331,9 @@ impl TargetConfig {
                 .filter(|schema| !schema.trim().is_empty()),
             target_table: string(object, "target_table")?.filter(|table| !table.trim().is_empty()),
             schema_mapping,
+            schema_extras,
+            default_grantees: default_grantees.unwrap_or_default(),
+            warnings,
             hard_delete: boolean(object, "hard_delete")?.unwrap_or(false),
             batch_size_rows,
             batch_flush_interval: seconds(object, "batch_flush_interval", 60)?,
@@ -227,9 +349,55 @@ impl TargetConfig {
         })
     }
 
-    /// Reads a target config file.
+    /// Reads a target config file; ignored keys are logged as warnings.
     pub fn from_file(path: &Path) -> Result<TargetConfig, ConfigError> {
-        TargetConfig::from_object(&crate::config::read_json_object(path)?)
+        let config = TargetConfig::from_object(&crate::config::read_json_object(path)?)?;
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
+        Ok(config)
+    }
+
+    /// Roles to grant USAGE and SELECT on `source_schema`'s target schema and tables.
+    pub fn grantees(&self, source_schema: Option<&str>) -> &[String] {
+        source_schema
+            .and_then(|schema| self.schema_extras.get(schema))
+            .and_then(|extras| extras.grantees.as_deref())
+            .unwrap_or(&self.default_grantees)
+    }
+
+    /// Every role the config grants to, with the key that names it (checked at start, so a
+    /// missing role stops the run before anything is created).
+    pub fn all_grantees(&self) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = self
+            .default_grantees
+            .iter()
+            .map(|role| {
+                (
+                    "default_target_schema_select_permissions".to_owned(),
+                    role.clone(),
+                )
+            })
+            .collect();
+        let mut sources: Vec<&String> = self.schema_extras.keys().collect();
+        sources.sort();
+        for source in sources {
+            for role in self.schema_extras[source].grantees.iter().flatten() {
+                all.push((
+                    format!("schema_mapping.{source}.target_schema_select_permissions"),
+                    role.clone(),
+                ));
+            }
+        }
+        all
+    }
+
+    /// Indexes `schema_mapping` asks for on `table` of `source_schema`.
+    pub fn indices(&self, source_schema: Option<&str>, table: &str) -> &[String] {
+        source_schema
+            .and_then(|schema| self.schema_extras.get(schema))
+            .and_then(|extras| extras.indices.get(table))
+            .map_or(&[], Vec::as_slice)
     }
 }
 
@@ -290,6 +458,34 @@ mod tests {
     }
 
     #[test]
+    fn unknown_keys_are_warnings_with_the_closest_key_and_old_keys_do_what_they_did() {
+        let config = parse(json!({
+            "host": "h", "user": "u", "dbname": "d", "hard_delet": true,
+            "disable_table_cache": null, "flush_all_streams": null,
+            "default_target_schema_select_permissions": ["group_1", "group_2"],
+            "schema_mapping": {"src": {"target_schema": "dw", "indices": {"Test-Table": ["c_varchar", "c_varchar,c_int"]},
+                "target_schema_select_permissions": "readers", "invented": 1}}
+        }))
+        .unwrap();
+        assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
+        assert!(config.warnings[0].contains("did you mean \"hard_delete\""));
+        assert!(config.warnings[1].contains("invented"));
+        assert!(!config.hard_delete);
+        assert_eq!(config.default_grantees, ["group_1", "group_2"]);
+        assert_eq!(config.grantees(Some("src")), ["readers"]);
+        assert_eq!(config.grantees(Some("other")), ["group_1", "group_2"]);
+        assert_eq!(
+            config.indices(Some("src"), "test_table"),
+            ["c_varchar", "c_varchar,c_int"]
+        );
+        let dict = parse(json!({"host": "h", "user": "u", "dbname": "d",
+            "default_target_schema_select_permission": {"users": ["a"], "groups": ["b"]}}))
+        .unwrap();
+        assert!(dict.default_grantees.is_empty());
+        assert!(dict.warnings[0].contains("ignored"), "{:?}", dict.warnings);
+    }
+
+    #[test]
     fn mistakes_name_the_key_and_the_fix() {
         let base = json!({"host": "h", "user": "u", "dbname": "d"});
         let with = |key: &str, value: Value| {
@@ -297,7 +493,6 @@ mod tests {
             object[key] = value;
             parse(object).unwrap_err().to_string()
         };
-        assert!(with("hard_delet", json!(true)).contains("did you mean \"hard_delete\""));
         assert!(with("batch_size_rows", json!(0)).contains("at least 1"));
         assert!(with("schema_evolution", json!("grow")).contains("widen"));
         assert!(with("copy_format", json!("csv")).contains("\"text\""));

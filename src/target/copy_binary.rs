@@ -290,6 +290,12 @@ fn time(text: &str) -> Option<i64> {
     valid.then_some(total)
 }
 
+/// Whether `text` is a timestamp with an offset this module reads exactly: the check behind
+/// keeping `_sdc_deleted_at` a `timestamptz` column only while every value is one.
+pub fn is_timestamptz(text: &str) -> bool {
+    timestamptz(text).is_some()
+}
+
 /// `YYYY-MM-DD[T ]HH:MM:SS[.f…](Z|±HH[:MM])` as microseconds since 2000-01-01 UTC; the offset
 /// is required (without one PostgreSQL would use the session time zone).
 fn timestamptz(text: &str) -> Option<i64> {

@@ -74,6 +74,14 @@ pub enum TargetError {
     /// Loading a batch failed; it was rolled back.
     #[error(transparent)]
     Load(Box<LoadError>),
+    /// A role named to receive the old target's GRANTs does not exist.
+    #[error("{key}: role {role:?} does not exist, so USAGE and SELECT cannot be granted to it\nHINT: create the role (CREATE ROLE \"{role}\" NOLOGIN) or remove it from {key}; nothing was loaded (a retry fails the same way)")]
+    UnknownGrantee {
+        /// The config key naming it.
+        key: String,
+        /// The role, as PostgreSQL names it.
+        role: String,
+    },
     /// A bug: an internal task failed.
     #[error("internal error: {0}\nHINT: this is a bug in pgferry; please report it with the log")]
     Internal(String),

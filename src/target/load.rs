@@ -10,8 +10,8 @@ use crate::pg::{Connection, PgError};
 use crate::target::batch::StreamBatch;
 use crate::target::config::SchemaEvolution;
 use crate::target::copy_binary::{binary_type, text_to_binary, BinaryType};
-use crate::target::naming::TableName;
-use crate::target::schema::{fit, widened, Fit, StreamSchema};
+use crate::target::naming::{folded_identifier, TableName};
+use crate::target::schema::{fit, widened, Fit, StreamSchema, METADATA_COLUMNS};
 
 /// COPY data is sent in messages of about this size.
 const COPY_CHUNK_BYTES: usize = 256 * 1024;
@@ -47,6 +47,56 @@ pub struct TableState {
     pub changes: Vec<String>,
     /// Binary encodings of the columns, when every column has one (else COPY text).
     pub binary: Option<Vec<BinaryType>>,
+    /// The columns' types as the table has them (`format_type()`), in column order.
+    pub types: Vec<String>,
+}
+
+/// Turns metadata columns (by position) that are not text yet, and their staging twins, into
+/// `text`, for a batch giving them a value that is not a timestamp: the old target stored any
+/// value there and read any non-null `_sdc_deleted_at` as a delete, so the column adapts rather
+/// than the run stopping.
+pub async fn metadata_as_text(
+    connection: &mut Connection,
+    table: &mut TableState,
+    positions: &[usize],
+) -> Result<(), PgError> {
+    let changing: Vec<usize> = positions
+        .iter()
+        .copied()
+        .filter(|&position| {
+            table.types.get(position).is_some_and(|sql_type| {
+                sql_type != "text" && !sql_type.starts_with("character varying")
+            })
+        })
+        .collect();
+    if changing.is_empty() {
+        return Ok(());
+    }
+    let mut statements = Vec::new();
+    for &position in &changing {
+        let quoted = quote_identifier(&table.columns[position]);
+        statements.push(format!(
+            "ALTER TABLE {} ALTER COLUMN {quoted} TYPE text USING {quoted}::text",
+            table.name.quoted()
+        ));
+        statements.push(format!(
+            "ALTER TABLE pg_temp.{} ALTER COLUMN {quoted} TYPE text",
+            table.staging
+        ));
+    }
+    let script = format!("BEGIN; {}; COMMIT", statements.join("; "));
+    if let Err(error) = connection.execute(&script).await {
+        let _ = connection.execute("ROLLBACK").await;
+        return Err(error);
+    }
+    for position in changing {
+        tracing::warn!(table = %table.name, column = %table.columns[position], "a metadata value is not a timestamp: the column is now text (any non-null _sdc_deleted_at still marks a delete)");
+        table.types[position] = "text".to_owned();
+        if let Some(binary) = table.binary.as_mut() {
+            binary[position] = BinaryType::Text;
+        }
+    }
+    Ok(())
 }
 
 /// A column of an existing table.
@@ -115,9 +165,43 @@ fn column_list(columns: &[String]) -> String {
         .join(", ")
 }
 
+/// What the old target's config asked for around a table besides its columns.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TableExtras<'a> {
+    /// Roles granted USAGE on a schema this run creates and SELECT on the tables of a schema
+    /// where this run creates a table (`default_target_schema_select_permission(s)`,
+    /// `schema_mapping.*.target_schema_select_permissions`), as the old target granted them.
+    pub grantees: &'a [String],
+    /// Indexes to have, each a comma-separated column list (`schema_mapping.*.indices`).
+    pub indices: &'a [String],
+}
+
+/// `CREATE INDEX IF NOT EXISTS` for one `schema_mapping` index, named as the old target
+/// named it (`i_<table, 30 characters>_<columns joined by _>`), so it is not made twice.
+fn index_sql(name: &TableName, spec: &str) -> String {
+    let columns: Vec<String> = spec
+        .split(',')
+        .map(folded_identifier)
+        .filter(|column| !column.is_empty())
+        .collect();
+    let table: String = name
+        .table
+        .chars()
+        .take(30)
+        .filter(|c| *c != ' ' && *c != '"')
+        .collect();
+    format!(
+        "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
+        quote_identifier(&format!("i_{table}_{}", columns.join("_"))),
+        name.quoted(),
+        column_list(&columns)
+    )
+}
+
 /// Creates or evolves the table of a stream so it has every column of `schema` with a type
-/// that holds its values; creates the session's staging table (dropping the stream's previous
-/// one when `recreate_staging`).
+/// that holds its values, with the grants and indexes of `extras`; creates the session's
+/// staging table (dropping the stream's previous one when `recreate_staging`).
+#[allow(clippy::too_many_arguments)]
 pub async fn prepare_table(
     connection: &mut Connection,
     schema: &StreamSchema,
@@ -125,6 +209,7 @@ pub async fn prepare_table(
     evolution: SchemaEvolution,
     staging: &str,
     recreate_staging: bool,
+    extras: TableExtras<'_>,
 ) -> Result<TableState, PgError> {
     let columns: Vec<String> = schema
         .columns
@@ -149,11 +234,22 @@ pub async fn prepare_table(
         ))
         .await?
         .is_some();
+    let grantees: Vec<String> = extras
+        .grantees
+        .iter()
+        .map(|role| quote_identifier(&folded_identifier(role)))
+        .collect();
     if !schema_exists {
         changes.push(format!(
             "CREATE SCHEMA IF NOT EXISTS {}",
             quote_identifier(&name.schema)
         ));
+        for role in &grantees {
+            changes.push(format!(
+                "GRANT USAGE ON SCHEMA {} TO {role}",
+                quote_identifier(&name.schema)
+            ));
+        }
     }
     let mut mode = if key.is_empty() {
         MergeMode::Append
@@ -175,6 +271,12 @@ pub async fn prepare_table(
                 name.quoted(),
                 definitions.join(", ")
             ));
+            for role in &grantees {
+                changes.push(format!(
+                    "GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {role}",
+                    quote_identifier(&name.schema)
+                ));
+            }
         }
         Some(existing) => {
             let suffix = connection
@@ -194,6 +296,12 @@ pub async fn prepare_table(
                     ));
                     continue;
                 };
+                if METADATA_COLUMNS.contains(&column.name.as_str()) {
+                    // The old target made these `character varying`; a metadata value never
+                    // renames or retypes a column (any non-null `_sdc_deleted_at` is a delete).
+                    types[index] = current.sql_type.clone();
+                    continue;
+                }
                 match fit(&current.sql_type, column.pg_type) {
                     Fit::Holds => {
                         types[index] = current.sql_type.clone();
@@ -247,6 +355,14 @@ pub async fn prepare_table(
             return Err(error);
         }
     }
+    if !extras.indices.is_empty() {
+        let script: Vec<String> = extras
+            .indices
+            .iter()
+            .map(|spec| index_sql(name, spec))
+            .collect();
+        connection.execute(&script.join("; ")).await?;
+    }
     if mode == MergeMode::OnConflict && !has_unique_key(connection, name, &key).await? {
         tracing::warn!(table = %name, "no unique index on the key ({}): merging with UPDATE then INSERT; add a PRIMARY KEY for faster loads", key.join(", "));
         mode = MergeMode::UpdateThenInsert;
@@ -273,6 +389,7 @@ pub async fn prepare_table(
         .collect::<Option<Vec<_>>>();
     Ok(TableState {
         binary,
+        types,
         name: name.clone(),
         deleted_at: schema.deleted_at.map(|index| columns[index].clone()),
         columns,
@@ -594,6 +711,11 @@ mod tests {
             deleted_at: Some("_sdc_deleted_at".into()),
             changes: vec![],
             binary: None,
+            types: vec![
+                "integer".into(),
+                "numeric".into(),
+                "timestamp with time zone".into(),
+            ],
         }
     }
 

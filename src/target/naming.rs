@@ -44,16 +44,34 @@ pub fn column_name(property: &str) -> String {
     property.to_lowercase()
 }
 
-/// The target table of `stream`.
-pub fn target_table(stream: &str, config: &TargetConfig) -> TableName {
+/// An identifier written bare in the old target's SQL (role names, index columns in
+/// `schema_mapping`): PostgreSQL folded it to lower case unless it was double-quoted.
+pub fn folded_identifier(raw: &str) -> String {
+    let raw = raw.trim();
+    match raw
+        .strip_prefix('"')
+        .and_then(|inner| inner.strip_suffix('"'))
+    {
+        Some(inner) => inner.replace("\"\"", "\""),
+        None => raw.to_lowercase(),
+    }
+}
+
+/// The source schema and table named by a stream id (`<schema>-<table>`, pipelinewise's
+/// `<catalog>-<schema>-<table…>`, or a bare table).
+pub fn split_stream(stream: &str) -> (Option<&str>, String) {
     let parts: Vec<&str> = stream.split('-').collect();
-    let (source_schema, table) = match parts.as_slice() {
+    match parts.as_slice() {
         [table] => (None, (*table).to_owned()),
         [schema, table] => (Some(*schema), (*table).to_owned()),
-        // pipelinewise: `<catalog>-<schema>-<table…>`.
         [_, schema, rest @ ..] => (Some(*schema), rest.join("_")),
         [] => (None, stream.to_owned()),
-    };
+    }
+}
+
+/// The target table of `stream`.
+pub fn target_table(stream: &str, config: &TargetConfig) -> TableName {
+    let (source_schema, table) = split_stream(stream);
     let schema = source_schema
         .and_then(|schema| config.schema_mapping.get(schema).cloned())
         .or_else(|| config.default_target_schema.clone())
@@ -97,5 +115,7 @@ mod tests {
         assert_eq!(name("public-orders", &one_table), "public.all_rows");
         assert_eq!(column_name("OrderID"), "orderid");
         assert_eq!(target_table("a-b", &plain).quoted(), "\"a\".\"b\"");
+        assert_eq!(folded_identifier(" Group_1 "), "group_1");
+        assert_eq!(folded_identifier("\"Mixed\"\"Case\""), "Mixed\"Case");
     }
 }

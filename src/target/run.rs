@@ -12,8 +12,10 @@ use crate::singer::{parse_line, LineReader, Message, SchemaMessage};
 use crate::target::batch::{Pushed, StreamBatch};
 use crate::target::config::{CopyFormat, TargetConfig};
 use crate::target::error::{LoadError, TargetError};
-use crate::target::load::{load_batch, prepare_table, LoadFailure, LoadPath, TableState};
-use crate::target::naming::target_table;
+use crate::target::load::{
+    load_batch, metadata_as_text, prepare_table, LoadFailure, LoadPath, TableExtras, TableState,
+};
+use crate::target::naming::{split_stream, table_name, target_table};
 use crate::target::schema::StreamSchema;
 use crate::target::state::StateTracker;
 
@@ -256,6 +258,20 @@ impl Target<'_> {
             return Ok(());
         };
         let mut connection = *connection;
+        if !stream.batch.metadata_not_timestamp().is_empty() {
+            let positions = stream.batch.metadata_not_timestamp().to_vec();
+            if let Err(source) =
+                metadata_as_text(&mut connection, &mut stream.table, &positions).await
+            {
+                self.slots[slot] = Slot::Idle(Box::new(connection));
+                return Err(TargetError::Prepare {
+                    line: stream.batch.line_range().0,
+                    stream: name.to_owned(),
+                    table: stream.table.name.clone(),
+                    source: Box::new(source),
+                });
+            }
+        }
         let batch = std::mem::replace(&mut stream.batch, self.spare.pop().unwrap_or_default());
         let table = stream.table.clone();
         let try_direct = stream.direct_backoff == 0;
@@ -356,6 +372,11 @@ impl Target<'_> {
             }
         };
         let config = self.config;
+        let (source_schema, source_table) = split_stream(&message.stream);
+        let extras = TableExtras {
+            grantees: config.grantees(source_schema),
+            indices: config.indices(source_schema, &table_name(&source_table)),
+        };
         let table = prepare_table(
             self.connection(slot).await?,
             &schema,
@@ -363,6 +384,7 @@ impl Target<'_> {
             config.schema_evolution,
             &staging,
             recreate_staging,
+            extras,
         )
         .await
         .map_err(|source| TargetError::Prepare {
@@ -410,7 +432,9 @@ pub async fn run<R: Read + Send + 'static>(
     let mut slots: Vec<Slot> = (0..config.parallelism.max(1))
         .map(|_| Slot::Unopened)
         .collect();
-    slots[0] = Slot::Idle(Box::new(open_connection(config).await?));
+    let mut first = open_connection(config).await?;
+    check_grantees(&mut first, config).await?;
+    slots[0] = Slot::Idle(Box::new(first));
     let mut target = Target {
         config,
         slots,
@@ -454,6 +478,29 @@ pub async fn run<R: Read + Send + 'static>(
         }
     }
     Ok(summary)
+}
+
+/// Refuses a config granting to a role that does not exist, before anything is created (the
+/// old target failed on its GRANT, after creating the schema).
+async fn check_grantees(
+    connection: &mut Connection,
+    config: &TargetConfig,
+) -> Result<(), TargetError> {
+    for (key, role) in config.all_grantees() {
+        let role = crate::target::naming::folded_identifier(&role);
+        let exists = connection
+            .query_one(&format!(
+                "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {}",
+                crate::pg::query::quote_literal(&role)
+            ))
+            .await
+            .map_err(TargetError::Connect)?
+            .is_some();
+        if !exists {
+            return Err(TargetError::UnknownGrantee { key, role });
+        }
+    }
+    Ok(())
 }
 
 /// A connection for loading.

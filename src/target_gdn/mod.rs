@@ -49,12 +49,19 @@ pub struct TargetGdnConfig {
     pub gdn: GdnDestinationConfig,
     /// Timer flushes are at least this far apart.
     pub flush_min_gap: Duration,
+    /// Config keys ignored, each with why (logged at start).
+    pub warnings: Vec<String>,
 }
 
 impl TargetGdnConfig {
-    /// Reads the config file; `batch_size_rows` defaults to the old target's 500.
-    pub fn from_file(path: &std::path::Path) -> Result<TargetGdnConfig, ConfigError> {
-        let object = crate::config::read_json_object(path)?;
+    /// Reads a config object; `batch_size_rows` defaults to the old target's 500. Unknown
+    /// keys are warnings with the closest known key, as Singer targets ignore keys they do
+    /// not use (orchestrators pass such keys).
+    pub fn from_object(
+        object: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<TargetGdnConfig, ConfigError> {
+        let (object, warnings) =
+            crate::config::lenient_keys(object, crate::config::GDN_KEYS, "target-gdn");
         let mut gdn = GdnDestinationConfig::from_object(&object)?;
         if !object.contains_key("batch_size_rows") {
             gdn.batch_size_rows = 500;
@@ -64,7 +71,17 @@ impl TargetGdnConfig {
                 unsigned(&object, "batch_flush_min_time_gap")?.unwrap_or(10),
             ),
             gdn,
+            warnings,
         })
+    }
+
+    /// Reads the config file; ignored keys are logged as warnings.
+    pub fn from_file(path: &std::path::Path) -> Result<TargetGdnConfig, ConfigError> {
+        let config = TargetGdnConfig::from_object(&crate::config::read_json_object(path)?)?;
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
+        Ok(config)
     }
 }
 
@@ -576,4 +593,29 @@ pub async fn run<R: Read + Send + 'static, W: Write>(
     }
     target.flush().await?;
     Ok(target.summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_warnings_with_the_closest_key_and_known_keys_stay_checked() {
+        let object = serde_json::json!({
+            "gdn_host": "gdn.example.com", "fabric": "_system", "api_key": "k",
+            "target_collection": "orders", "batch_size_row": 10, "orchestrator_only": true
+        });
+        let config = TargetGdnConfig::from_object(object.as_object().expect("object"))
+            .expect("an old config starts");
+        assert_eq!(
+            config.gdn.batch_size_rows, 500,
+            "the misspelt key is not read"
+        );
+        assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
+        assert!(config.warnings[0].contains("did you mean \"batch_size_rows\""));
+        assert!(config.warnings[1].contains("orchestrator_only"));
+        let bad = serde_json::json!({"gdn_host": "h", "api_key": "k", "batch_size_rows": "many"});
+        let error = TargetGdnConfig::from_object(bad.as_object().expect("object")).unwrap_err();
+        assert!(error.to_string().contains("batch_size_rows"), "{error}");
+    }
 }
