@@ -41,7 +41,7 @@ use serde_json::value::RawValue;
 
 use crate::config::{GdnAuth, GdnToPgConfig};
 use crate::gdn::client::{retrying, GdnClient, GdnError};
-use crate::gdn::cursor::CollectionScan;
+use crate::gdn::cursor::{KeysetScan, ScanPage};
 use crate::gdn::stream::{subscription_backlog, ChangeOp, StreamConsumer, StreamError};
 use crate::metrics::Metrics;
 use crate::pg::{Connection, PgError};
@@ -547,7 +547,13 @@ async fn sync_collection(
     let mut connection = Connection::connect(&destination.connection.destination_options())
         .await
         .map_err(|error| GdnToPgError::Connect(Box::new(error)))?;
-    let table = DocumentTable::open(&mut connection, &name, destination.hard_delete).await?;
+    let table = DocumentTable::open(
+        &mut connection,
+        &name,
+        destination.hard_delete,
+        destination.max_columns,
+    )
+    .await?;
     let subscription = source.subscription_for(
         collection,
         &destination.connection.dbname,
@@ -647,6 +653,13 @@ fn count_batch(context: &Context<'_>, collection: &str, applied: &Applied, bytes
 /// Pages fetched ahead of the encoding: more than a batch's worth at GDN's largest page
 /// (1,000 documents), so fetching goes on while the encoder turns a batch into COPY data.
 const PAGES_AHEAD: usize = 16;
+/// Bytes of pages fetched ahead of the encoding (whatever their count): with large documents
+/// this, not [`PAGES_AHEAD`], bounds the memory the pages in flight take.
+const PAGES_AHEAD_BYTES: usize = 16 << 20;
+
+/// A page on its way to the encoder, holding its share of [`PAGES_AHEAD_BYTES`] until the
+/// encoder has taken it in.
+type AheadPage = (Vec<Box<RawValue>>, tokio::sync::OwnedSemaphorePermit);
 
 /// Scans the collection into the table in three stages that run at once: this task fetches
 /// cursor pages, a thread of its own reads each page and encodes it as COPY data into the open
@@ -669,18 +682,23 @@ async fn scan(
             .map_err(|error| GdnToPgError::Connect(Box::new(error)))?;
         others.push((connection, follower.table.for_another_session()));
     }
-    let mut reader = ScanReader {
-        context,
-        collection: follower.collection,
-        pages: None,
-        restarts: 0,
-    };
-    let (pages_tx, pages_rx) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+    let source = &context.config.source;
+    let mut reader = KeysetScan::new(
+        context.client,
+        follower.collection,
+        source.cursor_batch_size,
+        source.cursor_ttl,
+        source.max_retries,
+    );
+    let (pages_tx, pages_rx) = tokio::sync::mpsc::channel::<AheadPage>(PAGES_AHEAD);
+    // Permits are KiB of pages ahead.
+    let ahead = std::sync::Arc::new(tokio::sync::Semaphore::new(PAGES_AHEAD_BYTES >> 10));
     let (encoded_tx, encoded_rx) = tokio::sync::mpsc::channel(destination.parallelism);
     let (spare_tx, spare_rx) = std::sync::mpsc::channel();
     let encoder = ScanEncoder {
         model: follower.table.model().clone(),
         batch_size: destination.batch_size_rows,
+        batch_bytes: destination.batch_size_bytes as u64,
     };
     let encoding =
         tokio::task::spawn_blocking(move || encoder.run(pages_rx, &encoded_tx, &spare_rx));
@@ -690,14 +708,20 @@ async fn scan(
             if *shutdown.borrow_and_update() {
                 return Ok(false);
             }
-            let Some(page) = reader.next_page().await? else {
+            let Some(ScanPage { documents, bytes }) = reader.next_page().await? else {
                 return Ok(true);
             };
             context
                 .metrics
                 .rows_read
-                .fetch_add(page.len() as u64, Ordering::Relaxed);
-            if pages_tx.send(page).await.is_err() {
+                .fetch_add(documents.len() as u64, Ordering::Relaxed);
+            let share = u32::try_from((bytes >> 10) + 1)
+                .unwrap_or(u32::MAX)
+                .min((PAGES_AHEAD_BYTES >> 10) as u32);
+            let Ok(permit) = ahead.clone().acquire_many_owned(share).await else {
+                return Ok(true);
+            };
+            if pages_tx.send((documents, permit)).await.is_err() {
                 // The encoder stopped: its error (or the commit's) is the scan's.
                 return Ok(true);
             }
@@ -735,7 +759,6 @@ async fn scan(
     let model = encoding
         .await
         .map_err(|error| GdnToPgError::Encoder(error.to_string()))?;
-    reader.close().await;
     for (connection, _) in others {
         connection.close().await;
     }
@@ -822,17 +845,20 @@ struct ScanEncoder {
     /// The table's columns as they will be once the batches before are committed.
     model: TableModel,
     batch_size: usize,
+    /// Bytes of documents after which a batch is sent on (as after `batch_size` documents).
+    batch_bytes: u64,
 }
 
 impl ScanEncoder {
     /// Reads pages until their channel closes, encoding each into the open batch while it is
-    /// fresh in the cache, and sending the batch once it holds `batch_size` documents, once a
+    /// fresh in the cache, and sending the batch once it holds `batch_size` documents or
+    /// `batch_bytes` of them, once a
     /// page does not fit it (other columns, a repeated key), and at the end. Stops at the
     /// first error, which it sends on. Returns the columns the table has once every batch
     /// sent is committed.
     fn run(
         mut self,
-        mut pages: tokio::sync::mpsc::Receiver<Vec<Box<RawValue>>>,
+        mut pages: tokio::sync::mpsc::Receiver<AheadPage>,
         out: &tokio::sync::mpsc::Sender<Result<ScannedBatch, Box<DocumentError>>>,
         spare: &std::sync::mpsc::Receiver<(Vec<u8>, Vec<u8>)>,
     ) -> TableModel {
@@ -842,7 +868,7 @@ impl ScanEncoder {
         loop {
             let page = pages.blocking_recv();
             let end = page.is_none();
-            if let Some(page) = page {
+            if let Some((page, _permit)) = page {
                 page_batch.clear();
                 let (mut documents, mut bytes) = (0u64, 0u64);
                 for raw in page {
@@ -870,9 +896,9 @@ impl ScanEncoder {
                     return self.model;
                 }
             }
-            let full = open
-                .as_ref()
-                .is_some_and(|(paged, ..)| paged.len() >= self.batch_size as u64);
+            let full = open.as_ref().is_some_and(|(paged, _, bytes)| {
+                paged.len() >= self.batch_size as u64 || *bytes >= self.batch_bytes
+            });
             if full || end {
                 if let Some(batch) = open.take() {
                     if !self.send(batch, out) {
@@ -936,57 +962,6 @@ impl ScanEncoder {
     }
 }
 
-/// Reads a collection's cursor pages, starting the scan again after a retryable failure.
-struct ScanReader<'a> {
-    context: &'a Context<'a>,
-    collection: &'a str,
-    pages: Option<CollectionScan<'a>>,
-    restarts: u32,
-}
-
-impl<'a> ScanReader<'a> {
-    /// The next page, `None` at the end. A broken scan starts again from the beginning (the
-    /// documents already loaded are upserted again, which is harmless).
-    async fn next_page(&mut self) -> Result<Option<Vec<Box<RawValue>>>, GdnToPgError> {
-        let source = &self.context.config.source;
-        loop {
-            let pages = self.pages.get_or_insert_with(|| {
-                CollectionScan::new(
-                    self.context.client,
-                    self.collection,
-                    source.cursor_batch_size,
-                    source.cursor_ttl,
-                    source.max_retries,
-                )
-            });
-            match pages.next_page().await {
-                Ok(page) => return Ok(page),
-                Err(error) => self.restart(error).await?,
-            }
-        }
-    }
-
-    /// After a failed page request: a lost page cannot be asked for again, so a retryable
-    /// failure (within `max_retries` restarts) scans again from the start after a backoff;
-    /// any other is the scan's error.
-    async fn restart(&mut self, error: GdnError) -> Result<(), GdnToPgError> {
-        if !error.is_retryable() || self.restarts + 1 >= self.context.config.source.max_retries {
-            return Err(error.into());
-        }
-        self.restarts += 1;
-        tracing::warn!(collection = self.collection, %error, "the scan broke; scanning again from the start");
-        tokio::time::sleep(Duration::from_millis(100u64 << self.restarts.min(7))).await;
-        self.pages = None;
-        Ok(())
-    }
-
-    async fn close(self) {
-        if let Some(pages) = self.pages {
-            pages.close().await;
-        }
-    }
-}
-
 /// Applies stream messages in batches until a shutdown (or, with a backlog, once it is read).
 async fn follow(
     follower: &mut Follower<'_>,
@@ -1025,7 +1000,9 @@ async fn follow(
                     deadline.get_or_insert_with(|| {
                         tokio::time::Instant::now() + destination.batch_flush_interval
                     });
-                    if follower.ids.len() >= destination.batch_size_rows {
+                    if follower.ids.len() >= destination.batch_size_rows
+                        || follower.bytes >= destination.batch_size_bytes as u64
+                    {
                         follower.flush(true).await?;
                         deadline = None;
                     }

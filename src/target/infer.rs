@@ -219,23 +219,42 @@ impl ColumnType {
     }
 }
 
-/// The column an attribute goes to: its own name when PostgreSQL can keep it as it is (1–63
-/// bytes, no NUL, not a name pgferry reserves), else up to 54 bytes of it, `_`, and 8 hex digits
-/// of its SHA-256 — so long names stay distinct instead of being cut to one.
-pub fn column_name(attribute: &str) -> String {
-    column_name_of(attribute).into_owned()
-}
+/// The `jsonb` column holding, per row, the attributes beyond a table's column budget.
+pub const OVERFLOW_COLUMN: &str = "_pgferry_overflow";
+/// How a column records the attribute it holds when its name is not the attribute's own (a
+/// column comment: this, then the attribute as a JSON string).
+pub const ATTRIBUTE_COMMENT: &str = "pgferry attribute: ";
 
-/// [`column_name`] without an allocation in the common case (the attribute's own name).
-pub fn column_name_of(attribute: &str) -> std::borrow::Cow<'_, str> {
-    let reserved = attribute == KEY_COLUMN || attribute == DELETED_AT_COLUMN;
-    if !attribute.is_empty()
+/// The column names an attribute may get, in the order they are tried; the first no other
+/// attribute of the table holds is its column. First its own name, when PostgreSQL can keep it
+/// as it is (1–63 bytes, no U+0000, not `_key`, `_sdc_deleted_at` or `_pgferry_overflow`); then
+/// up to 54 bytes of it (U+0000 removed), `_` and 8 hex digits of its SHA-256; then that with
+/// `_2`, `_3`, … appended (its start shortened to stay within 63 bytes). So two attributes
+/// never share a column.
+pub fn column_candidates(attribute: &str) -> impl Iterator<Item = Cow<'_, str>> {
+    let reserved =
+        attribute == KEY_COLUMN || attribute == DELETED_AT_COLUMN || attribute == OVERFLOW_COLUMN;
+    let own = (!attribute.is_empty()
         && attribute.len() <= MAX_IDENTIFIER_BYTES
         && !attribute.contains('\0')
-        && !reserved
-    {
-        return std::borrow::Cow::Borrowed(attribute);
-    }
+        && !reserved)
+        .then_some(Cow::Borrowed(attribute));
+    let hashed = hashed_name(attribute);
+    let numbered = (2u64..).map(move |n| {
+        let suffix = format!("_{n}");
+        let mut end = hashed.len().min(MAX_IDENTIFIER_BYTES - suffix.len());
+        while !hashed.is_char_boundary(end) {
+            end -= 1;
+        }
+        Cow::Owned(format!("{}{suffix}", &hashed[..end]))
+    });
+    own.into_iter()
+        .chain(std::iter::once(Cow::Owned(hashed_name(attribute))))
+        .chain(numbered)
+}
+
+/// Up to 54 bytes of `attribute` (U+0000 removed), `_` and 8 hex digits of its SHA-256.
+fn hashed_name(attribute: &str) -> String {
     let digest = Sha256::digest(attribute.as_bytes());
     let hex: String = digest[..4]
         .iter()
@@ -246,7 +265,7 @@ pub fn column_name_of(attribute: &str) -> std::borrow::Cow<'_, str> {
         end -= 1;
     }
     let prefix: String = attribute[..end].chars().filter(|ch| *ch != '\0').collect();
-    std::borrow::Cow::Owned(format!("{prefix}_{hex}"))
+    format!("{prefix}_{hex}")
 }
 
 /// Why a value cannot be written to its column.
@@ -492,6 +511,10 @@ mod tests {
         );
     }
 
+    fn column_name(attribute: &str) -> String {
+        column_candidates(attribute).next().unwrap().into_owned()
+    }
+
     #[test]
     fn long_and_reserved_names_get_a_hashed_column() {
         assert_eq!(column_name("price"), "price");
@@ -501,10 +524,33 @@ mod tests {
         assert_eq!(column.len(), 54 + 1 + 8);
         assert_ne!(column, column_name(&"a".repeat(71)));
         assert_ne!(column_name(DELETED_AT_COLUMN), DELETED_AT_COLUMN);
+        assert_ne!(column_name(OVERFLOW_COLUMN), OVERFLOW_COLUMN);
         assert!(!column_name("").is_empty());
         assert!(!column_name("a\0b").contains('\0'));
         let accented = "é".repeat(40);
         assert!(column_name(&accented).len() <= 63);
+    }
+
+    #[test]
+    fn every_candidate_is_a_distinct_name_postgresql_keeps() {
+        for attribute in ["x", &"é".repeat(40), &"a".repeat(70), "x\0y", ""] {
+            let names: Vec<String> = column_candidates(attribute)
+                .take(12)
+                .map(Cow::into_owned)
+                .collect();
+            let distinct: std::collections::HashSet<&String> = names.iter().collect();
+            assert_eq!(distinct.len(), names.len(), "{names:?}");
+            assert!(names
+                .iter()
+                .all(|name| !name.is_empty() && name.len() <= 63 && !name.contains('\0')));
+        }
+        // A name that is another's hashed column gets its own name; the other its next.
+        let long = "attr_".to_owned() + &"x".repeat(80);
+        let hashed = column_name(&long);
+        assert_eq!(column_name(&hashed), hashed);
+        let mut of_long = column_candidates(&long);
+        assert_eq!(of_long.next().unwrap(), hashed);
+        assert_eq!(of_long.next().unwrap(), format!("{}_2", &hashed[..61]));
     }
 
     #[test]
