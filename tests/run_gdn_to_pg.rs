@@ -948,3 +948,179 @@ async fn large_documents_are_scanned_and_streamed_within_the_memory_bound() {
         "peak RSS {scanned} MB (scan), {streamed} MB (backlog): above {BOUND_MB} MB"
     );
 }
+
+/// Every row of `public.<table>` by `_key`, keyed by **attribute**: a column named for another
+/// attribute (its comment says which) under that attribute's name, the overflow column's
+/// attributes merged in, NULLs left out.
+fn rows_by_attribute(cluster: &PgCluster, table: &str) -> BTreeMap<String, Value> {
+    let attribute_of: BTreeMap<String, String> = cluster
+        .psql(&format!(
+            "SELECT attname || E'\\t' || coalesce(col_description(attrelid, attnum), '') \
+             FROM pg_attribute WHERE attrelid = 'public.\"{table}\"'::regclass AND attnum > 0 \
+             AND NOT attisdropped"
+        ))
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(column, comment)| {
+            let attribute = comment
+                .strip_prefix("pgferry attribute: ")
+                .map(|json| serde_json::from_str::<String>(json).expect("attribute JSON"))
+                .unwrap_or_else(|| column.to_owned());
+            (column.to_owned(), attribute)
+        })
+        .collect();
+    rows(cluster, table)
+        .into_iter()
+        .map(|(key, row)| {
+            let mut object = serde_json::Map::new();
+            for (column, value) in row.as_object().cloned().unwrap_or_default() {
+                if column == "_pgferry_overflow" {
+                    for (attribute, value) in value.as_object().cloned().unwrap_or_default() {
+                        assert!(object.insert(attribute, value).is_none(), "{key}: twice");
+                    }
+                } else if !value.is_null() {
+                    let attribute = attribute_of.get(&column).cloned().unwrap_or(column);
+                    assert!(
+                        object.insert(attribute.clone(), value).is_none(),
+                        "{key}: two columns hold attribute {attribute:?}"
+                    );
+                }
+            }
+            (key, Value::Object(object))
+        })
+        .collect()
+}
+
+/// Attribute names that map to one column name under the simple rule each keep a column of
+/// their own — a name over 63 bytes and a name equal to its hashed column, names with U+0000,
+/// the names pgferry reserves — in one batch, and again in a later run, in another order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributes_that_map_to_one_name_keep_a_column_each_across_runs() {
+    let cluster = PgCluster::start_default();
+    let server = Server::start().await;
+    let http = Http::h1(&server.url());
+    create_collection(&http, "odd").await;
+    let long = format!("attr_{}", "x".repeat(80));
+    // The hashed column of the long name (as the README's rule makes it).
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(long.as_bytes());
+    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let hashed = format!("{}_{hex}", &long[..54]);
+    let nul_hashed = {
+        let digest = <sha2::Sha256 as sha2::Digest>::digest("xy\0".as_bytes());
+        let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+        format!("xy_{hex}")
+    };
+    upsert(
+        &http,
+        "odd",
+        vec![json!({
+            "_key": "a", long.clone(): 1, hashed.clone(): "same column name",
+            "xy\u{0}": 2, nul_hashed.clone(): "also the same", "_sdc_deleted_at": "mine",
+            "_pgferry_overflow": {"not": "pgferry's"}, "Mixed Case": true,
+            "é".repeat(40): "accented"
+        })],
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_pipeline(
+        dir.path(),
+        &cluster,
+        &server.url(),
+        json!({"source": {"source_collection": "odd"}}),
+    );
+    run_once(&config);
+    let documents = all_documents(&http, "odd", true).await;
+    if let Err(difference) = compare(&rows_by_attribute(&cluster, "odd"), &documents) {
+        panic!("{difference}");
+    }
+    // The other order, in a later run (stream messages): the mapping is the recorded one.
+    upsert(
+        &http,
+        "odd",
+        vec![
+            json!({"_key": "b", hashed.clone(): "b-hashed", long.clone(): 3, nul_hashed.clone(): 4, "xy\u{0}": 5}),
+        ],
+    )
+    .await;
+    run_once(&config);
+    let documents = all_documents(&http, "odd", true).await;
+    if let Err(difference) = compare(&rows_by_attribute(&cluster, "odd"), &documents) {
+        panic!("{difference}");
+    }
+    let columns = column_types(&cluster, "odd");
+    assert_eq!(columns.len(), 1 + 8, "{columns:?}");
+}
+
+/// A collection of documents keyed by day (300 attributes each, 1,800 in all) gets
+/// `max_columns` columns and the `_pgferry_overflow` column for the rest; a collection with a
+/// document no column can hold stops alone — the healthy ones of the same run are loaded,
+/// the run exits 1 naming it — and a run after the fix resumes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wide_collection_overflows_and_a_broken_one_stops_alone_then_resumes() {
+    let cluster = PgCluster::start_default();
+    let server = Server::start().await;
+    let http = Http::h1(&server.url());
+    for name in ["days", "orders", "broken"] {
+        create_collection(&http, name).await;
+    }
+    let days: Vec<Value> = (0..6)
+        .map(|day| {
+            let mut document = serde_json::Map::new();
+            document.insert("_key".into(), json!(format!("day{day}")));
+            for slot in 0..300 {
+                document.insert(format!("d{day}_{slot:03}"), json!(day * 1000 + slot));
+            }
+            Value::Object(document)
+        })
+        .collect();
+    upsert(&http, "days", days).await;
+    upsert(&http, "orders", (0..50u64).map(order).collect()).await;
+    upsert(
+        &http,
+        "broken",
+        vec![
+            json!({"_key": "ok", "text": "fine"}),
+            json!({"_key": "bad", "text": "nul \u{0} inside"}),
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_pipeline(
+        dir.path(),
+        &cluster,
+        &server.url(),
+        json!({"source": {"source_collection": ["days", "orders", "broken"]}}),
+    );
+    let (code, text) = run_failing(&config);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("1 of 3 collections stopped"), "{text}");
+    assert!(text.contains("collection \"broken\""), "{text}");
+    assert!(text.contains("\"bad\""), "{text}");
+    let orders = all_documents(&http, "orders", true).await;
+    if let Err(difference) = compare(&rows(&cluster, "orders"), &orders) {
+        panic!("{difference}");
+    }
+    let days = all_documents(&http, "days", true).await;
+    if let Err(difference) = compare(&rows_by_attribute(&cluster, "days"), &days) {
+        panic!("{difference}");
+    }
+    let columns = column_types(&cluster, "days");
+    assert_eq!(
+        columns.len(),
+        1 + 1000 + 1,
+        "_key, the budget, the overflow"
+    );
+    assert_eq!(columns["_pgferry_overflow"], "jsonb");
+    // The fix: the document is corrected in GDN; the next run loads the stopped collection.
+    upsert(
+        &http,
+        "broken",
+        vec![json!({"_key": "bad", "text": "no nul"})],
+    )
+    .await;
+    run_once(&config);
+    let broken = all_documents(&http, "broken", true).await;
+    if let Err(difference) = compare(&rows(&cluster, "broken"), &broken) {
+        panic!("{difference}");
+    }
+}

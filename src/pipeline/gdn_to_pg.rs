@@ -98,6 +98,14 @@ pub enum GdnToPgError {
     /// The state file failed.
     #[error(transparent)]
     State(#[from] StateError),
+    /// Some collections stopped (each on its own error); the others ran on.
+    #[error("{} of {total} collections stopped; the others were loaded and followed until the run ended:{}\n(what each stopped collection had committed stays, its stream messages since are not acknowledged: a run after the fix resumes it where it stopped)", .failed.len(), failures(.failed))]
+    Collections {
+        /// Each stopped collection and why.
+        failed: Vec<(String, Box<GdnToPgError>)>,
+        /// Collections in the run.
+        total: usize,
+    },
     /// The scan's encoding thread stopped without saying why (a bug in pgferry).
     #[error("the scan's encoding thread stopped: {0}\n(nothing of the batch it held was applied; please report this with the log)")]
     Encoder(String),
@@ -113,6 +121,13 @@ impl From<Box<DocumentError>> for GdnToPgError {
     fn from(error: Box<DocumentError>) -> GdnToPgError {
         GdnToPgError::Load(error)
     }
+}
+
+fn failures(failed: &[(String, Box<GdnToPgError>)]) -> String {
+    failed
+        .iter()
+        .map(|(collection, error)| format!("\n- collection {collection:?}: {error}"))
+        .collect()
 }
 
 fn listed(available: &[String]) -> String {
@@ -328,12 +343,24 @@ pub async fn run(
         progress: &progress,
         control: &control,
     };
-    let sync = std::pin::pin!(futures_util::future::try_join_all(
+    // Each collection runs on its own: one that stops (an error that needs a fix, or GDN or
+    // the database failing for it) says so at once and leaves the others running.
+    let sync = std::pin::pin!(futures_util::future::join_all(
         source
             .collections
             .iter()
             .enumerate()
-            .map(|(index, collection)| sync_collection(&context, index, collection)),
+            .map(|(index, collection)| {
+                let context = &context;
+                async move {
+                    let result = sync_collection(context, index, collection).await;
+                    if let Err(error) = &result {
+                        context.metrics.ingest_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(%collection, %error, "this collection stopped; the others go on");
+                    }
+                    result
+                }
+            }),
     ));
     // The work does not wait for the counts (a failed run does not retry them first).
     let result = match futures_util::future::select(sync, std::pin::pin!(estimates)).await {
@@ -344,11 +371,22 @@ pub async fn run(
     if let Some(display) = display {
         let _ = display.await;
     }
-    if result.is_err() {
-        metrics.ingest_errors.fetch_add(1, Ordering::Relaxed);
+    let mut collections = Vec::new();
+    let mut failed = Vec::new();
+    for (collection, result) in source.collections.iter().zip(result) {
+        match result {
+            Ok(summary) => collections.push(summary),
+            Err(error) => failed.push((collection.clone(), Box::new(error))),
+        }
+    }
+    if !failed.is_empty() {
+        return Err(GdnToPgError::Collections {
+            failed,
+            total: source.collections.len(),
+        });
     }
     Ok(GdnRunSummary {
-        collections: result?,
+        collections,
         elapsed: started.elapsed(),
         peak_rss_bytes: crate::pipeline::peak_rss_bytes(),
     })
