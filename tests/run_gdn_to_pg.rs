@@ -1124,3 +1124,54 @@ async fn a_wide_collection_overflows_and_a_broken_one_stops_alone_then_resumes()
         panic!("{difference}");
     }
 }
+
+/// Truncates the collection as pyC8's `truncate()` does.
+async fn truncate(http: &Http, collection: &str) {
+    http.call(
+        Method::PUT,
+        &api(&format!("collection/{collection}/truncate")),
+        Value::Null,
+    )
+    .await
+    .assert_ok(200);
+}
+
+/// A collection truncated in GDN (whose stream carries nothing for it) is brought in line: by
+/// a `--once` run at the end of its backlog, and by a following run once the stream has been
+/// quiet for `truncate_check_interval`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_collection_empties_the_table_but_for_what_came_after() {
+    let cluster = PgCluster::start_default();
+    let server = Server::start().await;
+    let http = Http::h1(&server.url());
+    create_collection(&http, "orders").await;
+    upsert(&http, "orders", (0..100u64).map(order).collect()).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_pipeline(
+        dir.path(),
+        &cluster,
+        &server.url(),
+        json!({"source": {"truncate_check_interval": 1}}),
+    );
+    run_once(&config);
+    assert_eq!(rows(&cluster, "orders").len(), 100);
+    truncate(&http, "orders").await;
+    upsert(&http, "orders", vec![order(1000)]).await;
+    let (_, log) = run_once_logged(&config);
+    assert!(log.contains("truncate"), "{log}");
+    let documents = all_documents(&http, "orders", true).await;
+    assert_eq!(documents.len(), 1);
+    if let Err(difference) = compare(&rows(&cluster, "orders"), &documents) {
+        panic!("{difference}");
+    }
+    // Following: truncated again, two documents after; the quiet stream is noticed.
+    let log = dir.path().join("follow.log");
+    let mut child = spawn_run(&config, &log);
+    upsert(&http, "orders", (2000..2050u64).map(order).collect()).await;
+    wait_until_equal(&cluster, &http, "orders", Duration::from_secs(60), &log).await;
+    truncate(&http, "orders").await;
+    upsert(&http, "orders", vec![order(3000), order(3001)]).await;
+    wait_until_equal(&cluster, &http, "orders", Duration::from_secs(60), &log).await;
+    assert_eq!(rows(&cluster, "orders").len(), 2);
+    assert!(terminate(&mut child).success());
+}

@@ -44,6 +44,7 @@ use crate::gdn::client::{retrying, GdnClient, GdnError};
 use crate::gdn::cursor::{KeysetScan, ScanPage};
 use crate::gdn::stream::{subscription_backlog, ChangeOp, StreamConsumer, StreamError};
 use crate::metrics::Metrics;
+use crate::pg::query::quote_identifier;
 use crate::pg::{Connection, PgError};
 use crate::pipeline::RunControl;
 use crate::progress::{spawn_display, CopyProgress};
@@ -52,6 +53,7 @@ use crate::target::documents::{
     document_key, Applied, DocumentBatch, DocumentError, DocumentTable, Encoded, PagedBatch,
     TableModel,
 };
+use crate::target::infer::{DELETED_AT_COLUMN, KEY_COLUMN};
 use crate::target::naming::TableName;
 
 /// The `kind` of a GDN → PostgreSQL state file.
@@ -480,6 +482,144 @@ impl Follower<'_> {
         }
         self.ids.push(message.id);
         Ok(())
+    }
+
+    /// Brings the table in line with the collection when it holds more rows than the
+    /// collection has documents — a truncate (GDN's stream carries no message for one) or
+    /// deletes never seen: the collection's keys are read (keyset pages of keys) into a
+    /// temporary table and every row whose key is not among them is deleted (or marked
+    /// deleted without `hard_delete`), in one transaction. Called with nothing pending. Safe
+    /// against writes going on: a row whose document is gone when its key would be read was
+    /// deleted in GDN after the row's last change, and any later change of the key is a
+    /// stream message still to come. Returns the rows removed.
+    async fn bring_in_line(&mut self) -> Result<u64, GdnToPgError> {
+        let context = self.context;
+        let source = &context.config.source;
+        let collection = self.collection;
+        let documents = retrying(source.max_retries, || context.client.count(collection)).await?;
+        let name = self.table.name().clone();
+        let key = quote_identifier(KEY_COLUMN);
+        let deleted_at = quote_identifier(DELETED_AT_COLUMN);
+        let live = if context.config.destination.hard_delete {
+            String::new()
+        } else {
+            format!(" WHERE {deleted_at} IS NULL")
+        };
+        let failed = |during: &'static str| {
+            let name = name.clone();
+            move |source: PgError| {
+                GdnToPgError::from(DocumentError::Postgres {
+                    during,
+                    table: name,
+                    source,
+                })
+            }
+        };
+        let counted = self
+            .connection
+            .query(&format!("SELECT count(*) FROM {}{live}", name.quoted()))
+            .await
+            .map_err(failed("counting the rows of"))?;
+        let rows: u64 = counted
+            .first()
+            .and_then(|row| row.get(0))
+            .and_then(|count| count.parse().ok())
+            .unwrap_or(0);
+        if rows <= documents {
+            return Ok(0);
+        }
+        tracing::warn!(%collection, table = %name, rows, documents, "the table holds more rows than the collection has documents (a truncate, which GDN's stream does not carry, or deletes not seen): removing the rows whose key the collection no longer has");
+        self.connection
+            .execute(&format!(
+                "BEGIN; CREATE TEMP TABLE pgferry_live_keys ({key} text) ON COMMIT DROP"
+            ))
+            .await
+            .map_err(failed("reading the live keys of"))?;
+        let result = self.remove_missing(&name, &key, &live).await;
+        match result {
+            Ok(removed) => {
+                self.connection
+                    .execute("COMMIT")
+                    .await
+                    .map_err(failed("removing the rows gone from"))?;
+                tracing::info!(%collection, table = %name, removed, "the table is in line with the collection again");
+                Ok(removed)
+            }
+            Err(error) => {
+                let _ = self.connection.execute("ROLLBACK").await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Inside [`Follower::bring_in_line`]'s transaction: copies the collection's keys in and
+    /// removes the rows without one.
+    async fn remove_missing(
+        &mut self,
+        name: &TableName,
+        key: &str,
+        live: &str,
+    ) -> Result<u64, GdnToPgError> {
+        let context = self.context;
+        let source = &context.config.source;
+        let failed = |during: &'static str| {
+            move |source: PgError| {
+                GdnToPgError::from(DocumentError::Postgres {
+                    during,
+                    table: name.clone(),
+                    source,
+                })
+            }
+        };
+        let mut keys = KeysetScan::new(
+            context.client,
+            self.collection,
+            source.cursor_batch_size,
+            source.cursor_ttl,
+            source.max_retries,
+        )
+        .keys();
+        let mut copy = self
+            .connection
+            .copy_in(&format!("COPY pgferry_live_keys ({key}) FROM STDIN"))
+            .await
+            .map_err(failed("reading the live keys of"))?;
+        let mut text = Vec::new();
+        while let Some(page) = keys.next_page().await? {
+            text.clear();
+            for raw in &page.documents {
+                let key: String =
+                    serde_json::from_str(raw.get()).map_err(|error| GdnToPgError::BadMessage {
+                        collection: self.collection.to_owned(),
+                        id: "keys".into(),
+                        detail: format!("a key page holds {:?}: {error}", raw.get()),
+                    })?;
+                crate::target::copy_encode::push_escaped(&mut text, key.as_bytes());
+                text.push(b'\n');
+            }
+            copy.send(&text)
+                .await
+                .map_err(failed("reading the live keys of"))?;
+        }
+        copy.finish()
+            .await
+            .map_err(failed("reading the live keys of"))?;
+        let gone =
+            format!("NOT EXISTS (SELECT 1 FROM pgferry_live_keys k WHERE k.{key} = t.{key})");
+        let statement = if context.config.destination.hard_delete {
+            format!("DELETE FROM {} t WHERE {gone}", name.quoted())
+        } else {
+            format!(
+                "UPDATE {} t SET {} = now(){} AND {gone}",
+                name.quoted(),
+                quote_identifier(DELETED_AT_COLUMN),
+                live.replace(" WHERE ", " WHERE t.")
+            )
+        };
+        self.connection
+            .execute(&statement)
+            .await
+            .map_err(failed("removing the rows gone from"))
     }
 
     /// Attaches to the subscription again after the connection broke; what was not committed
@@ -1007,13 +1147,22 @@ async fn follow(
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), GdnToPgError> {
     let destination = &follower.context.config.destination;
+    let check = follower.context.config.source.truncate_check;
     let mut seen: HashSet<String> = HashSet::new();
     let mut deadline: Option<tokio::time::Instant> = None;
+    // When the stream has been quiet long enough to compare the table with the collection.
+    let mut quiet_at = check.map(|every| tokio::time::Instant::now() + every);
     loop {
         if backlog.is_some_and(|backlog| seen.len() as u64 >= backlog) {
-            return follower.flush(true).await;
+            follower.flush(true).await?;
+            if check.is_some() {
+                follower.bring_in_line().await?;
+            }
+            return Ok(());
         }
         let flush_at = deadline;
+        // Only with nothing pending: the table then holds every message read.
+        let check_at = quiet_at.filter(|_| deadline.is_none() && backlog.is_none());
         tokio::select! {
             biased;
             () = stop_requested(shutdown) => {
@@ -1029,8 +1178,18 @@ async fn follow(
                 follower.flush(true).await?;
                 deadline = None;
             }
+            () = async {
+                match check_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                follower.bring_in_line().await?;
+                quiet_at = check.map(|every| tokio::time::Instant::now() + every);
+            }
             message = follower.consumer.next() => match message {
                 Ok(message) => {
+                    quiet_at = check.map(|every| tokio::time::Instant::now() + every);
                     if backlog.is_some() {
                         seen.insert(message.id.clone());
                     }
