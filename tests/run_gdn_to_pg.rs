@@ -1175,3 +1175,53 @@ async fn a_truncated_collection_empties_the_table_but_for_what_came_after() {
     assert_eq!(rows(&cluster, "orders").len(), 2);
     assert!(terminate(&mut child).success());
 }
+
+/// Doubles in a `numeric` column hold the double's exact value — written so by pgferry (`n`,
+/// numeric from its first batch) and by the `ALTER … TYPE numeric` that widens a `double
+/// precision` column (`d`, widened by a later whole number) — at 2^53, 2^63 and 1e308.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doubles_in_numeric_hold_their_exact_value() {
+    let cluster = PgCluster::start_default();
+    let server = Server::start().await;
+    let http = Http::h1(&server.url());
+    create_collection(&http, "numbers").await;
+    let values = [
+        ("p53", 2f64.powi(53), "9007199254740992"),
+        ("p63", 2f64.powi(63), "9223372036854775808"),
+        ("e308", 1e308, "100000000000000001097906362944045541740492309677311846336810682903157585404911491537163328978494688899061249669721172515611590283743140088328307009198146046031271664502933027185697489699588559043338384466165001178426897626212945177628091195786707458122783970171784415105291802893207873272974885715430223118336"),
+        ("tenth", 0.1, "0.1000000000000000055511151231257827021181583404541015625"),
+    ];
+    let mut documents: Vec<Value> = values
+        .iter()
+        .map(|(key, value, _)| json!({"_key": key, "d": value, "n": value}))
+        .collect();
+    documents.push(json!({"_key": "whole", "n": 5}));
+    upsert(&http, "numbers", documents).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_pipeline(
+        dir.path(),
+        &cluster,
+        &server.url(),
+        json!({"source": {"source_collection": "numbers"}}),
+    );
+    run_once(&config);
+    let types = column_types(&cluster, "numbers");
+    assert_eq!(
+        (types["d"].as_str(), types["n"].as_str()),
+        ("double precision", "numeric")
+    );
+    upsert(
+        &http,
+        "numbers",
+        vec![json!({"_key": "whole", "d": 7, "n": 5})],
+    )
+    .await;
+    run_once(&config);
+    assert_eq!(column_types(&cluster, "numbers")["d"], "numeric");
+    for (key, value, exact) in values {
+        let stored = cluster.psql(&format!(
+            "SELECT d::text || ' ' || n::text || ' ' || (d::float8 = {value:e}::float8) FROM public.numbers WHERE \"_key\" = '{key}'"
+        ));
+        assert_eq!(stored, format!("{exact} {exact} true"), "{key}");
+    }
+}
