@@ -158,7 +158,7 @@ fn compare(
             }
             // An attribute that has only been null has no column yet: NULL all the same.
             let stored = row.get(attribute).unwrap_or(&Value::Null);
-            if stored != value {
+            if !same_value(stored, value) {
                 return Err(format!(
                     "document {key}, attribute {attribute}: expected {value}, the row has {stored}"
                 ));
@@ -173,6 +173,17 @@ fn compare(
         }
     }
     Ok(())
+}
+
+/// Whether a stored value is the document's: equal JSON, except that a double in a `numeric`
+/// column is its exact value (`0.0` is stored as `0`), so numbers compare as numbers.
+fn same_value(stored: &Value, value: &Value) -> bool {
+    match (stored, value) {
+        (Value::Number(stored), Value::Number(value)) if value.is_f64() || stored.is_f64() => {
+            stored.as_f64() == value.as_f64()
+        }
+        _ => stored == value,
+    }
 }
 
 /// Waits until the table equals the collection (or fails with the last difference).
@@ -595,9 +606,9 @@ async fn a_scan_into_a_table_that_holds_some_keys_already_merges_them() {
         json!({"destination": {"batch_size_rows": 300}}),
     );
     run_once(&config);
-    let mut documents = all_documents(&http, "orders", true).await;
-    // The row no document has stays (pgferry never deletes what it did not see deleted).
-    documents.insert("gone".into(), json!({"_key": "gone", "n": 7}));
+    let documents = all_documents(&http, "orders", true).await;
+    // The row no document has is removed by the check that follows the backlog (the table
+    // holds more rows than the collection has documents: a truncate, or deletes not seen).
     if let Err(difference) = compare(&rows(&cluster, "orders"), &documents) {
         panic!("{difference}");
     }

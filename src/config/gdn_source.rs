@@ -202,6 +202,7 @@ mod tests {
         assert_eq!(config.collections, vec!["orders"]);
         assert_eq!(config.cursor_batch_size, 500);
         assert_eq!(config.cursor_ttl, 60);
+        assert_eq!(config.truncate_check, Some(Duration::from_secs(30)));
         assert_eq!(
             config.subscription_for("orders", "Shop DB", "public", "orders"),
             "pgferry-Shop_DB-public-orders"
@@ -212,6 +213,19 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(several.collections, vec!["a", "b"]);
+        let unchecked = parse(serde_json::json!({
+            "gdn_url": "http://127.0.0.1:1", "api_key": "k", "source_collection": "a",
+            "truncate_check_interval": 0
+        }))
+        .unwrap();
+        assert_eq!(unchecked.truncate_check, None);
+        let text = parse(serde_json::json!({
+            "gdn_url": "http://127.0.0.1:1", "api_key": "k", "source_collection": "a",
+            "truncate_check_interval": -1
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(text.contains("truncate_check_interval"), "{text}");
     }
 
     #[test]

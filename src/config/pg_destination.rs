@@ -187,6 +187,8 @@ mod tests {
         assert_eq!(config.batch_flush_interval, Duration::from_millis(250));
         assert!(config.hard_delete);
         assert_eq!(config.parallelism, 2);
+        assert_eq!(config.batch_size_bytes, 8 << 20);
+        assert_eq!(config.max_columns, 1000);
     }
 
     #[test]
@@ -202,5 +204,7 @@ mod tests {
         assert!(with("schema_evolution", "rename".into(), 1).contains("widen"));
         assert!(with("batch_flush_interval", (-1).into(), 1).contains("seconds"));
         assert!(with("batch_size_rows", 0.into(), 1).contains("at least 1"));
+        assert!(with("max_columns", 1600.into(), 1).contains("1,600 columns"));
+        assert!(with("batch_size_bytes", 0.into(), 1).contains("batch_size_bytes"));
     }
 }

@@ -139,7 +139,7 @@ impl<'a> KeysetScan<'a> {
                     self.took(&page)?;
                     return Ok(Some(page));
                 }
-                Err(GdnError::TooLarge { method, url, limit }) if self.size > 1 => {
+                Err(GdnError::TooLarge { limit, .. }) if self.size > 1 => {
                     let smaller = (self.size / 4).max(1);
                     tracing::info!(
                         collection = %self.collection,
@@ -147,7 +147,6 @@ impl<'a> KeysetScan<'a> {
                         to = smaller,
                         "a scan page was larger than {limit} bytes: asking for fewer documents per page"
                     );
-                    let _ = (method, url);
                     self.size = smaller;
                 }
                 Err(error) => return Err(error),

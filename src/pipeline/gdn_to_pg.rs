@@ -833,7 +833,7 @@ fn count_batch(context: &Context<'_>, collection: &str, applied: &Applied, bytes
 const PAGES_AHEAD: usize = 16;
 /// Bytes of pages fetched ahead of the encoding (whatever their count): with large documents
 /// this, not [`PAGES_AHEAD`], bounds the memory the pages in flight take.
-const PAGES_AHEAD_BYTES: usize = 16 << 20;
+const PAGES_AHEAD_BYTES: usize = 8 << 20;
 
 /// A page on its way to the encoder, holding its share of [`PAGES_AHEAD_BYTES`] until the
 /// encoder has taken it in.
