@@ -9,9 +9,10 @@
 //!
 //! Ordering argument, per collection:
 //! 1. The subscription is attached **before** the scan starts, so every change committed after
-//!    the cursor's snapshot is a message of the subscription (whatever the server's initial
+//!    a scan page was read is a message of the subscription (whatever the server's initial
 //!    position, it is not later than the attach).
-//! 2. The scan loads documents as of its snapshot; the stream then replays, in commit order,
+//! 2. The scan loads each document as of the page it was read in (keyset pages, each a query of
+//!    its own, not one snapshot); the stream then replays, in commit order,
 //!    every message not acknowledged — possibly older than the snapshot. Every write is an
 //!    idempotent upsert (the whole document) or delete by `_key`, and the last message of a key
 //!    is its state at the end, so rows converge to the collection. While the backlog replays, a
@@ -30,6 +31,11 @@
 //! `--once` stops after the scan plus the messages the subscription had not acknowledged when
 //! it attached (its `msgBacklog` in the stream's stats); otherwise the run follows the streams
 //! until SIGINT/SIGTERM, then commits and acknowledges what it holds and exits.
+//!
+//! GDN's stream carries nothing for a truncate, so a quiet stream (and the end of a `--once`
+//! backlog) compares the table's rows with the collection's count and removes the rows whose
+//! key is gone (`Follower::bring_in_line`). Each collection runs on its own: one that fails
+//! stops alone, and the run reports every stopped collection at its end.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
