@@ -1213,3 +1213,48 @@ async fn hostile_inputs_get_gdn_errors_and_the_server_keeps_serving() {
         "{keys:?}"
     );
 }
+
+/// pgferry's keyset page: documents (or only their keys) after a key, in key order, at most
+/// `count`; the first page starts after the empty key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyset_pages_of_documents_and_of_keys() {
+    let server = Server::start().await;
+    let http = Http::h1(&server.url());
+    http.call(Method::POST, &api("collection"), json!({"name": "ks"}))
+        .await
+        .assert_ok(200);
+    let docs: Vec<Value> = (0..7)
+        .map(|i| json!({"_key": format!("k{i}"), "i": i}))
+        .collect();
+    http.call(Method::POST, &api("document/ks"), Value::Array(docs))
+        .await
+        .assert_ok(202);
+    let page = |returned: &str, after: &str, count: u64| {
+        json!({
+            "query": format!("FOR d IN @@collection FILTER d._key > @after SORT d._key LIMIT @count RETURN {returned}"),
+            "bindVars": {"@collection": "ks", "after": after, "count": count},
+            "batchSize": count,
+        })
+    };
+    let first = http
+        .call(Method::POST, &api("cursor"), page("d", "", 3))
+        .await;
+    first.assert_ok(201);
+    let keys: Vec<&str> = first.json["result"]
+        .as_array()
+        .expect("result")
+        .iter()
+        .map(|d| d["_key"].as_str().expect("_key"))
+        .collect();
+    assert_eq!(keys, ["k0", "k1", "k2"]);
+    assert_eq!(first.json["hasMore"], json!(false));
+    let keys = http
+        .call(Method::POST, &api("cursor"), page("d._key", "k2", 10))
+        .await;
+    keys.assert_ok(201);
+    assert_eq!(keys.json["result"], json!(["k3", "k4", "k5", "k6"]));
+    let none = http
+        .call(Method::POST, &api("cursor"), page("d._key", "k6", 10))
+        .await;
+    assert_eq!(none.json["result"], json!([]));
+}

@@ -414,3 +414,52 @@ async fn stream_stats_count_what_a_subscription_has_not_acknowledged() {
     .await
     .assert_error(404, 1203);
 }
+
+/// A truncate writes nothing to the collection's stream, as far as GDN's documentation goes
+/// (no message is described for it): the next message after a truncate is the next write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_writes_nothing_to_the_stream() {
+    let server = Server::start().await;
+    let http = Http::h2(&server.url());
+    http.call(
+        Method::POST,
+        &api("collection"),
+        json!({"name": "cut", "stream": true}),
+    )
+    .await
+    .assert_ok(200);
+    let mut ws = consume(&server.url(), "cut", "s", &auth())
+        .await
+        .expect("consumer");
+    http.call(
+        Method::POST,
+        &api("document/cut?waitForSync=true"),
+        json!([{"_key": "a"}, {"_key": "b"}]),
+    )
+    .await
+    .assert_ok(201);
+    for key in ["a", "b"] {
+        let message = next_message(&mut ws).await;
+        assert_eq!(
+            (message.op.as_str(), &message.doc["_key"]),
+            ("INSERT", &json!(key))
+        );
+        ack(&mut ws, &message.id).await;
+    }
+    http.call(Method::PUT, &api("collection/cut/truncate"), Value::Null)
+        .await
+        .assert_ok(200);
+    http.call(
+        Method::POST,
+        &api("document/cut?waitForSync=true"),
+        json!([{"_key": "c"}]),
+    )
+    .await
+    .assert_ok(201);
+    let message = next_message(&mut ws).await;
+    assert_eq!(
+        (message.op.as_str(), &message.doc["_key"]),
+        ("INSERT", &json!("c"))
+    );
+    close(ws).await;
+}

@@ -158,7 +158,7 @@ fn compare(
             }
             // An attribute that has only been null has no column yet: NULL all the same.
             let stored = row.get(attribute).unwrap_or(&Value::Null);
-            if stored != value {
+            if !same_value(stored, value) {
                 return Err(format!(
                     "document {key}, attribute {attribute}: expected {value}, the row has {stored}"
                 ));
@@ -173,6 +173,17 @@ fn compare(
         }
     }
     Ok(())
+}
+
+/// Whether a stored value is the document's: equal JSON, except that a double in a `numeric`
+/// column is its exact value (`0.0` is stored as `0`), so numbers compare as numbers.
+fn same_value(stored: &Value, value: &Value) -> bool {
+    match (stored, value) {
+        (Value::Number(stored), Value::Number(value)) if value.is_f64() || stored.is_f64() => {
+            stored.as_f64() == value.as_f64()
+        }
+        _ => stored == value,
+    }
 }
 
 /// Waits until the table equals the collection (or fails with the last difference).
@@ -595,9 +606,9 @@ async fn a_scan_into_a_table_that_holds_some_keys_already_merges_them() {
         json!({"destination": {"batch_size_rows": 300}}),
     );
     run_once(&config);
-    let mut documents = all_documents(&http, "orders", true).await;
-    // The row no document has stays (pgferry never deletes what it did not see deleted).
-    documents.insert("gone".into(), json!({"_key": "gone", "n": 7}));
+    let documents = all_documents(&http, "orders", true).await;
+    // The row no document has is removed by the check that follows the backlog (the table
+    // holds more rows than the collection has documents: a truncate, or deletes not seen).
     if let Err(difference) = compare(&rows(&cluster, "orders"), &documents) {
         panic!("{difference}");
     }
@@ -802,11 +813,10 @@ async fn the_key_is_built_after_the_scan_and_an_interrupted_load_starts_over() {
     assert_eq!(cluster.psql("SELECT count(*) FROM public.mine"), "2");
 }
 
-/// A scan broken by server failures starts again from the beginning, so the documents read
-/// before the break are copied twice into the keyless table: building the key keeps each
-/// once, and the table ends equal to the collection.
+/// A scan broken by server failures asks for the failed pages again (a keyset page can be
+/// asked for again; nothing is read twice) and the table ends equal to the collection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scan_started_again_after_failures_keeps_each_key_once() {
+async fn a_scan_broken_by_failures_asks_for_the_pages_again_and_ends_exact() {
     let cluster = PgCluster::start_default();
     let mut server = Server::start().await;
     let http = Http::h1(&server.url());
@@ -828,7 +838,401 @@ async fn a_scan_started_again_after_failures_keeps_each_key_once() {
                "destination": {"batch_size_rows": 100}}),
     );
     let (_, log) = run_once_logged(&config);
-    assert!(log.contains("scanning again from the start"), "{log}");
-    assert!(log.contains("keys the scan read twice"), "{log}");
+    assert!(log.contains("retrying a GDN call"), "{log}");
+    assert!(!log.contains("keys the scan read twice"), "{log}");
     assert_loaded(&cluster, "orders", &documents);
+}
+
+/// A pyC8-shaped document of about `size` bytes: nested, odd attribute names, a long string.
+fn large_document(key: &str, version: u64, size: usize) -> Value {
+    json!({
+        "_key": key,
+        "version": version,
+        "customer name": format!("Ünïcode \"quoted\" {key}"),
+        "address": {"lines": ["1 Main St", null], "geo": {"lat": 51.5, "lon": -0.12}},
+        "items": [{"sku": "a-1", "qty": 2}, {"sku": "b-2", "qty": version}],
+        "blob": format!("{version}:{}", "x".repeat(size)),
+    })
+}
+
+/// Writes documents in requests of `per_request`, so no request body is huge.
+async fn upsert_in_chunks(
+    http: &Http,
+    collection: &str,
+    documents: Vec<Value>,
+    per_request: usize,
+) {
+    let mut documents = documents.into_iter().peekable();
+    while documents.peek().is_some() {
+        upsert(
+            http,
+            collection,
+            documents.by_ref().take(per_request).collect(),
+        )
+        .await;
+    }
+}
+
+/// Per key, `version` and the SHA-256 of `blob` as PostgreSQL holds them.
+fn large_rows(cluster: &PgCluster, table: &str) -> BTreeMap<String, String> {
+    cluster
+        .psql(&format!(
+            "SELECT \"_key\" || '=' || version || ':' || encode(sha256(convert_to(blob, 'UTF8')), 'hex') FROM public.\"{table}\""
+        ))
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, rest)| (key.to_owned(), rest.to_owned()))
+        .collect()
+}
+
+/// The same of the documents.
+fn large_expected(documents: &BTreeMap<String, Value>) -> BTreeMap<String, String> {
+    documents
+        .iter()
+        .map(|(key, document)| {
+            let blob = document["blob"].as_str().unwrap_or_default();
+            let digest: String = sha2::Digest::finalize(sha2::Digest::chain_update(
+                <sha2::Sha256 as sha2::Digest>::new(),
+                blob.as_bytes(),
+            ))
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+            (key.clone(), format!("{}:{digest}", document["version"]))
+        })
+        .collect()
+}
+
+/// ~1 MB documents (the first 5 MB) with GDN's default page size (1,000 documents: an answer
+/// of 1 GB, past what pgferry reads in one piece) are scanned in smaller pages, an oversized
+/// answer never retried as a network failure; then a backlog of ~1 MB messages with `batch_size_rows` 10,000 is committed in
+/// batches cut by bytes. Both runs stay under the memory bound (the run summary's peak RSS),
+/// and the table ends equal to the collection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_documents_are_scanned_and_streamed_within_the_memory_bound() {
+    const SIZE: usize = 1 << 20;
+    const BOUND_MB: f64 = 150.0;
+    let cluster = PgCluster::start_default();
+    let server = Server::start().await;
+    let http = Http::h1(&server.url());
+    create_collection(&http, "orders").await;
+    // The first page (16 documents) of 5 MB documents is 80 MB: larger than an answer
+    // pgferry reads.
+    let first: Vec<Value> = (0..120)
+        .map(|n| {
+            large_document(
+                &format!("big{n:03}"),
+                1,
+                if n < 16 { 5 * SIZE } else { SIZE },
+            )
+        })
+        .collect();
+    upsert_in_chunks(&http, "orders", first, 4).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_pipeline(
+        dir.path(),
+        &cluster,
+        &server.url(),
+        json!({"source": {"cursor_batch_size": 1000},
+               "destination": {"batch_size_rows": 10000}}),
+    );
+    let (summary, log) = run_once_logged(&config);
+    assert!(
+        !log.contains("retrying"),
+        "an oversized page was retried:\n{log}"
+    );
+    assert!(log.contains("asking for fewer documents per page"), "{log}");
+    let scanned = support::peak_rss_mb(&summary);
+    let documents = all_documents(&http, "orders", true).await;
+    assert_eq!(large_rows(&cluster, "orders"), large_expected(&documents));
+    // A backlog: half replaced, new ones added.
+    let second: Vec<Value> = (60..180)
+        .map(|n| large_document(&format!("big{n:03}"), 2, SIZE))
+        .collect();
+    upsert_in_chunks(&http, "orders", second, 8).await;
+    let streamed = support::peak_rss_mb(&run_once(&config));
+    eprintln!("peak RSS: scan {scanned} MB, backlog {streamed} MB");
+    let documents = all_documents(&http, "orders", true).await;
+    assert_eq!(large_rows(&cluster, "orders"), large_expected(&documents));
+    assert!(
+        scanned <= BOUND_MB && streamed <= BOUND_MB,
+        "peak RSS {scanned} MB (scan), {streamed} MB (backlog): above {BOUND_MB} MB"
+    );
+}
+
+/// Every row of `public.<table>` by `_key`, keyed by **attribute**: a column named for another
+/// attribute (its comment says which) under that attribute's name, the overflow column's
+/// attributes merged in, NULLs left out.
+fn rows_by_attribute(cluster: &PgCluster, table: &str) -> BTreeMap<String, Value> {
+    let attribute_of: BTreeMap<String, String> = cluster
+        .psql(&format!(
+            "SELECT attname || E'\\t' || coalesce(col_description(attrelid, attnum), '') \
+             FROM pg_attribute WHERE attrelid = 'public.\"{table}\"'::regclass AND attnum > 0 \
+             AND NOT attisdropped"
+        ))
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(column, comment)| {
+            let attribute = comment
+                .strip_prefix("pgferry attribute: ")
+                .map(|json| serde_json::from_str::<String>(json).expect("attribute JSON"))
+                .unwrap_or_else(|| column.to_owned());
+            (column.to_owned(), attribute)
+        })
+        .collect();
+    rows(cluster, table)
+        .into_iter()
+        .map(|(key, row)| {
+            let mut object = serde_json::Map::new();
+            for (column, value) in row.as_object().cloned().unwrap_or_default() {
+                if column == "_pgferry_overflow" {
+                    for (attribute, value) in value.as_object().cloned().unwrap_or_default() {
+                        assert!(object.insert(attribute, value).is_none(), "{key}: twice");
+                    }
+                } else if !value.is_null() {
+                    let attribute = attribute_of.get(&column).cloned().unwrap_or(column);
+                    assert!(
+                        object.insert(attribute.clone(), value).is_none(),
+                        "{key}: two columns hold attribute {attribute:?}"
+                    );
+                }
+            }
+            (key, Value::Object(object))
+        })
+        .collect()
+}
+
+/// Attribute names that map to one column name under the simple rule each keep a column of
+/// their own — a name over 63 bytes and a name equal to its hashed column, names with U+0000,
+/// the names pgferry reserves — in one batch, and again in a later run, in another order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributes_that_map_to_one_name_keep_a_column_each_across_runs() {
+    let cluster = PgCluster::start_default();
+    let server = Server::start().await;
+    let http = Http::h1(&server.url());
+    create_collection(&http, "odd").await;
+    let long = format!("attr_{}", "x".repeat(80));
+    // The hashed column of the long name (as the README's rule makes it).
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(long.as_bytes());
+    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let hashed = format!("{}_{hex}", &long[..54]);
+    let nul_hashed = {
+        let digest = <sha2::Sha256 as sha2::Digest>::digest("xy\0".as_bytes());
+        let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+        format!("xy_{hex}")
+    };
+    upsert(
+        &http,
+        "odd",
+        vec![json!({
+            "_key": "a", long.clone(): 1, hashed.clone(): "same column name",
+            "xy\u{0}": 2, nul_hashed.clone(): "also the same", "_sdc_deleted_at": "mine",
+            "_pgferry_overflow": {"not": "pgferry's"}, "Mixed Case": true,
+            "é".repeat(40): "accented"
+        })],
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_pipeline(
+        dir.path(),
+        &cluster,
+        &server.url(),
+        json!({"source": {"source_collection": "odd"}}),
+    );
+    run_once(&config);
+    let documents = all_documents(&http, "odd", true).await;
+    if let Err(difference) = compare(&rows_by_attribute(&cluster, "odd"), &documents) {
+        panic!("{difference}");
+    }
+    // The other order, in a later run (stream messages): the mapping is the recorded one.
+    upsert(
+        &http,
+        "odd",
+        vec![
+            json!({"_key": "b", hashed.clone(): "b-hashed", long.clone(): 3, nul_hashed.clone(): 4, "xy\u{0}": 5}),
+        ],
+    )
+    .await;
+    run_once(&config);
+    let documents = all_documents(&http, "odd", true).await;
+    if let Err(difference) = compare(&rows_by_attribute(&cluster, "odd"), &documents) {
+        panic!("{difference}");
+    }
+    let columns = column_types(&cluster, "odd");
+    assert_eq!(columns.len(), 1 + 8, "{columns:?}");
+}
+
+/// A collection of documents keyed by day (300 attributes each, 1,800 in all) gets
+/// `max_columns` columns and the `_pgferry_overflow` column for the rest; a collection with a
+/// document no column can hold stops alone — the healthy ones of the same run are loaded,
+/// the run exits 1 naming it — and a run after the fix resumes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wide_collection_overflows_and_a_broken_one_stops_alone_then_resumes() {
+    let cluster = PgCluster::start_default();
+    let server = Server::start().await;
+    let http = Http::h1(&server.url());
+    for name in ["days", "orders", "broken"] {
+        create_collection(&http, name).await;
+    }
+    let days: Vec<Value> = (0..6)
+        .map(|day| {
+            let mut document = serde_json::Map::new();
+            document.insert("_key".into(), json!(format!("day{day}")));
+            for slot in 0..300 {
+                document.insert(format!("d{day}_{slot:03}"), json!(day * 1000 + slot));
+            }
+            Value::Object(document)
+        })
+        .collect();
+    upsert(&http, "days", days).await;
+    upsert(&http, "orders", (0..50u64).map(order).collect()).await;
+    upsert(
+        &http,
+        "broken",
+        vec![
+            json!({"_key": "ok", "text": "fine"}),
+            json!({"_key": "bad", "text": "nul \u{0} inside"}),
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_pipeline(
+        dir.path(),
+        &cluster,
+        &server.url(),
+        json!({"source": {"source_collection": ["days", "orders", "broken"]}}),
+    );
+    let (code, text) = run_failing(&config);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("1 of 3 collections stopped"), "{text}");
+    assert!(text.contains("collection \"broken\""), "{text}");
+    assert!(text.contains("\"bad\""), "{text}");
+    let orders = all_documents(&http, "orders", true).await;
+    if let Err(difference) = compare(&rows(&cluster, "orders"), &orders) {
+        panic!("{difference}");
+    }
+    let days = all_documents(&http, "days", true).await;
+    if let Err(difference) = compare(&rows_by_attribute(&cluster, "days"), &days) {
+        panic!("{difference}");
+    }
+    let columns = column_types(&cluster, "days");
+    assert_eq!(
+        columns.len(),
+        1 + 1000 + 1,
+        "_key, the budget, the overflow"
+    );
+    assert_eq!(columns["_pgferry_overflow"], "jsonb");
+    // The fix: the document is corrected in GDN; the next run loads the stopped collection.
+    upsert(
+        &http,
+        "broken",
+        vec![json!({"_key": "bad", "text": "no nul"})],
+    )
+    .await;
+    run_once(&config);
+    let broken = all_documents(&http, "broken", true).await;
+    if let Err(difference) = compare(&rows(&cluster, "broken"), &broken) {
+        panic!("{difference}");
+    }
+}
+
+/// Truncates the collection as pyC8's `truncate()` does.
+async fn truncate(http: &Http, collection: &str) {
+    http.call(
+        Method::PUT,
+        &api(&format!("collection/{collection}/truncate")),
+        Value::Null,
+    )
+    .await
+    .assert_ok(200);
+}
+
+/// A collection truncated in GDN (whose stream carries nothing for it) is brought in line: by
+/// a `--once` run at the end of its backlog, and by a following run once the stream has been
+/// quiet for `truncate_check_interval`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_collection_empties_the_table_but_for_what_came_after() {
+    let cluster = PgCluster::start_default();
+    let server = Server::start().await;
+    let http = Http::h1(&server.url());
+    create_collection(&http, "orders").await;
+    upsert(&http, "orders", (0..100u64).map(order).collect()).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_pipeline(
+        dir.path(),
+        &cluster,
+        &server.url(),
+        json!({"source": {"truncate_check_interval": 1}}),
+    );
+    run_once(&config);
+    assert_eq!(rows(&cluster, "orders").len(), 100);
+    truncate(&http, "orders").await;
+    upsert(&http, "orders", vec![order(1000)]).await;
+    let (_, log) = run_once_logged(&config);
+    assert!(log.contains("truncate"), "{log}");
+    let documents = all_documents(&http, "orders", true).await;
+    assert_eq!(documents.len(), 1);
+    if let Err(difference) = compare(&rows(&cluster, "orders"), &documents) {
+        panic!("{difference}");
+    }
+    // Following: truncated again, two documents after; the quiet stream is noticed.
+    let log = dir.path().join("follow.log");
+    let mut child = spawn_run(&config, &log);
+    upsert(&http, "orders", (2000..2050u64).map(order).collect()).await;
+    wait_until_equal(&cluster, &http, "orders", Duration::from_secs(60), &log).await;
+    truncate(&http, "orders").await;
+    upsert(&http, "orders", vec![order(3000), order(3001)]).await;
+    wait_until_equal(&cluster, &http, "orders", Duration::from_secs(60), &log).await;
+    assert_eq!(rows(&cluster, "orders").len(), 2);
+    assert!(terminate(&mut child).success());
+}
+
+/// Doubles in a `numeric` column hold the double's exact value — written so by pgferry (`n`,
+/// numeric from its first batch) and by the `ALTER … TYPE numeric` that widens a `double
+/// precision` column (`d`, widened by a later whole number) — at 2^53, 2^63 and 1e308.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doubles_in_numeric_hold_their_exact_value() {
+    let cluster = PgCluster::start_default();
+    let server = Server::start().await;
+    let http = Http::h1(&server.url());
+    create_collection(&http, "numbers").await;
+    let values = [
+        ("p53", 2f64.powi(53), "9007199254740992"),
+        ("p63", 2f64.powi(63), "9223372036854775808"),
+        ("e308", 1e308, "100000000000000001097906362944045541740492309677311846336810682903157585404911491537163328978494688899061249669721172515611590283743140088328307009198146046031271664502933027185697489699588559043338384466165001178426897626212945177628091195786707458122783970171784415105291802893207873272974885715430223118336"),
+        ("tenth", 0.1, "0.1000000000000000055511151231257827021181583404541015625"),
+    ];
+    let mut documents: Vec<Value> = values
+        .iter()
+        .map(|(key, value, _)| json!({"_key": key, "d": value, "n": value}))
+        .collect();
+    documents.push(json!({"_key": "whole", "n": 5}));
+    upsert(&http, "numbers", documents).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_pipeline(
+        dir.path(),
+        &cluster,
+        &server.url(),
+        json!({"source": {"source_collection": "numbers"}}),
+    );
+    run_once(&config);
+    let types = column_types(&cluster, "numbers");
+    assert_eq!(
+        (types["d"].as_str(), types["n"].as_str()),
+        ("double precision", "numeric")
+    );
+    upsert(
+        &http,
+        "numbers",
+        vec![json!({"_key": "whole", "d": 7, "n": 5})],
+    )
+    .await;
+    run_once(&config);
+    assert_eq!(column_types(&cluster, "numbers")["d"], "numeric");
+    for (key, value, exact) in values {
+        let stored = cluster.psql(&format!(
+            "SELECT d::text || ' ' || n::text || ' ' || (d::float8 = {value:e}::float8) FROM public.numbers WHERE \"_key\" = '{key}'"
+        ));
+        assert_eq!(stored, format!("{exact} {exact} true"), "{key}");
+    }
 }

@@ -25,7 +25,11 @@ pub const GDN_SOURCE_KEYS: &[&str] = &[
     "subscription_name",
     "request_timeout",
     "max_retries",
+    "truncate_check_interval",
 ];
+
+/// Default `truncate_check_interval` in seconds.
+pub const DEFAULT_TRUNCATE_CHECK_SECONDS: u64 = 30;
 
 /// The default subscription name: one per pipeline destination and collection, so that two
 /// pipelines reading one collection into different tables never share acknowledgements.
@@ -55,6 +59,26 @@ pub struct GdnSourceConfig {
     pub request_timeout: Duration,
     /// Attempts for a retryable failure (429, 5xx, connection loss) before the run fails.
     pub max_retries: u32,
+    /// How long a collection's stream must be quiet before its table's row count is compared
+    /// with the collection's (GDN's stream carries nothing for a truncate); `None`: never.
+    pub truncate_check: Option<Duration>,
+}
+
+/// `truncate_check_interval`: whole seconds, `0` for never.
+fn truncate_check(
+    object: &serde_json::Map<String, Value>,
+) -> Result<Option<Duration>, ConfigError> {
+    let invalid = || ConfigError::Invalid {
+        key: "truncate_check_interval".into(),
+        detail: "expected whole seconds (0 turns the check off), e.g. 30".into(),
+    };
+    let seconds = match object.get("truncate_check_interval") {
+        None | Some(Value::Null) => DEFAULT_TRUNCATE_CHECK_SECONDS,
+        Some(Value::Number(number)) => number.as_u64().ok_or_else(invalid)?,
+        Some(Value::String(text)) => text.trim().parse::<u64>().map_err(|_| invalid())?,
+        Some(_) => return Err(invalid()),
+    };
+    Ok((seconds > 0).then(|| Duration::from_secs(seconds)))
 }
 
 fn collections(object: &serde_json::Map<String, Value>) -> Result<Vec<String>, ConfigError> {
@@ -129,6 +153,7 @@ impl GdnSourceConfig {
             subscription_name,
             request_timeout: Duration::from_secs(positive(object, "request_timeout", 60)?),
             max_retries: positive(object, "max_retries", 10)? as u32,
+            truncate_check: truncate_check(object)?,
         })
     }
 
@@ -177,6 +202,7 @@ mod tests {
         assert_eq!(config.collections, vec!["orders"]);
         assert_eq!(config.cursor_batch_size, 500);
         assert_eq!(config.cursor_ttl, 60);
+        assert_eq!(config.truncate_check, Some(Duration::from_secs(30)));
         assert_eq!(
             config.subscription_for("orders", "Shop DB", "public", "orders"),
             "pgferry-Shop_DB-public-orders"
@@ -187,6 +213,19 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(several.collections, vec!["a", "b"]);
+        let unchecked = parse(serde_json::json!({
+            "gdn_url": "http://127.0.0.1:1", "api_key": "k", "source_collection": "a",
+            "truncate_check_interval": 0
+        }))
+        .unwrap();
+        assert_eq!(unchecked.truncate_check, None);
+        let text = parse(serde_json::json!({
+            "gdn_url": "http://127.0.0.1:1", "api_key": "k", "source_collection": "a",
+            "truncate_check_interval": -1
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(text.contains("truncate_check_interval"), "{text}");
     }
 
     #[test]

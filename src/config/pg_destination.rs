@@ -20,7 +20,20 @@ const PG_DESTINATION_KEYS: &[&str] = &[
     "hard_delete",
     "schema_evolution",
     "parallelism",
+    "batch_size_bytes",
+    "max_columns",
 ];
+
+/// Default `batch_size_bytes`: with the pages read ahead and the batches being committed, it
+/// keeps a GDN → PostgreSQL run under its memory budget whatever the documents' sizes.
+pub const DEFAULT_BATCH_SIZE_BYTES: u64 = 8 << 20;
+/// Default `max_columns`: attribute columns per table before the rest go to the overflow
+/// column, well below PostgreSQL's 1,600 (which counts every column, and a row must still fit
+/// an 8 kB page).
+pub const DEFAULT_MAX_COLUMNS: u64 = 1000;
+/// Most attribute columns `max_columns` allows (PostgreSQL's 1,600, less `_key`,
+/// `_sdc_deleted_at`, the overflow column and room for widened columns).
+pub const MAX_MAX_COLUMNS: u64 = 1590;
 
 /// Most connections one collection's scan loads over.
 pub const MAX_PARALLELISM: u64 = 16;
@@ -36,6 +49,10 @@ pub struct PgDestinationConfig {
     pub table_name: String,
     /// Rows per transaction (scan pages and stream messages are cut at this count).
     pub batch_size_rows: usize,
+    /// Bytes of documents per transaction: scan and stream batches are cut here too.
+    pub batch_size_bytes: usize,
+    /// Attribute columns per table; attributes beyond go to the `jsonb` overflow column.
+    pub max_columns: usize,
     /// Stream messages wait at most this long before their batch is committed (and acked).
     pub batch_flush_interval: Duration,
     /// A GDN delete deletes the row (true) or sets `_sdc_deleted_at` and keeps it (false).
@@ -116,6 +133,17 @@ impl PgDestinationConfig {
                 .unwrap_or_else(|| "public".into()),
             table_name,
             batch_size_rows: positive(object, "batch_size_rows", 10_000)? as usize,
+            batch_size_bytes: positive(object, "batch_size_bytes", DEFAULT_BATCH_SIZE_BYTES)?
+                as usize,
+            max_columns: match positive(object, "max_columns", DEFAULT_MAX_COLUMNS)? {
+                n if n > MAX_MAX_COLUMNS => {
+                    return Err(ConfigError::Invalid {
+                        key: "max_columns".into(),
+                        detail: format!("{n} is above {MAX_MAX_COLUMNS}; PostgreSQL keeps at most 1,600 columns per table, pgferry's own included"),
+                    })
+                }
+                n => n as usize,
+            },
             batch_flush_interval: seconds(object, "batch_flush_interval", 1.0)?,
             hard_delete: boolean(object, "hard_delete")?.unwrap_or(true),
             parallelism: match positive(object, "parallelism", 2)? {
@@ -159,6 +187,8 @@ mod tests {
         assert_eq!(config.batch_flush_interval, Duration::from_millis(250));
         assert!(config.hard_delete);
         assert_eq!(config.parallelism, 2);
+        assert_eq!(config.batch_size_bytes, 8 << 20);
+        assert_eq!(config.max_columns, 1000);
     }
 
     #[test]
@@ -174,5 +204,7 @@ mod tests {
         assert!(with("schema_evolution", "rename".into(), 1).contains("widen"));
         assert!(with("batch_flush_interval", (-1).into(), 1).contains("seconds"));
         assert!(with("batch_size_rows", 0.into(), 1).contains("at least 1"));
+        assert!(with("max_columns", 1600.into(), 1).contains("1,600 columns"));
+        assert!(with("batch_size_bytes", 0.into(), 1).contains("batch_size_bytes"));
     }
 }

@@ -18,8 +18,10 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::config::{GdnAuth, GdnDestinationConfig};
 
-/// Largest response body we read (a 1,000-document batch answer is far below this).
-const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest response body we read: a bound on the memory one answer takes. A cursor page of
+/// large documents can exceed it; the scan then asks for fewer documents per page
+/// ([`GdnError::TooLarge`]).
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
@@ -68,6 +70,17 @@ pub enum GdnError {
         /// What was wrong.
         detail: String,
     },
+    /// The answer was larger than pgferry reads in one piece ([`MAX_RESPONSE_BYTES`]): not a
+    /// network problem, and the same request fails the same way.
+    #[error("GDN's answer to {method} {url} is larger than {limit} bytes, the most pgferry reads in one answer\nHINT: ask for less per request (for a scan, pgferry lowers its page size by itself; a single document this large cannot be read)")]
+    TooLarge {
+        /// The method.
+        method: String,
+        /// The URL.
+        url: String,
+        /// The limit.
+        limit: usize,
+    },
     /// The client could not be set up (bad URL, TLS roots, credentials with bad characters).
     #[error("invalid GDN setting {key}: {detail}")]
     Config {
@@ -96,7 +109,9 @@ impl GdnError {
         match self {
             GdnError::Unreachable { .. } | GdnError::Timeout { .. } => true,
             GdnError::Status { status, .. } => *status == 429 || *status >= 500,
-            GdnError::BadResponse { .. } | GdnError::Config { .. } => false,
+            GdnError::BadResponse { .. } | GdnError::TooLarge { .. } | GdnError::Config { .. } => {
+                false
+            }
         }
     }
 
@@ -330,6 +345,19 @@ impl GdnClient {
         body: Option<Bytes>,
         authorized: bool,
     ) -> Result<Answer, GdnError> {
+        self.send_limited(method, path, body, authorized, MAX_RESPONSE_BYTES)
+            .await
+    }
+
+    /// [`GdnClient::send`], reading at most `limit` bytes of the answer.
+    async fn send_limited(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Bytes>,
+        authorized: bool,
+        limit: usize,
+    ) -> Result<Answer, GdnError> {
         let url = format!("{}{path}", self.base_url);
         let mut request = Request::builder()
             .method(method.clone())
@@ -359,12 +387,22 @@ impl GdnClient {
                 .get("x-c8-error-codes")
                 .and_then(|value| value.to_str().ok())
                 .map(str::to_owned);
-            let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            let body = http_body_util::Limited::new(response.into_body(), limit)
                 .collect()
                 .await
-                .map_err(|error| GdnError::Unreachable {
-                    url: url.clone(),
-                    detail: format!("reading the answer: {error}"),
+                .map_err(|error| {
+                    if error.is::<http_body_util::LengthLimitError>() {
+                        GdnError::TooLarge {
+                            method: method.to_string(),
+                            url: url.clone(),
+                            limit,
+                        }
+                    } else {
+                        GdnError::Unreachable {
+                            url: url.clone(),
+                            detail: format!("reading the answer: {error}"),
+                        }
+                    }
                 })?
                 .to_bytes();
             Ok(Answer {
@@ -435,6 +473,31 @@ impl GdnClient {
         self.call(method, rest, body)
             .await
             .map(|answer| answer.body)
+    }
+
+    /// [`GdnClient::fabric_call`] reading at most `limit` bytes of the answer (at most
+    /// [`MAX_RESPONSE_BYTES`]): a larger one is a [`GdnError::TooLarge`] once `limit` bytes
+    /// arrived, so asking for less costs no more memory than that.
+    pub async fn fabric_call_limited(
+        &self,
+        method: Method,
+        rest: &str,
+        body: Option<Bytes>,
+        limit: usize,
+    ) -> Result<Bytes, GdnError> {
+        let path = self.fabric_path(rest);
+        let url = format!("{}{path}", self.base_url);
+        let answer = self
+            .send_limited(
+                method.clone(),
+                path,
+                body,
+                true,
+                limit.min(MAX_RESPONSE_BYTES),
+            )
+            .await?;
+        self.expect_success(&method, &url, &answer)?;
+        Ok(answer.body)
     }
 
     /// The tenant stream topics are named under: `result[0].tenant` of `GET /_api/user` (as

@@ -159,6 +159,9 @@ pub async fn handle(
             ))
         }
         (&Method::PUT, Some(name), Some("truncate")) => {
+            // No message on the collection's stream, as far as GDN's documentation says: the
+            // OpenAPI and the client surface describe none (no delete per document, no
+            // truncate event), so a consumer only sees the documents vanish.
             let name = name.to_string();
             let meta = submit(state, true, |tx| Op::Truncate(name, tx)).await?;
             Ok(json_response(

@@ -1,5 +1,6 @@
-//! Query cursors for the one query shape the connectors send: a full scan of a collection,
-//! optionally with `LIMIT [offset,] count`, in key order. Each cursor reads from the redb
+//! Query cursors for the query shapes the connectors send: a full scan of a collection,
+//! optionally with `LIMIT [offset,] count`, in key order; and pgferry's keyset page,
+//! `FILTER d._key > @after SORT d._key LIMIT @count`, returning `d` or `d._key`. Each cursor reads from the redb
 //! snapshot taken when it was created, so its pages are consistent with each other.
 
 use std::collections::HashMap;
@@ -24,7 +25,7 @@ pub const MAX_BATCH_SIZE: u64 = 100_000;
 /// Idle seconds before an abandoned cursor is dropped, when the request does not say.
 pub const DEFAULT_TTL_SECS: f64 = 30.0;
 
-const SUPPORTED: &str = "gdnlite supports only 'FOR d IN @@collection RETURN d' and 'FOR d IN <name> RETURN d', with an optional 'LIMIT [offset,] count' before RETURN";
+const SUPPORTED: &str = "gdnlite supports only 'FOR d IN @@collection RETURN d' and 'FOR d IN <name> RETURN d', with an optional 'FILTER d._key > @after', 'SORT d._key' and 'LIMIT [offset,] count' before RETURN, and 'RETURN d._key'";
 
 /// A parsed supported query.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +36,10 @@ pub struct ScanQuery {
     pub offset: u64,
     /// Most documents returned.
     pub limit: Option<u64>,
+    /// Only documents whose key sorts after this one (`FILTER d._key > @after`).
+    pub after: Option<String>,
+    /// Answer the keys (`RETURN d._key`) instead of the documents.
+    pub keys_only: bool,
 }
 
 fn parse_error(detail: &str) -> ApiError {
@@ -123,6 +128,42 @@ pub fn parse(query: &str, bind_vars: &Map<String, Value>) -> Result<ScanQuery, A
     };
     let mut i = 4;
     let (mut offset, mut limit) = (0, None);
+    let key_of_var = format!("{var}._key");
+    let mut after = None;
+    if kw(i, "FILTER") {
+        if t.get(i + 1) != Some(&key_of_var.as_str()) || t.get(i + 2) != Some(&">") {
+            return Err(parse_error(&format!(
+                "only 'FILTER {key_of_var} > @name' is supported"
+            )));
+        }
+        let operand = t.get(i + 3).copied().unwrap_or("");
+        after = Some(match operand.strip_prefix('@') {
+            Some(name) => match bind_vars.get(name) {
+                Some(Value::String(key)) => key.clone(),
+                _ => {
+                    return Err(parse_error(&format!(
+                        "bind parameter '@{name}' must be a string"
+                    )))
+                }
+            },
+            None => match serde_json::from_str::<String>(operand) {
+                Ok(key) => key,
+                Err(_) => return Err(parse_error("FILTER compares with a string")),
+            },
+        });
+        i += 4;
+    }
+    if kw(i, "SORT") {
+        if t.get(i + 1) != Some(&key_of_var.as_str()) {
+            return Err(parse_error(&format!(
+                "only 'SORT {key_of_var}' is supported"
+            )));
+        }
+        i += 2;
+        if kw(i, "ASC") {
+            i += 1;
+        }
+    }
     if kw(i, "LIMIT") {
         let first = number(t.get(i + 1).copied().unwrap_or(""), bind_vars)?;
         if t.get(i + 2) == Some(&",") {
@@ -134,13 +175,16 @@ pub fn parse(query: &str, bind_vars: &Map<String, Value>) -> Result<ScanQuery, A
             i += 2;
         }
     }
-    if !kw(i, "RETURN") || t.get(i + 1) != Some(&var) || t.len() != i + 2 {
+    let keys_only = t.get(i + 1) == Some(&key_of_var.as_str());
+    if !kw(i, "RETURN") || !(t.get(i + 1) == Some(&var) || keys_only) || t.len() != i + 2 {
         return Err(parse_error(&format!("expected 'RETURN {var}' at the end")));
     }
     Ok(ScanQuery {
         collection,
         offset,
         limit,
+        after,
+        keys_only,
     })
 }
 
@@ -153,6 +197,7 @@ struct Cursor {
     ttl: Duration,
     expires: Instant,
     count: Option<u64>,
+    keys_only: bool,
 }
 
 /// Open cursors by id.
@@ -203,6 +248,28 @@ fn page(cursor: &mut Cursor, code: StatusCode) -> Result<(Vec<u8>, usize, bool),
     let want = cursor
         .remaining
         .map_or(cursor.batch_size, |r| r.min(cursor.batch_size));
+    if cursor.keys_only {
+        let (keys, more) = store::keys_after(
+            &cursor.snapshot,
+            &cursor.collection,
+            cursor.last_key.as_deref(),
+            want as usize,
+        )?;
+        let mut out =
+            format!("{{\"error\":false,\"code\":{},\"result\":", code.as_u16()).into_bytes();
+        let listed =
+            serde_json::to_vec(&keys).map_err(|error| ApiError::storage(error.to_string()))?;
+        // The array without its closing bracket: `answer` closes it.
+        out.extend_from_slice(&listed[..listed.len() - 1]);
+        if let Some(last) = keys.last() {
+            cursor.last_key = Some(last.clone());
+        }
+        if let Some(r) = cursor.remaining.as_mut() {
+            *r -= keys.len() as u64;
+        }
+        let has_more = more && cursor.remaining != Some(0);
+        return Ok((out, keys.len(), has_more));
+    }
     let page = store::document_ptrs_after(
         &cursor.snapshot,
         &cursor.collection,
@@ -316,7 +383,7 @@ pub fn create(state: &State, body: &Bytes) -> Result<Resp, ApiError> {
     } else {
         None
     };
-    let mut last_key = None;
+    let mut last_key = scan.after.clone();
     let mut to_skip = scan.offset;
     while to_skip > 0 {
         let skipped = store::document_ptrs_after(
@@ -341,6 +408,7 @@ pub fn create(state: &State, body: &Bytes) -> Result<Resp, ApiError> {
         ttl,
         expires: Instant::now() + ttl,
         count,
+        keys_only: scan.keys_only,
     };
     let (docs, in_page, has_more) = page(&mut cursor, StatusCode::CREATED)?;
     let id = if has_more {
@@ -420,7 +488,9 @@ mod tests {
             ScanQuery {
                 collection: "orders".into(),
                 offset: 0,
-                limit: None
+                limit: None,
+                after: None,
+                keys_only: false
             }
         );
         assert_eq!(
@@ -428,7 +498,9 @@ mod tests {
             ScanQuery {
                 collection: "orders".into(),
                 offset: 0,
-                limit: Some(50)
+                limit: Some(50),
+                after: None,
+                keys_only: false
             }
         );
         assert_eq!(
@@ -436,7 +508,9 @@ mod tests {
             ScanQuery {
                 collection: "items".into(),
                 offset: 0,
-                limit: Some(5)
+                limit: Some(5),
+                after: None,
+                keys_only: false
             }
         );
         assert_eq!(
@@ -444,9 +518,38 @@ mod tests {
             ScanQuery {
                 collection: "items".into(),
                 offset: 2,
-                limit: Some(3)
+                limit: Some(3),
+                after: None,
+                keys_only: false
             }
         );
+    }
+
+    #[test]
+    fn pgferrys_keyset_page_parses() {
+        let b = vars(json!({"@collection": "orders", "after": "k9", "count": 7}));
+        let page = |query| parse(query, &b).unwrap();
+        assert_eq!(
+            page("FOR d IN @@collection FILTER d._key > @after SORT d._key LIMIT @count RETURN d"),
+            ScanQuery {
+                collection: "orders".into(),
+                offset: 0,
+                limit: Some(7),
+                after: Some("k9".into()),
+                keys_only: false
+            }
+        );
+        let keys = page(
+            "FOR d IN @@collection FILTER d._key > @after SORT d._key LIMIT @count RETURN d._key",
+        );
+        assert!(keys.keys_only && keys.after.as_deref() == Some("k9"));
+        for wrong in [
+            "FOR d IN @@collection FILTER d._key < @after RETURN d",
+            "FOR d IN @@collection FILTER d._key > @count RETURN d",
+            "FOR d IN @@collection SORT d.a RETURN d",
+        ] {
+            assert!(parse(wrong, &b).is_err(), "{wrong}");
+        }
     }
 
     #[test]

@@ -445,6 +445,39 @@ pub fn document_ptrs_after(
     Ok(page)
 }
 
+/// The keys of `collection` after `after` (or from the start), at most `limit` in key order,
+/// and whether more follow: a keys-only page (`RETURN d._key`) reads no document.
+pub fn keys_after(
+    snap: &Snapshot,
+    collection: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<String>, bool), ApiError> {
+    let table = snap.txn.open_table(DOCUMENTS).map_err(ApiError::storage)?;
+    let (start, end) = prefix_range(collection);
+    let start = match after {
+        Some(a) => doc_key(collection, a),
+        None => start,
+    };
+    let prefix = collection.len() + 1;
+    let mut keys = Vec::with_capacity(limit.min(4096));
+    for entry in table
+        .range(start.as_slice()..end.as_slice())
+        .map_err(ApiError::storage)?
+    {
+        let (key, _) = entry.map_err(ApiError::storage)?;
+        let key = key.value().get(prefix..).unwrap_or_default();
+        if after.is_some_and(|a| a.as_bytes() == key) {
+            continue;
+        }
+        if keys.len() >= limit {
+            return Ok((keys, true));
+        }
+        keys.push(String::from_utf8_lossy(key).into_owned());
+    }
+    Ok((keys, false))
+}
+
 /// Longest stretch of the log read in one call when joining documents.
 const MAX_READ_RUN: u64 = 4 << 20;
 

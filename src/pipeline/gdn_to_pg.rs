@@ -9,9 +9,10 @@
 //!
 //! Ordering argument, per collection:
 //! 1. The subscription is attached **before** the scan starts, so every change committed after
-//!    the cursor's snapshot is a message of the subscription (whatever the server's initial
+//!    a scan page was read is a message of the subscription (whatever the server's initial
 //!    position, it is not later than the attach).
-//! 2. The scan loads documents as of its snapshot; the stream then replays, in commit order,
+//! 2. The scan loads each document as of the page it was read in (keyset pages, each a query of
+//!    its own, not one snapshot); the stream then replays, in commit order,
 //!    every message not acknowledged — possibly older than the snapshot. Every write is an
 //!    idempotent upsert (the whole document) or delete by `_key`, and the last message of a key
 //!    is its state at the end, so rows converge to the collection. While the backlog replays, a
@@ -30,6 +31,11 @@
 //! `--once` stops after the scan plus the messages the subscription had not acknowledged when
 //! it attached (its `msgBacklog` in the stream's stats); otherwise the run follows the streams
 //! until SIGINT/SIGTERM, then commits and acknowledges what it holds and exits.
+//!
+//! GDN's stream carries nothing for a truncate, so a quiet stream (and the end of a `--once`
+//! backlog) compares the table's rows with the collection's count and removes the rows whose
+//! key is gone (`Follower::bring_in_line`). Each collection runs on its own: one that fails
+//! stops alone, and the run reports every stopped collection at its end.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,9 +47,10 @@ use serde_json::value::RawValue;
 
 use crate::config::{GdnAuth, GdnToPgConfig};
 use crate::gdn::client::{retrying, GdnClient, GdnError};
-use crate::gdn::cursor::CollectionScan;
+use crate::gdn::cursor::{KeysetScan, ScanPage};
 use crate::gdn::stream::{subscription_backlog, ChangeOp, StreamConsumer, StreamError};
 use crate::metrics::Metrics;
+use crate::pg::query::quote_identifier;
 use crate::pg::{Connection, PgError};
 use crate::pipeline::RunControl;
 use crate::progress::{spawn_display, CopyProgress};
@@ -52,6 +59,7 @@ use crate::target::documents::{
     document_key, Applied, DocumentBatch, DocumentError, DocumentTable, Encoded, PagedBatch,
     TableModel,
 };
+use crate::target::infer::{DELETED_AT_COLUMN, KEY_COLUMN};
 use crate::target::naming::TableName;
 
 /// The `kind` of a GDN → PostgreSQL state file.
@@ -98,6 +106,14 @@ pub enum GdnToPgError {
     /// The state file failed.
     #[error(transparent)]
     State(#[from] StateError),
+    /// Some collections stopped (each on its own error); the others ran on.
+    #[error("{} of {total} collections stopped; the others were loaded and followed until the run ended:{}\n(what each stopped collection had committed stays, its stream messages since are not acknowledged: a run after the fix resumes it where it stopped)", .failed.len(), failures(.failed))]
+    Collections {
+        /// Each stopped collection and why.
+        failed: Vec<(String, Box<GdnToPgError>)>,
+        /// Collections in the run.
+        total: usize,
+    },
     /// The scan's encoding thread stopped without saying why (a bug in pgferry).
     #[error("the scan's encoding thread stopped: {0}\n(nothing of the batch it held was applied; please report this with the log)")]
     Encoder(String),
@@ -113,6 +129,13 @@ impl From<Box<DocumentError>> for GdnToPgError {
     fn from(error: Box<DocumentError>) -> GdnToPgError {
         GdnToPgError::Load(error)
     }
+}
+
+fn failures(failed: &[(String, Box<GdnToPgError>)]) -> String {
+    failed
+        .iter()
+        .map(|(collection, error)| format!("\n- collection {collection:?}: {error}"))
+        .collect()
 }
 
 fn listed(available: &[String]) -> String {
@@ -328,12 +351,24 @@ pub async fn run(
         progress: &progress,
         control: &control,
     };
-    let sync = std::pin::pin!(futures_util::future::try_join_all(
+    // Each collection runs on its own: one that stops (an error that needs a fix, or GDN or
+    // the database failing for it) says so at once and leaves the others running.
+    let sync = std::pin::pin!(futures_util::future::join_all(
         source
             .collections
             .iter()
             .enumerate()
-            .map(|(index, collection)| sync_collection(&context, index, collection)),
+            .map(|(index, collection)| {
+                let context = &context;
+                async move {
+                    let result = sync_collection(context, index, collection).await;
+                    if let Err(error) = &result {
+                        context.metrics.ingest_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(%collection, %error, "this collection stopped; the others go on");
+                    }
+                    result
+                }
+            }),
     ));
     // The work does not wait for the counts (a failed run does not retry them first).
     let result = match futures_util::future::select(sync, std::pin::pin!(estimates)).await {
@@ -344,11 +379,22 @@ pub async fn run(
     if let Some(display) = display {
         let _ = display.await;
     }
-    if result.is_err() {
-        metrics.ingest_errors.fetch_add(1, Ordering::Relaxed);
+    let mut collections = Vec::new();
+    let mut failed = Vec::new();
+    for (collection, result) in source.collections.iter().zip(result) {
+        match result {
+            Ok(summary) => collections.push(summary),
+            Err(error) => failed.push((collection.clone(), Box::new(error))),
+        }
+    }
+    if !failed.is_empty() {
+        return Err(GdnToPgError::Collections {
+            failed,
+            total: source.collections.len(),
+        });
     }
     Ok(GdnRunSummary {
-        collections: result?,
+        collections,
         elapsed: started.elapsed(),
         peak_rss_bytes: crate::pipeline::peak_rss_bytes(),
     })
@@ -442,6 +488,144 @@ impl Follower<'_> {
         }
         self.ids.push(message.id);
         Ok(())
+    }
+
+    /// Brings the table in line with the collection when it holds more rows than the
+    /// collection has documents — a truncate (GDN's stream carries no message for one) or
+    /// deletes never seen: the collection's keys are read (keyset pages of keys) into a
+    /// temporary table and every row whose key is not among them is deleted (or marked
+    /// deleted without `hard_delete`), in one transaction. Called with nothing pending. Safe
+    /// against writes going on: a row whose document is gone when its key would be read was
+    /// deleted in GDN after the row's last change, and any later change of the key is a
+    /// stream message still to come. Returns the rows removed.
+    async fn bring_in_line(&mut self) -> Result<u64, GdnToPgError> {
+        let context = self.context;
+        let source = &context.config.source;
+        let collection = self.collection;
+        let documents = retrying(source.max_retries, || context.client.count(collection)).await?;
+        let name = self.table.name().clone();
+        let key = quote_identifier(KEY_COLUMN);
+        let deleted_at = quote_identifier(DELETED_AT_COLUMN);
+        let live = if context.config.destination.hard_delete {
+            String::new()
+        } else {
+            format!(" WHERE {deleted_at} IS NULL")
+        };
+        let failed = |during: &'static str| {
+            let name = name.clone();
+            move |source: PgError| {
+                GdnToPgError::from(DocumentError::Postgres {
+                    during,
+                    table: name,
+                    source,
+                })
+            }
+        };
+        let counted = self
+            .connection
+            .query(&format!("SELECT count(*) FROM {}{live}", name.quoted()))
+            .await
+            .map_err(failed("counting the rows of"))?;
+        let rows: u64 = counted
+            .first()
+            .and_then(|row| row.get(0))
+            .and_then(|count| count.parse().ok())
+            .unwrap_or(0);
+        if rows <= documents {
+            return Ok(0);
+        }
+        tracing::warn!(%collection, table = %name, rows, documents, "the table holds more rows than the collection has documents (a truncate, which GDN's stream does not carry, or deletes not seen): removing the rows whose key the collection no longer has");
+        self.connection
+            .execute(&format!(
+                "BEGIN; CREATE TEMP TABLE pgferry_live_keys ({key} text) ON COMMIT DROP"
+            ))
+            .await
+            .map_err(failed("reading the live keys of"))?;
+        let result = self.remove_missing(&name, &key, &live).await;
+        match result {
+            Ok(removed) => {
+                self.connection
+                    .execute("COMMIT")
+                    .await
+                    .map_err(failed("removing the rows gone from"))?;
+                tracing::info!(%collection, table = %name, removed, "the table is in line with the collection again");
+                Ok(removed)
+            }
+            Err(error) => {
+                let _ = self.connection.execute("ROLLBACK").await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Inside [`Follower::bring_in_line`]'s transaction: copies the collection's keys in and
+    /// removes the rows without one.
+    async fn remove_missing(
+        &mut self,
+        name: &TableName,
+        key: &str,
+        live: &str,
+    ) -> Result<u64, GdnToPgError> {
+        let context = self.context;
+        let source = &context.config.source;
+        let failed = |during: &'static str| {
+            move |source: PgError| {
+                GdnToPgError::from(DocumentError::Postgres {
+                    during,
+                    table: name.clone(),
+                    source,
+                })
+            }
+        };
+        let mut keys = KeysetScan::new(
+            context.client,
+            self.collection,
+            source.cursor_batch_size,
+            source.cursor_ttl,
+            source.max_retries,
+        )
+        .keys();
+        let mut copy = self
+            .connection
+            .copy_in(&format!("COPY pgferry_live_keys ({key}) FROM STDIN"))
+            .await
+            .map_err(failed("reading the live keys of"))?;
+        let mut text = Vec::new();
+        while let Some(page) = keys.next_page().await? {
+            text.clear();
+            for raw in &page.documents {
+                let key: String =
+                    serde_json::from_str(raw.get()).map_err(|error| GdnToPgError::BadMessage {
+                        collection: self.collection.to_owned(),
+                        id: "keys".into(),
+                        detail: format!("a key page holds {:?}: {error}", raw.get()),
+                    })?;
+                crate::target::copy_encode::push_escaped(&mut text, key.as_bytes());
+                text.push(b'\n');
+            }
+            copy.send(&text)
+                .await
+                .map_err(failed("reading the live keys of"))?;
+        }
+        copy.finish()
+            .await
+            .map_err(failed("reading the live keys of"))?;
+        let gone =
+            format!("NOT EXISTS (SELECT 1 FROM pgferry_live_keys k WHERE k.{key} = t.{key})");
+        let statement = if context.config.destination.hard_delete {
+            format!("DELETE FROM {} t WHERE {gone}", name.quoted())
+        } else {
+            format!(
+                "UPDATE {} t SET {} = now(){} AND {gone}",
+                name.quoted(),
+                quote_identifier(DELETED_AT_COLUMN),
+                live.replace(" WHERE ", " WHERE t.")
+            )
+        };
+        self.connection
+            .execute(&statement)
+            .await
+            .map_err(failed("removing the rows gone from"))
     }
 
     /// Attaches to the subscription again after the connection broke; what was not committed
@@ -547,7 +731,13 @@ async fn sync_collection(
     let mut connection = Connection::connect(&destination.connection.destination_options())
         .await
         .map_err(|error| GdnToPgError::Connect(Box::new(error)))?;
-    let table = DocumentTable::open(&mut connection, &name, destination.hard_delete).await?;
+    let table = DocumentTable::open(
+        &mut connection,
+        &name,
+        destination.hard_delete,
+        destination.max_columns,
+    )
+    .await?;
     let subscription = source.subscription_for(
         collection,
         &destination.connection.dbname,
@@ -647,6 +837,13 @@ fn count_batch(context: &Context<'_>, collection: &str, applied: &Applied, bytes
 /// Pages fetched ahead of the encoding: more than a batch's worth at GDN's largest page
 /// (1,000 documents), so fetching goes on while the encoder turns a batch into COPY data.
 const PAGES_AHEAD: usize = 16;
+/// Bytes of pages fetched ahead of the encoding (whatever their count): with large documents
+/// this, not [`PAGES_AHEAD`], bounds the memory the pages in flight take.
+const PAGES_AHEAD_BYTES: usize = 8 << 20;
+
+/// A page on its way to the encoder, holding its share of [`PAGES_AHEAD_BYTES`] until the
+/// encoder has taken it in.
+type AheadPage = (Vec<Box<RawValue>>, tokio::sync::OwnedSemaphorePermit);
 
 /// Scans the collection into the table in three stages that run at once: this task fetches
 /// cursor pages, a thread of its own reads each page and encodes it as COPY data into the open
@@ -669,18 +866,23 @@ async fn scan(
             .map_err(|error| GdnToPgError::Connect(Box::new(error)))?;
         others.push((connection, follower.table.for_another_session()));
     }
-    let mut reader = ScanReader {
-        context,
-        collection: follower.collection,
-        pages: None,
-        restarts: 0,
-    };
-    let (pages_tx, pages_rx) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+    let source = &context.config.source;
+    let mut reader = KeysetScan::new(
+        context.client,
+        follower.collection,
+        source.cursor_batch_size,
+        source.cursor_ttl,
+        source.max_retries,
+    );
+    let (pages_tx, pages_rx) = tokio::sync::mpsc::channel::<AheadPage>(PAGES_AHEAD);
+    // Permits are KiB of pages ahead.
+    let ahead = std::sync::Arc::new(tokio::sync::Semaphore::new(PAGES_AHEAD_BYTES >> 10));
     let (encoded_tx, encoded_rx) = tokio::sync::mpsc::channel(destination.parallelism);
     let (spare_tx, spare_rx) = std::sync::mpsc::channel();
     let encoder = ScanEncoder {
         model: follower.table.model().clone(),
         batch_size: destination.batch_size_rows,
+        batch_bytes: destination.batch_size_bytes as u64,
     };
     let encoding =
         tokio::task::spawn_blocking(move || encoder.run(pages_rx, &encoded_tx, &spare_rx));
@@ -690,14 +892,20 @@ async fn scan(
             if *shutdown.borrow_and_update() {
                 return Ok(false);
             }
-            let Some(page) = reader.next_page().await? else {
+            let Some(ScanPage { documents, bytes }) = reader.next_page().await? else {
                 return Ok(true);
             };
             context
                 .metrics
                 .rows_read
-                .fetch_add(page.len() as u64, Ordering::Relaxed);
-            if pages_tx.send(page).await.is_err() {
+                .fetch_add(documents.len() as u64, Ordering::Relaxed);
+            let share = u32::try_from((bytes >> 10) + 1)
+                .unwrap_or(u32::MAX)
+                .min((PAGES_AHEAD_BYTES >> 10) as u32);
+            let Ok(permit) = ahead.clone().acquire_many_owned(share).await else {
+                return Ok(true);
+            };
+            if pages_tx.send((documents, permit)).await.is_err() {
                 // The encoder stopped: its error (or the commit's) is the scan's.
                 return Ok(true);
             }
@@ -735,7 +943,6 @@ async fn scan(
     let model = encoding
         .await
         .map_err(|error| GdnToPgError::Encoder(error.to_string()))?;
-    reader.close().await;
     for (connection, _) in others {
         connection.close().await;
     }
@@ -822,17 +1029,20 @@ struct ScanEncoder {
     /// The table's columns as they will be once the batches before are committed.
     model: TableModel,
     batch_size: usize,
+    /// Bytes of documents after which a batch is sent on (as after `batch_size` documents).
+    batch_bytes: u64,
 }
 
 impl ScanEncoder {
     /// Reads pages until their channel closes, encoding each into the open batch while it is
-    /// fresh in the cache, and sending the batch once it holds `batch_size` documents, once a
+    /// fresh in the cache, and sending the batch once it holds `batch_size` documents or
+    /// `batch_bytes` of them, once a
     /// page does not fit it (other columns, a repeated key), and at the end. Stops at the
     /// first error, which it sends on. Returns the columns the table has once every batch
     /// sent is committed.
     fn run(
         mut self,
-        mut pages: tokio::sync::mpsc::Receiver<Vec<Box<RawValue>>>,
+        mut pages: tokio::sync::mpsc::Receiver<AheadPage>,
         out: &tokio::sync::mpsc::Sender<Result<ScannedBatch, Box<DocumentError>>>,
         spare: &std::sync::mpsc::Receiver<(Vec<u8>, Vec<u8>)>,
     ) -> TableModel {
@@ -842,7 +1052,7 @@ impl ScanEncoder {
         loop {
             let page = pages.blocking_recv();
             let end = page.is_none();
-            if let Some(page) = page {
+            if let Some((page, _permit)) = page {
                 page_batch.clear();
                 let (mut documents, mut bytes) = (0u64, 0u64);
                 for raw in page {
@@ -870,9 +1080,9 @@ impl ScanEncoder {
                     return self.model;
                 }
             }
-            let full = open
-                .as_ref()
-                .is_some_and(|(paged, ..)| paged.len() >= self.batch_size as u64);
+            let full = open.as_ref().is_some_and(|(paged, _, bytes)| {
+                paged.len() >= self.batch_size as u64 || *bytes >= self.batch_bytes
+            });
             if full || end {
                 if let Some(batch) = open.take() {
                     if !self.send(batch, out) {
@@ -936,57 +1146,6 @@ impl ScanEncoder {
     }
 }
 
-/// Reads a collection's cursor pages, starting the scan again after a retryable failure.
-struct ScanReader<'a> {
-    context: &'a Context<'a>,
-    collection: &'a str,
-    pages: Option<CollectionScan<'a>>,
-    restarts: u32,
-}
-
-impl<'a> ScanReader<'a> {
-    /// The next page, `None` at the end. A broken scan starts again from the beginning (the
-    /// documents already loaded are upserted again, which is harmless).
-    async fn next_page(&mut self) -> Result<Option<Vec<Box<RawValue>>>, GdnToPgError> {
-        let source = &self.context.config.source;
-        loop {
-            let pages = self.pages.get_or_insert_with(|| {
-                CollectionScan::new(
-                    self.context.client,
-                    self.collection,
-                    source.cursor_batch_size,
-                    source.cursor_ttl,
-                    source.max_retries,
-                )
-            });
-            match pages.next_page().await {
-                Ok(page) => return Ok(page),
-                Err(error) => self.restart(error).await?,
-            }
-        }
-    }
-
-    /// After a failed page request: a lost page cannot be asked for again, so a retryable
-    /// failure (within `max_retries` restarts) scans again from the start after a backoff;
-    /// any other is the scan's error.
-    async fn restart(&mut self, error: GdnError) -> Result<(), GdnToPgError> {
-        if !error.is_retryable() || self.restarts + 1 >= self.context.config.source.max_retries {
-            return Err(error.into());
-        }
-        self.restarts += 1;
-        tracing::warn!(collection = self.collection, %error, "the scan broke; scanning again from the start");
-        tokio::time::sleep(Duration::from_millis(100u64 << self.restarts.min(7))).await;
-        self.pages = None;
-        Ok(())
-    }
-
-    async fn close(self) {
-        if let Some(pages) = self.pages {
-            pages.close().await;
-        }
-    }
-}
-
 /// Applies stream messages in batches until a shutdown (or, with a backlog, once it is read).
 async fn follow(
     follower: &mut Follower<'_>,
@@ -994,13 +1153,22 @@ async fn follow(
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), GdnToPgError> {
     let destination = &follower.context.config.destination;
+    let check = follower.context.config.source.truncate_check;
     let mut seen: HashSet<String> = HashSet::new();
     let mut deadline: Option<tokio::time::Instant> = None;
+    // When the stream has been quiet long enough to compare the table with the collection.
+    let mut quiet_at = check.map(|every| tokio::time::Instant::now() + every);
     loop {
         if backlog.is_some_and(|backlog| seen.len() as u64 >= backlog) {
-            return follower.flush(true).await;
+            follower.flush(true).await?;
+            if check.is_some() {
+                follower.bring_in_line().await?;
+            }
+            return Ok(());
         }
         let flush_at = deadline;
+        // Only with nothing pending: the table then holds every message read.
+        let check_at = quiet_at.filter(|_| deadline.is_none() && backlog.is_none());
         tokio::select! {
             biased;
             () = stop_requested(shutdown) => {
@@ -1016,8 +1184,18 @@ async fn follow(
                 follower.flush(true).await?;
                 deadline = None;
             }
+            () = async {
+                match check_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                follower.bring_in_line().await?;
+                quiet_at = check.map(|every| tokio::time::Instant::now() + every);
+            }
             message = follower.consumer.next() => match message {
                 Ok(message) => {
+                    quiet_at = check.map(|every| tokio::time::Instant::now() + every);
                     if backlog.is_some() {
                         seen.insert(message.id.clone());
                     }
@@ -1025,7 +1203,9 @@ async fn follow(
                     deadline.get_or_insert_with(|| {
                         tokio::time::Instant::now() + destination.batch_flush_interval
                     });
-                    if follower.ids.len() >= destination.batch_size_rows {
+                    if follower.ids.len() >= destination.batch_size_rows
+                        || follower.bytes >= destination.batch_size_bytes as u64
+                    {
                         follower.flush(true).await?;
                         deadline = None;
                     }

@@ -33,8 +33,8 @@ use crate::pg::{Connection, PgError};
 use crate::target::copy_binary::{binary_type, text_to_binary_into};
 use crate::target::copy_encode::{json_kind, string_contents, JsonKind};
 use crate::target::infer::{
-    column_name_of, encode_field, encode_field_binary, raw_kind, ColumnType, ValueError, ValueKind,
-    DELETED_AT_COLUMN, KEY_COLUMN,
+    column_candidates, encode_field, encode_field_binary, raw_kind, ColumnType, ValueError,
+    ValueKind, ATTRIBUTE_COMMENT, DELETED_AT_COLUMN, KEY_COLUMN, OVERFLOW_COLUMN,
 };
 use crate::target::naming::TableName;
 
@@ -126,8 +126,8 @@ impl Document {
 /// What a batch does to one key.
 #[derive(Debug)]
 enum Change {
-    /// Insert or replace the row with the document's attributes; each goes to the column
-    /// [`column_name_of`] names.
+    /// Insert or replace the row with the document's attributes; each goes to its column
+    /// ([`column_candidates`]) or the overflow column.
     Upsert(Document),
     /// Delete the row.
     Delete,
@@ -407,13 +407,15 @@ pub struct Applied {
 }
 
 /// What a batch does to the table's columns.
-struct Plan {
+struct Plan<'a> {
     /// Attribute columns in table order after the batch.
     columns: Vec<(String, ColumnType)>,
     /// The schema changes that get there.
     ddl: Vec<String>,
     /// The column position of each of the batch's attributes.
     column_of: Vec<Option<usize>>,
+    /// Which attribute each column holds, after the batch (borrowed when the batch adds none).
+    mapping: Cow<'a, Mapping>,
 }
 
 /// The columns a table has, or will have once the batches before are committed: what a batch
@@ -422,8 +424,25 @@ struct Plan {
 #[derive(Debug, Clone)]
 pub struct TableModel {
     name: TableName,
-    /// Attribute columns in table order (without `_key` and `_sdc_deleted_at`).
+    /// Attribute columns in table order (without `_key` and `_sdc_deleted_at`; with the
+    /// overflow column when there is one).
     columns: Vec<(String, ColumnType)>,
+    /// Which attribute each column holds.
+    mapping: Mapping,
+}
+
+/// Which column each attribute of a collection goes to: one column per attribute (never two
+/// attributes in one), up to the column budget, then the overflow column. A column whose name
+/// is not its attribute's own records the attribute in its comment ([`ATTRIBUTE_COMMENT`]),
+/// so the next run maps it the same way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Mapping {
+    /// Column position by attribute (attributes beyond the budget: the overflow column's).
+    by_attribute: HashMap<Box<str>, usize>,
+    /// The overflow column's position, once it exists.
+    overflow: Option<usize>,
+    /// Attribute columns a table may have before attributes go to the overflow column.
+    max_columns: usize,
 }
 
 /// A batch planned and encoded for its table, ready for [`DocumentTable::commit`].
@@ -431,6 +450,8 @@ pub struct TableModel {
 pub struct Encoded {
     /// Attribute columns after the batch.
     columns: Vec<(String, ColumnType)>,
+    /// Which attribute each holds.
+    mapping: Mapping,
     /// The schema changes that get there.
     ddl: Vec<String>,
     /// The upserted rows as COPY data, binary when every column has an exact binary form.
@@ -491,6 +512,7 @@ impl DocumentTable {
         connection: &mut Connection,
         name: &TableName,
         hard_delete: bool,
+        max_columns: usize,
     ) -> Result<DocumentTable, DocumentError> {
         let deleted_at = if hard_delete {
             String::new()
@@ -505,7 +527,8 @@ impl DocumentTable {
                 "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), \
                  EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisunique \
                    AND i.indnatts = 1 AND i.indkey[0] = a.attnum AND i.indpred IS NULL), \
-                 pg_catalog.obj_description(c.oid, 'pg_class') \
+                 pg_catalog.obj_description(c.oid, 'pg_class'), \
+                 pg_catalog.col_description(c.oid, a.attnum) \
                  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
                  WHERE n.nspname = {} AND c.relname = {} AND c.relkind IN ('r', 'p') ORDER BY a.attnum",
@@ -518,6 +541,10 @@ impl DocumentTable {
             model: TableModel {
                 name: name.clone(),
                 columns: Vec::new(),
+                mapping: Mapping {
+                    max_columns,
+                    ..Mapping::default()
+                },
             },
             hard_delete,
             staging: None,
@@ -549,10 +576,25 @@ impl DocumentTable {
             match column {
                 KEY_COLUMN => key = Some(row.get(2) == Some("t")),
                 DELETED_AT_COLUMN => has_deleted_at = true,
-                _ => table
-                    .model
-                    .columns
-                    .push((column.to_owned(), ColumnType::from_sql(sql))),
+                _ => {
+                    let position = table.model.columns.len();
+                    table
+                        .model
+                        .columns
+                        .push((column.to_owned(), ColumnType::from_sql(sql)));
+                    let mapping = &mut table.model.mapping;
+                    if column == OVERFLOW_COLUMN {
+                        mapping.overflow = Some(position);
+                        continue;
+                    }
+                    // A column named for another attribute says which in its comment.
+                    let attribute = row
+                        .get(4)
+                        .and_then(|comment| comment.strip_prefix(ATTRIBUTE_COMMENT))
+                        .and_then(|json| serde_json::from_str::<String>(json).ok())
+                        .unwrap_or_else(|| column.to_owned());
+                    mapping.by_attribute.insert(attribute.into(), position);
+                }
             }
         }
         match key {
@@ -683,6 +725,7 @@ impl DocumentTable {
     ) -> Result<Applied, DocumentError> {
         let Encoded {
             columns,
+            mapping,
             ddl,
             upserts,
             removed,
@@ -734,6 +777,7 @@ impl DocumentTable {
             self.staging = Some(columns.clone());
         }
         self.model.columns.clone_from(columns);
+        self.model.mapping.clone_from(mapping);
         Ok(Applied {
             upserts: *upserts,
             deletes: *removed,
@@ -892,8 +936,10 @@ impl TableModel {
 
     /// The columns after this batch, the DDL that gets the table there, and the column each
     /// of the batch's attributes goes to (`None` for one that only ever was null or whose
-    /// documents were all replaced within the batch).
-    fn plan(&self, batch: &DocumentBatch) -> Plan {
+    /// documents were all replaced within the batch). A new attribute gets a column of its
+    /// own ([`column_candidates`]: the first name no column has) while the table has fewer
+    /// than `max_columns` attribute columns, else the overflow column.
+    fn plan(&self, batch: &DocumentBatch) -> Plan<'_> {
         // The kinds each attribute has in the documents the batch keeps, one bit per kind.
         let mut kinds = vec![0u8; batch.attributes.names.len()];
         for change in batch.changes.values() {
@@ -904,32 +950,58 @@ impl TableModel {
             }
         }
         let mut columns = self.columns.clone();
-        let mut index: HashMap<String, usize> = columns
-            .iter()
-            .enumerate()
-            .map(|(position, (name, _))| (name.clone(), position))
-            .collect();
+        let mut mapping = Cow::Borrowed(&self.mapping);
+        // The names taken, built when a new attribute needs a column.
+        let mut taken: Option<HashSet<String>> = None;
+        // New columns named for another attribute, with that attribute.
+        let mut renamed: Vec<(usize, &str)> = Vec::new();
         let before = columns.len();
         let mut column_of = Vec::with_capacity(kinds.len());
         for (attribute, kinds) in batch.attributes.names.iter().zip(kinds) {
             let present = ValueKind::ALL
                 .into_iter()
                 .filter(|kind| kinds & kind.bit() != 0);
-            let column = column_name_of(attribute);
-            let position = match index.get(column.as_ref()) {
+            let position = match mapping.by_attribute.get(attribute) {
                 Some(&position) => Some(position),
                 None => present
                     .clone()
                     .find_map(ColumnType::for_kind)
                     .map(|sql_type| {
-                        index.insert(column.clone().into_owned(), columns.len());
-                        columns.push((column.into_owned(), sql_type));
-                        columns.len() - 1
+                        let mapping = mapping.to_mut();
+                        let budgeted = columns.len() - usize::from(mapping.overflow.is_some());
+                        let position = if budgeted >= mapping.max_columns {
+                            *mapping.overflow.get_or_insert_with(|| {
+                                columns.push((OVERFLOW_COLUMN.to_owned(), ColumnType::Jsonb));
+                                columns.len() - 1
+                            })
+                        } else {
+                            let taken = taken.get_or_insert_with(|| {
+                                [KEY_COLUMN, DELETED_AT_COLUMN, OVERFLOW_COLUMN]
+                                    .into_iter()
+                                    .map(str::to_owned)
+                                    .chain(columns.iter().map(|(name, _)| name.clone()))
+                                    .collect()
+                            });
+                            let name = column_candidates(attribute)
+                                .find(|name| !taken.contains(name.as_ref()))
+                                .map(Cow::into_owned)
+                                .unwrap_or_default();
+                            if name != **attribute {
+                                renamed.push((columns.len(), attribute));
+                            }
+                            taken.insert(name.clone());
+                            columns.push((name, sql_type));
+                            columns.len() - 1
+                        };
+                        mapping.by_attribute.insert(attribute.clone(), position);
+                        position
                     }),
             };
             if let Some(position) = position {
-                for kind in present {
-                    columns[position].1 = columns[position].1.join(kind);
+                if Some(position) != mapping.overflow {
+                    for kind in present {
+                        columns[position].1 = columns[position].1.join(kind);
+                    }
                 }
             }
             column_of.push(position);
@@ -952,10 +1024,20 @@ impl TableModel {
                 ));
             }
         }
+        for (position, attribute) in renamed {
+            let record = serde_json::to_string(attribute).unwrap_or_default();
+            ddl.push(format!(
+                "COMMENT ON COLUMN {}.{} IS {}",
+                self.name.quoted(),
+                quote_identifier(&columns[position].0),
+                quote_literal(&format!("{ATTRIBUTE_COMMENT}{record}"))
+            ));
+        }
         Plan {
             columns,
             ddl,
             column_of,
+            mapping,
         }
     }
 
@@ -970,7 +1052,10 @@ impl TableModel {
             columns,
             ddl,
             column_of,
+            mapping,
         } = self.plan(batch);
+        let mapping = mapping.into_owned();
+        let overflow = mapping.overflow;
         let (mut rows, spare) = buffers;
         let mut deletes = Vec::new();
         // Binary COPY written straight from the documents when every column has a binary
@@ -978,9 +1063,14 @@ impl TableModel {
         if columns.iter().all(|(_, sql_type)| sql_type.binary()) {
             rows.clear();
             rows.extend_from_slice(BINARY_HEADER);
-            if let Some(upserts) =
-                self.encode_rows(batch, &columns, &column_of, true, &mut rows, &mut deletes)?
-            {
+            if let Some(upserts) = self.encode_rows(
+                batch,
+                (&columns, overflow),
+                &column_of,
+                true,
+                &mut rows,
+                &mut deletes,
+            )? {
                 rows.extend_from_slice(BINARY_TRAILER);
                 if upserts == 0 {
                     // Nothing to copy (a batch of deletes).
@@ -988,6 +1078,7 @@ impl TableModel {
                 }
                 return Ok(Encoded {
                     columns,
+                    mapping,
                     ddl,
                     payload: rows,
                     binary: true,
@@ -1001,11 +1092,19 @@ impl TableModel {
         }
         rows.clear();
         let upserts = self
-            .encode_rows(batch, &columns, &column_of, false, &mut rows, &mut deletes)?
+            .encode_rows(
+                batch,
+                (&columns, overflow),
+                &column_of,
+                false,
+                &mut rows,
+                &mut deletes,
+            )?
             .unwrap_or_default();
         let (payload, binary, spare) = text_or_converted(&columns, rows, spare);
         Ok(Encoded {
             columns,
+            mapping,
             ddl,
             payload,
             binary,
@@ -1026,12 +1125,15 @@ impl TableModel {
             columns,
             ddl,
             column_of,
+            mapping,
         } = self.plan(page);
+        let mapping = mapping.into_owned();
         let (payload, spare) = buffers;
         let mut paged = PagedBatch {
             target: TableModel {
                 name: self.name.clone(),
                 columns,
+                mapping,
             },
             ddl,
             binary: false,
@@ -1064,7 +1166,7 @@ impl TableModel {
     fn encode_rows(
         &self,
         batch: &DocumentBatch,
-        columns: &[(String, ColumnType)],
+        (columns, overflow): (&[(String, ColumnType)], Option<usize>),
         column_of: &[Option<usize>],
         binary: bool,
         rows: &mut Vec<u8>,
@@ -1075,6 +1177,9 @@ impl TableModel {
         };
         let mut upserts = 0u64;
         let mut fields: Vec<Option<Field>> = vec![None; columns.len()];
+        // The document's attributes that go to the overflow column, and its JSON.
+        let mut spilled: Vec<Field> = Vec::new();
+        let mut spilled_json = String::new();
         for (key, change) in &batch.changes {
             let document = match change {
                 Change::Delete => {
@@ -1086,10 +1191,35 @@ impl TableModel {
             };
             upserts += 1;
             fields.iter_mut().for_each(|field| *field = None);
+            spilled.clear();
             for field in &document.fields {
-                if let Some(index) = column_of[field.attribute as usize] {
-                    fields[index] = Some(*field);
+                match column_of[field.attribute as usize] {
+                    Some(index) if Some(index) == overflow && field.kind != ValueKind::Null => {
+                        spilled.push(*field);
+                    }
+                    Some(index) if Some(index) == overflow => {}
+                    Some(index) => fields[index] = Some(*field),
+                    None => {}
                 }
+            }
+            if let (Some(index), Some(first)) = (overflow, spilled.first()) {
+                // One object of the attributes beyond the budget, each value as sent.
+                spilled_json.clear();
+                spilled_json.push('{');
+                for field in &spilled {
+                    if spilled_json.len() > 1 {
+                        spilled_json.push(',');
+                    }
+                    let name = &batch.attributes.names[field.attribute as usize];
+                    spilled_json.push_str(&serde_json::to_string(&**name).unwrap_or_default());
+                    spilled_json.push(':');
+                    spilled_json.push_str(document.value(field));
+                }
+                spilled_json.push('}');
+                fields[index] = Some(Field {
+                    kind: ValueKind::Structure,
+                    ..*first
+                });
             }
             if key.contains('\0') {
                 return Err(Box::new(DocumentError::Value {
@@ -1109,7 +1239,7 @@ impl TableModel {
             } else {
                 crate::target::copy_encode::push_escaped(rows, key.as_bytes());
             }
-            for (field, (_, sql_type)) in fields.iter().zip(columns) {
+            for (index, (field, (_, sql_type))) in fields.iter().zip(columns).enumerate() {
                 let Some(field) = field else {
                     if binary {
                         rows.extend_from_slice(&(-1i32).to_be_bytes());
@@ -1118,7 +1248,12 @@ impl TableModel {
                     }
                     continue;
                 };
-                let value = document.value(field);
+                let spills = Some(index) == overflow;
+                let value = if spills {
+                    spilled_json.as_str()
+                } else {
+                    document.value(field)
+                };
                 let written = if binary {
                     encode_field_binary(rows, value, field.kind, sql_type)
                 } else {
@@ -1132,7 +1267,11 @@ impl TableModel {
                         return Err(Box::new(DocumentError::Value {
                             table: self.name.clone(),
                             key: key.clone(),
-                            attribute: batch.attributes.names[field.attribute as usize].to_string(),
+                            attribute: if spills {
+                                OVERFLOW_COLUMN.to_owned()
+                            } else {
+                                batch.attributes.names[field.attribute as usize].to_string()
+                            },
                             source,
                         }))
                     }
@@ -1149,6 +1288,7 @@ impl TableModel {
     /// is encoded against them while this one is still being applied.
     pub fn assume_committed(&mut self, encoded: &Encoded) {
         self.columns.clone_from(&encoded.columns);
+        self.mapping.clone_from(&encoded.mapping);
     }
 }
 
@@ -1233,7 +1373,7 @@ impl PagedBatch {
         let mut deletes = Vec::new();
         match self.target.encode_rows(
             page,
-            &self.target.columns,
+            (&self.target.columns, self.target.mapping.overflow),
             column_of,
             self.binary,
             &mut self.payload,
@@ -1270,6 +1410,7 @@ impl PagedBatch {
         };
         Encoded {
             columns: target.columns,
+            mapping: target.mapping,
             ddl,
             payload,
             binary,
@@ -1317,6 +1458,15 @@ mod tests {
                 .iter()
                 .map(|(name, sql_type)| ((*name).to_owned(), sql_type.clone()))
                 .collect(),
+            mapping: Mapping {
+                by_attribute: columns
+                    .iter()
+                    .enumerate()
+                    .map(|(position, (name, _))| ((*name).into(), position))
+                    .collect(),
+                overflow: None,
+                max_columns: 1000,
+            },
         }
     }
 
@@ -1504,6 +1654,113 @@ mod tests {
         assert!(existing.plan(&same).ddl.is_empty());
     }
 
+    #[test]
+    fn two_attributes_never_share_a_column() {
+        let long = format!("attr_{}", "x".repeat(80));
+        let hashed = crate::target::infer::column_candidates(&long)
+            .next()
+            .unwrap()
+            .into_owned();
+        let mut model = table(&[]);
+        let mut batch = DocumentBatch::default();
+        batch
+            .upsert(document(
+                json!({"_key": "a", long.clone(): 1, hashed.clone(): "h", "x\u{0}y": 2}),
+            ))
+            .unwrap();
+        let encoded = model.encode(&batch, Default::default()).unwrap();
+        let names: Vec<&str> = encoded
+            .columns
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let distinct: HashSet<&str> = names.iter().copied().collect();
+        assert_eq!(distinct.len(), 3, "{names:?}");
+        assert!(names.contains(&hashed.as_str()), "{names:?}");
+        assert!(!names.iter().any(|name| name.contains('\0')), "{names:?}");
+        // Each renamed column records its attribute, in the same transaction.
+        let comments: Vec<&String> = encoded
+            .ddl
+            .iter()
+            .filter(|statement| statement.starts_with("COMMENT ON COLUMN"))
+            .collect();
+        assert_eq!(comments.len(), 2, "{:?}", encoded.ddl);
+        assert!(comments
+            .iter()
+            .any(|c| c.contains(&format!("pgferry attribute: \"{long}\""))));
+        // The next batch maps every attribute to the same column again.
+        model.assume_committed(&encoded);
+        let mut again = DocumentBatch::default();
+        again
+            .upsert(document(
+                json!({"_key": "b", hashed.clone(): "k", long.clone(): 3}),
+            ))
+            .unwrap();
+        let plan = model.plan(&again);
+        assert!(plan.ddl.is_empty(), "{:?}", plan.ddl);
+        let position = |attribute: &str| model.mapping.by_attribute[attribute];
+        assert_ne!(position(&long), position(&hashed));
+        assert_eq!(model.columns[position(&hashed)].0, hashed);
+    }
+
+    #[test]
+    fn attributes_beyond_the_budget_go_to_the_overflow_column() {
+        let mut model = table(&[]);
+        model.mapping.max_columns = 2;
+        let mut batch = DocumentBatch::default();
+        batch
+            .upsert(document(
+                json!({"_key": "a", "d1": 1, "d2": "two", "d3": {"x": [1]}, "d4": null, "d5": 2.5}),
+            ))
+            .unwrap();
+        batch
+            .upsert(document(json!({"_key": "b", "d1": 7})))
+            .unwrap();
+        let encoded = model.encode(&batch, Default::default()).unwrap();
+        assert_eq!(
+            encoded.columns,
+            vec![
+                ("d1".into(), ColumnType::BigInt),
+                ("d2".into(), ColumnType::Text),
+                (OVERFLOW_COLUMN.into(), ColumnType::Jsonb),
+            ]
+        );
+        assert!(encoded
+            .ddl
+            .iter()
+            .any(|s| s.contains(r#"ADD COLUMN "_pgferry_overflow" jsonb"#)));
+        // In text: the overflow holds the attributes beyond the budget, nulls left out; a
+        // document without any has NULL there.
+        let mut text = Vec::new();
+        let mut deletes = Vec::new();
+        model
+            .encode_rows(
+                &batch,
+                (&encoded.columns, Some(2)),
+                &{
+                    let plan = model.plan(&batch);
+                    plan.column_of
+                },
+                false,
+                &mut text,
+                &mut deletes,
+            )
+            .unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("a\t1\ttwo\t{\"d3\":{\"x\":[1]},\"d5\":2.5}\n"),
+            "{text}"
+        );
+        assert!(text.contains("b\t7\t\\N\t\\N\n"), "{text}");
+        // Later attributes go there too; the columns stay.
+        model.assume_committed(&encoded);
+        let mut later = DocumentBatch::default();
+        later
+            .upsert(document(json!({"_key": "c", "d9": true})))
+            .unwrap();
+        assert!(model.plan(&later).ddl.is_empty());
+    }
+
     /// The encoded batch, and its rows written as COPY text then converted by `copy_binary`
     /// (the conversion the Singer loader uses, checked there against PostgreSQL).
     fn binary_both_ways(model: &TableModel, batch: &DocumentBatch) -> (Encoded, Option<Vec<u8>>) {
@@ -1512,7 +1769,7 @@ mod tests {
         model
             .encode_rows(
                 batch,
-                &encoded.columns,
+                (&encoded.columns, encoded.mapping.overflow),
                 &model.plan(batch).column_of,
                 false,
                 &mut text,
@@ -1557,19 +1814,15 @@ mod tests {
         assert_eq!((encoded.upserts, encoded.removed), (4, 1));
         assert_eq!(encoded.deletes, b"gone\n");
 
-        // A fraction whose shortest text has an exponent has no binary numeric here: the
-        // batch goes as text, which PostgreSQL reads itself.
+        // A fraction sent with an exponent goes into numeric as its double's exact value,
+        // which has a binary form.
         let mut batch = DocumentBatch::default();
         batch.upsert(raw(r#"{"_key": "e", "d": 1e-7}"#)).unwrap();
         batch.upsert(raw(r#"{"_key": "f", "d": 2}"#)).unwrap();
         let (encoded, converted) = binary_both_ways(&model, &batch);
         assert_eq!(encoded.columns, [("d".into(), ColumnType::Numeric)]);
-        assert!(!encoded.binary && converted.is_none());
-        let text = String::from_utf8(encoded.payload).unwrap();
-        assert!(
-            text.contains("e\t1e-7\n") && text.contains("f\t2\n"),
-            "{text}"
-        );
+        assert!(encoded.binary);
+        assert_eq!(Some(encoded.payload), converted);
 
         // Only deletes: nothing to copy.
         let mut batch = DocumentBatch::default();
@@ -1636,19 +1889,14 @@ mod tests {
         assert_eq!(encoded.payload, expected);
         assert_eq!((encoded.upserts, encoded.removed), (3, 0));
 
-        // A value without a certain binary form refuses a binary batch; a batch started with
-        // it goes as text.
+        // Numbers of both kinds into numeric: every one has a binary form.
         let numeric = table(&[("d", ColumnType::Numeric)]);
         let mut paged = numeric
             .start_paged(&page(&[json!({"_key": "e", "d": 2})]), Default::default())
             .unwrap();
-        let exponent = page(&[json!({"_key": "f", "d": 1e-7})]);
-        assert!(!paged.append(&exponent).unwrap());
-        let mut text = numeric.start_paged(&exponent, Default::default()).unwrap();
-        assert!(text.append(&page(&[json!({"_key": "g", "d": 3})])).unwrap());
-        let encoded = text.finish();
-        assert!(!encoded.binary);
-        let rows = String::from_utf8(encoded.payload).unwrap();
-        assert_eq!(rows, "f\t1e-7\ng\t3\n");
+        assert!(paged
+            .append(&page(&[json!({"_key": "f", "d": 1e-7})]))
+            .unwrap());
+        assert!(paged.finish().binary);
     }
 }

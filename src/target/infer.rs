@@ -212,30 +212,49 @@ impl ColumnType {
     /// every value exactly.
     pub fn widen_using(&self, quoted: &str, wider: &ColumnType) -> String {
         match (self, wider) {
-            (ColumnType::Double, ColumnType::Numeric) => format!("{quoted}::text::numeric"),
+            (ColumnType::Double, ColumnType::Numeric) => exact_numeric_sql(quoted),
             (_, ColumnType::Jsonb) => format!("to_jsonb({quoted})"),
             (_, wider) => format!("{quoted}::{}", wider.sql()),
         }
     }
 }
 
-/// The column an attribute goes to: its own name when PostgreSQL can keep it as it is (1–63
-/// bytes, no NUL, not a name pgferry reserves), else up to 54 bytes of it, `_`, and 8 hex digits
-/// of its SHA-256 — so long names stay distinct instead of being cut to one.
-pub fn column_name(attribute: &str) -> String {
-    column_name_of(attribute).into_owned()
-}
+/// The `jsonb` column holding, per row, the attributes beyond a table's column budget.
+pub const OVERFLOW_COLUMN: &str = "_pgferry_overflow";
+/// How a column records the attribute it holds when its name is not the attribute's own (a
+/// column comment: this, then the attribute as a JSON string).
+pub const ATTRIBUTE_COMMENT: &str = "pgferry attribute: ";
 
-/// [`column_name`] without an allocation in the common case (the attribute's own name).
-pub fn column_name_of(attribute: &str) -> std::borrow::Cow<'_, str> {
-    let reserved = attribute == KEY_COLUMN || attribute == DELETED_AT_COLUMN;
-    if !attribute.is_empty()
+/// The column names an attribute may get, in the order they are tried; the first no other
+/// attribute of the table holds is its column. First its own name, when PostgreSQL can keep it
+/// as it is (1–63 bytes, no U+0000, not `_key`, `_sdc_deleted_at` or `_pgferry_overflow`); then
+/// up to 54 bytes of it (U+0000 removed), `_` and 8 hex digits of its SHA-256; then that with
+/// `_2`, `_3`, … appended (its start shortened to stay within 63 bytes). So two attributes
+/// never share a column.
+pub fn column_candidates(attribute: &str) -> impl Iterator<Item = Cow<'_, str>> {
+    let reserved =
+        attribute == KEY_COLUMN || attribute == DELETED_AT_COLUMN || attribute == OVERFLOW_COLUMN;
+    let own = (!attribute.is_empty()
         && attribute.len() <= MAX_IDENTIFIER_BYTES
         && !attribute.contains('\0')
-        && !reserved
-    {
-        return std::borrow::Cow::Borrowed(attribute);
-    }
+        && !reserved)
+        .then_some(Cow::Borrowed(attribute));
+    let hashed = hashed_name(attribute);
+    let numbered = (2u64..).map(move |n| {
+        let suffix = format!("_{n}");
+        let mut end = hashed.len().min(MAX_IDENTIFIER_BYTES - suffix.len());
+        while !hashed.is_char_boundary(end) {
+            end -= 1;
+        }
+        Cow::Owned(format!("{}{suffix}", &hashed[..end]))
+    });
+    own.into_iter()
+        .chain(std::iter::once(Cow::Owned(hashed_name(attribute))))
+        .chain(numbered)
+}
+
+/// Up to 54 bytes of `attribute` (U+0000 removed), `_` and 8 hex digits of its SHA-256.
+fn hashed_name(attribute: &str) -> String {
     let digest = Sha256::digest(attribute.as_bytes());
     let hex: String = digest[..4]
         .iter()
@@ -246,7 +265,95 @@ pub fn column_name_of(attribute: &str) -> std::borrow::Cow<'_, str> {
         end -= 1;
     }
     let prefix: String = attribute[..end].chars().filter(|ch| *ch != '\0').collect();
-    std::borrow::Cow::Owned(format!("{prefix}_{hex}"))
+    format!("{prefix}_{hex}")
+}
+
+/// The exact value of a finite double as decimal text (every double is a binary fraction
+/// with a finite decimal expansion): what a `numeric` column holds for a double, so that
+/// 2^63 is `9223372036854775808`, not its shortest text `9223372036854776000`, and
+/// `::float8` gives back the same double. `-0` is `0` (numeric has no negative zero).
+pub fn exact_decimal(value: f64) -> String {
+    const BASE: u64 = 1_000_000_000;
+    let bits = value.to_bits();
+    let exponent = ((bits >> 52) & 0x7ff) as i64;
+    let mut mantissa = bits & ((1 << 52) - 1);
+    if exponent != 0 {
+        mantissa |= 1 << 52;
+    }
+    if mantissa == 0 || !value.is_finite() {
+        return "0".into();
+    }
+    // value = mantissa × 2^power
+    let power = exponent.max(1) - 1075;
+    // A big number in base 10^9 limbs, least significant first.
+    let mut limbs = vec![
+        mantissa % BASE,
+        mantissa / BASE % BASE,
+        mantissa / BASE / BASE,
+    ];
+    let multiply = |limbs: &mut Vec<u64>, by: u64| {
+        let mut carry = 0u64;
+        for limb in limbs.iter_mut() {
+            let product = *limb * by + carry;
+            *limb = product % BASE;
+            carry = product / BASE;
+        }
+        while carry > 0 {
+            limbs.push(carry % BASE);
+            carry /= BASE;
+        }
+    };
+    // Below 2^29 and 5^12 a limb times the factor stays inside 64 bits.
+    let (factor, step, mut left) = if power >= 0 {
+        (2u64, 29u32, power as u64)
+    } else {
+        (5u64, 12u32, power.unsigned_abs())
+    };
+    while left > 0 {
+        let now = left.min(u64::from(step));
+        multiply(&mut limbs, factor.pow(now as u32));
+        left -= now;
+    }
+    while limbs.len() > 1 && limbs.last() == Some(&0) {
+        limbs.pop();
+    }
+    let mut digits = limbs.last().map(u64::to_string).unwrap_or_default();
+    for limb in limbs.iter().rev().skip(1) {
+        digits.push_str(&format!("{limb:09}"));
+    }
+    if power < 0 {
+        // mantissa × 5^k / 10^k: k digits after the point.
+        let places = power.unsigned_abs() as usize;
+        if digits.len() <= places {
+            digits = "0".repeat(places + 1 - digits.len()) + &digits;
+        }
+        digits.insert(digits.len() - places, '.');
+        let trimmed = digits.trim_end_matches('0').trim_end_matches('.').len();
+        digits.truncate(trimmed);
+    }
+    if value.is_sign_negative() {
+        digits.insert(0, '-');
+    }
+    digits
+}
+
+/// SQL turning a `double precision` column `quoted` into its values' exact `numeric`, the
+/// same text as [`exact_decimal`] (`float8::numeric` keeps 15 digits, `::text::numeric` the
+/// shortest text): from the double's bits, sign × odd mantissa × 2^power, each step exact in
+/// `numeric` (an odd mantissa times 5^k ends in a digit other than 0, so no trailing zeros).
+fn exact_numeric_sql(quoted: &str) -> String {
+    let bits = format!("(('x' || encode(float8send({quoted}), 'hex'))::bit(64)::bigint)");
+    let exponent = format!("(({bits} >> 52) & 2047)");
+    let mantissa = format!(
+        "(({bits} & 4503599627370495) + CASE WHEN {exponent} = 0 THEN 0 ELSE 4503599627370496 END)"
+    );
+    let zeros = format!("length(substring({mantissa}::bit(64)::text from '0*$'))");
+    let power = format!("(greatest({exponent}, 1) - 1075 + {zeros})");
+    format!(
+        "CASE WHEN {quoted} = 0 THEN 0::numeric ELSE sign({bits})::numeric * ({mantissa} >> {zeros})::numeric \
+         * CASE WHEN {power} >= 0 THEN round(power(2::numeric, {power})) \
+         ELSE round(power(5::numeric, -{power})) * ('1e' || {power})::numeric END END"
+    )
 }
 
 /// Why a value cannot be written to its column.
@@ -304,7 +411,15 @@ fn prepare<'a>(
         (ValueKind::Float, ColumnType::Double) => {
             Prepared::Literal(Cow::Borrowed(double_text(raw)))
         }
-        (ValueKind::Float, ColumnType::Numeric | ColumnType::Other(_)) => {
+        (ValueKind::Float, ColumnType::Numeric) => {
+            let value = raw
+                .parse::<f64>()
+                .ok()
+                .filter(|value| value.is_finite())
+                .ok_or(ValueError::OutOfRange)?;
+            Prepared::Literal(Cow::Owned(exact_decimal(value)))
+        }
+        (ValueKind::Float, ColumnType::Other(_)) => {
             if is_integer_text(raw) {
                 Prepared::Literal(Cow::Borrowed(raw))
             } else {
@@ -478,10 +593,9 @@ mod tests {
 
     #[test]
     fn widening_keeps_every_value() {
-        assert_eq!(
-            ColumnType::Double.widen_using("\"x\"", &ColumnType::Numeric),
-            "\"x\"::text::numeric"
-        );
+        assert!(ColumnType::Double
+            .widen_using("\"x\"", &ColumnType::Numeric)
+            .starts_with("CASE WHEN \"x\" = 0 THEN 0::numeric ELSE sign("));
         assert_eq!(
             ColumnType::BigInt.widen_using("\"x\"", &ColumnType::Numeric),
             "\"x\"::numeric"
@@ -490,6 +604,10 @@ mod tests {
             ColumnType::Text.widen_using("\"x\"", &ColumnType::Jsonb),
             "to_jsonb(\"x\")"
         );
+    }
+
+    fn column_name(attribute: &str) -> String {
+        column_candidates(attribute).next().unwrap().into_owned()
     }
 
     #[test]
@@ -501,10 +619,33 @@ mod tests {
         assert_eq!(column.len(), 54 + 1 + 8);
         assert_ne!(column, column_name(&"a".repeat(71)));
         assert_ne!(column_name(DELETED_AT_COLUMN), DELETED_AT_COLUMN);
+        assert_ne!(column_name(OVERFLOW_COLUMN), OVERFLOW_COLUMN);
         assert!(!column_name("").is_empty());
         assert!(!column_name("a\0b").contains('\0'));
         let accented = "é".repeat(40);
         assert!(column_name(&accented).len() <= 63);
+    }
+
+    #[test]
+    fn every_candidate_is_a_distinct_name_postgresql_keeps() {
+        for attribute in ["x", &"é".repeat(40), &"a".repeat(70), "x\0y", ""] {
+            let names: Vec<String> = column_candidates(attribute)
+                .take(12)
+                .map(Cow::into_owned)
+                .collect();
+            let distinct: std::collections::HashSet<&String> = names.iter().collect();
+            assert_eq!(distinct.len(), names.len(), "{names:?}");
+            assert!(names
+                .iter()
+                .all(|name| !name.is_empty() && name.len() <= 63 && !name.contains('\0')));
+        }
+        // A name that is another's hashed column gets its own name; the other its next.
+        let long = "attr_".to_owned() + &"x".repeat(80);
+        let hashed = column_name(&long);
+        assert_eq!(column_name(&hashed), hashed);
+        let mut of_long = column_candidates(&long);
+        assert_eq!(of_long.next().unwrap(), hashed);
+        assert_eq!(of_long.next().unwrap(), format!("{}_2", &hashed[..61]));
     }
 
     #[test]
@@ -567,20 +708,51 @@ mod tests {
     }
 
     #[test]
+    fn a_double_in_numeric_is_its_exact_value() {
+        assert_eq!(exact_decimal(2f64.powi(53)), "9007199254740992");
+        assert_eq!(exact_decimal(2f64.powi(63)), "9223372036854775808");
+        assert_eq!(
+            exact_decimal(1e308),
+            "100000000000000001097906362944045541740492309677311846336810682903157585404911491537163328978494688899061249669721172515611590283743140088328307009198146046031271664502933027185697489699588559043338384466165001178426897626212945177628091195786707458122783970171784415105291802893207873272974885715430223118336"
+        );
+        assert_eq!(exact_decimal(-1.5), "-1.5");
+        assert_eq!(exact_decimal(-0.0), "0");
+        assert_eq!(
+            exact_decimal(5e-324).len(),
+            "0.".len() + 1074,
+            "the smallest subnormal has 1,074 places"
+        );
+        for value in [
+            0.1,
+            123.456,
+            1e-300,
+            1.7976931348623157e308,
+            2.2250738585072014e-308,
+        ] {
+            let text = exact_decimal(value);
+            assert_eq!(text.parse::<f64>().unwrap(), value, "{text}");
+        }
+        // Widening a column does the same in SQL (checked against PostgreSQL in the tests).
+        assert!(ColumnType::Double
+            .widen_using("\"x\"", &ColumnType::Numeric)
+            .contains("float8send(\"x\")"));
+    }
+
+    #[test]
     fn raw_values_keep_their_text_where_postgresql_reads_the_same_value() {
         assert_eq!(raw_field("1.50", ColumnType::Double).unwrap(), "1.50");
         assert_eq!(raw_field("1.50", ColumnType::Numeric).unwrap(), "1.5");
         assert_eq!(
-            raw_field("0.1000000000000000055511151231257827", ColumnType::Numeric).unwrap(),
-            "0.1",
-            "a double's shortest exact text"
+            raw_field("0.1", ColumnType::Numeric).unwrap(),
+            "0.1000000000000000055511151231257827021181583404541015625",
+            "the double's exact value"
         );
         assert_eq!(
             raw_field("18446744073709551615", ColumnType::Numeric).unwrap(),
-            "18446744073709551615",
-            "a whole number beyond 64 signed bits stays exact"
+            "18446744073709551616",
+            "a whole number beyond 64 signed bits is the double GDN keeps"
         );
-        assert_eq!(raw_field("-0", ColumnType::Numeric).unwrap(), "-0");
+        assert_eq!(raw_field("-0", ColumnType::Numeric).unwrap(), "0");
         assert_eq!(raw_field("1e-400", ColumnType::Double).unwrap(), "0");
         assert_eq!(raw_field("-1.5e-400", ColumnType::Double).unwrap(), "-0");
         assert_eq!(
