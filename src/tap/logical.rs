@@ -465,7 +465,10 @@ pub async fn sync<W: Write>(
     // pipelinewise's bounds: the whole run, and the time without data.
     let started = tokio::time::Instant::now();
     let far = started + Duration::from_secs(100 * 365 * 86_400);
-    let run_deadline = settings.max_run.map_or(far, |bound| started + bound);
+    let run_deadline = settings
+        .max_run
+        .and_then(|bound| started.checked_add(bound))
+        .map_or(far, |deadline| deadline.min(far));
     let mut last_data = started;
     let mut bound_reached: Option<&'static str> = None;
     loop {
@@ -477,7 +480,10 @@ pub async fn sync<W: Write>(
             tracing::info!(lsn = %committed, "stopping: {why}");
             break;
         }
-        let poll_deadline = settings.poll_total.map_or(far, |bound| last_data + bound);
+        let poll_deadline = settings
+            .poll_total
+            .and_then(|bound| last_data.checked_add(bound))
+            .map_or(far, |deadline| deadline.min(far));
         let message = tokio::select! {
             biased;
             () = tokio::time::sleep_until(run_deadline), if bound_reached.is_none() && settings.max_run.is_some() => {

@@ -115,7 +115,9 @@ fn seconds_key(
     match seconds {
         Some(0.0) => Ok(None),
         Some(seconds) if seconds.is_finite() && seconds > 0.0 => {
-            Ok(Some(std::time::Duration::from_secs_f64(seconds)))
+            std::time::Duration::try_from_secs_f64(seconds)
+                .map(Some)
+                .map_err(|_| invalid(format!("{seconds} seconds is too long")))
         }
         _ => Err(invalid(format!(
             "expected a number of seconds, got {}",
@@ -577,5 +579,57 @@ mod tests {
             error.to_string().contains("ahead of this server's WAL"),
             "{error}"
         );
+    }
+}
+
+#[cfg(test)]
+mod tap_config_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(extra: Value) -> Result<TapConfig, TapError> {
+        let mut config =
+            json!({"host": "h", "user": "u", "dbname": "d", "filter_schemas": "public"});
+        if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+            config.extend(extra.clone());
+        }
+        tap_config_from_object(config.as_object().expect("object"))
+    }
+
+    #[test]
+    fn pipelinewise_keys_are_read_and_other_keys_are_warnings() {
+        let config = parse(
+            json!({"max_run_seconds": 43200, "logical_poll_total_seconds": "2.5",
+            "default_replication_method": "LOG_BASED", "limit": 10, "filter_tabel": "t"}),
+        )
+        .expect("starts");
+        assert_eq!(config.max_run, Some(std::time::Duration::from_secs(43200)));
+        assert_eq!(
+            config.logical_poll_total,
+            Some(std::time::Duration::from_millis(2500))
+        );
+        assert_eq!(
+            config.source.replication_method,
+            ReplicationMethod::LogBased
+        );
+        assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
+        assert!(config.warnings[0].contains("did you mean \"filter_table\""));
+        assert!(config.warnings[1].contains("INCREMENTAL"));
+        let explicit = parse(
+            json!({"replication_method": "FULL_TABLE", "default_replication_method": "LOG_BASED"}),
+        )
+        .expect("starts");
+        assert_eq!(
+            explicit.source.replication_method,
+            ReplicationMethod::FullTable
+        );
+        let zero = parse(json!({"max_run_seconds": 0})).expect("starts");
+        assert_eq!(zero.max_run, None, "0 is no bound");
+        for bad in [json!("soon"), json!(-1), json!(1e300), json!([1])] {
+            let error = parse(json!({"max_run_seconds": bad}))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("max_run_seconds"), "{error}");
+        }
     }
 }
