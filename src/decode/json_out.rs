@@ -35,6 +35,45 @@ pub fn write_string(text: &str, out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
+/// Copies JSON text `json` into `out`, passing each number outside strings through `number`
+/// (which writes what stands in its place): the one scanner for rewriting numbers in JSON.
+pub fn map_numbers(json: &[u8], out: &mut Vec<u8>, mut number: impl FnMut(&[u8], &mut Vec<u8>)) {
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut index = 0;
+    while index < json.len() {
+        let byte = json[index];
+        if in_string {
+            out.push(byte);
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            index += 1;
+            continue;
+        }
+        if byte == b'-' || byte.is_ascii_digit() {
+            let end = json[index..]
+                .iter()
+                .position(|b| {
+                    !(b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
+                })
+                .map_or(json.len(), |length| index + length);
+            number(&json[index..end], out);
+            index = end;
+            continue;
+        }
+        if byte == b'"' {
+            in_string = true;
+        }
+        out.push(byte);
+        index += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

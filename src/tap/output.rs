@@ -77,44 +77,12 @@ fn exact_integer(token: &str) -> Option<String> {
 /// Rewrites the exponent-written integers of JSON text (outside strings) with every digit.
 pub fn exact_integers(json: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(json.len() + 64);
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut index = 0;
-    while index < json.len() {
-        let byte = json[index];
-        if in_string {
-            out.push(byte);
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
-            }
-            index += 1;
-            continue;
+    crate::decode::json_out::map_numbers(json, &mut out, |token, out| {
+        match exact_integer(std::str::from_utf8(token).unwrap_or_default()) {
+            Some(digits) => out.extend_from_slice(digits.as_bytes()),
+            None => out.extend_from_slice(token),
         }
-        if byte == b'-' || byte.is_ascii_digit() {
-            let end = json[index..]
-                .iter()
-                .position(|b| {
-                    !(b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
-                })
-                .map_or(json.len(), |length| index + length);
-            let token = std::str::from_utf8(&json[index..end]).unwrap_or_default();
-            match exact_integer(token) {
-                Some(digits) => out.extend_from_slice(digits.as_bytes()),
-                None => out.extend_from_slice(&json[index..end]),
-            }
-            index = end;
-            continue;
-        }
-        if byte == b'"' {
-            in_string = true;
-        }
-        out.push(byte);
-        index += 1;
-    }
+    });
     out
 }
 

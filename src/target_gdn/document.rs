@@ -157,45 +157,11 @@ fn key_text(raw: &RawValue) -> String {
 
 /// Copies `raw` into `out` with every number outside strings turned into a string.
 fn numbers_as_strings(raw: &str, out: &mut Vec<u8>) {
-    let bytes = raw.as_bytes();
-    let mut index = 0;
-    let mut in_string = false;
-    let mut escaped = false;
-    while index < bytes.len() {
-        let byte = bytes[index];
-        if in_string {
-            out.push(byte);
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
-            }
-            index += 1;
-            continue;
-        }
-        if byte == b'-' || byte.is_ascii_digit() {
-            let start = index;
-            while index < bytes.len()
-                && !matches!(
-                    bytes[index],
-                    b',' | b']' | b'}' | b' ' | b'\n' | b'\t' | b'\r'
-                )
-            {
-                index += 1;
-            }
-            out.push(b'"');
-            out.extend_from_slice(&bytes[start..index]);
-            out.push(b'"');
-            continue;
-        }
-        if byte == b'"' {
-            in_string = true;
-        }
-        out.push(byte);
-        index += 1;
-    }
+    crate::decode::json_out::map_numbers(raw.as_bytes(), out, |token, out| {
+        out.push(b'"');
+        out.extend_from_slice(token);
+        out.push(b'"');
+    });
 }
 
 /// Turns a RECORD of `shape`'s stream into its effect; `Err` says what is wrong with it.
