@@ -12,12 +12,13 @@ use serde::Serialize;
 
 use crate::config::OutputPlugin;
 use crate::config::{PgSourceConfig, ReplicationMethod};
+use crate::pg::catalog::identity_without_key;
 use crate::pg::catalog::publication_coverage;
 use crate::pg::query::{quote_literal, Row};
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
 use crate::pg::{Connection, PgError};
 use crate::source::plugin_choice::{allow_list_fix, is_refused_plugin, AllowList};
-use crate::source::slot_setup::resolve_plugin;
+use crate::source::slot_setup::{resolve_plugin, PartitionNames};
 
 mod destination;
 pub use destination::run_pipeline;
@@ -431,7 +432,14 @@ async fn run_on(
         .and_then(|slot| slot.get(0))
         .unwrap_or(&candidates[0])
         .to_owned();
-    let (choice, allow) = resolve_plugin(connection, config, &slot_name, &tables).await?;
+    let (choice, allow) = resolve_plugin(
+        connection,
+        config,
+        &slot_name,
+        &tables,
+        PartitionNames::Leaves,
+    )
+    .await?;
     let chosen = match choice {
         Ok(chosen) => {
             checker.pass(
@@ -555,6 +563,53 @@ async fn check_replica_identity(
             }
             _ => {}
         }
+    }
+    // A replica identity index other than the primary key that lacks some of its columns: a
+    // DELETE then carries no primary key, so run refuses the table.
+    let lacking = connection
+        .query(&format!(
+            "SELECT format('%I.%I', n.nspname, c.relname), a.attname \
+             FROM (VALUES {}) AS t (schema_name, table_name) \
+             JOIN pg_catalog.pg_namespace n ON n.nspname = t.schema_name \
+             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name \
+             JOIN pg_catalog.pg_index p ON p.indrelid = c.oid AND p.indisprimary AND NOT p.indisreplident \
+             JOIN pg_catalog.pg_index r ON r.indrelid = c.oid AND r.indisreplident \
+             CROSS JOIN LATERAL unnest(p.indkey::pg_catalog.int2[]) WITH ORDINALITY AS k (attnum, ord) \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum \
+             WHERE c.relreplident = 'i' AND k.ord <= p.indnkeyatts \
+               AND NOT EXISTS (SELECT 1 FROM unnest(r.indkey::pg_catalog.int2[]) WITH ORDINALITY AS x (attnum, ord) \
+                               WHERE x.ord <= r.indnkeyatts AND x.attnum = k.attnum) \
+             ORDER BY 1, k.ord",
+            values.join(", ")
+        ))
+        .await?;
+    let mut by_table: Vec<(String, Vec<String>)> = Vec::new();
+    for row in &lacking {
+        let (table, column) = row.pair();
+        match by_table.last_mut() {
+            Some((last, columns)) if *last == table => columns.push(column),
+            _ => by_table.push((table, vec![column])),
+        }
+    }
+    if by_table.is_empty() {
+        checker.pass(
+            "replica_identity_index",
+            "no selected table is identified by an index without its primary key",
+        );
+    } else {
+        let (problems, fixes): (Vec<String>, Vec<String>) = by_table
+            .iter()
+            .map(|(table, columns)| {
+                let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+                identity_without_key(table, &columns)
+            })
+            .unzip();
+        checker.fail(
+            "replica_identity_index",
+            true,
+            format!("{}: pgferry run refuses these tables", problems.join("; ")),
+            fixes.join("\n"),
+        );
     }
     if without.is_empty() {
         checker.pass(

@@ -14,6 +14,8 @@
 //! - a following `pgferry run` stopped with SIGTERM after GDN holds the changes exits 0 with the
 //!   slot confirmed at least to the WAL position read after those changes committed;
 //! - PostgreSQL → PostgreSQL LOG_BASED: the target equals the source;
+//! - a TRUNCATE of a list partition and of a hash partition under a range partition removes
+//!   only their rows from the parent's target table (PostgreSQL → PostgreSQL);
 //! - `pgferry tap` with an old tap config (no `plugin`): the first run copies under a new
 //!   pgoutput slot, the next streams an insert, an update and a delete as Singer records.
 //!
@@ -44,6 +46,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("protocol_1", log_based_protocol_1_follows_the_same_changes),
     ("sigterm", sigterm_confirms_what_gdn_holds),
     ("pg_to_pg", pg_to_pg_target_equals_the_source),
+    ("partitions", partition_truncates_remove_only_their_rows),
     ("tap", tap_copies_then_streams_through_pgoutput),
 ];
 
@@ -654,6 +657,54 @@ fn pg_to_pg_target_equals_the_source(env: &Major, database: &str) {
         env.major
     );
     assert!(source.starts_with("296 "), "{source}");
+}
+
+/// Partitioned tables PostgreSQL → PostgreSQL: a TRUNCATE of some partitions empties only
+/// them in the parent's target table (pgferry's publication publishes the partitions under
+/// their own names, so PostgreSQL sends those TRUNCATEs).
+fn partition_truncates_remove_only_their_rows(env: &Major, database: &str) {
+    let target = format!("{database}_target");
+    env.cluster.psql(&format!("CREATE DATABASE {target}"));
+    env.psql(
+        database,
+        "CREATE TABLE public.tab1 (id int PRIMARY KEY, b text) PARTITION BY LIST (id);
+         CREATE TABLE public.tab1_1 PARTITION OF public.tab1 FOR VALUES IN (1, 2);
+         CREATE TABLE public.tab1_2 PARTITION OF public.tab1 FOR VALUES IN (3, 4, 5);
+         CREATE TABLE public.tab1_def PARTITION OF public.tab1 DEFAULT;
+         CREATE TABLE public.metrics (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+         CREATE TABLE public.metrics_2024 PARTITION OF public.metrics
+             FOR VALUES FROM ('2024-01-01') TO ('2025-01-01') PARTITION BY HASH (id);
+         CREATE TABLE public.metrics_h0 PARTITION OF public.metrics_2024 FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+         CREATE TABLE public.metrics_h1 PARTITION OF public.metrics_2024 FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+         INSERT INTO public.tab1 VALUES (3, 'three'), (8, 'eight');
+         INSERT INTO public.metrics SELECT g, date '2024-01-01' + g FROM generate_series(1, 40) g;",
+    );
+    let config = env.pipeline(
+        database,
+        json!({"type": "postgres", "host": "127.0.0.1", "port": env.cluster.port(),
+               "user": "postgres", "dbname": target, "sslmode": "disable"}),
+        json!({}),
+    );
+    run_to_completion(&config);
+    env.psql(
+        database,
+        "INSERT INTO public.tab1 VALUES (1, 'one'), (2, 'two'), (5, 'five');
+         TRUNCATE public.tab1_2, public.metrics_h1;",
+    );
+    run_to_completion(&config);
+    for table in ["public.tab1", "public.metrics"] {
+        assert_eq!(
+            digest(env, database, table),
+            digest(env, &target, table),
+            "PostgreSQL {}: {table} equals the source after partition truncates",
+            env.major
+        );
+    }
+    let kept = env.psql(
+        &target,
+        "SELECT string_agg(id::text, ',' ORDER BY id) FROM public.tab1",
+    );
+    assert_eq!(kept, "1,2,8", "PostgreSQL {}", env.major);
 }
 
 /// The Singer messages `pgferry tap -c <config> [-s <state>]` wrote, one JSON value per line.

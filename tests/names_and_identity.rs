@@ -416,3 +416,67 @@ fn a_json_number_beyond_a_double_is_refused_naming_its_key_and_attribute() {
         "{text}"
     );
 }
+
+/// `REPLICA IDENTITY USING INDEX` on a unique column while the table has another primary key:
+/// PostgreSQL logs DELETEs by the index alone, so no primary key arrives. `check` fails the
+/// table and `run` refuses it at start (exit 1, no slot), each with the fix; an identity index
+/// that contains the primary key streams, and so does the table once the fix is applied.
+#[test]
+fn a_replica_identity_index_without_the_primary_key_is_refused_with_the_fix() {
+    let world = World::new();
+    world.cluster.psql(
+        "CREATE TABLE public.by_u (id int PRIMARY KEY, u int NOT NULL, v text);
+         CREATE UNIQUE INDEX by_u_u ON public.by_u (u);
+         ALTER TABLE public.by_u REPLICA IDENTITY USING INDEX by_u_u;
+         CREATE TABLE public.by_u_id (id int PRIMARY KEY, u int NOT NULL, v text);
+         CREATE UNIQUE INDEX by_u_id_u ON public.by_u_id (u, id);
+         ALTER TABLE public.by_u_id REPLICA IDENTITY USING INDEX by_u_id_u;
+         INSERT INTO public.by_u SELECT g, 100 + g, 'v' FROM generate_series(1, 5) g;
+         INSERT INTO public.by_u_id SELECT g, 100 + g, 'v' FROM generate_series(1, 5) g;",
+    );
+    let config = world.log_based("pgoutput");
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_pgferry"))
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .expect("run pgferry check");
+    let text = log(&check);
+    assert!(!check.status.success(), "{text}");
+    assert!(
+        text.contains("✗ replica_identity_index: public.by_u logs UPDATEs and DELETEs by a replica identity index without its primary-key column id"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("public.by_u_id logs"),
+        "an index with the key is fine:\n{text}"
+    );
+    assert!(
+        text.contains("ALTER TABLE public.by_u REPLICA IDENTITY DEFAULT;"),
+        "{text}"
+    );
+    let refused = run(&config);
+    let text = log(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("\"public\".\"by_u\" logs UPDATEs and DELETEs by a replica identity index without its primary-key column id")
+            && text.contains("ALTER TABLE \"public\".\"by_u\" REPLICA IDENTITY DEFAULT;"),
+        "{text}"
+    );
+    assert_eq!(
+        world
+            .cluster
+            .psql("SELECT count(*) FROM pg_replication_slots"),
+        "0",
+        "refused before the slot was made"
+    );
+    world
+        .cluster
+        .psql("ALTER TABLE public.by_u REPLICA IDENTITY DEFAULT");
+    run_ok(&config);
+    world.cluster.psql(
+        "DELETE FROM public.by_u WHERE id = 2; UPDATE public.by_u SET u = 999 WHERE id = 3;
+         DELETE FROM public.by_u_id WHERE id = 2; UPDATE public.by_u_id SET id = 33 WHERE id = 3;",
+    );
+    run_ok(&config);
+    world.assert_streamed_equals_a_fresh_copy(&["by_u", "by_u_id"], "identity indexes");
+}

@@ -171,6 +171,10 @@ impl DocumentPlan {
     }
 
     /// The key of a row from its key columns' text, with the prefix when there is one.
+    pub fn key_of(&self, parts: Vec<String>) -> DocumentKey {
+        self.derive_key(parts)
+    }
+
     fn derive_key(&self, mut parts: Vec<String>) -> DocumentKey {
         if let Some(prefix) = &self.key_prefix {
             parts.insert(0, prefix.clone());
@@ -496,6 +500,7 @@ mod tests {
             } else {
                 KeySource::PrimaryKey
             },
+            identity_columns: Vec::new(),
         }
     }
 

@@ -140,9 +140,45 @@ pub struct Table {
     pub key_columns: Vec<String>,
     /// Where the key comes from.
     pub key_source: KeySource,
+    /// The key columns of the replica identity index (`REPLICA IDENTITY USING INDEX`), when
+    /// that index is not the primary key; empty otherwise.
+    pub identity_columns: Vec<String>,
+}
+
+/// What is wrong with a table whose replica identity index lacks primary-key columns
+/// (`table` as SQL names it, `missing` those columns), and the statements that fix it.
+pub fn identity_without_key(table: &str, missing: &[&str]) -> (String, String) {
+    (
+        format!(
+            "{table} logs UPDATEs and DELETEs by a replica identity index without its primary-key column{} {}, so a DELETE cannot name the row it removes",
+            if missing.len() > 1 { "s" } else { "" },
+            missing.join(", ")
+        ),
+        format!(
+            "ALTER TABLE {table} REPLICA IDENTITY DEFAULT; (the primary key identifies rows) or ALTER TABLE {table} REPLICA IDENTITY FULL;"
+        ),
+    )
 }
 
 impl Table {
+    /// The primary-key columns an UPDATE or DELETE does not carry, when the replica identity
+    /// is an index other than the primary key that lacks some of them: PostgreSQL then logs
+    /// the old row by that index alone, so a DELETE cannot name the document (keyed by the
+    /// primary key) it removes.
+    pub fn key_columns_not_in_identity(&self) -> Vec<&str> {
+        if self.replica_identity != ReplicaIdentity::Index
+            || self.key_source != KeySource::PrimaryKey
+            || self.identity_columns.is_empty()
+        {
+            return Vec::new();
+        }
+        self.key_columns
+            .iter()
+            .filter(|key| !self.identity_columns.contains(key))
+            .map(String::as_str)
+            .collect()
+    }
+
     /// `schema-table`, the old source's stream id.
     pub fn stream_id(&self) -> String {
         format!("{}-{}", self.schema, self.name)
@@ -359,12 +395,12 @@ pub async fn discover(
             .filter(|key| key.get(1) == Some("f"))
             .filter_map(|key| key.get(2).map(str::to_owned))
             .collect();
-        let (key_columns, key_source) = if !primary.is_empty() {
-            (primary, KeySource::PrimaryKey)
+        let (key_columns, key_source, identity_columns) = if !primary.is_empty() {
+            (primary, KeySource::PrimaryKey, identity)
         } else if !identity.is_empty() {
-            (identity, KeySource::ReplicaIdentityIndex)
+            (identity, KeySource::ReplicaIdentityIndex, Vec::new())
         } else {
-            (Vec::new(), KeySource::None)
+            (Vec::new(), KeySource::None, Vec::new())
         };
         tables.push(Table {
             oid,
@@ -377,6 +413,7 @@ pub async fn discover(
             columns: table_columns,
             key_columns,
             key_source,
+            identity_columns,
         });
     }
     Ok(tables)

@@ -6,6 +6,7 @@ pub mod conn;
 pub mod copy;
 pub mod error;
 pub mod lsn;
+pub mod partitions;
 pub mod query;
 pub mod replication;
 pub mod tls;

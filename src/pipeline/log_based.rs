@@ -15,20 +15,21 @@ use std::time::Duration;
 use crate::config::{DestinationConfig, OutputPlugin, PipelineConfig, Wal2JsonFormat};
 use crate::decode::pgoutput::ProtocolVersion;
 use crate::metrics::Metrics;
-use crate::pg::catalog::{leaf_partitions, RelationKind};
-use crate::pg::query::quote_literal;
+use crate::pg::catalog::{identity_without_key, RelationKind};
+use crate::pg::partitions;
+use crate::pg::query::{quote_identifier, quote_literal};
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
 use crate::pg::{Lsn, PgError};
 use crate::pipeline::{copy_step, prepare, RunControl, RunError, RunSummary};
 use crate::progress::spawn_stream_display;
 use crate::source::cdc::{
     stream_changes, wal2json_lossy_columns, wal2json_lossy_error, CdcError, CdcSettings,
-    CdcSummary, CdcTable, CdcTables, Decoding, SideConnection, StreamContext,
+    CdcSummary, CdcTable, CdcTables, Decoding, LeafOf, SideConnection, StreamContext,
 };
 use crate::source::plugin::{pgoutput_options, wal2json_options, wal2json_table_name};
 use crate::source::slot_setup::{
     ensure_publication, refused_plugin_message, resolve_plugin, slots_exhausted_message,
-    PublicationError,
+    truncates_hidden_by_root, via_root_message, PartitionNames, PublicationError,
 };
 use crate::source::state::{CdcState, ChunkLedger, StateFile};
 
@@ -113,12 +114,43 @@ pub(crate) async fn run(
         .iter()
         .map(|task| (task.table.schema.clone(), task.table.name.clone()))
         .collect();
-    let (choice, allow) =
-        resolve_plugin(replication.connection(), &config.source, &slot, &selected).await?;
+    let (choice, allow) = resolve_plugin(
+        replication.connection(),
+        &config.source,
+        &slot,
+        &selected,
+        PartitionNames::Leaves,
+    )
+    .await?;
     let chosen = choice
         .map_err(|refusal| RunError::Unsupported(refusal.message()))?
         .log();
     let plugin = chosen.plugin;
+    let unidentified: Vec<(String, String)> = prepared
+        .tasks
+        .iter()
+        .filter_map(|task| {
+            let missing = task.table.key_columns_not_in_identity();
+            (!missing.is_empty()).then(|| {
+                identity_without_key(
+                    &format!(
+                        "{}.{}",
+                        quote_identifier(&task.table.schema),
+                        quote_identifier(&task.table.name)
+                    ),
+                    &missing,
+                )
+            })
+        })
+        .collect();
+    if !unidentified.is_empty() {
+        let (problems, fixes): (Vec<String>, Vec<String>) = unidentified.into_iter().unzip();
+        return Err(RunError::Unsupported(format!(
+            "{}\nHINT: {}",
+            problems.join("; "),
+            fixes.join("\n")
+        )));
+    }
     if replica.is_some() && plugin == OutputPlugin::Wal2Json {
         let lossy: Vec<String> = prepared
             .tasks
@@ -131,31 +163,47 @@ pub(crate) async fn run(
     }
     // Each table streams under its own name and, when partitioned, under its leaf partitions'
     // names (their changes are decoded under those): all into the table's collection, and
-    // wal2json is asked for every one of them.
+    // wal2json is asked for every one of them. A leaf's entry knows its partition constraint,
+    // so a TRUNCATE of the leaf empties only its rows.
     let mut tables = CdcTables::default();
     let mut add_tables = Vec::with_capacity(prepared.tasks.len());
     for task in &prepared.tasks {
-        let mut names = vec![(task.table.schema.clone(), task.table.name.clone())];
+        let plan = task.plan.clone();
+        let id = Arc::clone(&task.target.collection);
+        let streamed = match replica {
+            Some(_) => CdcTable::for_replica(&task.table, plan, id),
+            None => CdcTable::new(&task.table, plan, id),
+        };
+        let mut names = vec![(task.table.schema.clone(), task.table.name.clone(), None)];
         if task.table.kind == RelationKind::PartitionedTable {
-            let leaves = leaf_partitions(replication.connection(), task.table.oid).await?;
+            let leaves = partitions::leaves(replication.connection(), task.table.oid).await?;
+            let columns =
+                Arc::new(partitions::key_columns(replication.connection(), task.table.oid).await?);
             if plugin == OutputPlugin::Wal2Json {
                 tracing::warn!(table = %task.table.qualified_name(), partitions = leaves.len(), "partitioned table with wal2json: its partitions are streamed as they are now; one attached later is not decoded until pgferry restarts, and its rows written before that are missed — restart pgferry right after attaching a partition (before writing to it), or use \"plugin\": \"pgoutput\"");
             }
-            names.extend(leaves);
+            names.extend(leaves.into_iter().map(|leaf| {
+                (
+                    leaf.schema.clone(),
+                    leaf.name.clone(),
+                    Some(LeafOf {
+                        leaf,
+                        columns: Arc::clone(&columns),
+                    }),
+                )
+            }));
         }
-        for (schema, name) in names {
+        for (schema, name, leaf) in names {
             add_tables.push(format!(
                 "{}.{}",
                 wal2json_table_name(&schema),
                 wal2json_table_name(&name)
             ));
-            let plan = task.plan.clone();
-            let id = Arc::clone(&task.target.collection);
-            let streamed = match replica {
-                Some(_) => CdcTable::for_replica(&task.table, plan, id),
-                None => CdcTable::new(&task.table, plan, id),
+            let entry = match leaf {
+                Some(leaf) => streamed.for_leaf(leaf),
+                None => streamed.clone(),
             };
-            tables.insert(&schema, &name, streamed);
+            tables.insert(&schema, &name, entry);
         }
     }
     let existing = slot_info(&mut replication, &slot).await?;
@@ -171,12 +219,29 @@ pub(crate) async fn run(
         && prepared.tasks.iter().all(|task| task.plan.decodes_binary());
     if plugin == OutputPlugin::PgOutput {
         // Before the slot exists: pgoutput reads the publication as of each change.
-        ensure_publication(&options, &config.source.publication, &selected)
-            .await
-            .map_err(|error| match error {
-                PublicationError::Postgres(error) => RunError::Source(error),
-                PublicationError::Unusable(message) => RunError::Unsupported(message),
-            })?;
+        ensure_publication(
+            &options,
+            &config.source.publication,
+            &selected,
+            PartitionNames::Leaves,
+        )
+        .await
+        .map_err(|error| match error {
+            PublicationError::Postgres(error) => RunError::Source(error),
+            PublicationError::Unusable(message) => RunError::Unsupported(message),
+        })?;
+        let hidden = truncates_hidden_by_root(
+            replication.connection(),
+            &config.source.publication,
+            &selected,
+        )
+        .await?;
+        if !hidden.is_empty() {
+            return Err(RunError::Unsupported(via_root_message(
+                &config.source.publication,
+                &hidden,
+            )));
+        }
     }
     let refused = |error: PgError| match refused_plugin_message(&error, &chosen, &allow)
         .or_else(|| slots_exhausted_message(&error))

@@ -19,7 +19,7 @@ use crate::decode::pgoutput::ProtocolVersion;
 use crate::decode::replication::ReplicationMessage;
 use crate::decode::wal2json::{is_skipped_change, parse_v2, Action, Change, Wal2JsonError};
 use crate::decode::wal2json_v1::V1Decoder;
-use crate::gdn::client::{retrying, GdnClient, GdnError};
+use crate::gdn::client::{GdnClient, GdnError};
 use crate::gdn::document::DocumentError;
 use crate::metrics::Metrics;
 use crate::pg::catalog::NumericMode;
@@ -34,10 +34,11 @@ mod pgoutput;
 mod row;
 mod side;
 mod table;
+mod truncate;
 
 pub use row::{Field, FieldData, RowChange};
 pub use side::SideConnection;
-pub use table::{CdcTable, CdcTables};
+pub use table::{CdcTable, CdcTables, LeafOf};
 
 use pending::{apply_row, flush, Pending};
 
@@ -455,7 +456,7 @@ impl Streamer<'_> {
                 if let (Some(schema), Some(table)) =
                     (change.schema.as_deref(), change.table.as_deref())
                 {
-                    self.truncate(tables, schema, table).await?;
+                    self.truncate(tables, &[(schema, table)], side).await?;
                 }
             }
             Action::Insert | Action::Update | Action::Delete => {
@@ -511,39 +512,6 @@ impl Streamer<'_> {
         if !self.in_transaction && self.pending.is_empty() && at > self.committed {
             self.committed = at;
             self.confirm(stream, summary).await?;
-        }
-        Ok(())
-    }
-
-    /// `schema.table` was truncated: what is pending is written first, then the collection
-    /// is emptied.
-    async fn truncate(
-        &mut self,
-        tables: &mut CdcTables,
-        schema: &str,
-        name: &str,
-    ) -> Result<(), CdcError> {
-        let Some(table) = tables.get_mut(schema, name) else {
-            return Ok(());
-        };
-        let table = table.clone();
-        self.flush().await?;
-        if let Some(replica) = self.context.replica {
-            replica
-                .truncate(&table.collection)
-                .await
-                .map_err(|error| CdcError::Replica(Box::new(error)))?;
-        }
-        if let Some(client) = self.context.client {
-            retrying(self.context.settings.max_retries, || {
-                client.truncate_collection(&table.collection)
-            })
-            .await
-            .map_err(|source| CdcError::Gdn {
-                table: table.plan.table().to_owned(),
-                collection: table.collection.to_string(),
-                source: Box::new(source),
-            })?;
         }
         Ok(())
     }

@@ -50,18 +50,30 @@ pub async fn slot_plugin(
         .map(|row| row.get(0).unwrap_or_default().to_owned()))
 }
 
-/// `CREATE PUBLICATION` for the selected tables; from PostgreSQL 13 a partitioned table's
-/// changes are published under its own name, partitions attached later included.
+/// How a publication pgferry creates publishes a partitioned table's changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionNames {
+    /// Under the partitions' own names (`publish_via_partition_root` off, PostgreSQL's
+    /// default): a TRUNCATE of one partition reaches pgferry (with it on, PostgreSQL sends
+    /// none). `pgferry run` maps the names to the table, partitions attached later included.
+    Leaves,
+    /// Under the table's name (`publish_via_partition_root` on, from PostgreSQL 13): for the
+    /// Singer tap, whose messages carry no TRUNCATE.
+    Root,
+}
+
+/// `CREATE PUBLICATION` for the selected tables.
 pub fn create_publication_sql(
     publication: &str,
     tables: &[(String, String)],
+    names: PartitionNames,
     server_version: u32,
 ) -> String {
     let list: Vec<String> = tables
         .iter()
         .map(|(schema, table)| format!("{}.{}", quote_identifier(schema), quote_identifier(table)))
         .collect();
-    let with_root = if server_version >= 130_000 {
+    let with_root = if names == PartitionNames::Root && server_version >= 130_000 {
         " WITH (publish_via_partition_root = true)"
     } else {
         ""
@@ -70,6 +82,49 @@ pub fn create_publication_sql(
         "CREATE PUBLICATION {} FOR TABLE {}{with_root}",
         quote_identifier(publication),
         list.join(", ")
+    )
+}
+
+/// The selected partitioned tables whose partitions' TRUNCATEs publication `publication`
+/// would never send: it publishes them through their root (`publish_via_partition_root`)
+/// and publishes truncates, and PostgreSQL sends a truncate then only for the root itself.
+pub async fn truncates_hidden_by_root(
+    connection: &mut Connection,
+    publication: &str,
+    tables: &[(String, String)],
+) -> Result<Vec<String>, PgError> {
+    if tables.is_empty() || connection.server_version_num().unwrap_or(0) < 130_000 {
+        return Ok(Vec::new());
+    }
+    let values: Vec<String> = tables
+        .iter()
+        .map(|(schema, table)| format!("({}, {})", quote_literal(schema), quote_literal(table)))
+        .collect();
+    let rows = connection
+        .query(&format!(
+            "SELECT t.schema_name || '.' || t.table_name FROM (VALUES {}) AS t (schema_name, table_name) \
+             JOIN pg_catalog.pg_namespace n ON n.nspname = t.schema_name \
+             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name \
+             WHERE c.relkind = 'p' AND EXISTS (SELECT 1 FROM pg_catalog.pg_publication p \
+             WHERE p.pubname = {} AND p.pubviaroot AND p.pubtruncate) ORDER BY 1",
+            values.join(", "),
+            quote_literal(publication)
+        ))
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| row.get(0).map(str::to_owned))
+        .collect())
+}
+
+/// Why a publication through the partitioned tables' root cannot be used, and the fixes.
+pub fn via_root_message(publication: &str, tables: &[String]) -> String {
+    format!(
+        "publication {publication:?} publishes the partitioned table{} {} through its root (publish_via_partition_root = true) and publishes TRUNCATE: PostgreSQL then sends no TRUNCATE of a single partition, so the partition's rows would stay in the destination\nHINT: publish the partitions under their own names (pgferry maps them to the table): ALTER PUBLICATION {} SET (publish_via_partition_root = false); or leave TRUNCATE out of the publication: ALTER PUBLICATION {} SET (publish = 'insert, update, delete');",
+        if tables.len() > 1 { "s" } else { "" },
+        tables.join(", "),
+        quote_identifier(publication),
+        quote_identifier(publication),
     )
 }
 
@@ -119,6 +174,7 @@ pub async fn resolve_plugin(
     config: &PgSourceConfig,
     slot: &str,
     tables: &[(String, String)],
+    names: PartitionNames,
 ) -> Result<(Result<Chosen, Refusal>, AllowList), PgError> {
     let allow = read_allow_list(connection).await?;
     let used = slot_plugin(connection, slot).await?;
@@ -126,6 +182,7 @@ pub async fn resolve_plugin(
     let create = create_publication_sql(
         &config.publication,
         tables,
+        names,
         connection.server_version_num().unwrap_or(0),
     );
     let facts = PluginFacts {
@@ -187,9 +244,10 @@ pub async fn ensure_publication(
     options: &ConnectOptions,
     publication: &str,
     tables: &[(String, String)],
+    names: PartitionNames,
 ) -> Result<(), PublicationError> {
     let mut connection = Connection::connect(options).await?;
-    let result = ensure_on(&mut connection, publication, tables).await;
+    let result = ensure_on(&mut connection, publication, tables, names).await;
     connection.close().await;
     result
 }
@@ -198,6 +256,7 @@ async fn ensure_on(
     connection: &mut Connection,
     publication: &str,
     tables: &[(String, String)],
+    names: PartitionNames,
 ) -> Result<(), PublicationError> {
     let coverage = publication_coverage(connection, publication, tables).await?;
     if coverage.exists {
@@ -213,6 +272,7 @@ async fn ensure_on(
     let sql = create_publication_sql(
         publication,
         tables,
+        names,
         connection.server_version_num().unwrap_or(0),
     );
     match connection.execute(&sql).await {
@@ -232,15 +292,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_publication_statement_quotes_names_and_publishes_via_the_root_from_13() {
+    fn the_publication_statement_quotes_names_and_publishes_partitions_under_their_names() {
         let tables = vec![("public".to_owned(), "Order Items".to_owned())];
         assert_eq!(
-            create_publication_sql("my pub", &tables, 150_000),
-            "CREATE PUBLICATION \"my pub\" FOR TABLE \"public\".\"Order Items\" WITH (publish_via_partition_root = true)"
+            create_publication_sql("my pub", &tables, PartitionNames::Leaves, 150_000),
+            "CREATE PUBLICATION \"my pub\" FOR TABLE \"public\".\"Order Items\""
         );
         assert_eq!(
-            create_publication_sql("p", &tables, 120_000),
-            "CREATE PUBLICATION \"p\" FOR TABLE \"public\".\"Order Items\""
+            create_publication_sql("p", &tables, PartitionNames::Root, 150_000),
+            "CREATE PUBLICATION \"p\" FOR TABLE \"public\".\"Order Items\" WITH (publish_via_partition_root = true)"
+        );
+        assert_eq!(
+            create_publication_sql("p", &tables, PartitionNames::Root, 120_000),
+            "CREATE PUBLICATION \"p\" FOR TABLE \"public\".\"Order Items\"",
+            "before 13 partitions are always published under their own names"
+        );
+    }
+
+    #[test]
+    fn a_publication_via_the_root_is_refused_with_the_statement_that_fixes_it() {
+        let message = via_root_message("pub1", &["public.tab1".to_owned()]);
+        assert!(
+            message.contains(
+                "publication \"pub1\" publishes the partitioned table public.tab1 through its root"
+            ),
+            "{message}"
+        );
+        assert!(
+            message
+                .contains("ALTER PUBLICATION \"pub1\" SET (publish_via_partition_root = false);"),
+            "{message}"
         );
     }
 }

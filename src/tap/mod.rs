@@ -32,7 +32,7 @@ use crate::pg::replication::{ReplicationClient, SlotSnapshot};
 use crate::pg::{ConnectOptions, Connection, Lsn};
 use crate::source::slot_setup::{
     ensure_publication, refused_plugin_message, resolve_plugin, slots_exhausted_message,
-    PublicationError,
+    PartitionNames, PublicationError,
 };
 use crate::tap::catalog::{plan_streams, read_catalog, StreamPlan};
 use crate::tap::output::MessageWriter;
@@ -407,17 +407,29 @@ pub async fn run<W: Write>(
             .filter(|plan| plan.method == ReplicationMethod::LogBased)
             .map(|plan| (plan.table.schema.clone(), plan.table.name.clone()))
             .collect();
-        let (choice, allow) = resolve_plugin(client.connection(), &config, &name, &tables).await?;
+        let (choice, allow) = resolve_plugin(
+            client.connection(),
+            &config,
+            &name,
+            &tables,
+            PartitionNames::Root,
+        )
+        .await?;
         let chosen = choice
             .map_err(|refusal| TapError::Unsupported(refusal.message()))?
             .log();
         if chosen.plugin == OutputPlugin::PgOutput {
-            ensure_publication(&config.connect_options(), &config.publication, &tables)
-                .await
-                .map_err(|error| match error {
-                    PublicationError::Postgres(error) => TapError::Postgres(error),
-                    PublicationError::Unusable(message) => TapError::Unsupported(message),
-                })?;
+            ensure_publication(
+                &config.connect_options(),
+                &config.publication,
+                &tables,
+                PartitionNames::Root,
+            )
+            .await
+            .map_err(|error| match error {
+                PublicationError::Postgres(error) => TapError::Postgres(error),
+                PublicationError::Unusable(message) => TapError::Unsupported(message),
+            })?;
         }
         let needs_copy = methods.contains(&SyncMethod::LogicalInitial);
         if !exists {

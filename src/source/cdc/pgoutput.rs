@@ -22,6 +22,7 @@ use bytes::Bytes;
 
 use super::row::{Field, FieldData, RowChange};
 use super::side::SideConnection;
+use super::table::{CdcTable, LeafOf};
 use super::{CdcError, CdcSummary, CdcTables, Streamer};
 use crate::decode::commit_time::from_postgres_micros;
 use crate::decode::pgoutput::{
@@ -29,8 +30,10 @@ use crate::decode::pgoutput::{
     TupleColumn, TupleData, Xid,
 };
 use crate::decode::wal2json::Action;
+use crate::pg::catalog::RelationKind;
 use crate::pg::replication::LogicalStream;
 use crate::pg::Lsn;
+use std::sync::Arc;
 
 /// A relation as the last Relation message described it, with type names resolved.
 #[derive(Debug, Clone)]
@@ -307,6 +310,42 @@ impl Drop for SpoolReader {
     }
 }
 
+/// A relation not streamed by name may be a partition attached to a streamed partitioned
+/// table after the start (pgferry's publication publishes partitions under their own names):
+/// its changes then stream into the parent's collection from here on.
+async fn adopt_partition(
+    tables: &mut CdcTables,
+    schema: &str,
+    name: &str,
+    side: &mut SideConnection,
+) -> Result<(), CdcError> {
+    if tables.get_mut(schema, name).is_some() {
+        return Ok(());
+    }
+    let roots: Vec<CdcTable> = tables
+        .values()
+        .filter(|table| {
+            table.partition.is_none() && table.table().kind == RelationKind::PartitionedTable
+        })
+        .cloned()
+        .collect();
+    for root in roots {
+        if let Some((leaf, columns)) = side.leaf_of(root.table().oid, schema, name).await? {
+            tracing::warn!(table = %root.plan.table(), partition = %format!("{schema}.{name}"), "a partition attached while streaming: its changes stream into the table's collection from now on; rows it held when it was attached were not copied (copy the table again to include them)");
+            tables.insert(
+                schema,
+                name,
+                root.for_leaf(LeafOf {
+                    leaf,
+                    columns: Arc::new(columns),
+                }),
+            );
+            break;
+        }
+    }
+    Ok(())
+}
+
 impl Streamer<'_> {
     /// Applies one pgoutput XLogData payload.
     #[allow(clippy::too_many_arguments)]
@@ -350,6 +389,7 @@ impl Streamer<'_> {
             }
             PgOutputMessage::Relation(relation) => {
                 let info = describe(&relation, side).await?;
+                adopt_partition(tables, &info.schema, &info.table, side).await?;
                 source.relations.insert(relation.id, info);
             }
             PgOutputMessage::Insert(_)
@@ -360,7 +400,7 @@ impl Streamer<'_> {
                 }
             }
             PgOutputMessage::Truncate(truncate) => {
-                self.truncate_relations(&truncate.relation_ids, &source.relations, tables)
+                self.truncate_relations(&truncate.relation_ids, &source.relations, tables, side)
                     .await?;
             }
             PgOutputMessage::Message(message) => {
@@ -401,20 +441,20 @@ impl Streamer<'_> {
         Ok(())
     }
 
-    /// Empties the collections of the truncated relations that are streamed.
+    /// The truncated relations `ids` (those known) lose their rows in the destination.
     async fn truncate_relations(
         &mut self,
         ids: &[Oid],
         relations: &Relations,
         tables: &mut CdcTables,
+        side: &mut SideConnection,
     ) -> Result<(), CdcError> {
-        for id in ids {
-            if let Some(relation) = relations.get(id) {
-                self.truncate(tables, &relation.schema, &relation.table)
-                    .await?;
-            }
-        }
-        Ok(())
+        let names: Vec<(&str, &str)> = ids
+            .iter()
+            .filter_map(|id| relations.get(id))
+            .map(|relation| (relation.schema.as_str(), relation.table.as_str()))
+            .collect();
+        self.truncate(tables, &names, side).await
     }
 
     /// Applies a committed streamed transaction from its spool file, flushing as it goes;
@@ -455,10 +495,11 @@ impl Streamer<'_> {
             match &message {
                 PgOutputMessage::Relation(relation) => {
                     let info = describe(relation, side).await?;
+                    adopt_partition(tables, &info.schema, &info.table, side).await?;
                     relations.insert(relation.id, info);
                 }
                 PgOutputMessage::Truncate(truncate) => {
-                    self.truncate_relations(&truncate.relation_ids, &relations, tables)
+                    self.truncate_relations(&truncate.relation_ids, &relations, tables, side)
                         .await?;
                 }
                 _ => {

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use crate::pg::catalog::{resolve_type_names, NamedType, Table};
+use crate::pg::partitions::{self, LeafPartition, Member, PartitionColumns};
 use crate::pg::query::quote_literal;
 use crate::pg::{ConnectOptions, Connection, PgError};
 
@@ -50,6 +51,46 @@ impl SideConnection {
         self.connection.as_mut().ok_or(PgError::Closed {
             during: "connecting",
         })
+    }
+
+    /// Forgets the connection after a transient failure, so the next question connects again.
+    fn after<T>(&mut self, result: Result<T, PgError>) -> Result<T, PgError> {
+        if result.as_ref().is_err_and(PgError::is_transient) {
+            self.connection = None;
+        }
+        result
+    }
+
+    /// Which of `rows` (a JSON array of objects keyed by column name) the truncated `leaves`
+    /// of `parent` held, with the text of their `keys` columns.
+    pub(super) async fn partition_members(
+        &mut self,
+        parent: (&str, &str),
+        leaves: &[&LeafPartition],
+        keys: &[&str],
+        rows: &str,
+    ) -> Result<Vec<Member>, PgError> {
+        let result =
+            partitions::members(self.connection().await?, parent, leaves, keys, rows).await;
+        self.after(result)
+    }
+
+    /// The leaf partition `schema.name` of the partitioned table `root_oid`, if it is one,
+    /// with the columns the tree's partition keys read.
+    pub(super) async fn leaf_of(
+        &mut self,
+        root_oid: u32,
+        schema: &str,
+        name: &str,
+    ) -> Result<Option<(LeafPartition, PartitionColumns)>, PgError> {
+        let connection = self.connection().await?;
+        let result = match partitions::leaf_of(connection, root_oid, schema, name).await {
+            Ok(Some(leaf)) => partitions::key_columns(connection, root_oid)
+                .await
+                .map(|columns| Some((leaf, columns))),
+            other => other.map(|_| None),
+        };
+        self.after(result)
     }
 
     /// The types of `names`, in order, from the cache or the server.

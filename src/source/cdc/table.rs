@@ -10,6 +10,7 @@ use super::CdcError;
 use crate::decode::wal2json::Action;
 use crate::gdn::document::DocumentPlan;
 use crate::pg::catalog::{Column, NumericMode, Table};
+use crate::pg::partitions::{LeafPartition, PartitionColumns};
 use crate::pg::Lsn;
 use crate::target::replica::ReplicaPlan;
 
@@ -34,6 +35,18 @@ pub struct CdcTable {
     table: Table,
     /// `(column, type name)` of the current plan, as the changes spell them.
     shape: Vec<(String, String)>,
+    /// Set on the entry of a leaf partition's name: a TRUNCATE under this name empties only
+    /// the leaf's rows of the parent's collection.
+    pub partition: Option<Arc<LeafOf>>,
+}
+
+/// A leaf partition whose changes stream under its own name into its parent's collection.
+#[derive(Debug)]
+pub struct LeafOf {
+    /// The leaf and its partition constraint.
+    pub leaf: LeafPartition,
+    /// The columns the parent's partition constraints read.
+    pub columns: Arc<PartitionColumns>,
 }
 
 impl CdcTable {
@@ -49,7 +62,15 @@ impl CdcTable {
             plan,
             collection,
             replica: None,
+            partition: None,
         }
+    }
+
+    /// The entry for a leaf partition of this (partitioned) table.
+    pub fn for_leaf(&self, leaf: LeafOf) -> CdcTable {
+        let mut entry = self.clone();
+        entry.partition = Some(Arc::new(leaf));
+        entry
     }
 
     /// A streamed table whose rows go to a PostgreSQL destination.

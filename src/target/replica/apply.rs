@@ -18,6 +18,16 @@ use crate::pg::query::quote_identifier;
 use crate::pg::{ConnectOptions, Connection};
 use crate::target::copy_encode::push_escaped;
 
+/// Chooses rows of a target table to remove (see [`ReplicaWriter::remove_rows`]).
+pub trait RowPicker {
+    /// The 0-based positions, in `rows` (a JSON array of objects keyed by column name), of
+    /// the rows to remove.
+    fn pick(
+        &mut self,
+        rows: &str,
+    ) -> impl std::future::Future<Output = Result<Vec<usize>, ReplicaError>> + Send;
+}
+
 /// One table's coalesced changes of a flush (each key appears once).
 #[derive(Debug, Default)]
 pub struct TableChanges {
@@ -107,6 +117,106 @@ impl ReplicaWriter {
                 .await
                 .map_err(pg("truncating", &table.target.to_string()))?;
             Ok(())
+        }
+        .await;
+        if result.is_err() {
+            inner.abandon().await;
+        }
+        result
+    }
+
+    /// Removes the rows of `id`'s target table that `pick` chooses: the table is read in
+    /// pages of `columns` (a JSON array of objects keyed by column name), `pick` answers the
+    /// positions to remove, and those rows go, all in one transaction. Returns how many.
+    ///
+    /// Why: a TRUNCATE of one partition empties only that partition, and which rows of the
+    /// parent's target table it held is the source's question to answer (`pick`).
+    pub async fn remove_rows(
+        &self,
+        id: &Arc<str>,
+        columns: &[&str],
+        pick: &mut impl RowPicker,
+    ) -> Result<u64, ReplicaError> {
+        let mut inner = self.inner.lock().await;
+        let Some(table) = inner.tables.get(id).cloned() else {
+            return Ok(0);
+        };
+        let name = table.target.to_string();
+        if let Some(absent) = columns
+            .iter()
+            .find(|column| table.type_of(column).is_none())
+        {
+            return Err(ReplicaError::Unusable {
+                table: name,
+                detail: format!("it has no column {absent:?}, which the source's partition key reads\nHINT: add the column to the target table as the source has it"),
+            });
+        }
+        let result = async {
+            let Inner {
+                connection, staged, ..
+            } = &mut *inner;
+            let connection = open(connection, staged, &self.options, &self.session).await?;
+            connection
+                .execute("BEGIN")
+                .await
+                .map_err(pg("starting a transaction for", &name))?;
+            let selected: Vec<String> = columns
+                .iter()
+                .map(|column| format!("t.{}", quote_identifier(column)))
+                .collect();
+            connection
+                .execute(&format!(
+                    "DECLARE pgferry_rows NO SCROLL CURSOR FOR SELECT t.ctid::text, \
+                     (SELECT pg_catalog.to_jsonb(x) FROM (SELECT {}) AS x)::text FROM {} AS t",
+                    selected.join(", "),
+                    table.target.quoted()
+                ))
+                .await
+                .map_err(pg("reading the rows of", &name))?;
+            let mut doomed: Vec<String> = Vec::new();
+            loop {
+                let page = connection
+                    .query("FETCH 1000 FROM pgferry_rows")
+                    .await
+                    .map_err(pg("reading the rows of", &name))?;
+                if page.is_empty() {
+                    break;
+                }
+                let mut rows = String::from("[");
+                for (index, row) in page.iter().enumerate() {
+                    if index > 0 {
+                        rows.push(',');
+                    }
+                    rows.push_str(row.get(1).unwrap_or("{}"));
+                }
+                rows.push(']');
+                for position in pick.pick(&rows).await? {
+                    if let Some(ctid) = page.get(position).and_then(|row| row.get(0)) {
+                        doomed.push(ctid.to_owned());
+                    }
+                }
+            }
+            connection
+                .execute("CLOSE pgferry_rows")
+                .await
+                .map_err(pg("reading the rows of", &name))?;
+            let mut removed = 0;
+            for chunk in doomed.chunks(10_000) {
+                let list: Vec<String> = chunk.iter().map(|ctid| format!("'{ctid}'")).collect();
+                removed += connection
+                    .execute(&format!(
+                        "DELETE FROM {} WHERE ctid = ANY (ARRAY[{}]::tid[])",
+                        table.target.quoted(),
+                        list.join(", ")
+                    ))
+                    .await
+                    .map_err(pg("removing a truncated partition's rows from", &name))?;
+            }
+            connection.execute("COMMIT").await.map_err(pg(
+                "committing the removal of a truncated partition's rows from",
+                &name,
+            ))?;
+            Ok(removed)
         }
         .await;
         if result.is_err() {

@@ -13,7 +13,7 @@ pub mod plan;
 pub mod sql;
 pub mod table;
 
-pub use apply::ReplicaWriter;
+pub use apply::{ReplicaWriter, RowPicker};
 pub use plan::{ImageError, ReplicaPlan};
 pub use sql::ReplicaTable;
 
