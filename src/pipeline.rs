@@ -9,6 +9,7 @@
 mod collections;
 pub mod gdn_to_pg;
 mod log_based;
+mod mirror;
 mod pg_to_pg;
 
 use std::sync::Arc;
@@ -168,6 +169,9 @@ pub struct RunSummary {
     pub peak_rss_bytes: Option<u64>,
     /// LOG_BASED: what streaming did after the copy.
     pub streaming: Option<CdcSummary>,
+    /// FULL_TABLE with `full_table_mirror`: documents (rows) removed whose rows the tables no
+    /// longer have.
+    pub removed: Option<u64>,
     /// What `bytes` measured: `documents` (GDN, null) or `rows` (a PostgreSQL destination).
     pub written: &'static str,
 }
@@ -204,6 +208,7 @@ impl RunSummary {
             retries: load(&metrics.retries),
             peak_rss_bytes: peak_rss_bytes(),
             streaming,
+            removed: None,
             written: match destination {
                 DestinationConfig::Postgres(_) => "rows",
                 DestinationConfig::Gdn(_) | DestinationConfig::Null => "documents",
@@ -233,6 +238,12 @@ impl RunSummary {
                 seconds,
                 total as f64 / seconds,
                 self.retries
+            ));
+        }
+        if let Some(removed) = self.removed {
+            text.push_str(&format!(
+                "removed {removed} {} whose rows the tables no longer have\n",
+                self.written
             ));
         }
         if let Some(cdc) = &self.streaming {
@@ -515,9 +526,48 @@ pub async fn run_with(
             }
         }
     }
+    Box::pin(full_table(config, &metrics)).await
+}
+
+/// A FULL_TABLE run: the copy, then (with `full_table_mirror`) what the tables no longer have
+/// is removed.
+async fn full_table(
+    config: &PipelineConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<RunSummary, RunError> {
     let prepared = prepare(config, true).await?;
-    let copy = copy_step(config, prepared, &metrics, None, None).await?;
-    Ok(RunSummary::new(copy, &metrics, None, &config.destination))
+    let tasks = prepared.tasks.clone();
+    let client = prepared.client.clone();
+    let settings = prepared.settings.clone();
+    let targets = prepared
+        .replica
+        .as_ref()
+        .map(|replica| (replica.target.clone(), replica.copies.clone()));
+    let copy = copy_step(config, prepared, metrics, None, None).await?;
+    let mut summary = RunSummary::new(copy, metrics, None, &config.destination);
+    // Only after every table's copy finished: an interrupted copy removes nothing.
+    if config.full_table_mirror {
+        let source = config.source.connect_options();
+        let removed = match (&client, targets) {
+            (_, Some((target, copies))) => {
+                Box::pin(mirror::mirror_tables(&source, &target, &tasks, &copies)).await?
+            }
+            (Some(client), None) => {
+                Box::pin(mirror::mirror_collections(
+                    &source,
+                    client,
+                    &tasks,
+                    config.numeric_mode,
+                    settings.max_retries,
+                    settings.wait_for_sync,
+                ))
+                .await?
+            }
+            (None, None) => mirror::Removed::default(),
+        };
+        summary.removed = Some(removed.total());
+    }
+    Ok(summary)
 }
 
 /// The consistent copy of every prepared table, under `snapshot` when given.

@@ -10,7 +10,7 @@ use crate::config::error::ConfigError;
 use crate::config::gdn_source::GdnSourceConfig;
 use crate::config::pg_destination::PgDestinationConfig;
 use crate::config::source::PgSourceConfig;
-use crate::config::value::{reject_unknown_keys, string, unsigned};
+use crate::config::value::{boolean, reject_unknown_keys, string, unsigned};
 use crate::pg::catalog::NumericMode;
 
 const PIPELINE_KEYS: &[&str] = &[
@@ -20,6 +20,7 @@ const PIPELINE_KEYS: &[&str] = &[
     "parallelism",
     "numeric_mode",
     "state_file",
+    "full_table_mirror",
 ];
 
 /// A table picked by name, with an optional collection of its own.
@@ -48,6 +49,9 @@ pub struct PipelineConfig {
     pub numeric_mode: NumericMode,
     /// Where progress (copied chunks, LSN bookmarks) is kept; `None` = next to the config file.
     pub state_file: Option<PathBuf>,
+    /// FULL_TABLE: after a complete copy, remove what the destination holds of keys the table
+    /// no longer has (default on; off for append-only destinations).
+    pub full_table_mirror: bool,
 }
 
 fn object<'a>(
@@ -183,6 +187,7 @@ impl PipelineConfig {
             parallelism,
             numeric_mode,
             state_file: string(root, "state_file")?.map(PathBuf::from),
+            full_table_mirror: boolean(root, "full_table_mirror")?.unwrap_or(true),
         })
     }
 

@@ -124,6 +124,9 @@ impl GdnError {
     }
 }
 
+/// GDN's `errorNum` for a document that does not exist (a delete of one already gone).
+pub const DOCUMENT_NOT_FOUND: u64 = 1202;
+
 /// One document of a batch that GDN refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocumentFailure {

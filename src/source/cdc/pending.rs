@@ -14,15 +14,12 @@ use super::row::RowChange;
 use super::table::CdcTable;
 use super::{CdcError, CdcSettings};
 use crate::decode::wal2json::Action;
-use crate::gdn::client::{retrying, BatchOutcome, GdnClient, GdnError};
+use crate::gdn::client::{retrying, BatchOutcome, GdnClient, GdnError, DOCUMENT_NOT_FOUND};
 use crate::gdn::document::ImageValue;
 use crate::metrics::Metrics;
 use crate::pg::Lsn;
 use crate::source::state::CdcState;
 use crate::target::replica::apply::TableChanges;
-
-/// GDN's "document not found".
-const DOCUMENT_NOT_FOUND: u64 = 1202;
 
 /// A kind of write request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

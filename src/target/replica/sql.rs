@@ -251,6 +251,36 @@ impl ReplicaTable {
         )
     }
 
+    /// A temporary table (gone at commit) with the target's key columns, for the source's
+    /// current keys (FULL_TABLE mirroring).
+    pub fn source_keys_sql(&self) -> String {
+        format!(
+            "CREATE TEMPORARY TABLE pgferry_source_keys ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA",
+            list(self.keys.iter().map(String::as_str)),
+            self.target.quoted()
+        )
+    }
+
+    /// Removes (or marks deleted) the target's rows whose key `pgferry_source_keys` lacks.
+    pub fn remove_unmatched_sql(&self) -> String {
+        let unmatched = format!(
+            "NOT EXISTS (SELECT 1 FROM pg_temp.pgferry_source_keys AS s WHERE {})",
+            self.key_match()
+        );
+        if self.soft_delete {
+            format!(
+                "UPDATE {} AS t SET {deleted} = now() WHERE t.{deleted} IS NULL AND {unmatched}",
+                self.target.quoted(),
+                deleted = quote_identifier(DELETED_AT),
+            )
+        } else {
+            format!(
+                "DELETE FROM {} AS t WHERE {unmatched}",
+                self.target.quoted()
+            )
+        }
+    }
+
     /// Empties the target table (a TRUNCATE in the source, or a keyless table's reload).
     pub fn truncate_sql(&self) -> String {
         format!("TRUNCATE {}", self.target.quoted())
