@@ -476,6 +476,7 @@ mod tests {
                 oid,
                 name: type_name.into(),
                 kind: 'b',
+                delimiter: ',',
             },
         }
     }
