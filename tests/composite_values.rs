@@ -15,8 +15,10 @@ use gdnlite_support::{all_documents, Http, Server, KEY};
 use serde_json::{json, Value};
 use support::PgCluster;
 
+/// `inner_t` had an attribute dropped: values and the catalog leave it out.
 const TYPES: &str = "CREATE TYPE mood AS ENUM ('sad', 'happy');
-    CREATE TYPE inner_t AS (x integer, y text);
+    CREATE TYPE inner_t AS (x integer, gone text, y text);
+    ALTER TYPE inner_t DROP ATTRIBUTE gone;
     CREATE TYPE outer_t AS (t text, n integer, d numeric(10,2), a integer[], i inner_t);
     CREATE DOMAIN outer_d AS outer_t;
     CREATE DOMAIN positive AS integer CHECK (VALUE > 0);
