@@ -122,7 +122,7 @@ pub fn from_text<'a>(codec: &TypeCodec, text: &'a str) -> Result<Value<'a>, Valu
                 hstore: false,
             };
             parser.skip_dimensions();
-            let value = parser.array(element)?;
+            let value = parser.array(element, 1)?;
             if parser.at != text.len() {
                 return Err(bad("array", format!("trailing text in {text:?}")));
             }
@@ -454,7 +454,15 @@ impl ArrayParser<'_> {
         }
     }
 
-    fn array(&mut self, element: &TypeCodec) -> Result<Value<'static>, ValueError> {
+    /// An array at nesting `depth` (1 for the outermost); PostgreSQL allows 6 dimensions,
+    /// so deeper text is refused before it can exhaust the stack.
+    fn array(&mut self, element: &TypeCodec, depth: usize) -> Result<Value<'static>, ValueError> {
+        if depth > 6 {
+            return Err(bad(
+                "array",
+                format!("more than 6 dimensions in {:?}", self.text),
+            ));
+        }
         if !self.rest().starts_with('{') {
             return Err(bad(
                 "array",
@@ -470,7 +478,7 @@ impl ArrayParser<'_> {
         loop {
             self.skip_spaces();
             if self.rest().starts_with('{') {
-                items.push(self.array(element)?);
+                items.push(self.array(element, depth + 1)?);
             } else {
                 let item = match self.token()? {
                     None => Value::Null,
@@ -594,6 +602,12 @@ mod tests {
             r#"["x y","q\"z",null,"NULL","plain"]"#
         );
         assert!(from_text(&ints, "{1,2").is_err());
+        assert_eq!(json(&ints, "{{{{{{1}}}}}}"), "[[[[[[1]]]]]]");
+        assert!(
+            from_text(&ints, &format!("{}1{}", "{".repeat(7), "}".repeat(7))).is_err(),
+            "PostgreSQL allows 6 dimensions"
+        );
+        assert!(from_text(&ints, &"{".repeat(100_000)).is_err());
         assert!(from_text(&ints, "{1,x}").is_err());
         assert_eq!(
             json(&TypeCodec::Hstore, r#""a"=>"1", "b c"=>NULL"#),

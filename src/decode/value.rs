@@ -119,7 +119,7 @@ pub enum TypeCodec {
 /// (`pg_attribute` of `pg_type.typrelid`), so decoding needs no I/O.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompositeCodec {
-    /// The type's name (`schema.name` as `format_type` prints it), for messages.
+    /// The type's name (`pg_type.typname`), for messages.
     pub type_name: String,
     /// Its attributes in attribute order, dropped attributes left out (as values carry them).
     pub attributes: Vec<CompositeAttribute>,
