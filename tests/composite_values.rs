@@ -22,18 +22,20 @@ const TYPES: &str = "CREATE TYPE mood AS ENUM ('sad', 'happy');
     CREATE TYPE outer_t AS (t text, n integer, d numeric(10,2), a integer[], i inner_t);
     CREATE DOMAIN outer_d AS outer_t;
     CREATE DOMAIN positive AS integer CHECK (VALUE > 0);
-    CREATE TYPE span_t AS (label text, r int4range);";
+    CREATE TYPE span_t AS (label text, r int4range);
+    CREATE DOMAIN small_range AS int4range CHECK (upper(VALUE) < 100);";
 
 /// Types without a binary decoder in pgferry (ranges, multiranges, box), alone, in arrays and
 /// inside composites: the table is copied `::text` and streamed in text.
 const RANGES: &str = "CREATE TABLE public.t_ranges (id integer PRIMARY KEY, r int4range[],
-        z tstzrange[], m int4multirange[], e mood[], b box[], s span_t, sa span_t[]);
+        z tstzrange[], m int4multirange[], e mood[], b box[], s span_t, sa span_t[],
+        dr small_range[]);
     INSERT INTO public.t_ranges VALUES
     (1, '{\"[2,4)\",\"[20,31)\"}', ARRAY['[2024-01-01 00:00+00,2024-02-01 00:00+00)'::tstzrange, NULL],
         '{\"{[1,3),[5,7)}\",\"{}\"}', '{sad,happy}', '{(1,1),(0,0);(3,3),(2,2)}',
-        ROW('a b', '[1,5)'), ARRAY[ROW('x', 'empty')::span_t, NULL]),
-    (2, '{{\"[1,2)\",NULL},{empty,\"[5,6)\"}}', '{}', NULL, '{NULL}', NULL, ROW(NULL, NULL), '{}'),
-    (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL);";
+        ROW('a b', '[1,5)'), ARRAY[ROW('x', 'empty')::span_t, NULL], '{\"[1,2)\",NULL}'),
+    (2, '{{\"[1,2)\",NULL},{empty,\"[5,6)\"}}', '{}', NULL, '{NULL}', NULL, ROW(NULL, NULL), '{}', '{}'),
+    (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);";
 
 /// Composites whose every attribute has a binary decoder: copied and streamed in binary form
 /// (pgoutput with `binary`) when a pipeline has only such tables.
@@ -67,7 +69,7 @@ fn changes(table: &str, columns: &[&str]) -> String {
     )
 }
 
-const RANGE_COLUMNS: &[&str] = &["r", "z", "m", "e", "b", "s", "sa"];
+const RANGE_COLUMNS: &[&str] = &["r", "z", "m", "e", "b", "s", "sa", "dr"];
 const COMPOSITE_COLUMNS: &[&str] = &["c", "ca", "cd", "dd", "pa"];
 
 /// The documents of `t_ranges`' three rows, as the README's conversion rules say.
@@ -80,7 +82,8 @@ fn range_rows() -> [Value; 3] {
             "e": ["sad", "happy"],
             "b": ["(1,1),(0,0)", "(3,3),(2,2)"],
             "s": {"label": "a b", "r": "[1,5)"},
-            "sa": [{"label": "x", "r": "empty"}, null]
+            "sa": [{"label": "x", "r": "empty"}, null],
+            "dr": ["[1,2)", null]
         }),
         json!({
             "r": [["[1,2)", null], ["empty", "[5,6)"]],
@@ -89,9 +92,10 @@ fn range_rows() -> [Value; 3] {
             "e": [null],
             "b": null,
             "s": {"label": null, "r": null},
-            "sa": []
+            "sa": [],
+            "dr": []
         }),
-        json!({"r": null, "z": null, "m": null, "e": null, "b": null, "s": null, "sa": null}),
+        json!({"r": null, "z": null, "m": null, "e": null, "b": null, "s": null, "sa": null, "dr": null}),
     ]
 }
 
