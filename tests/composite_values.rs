@@ -490,3 +490,74 @@ fn the_tap_sends_arrays_of_ranges_and_composites_as_the_string_arrays_its_schema
         assert_eq!(row[column], values[column], "LOG_BASED stream: {column}");
     }
 }
+
+#[test]
+fn composite_columns_added_while_changes_wait_stream_as_objects() {
+    let cluster = PgCluster::builder()
+        .setting("log_replication_commands", "on")
+        .start();
+    cluster.require_wal2json();
+    cluster.psql(TYPES);
+    cluster.psql(
+        "CREATE TABLE public.t_late (id integer PRIMARY KEY, n integer);
+         INSERT INTO public.t_late VALUES (1, 1);",
+    );
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    // pgoutput streams binary here (every column at start has a decoder): the added composite
+    // columns arrive in record_send's form; wal2json sends their text.
+    let plugins = ["wal2json", "pgoutput"];
+    let servers: Vec<Server> = plugins
+        .iter()
+        .map(|_| runtime.block_on(Server::start()))
+        .collect();
+    let configs: Vec<PathBuf> = plugins
+        .iter()
+        .zip(&servers)
+        .map(|(plugin, server)| {
+            write(
+                dir.path(),
+                plugin,
+                json!({
+                    "source": source(&cluster, "postgres", json!({"replication_method": "LOG_BASED", "plugin": plugin,
+                        "replication_slot": format!("late_{plugin}"), "publication": format!("late_{plugin}")})),
+                    "destination": {"gdn_url": server.url(), "api_key": KEY},
+                    "state_file": dir.path().join(format!("{plugin}.state")).display().to_string()
+                }),
+            )
+        })
+        .collect();
+    for config in &configs {
+        support::run_to_completion(config);
+    }
+    cluster.psql(
+        "ALTER TABLE public.t_late ADD COLUMN c outer_t, ADD COLUMN ca inner_t[];
+         INSERT INTO public.t_late VALUES (2, 2, ROW('late', 9, 9.99, '{9}', ROW(9, 'nine')),
+             ARRAY[ROW(1, 'one')::inner_t, NULL, ROW(NULL, '')::inner_t]);",
+    );
+    for config in &configs {
+        support::run_to_completion(config);
+    }
+    for (plugin, server) in plugins.iter().zip(&servers) {
+        let http = Http::h1(&server.url());
+        let documents = runtime.block_on(all_documents(&http, "t_late", true));
+        assert_eq!(
+            documents.get("2"),
+            Some(&json!({
+                "_key": "2", "id": 2, "n": 2,
+                "c": {"t": "late", "n": 9, "d": 9.99, "a": [9], "i": {"x": 9, "y": "nine"}},
+                "ca": [{"x": 1, "y": "one"}, null, {"x": null, "y": ""}]
+            })),
+            "{plugin}"
+        );
+    }
+    let log = cluster.server_log();
+    let starts: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("START_REPLICATION") && line.contains("late_pgoutput"))
+        .collect();
+    assert!(
+        !starts.is_empty() && starts.iter().all(|line| line.contains("\"binary\" 'true'")),
+        "pgoutput streamed binary values: {starts:?}"
+    );
+}
