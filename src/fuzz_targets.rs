@@ -15,7 +15,7 @@ use crate::decode::pgoutput::{
     PgOutputDecoder, PgOutputMessage, ProtocolVersion, TupleColumn, TupleData,
 };
 use crate::decode::replication::ReplicationMessage;
-use crate::decode::value::{decode, NumericOut, TypeCodec};
+use crate::decode::value::{decode, CompositeAttribute, CompositeCodec, NumericOut, TypeCodec};
 use crate::decode::wal2json::{parse_v2, Action};
 use crate::decode::wal2json_v1::V1Decoder;
 use crate::gdnlite::cursor::parse as cursor_parse;
@@ -105,7 +105,43 @@ pub fn value_codecs() -> Vec<TypeCodec> {
         .iter()
         .map(|codec| TypeCodec::Array(Box::new(codec.clone())))
         .collect();
-    scalars.into_iter().chain(arrays).collect()
+    // A composite (int, text, int[], nested (int, text)), its array, and both read as text.
+    let attribute = |name: &str, type_oid: u32, codec: TypeCodec| CompositeAttribute {
+        name: name.into(),
+        type_oid,
+        codec,
+    };
+    let inner = TypeCodec::Composite(Box::new(CompositeCodec {
+        type_name: "inner".into(),
+        attributes: vec![
+            attribute("x", 23, TypeCodec::Int4),
+            attribute("y", 25, TypeCodec::Text),
+        ],
+    }));
+    let outer = TypeCodec::Composite(Box::new(CompositeCodec {
+        type_name: "outer".into(),
+        attributes: vec![
+            attribute("n", 23, TypeCodec::Int4),
+            attribute("t", 25, TypeCodec::Text),
+            attribute("a", 1007, TypeCodec::Array(Box::new(TypeCodec::Int4))),
+            attribute("i", 16_384, inner),
+        ],
+    }));
+    let structured = vec![
+        outer.clone(),
+        TypeCodec::Array(Box::new(outer.clone())),
+        TypeCodec::TextForm(Box::new(outer.clone())),
+        TypeCodec::TextForm(Box::new(TypeCodec::Array(Box::new(outer)))),
+        TypeCodec::TextForm(Box::new(TypeCodec::Array(Box::new(TypeCodec::Text)))),
+        TypeCodec::TextForm(Box::new(TypeCodec::Array(Box::new(
+            TypeCodec::TextDelimited(';'),
+        )))),
+    ];
+    scalars
+        .into_iter()
+        .chain(arrays)
+        .chain(structured)
+        .collect()
 }
 
 /// Binary values: byte 0 picks the codec; a decoded value always renders as valid JSON.

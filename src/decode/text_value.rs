@@ -9,7 +9,8 @@ use std::borrow::Cow;
 
 use crate::decode::value::NumericOut;
 use crate::decode::value::{
-    bad, float, push_offset, push_padded, push_year, TypeCodec, Value, ValueError,
+    bad, composite_changed, float, in_attribute, push_offset, push_padded, push_year,
+    CompositeCodec, TypeCodec, Value, ValueError,
 };
 
 /// Converts one value's text (as PostgreSQL's output function wrote it) per `codec`.
@@ -42,9 +43,11 @@ pub fn from_text<'a>(codec: &TypeCodec, text: &'a str) -> Result<Value<'a>, Valu
             float(value, single)
         }
         TypeCodec::Numeric(out) => numeric(text, *out)?,
-        TypeCodec::Text | TypeCodec::Char | TypeCodec::Uuid | TypeCodec::Inet => {
-            Value::Str(Cow::Borrowed(text))
-        }
+        TypeCodec::Text
+        | TypeCodec::TextDelimited(_)
+        | TypeCodec::Char
+        | TypeCodec::Uuid
+        | TypeCodec::Inet => Value::Str(Cow::Borrowed(text)),
         TypeCodec::MacAddr | TypeCodec::MacAddr8 | TypeCodec::VarBit => {
             Value::Str(Cow::Borrowed(text))
         }
@@ -108,15 +111,99 @@ pub fn from_text<'a>(codec: &TypeCodec, text: &'a str) -> Result<Value<'a>, Valu
         }
         TypeCodec::Hstore => hstore(text)?,
         TypeCodec::Array(element) => {
-            let mut parser = ArrayParser { text, at: 0 };
+            let delimiter = match **element {
+                TypeCodec::TextDelimited(delimiter) => delimiter,
+                _ => ',',
+            };
+            let mut parser = ArrayParser {
+                text,
+                at: 0,
+                delimiter,
+                hstore: false,
+            };
             parser.skip_dimensions();
-            let value = parser.array(element)?;
+            let value = parser.array(element, 1)?;
             if parser.at != text.len() {
                 return Err(bad("array", format!("trailing text in {text:?}")));
             }
             value
         }
+        TypeCodec::Composite(composite) => record(composite, text)?,
+        TypeCodec::TextForm(inner) => from_text(inner, text)?,
     })
+}
+
+/// `record_out`'s form, `(a,"b c",,"")`: attributes separated by commas; an attribute with
+/// nothing in it is NULL, `""` is the empty string; inside quotes `""` is a quote and a
+/// backslash escapes the next character (`record_in` also takes backslashes outside quotes).
+/// The attributes must be as many as the catalog's description has, or the type changed.
+fn record(composite: &CompositeCodec, text: &str) -> Result<Value<'static>, ValueError> {
+    const NAME: &str = "composite";
+    let inner = text
+        .strip_prefix('(')
+        .and_then(|rest| rest.strip_suffix(')'))
+        .ok_or_else(|| bad(NAME, format!("{text:?} is not in parentheses")))?;
+    let mut raw: Vec<Option<String>> = Vec::with_capacity(composite.attributes.len());
+    let mut chars = inner.chars().peekable();
+    let mut current = String::new();
+    let mut seen = false;
+    let mut quoted = false;
+    while let Some(ch) = chars.next() {
+        match ch {
+            '\\' => {
+                let escaped = chars
+                    .next()
+                    .ok_or_else(|| bad(NAME, format!("{text:?} ends in a backslash")))?;
+                current.push(escaped);
+                seen = true;
+            }
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                current.push('"');
+            }
+            '"' => {
+                quoted = !quoted;
+                seen = true;
+            }
+            ',' if !quoted => {
+                raw.push(seen.then(|| std::mem::take(&mut current)));
+                seen = false;
+            }
+            other => {
+                current.push(other);
+                seen = true;
+            }
+        }
+    }
+    if quoted {
+        return Err(bad(NAME, format!("unterminated quote in {text:?}")));
+    }
+    // `()` is a type of no attributes or one NULL attribute; anything else has commas + 1.
+    if seen || !raw.is_empty() || !composite.attributes.is_empty() {
+        raw.push(seen.then_some(current));
+    }
+    if raw.len() != composite.attributes.len() {
+        return Err(composite_changed(
+            &composite.type_name,
+            format_args!(
+                "the value has {} attributes, the catalog {}",
+                raw.len(),
+                composite.attributes.len()
+            ),
+        ));
+    }
+    let mut pairs = Vec::with_capacity(raw.len());
+    for (attribute, raw) in composite.attributes.iter().zip(raw) {
+        let value = match raw {
+            None => Value::Null,
+            Some(text) => into_owned(
+                from_text(&attribute.codec, &text)
+                    .map_err(|error| in_attribute(composite, attribute, error))?,
+            ),
+        };
+        pairs.push((Cow::Owned(attribute.name.clone()), value));
+    }
+    Ok(Value::Object(pairs))
 }
 
 fn numeric(text: &str, out: NumericOut) -> Result<Value<'_>, ValueError> {
@@ -262,7 +349,12 @@ fn timestamp(text: &str, with_zone: bool) -> Result<String, ValueError> {
 /// `"a"=>"1", "b"=>NULL` → an object.
 fn hstore(text: &str) -> Result<Value<'static>, ValueError> {
     const NAME: &str = "hstore";
-    let mut parser = ArrayParser { text, at: 0 };
+    let mut parser = ArrayParser {
+        text,
+        at: 0,
+        delimiter: ',',
+        hstore: true,
+    };
     let mut pairs = Vec::new();
     loop {
         parser.skip_spaces();
@@ -294,6 +386,10 @@ fn hstore(text: &str) -> Result<Value<'static>, ValueError> {
 struct ArrayParser<'t> {
     text: &'t str,
     at: usize,
+    /// The element type's `typdelim` (`,`, or `;` for `box`).
+    delimiter: char,
+    /// Whether this is hstore text, where a bare token also ends at `=`.
+    hstore: bool,
 }
 
 impl ArrayParser<'_> {
@@ -316,7 +412,8 @@ impl ArrayParser<'_> {
         }
     }
 
-    /// A quoted or bare token; `None` for a bare NULL.
+    /// A quoted or bare token; `None` for a bare NULL. A bare array element ends at the
+    /// delimiter, `}` or a space; a bare hstore token also at `=`.
     fn token(&mut self) -> Result<Option<String>, ValueError> {
         if self.rest().starts_with('"') {
             self.at += 1;
@@ -340,9 +437,13 @@ impl ArrayParser<'_> {
                 format!("unterminated quote in {:?}", self.text),
             ));
         }
+        let delimiter = self.delimiter;
+        let hstore = self.hstore;
         let end = self
             .rest()
-            .find([',', '}', '=', ' '])
+            .find(|ch: char| {
+                ch == delimiter || matches!(ch, '}' | ' ' | '\t' | '\n') || (hstore && ch == '=')
+            })
             .unwrap_or(self.rest().len());
         let token = self.rest()[..end].to_owned();
         self.at += end;
@@ -353,7 +454,15 @@ impl ArrayParser<'_> {
         }
     }
 
-    fn array(&mut self, element: &TypeCodec) -> Result<Value<'static>, ValueError> {
+    /// An array at nesting `depth` (1 for the outermost); PostgreSQL allows 6 dimensions,
+    /// so deeper text is refused before it can exhaust the stack.
+    fn array(&mut self, element: &TypeCodec, depth: usize) -> Result<Value<'static>, ValueError> {
+        if depth > 6 {
+            return Err(bad(
+                "array",
+                format!("more than 6 dimensions in {:?}", self.text),
+            ));
+        }
         if !self.rest().starts_with('{') {
             return Err(bad(
                 "array",
@@ -369,7 +478,7 @@ impl ArrayParser<'_> {
         loop {
             self.skip_spaces();
             if self.rest().starts_with('{') {
-                items.push(self.array(element)?);
+                items.push(self.array(element, depth + 1)?);
             } else {
                 let item = match self.token()? {
                     None => Value::Null,
@@ -379,7 +488,7 @@ impl ArrayParser<'_> {
             }
             self.skip_spaces();
             match self.rest().chars().next() {
-                Some(',') => self.at += 1,
+                Some(ch) if ch == self.delimiter => self.at += ch.len_utf8(),
                 Some('}') => {
                     self.at += 1;
                     return Ok(Value::Array(items));
@@ -413,6 +522,7 @@ fn into_owned(value: Value<'_>) -> Value<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::value::CompositeAttribute;
 
     fn json(codec: &TypeCodec, text: &str) -> String {
         from_text(codec, text).unwrap().to_json_string()
@@ -492,10 +602,135 @@ mod tests {
             r#"["x y","q\"z",null,"NULL","plain"]"#
         );
         assert!(from_text(&ints, "{1,2").is_err());
+        assert_eq!(json(&ints, "{{{{{{1}}}}}}"), "[[[[[[1]]]]]]");
+        assert!(
+            from_text(&ints, &format!("{}1{}", "{".repeat(7), "}".repeat(7))).is_err(),
+            "PostgreSQL allows 6 dimensions"
+        );
+        assert!(from_text(&ints, &"{".repeat(100_000)).is_err());
         assert!(from_text(&ints, "{1,x}").is_err());
         assert_eq!(
             json(&TypeCodec::Hstore, r#""a"=>"1", "b c"=>NULL"#),
             r#"{"a":"1","b c":null}"#
+        );
+    }
+
+    fn attribute(name: &str, type_oid: u32, codec: TypeCodec) -> CompositeAttribute {
+        CompositeAttribute {
+            name: name.into(),
+            type_oid,
+            codec,
+        }
+    }
+
+    fn composite(name: &str, attributes: Vec<CompositeAttribute>) -> TypeCodec {
+        TypeCodec::Composite(Box::new(CompositeCodec {
+            type_name: name.into(),
+            attributes,
+        }))
+    }
+
+    /// `CREATE TYPE inner_t AS (x int, y text)`.
+    fn inner_type() -> TypeCodec {
+        composite(
+            "inner_t",
+            vec![
+                attribute("x", 23, TypeCodec::Int4),
+                attribute("y", 25, TypeCodec::Text),
+            ],
+        )
+    }
+
+    #[test]
+    fn composite_text_quotes_backslashes_empty_strings_and_nulls() {
+        let texts = composite(
+            "texts",
+            vec![
+                attribute("a", 25, TypeCodec::Text),
+                attribute("b", 25, TypeCodec::Text),
+                attribute("c", 25, TypeCodec::Text),
+                attribute("d", 25, TypeCodec::Text),
+                attribute("e", 25, TypeCodec::Text),
+            ],
+        );
+        // SELECT ROW(E'say "hi" \\ there', NULL, '', 'NULL', ' ')::texts
+        assert_eq!(
+            json(&texts, r#"("say ""hi"" \\ there",,"",NULL," ")"#),
+            r#"{"a":"say \"hi\" \\ there","b":null,"c":"","d":"NULL","e":" "}"#,
+            "nothing is NULL, \"\" is empty, a bare NULL is the string NULL"
+        );
+        // record_in also takes backslash escapes inside and outside quotes.
+        assert_eq!(
+            json(&texts, r#"(a\,b,"x\"y",,,)"#),
+            r#"{"a":"a,b","b":"x\"y","c":null,"d":null,"e":null}"#
+        );
+        let one = composite("one", vec![attribute("x", 23, TypeCodec::Int4)]);
+        assert_eq!(json(&one, "()"), r#"{"x":null}"#, "one NULL attribute");
+        assert_eq!(json(&composite("none", Vec::new()), "()"), "{}");
+        assert!(from_text(&inner_type(), "(1,\"x").is_err());
+        assert!(from_text(&inner_type(), "1,x").is_err());
+        assert!(
+            from_text(&inner_type(), "(x,y)").is_err(),
+            "x is no integer"
+        );
+    }
+
+    #[test]
+    fn nested_composites_and_arrays_inside_composites() {
+        let outer = composite(
+            "outer_t",
+            vec![
+                attribute("t", 25, TypeCodec::Text),
+                attribute("d", 1700, TypeCodec::Numeric(NumericOut::Number)),
+                attribute("a", 1007, TypeCodec::Array(Box::new(TypeCodec::Int4))),
+                attribute("i", 16_384, inner_type()),
+                attribute("l", 16_390, TypeCodec::Array(Box::new(inner_type()))),
+            ],
+        );
+        // SELECT ROW('x y', 1.50, '{1,NULL}', ROW(2, 'q"z'), ARRAY[ROW(3, 'a b'), NULL])::outer_t
+        let text = r#"("x y",1.50,"{1,NULL}","(2,""q""""z"")","{""(3,\\""a b\\"")"",NULL}")"#;
+        assert_eq!(
+            json(&outer, text),
+            r#"{"t":"x y","d":1.50,"a":[1,null],"i":{"x":2,"y":"q\"z"},"l":[{"x":3,"y":"a b"},null]}"#
+        );
+    }
+
+    #[test]
+    fn arrays_of_composites_ranges_and_boxes_are_arrays() {
+        let pairs = TypeCodec::Array(Box::new(inner_type()));
+        assert_eq!(
+            json(&pairs, r#"{"(1,\"x y\")",NULL,"(2,)","(,\"\")"}"#),
+            r#"[{"x":1,"y":"x y"},null,{"x":2,"y":null},{"x":null,"y":""}]"#
+        );
+        assert_eq!(
+            json(&pairs, r#"{{"(1,a)"},{NULL}}"#),
+            r#"[[{"x":1,"y":"a"}],[null]]"#
+        );
+        let ranges = TypeCodec::Array(Box::new(TypeCodec::Text));
+        assert_eq!(
+            json(&ranges, r#"{"[2,4)","[20,31)",empty}"#),
+            r#"["[2,4)","[20,31)","empty"]"#
+        );
+        assert_eq!(
+            json(&ranges, r#"{"{[1,3),[5,7)}","{}"}"#),
+            r#"["{[1,3),[5,7)}","{}"]"#,
+            "multiranges"
+        );
+        assert_eq!(
+            json(&ranges, "{a=b,c}"),
+            r#"["a=b","c"]"#,
+            "an array element may hold ="
+        );
+        let boxes = TypeCodec::Array(Box::new(TypeCodec::TextDelimited(';')));
+        assert_eq!(
+            json(&boxes, "{(1,1),(0,0);(3,3),(2,2)}"),
+            r#"["(1,1),(0,0)","(3,3),(2,2)"]"#
+        );
+        let error = from_text(&pairs, r#"{"(1,a,3)"}"#).unwrap_err();
+        assert!(error.type_changed, "{error}");
+        assert!(
+            error.to_string().contains("3 attributes, the catalog 2"),
+            "{error}"
         );
     }
 }

@@ -13,7 +13,13 @@
 //!   outside 0000–9999 in ISO 8601's expanded form (`-0043-03-15…` for 44 BC, `+10000-…`),
 //!   `±infinity` → the strings `"infinity"`/`"-infinity"`; `time` keeps `24:00:00`;
 //!   `timetz` keeps its offset; `interval` → ISO 8601 duration;
-//! * `json`/`jsonb` → embedded JSON; `hstore` → object; arrays → nested arrays;
+//! * `json`/`jsonb` → embedded JSON; `hstore` → object; arrays → nested arrays (of any
+//!   element type: elements without a binary decoder, such as ranges, are read from the
+//!   array's text form, see [`TypeCodec::TextForm`]);
+//! * composite types → an object keyed by attribute name, in attribute order, each attribute
+//!   converted by these same rules (binary form: count, then per attribute type OID, length,
+//!   bytes; the count and OIDs are checked against the catalog's description, so a type
+//!   altered after pgferry read it is an error, never a misaligned object);
 //! * `bit(1)` → boolean, other bit strings → `"0101"`; `bytea` → `"\\x…"` hex; `uuid`, `inet`,
 //!   `cidr`, `macaddr[8]` → their canonical text; `money` → exact decimal string.
 
@@ -53,6 +59,9 @@ pub enum TypeCodec {
     Numeric(NumericOut),
     /// Text-like: `text`, `varchar`, `char(n)`, `name`, `citext`, enums, `xml`, and `::text` casts.
     Text,
+    /// A type without a decoder here whose arrays separate elements with another delimiter
+    /// than a comma (`box`: `;`): its text, as [`TypeCodec::Text`].
+    TextDelimited(char),
     /// The single-byte `"char"` type.
     Char,
     /// `bytea`.
@@ -97,6 +106,35 @@ pub enum TypeCodec {
     Hstore,
     /// An array of the element codec (any number of dimensions).
     Array(Box<TypeCodec>),
+    /// A composite (row) type, as the catalog described it: becomes an object.
+    Composite(Box<CompositeCodec>),
+    /// A value selected as its text output (`::text`) because some part of its type has no
+    /// binary decoder here (an array of ranges, a composite with a `point` attribute): the
+    /// field holds that text, read with the text rules of the inner codec, so the value keeps
+    /// its structure instead of becoming one string.
+    TextForm(Box<TypeCodec>),
+}
+
+/// A composite type's description, read from the catalog where column types are read
+/// (`pg_attribute` of `pg_type.typrelid`), so decoding needs no I/O.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompositeCodec {
+    /// The type's name (`pg_type.typname`), for messages.
+    pub type_name: String,
+    /// Its attributes in attribute order, dropped attributes left out (as values carry them).
+    pub attributes: Vec<CompositeAttribute>,
+}
+
+/// One attribute of a composite type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompositeAttribute {
+    /// `pg_attribute.attname`: the object key.
+    pub name: String,
+    /// The declared type's OID (a domain's own OID), which the binary form carries to check
+    /// the value has the shape the catalog described.
+    pub type_oid: u32,
+    /// How its values decode.
+    pub codec: TypeCodec,
 }
 
 /// A decoded value, borrowing from the field where it can.
@@ -130,12 +168,43 @@ pub struct ValueError {
     pub type_name: &'static str,
     /// What was wrong.
     pub detail: String,
+    /// Whether the value has another shape than the catalog's description of its type (a
+    /// composite altered with `ALTER TYPE` after pgferry read it), rather than bad bytes.
+    pub type_changed: bool,
 }
 
 pub(crate) fn bad(type_name: &'static str, detail: impl Into<String>) -> ValueError {
     ValueError {
         type_name,
         detail: detail.into(),
+        type_changed: false,
+    }
+}
+
+/// The error for a composite value whose attributes are not those the catalog described.
+pub(crate) fn composite_changed(type_name: &str, detail: impl std::fmt::Display) -> ValueError {
+    ValueError {
+        type_name: "composite",
+        detail: format!(
+            "type {type_name}: {detail}; the type was altered (ALTER TYPE) after pgferry read the catalog, so its attributes cannot be named safely\nHINT: restart the run to read the type again; changes made before the ALTER TYPE need a fresh copy of the table"
+        ),
+        type_changed: true,
+    }
+}
+
+/// An attribute's decoding error, with the attribute named.
+pub(crate) fn in_attribute(
+    composite: &CompositeCodec,
+    attribute: &CompositeAttribute,
+    error: ValueError,
+) -> ValueError {
+    ValueError {
+        type_name: error.type_name,
+        detail: format!(
+            "{} (attribute {:?} of {})",
+            error.detail, attribute.name, composite.type_name
+        ),
+        type_changed: error.type_changed,
     }
 }
 
@@ -218,7 +287,9 @@ pub fn decode<'a>(codec: &TypeCodec, raw: &'a [u8]) -> Result<Value<'a>, ValueEr
         TypeCodec::Float4 => float(f64::from(f32::from_be_bytes(fixed(raw, "real")?)), true),
         TypeCodec::Float8 => float(f64::from_be_bytes(fixed(raw, "double precision")?), false),
         TypeCodec::Numeric(out) => numeric(raw, *out)?,
-        TypeCodec::Text => Value::Str(Cow::Borrowed(utf8(raw, "text")?)),
+        TypeCodec::Text | TypeCodec::TextDelimited(_) => {
+            Value::Str(Cow::Borrowed(utf8(raw, "text")?))
+        }
         TypeCodec::Char => {
             let byte = fixed::<1>(raw, "\"char\"").or_else(|_| {
                 if raw.is_empty() {
@@ -296,6 +367,10 @@ pub fn decode<'a>(codec: &TypeCodec, raw: &'a [u8]) -> Result<Value<'a>, ValueEr
         TypeCodec::VarBit => Value::Str(Cow::Owned(bit_string(raw, "bit varying")?)),
         TypeCodec::Hstore => hstore(raw)?,
         TypeCodec::Array(element) => array(element, raw)?,
+        TypeCodec::Composite(composite) => record(composite, raw)?,
+        TypeCodec::TextForm(inner) => {
+            crate::decode::text_value::from_text(inner, utf8(raw, "text")?)?
+        }
     })
 }
 
@@ -707,6 +782,47 @@ fn array<'a>(element: &TypeCodec, raw: &'a [u8]) -> Result<Value<'a>, ValueError
     Ok(nest(&dims, &mut flat.into_iter()))
 }
 
+/// `record_send`'s form: Int32 attribute count, then per attribute its type OID, an Int32
+/// length (-1 for NULL) and that many bytes of the attribute's own binary form.
+fn record<'a>(composite: &CompositeCodec, raw: &'a [u8]) -> Result<Value<'a>, ValueError> {
+    const NAME: &str = "composite";
+    let mut reader = Reader::new(raw, NAME);
+    let count = reader.i32()?;
+    if usize::try_from(count).ok() != Some(composite.attributes.len()) {
+        return Err(composite_changed(
+            &composite.type_name,
+            format_args!(
+                "the value has {count} attributes, the catalog {}",
+                composite.attributes.len()
+            ),
+        ));
+    }
+    let mut pairs = Vec::with_capacity(composite.attributes.len());
+    for attribute in &composite.attributes {
+        let oid = u32::from_be_bytes(fixed(reader.take(4)?, NAME)?);
+        if oid != attribute.type_oid {
+            return Err(composite_changed(
+                &composite.type_name,
+                format_args!(
+                    "attribute {:?} has type OID {oid} in the value, {} in the catalog",
+                    attribute.name, attribute.type_oid
+                ),
+            ));
+        }
+        let len = reader.i32()?;
+        let value = if len == -1 {
+            Value::Null
+        } else {
+            let len = usize::try_from(len).map_err(|_| bad(NAME, "negative attribute length"))?;
+            decode(&attribute.codec, reader.take(len)?)
+                .map_err(|error| in_attribute(composite, attribute, error))?
+        };
+        pairs.push((Cow::Owned(attribute.name.clone()), value));
+    }
+    reader.done()?;
+    Ok(Value::Object(pairs))
+}
+
 fn nest<'a>(dims: &[usize], flat: &mut impl Iterator<Item = Value<'a>>) -> Value<'a> {
     match dims.split_first() {
         Some((size, [])) => Value::Array(flat.take(*size).collect()),
@@ -1077,6 +1193,157 @@ mod tests {
             decode(&int_array, &huge).is_err(),
             "dimensions beyond the data are refused before allocating"
         );
+    }
+
+    fn attribute(name: &str, type_oid: u32, codec: TypeCodec) -> CompositeAttribute {
+        CompositeAttribute {
+            name: name.into(),
+            type_oid,
+            codec,
+        }
+    }
+
+    /// `CREATE TYPE inner_t AS (x int, y text)` as the catalog describes it (OID 16384).
+    fn inner_type() -> TypeCodec {
+        TypeCodec::Composite(Box::new(CompositeCodec {
+            type_name: "inner_t".into(),
+            attributes: vec![
+                attribute("x", 23, TypeCodec::Int4),
+                attribute("y", 25, TypeCodec::Text),
+            ],
+        }))
+    }
+
+    /// `record_send`'s form: count, then per attribute its type OID, length and bytes.
+    fn record_bytes(attributes: &[(u32, Option<&[u8]>)]) -> Vec<u8> {
+        let mut raw = (attributes.len() as i32).to_be_bytes().to_vec();
+        for (oid, value) in attributes {
+            raw.extend_from_slice(&oid.to_be_bytes());
+            match value {
+                Some(bytes) => {
+                    raw.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+                    raw.extend_from_slice(bytes);
+                }
+                None => raw.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        raw
+    }
+
+    /// A one-dimensional binary array of `element_oid` with lower bound 1.
+    fn array_bytes(element_oid: u32, items: &[Option<Vec<u8>>]) -> Vec<u8> {
+        let mut raw = Vec::new();
+        for word in [1i32, 1, element_oid as i32, items.len() as i32, 1] {
+            raw.extend_from_slice(&word.to_be_bytes());
+        }
+        for item in items {
+            match item {
+                Some(bytes) => {
+                    raw.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+                    raw.extend_from_slice(bytes);
+                }
+                None => raw.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        raw
+    }
+
+    #[test]
+    fn a_binary_composite_is_an_object_keyed_by_attribute_in_attribute_order() {
+        let inner = record_bytes(&[(23, Some(&7i32.to_be_bytes())), (25, Some(b"x y"))]);
+        let ints = array_bytes(23, &[Some(1i32.to_be_bytes().to_vec()), None]);
+        let outer = TypeCodec::Composite(Box::new(CompositeCodec {
+            type_name: "outer_t".into(),
+            attributes: vec![
+                attribute("t", 25, TypeCodec::Text),
+                attribute("n", 23, TypeCodec::Int4),
+                attribute("d", 1700, TypeCodec::Numeric(NumericOut::Number)),
+                attribute("a", 1007, TypeCodec::Array(Box::new(TypeCodec::Int4))),
+                attribute("i", 16_384, inner_type()),
+                attribute("e", 25, TypeCodec::Text),
+            ],
+        }));
+        let raw = record_bytes(&[
+            (25, Some(b"")),
+            (23, None),
+            (1700, Some(&numeric_bytes(0, 0, 2, &[1, 5000]))),
+            (1007, Some(&ints)),
+            (16_384, Some(&inner)),
+            (25, None),
+        ]);
+        assert_eq!(
+            json(&outer, &raw),
+            r#"{"t":"","n":null,"d":1.50,"a":[1,null],"i":{"x":7,"y":"x y"},"e":null}"#,
+            "an empty string stays \"\", a NULL attribute is null"
+        );
+        // An array of composites, NULL elements null.
+        let array = array_bytes(16_384, &[Some(inner.clone()), None]);
+        assert_eq!(
+            json(&TypeCodec::Array(Box::new(inner_type())), &array),
+            r#"[{"x":7,"y":"x y"},null]"#
+        );
+    }
+
+    #[test]
+    fn a_binary_composite_of_another_shape_than_the_catalog_is_a_typed_error() {
+        // ALTER TYPE inner_t ADD ATTRIBUTE z int: three attributes where the catalog has two.
+        let added = record_bytes(&[
+            (23, Some(&7i32.to_be_bytes())),
+            (25, Some(b"x")),
+            (23, None),
+        ]);
+        let error = decode(&inner_type(), &added).unwrap_err();
+        assert!(error.type_changed, "{error}");
+        assert!(
+            error.to_string().contains("3 attributes, the catalog 2"),
+            "{error}"
+        );
+        // DROP ATTRIBUTE y, ADD ATTRIBUTE y int: the count agrees, the type OID does not.
+        let retyped = record_bytes(&[(23, Some(&7i32.to_be_bytes())), (23, None)]);
+        let error = decode(&inner_type(), &retyped).unwrap_err();
+        assert!(error.type_changed, "{error}");
+        assert!(
+            error.to_string().contains("\"y\" has type OID 23"),
+            "{error}"
+        );
+        // Bad bytes are errors of their own kind, naming the attribute.
+        let short = record_bytes(&[(23, Some(&[0, 7])), (25, None)]);
+        let error = decode(&inner_type(), &short).unwrap_err();
+        assert!(!error.type_changed);
+        assert!(
+            error.to_string().contains("attribute \"x\" of inner_t"),
+            "{error}"
+        );
+        let valid = record_bytes(&[(23, None), (25, None)]);
+        for cut in 0..valid.len() {
+            assert!(
+                decode(&inner_type(), &valid[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut trailing = valid.clone();
+        trailing.push(0);
+        assert!(decode(&inner_type(), &trailing).is_err());
+        assert!(decode(&inner_type(), &(-1i32).to_be_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_value_selected_as_text_keeps_its_structure() {
+        let ranges = TypeCodec::TextForm(Box::new(TypeCodec::Array(Box::new(TypeCodec::Text))));
+        assert_eq!(
+            json(&ranges, br#"{"[2,4)","[20,31)",empty,NULL}"#),
+            r#"["[2,4)","[20,31)","empty",null]"#
+        );
+        let boxes = TypeCodec::TextForm(Box::new(TypeCodec::Array(Box::new(
+            TypeCodec::TextDelimited(';'),
+        ))));
+        assert_eq!(
+            json(&boxes, b"{(1,1),(0,0);(3,3),(2,2)}"),
+            r#"["(1,1),(0,0)","(3,3),(2,2)"]"#
+        );
+        let composite = TypeCodec::TextForm(Box::new(inner_type()));
+        assert_eq!(json(&composite, br#"(1,"a b")"#), r#"{"x":1,"y":"a b"}"#);
+        assert!(decode(&composite, b"(1,a,b)").unwrap_err().type_changed);
     }
 
     #[test]

@@ -480,6 +480,7 @@ mod tests {
                 oid,
                 name: type_name.into(),
                 kind: 'b',
+                delimiter: ',',
             },
         }
     }

@@ -1,16 +1,19 @@
 //! Discovery: tables and views, their columns and types, keys, replica identity, row estimates.
 //!
 //! Types are resolved once per column: a domain to its base type (through any depth of
-//! domains), an array to its element, extension types (`hstore`, `citext`) by name, enums to
-//! text. [`Column::codec`] then says how the snapshot decodes the column's binary values, and
-//! whether the query must select it as `::text` (types without a binary decoder here).
+//! domains), an array to its element, a composite to its attributes (read from `pg_attribute`
+//! of its `typrelid`, each attribute resolved the same way, nested composites included),
+//! extension types (`hstore`, `citext`) by name, enums to text. [`Column::codec`] then says how
+//! the snapshot decodes the column's binary values, and whether the query must select it as
+//! `::text` (some part of the type has no binary decoder here; the text is then read with the
+//! same structure, see [`TypeCodec::TextForm`]).
 //!
 //! Key columns are the primary key, else the columns of the replica identity index; a table
 //! with neither has no key (`check` and the run say how to add one).
 
 use std::collections::HashMap;
 
-use crate::decode::value::{NumericOut, TypeCodec};
+use crate::decode::value::{CompositeAttribute, CompositeCodec, NumericOut, TypeCodec};
 use crate::pg::query::{quote_literal, Row};
 use crate::pg::{Connection, PgError};
 
@@ -80,6 +83,12 @@ pub struct TypeInfo {
     pub base: u32,
     /// Type modifier a domain applies to its base (-1 none).
     pub domain_typmod: i32,
+    /// `pg_type.typdelim`: what separates elements in the text of an array of it (`;` for
+    /// `box`, `,` for every other built-in type).
+    pub delimiter: char,
+    /// A composite's attributes (`pg_attribute` of `typrelid`, in attnum order, dropped ones
+    /// left out) as `(name, declared type OID, typmod)`; empty for other kinds.
+    pub attributes: Vec<(String, u32, i32)>,
 }
 
 /// One column of a table.
@@ -112,9 +121,33 @@ pub enum ResolvedType {
         name: String,
         /// `typtype` of the base.
         kind: char,
+        /// `typdelim`: the element separator in the text of an array of it.
+        delimiter: char,
     },
     /// An array of a resolved element type.
     Array(Box<ResolvedType>),
+    /// A composite type (domains over it resolved), with its attributes resolved.
+    Composite {
+        /// The composite type's OID.
+        oid: u32,
+        /// Its name, for messages.
+        name: String,
+        /// Its attributes in order, dropped ones left out (as its values carry them).
+        attributes: Vec<ResolvedAttribute>,
+    },
+}
+
+/// One attribute of a composite type, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedAttribute {
+    /// `pg_attribute.attname`.
+    pub name: String,
+    /// The declared type's OID (a domain's own), which binary values carry per attribute.
+    pub type_oid: u32,
+    /// The type modifier, after resolving domains (-1 none).
+    pub typmod: i32,
+    /// The attribute's type resolved.
+    pub resolved: ResolvedType,
 }
 
 /// A table or view with its columns and keys.
@@ -211,26 +244,79 @@ const EXACT_DOUBLE_DIGITS: i32 = 15;
 
 impl Column {
     /// How to decode this column's binary values, and whether to select it as `::text`.
+    ///
+    /// A type with a part that has no binary decoder (an array of ranges, a composite with a
+    /// `point` attribute) is selected as `::text` and read as [`TypeCodec::TextForm`], keeping
+    /// its structure; a scalar without a decoder is just its text.
     pub fn codec(&self, numeric_mode: NumericMode) -> (TypeCodec, bool) {
-        match codec_for(&self.resolved, self.typmod, numeric_mode) {
-            Some(codec) => (codec, false),
-            None => (TypeCodec::Text, true),
-        }
+        codec_of(&self.resolved, self.typmod, numeric_mode)
     }
 }
 
-fn codec_for(resolved: &ResolvedType, typmod: i32, numeric_mode: NumericMode) -> Option<TypeCodec> {
-    let (oid, name, kind) = match resolved {
+/// The codec of a resolved type and whether its values must be selected as `::text`.
+pub fn codec_of(
+    resolved: &ResolvedType,
+    typmod: i32,
+    numeric_mode: NumericMode,
+) -> (TypeCodec, bool) {
+    match codec_for(resolved, typmod, numeric_mode) {
+        (codec, true) => (codec, false),
+        (TypeCodec::Text | TypeCodec::TextDelimited(_), false) => (TypeCodec::Text, true),
+        (codec, false) => (TypeCodec::TextForm(Box::new(codec)), true),
+    }
+}
+
+/// The codec of a type, and whether every part of it has a binary decoder (`false`: only its
+/// text form can be read; the codec then describes how to read that text).
+fn codec_for(resolved: &ResolvedType, typmod: i32, numeric_mode: NumericMode) -> (TypeCodec, bool) {
+    let (oid, name, kind, delimiter) = match resolved {
         ResolvedType::Array(element) => {
             // Element typmods are the column's typmod too (e.g. numeric(5,2)[]).
-            return codec_for(element, typmod, numeric_mode)
-                .map(|codec| TypeCodec::Array(Box::new(codec)));
+            let (codec, binary) = codec_for(element, typmod, numeric_mode);
+            return (TypeCodec::Array(Box::new(codec)), binary);
         }
-        ResolvedType::Scalar { oid, name, kind } => (*oid, name.as_str(), *kind),
+        ResolvedType::Composite {
+            name, attributes, ..
+        } => {
+            let mut binary = true;
+            let attributes = attributes
+                .iter()
+                .map(|attribute| {
+                    let (codec, attribute_binary) =
+                        codec_for(&attribute.resolved, attribute.typmod, numeric_mode);
+                    binary &= attribute_binary;
+                    CompositeAttribute {
+                        name: attribute.name.clone(),
+                        type_oid: attribute.type_oid,
+                        codec,
+                    }
+                })
+                .collect();
+            let composite = CompositeCodec {
+                type_name: name.clone(),
+                attributes,
+            };
+            return (TypeCodec::Composite(Box::new(composite)), binary);
+        }
+        ResolvedType::Scalar {
+            oid,
+            name,
+            kind,
+            delimiter,
+        } => (*oid, name.as_str(), *kind, *delimiter),
     };
     if kind == 'e' {
-        return Some(TypeCodec::Text);
+        return (TypeCodec::Text, true);
     }
+    match scalar_codec(oid, name, typmod, numeric_mode) {
+        Some(codec) => (codec, true),
+        None if delimiter != ',' => (TypeCodec::TextDelimited(delimiter), false),
+        None => (TypeCodec::Text, false),
+    }
+}
+
+/// The binary decoder of a base type, if pgferry has one.
+fn scalar_codec(oid: u32, name: &str, typmod: i32, numeric_mode: NumericMode) -> Option<TypeCodec> {
     Some(match oid {
         16 => TypeCodec::Bool,
         17 => TypeCodec::Bytea,
@@ -597,9 +683,10 @@ async fn load_types(
             .collect::<Vec<_>>()
             .join(",");
         let rows = connection
-            .query(&format!("SELECT oid, typname, typtype, typelem, typbasetype, typtypmod FROM pg_type WHERE oid IN ({list})"))
+            .query(&format!("SELECT oid, typname, typtype, typelem, typbasetype, typtypmod, typrelid, typdelim FROM pg_type WHERE oid IN ({list})"))
             .await?;
         oids.clear();
+        let mut composites = Vec::new();
         for row in rows {
             let info = TypeInfo {
                 oid: parse(row.get(0), "type oid")?,
@@ -611,10 +698,48 @@ async fn load_types(
                 element: parse(row.get(3), "typelem")?,
                 base: parse(row.get(4), "typbasetype")?,
                 domain_typmod: parse(row.get(5), "typtypmod")?,
+                delimiter: row
+                    .get(7)
+                    .and_then(|delimiter| delimiter.chars().next())
+                    .unwrap_or(','),
+                attributes: Vec::new(),
             };
+            let relid: u32 = parse(row.get(6), "typrelid")?;
+            if info.kind == 'c' && relid != 0 {
+                composites.push((relid, info.oid));
+            }
             oids.push(info.element);
             oids.push(info.base);
             types.insert(info.oid, info);
+        }
+        // A composite's attributes, whose types the next round loads (nested composites too).
+        if !composites.is_empty() {
+            let list = composites
+                .iter()
+                .map(|(relid, _)| relid.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let rows = connection
+                .query(&format!(
+                    "SELECT attrelid, attname, atttypid, atttypmod FROM pg_attribute \
+                     WHERE attrelid IN ({list}) AND attnum > 0 AND NOT attisdropped \
+                     ORDER BY attrelid, attnum"
+                ))
+                .await?;
+            for row in rows {
+                let relid: u32 = parse(row.get(0), "attrelid")?;
+                let type_oid: u32 = parse(row.get(2), "attribute type oid")?;
+                let attribute = (
+                    row.get(1).unwrap_or_default().to_owned(),
+                    type_oid,
+                    parse(row.get(3), "atttypmod")?,
+                );
+                let owner = composites.iter().find(|(rel, _)| *rel == relid);
+                if let Some(info) = owner.and_then(|(_, oid)| types.get_mut(oid)) {
+                    info.attributes.push(attribute);
+                }
+                oids.push(type_oid);
+            }
         }
     }
     Ok(types)
@@ -648,10 +773,32 @@ fn resolve(
             depth + 1,
         )?)));
     }
+    if info.kind == 'c' {
+        let attributes = info
+            .attributes
+            .iter()
+            .map(|(name, type_oid, typmod)| {
+                let mut typmod = *typmod;
+                let resolved = resolve(*type_oid, types, &mut typmod, depth + 1)?;
+                Ok(ResolvedAttribute {
+                    name: name.clone(),
+                    type_oid: *type_oid,
+                    typmod,
+                    resolved,
+                })
+            })
+            .collect::<Result<Vec<_>, PgError>>()?;
+        return Ok(ResolvedType::Composite {
+            oid: info.oid,
+            name: info.name.clone(),
+            attributes,
+        });
+    }
     Ok(ResolvedType::Scalar {
         oid: info.oid,
         name: info.name.clone(),
         kind: info.kind,
+        delimiter: info.delimiter,
     })
 }
 
@@ -698,6 +845,7 @@ mod tests {
                 oid: 600,
                 name: "point".into(),
                 kind: 'b',
+                delimiter: ',',
             },
         };
         assert_eq!(column.codec(NumericMode::Auto), (TypeCodec::Text, true));
@@ -706,6 +854,7 @@ mod tests {
                 oid: 1560,
                 name: "bit".into(),
                 kind: 'b',
+                delimiter: ',',
             })),
             typmod: 1,
             ..column
@@ -716,6 +865,94 @@ mod tests {
                 TypeCodec::Array(Box::new(TypeCodec::Bit { single: true })),
                 false
             )
+        );
+    }
+
+    fn scalar(oid: u32, name: &str, delimiter: char) -> ResolvedType {
+        ResolvedType::Scalar {
+            oid,
+            name: name.into(),
+            kind: 'b',
+            delimiter,
+        }
+    }
+
+    fn attribute(name: &str, type_oid: u32, resolved: ResolvedType) -> ResolvedAttribute {
+        ResolvedAttribute {
+            name: name.into(),
+            type_oid,
+            typmod: -1,
+            resolved,
+        }
+    }
+
+    #[test]
+    fn arrays_and_composites_with_parts_without_a_decoder_are_read_from_their_text() {
+        let codec = |resolved: ResolvedType| codec_of(&resolved, -1, NumericMode::Auto);
+        let range = ResolvedType::Scalar {
+            oid: 3904,
+            name: "int4range".into(),
+            kind: 'r',
+            delimiter: ',',
+        };
+        assert_eq!(codec(range.clone()), (TypeCodec::Text, true));
+        assert_eq!(
+            codec(ResolvedType::Array(Box::new(range.clone()))),
+            (
+                TypeCodec::TextForm(Box::new(TypeCodec::Array(Box::new(TypeCodec::Text)))),
+                true
+            ),
+            "int4range[] is an array of the ranges' text, not one string"
+        );
+        assert_eq!(
+            codec(ResolvedType::Array(Box::new(scalar(603, "box", ';')))),
+            (
+                TypeCodec::TextForm(Box::new(TypeCodec::Array(Box::new(
+                    TypeCodec::TextDelimited(';')
+                )))),
+                true
+            ),
+            "box[] separates its elements with ;"
+        );
+        let pair = ResolvedType::Composite {
+            oid: 16_384,
+            name: "pair".into(),
+            attributes: vec![
+                attribute("n", 23, scalar(23, "int4", ',')),
+                attribute("t", 25, scalar(25, "text", ',')),
+            ],
+        };
+        let pair_codec = TypeCodec::Composite(Box::new(CompositeCodec {
+            type_name: "pair".into(),
+            attributes: vec![
+                CompositeAttribute {
+                    name: "n".into(),
+                    type_oid: 23,
+                    codec: TypeCodec::Int4,
+                },
+                CompositeAttribute {
+                    name: "t".into(),
+                    type_oid: 25,
+                    codec: TypeCodec::Text,
+                },
+            ],
+        }));
+        assert_eq!(codec(pair.clone()), (pair_codec.clone(), false));
+        assert_eq!(
+            codec(ResolvedType::Array(Box::new(pair))),
+            (TypeCodec::Array(Box::new(pair_codec)), false),
+            "composites of decodable attributes are read in binary"
+        );
+        let with_range = ResolvedType::Composite {
+            oid: 16_390,
+            name: "span".into(),
+            attributes: vec![attribute("r", 3904, range)],
+        };
+        let (codec, text_cast) = codec(ResolvedType::Array(Box::new(with_range)));
+        assert!(text_cast);
+        assert!(
+            matches!(&codec, TypeCodec::TextForm(inner) if matches!(**inner, TypeCodec::Array(_))),
+            "{codec:?}"
         );
     }
 }

@@ -121,13 +121,28 @@ pub fn parse_catalog(text: &str) -> Result<Vec<CatalogStream>, String> {
 
 /// The codec of a column for the tap: `money` (and `money[]`) as PostgreSQL prints it
 /// (`-$1,234.50`), the string the old tap sent under its `string` schema, in FULL_TABLE
-/// (selected `::text`, `::text[]`) and LOG_BASED (the text the plugin sends) alike.
+/// (selected `::text`, `::text[]`) and LOG_BASED (the text the plugin sends) alike. Composite
+/// values stay their text too (discovery marks composite columns unsupported, as the old tap
+/// did), and arrays of composites, ranges or other types without a decoder are arrays of
+/// their elements' text (`::text[]`), as the old tap's `string` array schema says.
 fn tap_codec((codec, text_cast): (TypeCodec, bool)) -> (TypeCodec, bool) {
+    let text_elements = |element: &TypeCodec| match element {
+        TypeCodec::TextDelimited(delimiter) => TypeCodec::TextDelimited(*delimiter),
+        _ => TypeCodec::Text,
+    };
     match codec {
-        TypeCodec::Money { .. } => (TypeCodec::Text, true),
-        TypeCodec::Array(element) if matches!(*element, TypeCodec::Money { .. }) => {
+        TypeCodec::Money { .. } | TypeCodec::Composite(_) => (TypeCodec::Text, true),
+        TypeCodec::Array(element)
+            if matches!(*element, TypeCodec::Money { .. } | TypeCodec::Composite(_)) =>
+        {
             (TypeCodec::Array(Box::new(TypeCodec::Text)), true)
         }
+        TypeCodec::TextForm(inner) => match *inner {
+            TypeCodec::Array(element) => {
+                (TypeCodec::Array(Box::new(text_elements(&element))), true)
+            }
+            _ => (TypeCodec::Text, true),
+        },
         other => (other, text_cast),
     }
 }
