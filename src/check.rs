@@ -670,6 +670,26 @@ async fn check_publication(
             );
             continue;
         }
+        if table.columns.is_some() {
+            // The run's own rule: the column list must hold the key.
+            let found = crate::pg::catalog::discover(
+                connection,
+                std::slice::from_ref(&table.schema),
+                Some(&table.table),
+            )
+            .await?;
+            if let Some(discovered) = found.iter().find(|found| found.name == table.table) {
+                if let Err(message) = crate::source::publication_contract::shape_table(
+                    discovered,
+                    Some(table),
+                    publications,
+                ) {
+                    let (detail, fix) = message.split_once("\nHINT: ").unwrap_or((&message, ""));
+                    checker.fail("publication", true, detail, fix);
+                    continue;
+                }
+            }
+        }
         let mut contract = Vec::new();
         if let Some(filter) = &table.row_filter {
             contract.push(format!("rows WHERE {filter}"));

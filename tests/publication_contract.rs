@@ -256,6 +256,14 @@ fn column_list_without_the_key_is_refused(env: &Env) {
         env.major
     );
     assert_eq!(env.slots(db), "0", "refused before the slot is made");
+    let check = pgferry(&["check"], &config);
+    assert!(
+        !check.status.success()
+            && text(&check).contains("✗ publication: publication \"no_key\" lists columns of \"public\".\"t\" without its key column \"id\""),
+        "PostgreSQL {}: check says it too:\n{}",
+        env.major,
+        text(&check)
+    );
 }
 
 /// PostgreSQL → PostgreSQL with a row filter and a column list: the target table has the
