@@ -460,6 +460,12 @@ async fn run_on(
         }
         if plugin == OutputPlugin::PgOutput {
             check_publication(checker, connection, config, &tables).await?;
+        } else if config.publication.explicit() {
+            checker.warn(
+                "publication",
+                format!("{} in the config is not read: wal2json ignores publications, so every row and column of the selected tables is copied and streamed", config.publication.describe()),
+                "to have the publications' row filters, column lists and actions apply, stream through pgoutput: \"plugin\": \"pgoutput\" (a new slot: another \"replication_slot\", or drop this one)",
+            );
         }
     }
     check_replica_identity(checker, connection, &tables).await?;

@@ -10,7 +10,9 @@
 //! - several publications (`"p1,p2"` and `["p1", "p2"]`), p1 insert-only for table `a`, p2
 //!   for `b`: each publishes what it says, no publication named `p1,p2` appears; a missing
 //!   `p3` in a list is an error naming it, nothing created; `pgferry check` prints both and
-//!   what each filters.
+//!   what each filters;
+//! - wal2json (PostgreSQL 15 here) ignores publications: every row is copied and streamed, and
+//!   `check` warns that the publication is not read.
 //!
 //! PostgreSQL 15 (the default cluster) runs every scenario; 16, 17 and 18 too; 14, which has no
 //! row filters or column lists, runs the several-publications scenario.
@@ -490,6 +492,40 @@ fn the_tap_follows_the_contract(env: &Env) {
     );
 }
 
+/// wal2json ignores publications: the copy and the stream take every row, and `check` says the
+/// publication is not read (PostgreSQL 15 only: the other majors have no wal2json here).
+fn wal2json_ignores_publications(env: &Env) {
+    let db = env.database("wal2json_ignores");
+    env.psql(
+        db,
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 6) g;
+         CREATE PUBLICATION evens FOR TABLE t WHERE (id % 2 = 0);",
+    );
+    let (server, gdn) = env.gdn();
+    let config = env.pipeline(db, json!("evens"), gdn);
+    let mut pipeline: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).expect("pipeline")).expect("json");
+    pipeline["source"]["plugin"] = json!("wal2json");
+    std::fs::write(&config, pipeline.to_string()).expect("write pipeline");
+    let check = pgferry(&["check"], &config);
+    assert!(
+        text(&check).contains(
+            "⚠ publication: \"evens\" in the config is not read: wal2json ignores publications"
+        ),
+        "{}",
+        text(&check)
+    );
+    run_to_completion(&config);
+    env.psql(db, "INSERT INTO t VALUES (7, 'v7');");
+    run_to_completion(&config);
+    assert_eq!(
+        env.documents(&server, "t"),
+        env.rows(db, "SELECT id, jsonb_build_object('id', id, 'v', v) FROM t"),
+        "every row, copied and streamed"
+    );
+}
+
 fn row_filters_and_column_lists(env: &Env) {
     row_filter_holds_for_the_copy_and_the_stream(env);
     the_tap_follows_the_contract(env);
@@ -501,7 +537,9 @@ fn row_filters_and_column_lists(env: &Env) {
 #[test]
 fn on_postgresql_15_the_publications_are_the_contract() {
     let env = Env::start(None);
+    env.cluster.require_wal2json();
     row_filters_and_column_lists(&env);
+    wal2json_ignores_publications(&env);
     several_publications_are_read_together(&env);
 }
 
