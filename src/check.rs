@@ -468,6 +468,12 @@ async fn run_on(
         }
         if plugin == OutputPlugin::PgOutput {
             check_publication(checker, connection, config, &tables).await?;
+        } else if config.publication.explicit() {
+            checker.warn(
+                "publication",
+                format!("{} in the config is not read: wal2json ignores publications, so every row and column of the selected tables is copied and streamed", config.publication.describe()),
+                "to have the publications' row filters, column lists and actions apply, stream through pgoutput: \"plugin\": \"pgoutput\" (a new slot: another \"replication_slot\", or drop this one)",
+            );
         }
     }
     check_replica_identity(checker, connection, &tables).await?;
@@ -653,39 +659,122 @@ async fn selected_tables(
         .collect())
 }
 
-/// pgoutput reads a publication: it must publish every selected table (or not exist yet, and
-/// `pgferry run` creates it), and updates/deletes need a key or replica identity.
+/// pgoutput reads the publications: together they must publish every selected table (or a
+/// single one may not exist yet, and `pgferry run` creates it); several must all exist. Each
+/// table's contract (row filter, column list, actions other than all) is printed, since the
+/// copy follows it too.
 async fn check_publication(
     checker: &mut Checker,
     connection: &mut Connection,
     config: &PgSourceConfig,
     tables: &[(String, String)],
 ) -> Result<(), PgError> {
-    let publication = &config.publication;
-    let coverage = publication_coverage(connection, publication, tables).await?;
-    let (exists, missing) = (coverage.exists, coverage.missing);
-    let quoted = crate::pg::query::quote_identifier(publication);
-    if !exists {
+    let publications = &config.publication;
+    let coverage = publication_coverage(connection, publications.names(), tables).await?;
+    let missing = &coverage.missing;
+    let quoted = crate::pg::query::quote_identifier(publications.first());
+    let named = publications.describe();
+    let plural = if publications.several() {
+        ("publications", "publish", "do not publish")
+    } else {
+        ("publication", "publishes", "does not publish")
+    };
+    if publications.several() && !coverage.exists() {
+        let message =
+            crate::source::slot_setup::missing_publications(publications, &coverage.absent, tables);
+        let (detail, fix) = message.split_once("\nHINT: ").unwrap_or((&message, ""));
+        checker.fail("publication", true, detail, fix);
+        return Ok(());
+    }
+    if !coverage.exists() {
         checker.pass(
             "publication",
-            format!("publication {publication:?} does not exist yet; `pgferry run` creates it for the selected tables (the tables' owner must run pgferry, or create it: CREATE PUBLICATION {quoted} FOR TABLE {};)", if missing.is_empty() { "<tables>".to_owned() } else { missing.join(", ") }),
+            format!("publication {named} does not exist yet; `pgferry run` creates it for the selected tables (the tables' owner must run pgferry, or create it: CREATE PUBLICATION {quoted} FOR TABLE {};)", if missing.is_empty() { "<tables>".to_owned() } else { missing.join(", ") }),
         );
-    } else if missing.is_empty() {
+        return Ok(());
+    }
+    if missing.is_empty() {
         checker.pass(
             "publication",
-            format!("publication {publication:?} publishes every selected table"),
+            format!("{} {named} {} every selected table", plural.0, plural.1),
         );
     } else {
         checker.fail(
             "publication",
             true,
-            format!(
-                "publication {publication:?} does not publish {}",
-                missing.join(", ")
-            ),
+            format!("{} {named} {} {}", plural.0, plural.2, missing.join(", ")),
             format!(
                 "ALTER PUBLICATION {quoted} ADD TABLE {};",
                 missing.join(", ")
+            ),
+        );
+    }
+    for table in &coverage.published {
+        let name = format!(
+            "{}.{}",
+            crate::pg::query::quote_identifier(&table.schema),
+            crate::pg::query::quote_identifier(&table.table)
+        );
+        if let Some(lists) = &table.column_conflict {
+            let described: Vec<String> = lists
+                .iter()
+                .map(|(publication, columns)| match columns {
+                    Some(columns) => format!("{publication:?} ({})", columns.join(", ")),
+                    None => format!("{publication:?} (every column)"),
+                })
+                .collect();
+            checker.fail(
+                "publication",
+                true,
+                format!("{name}: the publications list different columns: {}; PostgreSQL refuses to stream it", described.join(", ")),
+                format!("give {name} the same column list in each publication, or name only one of them in \"publication\""),
+            );
+            continue;
+        }
+        if table.columns.is_some() {
+            // The run's own rule: the column list must hold the key.
+            let found = crate::pg::catalog::discover(
+                connection,
+                std::slice::from_ref(&table.schema),
+                Some(&table.table),
+            )
+            .await?;
+            if let Some(discovered) = found.iter().find(|found| found.name == table.table) {
+                if let Err(message) = crate::source::publication_contract::shape_table(
+                    discovered,
+                    Some(table),
+                    publications,
+                ) {
+                    let (detail, fix) = message.split_once("\nHINT: ").unwrap_or((&message, ""));
+                    checker.fail("publication", true, detail, fix);
+                    continue;
+                }
+            }
+        }
+        let mut contract = Vec::new();
+        if let Some(filter) = &table.row_filter {
+            contract.push(format!("rows WHERE {filter}"));
+        }
+        if let Some(columns) = &table.columns {
+            contract.push(format!("columns {}", columns.join(", ")));
+        }
+        if !table.actions.all() {
+            contract.push(format!("publish {} only", table.actions.describe()));
+        }
+        if contract.is_empty() {
+            continue;
+        }
+        let by: Vec<String> = table
+            .publications
+            .iter()
+            .map(|name| format!("{name:?}"))
+            .collect();
+        checker.pass(
+            "publication",
+            format!(
+                "{name} ({}): {}; the LOG_BASED copy follows the same rows and columns",
+                by.join(", "),
+                contract.join("; ")
             ),
         );
     }

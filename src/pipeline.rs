@@ -259,7 +259,8 @@ impl RunSummary {
     }
 }
 
-fn selected<'a>(
+/// The discovered tables the config selects, each with its `tables` entry's collection.
+pub(crate) fn selected<'a>(
     tables: &'a [Table],
     selection: &[TableSelection],
 ) -> Result<Vec<(&'a Table, Option<String>)>, RunError> {
@@ -280,7 +281,8 @@ fn selected<'a>(
         .collect()
 }
 
-async fn discover_selected(
+/// Reads the tables the source config (or the `tables` list) selects.
+pub(crate) async fn discover_selected(
     source: &PgSourceConfig,
     selection: &[TableSelection],
 ) -> Result<Vec<Table>, RunError> {
@@ -364,6 +366,15 @@ pub(crate) async fn prepare(
 ) -> Result<Prepared, RunError> {
     let discovered = discover_selected(&config.source, &config.tables).await?;
     let chosen = selected(&discovered, &config.tables)?;
+    prepare_chosen(config, chosen, allow_keyless).await
+}
+
+/// [`prepare`] for tables already chosen (LOG_BASED shapes them by the publications first).
+pub(crate) async fn prepare_chosen(
+    config: &PipelineConfig,
+    chosen: Vec<(&Table, Option<String>)>,
+    allow_keyless: bool,
+) -> Result<Prepared, RunError> {
     if let DestinationConfig::Postgres(destination) = &config.destination {
         let (tasks, replica) = pg_to_pg::prepare_targets(
             &config.source.connect_options(),
@@ -484,6 +495,7 @@ pub(crate) async fn prepare(
             },
             plan,
             table: table.clone(),
+            row_filter: None,
         });
     }
     Ok(Prepared {

@@ -13,6 +13,7 @@ mod gdn_source;
 mod pg_destination;
 mod pg_replica;
 mod pipeline;
+mod publication;
 mod source;
 mod value;
 
@@ -23,6 +24,7 @@ pub use gdn_source::{GdnSourceConfig, DEFAULT_SUBSCRIPTION_NAME};
 pub use pg_destination::PgDestinationConfig;
 pub use pg_replica::ReplicaDestinationConfig;
 pub use pipeline::{parse_table_name, PipelineConfig, TableSelection};
+pub use publication::Publications;
 pub use source::{
     OutputPlugin, PgSourceConfig, PluginChoice, ReplicationMethod, Wal2JsonFormat, SOURCE_KEYS,
 };

@@ -3,6 +3,7 @@
 use serde_json::Value;
 
 use crate::config::connection::{port, PgConnectionConfig};
+use crate::config::publication::Publications;
 use crate::config::value::{boolean, reject_unknown_keys, string, unsigned};
 use crate::config::ConfigError;
 use crate::pg::replication::{default_slot_name, validate_slot_name};
@@ -158,8 +159,9 @@ pub struct PgSourceConfig {
     pub wal2json_format: Wal2JsonFormat,
     /// LOG_BASED: the output plugin, or `auto`.
     pub plugin: PluginChoice,
-    /// LOG_BASED with pgoutput: the publication (created for the selected tables if missing).
-    pub publication: String,
+    /// LOG_BASED with pgoutput: the publications to read (one name is created for the selected
+    /// tables if missing; several must all exist).
+    pub publication: Publications,
     /// LOG_BASED with pgoutput: stream large in-progress transactions (protocol 2, PostgreSQL
     /// ≥ 14) instead of letting the server spill them.
     pub pgoutput_streaming: bool,
@@ -213,10 +215,8 @@ impl PgSourceConfig {
                 }
                 _ => (default_slot_name(&connection.dbname), false),
             };
-        let publication = match string(object, "publication")? {
-            Some(name) if !name.trim().is_empty() => name,
-            _ => replication_slot.clone(),
-        };
+        let publication = Publications::from_value(object.get("publication"))?
+            .unwrap_or_else(|| Publications::default_for_slot(&replication_slot));
         Ok(PgSourceConfig {
             connection,
             filter_schemas: string(object, "filter_schemas")?
@@ -361,7 +361,10 @@ mod tests {
         assert_eq!(config.max_reconnect_attempts, 0);
         assert_eq!(config.wal2json_format, Wal2JsonFormat::V2);
         assert_eq!(config.plugin, PluginChoice::Auto, "auto by default");
-        assert_eq!(config.publication, config.replication_slot);
+        assert_eq!(
+            config.publication.names(),
+            std::slice::from_ref(&config.replication_slot)
+        );
         let pgoutput = parse(json!({"host": "h", "user": "u", "dbname": "d", "plugin": "pgoutput", "publication": "pub1", "pgoutput_streaming": false}))
             .unwrap();
         assert_eq!(
@@ -374,7 +377,11 @@ mod tests {
             wal2json.plugin,
             PluginChoice::Forced(OutputPlugin::Wal2Json)
         );
-        assert_eq!(pgoutput.publication, "pub1");
+        assert_eq!(pgoutput.publication.names(), ["pub1"]);
+        let several =
+            parse(json!({"host": "h", "user": "u", "dbname": "d", "publication": ["p1", "p2"]}))
+                .unwrap();
+        assert_eq!(several.publication.names(), ["p1", "p2"]);
         assert!(!pgoutput.pgoutput_streaming);
         assert!(pgoutput.pgoutput_binary, "binary values by default");
         let unknown =

@@ -535,48 +535,152 @@ pub async fn leaf_partitions(
     Ok(rows.iter().map(Row::pair).collect())
 }
 
-/// What a publication covers of some tables: whether it exists, and which of the tables it
-/// does not publish (as `schema.table`, quoted only where SQL needs it).
+/// What publications publish of some tables: which named publications exist, which tables
+/// none of them publishes, and for each table they do publish the contract pgoutput applies
+/// (actions, row filter, column list). One answer for `pgferry check`, `pgferry run` and the
+/// tap (pgoutput), and for the LOG_BASED copy, which follows the same contract.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicationCoverage {
-    /// `pg_publication` has it.
-    pub exists: bool,
-    /// Tables it lacks, sorted.
+    /// Named publications `pg_publication` does not have.
+    pub absent: Vec<String>,
+    /// Tables none of the publications publishes (as `schema.table`, quoted where SQL needs
+    /// it), sorted.
     pub missing: Vec<String>,
+    /// What the publications publish of each table they publish, in the order asked.
+    pub published: Vec<PublishedTable>,
 }
 
-/// Reads which of `tables` (`(schema, table)`) the publication `publication` lacks; `pgferry
-/// check` and `pgferry run` (pgoutput) both decide from this. A partitioned table counts as
-/// published when the publication lists it (`publish_via_partition_root`) or all its leaves.
+impl PublicationCoverage {
+    /// Whether every named publication exists.
+    pub fn exists(&self) -> bool {
+        self.absent.is_empty()
+    }
+
+    /// The contract for `(schema, table)`, when a publication publishes it.
+    pub fn table(&self, schema: &str, table: &str) -> Option<&PublishedTable> {
+        self.published
+            .iter()
+            .find(|published| published.schema == schema && published.table == table)
+    }
+}
+
+/// The row changes publications send, the union over the publications publishing a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PublishedActions {
+    /// `publish` includes `insert`.
+    pub insert: bool,
+    /// `publish` includes `update`.
+    pub update: bool,
+    /// `publish` includes `delete`.
+    pub delete: bool,
+    /// `publish` includes `truncate` (PostgreSQL ≥ 11).
+    pub truncate: bool,
+}
+
+impl PublishedActions {
+    /// Whether every kind of change is published.
+    pub fn all(self) -> bool {
+        self.insert && self.update && self.delete && self.truncate
+    }
+
+    /// The actions as `publish` spells them: `insert, update`.
+    pub fn describe(self) -> String {
+        [
+            (self.insert, "insert"),
+            (self.update, "update"),
+            (self.delete, "delete"),
+            (self.truncate, "truncate"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
+}
+
+/// What the named publications publish of one selected table, combined as PostgreSQL's own
+/// subscriber combines them for its initial copy (`tablesync.c`, `fetch_remote_table_info`):
+/// row filters joined by `OR`, and no filter when any publication publishing the table has
+/// none; one column list, since PostgreSQL ≥ 15 refuses different column lists for a table
+/// across the publications of one subscription (`cannot use different column lists for table
+/// … in different publications`, in tablesync.c and pgoutput.c).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedTable {
+    /// Schema name.
+    pub schema: String,
+    /// Table name.
+    pub table: String,
+    /// The named publications that publish it (directly, or through its partitions).
+    pub publications: Vec<String>,
+    /// The changes they send, together.
+    pub actions: PublishedActions,
+    /// The combined row filter (`(f1) OR (f2)`), `None` when every row is published.
+    pub row_filter: Option<String>,
+    /// The listed columns, `None` when every column is published.
+    pub columns: Option<Vec<String>>,
+    /// The column lists differ between publications: each publication with its list
+    /// (`None` = every column). PostgreSQL refuses to stream the table then.
+    pub column_conflict: Option<Vec<(String, Option<Vec<String>>)>>,
+    /// Some publication publishes the table through its partitions (not via the root) with a
+    /// row filter or column list on them: the copy reads the root, so it cannot follow those.
+    pub partition_contract: bool,
+    /// Some publication publishes its changes under the root's name
+    /// (`publish_via_partition_root`).
+    pub via_root: bool,
+}
+
+/// Reads what the publications `publications` publish of `tables` (`(schema, table)`); `pgferry
+/// check`, `pgferry run` and `pgferry tap` (pgoutput) all decide from this, and the LOG_BASED
+/// copy applies its row filters and column lists. A partitioned table counts as published when
+/// a publication lists it (`publish_via_partition_root`) or all its leaves.
 pub async fn publication_coverage(
     connection: &mut Connection,
-    publication: &str,
+    publications: &[String],
     tables: &[(String, String)],
 ) -> Result<PublicationCoverage, PgError> {
-    let exists = connection
-        .query_one(&format!(
-            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {}",
-            quote_literal(publication)
+    let names: Vec<String> = publications
+        .iter()
+        .map(|name| quote_literal(name))
+        .collect();
+    // `IN (NULL)` matches nothing when no name is given.
+    let names = if names.is_empty() {
+        "NULL".to_owned()
+    } else {
+        names.join(", ")
+    };
+    let existing: Vec<String> = connection
+        .query(&format!(
+            "SELECT pubname FROM pg_catalog.pg_publication WHERE pubname IN ({names})"
         ))
         .await?
-        .is_some();
+        .iter()
+        .filter_map(|row| row.get(0).map(str::to_owned))
+        .collect();
+    let absent: Vec<String> = publications
+        .iter()
+        .filter(|name| !existing.contains(name))
+        .cloned()
+        .collect();
     if tables.is_empty() {
         return Ok(PublicationCoverage {
-            exists,
+            absent,
             missing: Vec::new(),
+            published: Vec::new(),
         });
     }
     let values: Vec<String> = tables
         .iter()
         .map(|(schema, table)| format!("({}, {})", quote_literal(schema), quote_literal(table)))
         .collect();
+    let values = values.join(", ");
     let missing = connection
         .query(&format!(
             "WITH wanted AS (SELECT t.schema_name, t.table_name, c.oid, c.relkind \
-               FROM (VALUES {}) AS t (schema_name, table_name) \
+               FROM (VALUES {values}) AS t (schema_name, table_name) \
                LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = t.schema_name \
                LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name), \
-             published AS (SELECT p.schemaname, p.tablename FROM pg_catalog.pg_publication_tables p WHERE p.pubname = {}) \
+             published AS (SELECT p.schemaname, p.tablename FROM pg_catalog.pg_publication_tables p WHERE p.pubname IN ({names})) \
              SELECT format('%I.%I', w.schema_name, w.table_name) FROM wanted w \
              WHERE NOT EXISTS (SELECT 1 FROM published p WHERE p.schemaname = w.schema_name AND p.tablename = w.table_name) \
              AND NOT (w.relkind = 'p' AND NOT EXISTS ( \
@@ -586,15 +690,197 @@ pub async fn publication_coverage(
                JOIN pg_catalog.pg_namespace ln ON ln.oid = lc.relnamespace \
                WHERE lc.relkind = 'r' AND NOT EXISTS (SELECT 1 FROM published p \
                  WHERE p.schemaname = ln.nspname AND p.tablename = lc.relname))) \
-             ORDER BY 1",
-            values.join(", "),
-            quote_literal(publication)
+             ORDER BY 1"
         ))
         .await?
         .iter()
         .filter_map(|row| row.get(0).map(str::to_owned))
         .collect();
-    Ok(PublicationCoverage { exists, missing })
+    let published = published_tables(connection, &names, &values).await?;
+    let mut contracts = Vec::new();
+    for (schema, table) in tables {
+        let rows: Vec<&PublicationRow> = published
+            .iter()
+            .filter(|row| &row.schema == schema && &row.table == table)
+            .collect();
+        if !rows.is_empty() {
+            contracts.push(combine(schema, table, &rows));
+        }
+    }
+    Ok(PublicationCoverage {
+        absent,
+        missing,
+        published: contracts,
+    })
+}
+
+/// One row of `pg_publication_tables` for a selected table (or one of its partitions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PublicationRow {
+    schema: String,
+    table: String,
+    publication: String,
+    /// The row is the selected table itself, not one of its partitions.
+    direct: bool,
+    actions: PublishedActions,
+    via_root: bool,
+    row_filter: Option<String>,
+    columns: Option<Vec<String>>,
+}
+
+/// Reads `pg_publication_tables` and `pg_publication` for the selected tables and their
+/// partitions. Row filters and column lists exist from PostgreSQL 15; a column list naming
+/// every column (what `attnames` shows from 16 for a table without a list) is no list, as
+/// `fetch_remote_table_info` reads it.
+async fn published_tables(
+    connection: &mut Connection,
+    names: &str,
+    values: &str,
+) -> Result<Vec<PublicationRow>, PgError> {
+    let version = connection.server_version_num().unwrap_or(0);
+    let truncate = if version >= 110_000 {
+        "p.pubtruncate"
+    } else {
+        "false"
+    };
+    let via_root = if version >= 130_000 {
+        "p.pubviaroot"
+    } else {
+        "false"
+    };
+    let (filter, columns) = if version >= 150_000 {
+        (
+            "pt.rowfilter",
+            "CASE WHEN pt.attnames IS NULL OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a \
+               JOIN pg_catalog.pg_namespace an ON an.nspname = pt.schemaname \
+               JOIN pg_catalog.pg_class ac ON ac.relnamespace = an.oid AND ac.relname = pt.tablename \
+               WHERE a.attrelid = ac.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+                 AND a.attname <> ALL (pt.attnames)) \
+             THEN NULL ELSE array_to_json(pt.attnames)::text END",
+        )
+    } else {
+        ("NULL::text", "NULL::text")
+    };
+    let rows = connection
+        .query(&format!(
+            "WITH RECURSIVE wanted AS (SELECT t.schema_name, t.table_name, c.oid \
+               FROM (VALUES {values}) AS t (schema_name, table_name) \
+               JOIN pg_catalog.pg_namespace n ON n.nspname = t.schema_name \
+               JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name), \
+             tree (schema_name, table_name, relid) AS (SELECT schema_name, table_name, oid FROM wanted UNION ALL \
+               SELECT tree.schema_name, tree.table_name, i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.relid), \
+             members AS (SELECT tree.schema_name, tree.table_name, rn.nspname, rc.relname, tree.relid = w.oid AS direct \
+               FROM tree JOIN wanted w ON w.schema_name = tree.schema_name AND w.table_name = tree.table_name \
+               JOIN pg_catalog.pg_class rc ON rc.oid = tree.relid JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace) \
+             SELECT m.schema_name, m.table_name, p.pubname, m.direct, p.pubinsert, p.pubupdate, p.pubdelete, {truncate}, {via_root}, \
+               {filter}, {columns} \
+             FROM members m JOIN pg_catalog.pg_publication_tables pt ON pt.schemaname = m.nspname AND pt.tablename = m.relname \
+             JOIN pg_catalog.pg_publication p ON p.pubname = pt.pubname \
+             WHERE p.pubname IN ({names}) ORDER BY 1, 2, 3, 4 DESC"
+        ))
+        .await?;
+    let flag = |row: &Row, index: usize| row.get(index) == Some("t");
+    rows.iter()
+        .map(|row| {
+            let columns = match row.get(10) {
+                None => None,
+                Some(json) => Some(serde_json::from_str::<Vec<String>>(json).map_err(|error| {
+                    PgError::protocol("reading pg_publication_tables.attnames", error.to_string())
+                })?),
+            };
+            Ok(PublicationRow {
+                schema: row.get(0).unwrap_or_default().to_owned(),
+                table: row.get(1).unwrap_or_default().to_owned(),
+                publication: row.get(2).unwrap_or_default().to_owned(),
+                direct: flag(row, 3),
+                actions: PublishedActions {
+                    insert: flag(row, 4),
+                    update: flag(row, 5),
+                    delete: flag(row, 6),
+                    truncate: flag(row, 7),
+                },
+                via_root: flag(row, 8),
+                row_filter: row.get(9).map(str::to_owned),
+                columns,
+            })
+        })
+        .collect()
+}
+
+/// Combines the rows of one selected table as PostgreSQL's initial table sync does (see
+/// [`PublishedTable`]).
+fn combine(schema: &str, table: &str, rows: &[&PublicationRow]) -> PublishedTable {
+    let mut publications: Vec<String> = Vec::new();
+    let mut actions = PublishedActions::default();
+    let mut filters: Vec<String> = Vec::new();
+    let mut unfiltered = false;
+    let mut lists: Vec<(String, Option<Vec<String>>)> = Vec::new();
+    let mut partition_contract = false;
+    let mut via_root = false;
+    for row in rows {
+        if !publications.contains(&row.publication) {
+            publications.push(row.publication.clone());
+        }
+        actions.insert |= row.actions.insert;
+        actions.update |= row.actions.update;
+        actions.delete |= row.actions.delete;
+        actions.truncate |= row.actions.truncate;
+        via_root |= row.direct && row.via_root;
+        if !row.direct {
+            // Published through its partitions: their changes carry their own contract.
+            partition_contract |= row.row_filter.is_some() || row.columns.is_some();
+            continue;
+        }
+        match &row.row_filter {
+            None => unfiltered = true,
+            Some(filter) => {
+                if !filters.contains(filter) {
+                    filters.push(filter.clone());
+                }
+            }
+        }
+        if !lists.iter().any(|(name, _)| name == &row.publication) {
+            lists.push((row.publication.clone(), row.columns.clone()));
+        }
+    }
+    let row_filter = if unfiltered || filters.is_empty() {
+        None
+    } else if filters.len() == 1 {
+        Some(filters.remove(0))
+    } else {
+        Some(
+            filters
+                .iter()
+                .map(|filter| format!("({filter})"))
+                .collect::<Vec<_>>()
+                .join(" OR "),
+        )
+    };
+    let normalized = |list: &Option<Vec<String>>| {
+        list.as_ref().map(|columns| {
+            let mut sorted = columns.clone();
+            sorted.sort();
+            sorted
+        })
+    };
+    let differ = lists
+        .windows(2)
+        .any(|pair| normalized(&pair[0].1) != normalized(&pair[1].1));
+    PublishedTable {
+        schema: schema.to_owned(),
+        table: table.to_owned(),
+        publications,
+        actions,
+        row_filter,
+        columns: if differ {
+            None
+        } else {
+            lists.first().and_then(|(_, list)| list.clone())
+        },
+        column_conflict: differ.then_some(lists),
+        partition_contract,
+        via_root,
+    }
 }
 
 /// Resolves type names such as `numeric(20,5)`, `character varying(40)`, `mood[]` or

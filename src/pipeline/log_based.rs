@@ -20,13 +20,16 @@ use crate::pg::partitions;
 use crate::pg::query::{quote_identifier, quote_literal};
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
 use crate::pg::{Lsn, PgError};
-use crate::pipeline::{copy_step, prepare, RunControl, RunError, RunSummary};
+use crate::pipeline::{
+    copy_step, discover_selected, prepare_chosen, selected, RunControl, RunError, RunSummary,
+};
 use crate::progress::spawn_stream_display;
 use crate::source::cdc::{
     stream_changes, wal2json_lossy_columns, wal2json_lossy_error, CdcError, CdcSettings,
     CdcSummary, CdcTable, CdcTables, Decoding, LeafOf, SideConnection, StreamContext,
 };
 use crate::source::plugin::{pgoutput_options, wal2json_options, wal2json_table_name};
+use crate::source::publication_contract::shape_table;
 use crate::source::slot_setup::{
     ensure_publication, refused_plugin_message, resolve_plugin, slots_exhausted_message,
     truncates_hidden_by_root, via_root_message, PartitionNames, PublicationError,
@@ -72,20 +75,16 @@ pub(crate) async fn run(
     metrics: Arc<Metrics>,
     control: RunControl,
 ) -> Result<RunSummary, RunError> {
-    let prepared = prepare(config, false).await?;
-    for task in &prepared.tasks {
-        if task.table.kind.is_view() {
+    let discovered = discover_selected(&config.source, &config.tables).await?;
+    let chosen_tables = selected(&discovered, &config.tables)?;
+    for (table, _) in &chosen_tables {
+        if table.kind.is_view() {
             return Err(RunError::Unsupported(format!(
                 "{} is a view: views have no changes to stream\nHINT: copy views with replication_method FULL_TABLE in a pipeline of their own",
-                task.table.qualified_name()
+                table.qualified_name()
             )));
         }
     }
-    let replica = prepared
-        .replica
-        .as_ref()
-        .map(|replica| Arc::clone(&replica.writer));
-    let client = prepared.client.clone();
     let (wait_for_sync, batch_size_rows, max_retries, flush_after, max_in_flight) =
         match &config.destination {
             DestinationConfig::Postgres(destination) => (
@@ -109,10 +108,9 @@ pub(crate) async fn run(
     let file = state_file(config);
     let options = config.source.connect_options();
     let mut replication = ReplicationClient::connect(&options).await?;
-    let selected: Vec<(String, String)> = prepared
-        .tasks
+    let selected: Vec<(String, String)> = chosen_tables
         .iter()
-        .map(|task| (task.table.schema.clone(), task.table.name.clone()))
+        .map(|(table, _)| (table.schema.clone(), table.name.clone()))
         .collect();
     let (choice, allow) = resolve_plugin(
         replication.connection(),
@@ -126,17 +124,16 @@ pub(crate) async fn run(
         .map_err(|refusal| RunError::Unsupported(refusal.message()))?
         .log();
     let plugin = chosen.plugin;
-    let unidentified: Vec<(String, String)> = prepared
-        .tasks
+    let unidentified: Vec<(String, String)> = chosen_tables
         .iter()
-        .filter_map(|task| {
-            let missing = task.table.key_columns_not_in_identity();
+        .filter_map(|(table, _)| {
+            let missing = table.key_columns_not_in_identity();
             (!missing.is_empty()).then(|| {
                 identity_without_key(
                     &format!(
                         "{}.{}",
-                        quote_identifier(&task.table.schema),
-                        quote_identifier(&task.table.name)
+                        quote_identifier(&table.schema),
+                        quote_identifier(&table.name)
                     ),
                     &missing,
                 )
@@ -151,16 +148,93 @@ pub(crate) async fn run(
             fixes.join("\n")
         )));
     }
-    if replica.is_some() && plugin == OutputPlugin::Wal2Json {
-        let lossy: Vec<String> = prepared
-            .tasks
+    if matches!(config.destination, DestinationConfig::Postgres(_))
+        && plugin == OutputPlugin::Wal2Json
+    {
+        let lossy: Vec<String> = chosen_tables
             .iter()
-            .flat_map(|task| wal2json_lossy_columns(&task.table))
+            .flat_map(|(table, _)| wal2json_lossy_columns(table))
             .collect();
         if !lossy.is_empty() {
             return Err(RunError::Unsupported(wal2json_lossy_error(&lossy)));
         }
     }
+    // pgoutput: the publications are made ready before the slot exists (pgoutput reads them
+    // as of each change), and what they publish of each table shapes the copy too.
+    let (shaped, row_filters) = match plugin {
+        OutputPlugin::PgOutput => {
+            let coverage = ensure_publication(
+                &options,
+                &config.source.publication,
+                &selected,
+                PartitionNames::Leaves,
+            )
+            .await
+            .map_err(|error| match error {
+                PublicationError::Postgres(error) => RunError::Source(error),
+                PublicationError::Unusable(message) => RunError::Unsupported(message),
+            })?;
+            let hidden = truncates_hidden_by_root(
+                replication.connection(),
+                &config.source.publication,
+                &selected,
+            )
+            .await?;
+            if !hidden.is_empty() {
+                return Err(RunError::Unsupported(via_root_message(
+                    &config.source.publication,
+                    &hidden,
+                )));
+            }
+            let mut shaped = Vec::with_capacity(chosen_tables.len());
+            let mut filters = Vec::with_capacity(chosen_tables.len());
+            for (table, _) in &chosen_tables {
+                let published = coverage.table(&table.schema, &table.name);
+                let (table, filter) = shape_table(table, published, &config.source.publication)
+                    .map_err(RunError::Unsupported)?;
+                if let Some(published) = published {
+                    if published.row_filter.is_some()
+                        || published.columns.is_some()
+                        || !published.actions.all()
+                    {
+                        tracing::info!(table = %table.qualified_name(), row_filter = ?published.row_filter, columns = ?published.columns, publish = %published.actions.describe(), "the publications' contract: the copy and the stream follow it");
+                    }
+                }
+                shaped.push(table);
+                filters.push(filter);
+            }
+            (shaped, filters)
+        }
+        OutputPlugin::Wal2Json => {
+            if config.source.publication.explicit() {
+                tracing::warn!(publication = %config.source.publication.describe(), "wal2json ignores publications: every row and column of the selected tables is copied and streamed");
+            }
+            let shaped: Vec<_> = chosen_tables
+                .iter()
+                .map(|(table, _)| (*table).clone())
+                .collect();
+            let filters = vec![None; shaped.len()];
+            (shaped, filters)
+        }
+    };
+    let mut prepared = prepare_chosen(
+        config,
+        shaped
+            .iter()
+            .zip(&chosen_tables)
+            .map(|(table, (_, collection))| (table, collection.clone()))
+            .collect(),
+        false,
+    )
+    .await?;
+    for (task, filter) in prepared.tasks.iter_mut().zip(row_filters) {
+        task.row_filter = filter;
+    }
+    let replica = prepared
+        .replica
+        .as_ref()
+        .map(|replica| Arc::clone(&replica.writer));
+    let client = prepared.client.clone();
     // Each table streams under its own name and, when partitioned, under its leaf partitions'
     // names (their changes are decoded under those): all into the table's collection, and
     // wal2json is asked for every one of them. A leaf's entry knows its partition constraint,
@@ -217,32 +291,6 @@ pub(crate) async fn run(
         && replica.is_none()
         && server_version >= 140_000
         && prepared.tasks.iter().all(|task| task.plan.decodes_binary());
-    if plugin == OutputPlugin::PgOutput {
-        // Before the slot exists: pgoutput reads the publication as of each change.
-        ensure_publication(
-            &options,
-            &config.source.publication,
-            &selected,
-            PartitionNames::Leaves,
-        )
-        .await
-        .map_err(|error| match error {
-            PublicationError::Postgres(error) => RunError::Source(error),
-            PublicationError::Unusable(message) => RunError::Unsupported(message),
-        })?;
-        let hidden = truncates_hidden_by_root(
-            replication.connection(),
-            &config.source.publication,
-            &selected,
-        )
-        .await?;
-        if !hidden.is_empty() {
-            return Err(RunError::Unsupported(via_root_message(
-                &config.source.publication,
-                &hidden,
-            )));
-        }
-    }
     let refused = |error: PgError| match refused_plugin_message(&error, &chosen, &allow)
         .or_else(|| slots_exhausted_message(&error))
     {

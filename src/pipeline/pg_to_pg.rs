@@ -96,6 +96,7 @@ pub(crate) async fn prepare_targets(
             },
             plan,
             table: (*table).clone(),
+            row_filter: None,
         });
         copies.push(ReplicaCopy {
             table: replica,

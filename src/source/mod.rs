@@ -5,6 +5,7 @@ pub mod cdc;
 pub mod discover;
 pub mod plugin;
 pub mod plugin_choice;
+pub mod publication_contract;
 pub mod slot_setup;
 pub mod snapshot;
 pub mod state;

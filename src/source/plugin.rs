@@ -1,7 +1,7 @@
 //! Output plugin options for `START_REPLICATION`: wal2json's (both formats) and pgoutput's,
 //! shared by `pgferry run` and `pgferry tap` so both ask the server for the same thing.
 
-use crate::config::Wal2JsonFormat;
+use crate::config::{Publications, Wal2JsonFormat};
 use crate::decode::pgoutput::ProtocolVersion;
 
 /// wal2json's escaping of names in `add-tables`: its parser (`string_to_SelectTable`) ends a
@@ -51,21 +51,18 @@ pub fn wal2json_options(format: Wal2JsonFormat, add_tables: &[String]) -> Vec<(S
         .collect()
 }
 
-/// pgoutput's options: the protocol, the publication, streaming of large transactions
+/// pgoutput's options: the protocol, the publications, streaming of large transactions
 /// (protocol 2), logical messages (heartbeats; PostgreSQL ≥ 14) and binary values.
 pub fn pgoutput_options(
     version: ProtocolVersion,
-    publication: &str,
+    publications: &Publications,
     server_version: u32,
     binary: bool,
 ) -> Vec<(String, String)> {
     let mut options = vec![
         ("proto_version".to_owned(), version.number().to_string()),
-        // An identifier list: double quotes keep the name's case and punctuation.
-        (
-            "publication_names".to_owned(),
-            format!("\"{}\"", publication.replace('"', "\"\"")),
-        ),
+        // An identifier list: double quotes keep each name's case and punctuation.
+        ("publication_names".to_owned(), publications.option_value()),
     ];
     if version >= ProtocolVersion::V2 {
         options.push(("streaming".to_owned(), "on".to_owned()));
@@ -112,13 +109,27 @@ mod tests {
 
     #[test]
     fn pgoutput_asks_for_streaming_messages_and_binary_where_the_server_can() {
-        let v2 = pgoutput_options(ProtocolVersion::V2, "my \"pub\"", 150_000, true);
+        let named =
+            |value: serde_json::Value| Publications::from_value(Some(&value)).unwrap().unwrap();
+        let v2 = pgoutput_options(
+            ProtocolVersion::V2,
+            &named(serde_json::json!(["my \"pub\""])),
+            150_000,
+            true,
+        );
         assert!(v2.contains(&("proto_version".into(), "2".into())));
         assert!(v2.contains(&("publication_names".into(), "\"my \"\"pub\"\"\"".into())));
         assert!(v2.contains(&("streaming".into(), "on".into())));
         assert!(v2.contains(&("messages".into(), "true".into())));
         assert!(v2.contains(&("binary".into(), "true".into())));
-        let v1 = pgoutput_options(ProtocolVersion::V1, "p", 130_000, false);
+        let several = pgoutput_options(
+            ProtocolVersion::V1,
+            &named(serde_json::json!("p1, \"P,2\"")),
+            150_000,
+            false,
+        );
+        assert!(several.contains(&("publication_names".into(), "\"p1\",\"P,2\"".into())));
+        let v1 = pgoutput_options(ProtocolVersion::V1, &named("p".into()), 130_000, false);
         assert_eq!(
             v1,
             vec![

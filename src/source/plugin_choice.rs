@@ -16,7 +16,7 @@
 //! A plugin the config forces is used as it is, or refused with the fix when the allow-list
 //! leaves it out. Everything here is pure: the facts are read by the caller.
 
-use crate::config::{OutputPlugin, PluginChoice};
+use crate::config::{OutputPlugin, PluginChoice, Publications};
 use crate::pg::query::{quote_identifier, quote_literal};
 
 /// The server's `output_plugin_libraries`, as far as the role may see it.
@@ -149,6 +149,9 @@ pub enum PublicationState {
     Covers,
     /// It exists but lacks these tables (`schema.table`, quoted where SQL needs it).
     Lacks(Vec<String>),
+    /// Several publications are named and some do not exist (pgferry creates none of them):
+    /// the error naming them, with its `HINT:`.
+    Missing(String),
     /// It does not exist; `can_create` says whether this role may create it.
     Absent {
         /// The role owns every selected table (or is a superuser) and may create in the
@@ -164,8 +167,8 @@ pub struct PluginFacts<'a> {
     pub slot: &'a str,
     /// The plugin of the slot, when it exists.
     pub slot_plugin: Option<&'a str>,
-    /// The publication's name.
-    pub publication: &'a str,
+    /// The publications' names.
+    pub publication: &'a Publications,
     /// What the publication offers.
     pub publication_state: &'a PublicationState,
     /// The `CREATE PUBLICATION` statement for the selected tables.
@@ -297,14 +300,31 @@ fn refuse_unless_allowed(plugin: OutputPlugin, facts: &PluginFacts<'_>) -> Resul
 
 /// Why the publication cannot serve a new pgoutput slot, and its fix; `None` when it can.
 fn publication_problem(facts: &PluginFacts<'_>) -> Option<(String, String)> {
-    let quoted = quote_identifier(facts.publication);
+    let quoted = quote_identifier(facts.publication.first());
     match facts.publication_state {
         PublicationState::Covers | PublicationState::Absent { can_create: true } => None,
+        PublicationState::Missing(message) => {
+            let (detail, fix) = message.split_once("\nHINT: ").unwrap_or((message, ""));
+            Some((detail.to_owned(), fix.to_owned()))
+        }
         PublicationState::Lacks(missing) => Some((
             format!(
-                "publication {:?} does not publish {}",
-                facts.publication,
+                "{} {} not publish {}",
+                if facts.publication.several() {
+                    "publications"
+                } else {
+                    "publication"
+                },
+                facts.publication.describe(),
                 missing.join(", ")
+            )
+            .replace(
+                " not publish",
+                if facts.publication.several() {
+                    " do not publish"
+                } else {
+                    " does not publish"
+                },
             ),
             format!(
                 "ALTER PUBLICATION {quoted} ADD TABLE {};",
@@ -314,7 +334,7 @@ fn publication_problem(facts: &PluginFacts<'_>) -> Option<(String, String)> {
         PublicationState::Absent { can_create: false } => Some((
             format!(
                 "publication {:?} does not exist and role {:?} may not create it (it must own every selected table, or be a superuser, and have CREATE on the database)",
-                facts.publication, facts.user
+                facts.publication.first(), facts.user
             ),
             format!(
                 "have the tables' owner or a superuser run: {};",
@@ -326,6 +346,14 @@ fn publication_problem(facts: &PluginFacts<'_>) -> Option<(String, String)> {
 
 fn choose_for_new_slot(facts: &PluginFacts<'_>) -> Result<Chosen, Refusal> {
     let problem = publication_problem(facts);
+    if let (PublicationState::Missing(_), Some((detail, fix))) = (facts.publication_state, &problem)
+    {
+        // Publications named on purpose are not traded for wal2json, which ignores them.
+        return Err(Refusal {
+            detail: detail.clone(),
+            fix: fix.clone(),
+        });
+    }
     let pgoutput_allowed = facts.allow.allows(OutputPlugin::PgOutput) != Some(false);
     if problem.is_none() && pgoutput_allowed {
         let how = match facts.publication_state {
@@ -335,8 +363,8 @@ fn choose_for_new_slot(facts: &PluginFacts<'_>) -> Result<Chosen, Refusal> {
         return Ok(Chosen {
             plugin: OutputPlugin::PgOutput,
             reason: format!(
-                "a new slot: pgoutput (built in) with publication {:?}, which {how}",
-                facts.publication
+                "a new slot: pgoutput (built in) with publication {}, which {how}",
+                facts.publication.describe()
             ),
             pgoutput_fix: None,
         });
@@ -392,7 +420,7 @@ mod tests {
         PluginFacts {
             slot: "macrometa_shop",
             slot_plugin,
-            publication: "macrometa_shop",
+            publication: Box::leak(Box::new(Publications::default_for_slot("macrometa_shop"))),
             publication_state,
             create_publication: "CREATE PUBLICATION \"macrometa_shop\" FOR TABLE \"public\".\"t\"",
             allow,
@@ -512,6 +540,31 @@ mod tests {
                 chosen.reason
             );
         }
+    }
+
+    #[test]
+    fn named_publications_that_do_not_exist_are_not_traded_for_wal2json() {
+        let message = crate::source::slot_setup::missing_publications(
+            &Publications::from_value(Some(&serde_json::json!(["p1", "p3"])))
+                .unwrap()
+                .unwrap(),
+            &["p3".to_owned()],
+            &[("public".to_owned(), "t".to_owned())],
+        );
+        let missing = PublicationState::Missing(message);
+        let allow = AllowList::parse("pgoutput, wal2json", true);
+        let refusal = choose(PluginChoice::Auto, &facts(None, &missing, &allow)).unwrap_err();
+        assert!(
+            refusal.detail.contains("publication \"p3\"")
+                && refusal.detail.contains("does not exist"),
+            "{refusal:?}"
+        );
+        assert!(
+            refusal
+                .fix
+                .contains("CREATE PUBLICATION \"p3\" FOR TABLE \"public\".\"t\";"),
+            "{refusal:?}"
+        );
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! publication pgoutput reads. `pgferry run`, `pgferry tap` and `pgferry check` all go through
 //! here, so they decide alike.
 
-use crate::config::PgSourceConfig;
-use crate::pg::catalog::publication_coverage;
+use crate::config::{PgSourceConfig, Publications};
+use crate::pg::catalog::{publication_coverage, PublicationCoverage};
 use crate::pg::query::{quote_identifier, quote_literal};
 use crate::pg::{ConnectOptions, Connection, PgError};
 use crate::source::plugin_choice::{
@@ -85,12 +85,12 @@ pub fn create_publication_sql(
     )
 }
 
-/// The selected partitioned tables whose partitions' TRUNCATEs publication `publication`
-/// would never send: it publishes them through their root (`publish_via_partition_root`)
-/// and publishes truncates, and PostgreSQL sends a truncate then only for the root itself.
+/// The selected partitioned tables whose partitions' TRUNCATEs the publications would never
+/// send: one of them publishes the table through its root (`publish_via_partition_root`) and
+/// publishes truncates, and PostgreSQL sends a truncate then only for the root itself.
 pub async fn truncates_hidden_by_root(
     connection: &mut Connection,
-    publication: &str,
+    publications: &Publications,
     tables: &[(String, String)],
 ) -> Result<Vec<String>, PgError> {
     if tables.is_empty() || connection.server_version_num().unwrap_or(0) < 130_000 {
@@ -106,9 +106,14 @@ pub async fn truncates_hidden_by_root(
              JOIN pg_catalog.pg_namespace n ON n.nspname = t.schema_name \
              JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name \
              WHERE c.relkind = 'p' AND EXISTS (SELECT 1 FROM pg_catalog.pg_publication p \
-             WHERE p.pubname = {} AND p.pubviaroot AND p.pubtruncate) ORDER BY 1",
+             WHERE p.pubname IN ({}) AND p.pubviaroot AND p.pubtruncate) ORDER BY 1",
             values.join(", "),
-            quote_literal(publication)
+            publications
+                .names()
+                .iter()
+                .map(|name| quote_literal(name))
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
         .await?;
     Ok(rows
@@ -117,25 +122,41 @@ pub async fn truncates_hidden_by_root(
         .collect())
 }
 
-/// Why a publication through the partitioned tables' root cannot be used, and the fixes.
-pub fn via_root_message(publication: &str, tables: &[String]) -> String {
+/// Why publications through the partitioned tables' root cannot be used, and the fixes.
+pub fn via_root_message(publications: &Publications, tables: &[String]) -> String {
+    let each = |set: &str| {
+        publications
+            .names()
+            .iter()
+            .map(|name| format!("ALTER PUBLICATION {} SET ({set});", quote_identifier(name)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     format!(
-        "publication {publication:?} publishes the partitioned table{} {} through its root (publish_via_partition_root = true) and publishes TRUNCATE: PostgreSQL then sends no TRUNCATE of a single partition, so the partition's rows would stay in the destination\nHINT: publish the partitions under their own names (pgferry maps them to the table): ALTER PUBLICATION {} SET (publish_via_partition_root = false); or leave TRUNCATE out of the publication: ALTER PUBLICATION {} SET (publish = 'insert, update, delete');",
+        "publication {} publishes the partitioned table{} {} through its root (publish_via_partition_root = true) and publishes TRUNCATE: PostgreSQL then sends no TRUNCATE of a single partition, so the partition's rows would stay in the destination\nHINT: publish the partitions under their own names (pgferry maps them to the table): {} or leave TRUNCATE out of the publication: {}",
+        publications.describe(),
         if tables.len() > 1 { "s" } else { "" },
         tables.join(", "),
-        quote_identifier(publication),
-        quote_identifier(publication),
+        each("publish_via_partition_root = false"),
+        each("publish = 'insert, update, delete'"),
     )
 }
 
-/// What publication `publication` offers a new pgoutput slot for `tables`.
+/// What the publications offer a new pgoutput slot for `tables`.
 pub async fn publication_state(
     connection: &mut Connection,
-    publication: &str,
+    publications: &Publications,
     tables: &[(String, String)],
 ) -> Result<PublicationState, PgError> {
-    let coverage = publication_coverage(connection, publication, tables).await?;
-    if coverage.exists {
+    let coverage = publication_coverage(connection, publications.names(), tables).await?;
+    if publications.several() && !coverage.exists() {
+        return Ok(PublicationState::Missing(missing_publications(
+            publications,
+            &coverage.absent,
+            tables,
+        )));
+    }
+    if coverage.exists() {
         return Ok(if coverage.missing.is_empty() {
             PublicationState::Covers
         } else {
@@ -180,7 +201,7 @@ pub async fn resolve_plugin(
     let used = slot_plugin(connection, slot).await?;
     let publication_state = publication_state(connection, &config.publication, tables).await?;
     let create = create_publication_sql(
-        &config.publication,
+        config.publication.first(),
         tables,
         names,
         connection.server_version_num().unwrap_or(0),
@@ -238,37 +259,55 @@ pub enum PublicationError {
     Unusable(String),
 }
 
-/// Makes sure `publication` exists and publishes every selected table: created when missing,
-/// an error with the `ALTER PUBLICATION` to run when it lacks tables.
+/// Makes sure the publications exist and publish every selected table, and returns what
+/// they publish of each (the contract the copy follows too). One publication is created when
+/// missing; of several, a missing one is an error (pgferry creates no publication whose name
+/// the user gave for another). A table whose publications disagree on its column list, or
+/// publish its partitions with a row filter or column list, is an error with the fix.
 pub async fn ensure_publication(
     options: &ConnectOptions,
-    publication: &str,
+    publications: &Publications,
     tables: &[(String, String)],
     names: PartitionNames,
-) -> Result<(), PublicationError> {
+) -> Result<PublicationCoverage, PublicationError> {
     let mut connection = Connection::connect(options).await?;
-    let result = ensure_on(&mut connection, publication, tables, names).await;
+    let result = ensure_on(&mut connection, publications, tables, names).await;
     connection.close().await;
     result
 }
 
 async fn ensure_on(
     connection: &mut Connection,
-    publication: &str,
+    publications: &Publications,
     tables: &[(String, String)],
     names: PartitionNames,
-) -> Result<(), PublicationError> {
-    let coverage = publication_coverage(connection, publication, tables).await?;
-    if coverage.exists {
+) -> Result<PublicationCoverage, PublicationError> {
+    let coverage = publication_coverage(connection, publications.names(), tables).await?;
+    if coverage.exists() {
         if coverage.missing.is_empty() {
-            return Ok(());
+            usable(&coverage)?;
+            return Ok(coverage);
         }
         let missing = coverage.missing.join(", ");
+        let (which, verb) = if publications.several() {
+            ("publications", "do")
+        } else {
+            ("publication", "does")
+        };
         return Err(PublicationError::Unusable(format!(
-            "publication {publication:?} does not publish {missing}\nHINT: ALTER PUBLICATION {} ADD TABLE {missing};",
-            quote_identifier(publication),
+            "{which} {} {verb} not publish {missing}\nHINT: ALTER PUBLICATION {} ADD TABLE {missing};",
+            publications.describe(),
+            quote_identifier(publications.first()),
         )));
     }
+    if publications.several() {
+        return Err(PublicationError::Unusable(missing_publications(
+            publications,
+            &coverage.absent,
+            tables,
+        )));
+    }
+    let publication = publications.first();
     let sql = create_publication_sql(
         publication,
         tables,
@@ -278,13 +317,80 @@ async fn ensure_on(
     match connection.execute(&sql).await {
         Ok(_) => {
             tracing::info!(%publication, tables = tables.len(), "created the publication");
-            Ok(())
+            Ok(publication_coverage(connection, publications.names(), tables).await?)
         }
         Err(error) if error.is_transient() => Err(error.into()),
         Err(error) => Err(PublicationError::Unusable(format!(
             "could not create publication {publication:?}: {error}\nHINT: have the tables' owner (or a superuser) run: {sql};"
         ))),
     }
+}
+
+/// The error for named publications that do not exist (when several are named).
+pub fn missing_publications(
+    publications: &Publications,
+    absent: &[String],
+    tables: &[(String, String)],
+) -> String {
+    let list: Vec<String> = tables
+        .iter()
+        .map(|(schema, table)| format!("{}.{}", quote_identifier(schema), quote_identifier(table)))
+        .collect();
+    let creates: Vec<String> = absent
+        .iter()
+        .map(|name| {
+            format!(
+                "CREATE PUBLICATION {} FOR TABLE {};",
+                quote_identifier(name),
+                if list.is_empty() {
+                    "<tables>".to_owned()
+                } else {
+                    list.join(", ")
+                }
+            )
+        })
+        .collect();
+    let names: Vec<String> = absent.iter().map(|name| format!("{name:?}")).collect();
+    format!(
+        "publication {} named in \"publication\" ({}) does not exist: with several publications pgferry reads them as they are and creates none\nHINT: create it with the tables and actions it should publish, e.g. {} or remove it from \"publication\"",
+        names.join(", "),
+        publications.describe(),
+        creates.join(" ")
+    )
+}
+
+/// Refuses what pgoutput cannot stream as the copy reads it: column lists that differ between
+/// the publications of one table (PostgreSQL itself refuses to stream such a table), and row
+/// filters or column lists on the partitions of a partitioned table published without
+/// `publish_via_partition_root` (the copy reads the root).
+fn usable(coverage: &PublicationCoverage) -> Result<(), PublicationError> {
+    for table in &coverage.published {
+        let name = format!(
+            "{}.{}",
+            quote_identifier(&table.schema),
+            quote_identifier(&table.table)
+        );
+        if let Some(lists) = &table.column_conflict {
+            let described: Vec<String> = lists
+                .iter()
+                .map(|(publication, columns)| match columns {
+                    Some(columns) => format!("{publication:?} ({})", columns.join(", ")),
+                    None => format!("{publication:?} (every column)"),
+                })
+                .collect();
+            return Err(PublicationError::Unusable(format!(
+                "the publications publish different column lists for {name}: {}; PostgreSQL refuses to stream a table with different column lists in different publications\nHINT: give {name} the same column list in each of them (ALTER PUBLICATION … DROP TABLE {name}; ALTER PUBLICATION … ADD TABLE {name} (<columns>);), or name only one of them in \"publication\"",
+                described.join(", ")
+            )));
+        }
+        if table.partition_contract {
+            return Err(PublicationError::Unusable(format!(
+                "publication {} publishes the partitions of {name} with their own row filter or column list: pgferry copies and streams {name} as one table, so it cannot follow them\nHINT: publish the partitioned table itself, with one row filter or column list, through its root: ALTER PUBLICATION … SET (publish_via_partition_root = true);",
+                table.publications.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -311,7 +417,8 @@ mod tests {
 
     #[test]
     fn a_publication_via_the_root_is_refused_with_the_statement_that_fixes_it() {
-        let message = via_root_message("pub1", &["public.tab1".to_owned()]);
+        let publications = Publications::default_for_slot("pub1");
+        let message = via_root_message(&publications, &["public.tab1".to_owned()]);
         assert!(
             message.contains(
                 "publication \"pub1\" publishes the partitioned table public.tab1 through its root"

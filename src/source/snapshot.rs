@@ -188,6 +188,27 @@ pub struct CopyTask {
     pub plan: DocumentPlan,
     /// Where they are written.
     pub target: BatchTarget,
+    /// Only the rows this SQL condition holds for (LOG_BASED through pgoutput: the
+    /// publications' row filter, so the copy holds what the stream keeps up to date).
+    pub row_filter: Option<String>,
+}
+
+impl CopyTask {
+    /// The `WHERE` clause of a chunk's query (empty when every row of the chunk is read):
+    /// the row filter, then the chunk's ctid range.
+    pub fn chunk_condition(&self, chunk: &Chunk) -> String {
+        let conditions: Vec<String> = self
+            .row_filter
+            .iter()
+            .map(|filter| format!("({filter})"))
+            .chain(ctid_predicate(chunk.start_page, chunk.end_page))
+            .collect();
+        if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        }
+    }
 }
 
 /// Batch limits for the copy.
@@ -510,11 +531,12 @@ async fn copy_chunk(
             .fetch_add(rows as u64, std::sync::atomic::Ordering::Relaxed);
     };
     let table = task.table.qualified_name();
-    let mut sql = format!("SELECT {} FROM {}", task.plan.select_list(), table);
-    if let Some(predicate) = ctid_predicate(chunk.start_page, chunk.end_page) {
-        sql.push_str(" WHERE ");
-        sql.push_str(&predicate);
-    }
+    let sql = format!(
+        "SELECT {} FROM {}{}",
+        task.plan.select_list(),
+        table,
+        task.chunk_condition(chunk)
+    );
     let mut copy = connection
         .copy_out(&format!("COPY ({sql}) TO STDOUT (FORMAT binary)"))
         .await

@@ -14,11 +14,12 @@ use std::collections::HashMap;
 
 use serde_json::{json, Map, Value};
 
-use crate::config::{PgSourceConfig, ReplicationMethod};
+use crate::config::{PgSourceConfig, Publications, ReplicationMethod};
 use crate::decode::value::TypeCodec;
-use crate::pg::catalog::{NumericMode, Table};
+use crate::pg::catalog::{NumericMode, PublishedTable, Table};
 use crate::pg::Connection;
 use crate::source::discover::{catalog_tables, stream_entry};
+use crate::source::publication_contract::shape_table;
 use crate::tap::TapError;
 
 /// A column's choice in the user's catalog.
@@ -195,6 +196,9 @@ pub struct StreamPlan {
     pub method: ReplicationMethod,
     /// The user's choices for it, kept for schema refreshes.
     pub choice: CatalogStream,
+    /// LOG_BASED through pgoutput: the publications' row filter, which the first copy applies
+    /// so it holds what the stream keeps up to date.
+    pub row_filter: Option<String>,
 }
 
 impl StreamPlan {
@@ -214,6 +218,25 @@ impl StreamPlan {
                 }
             })
             .collect()
+    }
+
+    /// Follows what the publications publish of the table (pgoutput): only the listed
+    /// columns are synced and in the SCHEMA, and the copy applies the row filter. A column
+    /// list without the key is an error with the fix ([`shape_table`]).
+    pub fn follow_publication(
+        &mut self,
+        published: Option<&PublishedTable>,
+        publications: &Publications,
+    ) -> Result<(), String> {
+        let (table, row_filter) = shape_table(&self.table, published, publications)?;
+        let listed = |name: &str| table.columns.iter().any(|column| column.name == name);
+        self.columns.retain(|column| listed(&column.name));
+        if let Some(Value::Object(properties)) = self.schema.get_mut("properties") {
+            properties.retain(|name, _| listed(name));
+        }
+        self.table = table;
+        self.row_filter = row_filter;
+        Ok(())
     }
 
     /// The codec of a column by name (logical decoding names columns).
@@ -390,6 +413,7 @@ pub async fn plan_streams(
             columns,
             method,
             choice: choice.clone(),
+            row_filter: None,
         });
     }
     if !unknown.is_empty() {

@@ -153,8 +153,13 @@ pub async fn sync_stream<W: Write>(
     if !is_view {
         select.push("xmin::text::bigint".into());
     }
+    let filter = plan
+        .row_filter
+        .as_ref()
+        .map(|filter| format!(" WHERE ({filter})"))
+        .unwrap_or_default();
     let sql = format!(
-        "COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)",
+        "COPY (SELECT {} FROM {}{filter}) TO STDOUT (FORMAT binary)",
         select.join(", "),
         plan.table.qualified_name()
     );

@@ -379,7 +379,7 @@ pub async fn run<W: Write>(
 
     // Everything is checked before the first message is written.
     let mut connection = Connection::connect(&config.connect_options()).await?;
-    let plans = plan_streams(&mut connection, &config, catalog.as_deref()).await?;
+    let mut plans = plan_streams(&mut connection, &config, catalog.as_deref()).await?;
     let identity = source_identity(&mut connection, &config.connection.dbname).await;
     let wal_end = current_wal_lsn(&mut connection).await?;
     check_state_source(&state, &identity, wal_end, &state_path)?;
@@ -419,7 +419,7 @@ pub async fn run<W: Write>(
             .map_err(|refusal| TapError::Unsupported(refusal.message()))?
             .log();
         if chosen.plugin == OutputPlugin::PgOutput {
-            ensure_publication(
+            let coverage = ensure_publication(
                 &config.connect_options(),
                 &config.publication,
                 &tables,
@@ -430,6 +430,17 @@ pub async fn run<W: Write>(
                 PublicationError::Postgres(error) => TapError::Postgres(error),
                 PublicationError::Unusable(message) => TapError::Unsupported(message),
             })?;
+            // The publications' contract shapes the LOG_BASED streams' copy and SCHEMA too.
+            for plan in plans
+                .iter_mut()
+                .filter(|plan| plan.method == ReplicationMethod::LogBased)
+            {
+                let published = coverage.table(&plan.table.schema, &plan.table.name);
+                plan.follow_publication(published, &config.publication)
+                    .map_err(TapError::Unsupported)?;
+            }
+        } else if config.publication.explicit() {
+            tracing::warn!(publication = %config.publication.describe(), "wal2json ignores publications: every row and selected column is copied and streamed");
         }
         let needs_copy = methods.contains(&SyncMethod::LogicalInitial);
         if !exists {

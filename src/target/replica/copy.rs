@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::pg::query::quote_identifier;
 use crate::pg::{ConnectOptions, Connection};
 use crate::progress::CopyProgress;
-use crate::source::snapshot::{ctid_predicate, Chunk, ChunkSink, CopyTask, SnapshotError};
+use crate::source::snapshot::{Chunk, ChunkSink, CopyTask, SnapshotError};
 
 /// Settings both ends of a copy (and the streaming applier) use so text values round-trip.
 pub const TEXT_SESSION: &str =
@@ -161,11 +161,12 @@ async fn copy_chunk(
         .iter()
         .map(|column| quote_identifier(&column.name))
         .collect();
-    let mut sql = format!("SELECT {} FROM {}", select.join(", "), source_name);
-    if let Some(predicate) = ctid_predicate(chunk.start_page, chunk.end_page) {
-        sql.push_str(" WHERE ");
-        sql.push_str(&predicate);
-    }
+    let sql = format!(
+        "SELECT {} FROM {}{}",
+        select.join(", "),
+        source_name,
+        task.chunk_condition(chunk)
+    );
     let format = if binary { " (FORMAT binary)" } else { "" };
     let mut into = target
         .copy_in(&table.copy_in_sql(&columns, direct, binary))
