@@ -259,6 +259,17 @@ fn a_publication_through_the_root_is_refused_with_the_fix_that_then_works() {
         postgres_destination(&cluster),
         json!({"plugin": "pgoutput", "publication": "via_root"}),
     );
+    let check = Command::new(env!("CARGO_BIN_EXE_pgferry"))
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .expect("run pgferry check");
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(!check.status.success(), "{text}");
+    assert!(
+        text.contains("✗ publication: publication \"via_root\" publishes the partitioned tables public.metrics, public.tab1 through its root"),
+        "{text}"
+    );
     let output = Command::new(env!("CARGO_BIN_EXE_pgferry"))
         .args(["run", "--once", "-c"])
         .arg(&config)
