@@ -804,6 +804,20 @@ async fn check_plugin(
     let options = config.connect_options();
     let mut client = match ReplicationClient::connect(&options).await {
         Ok(client) => client,
+        Err(error)
+            if crate::source::slot_setup::wal_senders_exhausted_message(&error).is_some() =>
+        {
+            let message = crate::source::slot_setup::wal_senders_exhausted_message(&error)
+                .unwrap_or_default();
+            let (detail, fix) = message.split_once("\nHINT: ").unwrap_or((&message, ""));
+            checker.fail(
+                plugin,
+                true,
+                format!("a replication connection was refused: {detail}"),
+                fix,
+            );
+            return;
+        }
         Err(error) => {
             checker.fail(plugin, true, format!("a replication connection was refused: {}", first_line(&error.to_string())), "allow it in pg_hba.conf for this database and user (logical replication matches the database name, not the keyword \"replication\"), then SELECT pg_reload_conf();");
             return;

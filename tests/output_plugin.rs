@@ -236,3 +236,55 @@ fn every_slot_taken_is_a_fix_not_a_retry() {
     );
     assert!(!log.contains("starting again"), "not retried: {log}");
 }
+
+/// With every WAL sender taken (`max_wal_senders` reached), the run stops at once with the
+/// query that shows who holds them and the setting to raise, instead of retrying.
+#[test]
+fn every_wal_sender_taken_is_a_fix_not_a_retry() {
+    let cluster = PgCluster::builder().setting("max_wal_senders", "1").start();
+    cluster.psql("CREATE TABLE public.t (id int PRIMARY KEY, v text)");
+    // Another consumer holds the only WAL sender (a replication connection running SQL).
+    let mut holder = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port().to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args([
+            "-d",
+            "dbname=postgres replication=database",
+            "-c",
+            "SELECT pg_sleep(60)",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start psql");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while cluster.psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender'")
+        != "1"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL sender holder never connected"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let setup = Setup::new(&cluster, "postgres", json!({"max_reconnect_attempts": 2}));
+    let output = run_once(&setup.config);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let log = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    assert!(log.contains("max_wal_senders"), "{log}");
+    assert!(
+        log.contains("FROM pg_stat_replication") && log.contains("raise max_wal_senders"),
+        "{log}"
+    );
+    assert!(!log.contains("starting again"), "not retried: {log}");
+}

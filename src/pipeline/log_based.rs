@@ -32,7 +32,8 @@ use crate::source::plugin::{pgoutput_options, wal2json_options, wal2json_table_n
 use crate::source::publication_contract::shape_table;
 use crate::source::slot_setup::{
     ensure_publication, refused_plugin_message, resolve_plugin, slots_exhausted_message,
-    truncates_hidden_by_root, via_root_message, PartitionNames, PublicationError,
+    truncates_hidden_by_root, via_root_message, wal_senders_exhausted_message, PartitionNames,
+    PublicationError,
 };
 use crate::source::state::{CdcState, ChunkLedger, StateFile};
 
@@ -107,7 +108,12 @@ pub(crate) async fn run(
     let slot = config.source.replication_slot.clone();
     let file = state_file(config);
     let options = config.source.connect_options();
-    let mut replication = ReplicationClient::connect(&options).await?;
+    let mut replication = ReplicationClient::connect(&options)
+        .await
+        .map_err(|error| match wal_senders_exhausted_message(&error) {
+            Some(message) => RunError::Unsupported(message),
+            None => RunError::Source(error),
+        })?;
     let selected: Vec<(String, String)> = chosen_tables
         .iter()
         .map(|(table, _)| (table.schema.clone(), table.name.clone()))

@@ -248,6 +248,18 @@ pub fn slots_exhausted_message(error: &PgError) -> Option<String> {
     })
 }
 
+/// The message and fix when the server has no WAL sender left for a replication connection
+/// (`max_wal_senders` reached, SQLSTATE 53300): a fix, not something to wait out.
+pub fn wal_senders_exhausted_message(error: &PgError) -> Option<String> {
+    let db = error.as_db_error()?;
+    (db.code == "53300" && db.message.contains("max_wal_senders")).then(|| {
+        format!(
+            "{}\nHINT: every WAL sender is busy: see who holds them with SELECT pid, application_name, client_addr, backend_start FROM pg_stat_replication; stop an unused consumer (SELECT pg_terminate_backend(<pid>);) or raise max_wal_senders in postgresql.conf and restart PostgreSQL",
+            db.message
+        )
+    })
+}
+
 /// Why the publication pgoutput needs could not be made ready.
 #[derive(Debug, thiserror::Error)]
 pub enum PublicationError {

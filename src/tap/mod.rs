@@ -32,7 +32,7 @@ use crate::pg::replication::{ReplicationClient, SlotSnapshot};
 use crate::pg::{ConnectOptions, Connection, Lsn};
 use crate::source::slot_setup::{
     ensure_publication, refused_plugin_message, resolve_plugin, slots_exhausted_message,
-    PartitionNames, PublicationError,
+    wal_senders_exhausted_message, PartitionNames, PublicationError,
 };
 use crate::tap::catalog::{plan_streams, read_catalog, StreamPlan};
 use crate::tap::output::MessageWriter;
@@ -400,7 +400,12 @@ pub async fn run<W: Write>(
     let mut snapshot = None;
     let mut plugin = None;
     if !logical.is_empty() {
-        let mut client = ReplicationClient::connect(&config.connect_options()).await?;
+        let mut client = ReplicationClient::connect(&config.connect_options())
+            .await
+            .map_err(|error| match wal_senders_exhausted_message(&error) {
+                Some(message) => TapError::Unsupported(message),
+                None => TapError::Postgres(error),
+            })?;
         let (name, exists) = locate_slot(&mut client, &config).await?;
         let tables: Vec<(String, String)> = plans
             .iter()
