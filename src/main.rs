@@ -178,6 +178,10 @@ struct RunArgs {
     /// at start. Without it pgferry streams until SIGINT/SIGTERM.
     #[arg(long)]
     once: bool,
+    /// LOG_BASED: copy this table again (`schema.table`; repeat the flag for several) while
+    /// the others stream, then stream its changes from that copy on.
+    #[arg(long, value_name = "SCHEMA.TABLE")]
+    resnapshot: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -358,6 +362,7 @@ async fn run(args: RunArgs) -> ExitCode {
     let control = pgferry::pipeline::RunControl {
         shutdown,
         once: args.once,
+        resnapshot: args.resnapshot.clone(),
     };
     match pgferry::pipeline::run_pipeline(&pipeline, metrics, control).await {
         Ok(summary) => {

@@ -8,6 +8,7 @@
 
 mod collections;
 pub mod gdn_to_pg;
+mod join;
 mod log_based;
 mod mirror;
 mod pg_to_pg;
@@ -324,6 +325,8 @@ pub struct RunControl {
     /// LOG_BASED: stop once caught up with the WAL position read at start (a batch run).
     /// GDN sources: stop after the scan and the stream backlog present at start.
     pub once: bool,
+    /// LOG_BASED: tables (`schema.table`) to copy again while the others stream.
+    pub resnapshot: Vec<String>,
 }
 
 impl RunControl {
@@ -334,6 +337,7 @@ impl RunControl {
         RunControl {
             shutdown,
             once: true,
+            resnapshot: Vec::new(),
         }
     }
 }
@@ -562,7 +566,10 @@ async fn full_table(
         let source = config.source.connect_options();
         let removed = match (&client, targets) {
             (_, Some((target, copies))) => {
-                Box::pin(mirror::mirror_tables(&source, &target, &tasks, &copies)).await?
+                Box::pin(mirror::mirror_tables(
+                    &source, &target, &tasks, &copies, None,
+                ))
+                .await?
             }
             (Some(client), None) => {
                 Box::pin(mirror::mirror_collections(
@@ -572,6 +579,7 @@ async fn full_table(
                     config.numeric_mode,
                     settings.max_retries,
                     settings.wait_for_sync,
+                    None,
                 ))
                 .await?
             }

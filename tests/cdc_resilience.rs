@@ -42,6 +42,7 @@ fn spawn_continuous_run(
             RunControl {
                 shutdown,
                 once: false,
+                resnapshot: Vec::new(),
             },
         )
         .await

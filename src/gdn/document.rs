@@ -170,6 +170,17 @@ impl DocumentPlan {
         self.key_prefix.as_deref()
     }
 
+    /// How this table's keys begin in a collection tables share (`<prefix>:`, percent-encoded
+    /// as in a key), when they share one: keys longer than GDN allows are hashed and do not.
+    pub fn key_start(&self) -> Option<String> {
+        let prefix = self.key_prefix.as_ref()?;
+        let probe = DocumentKey::derive(&[prefix.as_str(), "x"]);
+        probe
+            .as_str()
+            .strip_suffix(":x")
+            .map(|start| format!("{start}:"))
+    }
+
     /// The key of a row from its key columns' text, with the prefix when there is one.
     pub fn key_of(&self, parts: Vec<String>) -> DocumentKey {
         self.derive_key(parts)

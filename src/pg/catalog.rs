@@ -548,6 +548,9 @@ pub struct PublicationCoverage {
     pub missing: Vec<String>,
     /// What the publications publish of each table they publish, in the order asked.
     pub published: Vec<PublishedTable>,
+    /// Tables pgferry has just added to its own publication (as `missing` names them): they
+    /// join the pipeline.
+    pub added: Vec<String>,
 }
 
 impl PublicationCoverage {
@@ -664,6 +667,7 @@ pub async fn publication_coverage(
         .collect();
     if tables.is_empty() {
         return Ok(PublicationCoverage {
+            added: Vec::new(),
             absent,
             missing: Vec::new(),
             published: Vec::new(),
@@ -708,6 +712,7 @@ pub async fn publication_coverage(
         }
     }
     Ok(PublicationCoverage {
+        added: Vec::new(),
         absent,
         missing,
         published: contracts,

@@ -9,10 +9,13 @@
 //! replaying changes older than that copy, "document not found" on a PATCH is expected and
 //! ignored. Later runs stream from the watermark in the state file.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{DestinationConfig, OutputPlugin, PipelineConfig, Wal2JsonFormat};
+use crate::config::{
+    parse_table_name, DestinationConfig, OutputPlugin, PipelineConfig, Wal2JsonFormat,
+};
 use crate::decode::pgoutput::ProtocolVersion;
 use crate::metrics::Metrics;
 use crate::pg::catalog::{identity_without_key, RelationKind};
@@ -20,6 +23,7 @@ use crate::pg::partitions;
 use crate::pg::query::{quote_identifier, quote_literal};
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
 use crate::pg::{Lsn, PgError};
+use crate::pipeline::join;
 use crate::pipeline::{
     copy_step, discover_selected, prepare_chosen, selected, RunControl, RunError, RunSummary,
 };
@@ -35,7 +39,7 @@ use crate::source::slot_setup::{
     truncates_hidden_by_root, via_root_message, wal_senders_exhausted_message, PartitionNames,
     PublicationError,
 };
-use crate::source::state::{CdcState, ChunkLedger, StateFile};
+use crate::source::state::{CdcState, ChunkLedger, StateFile, SyncedTable};
 
 /// The ledger's state once the copy is over.
 fn take_state(ledger: Arc<ChunkLedger>) -> CdcState {
@@ -167,6 +171,8 @@ pub(crate) async fn run(
     }
     // pgoutput: the publications are made ready before the slot exists (pgoutput reads them
     // as of each change), and what they publish of each table shapes the copy too.
+    // Tables pgferry has just added to its own publication: they join the pipeline.
+    let mut added: Vec<String> = Vec::new();
     let (shaped, row_filters) = match plugin {
         OutputPlugin::PgOutput => {
             let coverage = ensure_publication(
@@ -180,6 +186,12 @@ pub(crate) async fn run(
                 PublicationError::Postgres(error) => RunError::Source(error),
                 PublicationError::Unusable(message) => RunError::Unsupported(message),
             })?;
+            added = coverage
+                .added
+                .iter()
+                .filter_map(|name| parse_table_name(name))
+                .map(|(schema, table)| format!("{schema}.{table}"))
+                .collect();
             let hidden = truncates_hidden_by_root(
                 replication.connection(),
                 &config.source.publication,
@@ -305,8 +317,34 @@ pub(crate) async fn run(
     };
     let stored = file.load()?.filter(|state| state.slot == slot);
 
+    let names: Vec<String> = prepared
+        .tasks
+        .iter()
+        .map(|task| task.target.table.to_string())
+        .collect();
     let (state, copy) = match (existing, stored) {
-        (Some(_), Some(state)) if state.snapshot_done => (state, None),
+        (Some(_), Some(mut state)) if state.snapshot_done => {
+            let joining = joining_tables(&mut state, &names, &added, &control.resnapshot)?;
+            file.save(&state)?;
+            if joining.iter().any(|joins| *joins) {
+                let joined =
+                    join::copy_joining(config, &prepared, &joining, &options, &metrics).await?;
+                let known = state.tables.get_or_insert_with(Default::default);
+                for (name, _) in names.iter().zip(&joining).filter(|(_, joins)| **joins) {
+                    known.insert(
+                        name.clone(),
+                        SyncedTable {
+                            copied_at: Some(joined.copied_at),
+                        },
+                    );
+                    state.resnapshot.remove(name);
+                }
+                file.save(&state)?;
+                (state, Some(joined.copy))
+            } else {
+                (state, None)
+            }
+        }
         (None, _) => {
             // A new slot: its exported snapshot is the copy's snapshot, held open by
             // `replication` (idle) until the copy is done.
@@ -329,6 +367,8 @@ pub(crate) async fn run(
             let mut state = take_state(ledger);
             state.snapshot_done = true;
             state.chunks.clear();
+            state.tables = Some(all_copied(&names));
+            state.resnapshot.clear();
             file.save(&state)?;
             (state, Some(copy))
         }
@@ -352,11 +392,21 @@ pub(crate) async fn run(
                 .unwrap_or(Lsn::MAX);
             state.replay_until = after_copy;
             state.snapshot_done = true;
+            state.tables = Some(all_copied(&names));
+            state.resnapshot.clear();
             file.save(&state)?;
             (state, Some(copy))
         }
     };
 
+    // A table that joined streams only its changes committed at or after its copy.
+    if let Some(known) = &state.tables {
+        for table in tables.values_mut() {
+            table.copied_at = known
+                .get(table.plan.table())
+                .and_then(|synced| synced.copied_at);
+        }
+    }
     // `--once`, or `break_at_end_lsn: true` in the pipeline's source, makes a batch run.
     let batch = control.once || config.source.break_at_end_lsn == Some(true);
     // The insert position, not IDENTIFY_SYSTEM's flush position: a transaction committed
@@ -549,5 +599,146 @@ mod tests {
             Some(Duration::from_secs(30)),
             "0 = forever"
         );
+    }
+}
+
+/// Every table of `names` (`schema.table`), as copied under the slot's own snapshot.
+fn all_copied(names: &[String]) -> BTreeMap<String, SyncedTable> {
+    names
+        .iter()
+        .map(|name| (name.clone(), SyncedTable::default()))
+        .collect()
+}
+
+/// Which of the selected tables `names` join the pipeline now (in `names`' order): those the
+/// state has not recorded as copied, and those asked to be copied again (`--resnapshot`, or
+/// recorded in the state). Updates the state's record: tables that left the selection are
+/// forgotten (their collections are kept), and a file of an earlier version, which recorded no
+/// tables, counts every selected table as copied except those just `added` to pgferry's
+/// publication.
+fn joining_tables(
+    state: &mut CdcState,
+    names: &[String],
+    added: &[String],
+    requested: &[String],
+) -> Result<Vec<bool>, RunError> {
+    let mut again = Vec::with_capacity(requested.len());
+    for request in requested {
+        let (schema, table) = parse_table_name(request).ok_or_else(|| {
+            RunError::Unsupported(format!(
+                "--resnapshot {request:?} is not a table name\nHINT: write schema.table, quoted where needed (\"My Schema\".\"T\")"
+            ))
+        })?;
+        let name = format!("{schema}.{table}");
+        if !names.contains(&name) {
+            return Err(RunError::Unsupported(format!(
+                "--resnapshot {request}: {name} is not one of the pipeline's selected tables\nHINT: the selected tables are {}",
+                names.join(", ")
+            )));
+        }
+        again.push(name);
+    }
+    let lsn = state.lsn;
+    let known = state.tables.get_or_insert_with(|| {
+        names
+            .iter()
+            .filter(|name| !added.contains(name))
+            .map(|name| (name.clone(), SyncedTable::default()))
+            .collect()
+    });
+    let left: Vec<String> = known
+        .keys()
+        .filter(|name| !names.contains(name))
+        .cloned()
+        .collect();
+    for name in left {
+        tracing::info!(table = %name, "the table left the selection: it is no longer streamed (its collection is kept)");
+        known.remove(&name);
+    }
+    // Once the stream has passed a joined table's copy, its position no longer matters.
+    for synced in known.values_mut() {
+        if synced.copied_at.is_some_and(|at| at <= lsn) {
+            synced.copied_at = None;
+        }
+    }
+    Ok(names
+        .iter()
+        .map(|name| {
+            !known.contains_key(name) || state.resnapshot.contains(name) || again.contains(name)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod join_tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|name| (*name).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_table_the_state_has_not_recorded_joins_and_one_that_left_is_forgotten() {
+        let mut state = CdcState::new("s", Lsn::from_u64(100));
+        state.tables = Some(all_copied(&names(&["public.a", "public.gone"])));
+        let joining =
+            joining_tables(&mut state, &names(&["public.a", "public.b"]), &[], &[]).unwrap();
+        assert_eq!(joining, [false, true]);
+        let known = state.tables.as_ref().unwrap();
+        assert!(!known.contains_key("public.gone"));
+    }
+
+    #[test]
+    fn an_earlier_state_file_counts_tables_copied_except_those_just_published() {
+        let mut state = CdcState::new("s", Lsn::from_u64(100));
+        let joining = joining_tables(
+            &mut state,
+            &names(&["public.a", "public.b"]),
+            &names(&["public.b"]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(joining, [false, true]);
+    }
+
+    #[test]
+    fn resnapshot_requests_join_again_and_unknown_ones_are_refused() {
+        let mut state = CdcState::new("s", Lsn::from_u64(100));
+        state.tables = Some(all_copied(&names(&["public.a", "public.b"])));
+        let joining = joining_tables(
+            &mut state,
+            &names(&["public.a", "public.b"]),
+            &[],
+            &names(&["public.b"]),
+        )
+        .unwrap();
+        assert_eq!(joining, [false, true]);
+        let error = joining_tables(
+            &mut state,
+            &names(&["public.a"]),
+            &[],
+            &names(&["public.x"]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("public.x is not one of the pipeline's selected tables"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_joined_table_s_position_is_dropped_once_the_stream_passed_it() {
+        let mut state = CdcState::new("s", Lsn::from_u64(500));
+        let mut known = all_copied(&names(&["public.a"]));
+        known.insert(
+            "public.b".into(),
+            SyncedTable {
+                copied_at: Some(Lsn::from_u64(400)),
+            },
+        );
+        state.tables = Some(known);
+        joining_tables(&mut state, &names(&["public.a", "public.b"]), &[], &[]).unwrap();
+        assert_eq!(state.tables.unwrap()["public.b"].copied_at, None);
     }
 }

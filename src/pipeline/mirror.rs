@@ -114,7 +114,9 @@ impl From<crate::decode::copy_binary::CopyBinaryError> for RunError {
 }
 
 /// Removes from each keyed task's collection the documents whose keys its tables no longer
-/// have (tables sharing a collection count together).
+/// have (tables sharing a collection count together, and only documents whose keys carry one
+/// of their prefixes are considered there). `snapshot` (an exported snapshot) reads the keys
+/// as of that instant instead of now.
 pub(crate) async fn mirror_collections(
     source: &ConnectOptions,
     client: &GdnClient,
@@ -122,6 +124,7 @@ pub(crate) async fn mirror_collections(
     numeric_mode: NumericMode,
     max_retries: u32,
     wait_for_sync: bool,
+    snapshot: Option<&str>,
 ) -> Result<Removed, RunError> {
     let mut by_collection: BTreeMap<&str, Vec<&CopyTask>> = BTreeMap::new();
     for task in tasks {
@@ -132,6 +135,7 @@ pub(crate) async fn mirror_collections(
     }
     let mut removed = Removed::default();
     let mut connection = Connection::connect(source).await?;
+    adopt_snapshot(&mut connection, snapshot).await?;
     for (collection, tasks) in by_collection {
         // A keyless table's collection was emptied before its reload: nothing is stale.
         if tasks.iter().any(|task| task.target.keyless) {
@@ -141,6 +145,12 @@ pub(crate) async fn mirror_collections(
         for task in &tasks {
             source_keys(&mut connection, task, numeric_mode, &mut keys).await?;
         }
+        // In a collection tables share, only keys carrying one of these tables' prefixes.
+        let starts: Vec<String> = tasks
+            .iter()
+            .filter_map(|task| task.plan.key_start())
+            .collect();
+        let shared = tasks.iter().any(|task| task.plan.key_prefix().is_some());
         let mut scan = KeysetScan::new(client, collection, KEY_PAGE, 60, max_retries).keys();
         let mut stale: Vec<String> = Vec::new();
         let mut count = 0u64;
@@ -152,7 +162,8 @@ pub(crate) async fn mirror_collections(
                         raw.get()
                     ))
                 })?;
-                if !keys.contains(&fingerprint(&key)) {
+                let ours = !shared || starts.iter().any(|start| key.starts_with(start.as_str()));
+                if ours && !keys.contains(&fingerprint(&key)) {
                     stale.push(key);
                 }
             }
@@ -166,8 +177,28 @@ pub(crate) async fn mirror_collections(
         }
         removed.per_destination.push((collection.to_owned(), count));
     }
+    if snapshot.is_some() {
+        connection.execute("COMMIT").await?;
+    }
     connection.close().await;
     Ok(removed)
+}
+
+/// Reads as of the exported snapshot `snapshot`, when there is one: a repeatable-read
+/// transaction that adopts it (left open for the reads that follow).
+async fn adopt_snapshot(
+    connection: &mut Connection,
+    snapshot: Option<&str>,
+) -> Result<(), PgError> {
+    if let Some(name) = snapshot {
+        connection
+            .execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                crate::pg::query::quote_literal(name)
+            ))
+            .await?;
+    }
+    Ok(())
 }
 
 /// Deletes `keys` from `collection` (a document already gone counts as done).
@@ -201,17 +232,20 @@ async fn delete(
 }
 
 /// Removes from each keyed target table that held rows before the run the rows whose keys
-/// the source table no longer has (soft-deleted with `hard_delete: false`).
+/// the source table no longer has (soft-deleted with `hard_delete: false`); `snapshot` (an
+/// exported snapshot) reads the source's keys as of that instant instead of now.
 pub(crate) async fn mirror_tables(
     source: &ConnectOptions,
     target: &ConnectOptions,
     tasks: &[CopyTask],
     copies: &[ReplicaCopy],
+    snapshot: Option<&str>,
 ) -> Result<Removed, RunError> {
     let replica = |error: ReplicaError| RunError::Replica(Box::new(error));
     let mut removed = Removed::default();
     let mut from = Connection::connect(source).await?;
     from.execute(TEXT_SESSION).await?;
+    adopt_snapshot(&mut from, snapshot).await?;
     let mut into = Connection::connect(target)
         .await
         .map_err(pg(
@@ -250,6 +284,9 @@ pub(crate) async fn mirror_tables(
             tracing::info!(table = %name, removed = count, "removed the rows the source table no longer has");
         }
         removed.per_destination.push((name, count));
+    }
+    if snapshot.is_some() {
+        from.execute("COMMIT").await?;
     }
     from.close().await;
     into.close().await;

@@ -156,6 +156,25 @@ pub struct CdcSummary {
     pub reconnects: u64,
 }
 
+/// Whether a change of `table` in a transaction whose commit record starts at `commit_lsn` is
+/// already in the table's copy: the copy of a table that joined the pipeline holds every
+/// transaction that committed before its consistent point (`copied_at`), and none after.
+fn in_copy(table: &CdcTable, commit_lsn: Option<Lsn>, at: Lsn) -> Result<bool, CdcError> {
+    let Some(copied_at) = table.copied_at else {
+        return Ok(false);
+    };
+    match commit_lsn {
+        Some(commit) => Ok(commit < copied_at),
+        // Every plugin pgferry asks reports where a transaction commits; without it the
+        // change could be older than the copy and undo it.
+        None if at < copied_at => Err(CdcError::Unsupported(format!(
+            "a change of {} at {at} does not say where its transaction commits, and the table's copy was taken at {copied_at}: pgferry cannot tell whether the copy already holds it\nHINT: use pgoutput or wal2json with include-lsn (pgferry's own options)",
+            table.plan.table()
+        ))),
+        None => Ok(false),
+    }
+}
+
 /// What the stream writes to and reports into.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamContext<'a> {
@@ -214,6 +233,7 @@ pub async fn stream_changes(
         in_transaction: false,
         transaction_rows: 0,
         commit_time: None,
+        commit_lsn: None,
     };
     summary.confirmed = summary.confirmed.max(run.state.lsn);
     let mut decoder = match &settings.decoding {
@@ -414,6 +434,9 @@ struct Streamer<'a> {
     transaction_rows: u64,
     /// The open transaction's commit time (Unix µs), when reported.
     commit_time: Option<i64>,
+    /// Where the open transaction's commit record starts, when reported: a table that joined
+    /// the pipeline takes only changes of transactions committing at or after its copy.
+    commit_lsn: Option<Lsn>,
 }
 
 impl Streamer<'_> {
@@ -434,6 +457,12 @@ impl Streamer<'_> {
                     .timestamp
                     .as_deref()
                     .and_then(parse_timestamptz_micros),
+                // Format 2 gives the commit record's start; format 1 only its end.
+                change.lsn.or_else(|| {
+                    change
+                        .next_lsn
+                        .map(|end| Lsn::from_u64(end.as_u64().saturating_sub(1)))
+                }),
             ),
             Action::Commit => {
                 // The Begin's time usually stands already: parse the Commit's only without it.
@@ -469,10 +498,11 @@ impl Streamer<'_> {
     }
 
     /// A transaction begins (its commit time in Unix µs, when known).
-    fn begin(&mut self, commit_time: Option<i64>) {
+    fn begin(&mut self, commit_time: Option<i64>, commit_lsn: Option<Lsn>) {
         self.in_transaction = true;
         self.transaction_rows = 0;
         self.commit_time = commit_time;
+        self.commit_lsn = commit_lsn;
     }
 
     /// The open transaction committed; `end` is the position after its commit record.
@@ -516,6 +546,12 @@ impl Streamer<'_> {
         Ok(())
     }
 
+    /// Whether the open transaction's changes of `table` are already in its copy (a table that
+    /// joined the pipeline: its copy holds every transaction committed before `copied_at`).
+    pub(super) fn in_copy_now(&self, table: &CdcTable, at: Lsn) -> Result<bool, CdcError> {
+        in_copy(table, self.commit_lsn, at)
+    }
+
     /// One INSERT, UPDATE or DELETE: re-plans the table if the row's shape changed, then
     /// coalesces it into the pending operations.
     async fn row(
@@ -534,6 +570,9 @@ impl Streamer<'_> {
         let Some(table) = tables.get_mut(row.schema, row.table) else {
             return Ok(());
         };
+        if in_copy(table, self.commit_lsn, wal_start)? {
+            return Ok(());
+        }
         if let Some(shape) = table.shape_for(row) {
             tracing::info!(table = %table.plan.table(), lsn = %wal_start, columns = ?shape, "the change has another row shape than the plan (columns added, dropped or retyped): re-planning");
             table

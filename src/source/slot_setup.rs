@@ -294,7 +294,31 @@ async fn ensure_on(
     tables: &[(String, String)],
     names: PartitionNames,
 ) -> Result<PublicationCoverage, PublicationError> {
-    let coverage = publication_coverage(connection, publications.names(), tables).await?;
+    let mut coverage = publication_coverage(connection, publications.names(), tables).await?;
+    if coverage.exists() && !coverage.missing.is_empty() && !publications.explicit() {
+        // pgferry's own publication (named like the slot): a table selected since it was made
+        // is added here, and joins the pipeline (it is copied, then streamed).
+        let missing = coverage.missing.join(", ");
+        let sql = format!(
+            "ALTER PUBLICATION {} ADD TABLE {missing}",
+            quote_identifier(publications.first())
+        );
+        match connection.execute(&sql).await {
+            Ok(_) => {
+                tracing::info!(publication = %publications.first(), tables = %missing, "added the newly selected tables to pgferry's publication");
+            }
+            Err(error) if error.is_transient() => return Err(error.into()),
+            Err(error) => {
+                return Err(PublicationError::Unusable(format!(
+                    "could not add {missing} to publication {:?}: {error}\nHINT: have the tables' owner (or a superuser) run: {sql};",
+                    publications.first()
+                )))
+            }
+        }
+        let added = std::mem::take(&mut coverage.missing);
+        coverage = publication_coverage(connection, publications.names(), tables).await?;
+        coverage.added = added;
+    }
     if coverage.exists() {
         if coverage.missing.is_empty() {
             usable(&coverage)?;

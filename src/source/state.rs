@@ -57,6 +57,25 @@ pub struct CdcState {
     /// Copy progress per `schema.table` while the copy runs (cleared when it is done).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub chunks: BTreeMap<String, TableChunks>,
+    /// The tables copied and streaming, by `schema.table`: a selected table missing here joins
+    /// the pipeline (it is copied first). `None` in files of earlier versions, which did not
+    /// record them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<BTreeMap<String, SyncedTable>>,
+    /// Tables to copy again at the next start (`--resnapshot`, or a column added with a default
+    /// while streaming), by `schema.table`; cleared once copied.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub resnapshot: BTreeSet<String>,
+}
+
+/// A table that joined a running pipeline: its copy was taken under a snapshot whose changes
+/// end at `copied_at`, so the stream applies its changes only from transactions committing at
+/// or after that position (the earlier ones are in the copy).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncedTable {
+    /// The copy's consistent point; `None` for tables copied under the slot's own snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copied_at: Option<Lsn>,
 }
 
 /// How a table is cut into chunks and which are durably copied.
@@ -145,6 +164,8 @@ impl CdcState {
             lsn: consistent_point,
             replay_until: Lsn::ZERO,
             chunks: BTreeMap::new(),
+            tables: None,
+            resnapshot: BTreeSet::new(),
         }
     }
 }

@@ -376,7 +376,10 @@ impl Streamer<'_> {
         }
         match message {
             PgOutputMessage::Begin(begin) => {
-                self.begin(Some(from_postgres_micros(begin.commit_time.0)));
+                self.begin(
+                    Some(from_postgres_micros(begin.commit_time.0)),
+                    Some(begin.final_lsn),
+                );
             }
             PgOutputMessage::Commit(commit) => {
                 self.commit(
@@ -411,7 +414,10 @@ impl Streamer<'_> {
             PgOutputMessage::StreamStart(_) | PgOutputMessage::StreamStop => {}
             PgOutputMessage::StreamAbort(abort) => source.spool.abort(abort.xid, abort.subxid),
             PgOutputMessage::StreamCommit(commit) => {
-                self.begin(Some(from_postgres_micros(commit.commit_time.0)));
+                self.begin(
+                    Some(from_postgres_micros(commit.commit_time.0)),
+                    Some(commit.commit_lsn),
+                );
                 if let Some((path, aborted)) = source.spool.finish(commit.xid)? {
                     // Relations described inside the stream count as described from now on:
                     // PostgreSQL does not send them again after the commit.

@@ -38,6 +38,9 @@ pub struct CdcTable {
     /// Set on the entry of a leaf partition's name: a TRUNCATE under this name empties only
     /// the leaf's rows of the parent's collection.
     pub partition: Option<Arc<LeafOf>>,
+    /// For a table that joined the pipeline: its copy's consistent point; changes of
+    /// transactions committed before it are in the copy and are skipped.
+    pub copied_at: Option<Lsn>,
 }
 
 /// A leaf partition whose changes stream under its own name into its parent's collection.
@@ -63,6 +66,7 @@ impl CdcTable {
             collection,
             replica: None,
             partition: None,
+            copied_at: None,
         }
     }
 
@@ -307,6 +311,11 @@ impl CdcTables {
     /// Every table.
     pub fn values(&self) -> impl Iterator<Item = &CdcTable> {
         self.by_name.values()
+    }
+
+    /// Every table, to change.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut CdcTable> {
+        self.by_name.values_mut()
     }
 
     /// How many tables are streamed.

@@ -21,7 +21,7 @@ use crate::gdn::client::{retrying, GdnClient, GdnError};
 use crate::gdn::cursor::KeysetScan;
 use crate::gdn::keys::document_attribute_names;
 use crate::pg::partitions::{LeafPartition, Member};
-use crate::pg::PgError;
+use crate::pg::{Lsn, PgError};
 use crate::target::replica::{ReplicaError, RowPicker};
 
 /// Documents read per page while looking for a truncated partition's rows.
@@ -50,6 +50,9 @@ impl Streamer<'_> {
             let Some(entry) = tables.get_mut(schema, name) else {
                 continue;
             };
+            if self.in_copy_now(entry, Lsn::MAX)? {
+                continue;
+            }
             let id = Arc::clone(&entry.collection);
             if !by_table.contains_key(&id) {
                 order.push(Arc::clone(&id));

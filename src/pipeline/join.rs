@@ -1,0 +1,165 @@
+//! Tables that join a running LOG_BASED pipeline (newly selected, added to the publication, or
+//! asked for again with `--resnapshot`) are copied without a new slot and without copying the
+//! others again.
+//!
+//! The invariant (PostgreSQL's own table sync, `tablesync.c`, works the same way): a temporary
+//! slot is created beside the pipeline's slot; its consistent point `J` splits the joining
+//! table's history in two. Its exported snapshot holds exactly the transactions that committed
+//! before `J`, and the table is copied under it; the pipeline's stream then skips the table's
+//! changes of transactions committing before `J` (they are in the copy) and applies those at
+//! or after `J`, in commit order, after the copy. What the destination held of the table
+//! before and the snapshot no longer has (rows deleted since an earlier copy) is removed under
+//! the same snapshot. `J` is saved in the state file with the table only once the copy is
+//! durable, so a crash at any point copies the table again under a fresh snapshot.
+
+use std::sync::Arc;
+
+use super::mirror;
+use super::pg_to_pg::ReplicaPrepared;
+use super::{copy_step, Prepared, RunError};
+use crate::config::PipelineConfig;
+use crate::metrics::Metrics;
+use crate::pg::replication::{ReplicationClient, SlotSnapshot};
+use crate::pg::{ConnectOptions, Lsn};
+use crate::source::snapshot::CopySummary;
+
+/// What copying the joining tables gave: where their changes start, and the copy's summary.
+pub(crate) struct Joined {
+    /// The consistent point: their changes from transactions committing at or after it are
+    /// streamed, the earlier ones are in the copy.
+    pub(crate) copied_at: Lsn,
+    /// The copy.
+    pub(crate) copy: CopySummary,
+}
+
+impl Prepared {
+    /// The same preparation restricted to the tasks `keep` marks.
+    fn only(&self, keep: &[bool]) -> Prepared {
+        let pick = |index: usize| keep.get(index).copied().unwrap_or(false);
+        Prepared {
+            client: self.client.clone(),
+            settings: self.settings.clone(),
+            limits: self.limits,
+            tasks: self
+                .tasks
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| pick(*index))
+                .map(|(_, task)| task.clone())
+                .collect(),
+            replica: self.replica.as_ref().map(|replica| ReplicaPrepared {
+                target: replica.target.clone(),
+                copies: replica
+                    .copies
+                    .iter()
+                    .enumerate()
+                    .filter(|(index, _)| pick(*index))
+                    .map(|(_, copy)| copy.clone())
+                    .collect(),
+                writer: Arc::clone(&replica.writer),
+            }),
+        }
+    }
+}
+
+/// A temporary slot's name beside `slot`: valid (lowercase letters, digits, `_`), at most 63
+/// bytes, unique per process.
+fn temporary_slot(slot: &str) -> String {
+    let suffix = format!("_join_{}", std::process::id());
+    let mut base: String = slot
+        .chars()
+        .map(|ch| {
+            if ch.is_ascii_alphanumeric() {
+                ch.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    base.truncate(63 - suffix.len());
+    base + &suffix
+}
+
+/// Copies the tasks `joining` marks of `prepared` under a temporary slot's snapshot and
+/// removes what their destinations hold that the snapshot does not.
+pub(crate) async fn copy_joining(
+    config: &PipelineConfig,
+    prepared: &Prepared,
+    joining: &[bool],
+    options: &ConnectOptions,
+    metrics: &Arc<Metrics>,
+) -> Result<Joined, RunError> {
+    let subset = prepared.only(joining);
+    let names: Vec<String> = subset
+        .tasks
+        .iter()
+        .map(|task| task.table.qualified_name())
+        .collect();
+    let mut holder = ReplicationClient::connect(options).await?;
+    // pgoutput is in every server's allow-list; the slot is never read, only its snapshot.
+    let name = temporary_slot(&config.source.replication_slot);
+    let created = holder
+        .create_logical_slot(&name, "pgoutput", SlotSnapshot::Export, true)
+        .await?;
+    let copied_at = created.consistent_point;
+    tracing::info!(tables = %names.join(", "), %copied_at, "tables join the pipeline: copying them under a snapshot of their own while the slot keeps their later changes");
+    let tasks = subset.tasks.clone();
+    let client = subset.client.clone();
+    let settings = subset.settings.clone();
+    let targets = subset
+        .replica
+        .as_ref()
+        .map(|replica| (replica.target.clone(), replica.copies.clone()));
+    let snapshot = created.snapshot_name.clone();
+    let copy = copy_step(config, subset, metrics, snapshot.clone(), None).await?;
+    let source = config.source.connect_options();
+    let removed = match (&client, targets) {
+        (_, Some((target, copies))) => {
+            Box::pin(mirror::mirror_tables(
+                &source,
+                &target,
+                &tasks,
+                &copies,
+                snapshot.as_deref(),
+            ))
+            .await?
+        }
+        (Some(client), None) => {
+            Box::pin(mirror::mirror_collections(
+                &source,
+                client,
+                &tasks,
+                config.numeric_mode,
+                settings.max_retries,
+                settings.wait_for_sync,
+                snapshot.as_deref(),
+            ))
+            .await?
+        }
+        (None, None) => mirror::Removed::default(),
+    };
+    if removed.total() > 0 {
+        tracing::info!(
+            removed = removed.total(),
+            "removed what the joining tables' destinations held that their snapshot does not"
+        );
+    }
+    holder.into_inner().close().await;
+    Ok(Joined { copied_at, copy })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_slot_names_are_valid_and_short() {
+        let name = temporary_slot("macrometa_Shop-DB");
+        assert!(name.starts_with("macrometa_shop_db_join_"), "{name}");
+        let long = temporary_slot(&"x".repeat(80));
+        assert!(long.len() <= 63, "{long}");
+        assert!(long
+            .chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_'));
+    }
+}

@@ -1,0 +1,371 @@
+//! Tables that join a running LOG_BASED pipeline: a table created after the pipeline started
+//! (matching `filter_schemas`) is added to pgferry's publication by pgferry, copied under a
+//! snapshot of its own while the slot keeps its later changes, then streamed — through pgoutput
+//! and wal2json, into gdnlite and into PostgreSQL; under concurrent writes; with kill -9 during
+//! its copy; `--resnapshot` of a table whose collection lost documents; a table leaving the
+//! selection. The oracle: every collection equals a fresh FULL_TABLE copy of its table (a
+//! PostgreSQL target equals its source, row for row).
+
+mod gdnlite_support;
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gdnlite_support::{all_documents, api, Http, Server, KEY};
+use hyper::Method;
+use serde_json::{json, Value};
+use support::PgCluster;
+
+struct World {
+    cluster: PgCluster,
+    runtime: tokio::runtime::Runtime,
+    streamed: Server,
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> World {
+        let cluster = PgCluster::start_default();
+        cluster.require_wal2json();
+        cluster.psql(
+            "CREATE TABLE public.t (id int PRIMARY KEY, v text);
+             INSERT INTO public.t SELECT g, 'v' || g FROM generate_series(1, 100) g;",
+        );
+        let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+        let streamed = runtime.block_on(Server::start());
+        World {
+            cluster,
+            runtime,
+            streamed,
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    fn pipeline(&self, name: &str, destination: Value, source: Value) -> PathBuf {
+        let mut config = json!({
+            "source": {
+                "host": "127.0.0.1", "port": self.cluster.port(), "user": "postgres",
+                "dbname": "postgres", "sslmode": "disable", "filter_schemas": "public",
+                "replication_method": "LOG_BASED"
+            },
+            "destination": destination,
+            "parallelism": 2,
+            "state_file": self.dir.path().join(format!("{name}.state.json"))
+        });
+        support::merge_sections(&mut config, &json!({ "source": source }));
+        let path = self.dir.path().join(format!("{name}.json"));
+        std::fs::write(&path, config.to_string()).expect("write pipeline");
+        path
+    }
+
+    fn gdn_pipeline(&self, plugin: &str) -> PathBuf {
+        self.pipeline(
+            "stream",
+            json!({"gdn_url": self.streamed.url(), "api_key": KEY, "batch_size_rows": 500}),
+            json!({"plugin": plugin}),
+        )
+    }
+
+    fn documents(
+        &self,
+        server: &Server,
+        collections: &[&str],
+    ) -> BTreeMap<String, BTreeMap<String, Value>> {
+        let http = Http::h1(&server.url());
+        collections
+            .iter()
+            .map(|collection| {
+                (
+                    (*collection).to_owned(),
+                    self.runtime
+                        .block_on(all_documents(&http, collection, true)),
+                )
+            })
+            .collect()
+    }
+
+    /// The streamed collections equal a fresh FULL_TABLE copy of their tables.
+    fn assert_equal_to_a_fresh_copy(&self, collections: &[&str], what: &str) {
+        let fresh = self.runtime.block_on(Server::start());
+        let copy = self.pipeline(
+            "fresh",
+            json!({"gdn_url": fresh.url(), "api_key": KEY}),
+            json!({"replication_method": "FULL_TABLE"}),
+        );
+        run_ok(&copy);
+        let expected = self.documents(&fresh, collections);
+        for collection in collections {
+            assert!(
+                !expected[*collection].is_empty(),
+                "{what}: {collection} is empty: the test tests nothing"
+            );
+        }
+        let streamed = self.documents(&self.streamed, collections);
+        for collection in collections {
+            let (have, want) = (&streamed[*collection], &expected[*collection]);
+            if have != want {
+                let missing: Vec<&String> = want
+                    .keys()
+                    .filter(|key| !have.contains_key(*key))
+                    .take(5)
+                    .collect();
+                let extra: Vec<&String> = have
+                    .keys()
+                    .filter(|key| !want.contains_key(*key))
+                    .take(5)
+                    .collect();
+                let changed: Vec<&String> = want
+                    .keys()
+                    .filter(|key| have.get(*key).is_some_and(|doc| doc != &want[*key]))
+                    .take(5)
+                    .collect();
+                panic!("{what}: {collection} differs from a fresh copy ({} vs {} documents): missing {missing:?}, extra {extra:?}, changed {changed:?}", have.len(), want.len());
+            }
+        }
+    }
+}
+
+fn run(config: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pgferry"))
+        .args(["run", "--once", "-c"])
+        .arg(config)
+        .args(extra)
+        .output()
+        .expect("run pgferry")
+}
+
+fn run_ok_with(config: &Path, extra: &[&str]) -> String {
+    let output = run(config, extra);
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "pgferry run failed:\n{log}");
+    log
+}
+
+fn run_ok(config: &Path) -> String {
+    run_ok_with(config, &[])
+}
+
+/// Writes to `t` and `b` from another thread until stopped: inserts, updates, deletes.
+fn writer(cluster: &PgCluster, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u32> {
+    let port = cluster.port();
+    std::thread::spawn(move || {
+        let mut round = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            round += 1;
+            let sql = format!(
+                "INSERT INTO public.b SELECT 100000 + {round} * 10 + g, 'w' FROM generate_series(1, 5) g;
+                 UPDATE public.b SET v = 'u{round}' WHERE id % 97 = {round} % 97;
+                 DELETE FROM public.b WHERE id % 89 = {round} % 89 AND id < 100000;
+                 UPDATE public.t SET v = 't{round}' WHERE id = 1 + {round} % 100;"
+            );
+            let status = Command::new("psql")
+                .args([
+                    "-X",
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-c",
+                    &sql,
+                ])
+                .stdout(Stdio::null())
+                .status()
+                .expect("psql");
+            assert!(status.success(), "the writer's SQL failed");
+        }
+        round
+    })
+}
+
+/// The issue's scenario: a table created after the pipeline started, with rows and a write
+/// made before pgferry saw it.
+fn a_new_table_is_copied_then_streamed(plugin: &str) {
+    let world = World::new();
+    let config = world.gdn_pipeline(plugin);
+    run_ok(&config);
+    world.cluster.psql(
+        "CREATE TABLE public.b (id int PRIMARY KEY, v text);
+         INSERT INTO public.b SELECT g, 'b' || g FROM generate_series(1, 3000) g;
+         UPDATE public.t SET v = 'changed' WHERE id = 5;",
+    );
+    let log = run_ok(&config);
+    assert!(log.contains("join"), "the run says a table joined:\n{log}");
+    world.assert_equal_to_a_fresh_copy(&["t", "b"], "after the join");
+    world.cluster.psql(
+        "INSERT INTO public.b VALUES (5000, 'late'); UPDATE public.b SET v = 'x' WHERE id < 10;
+         DELETE FROM public.b WHERE id BETWEEN 20 AND 30;",
+    );
+    run_ok(&config);
+    world.assert_equal_to_a_fresh_copy(&["t", "b"], "streamed after the join");
+}
+
+#[test]
+fn a_new_table_joins_through_pgoutput() {
+    a_new_table_is_copied_then_streamed("pgoutput");
+}
+
+#[test]
+fn a_new_table_joins_through_wal2json() {
+    a_new_table_is_copied_then_streamed("wal2json");
+}
+
+/// Writes keep coming to the joining table and to the streaming one while the join copies.
+#[test]
+fn a_table_joins_under_concurrent_writes() {
+    let world = World::new();
+    let config = world.gdn_pipeline("pgoutput");
+    run_ok(&config);
+    world.cluster.psql(
+        "CREATE TABLE public.b (id int PRIMARY KEY, v text);
+         INSERT INTO public.b SELECT g, 'b' || g FROM generate_series(1, 60000) g;",
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = writer(&world.cluster, Arc::clone(&stop));
+    run_ok(&config);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let rounds = writes.join().expect("writer");
+    assert!(rounds > 0, "the writer wrote");
+    run_ok(&config);
+    world.assert_equal_to_a_fresh_copy(&["t", "b"], "after a join under writes");
+}
+
+/// kill -9 while the joining table is being copied: the next run copies it again and ends exact.
+#[test]
+fn a_join_killed_during_its_copy_resumes_without_loss() {
+    let world = World::new();
+    let config = world.gdn_pipeline("pgoutput");
+    run_ok(&config);
+    world.cluster.psql(
+        "CREATE TABLE public.b (id int PRIMARY KEY, v text);
+         INSERT INTO public.b SELECT g, repeat('b', 100) FROM generate_series(1, 100000) g;",
+    );
+    let log_path = world.dir.path().join("killed.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgferry"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .spawn()
+        .expect("start pgferry");
+    let http = Http::h1(&world.streamed.url());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Wait until some of b is in GDN, then kill.
+    loop {
+        let answer =
+            world
+                .runtime
+                .block_on(http.call(Method::GET, &api("collection/b/count"), Value::Null));
+        let count = answer.json["count"].as_u64().unwrap_or(0);
+        if count > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the join never started copying:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    world.cluster.psql("DELETE FROM public.b WHERE id % 1000 = 0; UPDATE public.b SET v = 'after' WHERE id % 777 = 0;");
+    run_ok(&config);
+    world.assert_equal_to_a_fresh_copy(&["t", "b"], "after kill -9 during the join copy");
+}
+
+/// `--resnapshot`: a collection that lost documents by hand is copied again (and its extra
+/// documents removed) while the stream carries on.
+#[test]
+fn resnapshot_copies_one_table_again() {
+    let world = World::new();
+    let config = world.gdn_pipeline("pgoutput");
+    run_ok(&config);
+    let http = Http::h1(&world.streamed.url());
+    world
+        .runtime
+        .block_on(http.call(Method::DELETE, &api("document/t"), json!(["1", "2", "3"])));
+    world.runtime.block_on(http.call(
+        Method::POST,
+        &api("document/t"),
+        json!([{"_key": "9999", "id": 9999, "v": "stray"}]),
+    ));
+    world
+        .cluster
+        .psql("UPDATE public.t SET v = 'before' WHERE id = 50;");
+    let log = run_ok_with(&config, &["--resnapshot", "public.t"]);
+    assert!(log.contains("join"), "{log}");
+    world.assert_equal_to_a_fresh_copy(&["t"], "after --resnapshot");
+    let refused = run(&config, &["--resnapshot", "public.nope"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr)
+        .contains("public.nope is not one of the pipeline's selected tables"));
+}
+
+/// A table leaving the selection stops being streamed; its collection stays.
+#[test]
+fn a_table_that_leaves_the_selection_is_no_longer_streamed() {
+    let world = World::new();
+    world.cluster.psql(
+        "CREATE TABLE public.b (id int PRIMARY KEY, v text); INSERT INTO public.b VALUES (1, 'one');",
+    );
+    let config = world.gdn_pipeline("pgoutput");
+    run_ok(&config);
+    let narrowed = world.pipeline(
+        "stream",
+        json!({"gdn_url": world.streamed.url(), "api_key": KEY}),
+        json!({"plugin": "pgoutput", "filter_table": "t"}),
+    );
+    assert_eq!(narrowed, config);
+    world
+        .cluster
+        .psql("INSERT INTO public.b VALUES (2, 'two'); UPDATE public.t SET v = 'x' WHERE id = 1;");
+    run_ok(&config);
+    let documents = world.documents(&world.streamed, &["b", "t"]);
+    assert_eq!(documents["b"].len(), 1, "b is kept as it was, not streamed");
+    assert_eq!(documents["t"]["1"]["v"], "x");
+}
+
+/// PostgreSQL → PostgreSQL: a new table joins; the target equals the source.
+#[test]
+fn a_new_table_joins_a_postgresql_pipeline() {
+    let world = World::new();
+    world.cluster.psql("CREATE DATABASE replica");
+    let config = world.pipeline(
+        "pg",
+        json!({"type": "postgres", "host": "127.0.0.1", "port": world.cluster.port(),
+               "user": "postgres", "dbname": "replica", "sslmode": "disable"}),
+        json!({"plugin": "pgoutput"}),
+    );
+    run_ok(&config);
+    world.cluster.psql(
+        "CREATE TABLE public.b (id int PRIMARY KEY, v text);
+         INSERT INTO public.b SELECT g, 'b' || g FROM generate_series(1, 500) g;",
+    );
+    run_ok(&config);
+    world
+        .cluster
+        .psql("DELETE FROM public.b WHERE id < 50; UPDATE public.b SET v = 'y' WHERE id > 400;");
+    run_ok(&config);
+    let digest = |database: &str| {
+        world.cluster.psql_in(
+            database,
+            "SELECT count(*) || ' ' || md5(string_agg(t::text, '|' ORDER BY id)) FROM public.b t",
+        )
+    };
+    assert_eq!(digest("postgres"), digest("replica"));
+}
