@@ -515,7 +515,7 @@ pub(crate) async fn prepare_chosen(
 pub async fn run_with(
     config: &PipelineConfig,
     metrics: Arc<Metrics>,
-    control: RunControl,
+    mut control: RunControl,
 ) -> Result<RunSummary, RunError> {
     if config.source.replication_method == ReplicationMethod::LogBased {
         // Preparing and copying are resumable (the slot, the state file, the chunk ledger): a
@@ -523,7 +523,20 @@ pub async fn run_with(
         // within `max_reconnect_attempts` like the stream's own reconnects.
         let mut failures = 0u32;
         loop {
-            match log_based::run(config, Arc::clone(&metrics), control.clone()).await {
+            let outcome = Box::pin(log_based::run(
+                config,
+                Arc::clone(&metrics),
+                control.clone(),
+            ))
+            .await;
+            // `--resnapshot` is in the state file now: a run started again does not repeat it.
+            control.resnapshot.clear();
+            match outcome {
+                // Tables joined (or must be copied again): start again, which copies them.
+                Err(RunError::Cdc(error)) if matches!(*error, CdcError::Restart(_)) => {
+                    tracing::info!(%error, "starting the run again");
+                    failures = 0;
+                }
                 // A first attempt that reaches no server at all stops: likely a wrong address.
                 Err(error)
                     if error.is_transient() && !(failures == 0 && error.is_unreachable()) =>

@@ -369,3 +369,136 @@ fn a_new_table_joins_a_postgresql_pipeline() {
     };
     assert_eq!(digest("postgres"), digest("replica"));
 }
+
+/// A run without end notices a table that joined the selection (`table_check_interval`),
+/// stops its stream cleanly, copies the table and streams it, while it keeps running.
+#[test]
+fn a_running_pipeline_picks_up_a_new_table() {
+    let world = World::new();
+    let config = world.pipeline(
+        "stream",
+        json!({"gdn_url": world.streamed.url(), "api_key": KEY}),
+        json!({"plugin": "pgoutput", "table_check_interval": 1}),
+    );
+    run_ok(&config);
+    let log_path = world.dir.path().join("running.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgferry"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .spawn()
+        .expect("start pgferry");
+    world.cluster.psql(
+        "CREATE TABLE public.b (id int PRIMARY KEY, v text);
+         INSERT INTO public.b SELECT g, 'b' || g FROM generate_series(1, 2000) g;",
+    );
+    let http = Http::h1(&world.streamed.url());
+    let count = |collection: &str| {
+        world
+            .runtime
+            .block_on(http.call(
+                Method::GET,
+                &api(&format!("collection/{collection}/count")),
+                Value::Null,
+            ))
+            .json["count"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count("b") < 2000 {
+        assert!(
+            Instant::now() < deadline,
+            "the running pipeline never copied b:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    world.cluster.psql(
+        "INSERT INTO public.b VALUES (3000, 'streamed'); UPDATE public.t SET v = 'z' WHERE id = 7;",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count("b") < 2001 {
+        assert!(Instant::now() < deadline, "b's later insert never streamed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A column added with a default while streaming: the stream sees it, the table is copied
+    // again, and older rows' documents get the default.
+    world.cluster.psql("ALTER TABLE public.t ADD COLUMN d int DEFAULT 3; UPDATE public.t SET v = 'q' WHERE id = 8;");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer =
+            world
+                .runtime
+                .block_on(http.call(Method::GET, &api("document/t/50"), Value::Null));
+        if answer.json["d"] == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "older rows never got the default:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SIGTERM: the run flushes, confirms and exits 0.
+    let status = Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = child.wait().expect("wait");
+    assert!(
+        exit.success(),
+        "{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    run_ok(&config);
+    world.assert_equal_to_a_fresh_copy(&["t", "b"], "a table picked up while running");
+}
+
+/// `ADD COLUMN … DEFAULT` writes no row changes: the table is copied again when the stream
+/// first sees the column, so older rows' documents get the default too.
+fn a_column_added_with_a_default(plugin: &str) {
+    let world = World::new();
+    let config = world.gdn_pipeline(plugin);
+    run_ok(&config);
+    world.cluster.psql(
+        "ALTER TABLE public.t ADD COLUMN c text DEFAULT 'x', ADD COLUMN n int DEFAULT 7;
+         UPDATE public.t SET v = 'after' WHERE id = 3;",
+    );
+    let log = run_ok(&config);
+    assert!(
+        log.contains("copied again") || log.contains("copying it again"),
+        "{log}"
+    );
+    world.assert_equal_to_a_fresh_copy(&["t"], "after ADD COLUMN … DEFAULT");
+    let documents = world.documents(&world.streamed, &["t"]);
+    assert_eq!(
+        documents["t"]["50"]["c"], "x",
+        "an older row has the default"
+    );
+    // A column added without a default: older rows are NULL there, and their documents lack
+    // the attribute (which GDN reads as null) until they change; no copy again.
+    world.cluster.psql("UPDATE public.t SET c = 'y' WHERE id = 4; ALTER TABLE public.t ADD COLUMN plain text; UPDATE public.t SET plain = 'p' WHERE id = 5;");
+    let log = run_ok(&config);
+    assert!(
+        !log.contains("copying it again") && !log.contains("copied again"),
+        "{log}"
+    );
+    let documents = world.documents(&world.streamed, &["t"]);
+    assert_eq!(documents["t"]["5"]["plain"], "p");
+    assert_eq!(documents["t"]["4"]["c"], "y");
+    assert!(documents["t"]["6"].get("plain").is_none());
+}
+
+#[test]
+fn a_column_added_with_a_default_through_pgoutput() {
+    a_column_added_with_a_default("pgoutput");
+}
+
+#[test]
+fn a_column_added_with_a_default_through_wal2json() {
+    a_column_added_with_a_default("wal2json");
+}

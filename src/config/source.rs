@@ -109,6 +109,7 @@ pub const SOURCE_KEYS: &[&str] = &[
     "secondary_port",
     "tap_id",
     "heartbeat_interval",
+    "table_check_interval",
     "max_reconnect_attempts",
     "wal2json_format_version",
     "plugin",
@@ -152,6 +153,9 @@ pub struct PgSourceConfig {
     /// LOG_BASED: emit a logical message this often (seconds; `None` = never) so a quiet
     /// database still shows progress and lag.
     pub heartbeat_interval: Option<std::time::Duration>,
+    /// LOG_BASED, a run without end: how often to look for tables that joined the selection
+    /// (seconds; `None` = never), so they are copied and streamed without a restart by hand.
+    pub table_check_interval: Option<std::time::Duration>,
     /// LOG_BASED: consecutive reconnects after transient failures before giving up (0 = never
     /// give up).
     pub max_reconnect_attempts: u32,
@@ -241,6 +245,9 @@ impl PgSourceConfig {
             secondary_port: port(object, "secondary_port")?,
             tap_id: string(object, "tap_id")?.filter(|id| !id.is_empty()),
             heartbeat_interval: unsigned(object, "heartbeat_interval")?
+                .filter(|seconds| *seconds > 0)
+                .map(std::time::Duration::from_secs),
+            table_check_interval: Some(unsigned(object, "table_check_interval")?.unwrap_or(60))
                 .filter(|seconds| *seconds > 0)
                 .map(std::time::Duration::from_secs),
             plugin: match string(object, "plugin")?.as_deref() {

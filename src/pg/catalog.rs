@@ -1093,6 +1093,26 @@ fn resolve(
     })
 }
 
+/// The columns of table `oid` (or of its partitions) that older rows hold a value of without
+/// it being written: `ADD COLUMN … DEFAULT` since PostgreSQL 11 keeps the value in the catalog
+/// (`atthasmissing`) and writes no row changes, so a stream never carries it for those rows.
+pub async fn columns_with_missing_values(
+    connection: &mut Connection,
+    oid: u32,
+) -> Result<Vec<String>, PgError> {
+    let rows = connection
+        .query(&format!(
+            "SELECT DISTINCT a.attname FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid IN (SELECT relid FROM pg_catalog.pg_partition_tree({oid}::oid) UNION SELECT {oid}::oid) \
+             AND a.atthasmissing AND NOT a.attisdropped ORDER BY 1"
+        ))
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| row.get(0).map(str::to_owned))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

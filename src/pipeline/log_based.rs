@@ -9,7 +9,8 @@
 //! replaying changes older than that copy, "document not found" on a PATCH is expected and
 //! ignored. Later runs stream from the watermark in the state file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use crate::config::{
 };
 use crate::decode::pgoutput::ProtocolVersion;
 use crate::metrics::Metrics;
-use crate::pg::catalog::{identity_without_key, RelationKind};
+use crate::pg::catalog::{columns_with_missing_values, identity_without_key, RelationKind};
 use crate::pg::partitions;
 use crate::pg::query::{quote_identifier, quote_literal};
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
@@ -322,19 +323,47 @@ pub(crate) async fn run(
         .iter()
         .map(|task| task.target.table.to_string())
         .collect();
+    let columns: Vec<Vec<String>> = prepared
+        .tasks
+        .iter()
+        .map(|task| {
+            task.table
+                .columns
+                .iter()
+                .map(|column| column.name.clone())
+                .collect()
+        })
+        .collect();
     let (state, copy) = match (existing, stored) {
         (Some(_), Some(mut state)) if state.snapshot_done => {
-            let joining = joining_tables(&mut state, &names, &added, &control.resnapshot)?;
+            let mut defaults = Vec::with_capacity(prepared.tasks.len());
+            for task in &prepared.tasks {
+                defaults.push(
+                    columns_with_missing_values(replication.connection(), task.table.oid).await?,
+                );
+            }
+            let current = TableColumns {
+                names: &names,
+                columns: &columns,
+                with_defaults: &defaults,
+            };
+            let joining = joining_tables(&mut state, &current, &added, &control.resnapshot)?;
             file.save(&state)?;
             if joining.iter().any(|joins| *joins) {
                 let joined =
                     join::copy_joining(config, &prepared, &joining, &options, &metrics).await?;
                 let known = state.tables.get_or_insert_with(Default::default);
-                for (name, _) in names.iter().zip(&joining).filter(|(_, joins)| **joins) {
+                for ((name, columns), _) in names
+                    .iter()
+                    .zip(&columns)
+                    .zip(&joining)
+                    .filter(|(_, joins)| **joins)
+                {
                     known.insert(
                         name.clone(),
                         SyncedTable {
                             copied_at: Some(joined.copied_at),
+                            columns: Some(columns.clone()),
                         },
                     );
                     state.resnapshot.remove(name);
@@ -367,7 +396,7 @@ pub(crate) async fn run(
             let mut state = take_state(ledger);
             state.snapshot_done = true;
             state.chunks.clear();
-            state.tables = Some(all_copied(&names));
+            state.tables = Some(all_copied(&names, &columns));
             state.resnapshot.clear();
             file.save(&state)?;
             (state, Some(copy))
@@ -392,7 +421,7 @@ pub(crate) async fn run(
                 .unwrap_or(Lsn::MAX);
             state.replay_until = after_copy;
             state.snapshot_done = true;
-            state.tables = Some(all_copied(&names));
+            state.tables = Some(all_copied(&names, &columns));
             state.resnapshot.clear();
             file.save(&state)?;
             (state, Some(copy))
@@ -476,6 +505,22 @@ pub(crate) async fn run(
         state_file: &file,
         metrics: &metrics,
     };
+    // A run without end looks for tables that joined the selection: the stream then stops
+    // cleanly and the run starts again, which copies them (see `join`).
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let selection_changed = Arc::new(AtomicBool::new(false));
+    let watcher = tokio::spawn(watch_selection(
+        config.clone(),
+        names.iter().cloned().collect(),
+        if batch {
+            None
+        } else {
+            config.source.table_check_interval
+        },
+        control.shutdown.clone(),
+        stop_sender,
+        Arc::clone(&selection_changed),
+    ));
     let display = spawn_stream_display(Arc::clone(&metrics));
     let mut side = SideConnection::new(options.clone());
     let mut summary = CdcSummary::default();
@@ -504,7 +549,7 @@ pub(crate) async fn run(
                 &mut side,
                 context,
                 state.clone(),
-                control.shutdown.clone(),
+                stop.clone(),
                 &mut summary,
             )
             .await
@@ -527,7 +572,7 @@ pub(crate) async fn run(
                     .reconnects
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 summary.reconnects += 1;
-                if shutdown_during(delay, &control.shutdown).await {
+                if shutdown_during(delay, &stop).await {
                     // Nothing is pending that the watermark covers: stopping here loses nothing.
                     break Ok(());
                 }
@@ -541,11 +586,17 @@ pub(crate) async fn run(
             Err(error) => break Err(error),
         }
     };
+    watcher.abort();
     side.close().await;
     if let Some(display) = display {
         display.finish().await;
     }
     outcome.map_err(|error| RunError::Cdc(Box::new(error)))?;
+    if selection_changed.load(Ordering::Relaxed) {
+        return Err(RunError::Cdc(Box::new(CdcError::Restart(
+            "tables joined or left the selection".into(),
+        ))));
+    }
     Ok(RunSummary::new(
         copy.unwrap_or_default(),
         &metrics,
@@ -602,26 +653,48 @@ mod tests {
     }
 }
 
-/// Every table of `names` (`schema.table`), as copied under the slot's own snapshot.
-fn all_copied(names: &[String]) -> BTreeMap<String, SyncedTable> {
+/// Every table of `names` (`schema.table`) with its `columns`, as copied under the slot's
+/// own snapshot.
+fn all_copied(names: &[String], columns: &[Vec<String>]) -> BTreeMap<String, SyncedTable> {
     names
         .iter()
-        .map(|name| (name.clone(), SyncedTable::default()))
+        .zip(columns)
+        .map(|(name, columns)| {
+            (
+                name.clone(),
+                SyncedTable {
+                    copied_at: None,
+                    columns: Some(columns.clone()),
+                },
+            )
+        })
         .collect()
 }
 
-/// Which of the selected tables `names` join the pipeline now (in `names`' order): those the
-/// state has not recorded as copied, and those asked to be copied again (`--resnapshot`, or
-/// recorded in the state). Updates the state's record: tables that left the selection are
-/// forgotten (their collections are kept), and a file of an earlier version, which recorded no
-/// tables, counts every selected table as copied except those just `added` to pgferry's
-/// publication.
+/// The selected tables as the catalog has them now, in one order.
+struct TableColumns<'a> {
+    /// `schema.table` of each.
+    names: &'a [String],
+    /// Their columns.
+    columns: &'a [Vec<String>],
+    /// Their columns whose value older rows hold without a change in the WAL.
+    with_defaults: &'a [Vec<String>],
+}
+
+/// Which of the selected tables join the pipeline now (in `current`'s order): those the state
+/// has not recorded as copied, those asked to be copied again (`--resnapshot`, or recorded in
+/// the state), and those that gained a column with a default since their copy (older rows
+/// hold it without a change in the WAL). Updates the state's record: tables that left the
+/// selection are forgotten (their collections are kept), and a file of an earlier version,
+/// which recorded no tables, counts every selected table as copied except those just `added`
+/// to pgferry's publication.
 fn joining_tables(
     state: &mut CdcState,
-    names: &[String],
+    current: &TableColumns<'_>,
     added: &[String],
     requested: &[String],
 ) -> Result<Vec<bool>, RunError> {
+    let names = current.names;
     let mut again = Vec::with_capacity(requested.len());
     for request in requested {
         let (schema, table) = parse_table_name(request).ok_or_else(|| {
@@ -638,6 +711,8 @@ fn joining_tables(
         }
         again.push(name);
     }
+    // Recorded, so a run that fails before the copy still copies them when it starts again.
+    state.resnapshot.extend(again);
     let lsn = state.lsn;
     let known = state.tables.get_or_insert_with(|| {
         names
@@ -655,17 +730,34 @@ fn joining_tables(
         tracing::info!(table = %name, "the table left the selection: it is no longer streamed (its collection is kept)");
         known.remove(&name);
     }
-    // Once the stream has passed a joined table's copy, its position no longer matters.
-    for synced in known.values_mut() {
+    for ((name, columns), with_defaults) in
+        names.iter().zip(current.columns).zip(current.with_defaults)
+    {
+        let Some(synced) = known.get_mut(name) else {
+            continue;
+        };
+        // Once the stream has passed a joined table's copy, its position no longer matters.
         if synced.copied_at.is_some_and(|at| at <= lsn) {
             synced.copied_at = None;
+        }
+        match &synced.columns {
+            // Columns unknown (an earlier version's file): what the catalog has now counts.
+            None => synced.columns = Some(columns.clone()),
+            Some(recorded) => {
+                let gained: Vec<&String> = with_defaults
+                    .iter()
+                    .filter(|column| !recorded.contains(column))
+                    .collect();
+                if !gained.is_empty() {
+                    tracing::info!(table = %name, columns = ?gained, "columns added with a default since the table was copied: older rows hold it without a change in the WAL, so the table is copied again");
+                    state.resnapshot.insert(name.clone());
+                }
+            }
         }
     }
     Ok(names
         .iter()
-        .map(|name| {
-            !known.contains_key(name) || state.resnapshot.contains(name) || again.contains(name)
-        })
+        .map(|name| !known.contains_key(name) || state.resnapshot.contains(name))
         .collect())
 }
 
@@ -677,50 +769,67 @@ mod join_tests {
         list.iter().map(|name| (*name).to_owned()).collect()
     }
 
+    /// Tables of columns `id, v`, none with a default kept in the catalog.
+    fn plain(names: &[String]) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
+        (
+            names
+                .iter()
+                .map(|_| vec!["id".to_owned(), "v".to_owned()])
+                .collect(),
+            names.iter().map(|_| Vec::new()).collect(),
+        )
+    }
+
+    fn joining(
+        state: &mut CdcState,
+        selected: &[&str],
+        added: &[&str],
+        requested: &[&str],
+    ) -> Result<Vec<bool>, RunError> {
+        let selected = names(selected);
+        let (columns, with_defaults) = plain(&selected);
+        let current = TableColumns {
+            names: &selected,
+            columns: &columns,
+            with_defaults: &with_defaults,
+        };
+        joining_tables(state, &current, &names(added), &names(requested))
+    }
+
     #[test]
     fn a_table_the_state_has_not_recorded_joins_and_one_that_left_is_forgotten() {
         let mut state = CdcState::new("s", Lsn::from_u64(100));
-        state.tables = Some(all_copied(&names(&["public.a", "public.gone"])));
-        let joining =
-            joining_tables(&mut state, &names(&["public.a", "public.b"]), &[], &[]).unwrap();
-        assert_eq!(joining, [false, true]);
-        let known = state.tables.as_ref().unwrap();
-        assert!(!known.contains_key("public.gone"));
+        let before = names(&["public.a", "public.gone"]);
+        state.tables = Some(all_copied(&before, &plain(&before).0));
+        assert_eq!(
+            joining(&mut state, &["public.a", "public.b"], &[], &[]).unwrap(),
+            [false, true]
+        );
+        assert!(!state.tables.as_ref().unwrap().contains_key("public.gone"));
     }
 
     #[test]
     fn an_earlier_state_file_counts_tables_copied_except_those_just_published() {
         let mut state = CdcState::new("s", Lsn::from_u64(100));
-        let joining = joining_tables(
-            &mut state,
-            &names(&["public.a", "public.b"]),
-            &names(&["public.b"]),
-            &[],
-        )
-        .unwrap();
-        assert_eq!(joining, [false, true]);
+        assert_eq!(
+            joining(&mut state, &["public.a", "public.b"], &["public.b"], &[]).unwrap(),
+            [false, true]
+        );
     }
 
     #[test]
-    fn resnapshot_requests_join_again_and_unknown_ones_are_refused() {
+    fn resnapshot_requests_join_again_are_recorded_and_unknown_ones_are_refused() {
         let mut state = CdcState::new("s", Lsn::from_u64(100));
-        state.tables = Some(all_copied(&names(&["public.a", "public.b"])));
-        let joining = joining_tables(
-            &mut state,
-            &names(&["public.a", "public.b"]),
-            &[],
-            &names(&["public.b"]),
-        )
-        .unwrap();
-        assert_eq!(joining, [false, true]);
-        let error = joining_tables(
-            &mut state,
-            &names(&["public.a"]),
-            &[],
-            &names(&["public.x"]),
-        )
-        .unwrap_err()
-        .to_string();
+        let before = names(&["public.a", "public.b"]);
+        state.tables = Some(all_copied(&before, &plain(&before).0));
+        assert_eq!(
+            joining(&mut state, &["public.a", "public.b"], &[], &["public.b"]).unwrap(),
+            [false, true]
+        );
+        assert!(state.resnapshot.contains("public.b"), "kept until copied");
+        let error = joining(&mut state, &["public.a"], &[], &["public.x"])
+            .unwrap_err()
+            .to_string();
         assert!(
             error.contains("public.x is not one of the pipeline's selected tables"),
             "{error}"
@@ -728,17 +837,95 @@ mod join_tests {
     }
 
     #[test]
+    fn a_column_added_with_a_default_since_the_copy_copies_the_table_again() {
+        let mut state = CdcState::new("s", Lsn::from_u64(100));
+        let selected = names(&["public.a", "public.b"]);
+        state.tables = Some(all_copied(&selected, &plain(&selected).0));
+        let columns = vec![names(&["id", "v", "c"]), names(&["id", "v", "d"])];
+        // a's new column has a default older rows hold; b's was added without one.
+        let with_defaults = vec![names(&["c"]), Vec::new()];
+        let current = TableColumns {
+            names: &selected,
+            columns: &columns,
+            with_defaults: &with_defaults,
+        };
+        assert_eq!(
+            joining_tables(&mut state, &current, &[], &[]).unwrap(),
+            [true, false]
+        );
+    }
+
+    #[test]
     fn a_joined_table_s_position_is_dropped_once_the_stream_passed_it() {
         let mut state = CdcState::new("s", Lsn::from_u64(500));
-        let mut known = all_copied(&names(&["public.a"]));
-        known.insert(
-            "public.b".into(),
-            SyncedTable {
-                copied_at: Some(Lsn::from_u64(400)),
-            },
-        );
+        let before = names(&["public.a", "public.b"]);
+        let mut known = all_copied(&before, &plain(&before).0);
+        known.get_mut("public.b").unwrap().copied_at = Some(Lsn::from_u64(400));
         state.tables = Some(known);
-        joining_tables(&mut state, &names(&["public.a", "public.b"]), &[], &[]).unwrap();
+        joining(&mut state, &["public.a", "public.b"], &[], &[]).unwrap();
         assert_eq!(state.tables.unwrap()["public.b"].copied_at, None);
+    }
+}
+
+/// Every `every` (none: never), discovers the selection again; when it is no longer `names`,
+/// records that and asks the stream to stop (as a shutdown does). A shutdown is passed on.
+async fn watch_selection(
+    config: PipelineConfig,
+    names: BTreeSet<String>,
+    every: Option<Duration>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Sender<bool>,
+    changed: Arc<AtomicBool>,
+) {
+    let mut tick = every.map(|every| {
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    });
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            answer = shutdown.changed(), if listening => {
+                if answer.is_err() {
+                    // Nobody can ask for a shutdown any more.
+                    listening = false;
+                    continue;
+                }
+                let _ = stop.send(true);
+                return;
+            }
+            _ = async {
+                match tick.as_mut() {
+                    Some(interval) => interval.tick().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let now = match discover_selected(&config.source, &config.tables).await {
+                    Ok(discovered) => selected(&discovered, &config.tables).map(|chosen| {
+                        chosen
+                            .iter()
+                            .filter(|(table, _)| !table.kind.is_view())
+                            .map(|(table, _)| format!("{}.{}", table.schema, table.name))
+                            .collect::<BTreeSet<String>>()
+                    }),
+                    Err(error) => Err(error),
+                };
+                match now {
+                    Ok(now) if now != names => {
+                        let joined: Vec<&String> = now.difference(&names).collect();
+                        let left: Vec<&String> = names.difference(&now).collect();
+                        tracing::info!(?joined, ?left, "the selection changed: the stream stops cleanly and the run starts again to copy the tables that joined");
+                        changed.store(true, Ordering::Relaxed);
+                        let _ = stop.send(true);
+                        return;
+                    }
+                    Ok(_) => {}
+                    // No tables matched, or the catalog could not be read now: try again later.
+                    Err(error) => {
+                        tracing::warn!(%error, "could not look for tables that joined the selection; trying again later");
+                    }
+                }
+            }
+        }
     }
 }

@@ -88,6 +88,10 @@ pub enum CdcError {
     /// A change arrived for a table pgferry cannot stream.
     #[error("{0}")]
     Unsupported(String),
+    /// The stream stops for the pipeline to start again (the reason says why: a table to
+    /// copy again is recorded in the state file).
+    #[error("the pipeline starts again: {0}")]
+    Restart(String),
     /// The state file failed.
     #[error(transparent)]
     State(#[from] StateError),
@@ -203,6 +207,7 @@ impl CdcError {
             | CdcError::Document { .. }
             | CdcError::Refused { .. }
             | CdcError::Unsupported(_)
+            | CdcError::Restart(_)
             | CdcError::Merge(_)
             | CdcError::State(_) => false,
         }
@@ -575,6 +580,28 @@ impl Streamer<'_> {
         }
         if let Some(shape) = table.shape_for(row) {
             tracing::info!(table = %table.plan.table(), lsn = %wal_start, columns = ?shape, "the change has another row shape than the plan (columns added, dropped or retyped): re-planning");
+            let added: Vec<String> = shape
+                .iter()
+                .map(|(name, _, _)| name.clone())
+                .filter(|name| !table.shape().iter().any(|(known, _)| known == name))
+                .collect();
+            if !added.is_empty() {
+                let with_default = side
+                    .columns_with_missing_values(table.table().oid, &added)
+                    .await?;
+                if !with_default.is_empty() {
+                    // Older rows hold the default without a WAL record of it: copy the table
+                    // again (it joins anew), its later changes streamed from that copy on.
+                    let name = table.plan.table().to_owned();
+                    tracing::info!(table = %name, columns = ?with_default, lsn = %wal_start, "columns added with a default: older rows hold it without a change in the WAL, so the table is copied again");
+                    self.state.resnapshot.insert(name.clone());
+                    self.context.state_file.save(&self.state)?;
+                    return Err(CdcError::Restart(format!(
+                        "{name} gained column(s) {} with a default, which older rows hold without a change in the WAL: copying it again",
+                        with_default.join(", ")
+                    )));
+                }
+            }
             table
                 .reshape(
                     shape,

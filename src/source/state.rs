@@ -71,11 +71,15 @@ pub struct CdcState {
 /// A table that joined a running pipeline: its copy was taken under a snapshot whose changes
 /// end at `copied_at`, so the stream applies its changes only from transactions committing at
 /// or after that position (the earlier ones are in the copy).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncedTable {
     /// The copy's consistent point; `None` for tables copied under the slot's own snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copied_at: Option<Lsn>,
+    /// The table's columns when it was copied: a column added since with a default (which
+    /// older rows hold without a change in the WAL) makes the table be copied again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
 }
 
 /// How a table is cut into chunks and which are durably copied.

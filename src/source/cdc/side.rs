@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::pg::catalog::{resolve_type_names, NamedType, Table};
+use crate::pg::catalog::{columns_with_missing_values, resolve_type_names, NamedType, Table};
 use crate::pg::partitions::{self, LeafPartition, Member, PartitionColumns};
 use crate::pg::query::quote_literal;
 use crate::pg::{ConnectOptions, Connection, PgError};
@@ -91,6 +91,21 @@ impl SideConnection {
             other => other.map(|_| None),
         };
         self.after(result)
+    }
+
+    /// Which of `columns` of table `oid` (or of its partitions) older rows hold a default of
+    /// without it being written (see [`columns_with_missing_values`]).
+    pub(super) async fn columns_with_missing_values(
+        &mut self,
+        oid: u32,
+        columns: &[String],
+    ) -> Result<Vec<String>, PgError> {
+        let result = columns_with_missing_values(self.connection().await?, oid).await;
+        Ok(self
+            .after(result)?
+            .into_iter()
+            .filter(|name| columns.contains(name))
+            .collect())
     }
 
     /// The types of `names`, in order, from the cache or the server.
