@@ -1,5 +1,5 @@
 //! The crash-and-fault matrix, reduced: for each of PostgreSQL → GDN snapshot, PostgreSQL → GDN
-//! streaming, GDN → PostgreSQL, the Singer target and the Singer pipe `tap | target-gdn`, every
+//! streaming, tables joining a streaming pipeline, GDN → PostgreSQL, the Singer target and the Singer pipe `tap | target-gdn`, every
 //! iteration injects one fault while pgferry works — SIGKILL at a random point (of either side
 //! of the pipe), gdnlite SIGKILLed and restarted on its port, PostgreSQL restarted or SIGKILLed,
 //! or gdnlite answering with 5xx/429/latency/resets/per-document errors — then lets pgferry
@@ -663,6 +663,97 @@ fn streaming_pg_to_gdn_never_confirms_ahead_and_converges() {
         run_to_end(&config, true, &format!("{scenario}, iteration {index}"));
         let what = format!("iteration {index} ({fault:?})");
         compare_streamed(&cluster, &runtime, &http, &mut tally, &what);
+        tally.iterations += 1;
+        *tally.faults.entry(fault).or_default() += 1;
+    }
+    tally.report(scenario);
+}
+
+/// Tables joining a running pipeline under faults: each iteration creates a table (rows and
+/// writes before pgferry sees it) that matches `filter_schemas`, starts a run that must copy it
+/// while the others stream, injects a fault during that copy or its stream, then lets a run
+/// finish: every table equals its collection.
+#[test]
+fn tables_joining_a_streaming_pipeline_survive_every_fault() {
+    let scenario = "PG → GDN tables joining";
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let mut cluster = streaming_cluster();
+    let mut server = GdnProcess::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("pipeline.json");
+    std::fs::write(
+        &config,
+        json!({
+            "source": {"host": "127.0.0.1", "port": cluster.port(), "user": "postgres",
+                       "dbname": "postgres", "sslmode": "disable", "filter_schemas": "public",
+                       "replication_method": "LOG_BASED", "max_reconnect_attempts": 0,
+                       "table_check_interval": 1},
+            "destination": {"gdn_url": server.url(), "api_key": KEY, "batch_size_rows": 100,
+                            "batch_flush_interval": 1},
+            "parallelism": 2,
+            "state_file": dir.path().join("state.json").display().to_string()
+        })
+        .to_string(),
+    )
+    .expect("write pipeline");
+    let http = runtime.block_on(async { Http::h1(&server.url()) });
+    let log = dir.path().join("run.log");
+    run_to_end(&config, true, "first copy");
+    let mut rng = Rng::new(scenario);
+    let mut tally = Tally::default();
+    let all = [
+        Fault::Kill,
+        Fault::GdnRestart,
+        Fault::PgRestart,
+        Fault::PgKill,
+        Fault::Faults,
+    ];
+    let mut round = 0u64;
+    let mut joined: Vec<String> = Vec::new();
+    for index in 0..iterations(&all) {
+        let fault = fault_of(index, &all);
+        let table = format!("j{index}");
+        cluster.psql(&format!(
+            "CREATE TABLE public.{table} (id int PRIMARY KEY, v int);
+             INSERT INTO public.{table} SELECT g, g FROM generate_series(1, {}) g;",
+            5_000 + rng.next() % 20_000
+        ));
+        joined.push(table.clone());
+        if fault == Fault::Faults {
+            server.set_faults(injected(rng.next()));
+        }
+        let mut child = spawn_run(&config, &log);
+        round += 1;
+        stream_workload(&cluster, round);
+        cluster.psql(&format!(
+            "UPDATE public.{table} SET v = -v WHERE id % 13 = {round} % 13;
+             DELETE FROM public.{table} WHERE id % 17 = 0;
+             INSERT INTO public.{table} VALUES ({}, 1) ON CONFLICT (id) DO NOTHING;",
+            100_000 + round
+        ));
+        std::thread::sleep(rng.millis(50, 900));
+        match fault {
+            Fault::GdnRestart => server.kill_and_restart(rng.millis(100, 1500)),
+            Fault::PgRestart | Fault::PgKill => {
+                disrupt_postgres(&mut cluster, fault, rng.millis(50, 800))
+            }
+            Fault::Kill | Fault::KillTap | Fault::KillTarget | Fault::Faults => {}
+        }
+        std::thread::sleep(rng.millis(0, 900));
+        kill(&mut child);
+        if fault == Fault::Faults {
+            server.set_faults(FaultConfig::default());
+        }
+        run_to_end(&config, true, &format!("{scenario}, iteration {index}"));
+        let what = format!("iteration {index} ({fault:?})");
+        compare_streamed(&cluster, &runtime, &http, &mut tally, &what);
+        for table in &joined {
+            tally.compare(
+                &format!("{what} {table}"),
+                &rows(&cluster, &format!("SELECT id, v FROM public.{table}")),
+                &documents(&runtime, &http, table, &["v"]),
+            );
+        }
         tally.iterations += 1;
         *tally.faults.entry(fault).or_default() += 1;
     }
