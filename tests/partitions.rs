@@ -303,3 +303,53 @@ fn a_publication_through_the_root_is_refused_with_the_fix_that_then_works() {
         );
     }
 }
+
+/// Partitions attached (holding rows) or detached write no row changes: the next start sees
+/// the partition set changed and copies the parent again, so its collection or target table
+/// gains the attached rows and loses the detached ones; a dropped partition the same.
+fn attached_and_detached_partitions_are_followed(plugin: &str, into: Into) {
+    let cluster = cluster();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = (into == Into::Gdn).then(|| runtime.block_on(Server::start()));
+    let destination = match &server {
+        Some(server) => json!({"gdn_url": server.url(), "api_key": KEY}),
+        None => postgres_destination(&cluster),
+    };
+    let config = write_pipeline(
+        dir.path(),
+        "stream",
+        &cluster,
+        destination,
+        json!({"plugin": plugin}),
+    );
+    support::run_to_completion(&config);
+    let steps = [
+        // A table with rows attached: its rows become the parent's without a row change.
+        "CREATE TABLE public.tab1_67 (a int NOT NULL, b text);
+         INSERT INTO public.tab1_67 VALUES (6, 'six'), (7, 'seven');
+         DELETE FROM public.tab1_def WHERE a IN (6, 7);
+         ALTER TABLE public.tab1 ATTACH PARTITION public.tab1_67 FOR VALUES IN (6, 7);
+         INSERT INTO public.tab1 VALUES (1, 'one');",
+        // Detached: its rows leave the parent without a row change.
+        "ALTER TABLE public.tab1 DETACH PARTITION public.tab1_2;
+         UPDATE public.tab1 SET b = 'ONE' WHERE a = 1;",
+        // Dropped: the same.
+        "DROP TABLE public.metrics_2025;",
+    ];
+    for step in steps {
+        cluster.psql_in(SOURCE, step);
+        support::run_to_completion(&config);
+        assert_equal(&cluster, into, &runtime, server.as_ref(), dir.path(), step);
+    }
+}
+
+#[test]
+fn attached_and_detached_partitions_into_gdn_through_pgoutput() {
+    attached_and_detached_partitions_are_followed("pgoutput", Into::Gdn);
+}
+
+#[test]
+fn attached_and_detached_partitions_into_postgres_through_wal2json() {
+    attached_and_detached_partitions_are_followed("wal2json", Into::Postgres);
+}

@@ -9,7 +9,7 @@
 //! replaying changes older than that copy, "document not found" on a PATCH is expected and
 //! ignored. Later runs stream from the watermark in the state file.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -260,7 +260,10 @@ pub(crate) async fn run(
     // so a TRUNCATE of the leaf empties only its rows.
     let mut tables = CdcTables::default();
     let mut add_tables = Vec::with_capacity(prepared.tasks.len());
+    // Each task's leaf partitions (`schema.table`, sorted; empty when not partitioned).
+    let mut leaf_names: Vec<Vec<String>> = Vec::with_capacity(prepared.tasks.len());
     for task in &prepared.tasks {
+        leaf_names.push(Vec::new());
         let plan = task.plan.clone();
         let id = Arc::clone(&task.target.collection);
         let streamed = match replica {
@@ -270,6 +273,12 @@ pub(crate) async fn run(
         let mut names = vec![(task.table.schema.clone(), task.table.name.clone(), None)];
         if task.table.kind == RelationKind::PartitionedTable {
             let leaves = partitions::leaves(replication.connection(), task.table.oid).await?;
+            if let Some(names) = leaf_names.last_mut() {
+                *names = leaves
+                    .iter()
+                    .map(|leaf| format!("{}.{}", leaf.schema, leaf.name))
+                    .collect();
+            }
             let columns =
                 Arc::new(partitions::key_columns(replication.connection(), task.table.oid).await?);
             if plugin == OutputPlugin::Wal2Json {
@@ -346,6 +355,7 @@ pub(crate) async fn run(
                 names: &names,
                 columns: &columns,
                 with_defaults: &defaults,
+                partitions: &leaf_names,
             };
             let joining = joining_tables(&mut state, &current, &added, &control.resnapshot)?;
             file.save(&state)?;
@@ -353,9 +363,10 @@ pub(crate) async fn run(
                 let joined =
                     join::copy_joining(config, &prepared, &joining, &options, &metrics).await?;
                 let known = state.tables.get_or_insert_with(Default::default);
-                for ((name, columns), _) in names
+                for (((name, columns), leaves), _) in names
                     .iter()
                     .zip(&columns)
+                    .zip(&leaf_names)
                     .zip(&joining)
                     .filter(|(_, joins)| **joins)
                 {
@@ -364,6 +375,7 @@ pub(crate) async fn run(
                         SyncedTable {
                             copied_at: Some(joined.copied_at),
                             columns: Some(columns.clone()),
+                            partitions: Some(leaves.clone()),
                         },
                     );
                     state.resnapshot.remove(name);
@@ -396,7 +408,7 @@ pub(crate) async fn run(
             let mut state = take_state(ledger);
             state.snapshot_done = true;
             state.chunks.clear();
-            state.tables = Some(all_copied(&names, &columns));
+            state.tables = Some(all_copied(&names, &columns, &leaf_names));
             state.resnapshot.clear();
             file.save(&state)?;
             (state, Some(copy))
@@ -421,7 +433,7 @@ pub(crate) async fn run(
                 .unwrap_or(Lsn::MAX);
             state.replay_until = after_copy;
             state.snapshot_done = true;
-            state.tables = Some(all_copied(&names, &columns));
+            state.tables = Some(all_copied(&names, &columns, &leaf_names));
             state.resnapshot.clear();
             file.save(&state)?;
             (state, Some(copy))
@@ -511,7 +523,11 @@ pub(crate) async fn run(
     let selection_changed = Arc::new(AtomicBool::new(false));
     let watcher = tokio::spawn(watch_selection(
         config.clone(),
-        names.iter().cloned().collect(),
+        names
+            .iter()
+            .cloned()
+            .zip(leaf_names.iter().cloned())
+            .collect(),
         if batch {
             None
         } else {
@@ -655,16 +671,22 @@ mod tests {
 
 /// Every table of `names` (`schema.table`) with its `columns`, as copied under the slot's
 /// own snapshot.
-fn all_copied(names: &[String], columns: &[Vec<String>]) -> BTreeMap<String, SyncedTable> {
+fn all_copied(
+    names: &[String],
+    columns: &[Vec<String>],
+    partitions: &[Vec<String>],
+) -> BTreeMap<String, SyncedTable> {
     names
         .iter()
         .zip(columns)
-        .map(|(name, columns)| {
+        .zip(partitions)
+        .map(|((name, columns), partitions)| {
             (
                 name.clone(),
                 SyncedTable {
                     copied_at: None,
                     columns: Some(columns.clone()),
+                    partitions: Some(partitions.clone()),
                 },
             )
         })
@@ -679,6 +701,8 @@ struct TableColumns<'a> {
     columns: &'a [Vec<String>],
     /// Their columns whose value older rows hold without a change in the WAL.
     with_defaults: &'a [Vec<String>],
+    /// Their leaf partitions (empty when not partitioned).
+    partitions: &'a [Vec<String>],
 }
 
 /// Which of the selected tables join the pipeline now (in `current`'s order): those the state
@@ -730,8 +754,11 @@ fn joining_tables(
         tracing::info!(table = %name, "the table left the selection: it is no longer streamed (its collection is kept)");
         known.remove(&name);
     }
-    for ((name, columns), with_defaults) in
-        names.iter().zip(current.columns).zip(current.with_defaults)
+    for (((name, columns), with_defaults), leaves) in names
+        .iter()
+        .zip(current.columns)
+        .zip(current.with_defaults)
+        .zip(current.partitions)
     {
         let Some(synced) = known.get_mut(name) else {
             continue;
@@ -753,6 +780,22 @@ fn joining_tables(
                     state.resnapshot.insert(name.clone());
                 }
             }
+        }
+        match &synced.partitions {
+            None => synced.partitions = Some(leaves.clone()),
+            Some(recorded) if recorded != leaves => {
+                let attached: Vec<&String> = leaves
+                    .iter()
+                    .filter(|leaf| !recorded.contains(leaf))
+                    .collect();
+                let detached: Vec<&String> = recorded
+                    .iter()
+                    .filter(|leaf| !leaves.contains(leaf))
+                    .collect();
+                tracing::info!(table = %name, ?attached, ?detached, "partitions attached or detached since the table was copied (no row changes are written for either), so the table is copied again");
+                state.resnapshot.insert(name.clone());
+            }
+            Some(_) => {}
         }
     }
     Ok(names
@@ -780,6 +823,35 @@ mod join_tests {
         )
     }
 
+    fn no_partitions(names: &[String]) -> Vec<Vec<String>> {
+        names.iter().map(|_| Vec::new()).collect()
+    }
+
+    #[test]
+    fn a_partition_attached_or_detached_since_the_copy_copies_the_table_again() {
+        let mut state = CdcState::new("s", Lsn::from_u64(100));
+        let selected = names(&["public.p"]);
+        let before = vec![names(&["public.p_1", "public.p_2"])];
+        state.tables = Some(all_copied(&selected, &plain(&selected).0, &before));
+        let (columns, with_defaults) = plain(&selected);
+        let same = TableColumns {
+            names: &selected,
+            columns: &columns,
+            with_defaults: &with_defaults,
+            partitions: &before,
+        };
+        assert_eq!(
+            joining_tables(&mut state, &same, &[], &[]).unwrap(),
+            [false]
+        );
+        let detached = vec![names(&["public.p_1"])];
+        let now = TableColumns {
+            partitions: &detached,
+            ..same
+        };
+        assert_eq!(joining_tables(&mut state, &now, &[], &[]).unwrap(), [true]);
+    }
+
     fn joining(
         state: &mut CdcState,
         selected: &[&str],
@@ -788,10 +860,12 @@ mod join_tests {
     ) -> Result<Vec<bool>, RunError> {
         let selected = names(selected);
         let (columns, with_defaults) = plain(&selected);
+        let partitions = no_partitions(&selected);
         let current = TableColumns {
             names: &selected,
             columns: &columns,
             with_defaults: &with_defaults,
+            partitions: &partitions,
         };
         joining_tables(state, &current, &names(added), &names(requested))
     }
@@ -800,7 +874,11 @@ mod join_tests {
     fn a_table_the_state_has_not_recorded_joins_and_one_that_left_is_forgotten() {
         let mut state = CdcState::new("s", Lsn::from_u64(100));
         let before = names(&["public.a", "public.gone"]);
-        state.tables = Some(all_copied(&before, &plain(&before).0));
+        state.tables = Some(all_copied(
+            &before,
+            &plain(&before).0,
+            &no_partitions(&before),
+        ));
         assert_eq!(
             joining(&mut state, &["public.a", "public.b"], &[], &[]).unwrap(),
             [false, true]
@@ -821,7 +899,11 @@ mod join_tests {
     fn resnapshot_requests_join_again_are_recorded_and_unknown_ones_are_refused() {
         let mut state = CdcState::new("s", Lsn::from_u64(100));
         let before = names(&["public.a", "public.b"]);
-        state.tables = Some(all_copied(&before, &plain(&before).0));
+        state.tables = Some(all_copied(
+            &before,
+            &plain(&before).0,
+            &no_partitions(&before),
+        ));
         assert_eq!(
             joining(&mut state, &["public.a", "public.b"], &[], &["public.b"]).unwrap(),
             [false, true]
@@ -840,14 +922,20 @@ mod join_tests {
     fn a_column_added_with_a_default_since_the_copy_copies_the_table_again() {
         let mut state = CdcState::new("s", Lsn::from_u64(100));
         let selected = names(&["public.a", "public.b"]);
-        state.tables = Some(all_copied(&selected, &plain(&selected).0));
+        state.tables = Some(all_copied(
+            &selected,
+            &plain(&selected).0,
+            &no_partitions(&selected),
+        ));
         let columns = vec![names(&["id", "v", "c"]), names(&["id", "v", "d"])];
         // a's new column has a default older rows hold; b's was added without one.
         let with_defaults = vec![names(&["c"]), Vec::new()];
+        let partitions = no_partitions(&selected);
         let current = TableColumns {
             names: &selected,
             columns: &columns,
             with_defaults: &with_defaults,
+            partitions: &partitions,
         };
         assert_eq!(
             joining_tables(&mut state, &current, &[], &[]).unwrap(),
@@ -859,7 +947,7 @@ mod join_tests {
     fn a_joined_table_s_position_is_dropped_once_the_stream_passed_it() {
         let mut state = CdcState::new("s", Lsn::from_u64(500));
         let before = names(&["public.a", "public.b"]);
-        let mut known = all_copied(&before, &plain(&before).0);
+        let mut known = all_copied(&before, &plain(&before).0, &no_partitions(&before));
         known.get_mut("public.b").unwrap().copied_at = Some(Lsn::from_u64(400));
         state.tables = Some(known);
         joining(&mut state, &["public.a", "public.b"], &[], &[]).unwrap();
@@ -867,11 +955,12 @@ mod join_tests {
     }
 }
 
-/// Every `every` (none: never), discovers the selection again; when it is no longer `names`,
-/// records that and asks the stream to stop (as a shutdown does). A shutdown is passed on.
+/// Every `every` (none: never), discovers the selection again; when it is no longer `names`
+/// (tables, each with its leaf partitions), records that and asks the stream to stop (as a
+/// shutdown does). A shutdown is passed on.
 async fn watch_selection(
     config: PipelineConfig,
-    names: BTreeSet<String>,
+    names: BTreeMap<String, Vec<String>>,
     every: Option<Duration>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -900,21 +989,18 @@ async fn watch_selection(
                     None => std::future::pending().await,
                 }
             } => {
-                let now = match discover_selected(&config.source, &config.tables).await {
-                    Ok(discovered) => selected(&discovered, &config.tables).map(|chosen| {
-                        chosen
-                            .iter()
-                            .filter(|(table, _)| !table.kind.is_view())
-                            .map(|(table, _)| format!("{}.{}", table.schema, table.name))
-                            .collect::<BTreeSet<String>>()
-                    }),
-                    Err(error) => Err(error),
-                };
-                match now {
+                match selection_now(&config).await {
                     Ok(now) if now != names => {
-                        let joined: Vec<&String> = now.difference(&names).collect();
-                        let left: Vec<&String> = names.difference(&now).collect();
-                        tracing::info!(?joined, ?left, "the selection changed: the stream stops cleanly and the run starts again to copy the tables that joined");
+                        let joined: Vec<&String> =
+                            now.keys().filter(|name| !names.contains_key(*name)).collect();
+                        let left: Vec<&String> =
+                            names.keys().filter(|name| !now.contains_key(*name)).collect();
+                        let repartitioned: Vec<&String> = now
+                            .iter()
+                            .filter(|(name, leaves)| names.get(*name).is_some_and(|before| before != *leaves))
+                            .map(|(name, _)| name)
+                            .collect();
+                        tracing::info!(?joined, ?left, ?repartitioned, "the selection changed (tables joined or left, partitions attached or detached): the stream stops cleanly and the run starts again to copy what changed");
                         changed.store(true, Ordering::Relaxed);
                         let _ = stop.send(true);
                         return;
@@ -928,4 +1014,33 @@ async fn watch_selection(
             }
         }
     }
+}
+
+/// The selected tables now, each with its leaf partitions (`schema.table`, sorted).
+async fn selection_now(config: &PipelineConfig) -> Result<BTreeMap<String, Vec<String>>, RunError> {
+    let discovered = discover_selected(&config.source, &config.tables).await?;
+    let chosen = selected(&discovered, &config.tables)?;
+    let mut now = BTreeMap::new();
+    let mut connection: Option<crate::pg::Connection> = None;
+    for (table, _) in chosen.iter().filter(|(table, _)| !table.kind.is_view()) {
+        let mut leaves = Vec::new();
+        if table.kind == RelationKind::PartitionedTable {
+            if connection.is_none() {
+                connection =
+                    Some(crate::pg::Connection::connect(&config.source.connect_options()).await?);
+            }
+            if let Some(connection) = connection.as_mut() {
+                leaves = partitions::leaves(connection, table.oid)
+                    .await?
+                    .iter()
+                    .map(|leaf| format!("{}.{}", leaf.schema, leaf.name))
+                    .collect();
+            }
+        }
+        now.insert(format!("{}.{}", table.schema, table.name), leaves);
+    }
+    if let Some(connection) = connection {
+        connection.close().await;
+    }
+    Ok(now)
 }

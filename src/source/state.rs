@@ -80,6 +80,11 @@ pub struct SyncedTable {
     /// older rows hold without a change in the WAL) makes the table be copied again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub columns: Option<Vec<String>>,
+    /// A partitioned table's leaf partitions when it was copied (`schema.table`, sorted): one
+    /// attached or detached since (which writes no row changes) makes the table be copied
+    /// again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<Vec<String>>,
 }
 
 /// How a table is cut into chunks and which are durably copied.
