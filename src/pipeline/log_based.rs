@@ -282,7 +282,7 @@ pub(crate) async fn run(
             let columns =
                 Arc::new(partitions::key_columns(replication.connection(), task.table.oid).await?);
             if plugin == OutputPlugin::Wal2Json {
-                tracing::warn!(table = %task.table.qualified_name(), partitions = leaves.len(), "partitioned table with wal2json: its partitions are streamed as they are now; one attached later is not decoded until pgferry restarts, and its rows written before that are missed — restart pgferry right after attaching a partition (before writing to it), or use \"plugin\": \"pgoutput\"");
+                tracing::info!(table = %task.table.qualified_name(), partitions = leaves.len(), "partitioned table with wal2json: its partitions are decoded by name; one attached later is picked up at the next start or within table_check_interval, when the table is copied again");
             }
             names.extend(leaves.into_iter().map(|leaf| {
                 (
