@@ -1155,3 +1155,68 @@ fn a_log_based_first_copy_stopped_after_its_first_state_is_copied_again() {
     assert_eq!(last["bookmarks"]["public-orders"]["lsn"], bookmark["lsn"]);
     assert_eq!(last["bookmarks"]["public-orders"]["xmin"], Value::Null);
 }
+
+/// A stream selected after the tap started (a new table, added to the catalog): the next run
+/// copies it with its own bookmark while the other stream goes on streaming, then streams its
+/// changes — as the old tap did per stream. pgferry adds the new table to its publication.
+#[test]
+fn a_newly_selected_stream_gets_its_copy_then_its_changes() {
+    let cluster = PgCluster::start_default();
+    cluster.psql(
+        "CREATE TABLE public.first (id int PRIMARY KEY, v text); INSERT INTO public.first VALUES (1, 'a');",
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_json(
+        dir.path(),
+        "config.json",
+        &config(&cluster, json!({"replication_method": "LOG_BASED"})),
+    );
+    let select = |names: &[&str]| {
+        let output = tap(&[&config], &["-c", "-d"]);
+        let mut catalog: Value =
+            serde_json::from_slice(&output.stdout).expect("the catalog is JSON");
+        for stream in catalog["streams"].as_array_mut().expect("streams") {
+            let selected = names.contains(&stream["tap_stream_id"].as_str().unwrap_or(""));
+            stream["metadata"][0]["metadata"]["selected"] = json!(selected);
+            stream["metadata"][0]["metadata"]["replication-method"] = json!("LOG_BASED");
+        }
+        write_json(dir.path(), "catalog.json", &catalog)
+    };
+    let catalog = select(&["public-first"]);
+    let first = run_ok(&[&config, &catalog], &["-c", "--catalog"]);
+    let state = write_json(dir.path(), "state.json", &last_state(&first));
+    cluster.psql(
+        "CREATE TABLE public.added (id int PRIMARY KEY, v text);
+         INSERT INTO public.added SELECT g, 'x' FROM generate_series(1, 30) g;
+         INSERT INTO public.first VALUES (2, 'b');",
+    );
+    let catalog = select(&["public-first", "public-added"]);
+    let second = run_ok(&[&config, &catalog, &state], &["-c", "--catalog", "-s"]);
+    let ids = |messages: &[Value], stream: &str| -> Vec<i64> {
+        messages
+            .iter()
+            .filter(|message| message["type"] == "RECORD" && message["stream"] == stream)
+            .map(|message| message["record"]["id"].as_i64().expect("id"))
+            .collect()
+    };
+    assert_eq!(
+        ids(&second, "public-added"),
+        (1..=30).collect::<Vec<i64>>(),
+        "the new stream's copy"
+    );
+    assert_eq!(
+        ids(&second, "public-first"),
+        vec![2],
+        "the other stream streamed on"
+    );
+    let bookmark = &last_state(&second)["bookmarks"]["public-added"];
+    assert!(
+        bookmark["lsn"].is_u64(),
+        "the new stream has its own bookmark: {bookmark}"
+    );
+    let state = write_json(dir.path(), "state.json", &last_state(&second));
+    cluster
+        .psql("INSERT INTO public.added VALUES (31, 'y'); DELETE FROM public.added WHERE id = 1;");
+    let third = run_ok(&[&config, &catalog, &state], &["-c", "--catalog", "-s"]);
+    assert_eq!(ids(&third, "public-added"), vec![31, 1], "then its changes");
+}
