@@ -442,6 +442,39 @@ fn a_running_pipeline_picks_up_a_new_table() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // An operator asks the running process to copy t again (a document was lost by hand).
+    world
+        .runtime
+        .block_on(http.call(Method::DELETE, &api("document/t/60"), Value::Null));
+    std::fs::write(
+        world.dir.path().join("stream.state.json.resnapshot"),
+        "public.t\n",
+    )
+    .expect("write the request");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer =
+            world
+                .runtime
+                .block_on(http.call(Method::GET, &api("document/t/60"), Value::Null));
+        if answer.status.is_success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the request was never served:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !world
+            .dir
+            .path()
+            .join("stream.state.json.resnapshot")
+            .exists(),
+        "the request is taken"
+    );
     // SIGTERM: the run flushes, confirms and exits 0.
     let status = Command::new("kill")
         .arg(child.id().to_string())

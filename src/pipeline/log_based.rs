@@ -59,6 +59,32 @@ fn state_file(config: &PipelineConfig) -> StateFile {
     )
 }
 
+/// Where an operator asks a running pipeline to copy tables again: `schema.table` lines in
+/// `<state file>.resnapshot`. The running process notices it within `table_check_interval`,
+/// starts again, and the new start takes the request (then removes the file).
+pub fn resnapshot_request_path(state: &StateFile) -> std::path::PathBuf {
+    let mut path = state.path().as_os_str().to_owned();
+    path.push(".resnapshot");
+    std::path::PathBuf::from(path)
+}
+
+/// The tables an operator asked to copy again (see [`resnapshot_request_path`]).
+fn read_resnapshot_request(path: &std::path::Path) -> Result<Vec<String>, RunError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(str::to_owned)
+            .collect()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(error) => Err(RunError::Unsupported(format!(
+            "cannot read the resnapshot request {}: {error}\nHINT: make it readable, or remove it",
+            path.display()
+        ))),
+    }
+}
+
 /// The slot's confirmed position, when it exists.
 async fn slot_info(client: &mut ReplicationClient, slot: &str) -> Result<Option<Lsn>, RunError> {
     let row = client
@@ -357,8 +383,15 @@ pub(crate) async fn run(
                 with_defaults: &defaults,
                 partitions: &leaf_names,
             };
-            let joining = joining_tables(&mut state, &current, &added, &control.resnapshot)?;
+            let request = resnapshot_request_path(&file);
+            let mut requested = control.resnapshot.clone();
+            requested.extend(read_resnapshot_request(&request)?);
+            let joining = joining_tables(&mut state, &current, &added, &requested)?;
             file.save(&state)?;
+            // The request is in the state file now (kept until copied).
+            if request.exists() {
+                let _ = std::fs::remove_file(&request);
+            }
             if joining.iter().any(|joins| *joins) {
                 let joined =
                     join::copy_joining(config, &prepared, &joining, &options, &metrics).await?;
@@ -522,6 +555,7 @@ pub(crate) async fn run(
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let selection_changed = Arc::new(AtomicBool::new(false));
     let watcher = tokio::spawn(watch_selection(
+        resnapshot_request_path(&file),
         config.clone(),
         names
             .iter()
@@ -956,9 +990,10 @@ mod join_tests {
 }
 
 /// Every `every` (none: never), discovers the selection again; when it is no longer `names`
-/// (tables, each with its leaf partitions), records that and asks the stream to stop (as a
-/// shutdown does). A shutdown is passed on.
+/// (tables, each with its leaf partitions), or an operator left a resnapshot `request`,
+/// records that and asks the stream to stop (as a shutdown does). A shutdown is passed on.
 async fn watch_selection(
+    request: std::path::PathBuf,
     config: PipelineConfig,
     names: BTreeMap<String, Vec<String>>,
     every: Option<Duration>,
@@ -989,6 +1024,12 @@ async fn watch_selection(
                     None => std::future::pending().await,
                 }
             } => {
+                if request.exists() {
+                    tracing::info!(request = %request.display(), "tables were asked to be copied again: the stream stops cleanly and the run starts again to copy them");
+                    changed.store(true, Ordering::Relaxed);
+                    let _ = stop.send(true);
+                    return;
+                }
                 match selection_now(&config).await {
                     Ok(now) if now != names => {
                         let joined: Vec<&String> =
