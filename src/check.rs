@@ -725,13 +725,7 @@ async fn check_publication(
             crate::pg::query::quote_identifier(&table.table)
         );
         if let Some(lists) = &table.column_conflict {
-            let described: Vec<String> = lists
-                .iter()
-                .map(|(publication, columns)| match columns {
-                    Some(columns) => format!("{publication:?} ({})", columns.join(", ")),
-                    None => format!("{publication:?} (every column)"),
-                })
-                .collect();
+            let described = crate::source::slot_setup::describe_column_lists(lists);
             checker.fail(
                 "publication",
                 true,

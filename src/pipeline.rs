@@ -565,39 +565,14 @@ async fn full_table(
     metrics: &Arc<Metrics>,
 ) -> Result<RunSummary, RunError> {
     let prepared = prepare(config, true).await?;
-    let tasks = prepared.tasks.clone();
-    let client = prepared.client.clone();
-    let settings = prepared.settings.clone();
-    let targets = prepared
-        .replica
-        .as_ref()
-        .map(|replica| (replica.target.clone(), replica.copies.clone()));
+    let destination = mirror::Destination::of(&prepared);
     let copy = copy_step(config, prepared, metrics, None, None).await?;
     let mut summary = RunSummary::new(copy, metrics, None, &config.destination);
     // Only after every table's copy finished: an interrupted copy removes nothing.
     if config.full_table_mirror {
-        let source = config.source.connect_options();
-        let removed = match (&client, targets) {
-            (_, Some((target, copies))) => {
-                Box::pin(mirror::mirror_tables(
-                    &source, &target, &tasks, &copies, None,
-                ))
-                .await?
-            }
-            (Some(client), None) => {
-                Box::pin(mirror::mirror_collections(
-                    &source,
-                    client,
-                    &tasks,
-                    config.numeric_mode,
-                    settings.max_retries,
-                    settings.wait_for_sync,
-                    None,
-                ))
-                .await?
-            }
-            (None, None) => mirror::Removed::default(),
-        };
+        let removed = destination
+            .remove_stale(&config.source.connect_options(), config.numeric_mode, None)
+            .await?;
         summary.removed = Some(removed.total());
     }
     Ok(summary)

@@ -103,41 +103,16 @@ pub(crate) async fn copy_joining(
         .await?;
     let copied_at = created.consistent_point;
     tracing::info!(tables = %names.join(", "), %copied_at, "tables join the pipeline: copying them under a snapshot of their own while the slot keeps their later changes");
-    let tasks = subset.tasks.clone();
-    let client = subset.client.clone();
-    let settings = subset.settings.clone();
-    let targets = subset
-        .replica
-        .as_ref()
-        .map(|replica| (replica.target.clone(), replica.copies.clone()));
+    let destination = mirror::Destination::of(&subset);
     let snapshot = created.snapshot_name.clone();
     let copy = copy_step(config, subset, metrics, snapshot.clone(), None).await?;
-    let source = config.source.connect_options();
-    let removed = match (&client, targets) {
-        (_, Some((target, copies))) => {
-            Box::pin(mirror::mirror_tables(
-                &source,
-                &target,
-                &tasks,
-                &copies,
-                snapshot.as_deref(),
-            ))
-            .await?
-        }
-        (Some(client), None) => {
-            Box::pin(mirror::mirror_collections(
-                &source,
-                client,
-                &tasks,
-                config.numeric_mode,
-                settings.max_retries,
-                settings.wait_for_sync,
-                snapshot.as_deref(),
-            ))
-            .await?
-        }
-        (None, None) => mirror::Removed::default(),
-    };
+    let removed = destination
+        .remove_stale(
+            &config.source.connect_options(),
+            config.numeric_mode,
+            snapshot.as_deref(),
+        )
+        .await?;
     if removed.total() > 0 {
         tracing::info!(
             removed = removed.total(),

@@ -20,6 +20,7 @@ use crate::decode::copy_binary::CopyBinaryDecoder;
 use crate::gdn::client::{retrying, GdnClient};
 use crate::gdn::cursor::KeysetScan;
 use crate::gdn::document::DocumentPlan;
+use crate::gdn::writer::WriterSettings;
 use crate::pg::catalog::{NumericMode, Table};
 use crate::pg::{ConnectOptions, Connection, PgError};
 use crate::source::snapshot::CopyTask;
@@ -42,6 +43,62 @@ impl Removed {
     /// Everything removed.
     pub fn total(&self) -> u64 {
         self.per_destination.iter().map(|(_, count)| count).sum()
+    }
+}
+
+/// What a copy wrote into, for removing what its tables no longer have afterwards: taken from
+/// the preparation before the copy consumes it.
+pub(crate) struct Destination {
+    /// The copied tasks.
+    pub(crate) tasks: Vec<CopyTask>,
+    /// GDN (with its writer settings), when the destination is GDN.
+    pub(crate) gdn: Option<(GdnClient, WriterSettings)>,
+    /// The target database and tables, when the destination is PostgreSQL.
+    pub(crate) postgres: Option<(ConnectOptions, Vec<ReplicaCopy>)>,
+}
+
+impl Destination {
+    /// The destination of `prepared`'s copy.
+    pub(crate) fn of(prepared: &super::Prepared) -> Destination {
+        Destination {
+            tasks: prepared.tasks.clone(),
+            gdn: prepared
+                .client
+                .clone()
+                .map(|client| (client, prepared.settings.clone())),
+            postgres: prepared
+                .replica
+                .as_ref()
+                .map(|replica| (replica.target.clone(), replica.copies.clone())),
+        }
+    }
+
+    /// Removes what the destination holds of keys the tables no longer have (as of
+    /// `snapshot` when given, else now); the null destination holds nothing.
+    pub(crate) async fn remove_stale(
+        &self,
+        source: &ConnectOptions,
+        numeric_mode: NumericMode,
+        snapshot: Option<&str>,
+    ) -> Result<Removed, RunError> {
+        match (&self.postgres, &self.gdn) {
+            (Some((target, copies)), _) => {
+                Box::pin(mirror_tables(source, target, &self.tasks, copies, snapshot)).await
+            }
+            (None, Some((client, settings))) => {
+                Box::pin(mirror_collections(
+                    source,
+                    client,
+                    &self.tasks,
+                    numeric_mode,
+                    settings.max_retries,
+                    settings.wait_for_sync,
+                    snapshot,
+                ))
+                .await
+            }
+            (None, None) => Ok(Removed::default()),
+        }
     }
 }
 
@@ -117,7 +174,7 @@ impl From<crate::decode::copy_binary::CopyBinaryError> for RunError {
 /// have (tables sharing a collection count together, and only documents whose keys carry one
 /// of their prefixes are considered there). `snapshot` (an exported snapshot) reads the keys
 /// as of that instant instead of now.
-pub(crate) async fn mirror_collections(
+async fn mirror_collections(
     source: &ConnectOptions,
     client: &GdnClient,
     tasks: &[CopyTask],
@@ -234,7 +291,7 @@ async fn delete(
 /// Removes from each keyed target table that held rows before the run the rows whose keys
 /// the source table no longer has (soft-deleted with `hard_delete: false`); `snapshot` (an
 /// exported snapshot) reads the source's keys as of that instant instead of now.
-pub(crate) async fn mirror_tables(
+async fn mirror_tables(
     source: &ConnectOptions,
     target: &ConnectOptions,
     tasks: &[CopyTask],

@@ -260,6 +260,18 @@ pub fn wal_senders_exhausted_message(error: &PgError) -> Option<String> {
     })
 }
 
+/// Each publication with the column list it gives a table (`"p" (a, b)`, `"q" (every column)`),
+/// for messages about lists that differ.
+pub fn describe_column_lists(lists: &[(String, Option<Vec<String>>)]) -> Vec<String> {
+    lists
+        .iter()
+        .map(|(publication, columns)| match columns {
+            Some(columns) => format!("{publication:?} ({})", columns.join(", ")),
+            None => format!("{publication:?} (every column)"),
+        })
+        .collect()
+}
+
 /// Why the publication pgoutput needs could not be made ready.
 #[derive(Debug, thiserror::Error)]
 pub enum PublicationError {
@@ -407,13 +419,7 @@ fn usable(coverage: &PublicationCoverage) -> Result<(), PublicationError> {
             quote_identifier(&table.table)
         );
         if let Some(lists) = &table.column_conflict {
-            let described: Vec<String> = lists
-                .iter()
-                .map(|(publication, columns)| match columns {
-                    Some(columns) => format!("{publication:?} ({})", columns.join(", ")),
-                    None => format!("{publication:?} (every column)"),
-                })
-                .collect();
+            let described = describe_column_lists(lists);
             return Err(PublicationError::Unusable(format!(
                 "the publications publish different column lists for {name}: {}; PostgreSQL refuses to stream a table with different column lists in different publications\nHINT: give {name} the same column list in each of them (ALTER PUBLICATION … DROP TABLE {name}; ALTER PUBLICATION … ADD TABLE {name} (<columns>);), or name only one of them in \"publication\"",
                 described.join(", ")
