@@ -16,6 +16,8 @@
 //! - PostgreSQL → PostgreSQL LOG_BASED: the target equals the source;
 //! - a TRUNCATE of a list partition and of a hash partition under a range partition removes
 //!   only their rows from the parent's target table (PostgreSQL → PostgreSQL);
+//! - arrays of ranges and composite values are JSON arrays and objects, copied and streamed;
+//! - a replica identity index without the primary key is refused at start with the fix;
 //! - `pgferry tap` with an old tap config (no `plugin`): the first run copies under a new
 //!   pgoutput slot, the next streams an insert, an update and a delete as Singer records.
 //!
@@ -47,6 +49,11 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("sigterm", sigterm_confirms_what_gdn_holds),
     ("pg_to_pg", pg_to_pg_target_equals_the_source),
     ("partitions", partition_truncates_remove_only_their_rows),
+    ("values", arrays_and_composites_stream_as_json),
+    (
+        "identity_index",
+        an_identity_index_without_the_key_is_refused,
+    ),
     ("tap", tap_copies_then_streams_through_pgoutput),
 ];
 
@@ -705,6 +712,94 @@ fn partition_truncates_remove_only_their_rows(env: &Major, database: &str) {
         "SELECT string_agg(id::text, ',' ORDER BY id) FROM public.tab1",
     );
     assert_eq!(kept, "1,2,8", "PostgreSQL {}", env.major);
+}
+
+/// Arrays of ranges and composite values become JSON arrays and objects, in the copy and in
+/// the stream (pgoutput) alike.
+fn arrays_and_composites_stream_as_json(env: &Major, database: &str) {
+    env.psql(
+        database,
+        "CREATE TYPE public.pair AS (label text, n int);
+         CREATE TABLE public.shapes (id int PRIMARY KEY, spans int4range[], p public.pair, ps public.pair[]);
+         INSERT INTO public.shapes VALUES (1, '{\"[2,4)\",\"[20,31)\"}', ROW('a b', 1), ARRAY[ROW('x', 2)::public.pair, NULL]);",
+    );
+    let gdn = env.gdn();
+    let config = env.pipeline(database, gdn.destination(), json!({}));
+    run_to_completion(&config);
+    env.psql(
+        database,
+        "INSERT INTO public.shapes VALUES (2, '{\"[1,2)\"}', ROW(NULL, 3), '{}');
+         UPDATE public.shapes SET p = ROW('c', 4) WHERE id = 1;",
+    );
+    run_to_completion(&config);
+    let documents = gdn.documents("shapes");
+    assert_eq!(
+        documents["1"]["spans"],
+        json!(["[2,4)", "[20,31)"]),
+        "PostgreSQL {}",
+        env.major
+    );
+    assert_eq!(
+        documents["1"]["p"],
+        json!({"label": "c", "n": 4}),
+        "PostgreSQL {}",
+        env.major
+    );
+    assert_eq!(
+        documents["1"]["ps"],
+        json!([{"label": "x", "n": 2}, null]),
+        "PostgreSQL {}",
+        env.major
+    );
+    assert_eq!(
+        documents["2"]["p"],
+        json!({"label": null, "n": 3}),
+        "PostgreSQL {}",
+        env.major
+    );
+    assert_eq!(
+        documents["2"]["spans"],
+        json!(["[1,2)"]),
+        "PostgreSQL {}",
+        env.major
+    );
+}
+
+/// `REPLICA IDENTITY USING INDEX` on an index without the primary key: refused at start with
+/// the fix, no slot made.
+fn an_identity_index_without_the_key_is_refused(env: &Major, database: &str) {
+    env.psql(
+        database,
+        "CREATE TABLE public.by_u (id int PRIMARY KEY, u int NOT NULL);
+         CREATE UNIQUE INDEX by_u_u ON public.by_u (u);
+         ALTER TABLE public.by_u REPLICA IDENTITY USING INDEX by_u_u;",
+    );
+    let gdn = env.gdn();
+    let config = env.pipeline(database, gdn.destination(), json!({}));
+    let output = Command::new(env!("CARGO_BIN_EXE_pgferry"))
+        .args(["run", "--once", "-c"])
+        .arg(&config)
+        .output()
+        .expect("run pgferry");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "PostgreSQL {}: {stderr}",
+        env.major
+    );
+    assert!(
+        stderr.contains("REPLICA IDENTITY DEFAULT"),
+        "PostgreSQL {}: {stderr}",
+        env.major
+    );
+    assert_eq!(
+        env.psql(
+            database,
+            &format!("SELECT count(*) FROM pg_replication_slots WHERE database = '{database}'")
+        ),
+        "0"
+    );
 }
 
 /// The Singer messages `pgferry tap -c <config> [-s <state>]` wrote, one JSON value per line.
