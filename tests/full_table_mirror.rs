@@ -10,7 +10,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use gdnlite_support::{all_documents, Http, Server, KEY};
+use gdnlite_support::{Server, KEY};
 use serde_json::{json, Value};
 use support::{run_to_completion, PgCluster};
 
@@ -72,17 +72,7 @@ impl World {
     }
 
     fn documents(&self, server: &Server) -> BTreeMap<String, BTreeMap<String, Value>> {
-        let http = Http::h1(&server.url());
-        ["shared", "lines"]
-            .iter()
-            .map(|collection| {
-                (
-                    (*collection).to_owned(),
-                    self.runtime
-                        .block_on(all_documents(&http, collection, true)),
-                )
-            })
-            .collect()
+        gdnlite_support::collections(&self.runtime, &server.url(), &["shared", "lines"])
     }
 
     /// What a fresh copy of the tables as they are now gives.

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gdnlite_support::{all_documents, api, Http, Server, KEY};
+use gdnlite_support::{api, Http, Server, KEY};
 use hyper::Method;
 use serde_json::{json, Value};
 use support::PgCluster;
@@ -76,17 +76,7 @@ impl World {
         server: &Server,
         collections: &[&str],
     ) -> BTreeMap<String, BTreeMap<String, Value>> {
-        let http = Http::h1(&server.url());
-        collections
-            .iter()
-            .map(|collection| {
-                (
-                    (*collection).to_owned(),
-                    self.runtime
-                        .block_on(all_documents(&http, collection, true)),
-                )
-            })
-            .collect()
+        gdnlite_support::collections(&self.runtime, &server.url(), collections)
     }
 
     /// The streamed collections equal a fresh FULL_TABLE copy of their tables.

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use gdnlite_support::{all_documents, Http, Server, KEY};
+use gdnlite_support::{Server, KEY};
 use serde_json::{json, Value};
 use support::PgCluster;
 
@@ -71,17 +71,7 @@ impl World {
         server: &Server,
         collections: &[&str],
     ) -> BTreeMap<String, BTreeMap<String, Value>> {
-        let http = Http::h1(&server.url());
-        collections
-            .iter()
-            .map(|collection| {
-                (
-                    (*collection).to_owned(),
-                    self.runtime
-                        .block_on(all_documents(&http, collection, true)),
-                )
-            })
-            .collect()
+        gdnlite_support::collections(&self.runtime, &server.url(), collections)
     }
 
     /// Streamed collections equal a fresh FULL_TABLE copy of their tables.

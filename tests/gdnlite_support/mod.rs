@@ -356,6 +356,25 @@ pub async fn close(mut ws: Ws) {
     while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
 }
 
+/// Every document of each of `collections` on the server at `url`, by collection then `_key`,
+/// without `_id` and `_rev` (for comparing collections with an oracle).
+pub fn collections(
+    runtime: &tokio::runtime::Runtime,
+    url: &str,
+    collections: &[&str],
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, Value>> {
+    let http = Http::h1(url);
+    collections
+        .iter()
+        .map(|collection| {
+            (
+                (*collection).to_owned(),
+                runtime.block_on(all_documents(&http, collection, true)),
+            )
+        })
+        .collect()
+}
+
 /// Every document of `collection`, by `_key`, read page by page with the cursor API; fails if
 /// a key comes twice. `_id` and `_rev` are removed when `strip_meta` (for comparisons).
 pub async fn all_documents(
