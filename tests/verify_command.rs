@@ -419,6 +419,49 @@ fn a_streaming_pipeline_under_load_is_not_reported_as_diverged() {
 }
 
 #[test]
+fn a_publication_contract_is_compared_as_the_pipeline_carries_it() {
+    let world = World::new(
+        "CREATE TABLE public.t (id int PRIMARY KEY, a int, secret text);
+         INSERT INTO public.t SELECT g, g * 10, 'hidden ' || g FROM generate_series(1, 40) g;
+         CREATE PUBLICATION evens FOR TABLE public.t (id, a) WHERE (id % 2 = 0);",
+    );
+    let server = world.runtime.block_on(Server::start());
+    let mut source = world.source("LOG_BASED");
+    source["plugin"] = json!("pgoutput");
+    source["publication"] = json!("evens");
+    let config = world.write(
+        "contract",
+        &json!({
+            "source": source,
+            "destination": {"gdn_url": server.url(), "api_key": KEY},
+            "tables": ["public.t"],
+            "state_file": world.dir.path().join("contract.state.json")
+        }),
+    );
+    run_to_completion(&config);
+    world
+        .cluster
+        .psql("UPDATE public.t SET a = a + 1, secret = 'x' WHERE id <= 10; DELETE FROM public.t WHERE id = 12;");
+    run_to_completion(&config);
+    // Only the even rows, without `secret`: equal.
+    let equal = verify(&config, &["--settle-timeout", "5"]);
+    assert_eq!(equal.status.code(), Some(0), "{}", text(&equal));
+    assert!(
+        text(&equal).contains("19 equal, 0 missing"),
+        "{}",
+        text(&equal)
+    );
+    world.call(&server, Method::PATCH, "document/t/4", json!({"a": 999}));
+    let differs = verify(&config, &["--settle-timeout", "5"]);
+    assert_eq!(differs.status.code(), Some(1), "{}", text(&differs));
+    assert!(
+        text(&differs).contains("different: \"4\" (a: 41 -> 999)"),
+        "{}",
+        text(&differs)
+    );
+}
+
+#[test]
 fn bad_configs_and_unsupported_pipelines_exit_2() {
     let dir = tempfile::tempdir().expect("temp dir");
     let write = |name: &str, text: &str| {

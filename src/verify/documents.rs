@@ -13,6 +13,7 @@ use crate::pg::{ConnectOptions, Connection};
 
 use super::buckets::{hash128, shorten, AttributeDiff};
 use super::canonical::{canonical, members, write_object};
+use super::contract::where_clause;
 use super::error::{source, VerifyError};
 
 /// The most documents a scan page asks for (pages shrink for large documents).
@@ -22,6 +23,17 @@ const SCAN_PAGE: u64 = 10_000;
 /// canonical form.
 pub type RowSink<'s> = &'s mut dyn FnMut(Option<&str>, u128, &[u8]);
 
+/// A source table, the plan the copy uses for it, and the publications' row filter.
+#[derive(Debug, Clone)]
+pub struct SourceTable {
+    /// The table (its published columns).
+    pub table: Table,
+    /// Rows → documents, as the copy does it.
+    pub plan: DocumentPlan,
+    /// The rows the pipeline carries, when not all.
+    pub row_filter: Option<String>,
+}
+
 /// One collection and the source tables that write it (several when they share it by request,
 /// then with key prefixes).
 #[derive(Debug, Clone)]
@@ -29,7 +41,7 @@ pub struct CollectionUnit {
     /// The collection.
     pub collection: String,
     /// Each table with the plan the copy uses for it.
-    pub tables: Vec<(Table, DocumentPlan)>,
+    pub tables: Vec<SourceTable>,
     /// The tables have no key: documents are compared as a multiset, without `_key`.
     pub keyless: bool,
 }
@@ -57,12 +69,18 @@ impl CollectionUnit {
         let mut rows = 0u64;
         let mut document = Vec::new();
         let mut form = Vec::new();
-        for (table, plan) in &self.tables {
+        for SourceTable {
+            table,
+            plan,
+            row_filter,
+        } in &self.tables
+        {
             let name = table.qualified_name();
             let mut copy = connection
                 .copy_out(&format!(
-                    "COPY (SELECT {} FROM {name}) TO STDOUT (FORMAT binary)",
-                    plan.select_list()
+                    "COPY (SELECT {} FROM {name}{}) TO STDOUT (FORMAT binary)",
+                    plan.select_list(),
+                    where_clause(row_filter.as_deref())
                 ))
                 .await
                 .map_err(source(format!("reading {name}")))?;

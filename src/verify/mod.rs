@@ -38,6 +38,7 @@
 
 mod buckets;
 mod canonical;
+mod contract;
 mod documents;
 mod error;
 mod report;
@@ -59,7 +60,7 @@ pub use report::{TableReport, VerifyReport};
 pub use settle::Settled;
 
 use buckets::{bucket_count, groups, Detail, Found, Tally};
-use documents::{CollectionUnit, RowSink};
+use documents::{CollectionUnit, RowSink, SourceTable};
 use rows::TableUnit;
 
 /// How a verification runs.
@@ -107,7 +108,7 @@ impl Unit {
             Unit::Documents(unit) => unit
                 .tables
                 .iter()
-                .map(|(table, _)| format!("{}.{}", table.schema, table.name))
+                .map(|source| format!("{}.{}", source.table.schema, source.table.name))
                 .collect::<Vec<_>>()
                 .join(", "),
             Unit::Rows(unit) => format!("{}.{}", unit.table.schema, unit.table.name),
@@ -133,7 +134,7 @@ impl Unit {
             Unit::Documents(unit) => unit
                 .tables
                 .iter()
-                .map(|(table, _)| table.row_estimate.max(0))
+                .map(|source| source.table.row_estimate.max(0))
                 .sum(),
             Unit::Rows(unit) => unit.table.row_estimate.max(0),
         };
@@ -377,6 +378,7 @@ async fn plan(config: &PipelineConfig) -> Result<(Vec<Unit>, Ends), VerifyError>
     }
     let discovered = discover_selected(&config.source, &config.tables).await?;
     let chosen = selected(&discovered, &config.tables)?;
+    let carried = contract::carried(config, &chosen).await?;
     // LOG_BASED needs keys, as the run does; FULL_TABLE copies keyless tables too.
     let allow_keyless = config.source.replication_method != ReplicationMethod::LogBased;
     let source = config.source.connect_options();
@@ -385,15 +387,19 @@ async fn plan(config: &PipelineConfig) -> Result<(Vec<Unit>, Ends), VerifyError>
             "the null destination keeps nothing to compare".into(),
         )),
         DestinationConfig::Postgres(destination) => {
-            let mut units = Vec::with_capacity(chosen.len());
-            for (table, rename) in &chosen {
-                DocumentPlan::new(table, config.numeric_mode, allow_keyless)?;
-                let target =
-                    crate::pipeline::pg_to_pg::target_name(destination, table, rename.as_deref())?;
+            let mut units = Vec::with_capacity(carried.len());
+            for carried in carried {
+                DocumentPlan::new(&carried.table, config.numeric_mode, allow_keyless)?;
+                let target = crate::pipeline::pg_to_pg::target_name(
+                    destination,
+                    &carried.table,
+                    carried.destination.as_deref(),
+                )?;
                 units.push(Unit::Rows(TableUnit {
-                    table: (*table).clone(),
+                    table: carried.table,
                     target,
                     soft_delete: !destination.hard_delete,
+                    row_filter: carried.row_filter,
                 }));
             }
             let ends = Ends {
@@ -404,36 +410,42 @@ async fn plan(config: &PipelineConfig) -> Result<(Vec<Unit>, Ends), VerifyError>
             Ok((units, ends))
         }
         DestinationConfig::Gdn(gdn) => {
-            let destinations: Vec<TableCollection> = chosen
+            let destinations: Vec<TableCollection> = carried
                 .iter()
-                .map(|(table, collection)| TableCollection {
-                    table: table.qualified_name(),
-                    prefix: format!("{}.{}", table.schema, table.name),
-                    collection: collection
-                        .clone()
-                        .unwrap_or_else(|| gdn.collection_for(&table.schema, &table.name)),
-                    requested: collection.is_some() || gdn.target_collection.is_some(),
-                    keyless: table.key_columns.is_empty(),
+                .map(|carried| TableCollection {
+                    table: carried.table.qualified_name(),
+                    prefix: format!("{}.{}", carried.table.schema, carried.table.name),
+                    collection: carried.destination.clone().unwrap_or_else(|| {
+                        gdn.collection_for(&carried.table.schema, &carried.table.name)
+                    }),
+                    requested: carried.destination.is_some() || gdn.target_collection.is_some(),
+                    keyless: carried.table.key_columns.is_empty(),
                 })
                 .collect();
             check_names(&destinations).map_err(RunError::Unsupported)?;
             let prefixes = key_prefixes(&destinations).map_err(RunError::Unsupported)?;
             let mut units: Vec<CollectionUnit> = Vec::new();
-            for (((table, _), destination), prefix) in chosen.iter().zip(destinations).zip(prefixes)
+            for ((carried, destination), prefix) in
+                carried.into_iter().zip(destinations).zip(prefixes)
             {
-                let plan = DocumentPlan::new(table, config.numeric_mode, allow_keyless)?
+                let plan = DocumentPlan::new(&carried.table, config.numeric_mode, allow_keyless)?
                     .with_key_prefix(prefix);
+                let table = SourceTable {
+                    table: carried.table,
+                    plan,
+                    row_filter: carried.row_filter,
+                };
                 match units
                     .iter_mut()
                     .find(|unit| unit.collection == destination.collection)
                 {
                     Some(unit) => {
                         unit.keyless |= destination.keyless;
-                        unit.tables.push(((*table).clone(), plan));
+                        unit.tables.push(table);
                     }
                     None => units.push(CollectionUnit {
                         collection: destination.collection,
-                        tables: vec![((*table).clone(), plan)],
+                        tables: vec![table],
                         keyless: destination.keyless,
                     }),
                 }

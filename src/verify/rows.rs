@@ -12,6 +12,7 @@ use crate::target::replica::copy::TEXT_SESSION;
 use crate::target::replica::sql::DELETED_AT;
 
 use super::buckets::{hash128, shorten, AttributeDiff};
+use super::contract::where_clause;
 use super::documents::RowSink;
 use super::error::{source, target, VerifyError};
 
@@ -24,6 +25,8 @@ pub struct TableUnit {
     pub target: TableName,
     /// Deleted rows are marked (`hard_delete: false`), not removed.
     pub soft_delete: bool,
+    /// The publications' row filter: the rows the pipeline carries, when not all.
+    pub row_filter: Option<String>,
 }
 
 impl TableUnit {
@@ -56,7 +59,11 @@ impl TableUnit {
         sink: RowSink<'_>,
     ) -> Result<u64, VerifyError> {
         let name = self.table.qualified_name();
-        let sql = format!("SELECT {} FROM {name}", self.columns());
+        let sql = format!(
+            "SELECT {} FROM {name}{}",
+            self.columns(),
+            where_clause(self.row_filter.as_deref())
+        );
         stream(options, &sql, &self.key_indexes(), sink)
             .await
             .map_err(|error| source(format!("reading {name}"))(error))
