@@ -105,7 +105,7 @@ pub fn groups(differing: &[(usize, u64)], most_rows: u64) -> Vec<Vec<usize>> {
 }
 
 /// Tells which attributes of a source row and a destination row differ.
-pub type Describe<'a> = &'a dyn Fn(&[u8], &[u8]) -> Vec<AttributeDiff>;
+pub type Describe<'a> = &'a (dyn Fn(&[u8], &[u8]) -> Vec<AttributeDiff> + Sync);
 
 /// One attribute (or column) whose values differ, both shortened for display.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -7,6 +7,8 @@
 //! The parser reads untrusted bytes (GDN's answers): every failure is an error, nesting is
 //! bounded, and nothing panics.
 
+use std::borrow::Cow;
+
 /// Deepest nesting accepted (GDN itself refuses deeper documents).
 const MAX_DEPTH: usize = 128;
 
@@ -22,71 +24,101 @@ pub struct CanonicalError {
 
 /// The members of a top-level object, each as `(name, canonical value)`, sorted by name,
 /// leaving out the names `skip` lists (GDN's `_id` and `_rev`, which only the destination has).
+/// For showing differences; [`canonical`] is the fast path.
 pub fn members(document: &[u8], skip: &[&str]) -> Result<Vec<(String, Vec<u8>)>, CanonicalError> {
-    let mut parser = Parser {
-        bytes: document,
-        at: 0,
-    };
-    parser.whitespace();
+    let mut form = Vec::with_capacity(document.len());
+    canonical(document, skip, &mut form)?;
+    let mut parser = Parser::new(&form)?;
     parser.expect(b'{', "an object")?;
     let mut out = Vec::new();
-    parser.whitespace();
     if parser.peek() == Some(b'}') {
-        parser.at += 1;
-    } else {
-        loop {
-            parser.whitespace();
-            let name = parser.string()?;
-            parser.whitespace();
-            parser.expect(b':', "':'")?;
-            let mut value = Vec::new();
-            parser.value(&mut value, 1)?;
-            if !skip.contains(&name.as_str()) {
-                out.push((name, value));
-            }
-            parser.whitespace();
-            match parser.next() {
-                Some(b',') => continue,
-                Some(b'}') => break,
-                _ => return Err(parser.error("',' or '}'")),
-            }
+        return Ok(out);
+    }
+    loop {
+        let name = parser.string()?.into_owned();
+        parser.expect(b':', "':'")?;
+        let start = parser.at;
+        parser.skip_value()?;
+        out.push((name, form[start..parser.at].to_vec()));
+        match parser.next() {
+            Some(b',') => continue,
+            _ => break,
         }
     }
+    Ok(out)
+}
+
+/// Appends the canonical form of a whole document to `out`, without the top-level members
+/// `skip` names.
+pub fn canonical(document: &[u8], skip: &[&str], out: &mut Vec<u8>) -> Result<(), CanonicalError> {
+    document_into(document, skip, out, None)
+}
+
+/// [`canonical`], returning the top-level `_key` too when it is a string (and not skipped).
+pub fn canonical_with_key(
+    document: &[u8],
+    skip: &[&str],
+    out: &mut Vec<u8>,
+) -> Result<Option<String>, CanonicalError> {
+    let mut key = None;
+    document_into(document, skip, out, Some(&mut key))?;
+    Ok(key)
+}
+
+fn document_into(
+    document: &[u8],
+    skip: &[&str],
+    out: &mut Vec<u8>,
+    key: Option<&mut Option<String>>,
+) -> Result<(), CanonicalError> {
+    let mut parser = Parser::new(document)?;
+    parser.whitespace();
+    if parser.peek() != Some(b'{') {
+        return Err(parser.error("an object"));
+    }
+    parser.object(out, 1, skip, key)?;
     parser.whitespace();
     if parser.at != document.len() {
         return Err(parser.error("the end of the document"));
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
-}
-
-/// Writes `members` (sorted, as [`members`] returns them) as one canonical object.
-pub fn write_object(members: &[(String, Vec<u8>)], out: &mut Vec<u8>) {
-    out.push(b'{');
-    for (index, (name, value)) in members.iter().enumerate() {
-        if index > 0 {
-            out.push(b',');
-        }
-        crate::decode::json_out::write_string(name, out);
-        out.push(b':');
-        out.extend_from_slice(value);
-    }
-    out.push(b'}');
-}
-
-/// The canonical form of a whole document, without the top-level members `skip` names.
-pub fn canonical(document: &[u8], skip: &[&str], out: &mut Vec<u8>) -> Result<(), CanonicalError> {
-    let members = members(document, skip)?;
-    write_object(&members, out);
     Ok(())
 }
 
-struct Parser<'a> {
-    bytes: &'a [u8],
-    at: usize,
+/// Writes a string the parser returned: a borrowed one holds nothing JSON escapes (it had no
+/// backslash, and control characters are refused), so it is copied as it is.
+#[allow(clippy::ptr_arg)] // the variant, not only the text, says whether to escape
+fn write_name(name: &Cow<'_, str>, out: &mut Vec<u8>) {
+    match name {
+        Cow::Borrowed(text) => {
+            out.push(b'"');
+            out.extend_from_slice(text.as_bytes());
+            out.push(b'"');
+        }
+        Cow::Owned(text) => crate::decode::json_out::write_string(text, out),
+    }
 }
 
-impl Parser<'_> {
+struct Parser<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    at: usize,
+    digits: Vec<u8>,
+}
+
+impl<'a> Parser<'a> {
+    fn new(document: &'a [u8]) -> Result<Parser<'a>, CanonicalError> {
+        let text = std::str::from_utf8(document).map_err(|error| CanonicalError {
+            at: error.valid_up_to(),
+            what: "UTF-8 text",
+        })?;
+        Ok(Parser {
+            text,
+            bytes: document,
+            at: 0,
+            digits: Vec::new(),
+        })
+    }
+
     fn error(&self, what: &'static str) -> CanonicalError {
         CanonicalError { at: self.at, what }
     }
@@ -134,11 +166,11 @@ impl Parser<'_> {
         }
         self.whitespace();
         match self.peek() {
-            Some(b'{') => self.object(out, depth),
+            Some(b'{') => self.object(out, depth, &[], None),
             Some(b'[') => self.array(out, depth),
             Some(b'"') => {
                 let text = self.string()?;
-                crate::decode::json_out::write_string(&text, out);
+                write_name(&text, out);
                 Ok(())
             }
             Some(b't') => self.literal(b"true", out),
@@ -149,9 +181,30 @@ impl Parser<'_> {
         }
     }
 
-    fn object(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), CanonicalError> {
+    /// Skips one value of a canonical document (no whitespace, nothing to check again).
+    fn skip_value(&mut self) -> Result<(), CanonicalError> {
+        let mut scratch = Vec::new();
+        self.value(&mut scratch, 1)
+    }
+
+    /// An object, members sorted by name, those in `skip` left out; `key` receives `_key`.
+    fn object(
+        &mut self,
+        out: &mut Vec<u8>,
+        depth: usize,
+        skip: &[&str],
+        mut key: Option<&mut Option<String>>,
+    ) -> Result<(), CanonicalError> {
         self.at += 1;
-        let mut members: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut members: Vec<(Cow<'a, str>, std::ops::Range<usize>)> = Vec::with_capacity(16);
+        // The document's own members: at most what is left of it (numbers never grow much),
+        // so one allocation; nested objects start small.
+        let capacity = if depth == 1 {
+            self.bytes.len() - self.at + 16
+        } else {
+            64
+        };
+        let mut values: Vec<u8> = Vec::with_capacity(capacity);
         self.whitespace();
         if self.peek() == Some(b'}') {
             self.at += 1;
@@ -161,9 +214,18 @@ impl Parser<'_> {
                 let name = self.string()?;
                 self.whitespace();
                 self.expect(b':', "':'")?;
-                let mut value = Vec::new();
-                self.value(&mut value, depth + 1)?;
-                members.push((name, value));
+                let start = values.len();
+                self.value(&mut values, depth + 1)?;
+                if skip.contains(&name.as_ref()) {
+                    values.truncate(start);
+                } else {
+                    if name == "_key" {
+                        if let Some(key) = key.as_deref_mut() {
+                            *key = serde_json::from_slice::<String>(&values[start..]).ok();
+                        }
+                    }
+                    members.push((name, start..values.len()));
+                }
                 self.whitespace();
                 match self.next() {
                     Some(b',') => continue,
@@ -173,7 +235,16 @@ impl Parser<'_> {
             }
         }
         members.sort_by(|a, b| a.0.cmp(&b.0));
-        write_object(&members, out);
+        out.push(b'{');
+        for (index, (name, range)) in members.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            write_name(name, out);
+            out.push(b':');
+            out.extend_from_slice(&values[range.clone()]);
+        }
+        out.push(b'}');
         Ok(())
     }
 
@@ -215,9 +286,26 @@ impl Parser<'_> {
         Ok(value)
     }
 
-    fn string(&mut self) -> Result<String, CanonicalError> {
+    /// A string's text: borrowed from the document when it has no escape.
+    fn string(&mut self) -> Result<Cow<'a, str>, CanonicalError> {
         self.expect(b'"', "a string")?;
-        let mut text: Vec<u8> = Vec::new();
+        let start = self.at;
+        while let Some(byte) = self.peek() {
+            if byte == b'"' || byte == b'\\' || byte < 0x20 {
+                break;
+            }
+            self.at += 1;
+        }
+        if self.peek() == Some(b'"') {
+            self.at += 1;
+            // Quotes are ASCII, so both ends are character boundaries.
+            return self
+                .text
+                .get(start..self.at - 1)
+                .map(Cow::Borrowed)
+                .ok_or_else(|| self.error("UTF-8 text"));
+        }
+        let mut text: Vec<u8> = self.bytes[start..self.at].to_vec();
         loop {
             let start = self.at;
             while let Some(byte) = self.peek() {
@@ -264,18 +352,22 @@ impl Parser<'_> {
                 _ => return Err(self.error("the end of the string")),
             }
         }
-        String::from_utf8(text).map_err(|_| self.error("UTF-8 text"))
+        String::from_utf8(text)
+            .map(Cow::Owned)
+            .map_err(|_| self.error("UTF-8 text"))
     }
 
     /// Writes the number from its significant digits D (no leading or trailing zeros) and the
     /// power of ten N of D's last digit: plainly (`1200`, `0.015`) while that stays short,
     /// else as `DeN`; zero is `0`. Each value has exactly one form.
     fn number(&mut self, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
+        let begin = self.at;
         let negative = self.peek() == Some(b'-');
         if negative {
             self.at += 1;
         }
-        let mut digits: Vec<u8> = Vec::new();
+        let mut digits = std::mem::take(&mut self.digits);
+        digits.clear();
         let mut exponent: i64 = 0;
         let integer_start = self.at;
         while let Some(byte @ b'0'..=b'9') = self.peek() {
@@ -283,7 +375,23 @@ impl Parser<'_> {
             self.at += 1;
         }
         if self.at == integer_start {
+            self.digits = digits;
             return Err(self.error("a digit"));
+        }
+        let integer_only = !matches!(self.peek(), Some(b'.' | b'e' | b'E'));
+        if integer_only && digits.first() != Some(&b'0') {
+            // The common case: an integer, already without leading zeros; written as it is
+            // unless it has more than 21 trailing zeros (then the exponent form below).
+            let zeros = digits
+                .iter()
+                .rev()
+                .take_while(|&&digit| digit == b'0')
+                .count();
+            if zeros <= 21 {
+                out.extend_from_slice(&self.bytes[begin..self.at]);
+                self.digits = digits;
+                return Ok(());
+            }
         }
         if self.peek() == Some(b'.') {
             self.at += 1;
@@ -294,6 +402,7 @@ impl Parser<'_> {
                 self.at += 1;
             }
             if self.at == fraction_start {
+                self.digits = digits;
                 return Err(self.error("a digit"));
             }
         }
@@ -319,44 +428,50 @@ impl Parser<'_> {
                 self.at += 1;
             }
             if self.at == start {
+                self.digits = digits;
                 return Err(self.error("a digit"));
             }
             exponent = exponent.saturating_add(sign.saturating_mul(written));
         }
-        let first = digits.iter().position(|&digit| digit != b'0');
-        let Some(first) = first else {
-            out.push(b'0');
-            return Ok(());
-        };
-        let last = digits
-            .iter()
-            .rposition(|&digit| digit != b'0')
-            .unwrap_or(first);
-        exponent = exponent.saturating_add((digits.len() - 1 - last) as i64);
-        if negative {
-            out.push(b'-');
-        }
-        let significant = &digits[first..=last];
-        let length = significant.len() as i64;
-        if (0..=21).contains(&exponent) {
-            // 1200, not 12e2: the plain form while it stays short.
-            out.extend_from_slice(significant);
-            out.resize(out.len() + exponent as usize, b'0');
-        } else if exponent < 0 && -exponent < length {
-            let point = (length + exponent) as usize;
-            out.extend_from_slice(&significant[..point]);
-            out.push(b'.');
-            out.extend_from_slice(&significant[point..]);
-        } else if exponent < 0 && -exponent - length <= 6 {
-            out.extend_from_slice(b"0.");
-            out.resize(out.len() + (-exponent - length) as usize, b'0');
-            out.extend_from_slice(significant);
-        } else {
-            out.extend_from_slice(significant);
-            out.push(b'e');
-            out.extend_from_slice(exponent.to_string().as_bytes());
-        }
+        write_number(negative, &digits, exponent, out);
+        self.digits = digits;
         Ok(())
+    }
+}
+
+/// Writes `[-]digits × 10^exponent` in its one canonical spelling.
+fn write_number(negative: bool, digits: &[u8], exponent: i64, out: &mut Vec<u8>) {
+    let Some(first) = digits.iter().position(|&digit| digit != b'0') else {
+        out.push(b'0');
+        return;
+    };
+    let last = digits
+        .iter()
+        .rposition(|&digit| digit != b'0')
+        .unwrap_or(first);
+    let exponent = exponent.saturating_add((digits.len() - 1 - last) as i64);
+    if negative {
+        out.push(b'-');
+    }
+    let significant = &digits[first..=last];
+    let length = significant.len() as i64;
+    if (0..=21).contains(&exponent) {
+        // 1200, not 12e2: the plain form while it stays short.
+        out.extend_from_slice(significant);
+        out.resize(out.len() + exponent as usize, b'0');
+    } else if exponent < 0 && -exponent < length {
+        let point = (length + exponent) as usize;
+        out.extend_from_slice(&significant[..point]);
+        out.push(b'.');
+        out.extend_from_slice(&significant[point..]);
+    } else if exponent < 0 && -exponent - length <= 6 {
+        out.extend_from_slice(b"0.");
+        out.resize(out.len() + (-exponent - length) as usize, b'0');
+        out.extend_from_slice(significant);
+    } else {
+        out.extend_from_slice(significant);
+        out.push(b'e');
+        out.extend_from_slice(exponent.to_string().as_bytes());
     }
 }
 
@@ -402,6 +517,36 @@ mod tests {
         assert_eq!(form(r#"{"a":-0.0150}"#), r#"{"a":-0.015}"#);
         assert_eq!(form(r#"{"a":1.5E-9}"#), r#"{"a":15e-10}"#);
         assert_eq!(form(r#"{"a":1e400}"#), r#"{"a":1e400}"#);
+    }
+
+    #[test]
+    fn fast_paths_agree_with_the_general_rule() {
+        // Integers pass through unless they end in more than 21 zeros.
+        assert_eq!(form(r#"{"a":-1200}"#), r#"{"a":-1200}"#);
+        assert_eq!(
+            form(r#"{"a":10000000000000000000000000}"#),
+            form(r#"{"a":1e25}"#)
+        );
+        assert_eq!(form(r#"{"a":1e25}"#), r#"{"a":1e25}"#);
+        // Escaped and plain spellings of one string or name are one form.
+        assert_eq!(form(r#"{"a":"b","c":"d"}"#), r#"{"a":"b","c":"d"}"#);
+        assert_eq!(form("{\"q\\\"\":\"x\\u0001\"}"), "{\"q\\\"\":\"x\\u0001\"}");
+        let mut out = Vec::new();
+        let key = canonical_with_key(br#"{"v":1,"_key":"k\/1","_rev":"r"}"#, &["_rev"], &mut out)
+            .unwrap();
+        assert_eq!(key.as_deref(), Some("k/1"));
+        assert_eq!(out, br#"{"_key":"k/1","v":1}"#);
+        let (members, _) = (
+            members(br#"{"b":[1.0,{"y":2,"x":1}],"a":null}"#, &[]).unwrap(),
+            (),
+        );
+        assert_eq!(
+            members,
+            vec![
+                ("a".to_owned(), b"null".to_vec()),
+                ("b".to_owned(), br#"[1,{"x":1,"y":2}]"#.to_vec())
+            ]
+        );
     }
 
     #[test]

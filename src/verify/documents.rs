@@ -12,7 +12,7 @@ use crate::pg::catalog::Table;
 use crate::pg::{ConnectOptions, Connection};
 
 use super::buckets::{hash128, shorten, AttributeDiff};
-use super::canonical::{canonical, members, write_object};
+use super::canonical::{canonical, canonical_with_key, members};
 use super::contract::where_clause;
 use super::error::{source, VerifyError};
 
@@ -21,7 +21,7 @@ const SCAN_PAGE: u64 = 10_000;
 
 /// Receives each row of one side: its key (`None` for keyless tables), its hash and its
 /// canonical form.
-pub type RowSink<'s> = &'s mut dyn FnMut(Option<&str>, u128, &[u8]);
+pub type RowSink<'s> = &'s mut (dyn FnMut(Option<&str>, u128, &[u8]) + Send);
 
 /// A source table, the plan the copy uses for it, and the publications' row filter.
 #[derive(Debug, Clone)]
@@ -140,17 +140,9 @@ impl CollectionUnit {
                     place: format!("collection {:?}", self.collection),
                     source: error,
                 };
-                let attributes = members(raw.get().as_bytes(), self.skipped()).map_err(bad)?;
-                let key = if self.keyless {
-                    None
-                } else {
-                    attributes
-                        .iter()
-                        .find(|(name, _)| name == "_key")
-                        .and_then(|(_, value)| serde_json::from_slice::<String>(value).ok())
-                };
                 form.clear();
-                write_object(&attributes, &mut form);
+                let key = canonical_with_key(raw.get().as_bytes(), self.skipped(), &mut form)
+                    .map_err(bad)?;
                 rows += 1;
                 sink(key.as_deref(), hash128(&form), &form);
             }

@@ -45,6 +45,7 @@ mod report;
 mod rows;
 mod settle;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{DestinationConfig, Pipeline, PipelineConfig, ReplicationMethod};
@@ -205,6 +206,8 @@ pub async fn verify(
         }
     };
     let (units, ends) = plan(config).await?;
+    let units: Vec<Arc<Unit>> = units.into_iter().map(Arc::new).collect();
+    let ends = Arc::new(ends);
     let mut compared = Vec::with_capacity(units.len());
     for unit in &units {
         if options.progress {
@@ -258,7 +261,7 @@ pub async fn verify(
 /// Waits for the pipeline and looks at the differing keys again, while they keep resolving.
 async fn settle(
     config: &PipelineConfig,
-    units: &[Unit],
+    units: &[Arc<Unit>],
     ends: &Ends,
     options: &VerifyOptions,
     compared: &mut [Compared],
@@ -316,19 +319,43 @@ async fn settle(
 
 /// Pass 1 over both sides, then pass 2 over the differing buckets.
 async fn compare(
-    unit: &Unit,
-    ends: &Ends,
+    unit: &Arc<Unit>,
+    ends: &Arc<Ends>,
     options: &VerifyOptions,
 ) -> Result<Compared, VerifyError> {
     let buckets = bucket_count(unit.estimate(), options.bucket_rows);
-    let mut source = Tally::new(buckets);
-    let mut destination = Tally::new(buckets);
-    let mut into_source = |key: Option<&str>, hash: u128, _: &[u8]| source.add(key, hash);
-    let mut into_destination = |key: Option<&str>, hash: u128, _: &[u8]| destination.add(key, hash);
-    let (source_rows, destination_rows) = tokio::try_join!(
-        unit.read_source(ends, &mut into_source),
-        unit.read_destination(ends, &mut into_destination),
-    )?;
+    // Each side on its own task, so conversion and hashing of the two use two cores.
+    let read = |from_source: bool| {
+        let unit = Arc::clone(unit);
+        let ends = Arc::clone(ends);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut tally = Tally::new(buckets);
+            let mut into = |key: Option<&str>, hash: u128, _: &[u8]| tally.add(key, hash);
+            let rows = if from_source {
+                unit.read_source(&ends, &mut into).await?
+            } else {
+                unit.read_destination(&ends, &mut into).await?
+            };
+            let side = if from_source { "source" } else { "destination" };
+            tracing::debug!(table = %unit.table(), side, rows, elapsed = ?started.elapsed(), "read one side");
+            Ok::<_, VerifyError>((rows, tally))
+        })
+    };
+    let (source_side, destination_side) = (read(true), read(false));
+    let joined = |outcome: Result<Result<(u64, Tally), VerifyError>, tokio::task::JoinError>| {
+        outcome.map_err(|error| {
+            VerifyError::Unsupported(format!("internal: a comparison task failed: {error}"))
+        })?
+    };
+    let (source_rows, source) = match joined(source_side.await) {
+        Ok(side) => side,
+        Err(error) => {
+            destination_side.abort();
+            return Err(error);
+        }
+    };
+    let (destination_rows, destination) = joined(destination_side.await)?;
     let differing = source.differing(&destination);
     let found = detail(unit, ends, options, buckets, &differing).await?;
     Ok(Compared {
