@@ -416,6 +416,26 @@ fn a_streaming_pipeline_under_load_is_not_reported_as_diverged() {
     let json = report(&during);
     assert_eq!(json["equal"], true, "{json}");
     assert_eq!(after.status.code(), Some(0), "{}", text(&after));
+
+    // Stopped, the pipeline confirms nothing more: a change it has not carried is a
+    // difference, reported at once (an inactive slot is not waited for).
+    world
+        .cluster
+        .psql("UPDATE public.orders SET status = 'late' WHERE id = 1500");
+    let started = Instant::now();
+    let stopped = verify(&config, &["--json", "--settle-timeout", "30"]);
+    assert_eq!(stopped.status.code(), Some(1), "{}", text(&stopped));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "waited for a stopped pipeline"
+    );
+    let json = report(&stopped);
+    assert_eq!(
+        keys(table(&json, "orders"), "different_rows"),
+        ["1500"],
+        "{json}"
+    );
+    assert_eq!(json["settled"][0]["active"], false, "{json}");
 }
 
 #[test]
