@@ -15,6 +15,9 @@ pub enum VerifyError {
     /// The pipeline is of a kind verify does not compare (with the reason).
     #[error("{0}")]
     Unsupported(String),
+    /// Something that should not happen did (a task panicked, a server answered nonsense).
+    #[error("{0}")]
+    Internal(String),
     /// Choosing the tables failed (not found, nothing selected, names that collide).
     #[error(transparent)]
     Selection(Box<RunError>),

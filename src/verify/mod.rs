@@ -155,8 +155,8 @@ impl Unit {
                 unit.destination(client, *retries, sink).await
             }
             (Unit::Rows(unit), _, Some(target)) => unit.destination(target, sink).await,
-            _ => Err(VerifyError::Unsupported(
-                "internal: the destination of this table is not connected".into(),
+            _ => Err(VerifyError::Internal(
+                "the destination of this table is not connected".into(),
             )),
         }
     }
@@ -344,9 +344,8 @@ async fn compare(
     };
     let (source_side, destination_side) = (read(true), read(false));
     let joined = |outcome: Result<Result<(u64, Tally), VerifyError>, tokio::task::JoinError>| {
-        outcome.map_err(|error| {
-            VerifyError::Unsupported(format!("internal: a comparison task failed: {error}"))
-        })?
+        outcome
+            .map_err(|error| VerifyError::Internal(format!("a comparison task failed: {error}")))?
     };
     let (source_rows, source) = match joined(source_side.await) {
         Ok(side) => side,

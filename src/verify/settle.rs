@@ -40,7 +40,7 @@ pub async fn current_lsn(options: &ConnectOptions) -> Result<Lsn, VerifyError> {
         .map_err(source("reading the WAL position"))?;
     connection.close().await;
     row.and_then(|row| row.get(0).and_then(|text| Lsn::from_str(text).ok()))
-        .ok_or_else(|| VerifyError::Unsupported("the source reported no WAL position".into()))
+        .ok_or_else(|| VerifyError::Internal("the source reported no WAL position".into()))
 }
 
 /// Waits until `slot` confirmed `target` or `deadline` passes (or the slot is inactive).
