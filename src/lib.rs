@@ -22,3 +22,4 @@ pub mod source;
 pub mod tap;
 pub mod target;
 pub mod target_gdn;
+pub mod verify;

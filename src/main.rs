@@ -29,6 +29,15 @@ enum Command {
     Run(RunArgs),
     /// Print the Singer catalog of a PostgreSQL source, as the old source's --discover did.
     Discover(DiscoverArgs),
+    /// Compare every selected table of a pipeline with its destination, by key and value,
+    /// through the pipeline's own conversion; exit 1 naming what differs.
+    ///
+    /// PostgreSQL -> GDN: the documents the copy would write now against the stored ones
+    /// (without _id and _rev). PostgreSQL -> PostgreSQL: rows as text by key. Rows are hashed
+    /// into buckets by key on both sides; only differing buckets are read again. While a
+    /// LOG_BASED pipeline streams, differing keys are looked at again once it has confirmed the
+    /// source's WAL position (at most --settle-timeout).
+    Verify(VerifyArgs),
     /// Run gdnlite, a durable local GDN REST server for development and tests (not a GDN).
     ///
     /// Serves the part of the GDN API that pyC8 and the Macrometa connectors use (collections,
@@ -185,6 +194,26 @@ struct RunArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct VerifyArgs {
+    /// Pipeline file (the one `pgferry run` uses).
+    #[arg(short, long)]
+    config: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// LOG_BASED: the longest wait, in seconds, for the pipeline to catch up before differing
+    /// keys are looked at again.
+    #[arg(long, default_value_t = 60)]
+    settle_timeout: u64,
+    /// Rows per bucket (from the row estimate): a differing bucket is read again whole.
+    #[arg(long, default_value_t = 10_000)]
+    bucket_rows: u64,
+    /// Most destination rows held in memory while differing buckets are read again.
+    #[arg(long, default_value_t = 200_000)]
+    detail_rows: u64,
+}
+
+#[derive(Debug, clap::Args)]
 struct CheckArgs {
     /// Source config (the old tap's keys) or a pipeline file with a `source` object.
     #[arg(short, long)]
@@ -233,6 +262,46 @@ async fn check(args: CheckArgs) -> ExitCode {
         print!("{}", report.to_text());
     }
     if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILURE)
+    }
+}
+
+async fn verify(args: VerifyArgs) -> ExitCode {
+    let pipeline = match pgferry::config::Pipeline::from_file(&args.config) {
+        Ok(pipeline) => pipeline,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.bucket_rows == 0 || args.detail_rows == 0 {
+        eprintln!("error: --bucket-rows and --detail-rows must be at least 1");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let options = pgferry::verify::VerifyOptions {
+        bucket_rows: args.bucket_rows,
+        detail_rows: args.detail_rows,
+        settle_timeout: std::time::Duration::from_secs(args.settle_timeout),
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let report = match pgferry::verify::verify(&pipeline, &options).await {
+        Ok(report) => report,
+        Err(error) => return report_failure(&error, error.is_config()),
+    };
+    if args.json {
+        match serde_json::to_string(&report) {
+            Ok(json) => println!("{json}"),
+            Err(error) => {
+                eprintln!("error: could not encode the report: {error}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.equal {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILURE)
@@ -589,6 +658,7 @@ fn main() -> ExitCode {
             Command::Check(args) => check(args).await,
             Command::Run(args) => run(args).await,
             Command::Discover(args) => discover(args).await,
+            Command::Verify(args) => verify(args).await,
             Command::Gdnlite(args) => gdnlite(args).await,
             Command::Target(args) => target(args).await,
             Command::Tap(args) => tap(args).await,

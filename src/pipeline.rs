@@ -6,12 +6,12 @@
 //! GDN → PostgreSQL (`gdn_to_pg.rs`): each collection scanned, then followed through its
 //! change stream. [`run_pipeline`] picks by the pipeline's source and destination types.
 
-mod collections;
+pub(crate) mod collections;
 pub mod gdn_to_pg;
 mod join;
 mod log_based;
 mod mirror;
-mod pg_to_pg;
+pub(crate) mod pg_to_pg;
 
 use std::sync::Arc;
 use std::time::Duration;

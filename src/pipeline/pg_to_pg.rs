@@ -126,7 +126,7 @@ pub(crate) async fn prepare_targets(
 
 /// Where a source table goes: the `tables` entry's own name (`"collection"`: `table` or
 /// `schema.table`), else the destination's naming rule.
-fn target_name(
+pub(crate) fn target_name(
     destination: &ReplicaDestinationConfig,
     table: &Table,
     rename: Option<&str>,
