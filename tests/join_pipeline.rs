@@ -232,6 +232,23 @@ fn a_table_joins_under_concurrent_writes() {
     assert!(rounds > 0, "the writer wrote");
     run_ok(&config);
     world.assert_equal_to_a_fresh_copy(&["t", "b"], "after a join under writes");
+    assert_verified(&config);
+}
+
+/// `pgferry verify` finds the pipeline's destination equal to its source.
+fn assert_verified(config: &Path) {
+    let output = Command::new(env!("CARGO_BIN_EXE_pgferry"))
+        .args(["verify", "-c"])
+        .arg(config)
+        .output()
+        .expect("run pgferry verify");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "pgferry verify:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// kill -9 while the joining table is being copied: the next run copies it again and ends exact.
@@ -276,6 +293,7 @@ fn a_join_killed_during_its_copy_resumes_without_loss() {
     world.cluster.psql("DELETE FROM public.b WHERE id % 1000 = 0; UPDATE public.b SET v = 'after' WHERE id % 777 = 0;");
     run_ok(&config);
     world.assert_equal_to_a_fresh_copy(&["t", "b"], "after kill -9 during the join copy");
+    assert_verified(&config);
 }
 
 /// `--resnapshot`: a collection that lost documents by hand is copied again (and its extra
