@@ -156,3 +156,105 @@ async fn a_copy_through_a_delayed_link_with_cut_connections_ends_exact() {
     assert!(metrics.concurrency_limit() <= MAX_IN_FLIGHT);
     assert_exact_copy(&server.url(), ROWS).await;
 }
+
+/// `GET path` on the metrics server: the status and the body.
+async fn probe(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer).await;
+    let status = answer
+        .get(9..12)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.trim().to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_run_from_start_through_a_reconnect_backoff_to_the_end() {
+    let cluster = PgCluster::start_default();
+    fill(&cluster, 100);
+    let server = Server::start().await;
+    let state = tempfile::tempdir().expect("temp dir");
+    let config = json!({
+        "source": {
+            "host": "127.0.0.1", "port": cluster.port(), "user": "postgres",
+            "password": "trust", "dbname": "postgres", "sslmode": "disable",
+            "replication_method": "LOG_BASED", "replication_slot": "wan_probes",
+            "max_reconnect_attempts": 0
+        },
+        "destination": {"gdn_url": server.url(), "api_key": KEY},
+        "tables": ["public.events"],
+        "state_file": state.path().join("state.json").to_str().expect("utf-8 path")
+    });
+    let config = match config {
+        Value::Object(map) => PipelineConfig::from_object(&map).expect("valid pipeline"),
+        _ => unreachable!("a JSON object"),
+    };
+    let metrics = Arc::new(Metrics::new(Labels::from_env()));
+    let (addr, metrics_server) = pgferry::metrics::serve(
+        "127.0.0.1:0".parse().expect("address"),
+        Arc::clone(&metrics),
+    )
+    .await
+    .expect("metrics server");
+    gdnlite_support::wait_for("a heartbeat", Duration::from_secs(10), || async {
+        probe(addr, "/healthz").await.0 == 200
+    })
+    .await;
+    assert_eq!(probe(addr, "/readyz").await, (503, "starting".to_owned()));
+
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn({
+        let metrics = Arc::clone(&metrics);
+        async move {
+            pgferry::pipeline::run_with(
+                &config,
+                metrics,
+                RunControl {
+                    shutdown,
+                    once: false,
+                },
+            )
+            .await
+        }
+    });
+    let ready = || async { probe(addr, "/readyz").await == (200, "streaming".to_owned()) };
+    gdnlite_support::wait_for("ready while streaming", Duration::from_secs(60), ready).await;
+
+    // PostgreSQL restarts under the stream: not ready during the reconnect backoff, ready
+    // again once streaming resumes.
+    let mut cluster = cluster;
+    let restart = std::thread::spawn(move || {
+        cluster.restart(Duration::from_secs(3));
+        cluster
+    });
+    gdnlite_support::wait_for(
+        "not ready in the reconnect backoff",
+        Duration::from_secs(30),
+        || async { probe(addr, "/readyz").await == (503, "reconnect backoff".to_owned()) },
+    )
+    .await;
+    let cluster = tokio::task::spawn_blocking(move || restart.join().expect("restart"))
+        .await
+        .expect("restart thread");
+    gdnlite_support::wait_for("ready again", Duration::from_secs(60), ready).await;
+    assert_eq!(probe(addr, "/healthz").await.0, 200);
+
+    stop.send(true).expect("the run listens");
+    run.await.expect("run task").expect("a clean stop");
+    assert_eq!(probe(addr, "/readyz").await, (503, "finished".to_owned()));
+    assert!(metrics.reconnects.load(Ordering::Relaxed) >= 1);
+    metrics_server.abort();
+    drop(cluster);
+}
