@@ -6,18 +6,75 @@
 //! (seconds from a transaction's commit in PostgreSQL to GDN's durable answer, as a gauge of the
 //! latest flush and as the histogram `pgferry_ingest_lag_seconds`), `pgferry_changes`,
 //! `pgferry_transactions`, `pgferry_replication_lag_bytes`, `pgferry_confirmed_lsn` and
-//! `pgferry_reconnects`, served as text on `--metrics-addr`.
+//! `pgferry_reconnects`, and the adaptive request concurrency (`pgferry_concurrency_limit`,
+//! `pgferry_round_trip_seconds`), served as text on `--metrics-addr`.
+//!
+//! The same server answers Kubernetes probes: `/healthz` is 200 while the async runtime keeps
+//! turning (a watchdog task stamps a heartbeat every second; a stamp older than
+//! [`HEALTH_STALE_AFTER`] is 503), `/readyz` is 200 while the run is connected to both ends and
+//! copying or streaming ([`Phase`]), 503 before that, in a reconnect backoff and after the end.
 //!
 //! Counters are plain atomics updated on the hot path; rendering reads them on demand.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
+
+use crate::gdn::concurrency::ConcurrencyGauges;
+
+/// A heartbeat older than this makes `/healthz` answer 503: the runtime has not run the
+/// watchdog task for that long, so nothing else runs either.
+pub const HEALTH_STALE_AFTER: Duration = Duration::from_secs(10);
+
+/// Where a run is, for `/readyz`: ready only while connected to both ends and moving data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Connecting, checking, planning: not ready yet.
+    Starting = 0,
+    /// Copying tables (a snapshot or a FULL_TABLE run): ready.
+    Copying = 1,
+    /// Streaming changes: ready.
+    Streaming = 2,
+    /// Waiting to reconnect after a transient failure: not ready.
+    Backoff = 3,
+    /// The run ended (finished or failed): not ready.
+    Finished = 4,
+}
+
+impl Phase {
+    fn from_u8(value: u8) -> Phase {
+        match value {
+            1 => Phase::Copying,
+            2 => Phase::Streaming,
+            3 => Phase::Backoff,
+            4 => Phase::Finished,
+            _ => Phase::Starting,
+        }
+    }
+
+    /// Whether a readiness probe should pass in this phase.
+    pub fn is_ready(self) -> bool {
+        matches!(self, Phase::Copying | Phase::Streaming)
+    }
+
+    /// The lowercase name `/readyz` answers with.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Copying => "copying",
+            Phase::Streaming => "streaming",
+            Phase::Backoff => "reconnect backoff",
+            Phase::Finished => "finished",
+        }
+    }
+}
 
 /// The label values every metric carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +156,11 @@ pub struct Metrics {
     pub reconnects: AtomicU64,
     /// Commit-to-durable latency of streamed transactions.
     pub ingest_lag: LagHistogram,
+    /// The adaptive request limit and round trip, reported by the GDN client's limiter.
+    pub concurrency: Arc<ConcurrencyGauges>,
+    phase: AtomicU8,
+    started: Instant,
+    heartbeat_millis: AtomicU64,
 }
 
 /// Upper bounds (seconds) of the `pgferry_ingest_lag_seconds` buckets.
@@ -199,6 +261,45 @@ impl Metrics {
             confirmed_lsn: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             ingest_lag: LagHistogram::default(),
+            concurrency: Arc::default(),
+            phase: AtomicU8::new(Phase::Starting as u8),
+            started: Instant::now(),
+            heartbeat_millis: AtomicU64::new(0),
+        }
+    }
+
+    /// Moves the run to `phase` (what `/readyz` answers).
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
+    /// The run's phase now.
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Relaxed))
+    }
+
+    /// Stamps the liveness heartbeat (the watchdog task does, every second).
+    pub fn beat(&self) {
+        let millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.heartbeat_millis.store(millis, Ordering::Relaxed);
+    }
+
+    /// Time since the last heartbeat.
+    pub fn since_heartbeat(&self) -> Duration {
+        let stamp = Duration::from_millis(self.heartbeat_millis.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(stamp)
+    }
+
+    /// The requests allowed in flight now (0 before any GDN client reported).
+    pub fn concurrency_limit(&self) -> u64 {
+        self.concurrency.limit.load(Ordering::Relaxed)
+    }
+
+    /// The latest mean round trip of GDN document requests, if any was measured.
+    pub fn round_trip(&self) -> Option<Duration> {
+        match self.concurrency.round_trip_micros.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Some(Duration::from_micros(micros)),
         }
     }
 
@@ -247,6 +348,21 @@ impl Metrics {
             "gauge",
             "Destination requests in flight.",
             self.requests_in_flight.load(Ordering::Relaxed).to_string(),
+        );
+        metric(
+            "pgferry_concurrency_limit",
+            "gauge",
+            "Destination requests allowed in flight now by the adaptive controller (at most max_in_flight).",
+            self.concurrency_limit().to_string(),
+        );
+        metric(
+            "pgferry_round_trip_seconds",
+            "gauge",
+            "Mean round trip of destination document requests in the controller's latest window.",
+            self.round_trip()
+                .unwrap_or_default()
+                .as_secs_f64()
+                .to_string(),
         );
         metric(
             "pgferry_batches",
@@ -302,8 +418,8 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` (any path, in fact) on `addr`; returns the bound address and the
-/// server task (abort it to stop).
+/// Serves `GET /metrics` (any other path too), `GET /healthz` and `GET /readyz` on `addr`;
+/// returns the bound address and the server task (abort it to stop; the watchdog stops with it).
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
@@ -311,6 +427,16 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
+        let watchdog = Arc::clone(&metrics);
+        let beats = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                watchdog.beat();
+            }
+        });
+        // The watchdog ends with the server (its task is aborted with this one).
+        let _beats = AbortOnDrop(beats);
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
@@ -318,13 +444,9 @@ pub async fn serve(
             let metrics = Arc::clone(&metrics);
             tokio::spawn(async move {
                 let service =
-                    hyper::service::service_fn(move |_request: Request<hyper::body::Incoming>| {
-                        let body = metrics.render();
-                        async move {
-                            Response::builder()
-                                .header("content-type", "text/plain; version=0.0.4")
-                                .body(Full::new(Bytes::from(body)))
-                        }
+                    hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let answer = answer(&metrics, request.uri().path());
+                        async move { answer }
                     });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -333,6 +455,50 @@ pub async fn serve(
         }
     });
     Ok((bound, task))
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The answer to one request of the metrics server.
+fn answer(metrics: &Metrics, path: &str) -> Result<Response<Full<Bytes>>, hyper::http::Error> {
+    let text = |status: StatusCode, body: String| {
+        Response::builder()
+            .status(status)
+            .header("content-type", "text/plain; charset=utf-8")
+            .body(Full::new(Bytes::from(body)))
+    };
+    match path {
+        "/healthz" => {
+            let since = metrics.since_heartbeat();
+            if since <= HEALTH_STALE_AFTER {
+                text(StatusCode::OK, "ok\n".into())
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the runtime has not turned for {} s\n", since.as_secs()),
+                )
+            }
+        }
+        "/readyz" => {
+            let phase = metrics.phase();
+            let status = if phase.is_ready() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            text(status, format!("{}\n", phase.as_str()))
+        }
+        _ => Response::builder()
+            .header("content-type", "text/plain; version=0.0.4")
+            .body(Full::new(Bytes::from(metrics.render()))),
+    }
 }
 
 #[cfg(test)]
@@ -400,6 +566,97 @@ mod tests {
         assert!(answer.contains("text/plain; version=0.0.4"), "{answer}");
         assert!(answer.contains("pgferry_rows_read{"), "{answer}");
         assert!(answer.contains("} 7\n"), "{answer}");
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    #[tokio::test]
+    async fn probes_answer_as_kubernetes_expects() {
+        let metrics = Arc::new(Metrics::new(Labels::from_env()));
+        let (addr, server) = serve("127.0.0.1:0".parse().unwrap(), Arc::clone(&metrics))
+            .await
+            .unwrap();
+        // Before the run connected: alive, not ready.
+        metrics.beat();
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        let answer = get(addr, "/readyz").await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.ends_with("starting\n"), "{answer}");
+        for (phase, ready) in [
+            (Phase::Copying, true),
+            (Phase::Streaming, true),
+            (Phase::Backoff, false),
+            (Phase::Streaming, true),
+            (Phase::Finished, false),
+        ] {
+            metrics.set_phase(phase);
+            let answer = get(addr, "/readyz").await;
+            let expected = if ready {
+                "HTTP/1.1 200"
+            } else {
+                "HTTP/1.1 503"
+            };
+            assert!(answer.starts_with(expected), "{phase:?}: {answer}");
+            assert!(
+                answer.ends_with(&format!("{}\n", phase.as_str())),
+                "{answer}"
+            );
+        }
+        server.abort();
+    }
+
+    #[test]
+    fn a_stale_heartbeat_fails_the_liveness_probe() {
+        let metrics = Metrics::new(Labels::from_env());
+        metrics.beat();
+        assert_eq!(
+            answer(&metrics, "/healthz").unwrap().status(),
+            StatusCode::OK
+        );
+        // As if the watchdog last ran long ago.
+        let stale = Metrics {
+            started: Instant::now() - HEALTH_STALE_AFTER - Duration::from_secs(1),
+            ..Metrics::new(Labels::from_env())
+        };
+        assert_eq!(
+            answer(&stale, "/healthz").unwrap().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            answer(&stale, "/metrics").unwrap().status(),
+            StatusCode::OK,
+            "metrics are served whatever the probes say"
+        );
+    }
+
+    #[test]
+    fn the_concurrency_gauges_are_rendered() {
+        let metrics = Metrics::new(Labels::from_env());
+        metrics.concurrency.limit.store(12, Ordering::Relaxed);
+        metrics
+            .concurrency
+            .round_trip_micros
+            .store(150_000, Ordering::Relaxed);
+        let text = metrics.render();
+        assert!(
+            text.contains("# TYPE pgferry_concurrency_limit gauge"),
+            "{text}"
+        );
+        assert!(text.contains("} 12\n"), "{text}");
+        assert!(text.contains("pgferry_round_trip_seconds{"), "{text}");
+        assert!(text.contains("} 0.15\n"), "{text}");
     }
 
     #[test]

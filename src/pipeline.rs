@@ -22,7 +22,7 @@ use crate::config::{
 use crate::gdn::client::{retrying, GdnClient, GdnError};
 use crate::gdn::document::{DocumentError, DocumentPlan};
 use crate::gdn::writer::{BatchTarget, Writer, WriterSettings};
-use crate::metrics::{Labels, Metrics};
+use crate::metrics::{Labels, Metrics, Phase};
 use crate::pg::catalog::{discover, Table};
 use crate::pg::{Connection, PgError};
 use crate::progress::{spawn_display, CopyProgress};
@@ -547,15 +547,21 @@ pub async fn run_with(
                         return Err(error);
                     };
                     tracing::warn!(%error, attempt = failures, retry_in = ?delay, "the run failed before streaming; starting again");
+                    metrics.set_phase(Phase::Backoff);
                     if log_based::shutdown_during(delay, &control.shutdown).await {
                         return Err(error);
                     }
                 }
-                outcome => return outcome,
+                outcome => {
+                    metrics.set_phase(Phase::Finished);
+                    return outcome;
+                }
             }
         }
     }
-    Box::pin(full_table(config, &metrics)).await
+    let outcome = Box::pin(full_table(config, &metrics)).await;
+    metrics.set_phase(Phase::Finished);
+    outcome
 }
 
 /// A FULL_TABLE run: the copy, then (with `full_table_mirror`) what the tables no longer have
@@ -599,7 +605,9 @@ pub(crate) async fn copy_step(
             u64::try_from(task.table.row_estimate).unwrap_or(0),
         )
     })));
-    let display = spawn_display(Arc::clone(&progress));
+    let display = spawn_display(Arc::clone(&progress), Arc::clone(metrics));
+    // Connected to both ends (prepared) and copying: what `/readyz` calls ready.
+    metrics.set_phase(Phase::Copying);
     let plan = CopyPlan {
         workers: config.parallelism,
         limits,

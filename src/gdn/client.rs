@@ -6,6 +6,8 @@
 //! writer) owns the retry policy. Secrets (API key, password, JWT) live in `Secret` or a
 //! sensitive header value and never reach an error or a log line.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::config::{GdnAuth, GdnDestinationConfig};
+use crate::gdn::concurrency::{Outcome, RequestLimiter};
 
 /// Largest response body we read: a bound on the memory one answer takes. A cursor page of
 /// large documents can exceed it; the scan then asks for fewer documents per page
@@ -59,6 +62,8 @@ pub enum GdnError {
         error_num: Option<u64>,
         /// GDN's `errorMessage`, or the start of the body.
         message: String,
+        /// The wait the server asked for in `Retry-After` (429/503), if any.
+        retry_after: Option<Duration>,
     },
     /// The answer was not what the API promises.
     #[error("unexpected answer from GDN to {method} {url}: {detail}")]
@@ -115,6 +120,30 @@ impl GdnError {
         }
     }
 
+    /// The wait the server asked for before a retry (`Retry-After` on a 429 or 503), capped
+    /// at [`MAX_RETRY_AFTER`]; a retry never goes out sooner.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GdnError::Status { retry_after, .. } => {
+                retry_after.map(|wait| wait.min(MAX_RETRY_AFTER))
+            }
+            _ => None,
+        }
+    }
+
+    /// How the adaptive concurrency controller reads this failure: push-back (429, 502, 503,
+    /// 504, timeout) shrinks the limit, anything else says nothing about load.
+    pub fn concurrency_outcome(&self) -> Outcome {
+        match self {
+            GdnError::Timeout { .. } => Outcome::BackPressure,
+            GdnError::Status {
+                status: 429 | 502 | 503 | 504,
+                ..
+            } => Outcome::BackPressure,
+            _ => Outcome::Failed,
+        }
+    }
+
     /// The HTTP status, when GDN answered.
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -122,6 +151,101 @@ impl GdnError {
             _ => None,
         }
     }
+}
+
+/// The longest `Retry-After` honoured: a bound on a wait a broken header could make endless.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Bound of the adaptive concurrency of a client opened without a destination's
+/// `max_in_flight` (sources and checks, whose own parallelism bounds them first).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+
+/// Requests in flight one HTTP/2 connection is given at most: servers and proxies commonly cap
+/// concurrent streams at 100-128 (nginx 128, envoy 100 by default), and each connection adds
+/// its own flow-control window. A `max_in_flight` of 64 is one connection, 200 is four.
+pub const STREAMS_PER_CONNECTION: usize = 64;
+
+/// The receive window of one HTTP/2 stream (an answer or a cursor page in flight).
+pub const STREAM_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+
+/// The receive window of one HTTP/2 connection: 32 MiB cover 1 Gbit/s at 250 ms.
+pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+
+/// `count` HTTP/2 clients over one connector: separate clients keep separate connections,
+/// while the connector's TLS configuration, and so its session cache, is shared (a reconnect
+/// resumes its TLS session instead of a full handshake).
+fn connection_pool(connector: &Connector, count: usize) -> Arc<[Client<Connector, Full<Bytes>>]> {
+    (0..count.max(1))
+        .map(|_| {
+            Client::builder(TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .http2_only(true)
+                .http2_keep_alive_interval(Some(Duration::from_secs(30)))
+                // Receive windows sized for a long fat link from the first byte: 64 concurrent
+                // answers of 1,000 documents (~60 kB each) or a cursor page must not wait a
+                // round trip per window. hyper's adaptive window starts at 64 KiB and grows only
+                // as its BDP pings measure, which held 64 answers to 64 KiB per round trip.
+                .http2_initial_stream_window_size(STREAM_WINDOW_BYTES)
+                .http2_initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+                .build(connector.clone())
+        })
+        .collect()
+}
+
+/// Reads a `Retry-After` value: delay-seconds (`120`) or an HTTP date
+/// (`Wed, 21 Oct 2015 07:28:00 GMT`, taken relative to `now`); a date in the past is no wait.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = parse_http_date(value)?;
+    let now = now.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    Some(Duration::from_secs(at.saturating_sub(now)))
+}
+
+/// Seconds since the Unix epoch of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form
+/// RFC 9110 requires senders to use.
+fn parse_http_date(value: &str) -> Option<u64> {
+    let (_, rest) = value.split_once(", ")?;
+    let mut parts = rest.split(' ');
+    let day: u64 = parts.next()?.parse().ok()?;
+    let month = match parts.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: i64 = parts.next()?.parse().ok()?;
+    let mut clock = parts
+        .next()?
+        .split(':')
+        .map(|part| part.parse::<u64>().ok());
+    let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
+    if parts.next()? != "GMT" || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60
+    {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days)
+        .ok()
+        .map(|days| days * 86_400 + hour * 3600 + minute * 60 + second)
 }
 
 /// GDN's `errorNum` for a document that does not exist (a delete of one already gone).
@@ -150,11 +274,15 @@ pub struct BatchOutcome {
 /// A connection to one GDN fabric.
 #[derive(Clone)]
 pub struct GdnClient {
-    http: Client<Connector, Full<Bytes>>,
+    /// One HTTP/2 client (one connection) each; requests take turns.
+    http: Arc<[Client<Connector, Full<Bytes>>]>,
+    next: Arc<AtomicUsize>,
+    connector: Connector,
     base_url: String,
     fabric: String,
     authorization: HeaderValue,
     timeout: Duration,
+    limiter: RequestLimiter,
 }
 
 impl std::fmt::Debug for GdnClient {
@@ -240,19 +368,43 @@ pub fn document_failures(body: &[u8]) -> Result<Vec<DocumentFailure>, String> {
 struct Answer {
     status: StatusCode,
     error_codes: Option<String>,
+    retry_after: Option<Duration>,
     body: Bytes,
 }
 
 impl GdnClient {
     /// Builds the client and, for email/password, logs in to get a JWT.
     pub async fn connect(config: &GdnDestinationConfig) -> Result<GdnClient, GdnError> {
-        GdnClient::open(
+        let client = GdnClient::open(
             &config.base_url,
             &config.fabric,
             &config.auth,
             config.request_timeout,
         )
-        .await
+        .await?;
+        Ok(client.with_max_in_flight(config.max_in_flight))
+    }
+
+    /// This client with a fresh adaptive limit bounded by `max_in_flight` (the destination's
+    /// setting: the most document requests ever in flight).
+    pub fn with_max_in_flight(mut self, max_in_flight: usize) -> GdnClient {
+        self.limiter = RequestLimiter::new(max_in_flight);
+        let connections = max_in_flight.div_ceil(STREAMS_PER_CONNECTION).max(1);
+        if connections != self.http.len() {
+            self.http = connection_pool(&self.connector, connections);
+        }
+        self
+    }
+
+    /// The HTTP/2 connections requests are spread over.
+    pub fn connections(&self) -> usize {
+        self.http.len()
+    }
+
+    /// The adaptive gate document writes pass (its limit is the `pgferry_concurrency_limit`
+    /// gauge once reported into a run's metrics).
+    pub fn limiter(&self) -> &RequestLimiter {
+        &self.limiter
     }
 
     /// Builds a client for `fabric` at `base_url` (a destination's or a source's) and, for
@@ -263,7 +415,7 @@ impl GdnClient {
         auth: &GdnAuth,
         request_timeout: Duration,
     ) -> Result<GdnClient, GdnError> {
-        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
@@ -285,17 +437,15 @@ impl GdnClient {
             .https_or_http()
             .enable_http2()
             .wrap_connector(tcp);
-        let http = Client::builder(TokioExecutor::new())
-            .timer(hyper_util::rt::TokioTimer::new())
-            .http2_only(true)
-            .http2_keep_alive_interval(Some(Duration::from_secs(30)))
-            .build(connector);
         let mut client = GdnClient {
-            http,
+            http: connection_pool(&connector, 1),
+            next: Arc::default(),
+            connector,
             base_url: base_url.to_owned(),
             fabric: fabric.to_owned(),
             authorization: HeaderValue::from_static(""),
             timeout: request_timeout,
+            limiter: RequestLimiter::new(DEFAULT_MAX_IN_FLIGHT),
         };
         client.authorization = match auth {
             GdnAuth::ApiKey(key) => sensitive(&format!("apikey {}", key.expose()), "api_key")?,
@@ -376,20 +526,25 @@ impl GdnClient {
                 detail: format!("{url}: {error}"),
             })?;
         let call = async {
-            let response =
-                self.http
-                    .request(request)
-                    .await
-                    .map_err(|error| GdnError::Unreachable {
-                        url: url.clone(),
-                        detail: describe_transport_error(&error),
-                    })?;
+            let http = &self.http[self.next.fetch_add(1, Ordering::Relaxed) % self.http.len()];
+            let response = http
+                .request(request)
+                .await
+                .map_err(|error| GdnError::Unreachable {
+                    url: url.clone(),
+                    detail: describe_transport_error(&error),
+                })?;
             let status = response.status();
             let error_codes = response
                 .headers()
                 .get("x-c8-error-codes")
                 .and_then(|value| value.to_str().ok())
                 .map(str::to_owned);
+            let retry_after = response
+                .headers()
+                .get(hyper::header::RETRY_AFTER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| parse_retry_after(value, std::time::SystemTime::now()));
             let body = http_body_util::Limited::new(response.into_body(), limit)
                 .collect()
                 .await
@@ -411,6 +566,7 @@ impl GdnClient {
             Ok(Answer {
                 status,
                 error_codes,
+                retry_after,
                 body,
             })
         };
@@ -434,6 +590,7 @@ impl GdnClient {
             status: answer.status.as_u16(),
             error_num,
             message,
+            retry_after: answer.retry_after,
         })
     }
 
@@ -682,7 +839,15 @@ impl GdnClient {
         rest: &str,
         body: Bytes,
     ) -> Result<BatchOutcome, GdnError> {
-        let answer = self.call(method.clone(), rest, Some(body)).await?;
+        // Document requests pass the adaptive gate: its limit follows the round trips and the
+        // push-back of these answers.
+        let permit = self.limiter.acquire().await;
+        let answer = self.call(method.clone(), rest, Some(body)).await;
+        permit.finish(match &answer {
+            Ok(_) => Outcome::Answered,
+            Err(error) => error.concurrency_outcome(),
+        });
+        let answer = answer?;
         let failures = match &answer.error_codes {
             Some(codes) if !codes.trim().is_empty() => {
                 document_failures(&answer.body).map_err(|detail| GdnError::BadResponse {
@@ -713,7 +878,9 @@ where
             Err(error) if error.is_retryable() && attempt < attempts.max(1) => {
                 tracing::warn!(attempt, %error, "retrying a GDN call");
                 let delay = 100u64.saturating_mul(1 << attempt.min(7)).min(10_000);
-                tokio::time::sleep(Duration::from_millis(delay)).await;
+                let delay =
+                    Duration::from_millis(delay).max(error.retry_after().unwrap_or_default());
+                tokio::time::sleep(delay).await;
             }
             result => return result,
         }
@@ -783,6 +950,7 @@ mod tests {
             status,
             error_num: None,
             message: String::new(),
+            retry_after: None,
         };
         assert!(status(503).is_retryable());
         assert!(status(429).is_retryable());
@@ -797,6 +965,61 @@ mod tests {
         assert_eq!(tenant_from_key("a.b.c.reader.s3cr3t"), "a.b.c");
         assert_eq!(tenant_from_key("reader.s3cr3t"), "_mm");
         assert_eq!(tenant_from_key(""), "_mm");
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_as_an_http_date() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_445_412_480); // 07:28:00
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date in the past is no wait"
+        );
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(
+            parse_retry_after("Wed, 21 Foo 2015 07:28:30 GMT", now),
+            None
+        );
+        assert_eq!(parse_retry_after("-5", now), None);
+    }
+
+    #[test]
+    fn a_long_retry_after_is_capped_and_push_back_is_told_apart() {
+        let error = |status, retry_after| GdnError::Status {
+            method: "POST".into(),
+            url: "u".into(),
+            status,
+            error_num: None,
+            message: String::new(),
+            retry_after,
+        };
+        assert_eq!(
+            error(429, Some(Duration::from_secs(86_400))).retry_after(),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(error(429, None).retry_after(), None);
+        assert_eq!(
+            error(429, None).concurrency_outcome(),
+            Outcome::BackPressure
+        );
+        assert_eq!(
+            error(503, None).concurrency_outcome(),
+            Outcome::BackPressure
+        );
+        assert_eq!(error(400, None).concurrency_outcome(), Outcome::Failed);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! change-stream consumer.
 
 pub mod client;
+pub mod concurrency;
 pub mod cursor;
 pub mod document;
 pub mod keys;

@@ -2,10 +2,12 @@
 //!
 //! A [`DocumentBatch`] is the request body being built (a JSON array) plus where each document
 //! sits in it, so documents GDN refuses one by one can be re-sent alone. The [`Writer`] bounds
-//! the requests in flight with a semaphore (backpressure: a producer waits for a permit instead
-//! of piling batches up in memory), retries 429/5xx/connection loss with jittered exponential
-//! backoff, retries refused documents, and fails loudly with table and key when a document
-//! still cannot be written. Nothing is skipped silently.
+//! the batches held with a semaphore of `max_in_flight` (backpressure: a producer waits for a
+//! permit instead of piling batches up in memory); of those, the client's adaptive limit
+//! ([`crate::gdn::concurrency`]) decides how many are on the wire. It retries 429/5xx/connection
+//! loss with jittered exponential backoff (never sooner than a `Retry-After`), retries refused
+//! documents, and fails loudly with table and key when a document still cannot be written.
+//! Nothing is skipped silently.
 
 use std::ops::Range;
 use std::sync::atomic::Ordering;
@@ -144,7 +146,7 @@ impl DocumentBatch {
 /// What the writer needs to know besides the client.
 #[derive(Debug, Clone)]
 pub struct WriterSettings {
-    /// Requests in flight at once.
+    /// Batches held at once, and the bound of the adaptive number of requests in flight.
     pub max_in_flight: usize,
     /// `waitForSync=true`.
     pub wait_for_sync: bool,
@@ -182,6 +184,9 @@ impl Writer {
         settings: WriterSettings,
         metrics: Arc<Metrics>,
     ) -> Writer {
+        if let Some(client) = &client {
+            client.limiter().report_to(&metrics.concurrency);
+        }
         Writer {
             client,
             permits: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
@@ -348,7 +353,10 @@ impl Writer {
                 {
                     self.metrics.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(table = %target.table, collection = %target.collection, attempt, %error, "retrying a GDN write");
-                    tokio::time::sleep(self.backoff(attempt)).await;
+                    let wait = self
+                        .backoff(attempt)
+                        .max(error.retry_after().unwrap_or_default());
+                    tokio::time::sleep(wait).await;
                 }
                 Err(error) => {
                     // A request refused as a whole for its body: name the document at fault.

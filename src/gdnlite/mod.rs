@@ -19,6 +19,7 @@ pub mod http;
 pub mod json;
 pub mod keys;
 pub mod params;
+pub mod relay;
 pub mod store;
 pub mod streams;
 

@@ -341,7 +341,9 @@ pub async fn run(
             }
         }
     };
-    let display = spawn_display(Arc::clone(&progress));
+    let display = spawn_display(Arc::clone(&progress), Arc::clone(&metrics));
+    // Connected to both ends: scanning and following from here on (`/readyz` is ready).
+    metrics.set_phase(crate::metrics::Phase::Copying);
     let context = Context {
         config,
         client: &client,

@@ -593,6 +593,7 @@ pub(crate) async fn run(
                         None => error.into(),
                     },
                 )?;
+            metrics.set_phase(crate::metrics::Phase::Streaming);
             stream_changes(
                 stream,
                 &mut tables,
@@ -622,6 +623,7 @@ pub(crate) async fn run(
                     .reconnects
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 summary.reconnects += 1;
+                metrics.set_phase(crate::metrics::Phase::Backoff);
                 if shutdown_during(delay, &stop).await {
                     // Nothing is pending that the watermark covers: stopping here loses nothing.
                     break Ok(());

@@ -531,6 +531,8 @@ pub async fn run<R: Read + Send + 'static, W: Write>(
     metrics: Arc<Metrics>,
 ) -> Result<TargetGdnSummary, TargetGdnError> {
     let client = GdnClient::connect(&config.gdn).await?;
+    // Connected to GDN with Singer input on stdin: ready to take records (`/readyz`).
+    metrics.set_phase(crate::metrics::Phase::Streaming);
     let writer = Writer::new(
         Some(client.clone()),
         WriterSettings {

@@ -122,7 +122,7 @@ impl CollectionUnit {
     ) -> Result<u64, VerifyError> {
         let gdn = |source| VerifyError::Gdn {
             collection: self.collection.clone(),
-            source,
+            source: Box::new(source),
         };
         let exists = retrying(max_retries, || client.has_collection(&self.collection))
             .await

@@ -42,14 +42,14 @@ pub enum VerifyError {
     },
     /// GDN could not be reached.
     #[error("GDN destination: {0}")]
-    GdnConnect(GdnError),
+    GdnConnect(Box<GdnError>),
     /// GDN could not be read.
     #[error("GDN destination, collection {collection:?}: {source}")]
     Gdn {
         /// The collection.
         collection: String,
         /// The error.
-        source: GdnError,
+        source: Box<GdnError>,
     },
     /// The source's COPY data could not be decoded.
     #[error("decoding the source's rows: {0}")]

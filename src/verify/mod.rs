@@ -478,7 +478,7 @@ async fn plan(config: &PipelineConfig) -> Result<(Vec<Unit>, Ends), VerifyError>
             }
             let client = GdnClient::connect(gdn)
                 .await
-                .map_err(VerifyError::GdnConnect)?;
+                .map_err(|error| VerifyError::GdnConnect(Box::new(error)))?;
             let ends = Ends {
                 source,
                 gdn: Some((client, gdn.max_retries)),

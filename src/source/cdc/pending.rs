@@ -370,6 +370,9 @@ pub(super) async fn flush(
     let Some(client) = client else {
         return Ok(());
     };
+    // The client's adaptive limit gates these requests (within `max_in_flight`); its gauge is
+    // this run's.
+    client.limiter().report_to(&metrics.concurrency);
     // Every key has one operation in a flush (and moved documents were read above), so the
     // requests are independent: they go out `max_in_flight` at a time. The watermark moves
     // only once all of them are answered.
