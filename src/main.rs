@@ -250,18 +250,26 @@ async fn check(args: CheckArgs) -> ExitCode {
             }
         }
     };
-    if args.format == "json" {
-        match serde_json::to_string_pretty(&report) {
-            Ok(json) => println!("{json}"),
-            Err(error) => {
-                eprintln!("error: could not encode the report: {error}");
-                return ExitCode::from(EXIT_FAILURE);
-            }
+    let json = (args.format == "json").then(|| serde_json::to_string_pretty(&report));
+    print_report(json, || report.to_text(), report.ok)
+}
+
+/// Prints a report as `json` (when asked for, already encoded) or as text, and exits 0 when
+/// `ok`, 1 otherwise (also when the JSON could not be encoded).
+fn print_report(
+    json: Option<serde_json::Result<String>>,
+    text: impl FnOnce() -> String,
+    ok: bool,
+) -> ExitCode {
+    match json {
+        Some(Ok(json)) => println!("{json}"),
+        Some(Err(error)) => {
+            eprintln!("error: could not encode the report: {error}");
+            return ExitCode::from(EXIT_FAILURE);
         }
-    } else {
-        print!("{}", report.to_text());
+        None => print!("{}", text()),
     }
-    if report.ok {
+    if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILURE)
@@ -290,22 +298,8 @@ async fn verify(args: VerifyArgs) -> ExitCode {
         Ok(report) => report,
         Err(error) => return report_failure(&error, error.is_config()),
     };
-    if args.json {
-        match serde_json::to_string(&report) {
-            Ok(json) => println!("{json}"),
-            Err(error) => {
-                eprintln!("error: could not encode the report: {error}");
-                return ExitCode::from(EXIT_FAILURE);
-            }
-        }
-    } else {
-        print!("{}", report.to_text());
-    }
-    if report.equal {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_FAILURE)
-    }
+    let json = args.json.then(|| serde_json::to_string(&report));
+    print_report(json, || report.to_text(), report.equal)
 }
 
 async fn gdnlite(args: GdnliteArgs) -> ExitCode {
