@@ -698,6 +698,12 @@ async fn check_publication(
             "publication",
             format!("{} {named} {} every selected table", plural.0, plural.1),
         );
+    } else if !publications.explicit() {
+        // pgferry's own publication: `run` adds the tables, and they join the pipeline.
+        checker.pass(
+            "publication",
+            format!("publication {named} does not publish {} yet; `pgferry run` adds them (they are copied, then streamed)", missing.join(", ")),
+        );
     } else {
         checker.fail(
             "publication",

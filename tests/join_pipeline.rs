@@ -192,6 +192,18 @@ fn a_new_table_is_copied_then_streamed(plugin: &str) {
          INSERT INTO public.b SELECT g, 'b' || g FROM generate_series(1, 3000) g;
          UPDATE public.t SET v = 'changed' WHERE id = 5;",
     );
+    if plugin == "pgoutput" {
+        let check = Command::new(env!("CARGO_BIN_EXE_pgferry"))
+            .args(["check", "-c"])
+            .arg(&config)
+            .output()
+            .expect("run pgferry check");
+        let text = String::from_utf8_lossy(&check.stdout);
+        assert!(
+            text.contains("does not publish public.b yet; `pgferry run` adds them"),
+            "{text}"
+        );
+    }
     let log = run_ok(&config);
     assert!(log.contains("join"), "the run says a table joined:\n{log}");
     world.assert_equal_to_a_fresh_copy(&["t", "b"], "after the join");
