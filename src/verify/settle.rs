@@ -1,5 +1,6 @@
-//! Waiting for a running LOG_BASED pipeline to catch up: the source's WAL position is read
-//! (`pg_current_wal_lsn()`), then the pipeline's slot is watched until its
+//! Waiting for a running LOG_BASED pipeline to catch up: the source's WAL insert position is
+//! read (`pg_current_wal_insert_lsn()`: the write position can still be behind a transaction
+//! committed with `synchronous_commit = off` that readers already see), then the pipeline's slot is watched until its
 //! `confirmed_flush_lsn` passes it — every change committed before that point is then in the
 //! destination — or the time is up. A slot that no process streams from (inactive) does not
 //! move, so there is nothing to wait for.
@@ -29,13 +30,13 @@ pub struct Settled {
     pub active: bool,
 }
 
-/// The source's current WAL write position.
+/// The source's current WAL insert position (past every commit a reader can see).
 pub async fn current_lsn(options: &ConnectOptions) -> Result<Lsn, VerifyError> {
     let mut connection = Connection::connect(options)
         .await
         .map_err(source("connecting"))?;
     let row = connection
-        .query_one("SELECT pg_current_wal_lsn()::text")
+        .query_one("SELECT pg_current_wal_insert_lsn()::text")
         .await
         .map_err(source("reading the WAL position"))?;
     connection.close().await;
