@@ -716,9 +716,7 @@ async fn check_publication(
         );
     }
     // A partition's TRUNCATE never arrives through a publication via the root.
-    let hidden =
-        crate::source::slot_setup::truncates_hidden_by_root(connection, publications, tables)
-            .await?;
+    let hidden = crate::source::slot_setup::truncates_hidden_by_root(&coverage);
     if !hidden.is_empty() {
         let message = crate::source::slot_setup::via_root_message(publications, &hidden);
         let (detail, fix) = message.split_once("\nHINT: ").unwrap_or((&message, ""));

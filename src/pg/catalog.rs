@@ -631,6 +631,8 @@ pub struct PublishedTable {
     /// Some publication publishes its changes under the root's name
     /// (`publish_via_partition_root`).
     pub via_root: bool,
+    /// It is a partitioned table.
+    pub partitioned: bool,
 }
 
 /// Reads what the publications `publications` publish of `tables` (`(schema, table)`); `pgferry
@@ -727,6 +729,8 @@ struct PublicationRow {
     publication: String,
     /// The row is the selected table itself, not one of its partitions.
     direct: bool,
+    /// The selected table is partitioned.
+    partitioned: bool,
     actions: PublishedActions,
     via_root: bool,
     row_filter: Option<String>,
@@ -774,11 +778,13 @@ async fn published_tables(
                JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name), \
              tree (schema_name, table_name, relid) AS (SELECT schema_name, table_name, oid FROM wanted UNION ALL \
                SELECT tree.schema_name, tree.table_name, i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.relid), \
-             members AS (SELECT tree.schema_name, tree.table_name, rn.nspname, rc.relname, tree.relid = w.oid AS direct \
+             members AS (SELECT tree.schema_name, tree.table_name, rn.nspname, rc.relname, tree.relid = w.oid AS direct, \
+               wc.relkind = 'p' AS partitioned \
                FROM tree JOIN wanted w ON w.schema_name = tree.schema_name AND w.table_name = tree.table_name \
+               JOIN pg_catalog.pg_class wc ON wc.oid = w.oid \
                JOIN pg_catalog.pg_class rc ON rc.oid = tree.relid JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace) \
              SELECT m.schema_name, m.table_name, p.pubname, m.direct, p.pubinsert, p.pubupdate, p.pubdelete, {truncate}, {via_root}, \
-               {filter}, {columns} \
+               {filter}, {columns}, m.partitioned \
              FROM members m JOIN pg_catalog.pg_publication_tables pt ON pt.schemaname = m.nspname AND pt.tablename = m.relname \
              JOIN pg_catalog.pg_publication p ON p.pubname = pt.pubname \
              WHERE p.pubname IN ({names}) ORDER BY 1, 2, 3, 4 DESC"
@@ -798,6 +804,7 @@ async fn published_tables(
                 table: row.get(1).unwrap_or_default().to_owned(),
                 publication: row.get(2).unwrap_or_default().to_owned(),
                 direct: flag(row, 3),
+                partitioned: flag(row, 11),
                 actions: PublishedActions {
                     insert: flag(row, 4),
                     update: flag(row, 5),
@@ -822,6 +829,7 @@ fn combine(schema: &str, table: &str, rows: &[&PublicationRow]) -> PublishedTabl
     let mut lists: Vec<(String, Option<Vec<String>>)> = Vec::new();
     let mut partition_contract = false;
     let mut via_root = false;
+    let partitioned = rows.iter().any(|row| row.partitioned);
     for row in rows {
         if !publications.contains(&row.publication) {
             publications.push(row.publication.clone());
@@ -885,6 +893,7 @@ fn combine(schema: &str, table: &str, rows: &[&PublicationRow]) -> PublishedTabl
         column_conflict: differ.then_some(lists),
         partition_contract,
         via_root,
+        partitioned,
     }
 }
 

@@ -219,12 +219,7 @@ pub(crate) async fn run(
                 .filter_map(|name| parse_table_name(name))
                 .map(|(schema, table)| format!("{schema}.{table}"))
                 .collect();
-            let hidden = truncates_hidden_by_root(
-                replication.connection(),
-                &config.source.publication,
-                &selected,
-            )
-            .await?;
+            let hidden = truncates_hidden_by_root(&coverage);
             if !hidden.is_empty() {
                 return Err(RunError::Unsupported(via_root_message(
                     &config.source.publication,

@@ -139,6 +139,7 @@ mod tests {
             column_conflict: None,
             partition_contract: false,
             via_root: false,
+            partitioned: false,
         }
     }
 

@@ -85,41 +85,19 @@ pub fn create_publication_sql(
     )
 }
 
-/// The selected partitioned tables whose partitions' TRUNCATEs the publications would never
-/// send: one of them publishes the table through its root (`publish_via_partition_root`) and
-/// publishes truncates, and PostgreSQL sends a truncate then only for the root itself.
-pub async fn truncates_hidden_by_root(
-    connection: &mut Connection,
-    publications: &Publications,
-    tables: &[(String, String)],
-) -> Result<Vec<String>, PgError> {
-    if tables.is_empty() || connection.server_version_num().unwrap_or(0) < 130_000 {
-        return Ok(Vec::new());
-    }
-    let values: Vec<String> = tables
+/// The selected partitioned tables (`schema.table`, sorted) whose partitions' TRUNCATEs the
+/// publications would never send: one of them publishes the table through its root
+/// (`publish_via_partition_root`) and they publish truncates, and PostgreSQL then sends a
+/// truncate only for the root itself.
+pub fn truncates_hidden_by_root(coverage: &PublicationCoverage) -> Vec<String> {
+    let mut hidden: Vec<String> = coverage
+        .published
         .iter()
-        .map(|(schema, table)| format!("({}, {})", quote_literal(schema), quote_literal(table)))
+        .filter(|table| table.partitioned && table.via_root && table.actions.truncate)
+        .map(|table| format!("{}.{}", table.schema, table.table))
         .collect();
-    let rows = connection
-        .query(&format!(
-            "SELECT t.schema_name || '.' || t.table_name FROM (VALUES {}) AS t (schema_name, table_name) \
-             JOIN pg_catalog.pg_namespace n ON n.nspname = t.schema_name \
-             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name \
-             WHERE c.relkind = 'p' AND EXISTS (SELECT 1 FROM pg_catalog.pg_publication p \
-             WHERE p.pubname IN ({}) AND p.pubviaroot AND p.pubtruncate) ORDER BY 1",
-            values.join(", "),
-            publications
-                .names()
-                .iter()
-                .map(|name| quote_literal(name))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-        .await?;
-    Ok(rows
-        .iter()
-        .filter_map(|row| row.get(0).map(str::to_owned))
-        .collect())
+    hidden.sort();
+    hidden
 }
 
 /// Why publications through the partitioned tables' root cannot be used, and the fixes.
@@ -454,6 +432,45 @@ mod tests {
             create_publication_sql("p", &tables, PartitionNames::Root, 120_000),
             "CREATE PUBLICATION \"p\" FOR TABLE \"public\".\"Order Items\"",
             "before 13 partitions are always published under their own names"
+        );
+    }
+
+    #[test]
+    fn only_partitioned_tables_published_via_the_root_with_truncate_hide_partition_truncates() {
+        use crate::pg::catalog::{PublishedActions, PublishedTable};
+        let table =
+            |name: &str, partitioned: bool, via_root: bool, truncate: bool| PublishedTable {
+                schema: "public".into(),
+                table: name.into(),
+                publications: vec!["p".into()],
+                actions: PublishedActions {
+                    insert: true,
+                    update: true,
+                    delete: true,
+                    truncate,
+                },
+                row_filter: None,
+                columns: None,
+                column_conflict: None,
+                partition_contract: false,
+                via_root,
+                partitioned,
+            };
+        let coverage = PublicationCoverage {
+            absent: Vec::new(),
+            missing: Vec::new(),
+            published: vec![
+                table("z_parts", true, true, true),
+                table("a_parts", true, true, true),
+                table("plain", false, true, true),
+                table("leaves", true, false, true),
+                table("no_truncate", true, true, false),
+            ],
+            added: Vec::new(),
+        };
+        assert_eq!(
+            truncates_hidden_by_root(&coverage),
+            ["public.a_parts", "public.z_parts"]
         );
     }
 
