@@ -517,24 +517,6 @@ pub struct NamedType {
     pub resolved: ResolvedType,
 }
 
-/// The leaf partitions (`(schema, table)`) of the partitioned table `oid`, at any depth: their
-/// changes are decoded under their own names, so streaming maps them to the parent.
-pub async fn leaf_partitions(
-    connection: &mut Connection,
-    oid: u32,
-) -> Result<Vec<(String, String)>, PgError> {
-    let rows = connection
-        .query(&format!(
-            "WITH RECURSIVE tree (relid) AS (SELECT {oid}::oid UNION ALL \
-             SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.relid) \
-             SELECT n.nspname, c.relname FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.relid \
-             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r', 'f') AND c.oid <> {oid}::oid ORDER BY 1, 2"
-        ))
-        .await?;
-    Ok(rows.iter().map(Row::pair).collect())
-}
-
 /// What publications publish of some tables: which named publications exist, which tables
 /// none of them publishes, and for each table they do publish the contract pgoutput applies
 /// (actions, row filter, column list). One answer for `pgferry check`, `pgferry run` and the

@@ -371,10 +371,8 @@ pub async fn sync<W: Write>(
     let mut partitions = std::collections::HashMap::new();
     for (index, plan) in plans.iter().enumerate() {
         if plan.table.kind == crate::pg::catalog::RelationKind::PartitionedTable {
-            for leaf in
-                crate::pg::catalog::leaf_partitions(client.connection(), plan.table.oid).await?
-            {
-                partitions.insert(leaf, index);
+            for leaf in crate::pg::partitions::leaves(client.connection(), plan.table.oid).await? {
+                partitions.insert((leaf.schema, leaf.name), index);
             }
         }
     }
