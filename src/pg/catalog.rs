@@ -1084,24 +1084,35 @@ fn resolve(
     })
 }
 
-/// The columns of table `oid` (or of its partitions) that older rows hold a value of without
-/// it being written: `ADD COLUMN … DEFAULT` since PostgreSQL 11 keeps the value in the catalog
-/// (`atthasmissing`) and writes no row changes, so a stream never carries it for those rows.
+/// For each of the tables `oids` (with its partitions), the columns older rows hold a value
+/// of without it being written: `ADD COLUMN … DEFAULT` since PostgreSQL 11 keeps the value in
+/// the catalog (`atthasmissing`) and writes no row changes, so a stream never carries it for
+/// those rows. One query for all, in `oids`' order.
 pub async fn columns_with_missing_values(
     connection: &mut Connection,
-    oid: u32,
-) -> Result<Vec<String>, PgError> {
+    oids: &[u32],
+) -> Result<Vec<Vec<String>>, PgError> {
+    if oids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list: Vec<String> = oids.iter().map(|oid| format!("{oid}::oid")).collect();
     let rows = connection
         .query(&format!(
-            "SELECT DISTINCT a.attname FROM pg_catalog.pg_attribute a \
-             WHERE a.attrelid IN (SELECT relid FROM pg_catalog.pg_partition_tree({oid}::oid) UNION SELECT {oid}::oid) \
-             AND a.atthasmissing AND NOT a.attisdropped ORDER BY 1"
+            "SELECT DISTINCT o.n, a.attname FROM unnest(ARRAY[{}]) WITH ORDINALITY AS o (relid, n) \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid IN \
+               (SELECT relid FROM pg_catalog.pg_partition_tree(o.relid) UNION SELECT o.relid) \
+             WHERE a.atthasmissing AND NOT a.attisdropped ORDER BY 1, 2",
+            list.join(", ")
         ))
         .await?;
-    Ok(rows
-        .iter()
-        .filter_map(|row| row.get(0).map(str::to_owned))
-        .collect())
+    let mut columns = vec![Vec::new(); oids.len()];
+    for row in &rows {
+        let position: usize = parse(row.get(0), "table position")?;
+        if let (Some(slot), Some(name)) = (columns.get_mut(position.wrapping_sub(1)), row.get(1)) {
+            slot.push(name.to_owned());
+        }
+    }
+    Ok(columns)
 }
 
 #[cfg(test)]

@@ -366,12 +366,8 @@ pub(crate) async fn run(
         .collect();
     let (state, copy) = match (existing, stored) {
         (Some(_), Some(mut state)) if state.snapshot_done => {
-            let mut defaults = Vec::with_capacity(prepared.tasks.len());
-            for task in &prepared.tasks {
-                defaults.push(
-                    columns_with_missing_values(replication.connection(), task.table.oid).await?,
-                );
-            }
+            let oids: Vec<u32> = prepared.tasks.iter().map(|task| task.table.oid).collect();
+            let defaults = columns_with_missing_values(replication.connection(), &oids).await?;
             let current = TableColumns {
                 names: &names,
                 columns: &columns,

@@ -100,10 +100,11 @@ impl SideConnection {
         oid: u32,
         columns: &[String],
     ) -> Result<Vec<String>, PgError> {
-        let result = columns_with_missing_values(self.connection().await?, oid).await;
+        let result = columns_with_missing_values(self.connection().await?, &[oid]).await;
         Ok(self
             .after(result)?
             .into_iter()
+            .flatten()
             .filter(|name| columns.contains(name))
             .collect())
     }
