@@ -251,6 +251,9 @@ fn parse_http_date(value: &str) -> Option<u64> {
 /// GDN's `errorNum` for a document that does not exist (a delete of one already gone).
 pub const DOCUMENT_NOT_FOUND: u64 = 1202;
 
+/// Keys per delete request of [`GdnClient::delete_keys`].
+pub const DELETE_BATCH: usize = 1000;
+
 /// One document of a batch that GDN refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocumentFailure {
@@ -816,6 +819,37 @@ impl GdnClient {
             encode_path_segment(collection)
         );
         self.batch(Method::DELETE, &rest, body).await
+    }
+
+    /// Deletes the documents `keys` of `collection` in batches of [`DELETE_BATCH`], each
+    /// retried up to `max_retries` times; a document already gone counts as deleted. Returns
+    /// the first document GDN refused otherwise, with its key, so nothing is skipped silently.
+    pub async fn delete_keys<K: AsRef<str> + serde::Serialize>(
+        &self,
+        collection: &str,
+        keys: &[K],
+        max_retries: u32,
+        wait_for_sync: bool,
+    ) -> Result<Option<(String, DocumentFailure)>, GdnError> {
+        for batch in keys.chunks(DELETE_BATCH) {
+            let body = Bytes::from(serde_json::to_vec(batch).unwrap_or_default());
+            let outcome = retrying(max_retries, || {
+                self.delete_documents(collection, body.clone(), wait_for_sync)
+            })
+            .await?;
+            if let Some(failure) = outcome
+                .failures
+                .into_iter()
+                .find(|failure| failure.error_num != DOCUMENT_NOT_FOUND)
+            {
+                let key = batch
+                    .get(failure.index)
+                    .map(|key| key.as_ref().to_owned())
+                    .unwrap_or_default();
+                return Ok(Some((key, failure)));
+            }
+        }
+        Ok(None)
     }
 
     /// Partially updates documents (`body` is a JSON array of objects with `_key`): attributes

@@ -13,11 +13,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use bytes::Bytes;
-
 use super::RunError;
 use crate::decode::copy_binary::CopyBinaryDecoder;
-use crate::gdn::client::{retrying, GdnClient};
+use crate::gdn::client::{GdnClient, DELETE_BATCH};
 use crate::gdn::cursor::KeysetScan;
 use crate::gdn::document::DocumentPlan;
 use crate::gdn::writer::WriterSettings;
@@ -29,8 +27,6 @@ use crate::target::replica::{pg, ReplicaError};
 
 /// Keys asked for per page while the collection's keys are read.
 const KEY_PAGE: u64 = 10_000;
-/// Keys per delete request.
-const DELETE_BATCH: usize = 1000;
 
 /// What mirroring removed, per table or collection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -266,24 +262,16 @@ async fn delete(
     max_retries: u32,
     wait_for_sync: bool,
 ) -> Result<u64, RunError> {
-    let mut count = 0u64;
-    for batch in keys.chunks(DELETE_BATCH) {
-        let body = Bytes::from(serde_json::to_vec(batch).unwrap_or_default());
-        let outcome = retrying(max_retries, || {
-            client.delete_documents(collection, body.clone(), wait_for_sync)
-        })
-        .await?;
-        if let Some(failure) = outcome
-            .failures
-            .iter()
-            .find(|failure| failure.error_num != crate::gdn::client::DOCUMENT_NOT_FOUND)
-        {
-            return Err(RunError::Unsupported(format!(
-                "GDN refused to remove a document of {collection:?} whose row the table no longer has: {failure:?}\nHINT: set \"full_table_mirror\": false to keep such documents"
-            )));
-        }
-        count += batch.len() as u64;
+    if let Some((key, failure)) = client
+        .delete_keys(collection, keys, max_retries, wait_for_sync)
+        .await?
+    {
+        return Err(RunError::Unsupported(format!(
+            "GDN refused to remove document {key:?} of {collection:?}, whose row the table no longer has: errorNum {} ({})\nHINT: set \"full_table_mirror\": false to keep such documents",
+            failure.error_num, failure.message
+        )));
     }
+    let count = keys.len() as u64;
     keys.clear();
     Ok(count)
 }

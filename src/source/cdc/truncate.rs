@@ -208,12 +208,25 @@ impl Streamer<'_> {
             if doomed.is_empty() {
                 continue;
             }
-            let body = bytes::Bytes::from(serde_json::to_vec(&doomed).unwrap_or_default());
-            retrying(settings.max_retries, || {
-                client.delete_documents(&table.collection, body.clone(), settings.wait_for_sync)
-            })
-            .await
-            .map_err(|source| gdn_error(table, source))?;
+            if let Some((key, failure)) = client
+                .delete_keys(
+                    &table.collection,
+                    &doomed,
+                    settings.max_retries,
+                    settings.wait_for_sync,
+                )
+                .await
+                .map_err(|source| gdn_error(table, source))?
+            {
+                return Err(CdcError::Refused {
+                    operation: "delete",
+                    table: plan.table().to_owned(),
+                    collection: table.collection.to_string(),
+                    key,
+                    error_num: failure.error_num,
+                    message: failure.message,
+                });
+            }
             removed += doomed.len() as u64;
         }
         Ok(removed)
