@@ -163,7 +163,9 @@ pub struct Table {
     pub kind: RelationKind,
     /// The planner's row estimate (`reltuples`, -1 when never analyzed on PG ≥ 14).
     pub row_estimate: i64,
-    /// On-disk size of the main fork, for "largest first".
+    /// The catalog's estimate of the main fork's size (`relpages`, as of the last VACUUM or
+    /// ANALYZE): read without a lock, so discovery never waits behind a table locked by
+    /// someone else (`pg_relation_size` would).
     pub size_bytes: i64,
     /// `relreplident`.
     pub replica_identity: ReplicaIdentity,
@@ -395,7 +397,7 @@ pub async fn discover(
     let relations = connection
         .query(&format!(
             "SELECT c.oid, n.nspname, c.relname, c.relkind, c.reltuples::bigint, \
-                    pg_relation_size(c.oid), c.relreplident \
+                    c.relpages::bigint * current_setting('block_size')::bigint, c.relreplident \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition AND {filter} \
              ORDER BY n.nspname, c.relname"
