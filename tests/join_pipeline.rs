@@ -247,6 +247,161 @@ fn a_table_joins_under_concurrent_writes() {
     assert_verified(&config);
 }
 
+/// In a run without end the other tables keep streaming while a joining table is copied: a
+/// session holds the joining table locked (and so holds a transaction id), so the join's
+/// snapshot and copy wait, and `t`'s changes still arrive. The session then writes to the
+/// table and commits; a concurrent writer keeps writing both tables during and after the copy.
+#[test]
+fn the_other_tables_keep_streaming_while_a_joining_table_is_copied() {
+    let world = World::new();
+    let config = world.pipeline(
+        "stream",
+        json!({"gdn_url": world.streamed.url(), "api_key": KEY}),
+        json!({"plugin": "pgoutput", "table_check_interval": 1}),
+    );
+    run_ok(&config);
+    // b joins through the publication pgferry made (named after its slot), so the run that
+    // copies it has no lock of b to take before its stream starts.
+    world.cluster.psql(
+        "CREATE TABLE public.b (id int PRIMARY KEY, v text);
+         INSERT INTO public.b SELECT g, 'b' || g FROM generate_series(1, 5000) g;
+         ALTER PUBLICATION macrometa_postgres ADD TABLE public.b;",
+    );
+    let mut session = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+        ])
+        .args(["-p", &world.cluster.port().to_string(), "-d", "postgres"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("psql session");
+    let mut input = session.stdin.take().expect("session input");
+    use std::io::Write;
+    input
+        .write_all(b"BEGIN;\nLOCK TABLE public.b IN ACCESS EXCLUSIVE MODE;\n")
+        .expect("lock b");
+    input.flush().expect("lock b");
+    let locks = |granted: bool| {
+        world.cluster.psql(&format!(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'public.b'::regclass AND granted = {granted}"
+        ))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while locks(true).trim() == "0" {
+        assert!(Instant::now() < deadline, "the session never locked b");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log_path = world.dir.path().join("running.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgferry"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .spawn()
+        .expect("start pgferry");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    // pgferry's snapshot for b waits for the session's transaction (its lock gave it an xid).
+    let waiting = || {
+        world.cluster.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE_REPLICATION_SLOT%_join_%' AND wait_event_type = 'Lock'",
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while waiting().trim() == "0" {
+        assert!(
+            Instant::now() < deadline,
+            "b's join never started:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    world
+        .cluster
+        .psql("INSERT INTO public.t VALUES (1001, 'during'); UPDATE public.t SET v = 'during' WHERE id = 5;");
+    let http = Http::h1(&world.streamed.url());
+    let get = |path: &str| {
+        world
+            .runtime
+            .block_on(http.call(Method::GET, &api(path), Value::Null))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !get("document/t/1001").status.is_success() {
+        assert!(
+            Instant::now() < deadline,
+            "t's changes stopped streaming while b was being copied:\n{}\n{}",
+            log(),
+            world.cluster.psql("SELECT application_name, wait_event_type, state, query FROM pg_stat_activity WHERE backend_type = 'client backend' OR backend_type = 'walsender'")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get("document/t/5").json["v"], "during");
+    assert_eq!(
+        get("collection/b/count").json["count"]
+            .as_u64()
+            .unwrap_or(0),
+        0,
+        "b's copy was still waiting for the lock"
+    );
+    // The session writes b and commits; a writer keeps going through the copy and after.
+    input
+        .write_all(
+            b"INSERT INTO public.b VALUES (900001, 'held');
+              UPDATE public.b SET v = 'held' WHERE id = 1;
+              DELETE FROM public.b WHERE id = 2;
+              COMMIT;\n",
+        )
+        .expect("write b");
+    drop(input);
+    assert!(session.wait().expect("psql session").success());
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = writer(&world.cluster, Arc::clone(&stop));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log().contains("the joining tables are copied: streaming starts again") {
+        assert!(
+            Instant::now() < deadline,
+            "b's copy never finished:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    world
+        .cluster
+        .psql("INSERT INTO public.b VALUES (900002, 'after'); DELETE FROM public.b WHERE id = 3;");
+    // (The writer updates any row and deletes rows below 100000, but not these.)
+    while !(get("document/b/900002").status.is_success()
+        && get("document/b/3").status.as_u16() == 404
+        && get("document/b/900001").status.is_success()
+        && get("document/b/2").status.as_u16() == 404)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "b's changes never streamed after its copy:\n{}\n{}",
+            log(),
+            world.cluster.psql("SELECT application_name, wait_event_type, wait_event, state, query FROM pg_stat_activity WHERE backend_type = 'client backend' OR backend_type = 'walsender'")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(writes.join().expect("writer") > 0, "the writer wrote");
+    let status = Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert!(child.wait().expect("wait").success(), "{}", log());
+    run_ok(&config);
+    world.assert_equal_to_a_fresh_copy(&["t", "b"], "a table copied beside the stream");
+    assert_verified(&config);
+}
+
 /// `pgferry verify` finds the pipeline's destination equal to its source.
 fn assert_verified(config: &Path) {
     let output = Command::new(env!("CARGO_BIN_EXE_pgferry"))

@@ -11,6 +11,16 @@
 //! before and the snapshot no longer has (rows deleted since an earlier copy) is removed under
 //! the same snapshot. `J` is saved in the state file with the table only once the copy is
 //! durable, so a crash at any point copies the table again under a fresh snapshot.
+//!
+//! In a run without end the other tables keep streaming while the snapshot is taken (which
+//! waits for transactions in progress) and the copy runs: the stream skips every change of the
+//! joining tables and holds its watermark where it was when the join began, `W ≤ J`
+//! (`CdcSettings::hold_at`), writing the others' changes as usual and recording how far it
+//! wrote (`replay_until`). Once the copy is durable the joined tables are recorded with `J` and
+//! the stream starts again from `W`: the joined tables' changes from `J` on arrive in commit
+//! order, and the others' changes since `W` are applied a second time, which leaves them as
+//! they were (a replay, as after a reconnect). A batch run (`--once`) copies first, then
+//! streams.
 
 use std::sync::Arc;
 
@@ -34,7 +44,7 @@ pub(crate) struct Joined {
 
 impl Prepared {
     /// The same preparation restricted to the tasks `keep` marks.
-    fn only(&self, keep: &[bool]) -> Prepared {
+    pub(crate) fn only(&self, keep: &[bool]) -> Prepared {
         let pick = |index: usize| keep.get(index).copied().unwrap_or(false);
         Prepared {
             client: self.client.clone(),
@@ -80,47 +90,80 @@ fn temporary_slot(slot: &str) -> String {
     base + &suffix
 }
 
-/// Copies the tasks `joining` marks of `prepared` under a temporary slot's snapshot and
-/// removes what their destinations hold that the snapshot does not.
-pub(crate) async fn copy_joining(
+/// A joining tables' copy whose snapshot is taken: the temporary slot that holds it open,
+/// and what to copy under it.
+pub(crate) struct JoinCopy {
+    /// The connection that created the temporary slot; its snapshot lives while it is idle,
+    /// and the slot goes with it.
+    holder: ReplicationClient,
+    /// The joining tables' part of the preparation.
+    subset: Prepared,
+    /// The temporary slot's consistent point.
+    copied_at: Lsn,
+    /// The exported snapshot the copy runs under.
+    snapshot: Option<String>,
+}
+
+/// Takes the snapshot the joining tables (`subset`, see [`Prepared::only`]) are copied under:
+/// a temporary slot beside the pipeline's, whose consistent point splits their history.
+pub(crate) async fn begin(
     config: &PipelineConfig,
-    prepared: &Prepared,
-    joining: &[bool],
+    subset: Prepared,
     options: &ConnectOptions,
-    metrics: &Arc<Metrics>,
-) -> Result<Joined, RunError> {
-    let subset = prepared.only(joining);
-    let names: Vec<String> = subset
-        .tasks
-        .iter()
-        .map(|task| task.table.qualified_name())
-        .collect();
+) -> Result<JoinCopy, RunError> {
     let mut holder = ReplicationClient::connect(options).await?;
     // pgoutput is in every server's allow-list; the slot is never read, only its snapshot.
     let name = temporary_slot(&config.source.replication_slot);
     let created = holder
         .create_logical_slot(&name, "pgoutput", SlotSnapshot::Export, true)
         .await?;
-    let copied_at = created.consistent_point;
-    tracing::info!(tables = %names.join(", "), %copied_at, "tables join the pipeline: copying them under a snapshot of their own while the slot keeps their later changes");
-    let destination = mirror::Destination::of(&subset);
-    let snapshot = created.snapshot_name.clone();
-    let copy = copy_step(config, subset, metrics, snapshot.clone(), None).await?;
-    let removed = destination
-        .remove_stale(
-            &config.source.connect_options(),
-            config.numeric_mode,
-            snapshot.as_deref(),
-        )
-        .await?;
-    if removed.total() > 0 {
-        tracing::info!(
-            removed = removed.total(),
-            "removed what the joining tables' destinations held that their snapshot does not"
-        );
+    let names: Vec<String> = subset
+        .tasks
+        .iter()
+        .map(|task| task.table.qualified_name())
+        .collect();
+    tracing::info!(tables = %names.join(", "), copied_at = %created.consistent_point, "tables join the pipeline: copying them under a snapshot of their own while the slot keeps their later changes");
+    Ok(JoinCopy {
+        holder,
+        subset,
+        copied_at: created.consistent_point,
+        snapshot: created.snapshot_name,
+    })
+}
+
+impl JoinCopy {
+    /// Copies the joining tables and removes what their destinations hold that the snapshot
+    /// does not; dropping the future before it ends drops the temporary slot, and nothing is
+    /// recorded.
+    pub(crate) async fn copy(
+        self,
+        config: &PipelineConfig,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Joined, RunError> {
+        let JoinCopy {
+            holder,
+            subset,
+            copied_at,
+            snapshot,
+        } = self;
+        let destination = mirror::Destination::of(&subset);
+        let copy = copy_step(config, subset, metrics, snapshot.clone(), None).await?;
+        let removed = destination
+            .remove_stale(
+                &config.source.connect_options(),
+                config.numeric_mode,
+                snapshot.as_deref(),
+            )
+            .await?;
+        if removed.total() > 0 {
+            tracing::info!(
+                removed = removed.total(),
+                "removed what the joining tables' destinations held that their snapshot does not"
+            );
+        }
+        holder.into_inner().close().await;
+        Ok(Joined { copied_at, copy })
     }
-    holder.into_inner().close().await;
-    Ok(Joined { copied_at, copy })
 }
 
 #[cfg(test)]

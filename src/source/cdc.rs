@@ -131,6 +131,10 @@ pub struct CdcSettings {
     pub heartbeat: Option<Duration>,
     /// The output plugin the slot was started with, and its format.
     pub decoding: Decoding,
+    /// While tables joining the pipeline are copied beside the stream: the watermark stays at
+    /// or before their copy's consistent point, so their changes, skipped meanwhile, come
+    /// again from the slot once the copy is durable.
+    pub hold_at: Option<Lsn>,
 }
 
 /// How the slot's output is decoded.
@@ -164,6 +168,10 @@ pub struct CdcSummary {
 /// already in the table's copy: the copy of a table that joined the pipeline holds every
 /// transaction that committed before its consistent point (`copied_at`), and none after.
 fn in_copy(table: &CdcTable, commit_lsn: Option<Lsn>, at: Lsn) -> Result<bool, CdcError> {
+    if table.copying {
+        // Its copy runs beside the stream: every change comes again after it (see `hold_at`).
+        return Ok(true);
+    }
     let Some(copied_at) = table.copied_at else {
         return Ok(false);
     };
@@ -691,24 +699,37 @@ impl Streamer<'_> {
     }
 
     /// Moves the watermark to `self.committed` (the caller made sure everything before it is
-    /// durable): the state file first, then the server, then the lag metrics.
+    /// durable): the state file first, then the server, then the lag metrics. While joining
+    /// tables are copied the watermark stops at `hold_at`, and what was written past it is
+    /// recorded as a replay to come (`replay_until`).
     async fn confirm(
         &mut self,
         stream: &mut LogicalStream,
         summary: &mut CdcSummary,
     ) -> Result<(), CdcError> {
-        let lsn = self.committed;
-        if lsn <= self.state.lsn {
+        let written = self.committed;
+        let lsn = watermark(written, self.context.settings.hold_at);
+        let replays = written > lsn && written > self.state.replay_until;
+        let moves = lsn > self.state.lsn;
+        if !moves && !replays {
             return Ok(());
         }
+        if replays {
+            self.state.replay_until = written;
+        }
         // The state file first: if we crash between the two, the slot is behind (a replay), never ahead.
-        self.state.lsn = lsn;
+        self.state.lsn = self.state.lsn.max(lsn);
         self.context.state_file.save(&self.state)?;
-        stream.confirm(lsn);
-        stream.send_status(false).await?;
-        summary.confirmed = lsn;
+        if moves {
+            stream.confirm(lsn);
+            stream.send_status(false).await?;
+            summary.confirmed = lsn;
+        }
         let metrics = self.context.metrics;
-        metrics.confirmed_lsn.store(lsn.as_u64(), Ordering::Relaxed);
+        metrics
+            .confirmed_lsn
+            .store(self.state.lsn.as_u64(), Ordering::Relaxed);
+        // Written is durable in the destination: that is where the ingest lag ends.
         let now = unix_micros();
         for committed_at in self.commit_times.drain(..) {
             let lag = u64::try_from(now.saturating_sub(committed_at)).unwrap_or(0);
@@ -718,10 +739,32 @@ impl Streamer<'_> {
     }
 }
 
+/// Where the watermark may move once everything up to `written` is durable: no further than
+/// `hold` while joining tables are copied beside the stream.
+fn watermark(written: Lsn, hold: Option<Lsn>) -> Lsn {
+    match hold {
+        Some(hold) => written.min(hold),
+        None => written,
+    }
+}
+
 fn unix_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| {
             i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watermark_stops_at_the_hold_while_joining_tables_are_copied() {
+        let lsn = Lsn::from_u64;
+        assert_eq!(watermark(lsn(500), None), lsn(500));
+        assert_eq!(watermark(lsn(500), Some(lsn(300))), lsn(300));
+        assert_eq!(watermark(lsn(200), Some(lsn(300))), lsn(200));
+    }
 }

@@ -41,6 +41,9 @@ pub struct CdcTable {
     /// For a table that joined the pipeline: its copy's consistent point; changes of
     /// transactions committed before it are in the copy and are skipped.
     pub copied_at: Option<Lsn>,
+    /// For a table joining the pipeline whose copy runs beside the stream: every change is
+    /// skipped, and comes again from the slot once the copy is durable (`hold_at`).
+    pub copying: bool,
 }
 
 /// A leaf partition whose changes stream under its own name into its parent's collection.
@@ -67,6 +70,7 @@ impl CdcTable {
             replica: None,
             partition: None,
             copied_at: None,
+            copying: false,
         }
     }
 
