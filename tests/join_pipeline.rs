@@ -545,6 +545,81 @@ fn a_new_table_joins_a_postgresql_pipeline() {
     assert_eq!(digest("postgres"), digest("replica"));
 }
 
+/// PostgreSQL → PostgreSQL, a run without end: a new table is copied beside the stream while
+/// both tables are written; the target ends equal to the source.
+#[test]
+fn a_new_table_joins_a_running_postgresql_pipeline() {
+    let world = World::new();
+    world.cluster.psql("CREATE DATABASE replica");
+    let config = world.pipeline(
+        "pg",
+        json!({"type": "postgres", "host": "127.0.0.1", "port": world.cluster.port(),
+               "user": "postgres", "dbname": "replica", "sslmode": "disable"}),
+        json!({"plugin": "pgoutput", "table_check_interval": 1}),
+    );
+    run_ok(&config);
+    let log_path = world.dir.path().join("pg-running.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgferry"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .spawn()
+        .expect("start pgferry");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    world.cluster.psql(
+        "CREATE TABLE public.b (id int PRIMARY KEY, v text);
+         INSERT INTO public.b SELECT g, 'b' || g FROM generate_series(1, 20000) g;",
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = writer(&world.cluster, Arc::clone(&stop));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log().contains("the joining tables are copied: streaming starts again") {
+        assert!(Instant::now() < deadline, "b never joined:\n{}", log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    assert!(writes.join().expect("writer") > 0, "the writer wrote");
+    world
+        .cluster
+        .psql("INSERT INTO public.b VALUES (900001, 'last');");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while world
+        .cluster
+        .psql_in("replica", "SELECT count(*) FROM public.b WHERE id = 900001")
+        .trim()
+        != "1"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "b's last insert never streamed:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert!(child.wait().expect("wait").success(), "{}", log());
+    let digest = |database: &str, table: &str| {
+        world.cluster.psql_in(
+            database,
+            &format!("SELECT count(*) || ' ' || md5(string_agg(t::text, '|' ORDER BY id)) FROM public.{table} t"),
+        )
+    };
+    for table in ["t", "b"] {
+        assert_eq!(
+            digest("postgres", table),
+            digest("replica", table),
+            "{table}"
+        );
+    }
+    assert_verified(&config);
+}
+
 /// A run without end notices a table that joined the selection (`table_check_interval`),
 /// stops its stream cleanly, copies the table and streams it, while it keeps running.
 #[test]
