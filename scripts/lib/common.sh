@@ -175,8 +175,10 @@ as_pg_user() {
 }
 
 # Whether the server binaries in $1 know the setting $2 (from the binary, not a version string).
+# (grep reads the whole list: `grep -q` would stop early, and under `set -o pipefail` the
+# writers' SIGPIPE would turn a match into a failure.)
 server_has_setting() {
-    "$1/postgres" --describe-config 2>/dev/null | cut -f1 | grep -qx "$2"
+    "$1/postgres" --describe-config 2>/dev/null | cut -f1 | grep -x "$2" >/dev/null
 }
 
 # The allow-list line for output plugins: PostgreSQL 15.19 and the same-day minors of every
@@ -266,4 +268,23 @@ SELECT g, 'customer ' || (g % 9973), (g % 100000) / 100.0, g / 7.0,
 FROM generate_series(1, $rows) AS g;
 VACUUM ANALYZE public.bench;
 SQL
+}
+
+# Prints p50 and p99 of pgferry's commit-to-GDN latency from a /metrics dump ($1), as the upper
+# bounds of their `pgferry_ingest_lag_seconds` buckets, prefixed by $2; fails when none counted.
+ingest_lag_percentiles() {
+    awk -v what="$2" '
+        /^pgferry_ingest_lag_seconds_bucket/ {
+            match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+            n++; bound[n] = le; cum[n] = $NF
+        }
+        /^pgferry_ingest_lag_seconds_count/ { total = $NF }
+        END {
+            if (total == 0) { print what ": no transactions measured"; exit 1 }
+            for (q = 1; q <= 2; q++) {
+                want = (q == 1 ? 0.5 : 0.99) * total
+                for (i = 1; i <= n; i++) if (cum[i] >= want) { v[q] = bound[i]; break }
+            }
+            printf "%s: %d transactions measured; commit-to-GDN latency p50 <= %s s, p99 <= %s s (goal p99 < 0.25 s)\n", what, total, v[1], v[2]
+        }' "$1"
 }
