@@ -142,18 +142,5 @@ cluster_psql -d postgres -c "CREATE SEQUENCE steady_ids START 100000000" >/dev/n
 sleep 3
 curl -sf "http://127.0.0.1:$METRICS_PORT/metrics" >"$WORK/metrics.txt" || die "no metrics from pgferry"
 kill -TERM "$STEADY_PID"; wait "$STEADY_PID" || die "pgferry did not stop cleanly on SIGTERM"
-awk '
-    /^pgferry_ingest_lag_seconds_bucket/ {
-        match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5)
-        n++; bound[n] = le; cum[n] = $NF
-    }
-    /^pgferry_ingest_lag_seconds_count/ { total = $NF }
-    END {
-        if (total == 0) { print "no transactions measured"; exit 1 }
-        for (q = 1; q <= 2; q++) {
-            want = (q == 1 ? 0.5 : 0.99) * total
-            for (i = 1; i <= n; i++) if (cum[i] >= want) { v[q] = bound[i]; break }
-        }
-        printf "steady load: %d transactions measured; commit-to-GDN latency p50 <= %s s, p99 <= %s s (goal p99 < 0.25 s)\n", total, v[1], v[2]
-    }' "$WORK/metrics.txt"
+ingest_lag_percentiles "$WORK/metrics.txt" "steady load"
 grep -E "^tps|latency average" "$WORK/pgbench.out" | sed 's/^/pgbench: /'

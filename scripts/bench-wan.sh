@@ -12,6 +12,7 @@
 #   WAN_MAX_IN_FLIGHT   the destination's max_in_flight, the adaptive limit's bound (default 64)
 #   WAN_PARALLELISM     copy workers (default: cores)
 #   WAN_SKIP_429=1      leave out the 30% 429 rows (they take the longest)
+#   WAN_STEADY_RTTS     round trips for the steady-load latency runs (default "0 50"; "" skips)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
@@ -188,6 +189,37 @@ if [ "${WAN_SKIP_429:-0}" != 1 ]; then
     stop_relay
 fi
 
+STEADY_RTTS="${WAN_STEADY_RTTS-0 50}"
+LATENCY="$WORK/latency.txt"
+: >"$LATENCY"
+if [ -n "$STEADY_RTTS" ]; then
+    cluster_psql -d postgres -c "CREATE SEQUENCE IF NOT EXISTS steady_ids START 100000000" >/dev/null
+    cat >"$WORK/steady.sql" <<'SQL'
+INSERT INTO public.events (id, kind, amount, payload)
+SELECT nextval('steady_ids'), 'steady', 1, md5(g::text) FROM generate_series(1, 100) g;
+SQL
+fi
+for rtt in $STEADY_RTTS; do
+    start_relay "${CLEAN_URL#http://}" "$rtt"
+    name="steady_${rtt}ms"
+    cdc_pipeline "$name" "$RELAY_URL"
+    # The first run makes the slot and copies the table; the measured one only streams.
+    GDN_API_KEY=bench "$PGFERRY" run -c "$WORK/cdc_$name.json" --once >/dev/null
+    port="$(free_port)"
+    GDN_API_KEY=bench "$PGFERRY" run -c "$WORK/cdc_$name.json" --metrics-addr "127.0.0.1:$port" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    steady_pid=$!
+    sleep 2
+    log "steady load at $rtt ms: 10,000 changes/s for 20 s"
+    "/usr/lib/postgresql/${PG_MAJOR}/bin/pgbench" -h "$PG_DIR" -p "$PG_PORT" -U postgres -n -f "$WORK/steady.sql" -R 100 -T 20 -c 2 postgres >"$WORK/pgbench.out" 2>&1 \
+        || { cat "$WORK/pgbench.out"; die "pgbench failed"; }
+    sleep 3
+    curl -sf "http://127.0.0.1:$port/metrics" >"$WORK/$name.metrics" || die "no metrics from pgferry"
+    kill -TERM "$steady_pid"; wait "$steady_pid" || { cat "$WORK/$name.err"; die "pgferry did not stop cleanly on SIGTERM"; }
+    ingest_lag_percentiles "$WORK/$name.metrics" "steady 10,000 changes/s, $rtt ms" >>"$LATENCY"
+    grep -E "^tps" "$WORK/pgbench.out" | sed "s/^/  pgbench: /" >>"$LATENCY"
+done
+stop_relay
+
 echo
 echo "snapshot rows: $ROWS, CDC changes: $CHANGES, max_in_flight: $MAX_IN_FLIGHT, parallelism: $PARALLELISM, cores: $(nproc)"
 printf '%-9s %-16s %12s %10s %12s %9s %14s %10s\n' "workload" "link" "per second" "seconds" "vs 0 ms" "retries" "limit med/max" "mean RTT"
@@ -199,3 +231,4 @@ awk -F'\t' '
             printf "%-9s %-16s %12.0f %10.2f %11.2fx %9s %14s %10s\n", f[1], f[2], r[i], f[4], r[i] / base[f[1]], f[5], f[6], f[7]
         }
     }' "$RESULTS"
+cat "$LATENCY"
