@@ -15,6 +15,8 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use super::RunError;
 use crate::decode::copy_binary::CopyBinaryDecoder;
+use crate::destination::postgres::copy::{ReplicaCopy, TEXT_SESSION};
+use crate::destination::postgres::{pg, ReplicaError};
 use crate::gdn::client::{GdnClient, DELETE_BATCH};
 use crate::gdn::cursor::KeysetScan;
 use crate::gdn::document::DocumentPlan;
@@ -22,8 +24,6 @@ use crate::gdn::writer::WriterSettings;
 use crate::pg::catalog::{NumericMode, Table};
 use crate::pg::{ConnectOptions, Connection, PgError};
 use crate::source::snapshot::CopyTask;
-use crate::target::replica::copy::{ReplicaCopy, TEXT_SESSION};
-use crate::target::replica::{pg, ReplicaError};
 
 /// Keys asked for per page while the collection's keys are read.
 const KEY_PAGE: u64 = 10_000;

@@ -6,16 +6,16 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::config::{parse_table_name, ReplicaDestinationConfig};
+use crate::destination::postgres::copy::{ReplicaCopy, TEXT_SESSION};
+use crate::destination::postgres::{table::ensure, ReplicaError, ReplicaWriter};
 use crate::gdn::document::DocumentPlan;
 use crate::gdn::writer::BatchTarget;
 use crate::pg::catalog::{NumericMode, Table};
 use crate::pg::query::quote_literal;
 use crate::pg::{ConnectOptions, Connection};
 use crate::pipeline::RunError;
+use crate::singer::target_postgres::naming::TableName;
 use crate::source::snapshot::CopyTask;
-use crate::target::naming::TableName;
-use crate::target::replica::copy::{ReplicaCopy, TEXT_SESSION};
-use crate::target::replica::{table::ensure, ReplicaError, ReplicaWriter};
 
 /// The target side of a run, ready for the copy and for streaming.
 #[derive(Debug)]
@@ -41,7 +41,7 @@ pub(crate) async fn prepare_targets(
     let replica_error = |error: ReplicaError| RunError::Replica(Box::new(error));
     let mut connection = Connection::connect(&target)
         .await
-        .map_err(crate::target::replica::pg(
+        .map_err(crate::destination::postgres::pg(
             "connecting to the target database for",
             "the tables",
         ))
@@ -82,7 +82,7 @@ pub(crate) async fn prepare_targets(
             connection
                 .execute(&replica.truncate_sql())
                 .await
-                .map_err(crate::target::replica::pg(
+                .map_err(crate::destination::postgres::pg(
                     "emptying",
                     &replica.target.to_string(),
                 ))

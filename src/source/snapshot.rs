@@ -59,11 +59,11 @@ pub enum SnapshotError {
     State(StateError),
     /// A PostgreSQL destination failed.
     #[error(transparent)]
-    Replica(Box<crate::target::replica::ReplicaError>),
+    Replica(Box<crate::destination::postgres::ReplicaError>),
 }
 
-impl From<crate::target::replica::ReplicaError> for SnapshotError {
-    fn from(error: crate::target::replica::ReplicaError) -> SnapshotError {
+impl From<crate::destination::postgres::ReplicaError> for SnapshotError {
+    fn from(error: crate::destination::postgres::ReplicaError) -> SnapshotError {
         SnapshotError::Replica(Box::new(error))
     }
 }

@@ -14,12 +14,12 @@ use super::row::RowChange;
 use super::table::CdcTable;
 use super::{CdcError, CdcSettings};
 use crate::decode::wal2json::Action;
+use crate::destination::postgres::apply::TableChanges;
 use crate::gdn::client::{retrying, BatchOutcome, GdnClient, GdnError, DOCUMENT_NOT_FOUND};
 use crate::gdn::document::ImageValue;
 use crate::metrics::Metrics;
 use crate::pg::Lsn;
 use crate::source::state::CdcState;
-use crate::target::replica::apply::TableChanges;
 
 /// A kind of write request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,11 +8,11 @@ use super::row::{same_type_spelling, Field, RowChange};
 use super::side::SideConnection;
 use super::CdcError;
 use crate::decode::wal2json::Action;
+use crate::destination::postgres::ReplicaPlan;
 use crate::gdn::document::DocumentPlan;
 use crate::pg::catalog::{Column, NumericMode, Table};
 use crate::pg::partitions::{LeafPartition, PartitionColumns};
 use crate::pg::Lsn;
-use crate::target::replica::ReplicaPlan;
 
 /// A column of a change's row shape: name, type as the change spelled it, and the type's oid
 /// when the change gave it.

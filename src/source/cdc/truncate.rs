@@ -17,12 +17,12 @@ use super::side::SideConnection;
 use super::table::{CdcTable, CdcTables, LeafOf};
 use super::{CdcError, Streamer};
 use crate::decode::json_out::write_string;
+use crate::destination::postgres::{ReplicaError, RowPicker};
 use crate::gdn::client::{retrying, GdnClient, GdnError};
 use crate::gdn::cursor::KeysetScan;
 use crate::gdn::keys::document_attribute_names;
 use crate::pg::partitions::{LeafPartition, Member};
 use crate::pg::{Lsn, PgError};
-use crate::target::replica::{ReplicaError, RowPicker};
 
 /// Documents read per page while looking for a truncated partition's rows.
 const PAGE: u64 = 1000;

@@ -1,5 +1,7 @@
-//! PostgreSQL → PostgreSQL: the source's tables replicated into another database with their
-//! own column types, by the same snapshot and change data capture that feed GDN.
+//! PostgreSQL as a destination: a PostgreSQL source's tables replicated with their own column
+//! types (by the same snapshot and change data capture that feed GDN), and GDN documents loaded
+//! into inferred tables (`infer` chooses columns from documents, `documents` loads a batch in
+//! one transaction).
 //!
 //! `table` creates or checks the target tables, `copy` moves snapshot chunks with
 //! `COPY … TO STDOUT` piped into `COPY … FROM STDIN` (binary when both sides have the same
@@ -9,6 +11,8 @@
 
 pub mod apply;
 pub mod copy;
+pub mod documents;
+pub mod infer;
 pub mod plan;
 pub mod sql;
 pub mod table;

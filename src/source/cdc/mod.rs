@@ -19,6 +19,7 @@ use crate::decode::pgoutput::ProtocolVersion;
 use crate::decode::replication::ReplicationMessage;
 use crate::decode::wal2json::{is_skipped_change, parse_v2, Action, Change, Wal2JsonError};
 use crate::decode::wal2json_v1::V1Decoder;
+use crate::destination::postgres::{ReplicaError, ReplicaWriter};
 use crate::gdn::client::{GdnClient, GdnError};
 use crate::gdn::document::DocumentError;
 use crate::metrics::Metrics;
@@ -26,7 +27,6 @@ use crate::pg::catalog::NumericMode;
 use crate::pg::replication::LogicalStream;
 use crate::pg::{Lsn, PgError};
 use crate::source::state::{CdcState, StateError, StateFile};
-use crate::target::replica::{ReplicaError, ReplicaWriter};
 use pgoutput::PgOutputSource;
 
 mod pending;

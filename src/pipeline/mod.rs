@@ -19,6 +19,7 @@ use std::time::Duration;
 use crate::config::{
     DestinationConfig, PgSourceConfig, Pipeline, PipelineConfig, ReplicationMethod, TableSelection,
 };
+use crate::destination::postgres::copy::ReplicaSink;
 use crate::gdn::client::{retrying, GdnClient, GdnError};
 use crate::gdn::document::{DocumentError, DocumentPlan};
 use crate::gdn::writer::{BatchTarget, Writer, WriterSettings};
@@ -31,7 +32,6 @@ use crate::source::snapshot::{
     copy_tables, copy_tables_into, BatchLimits, CopyPlan, CopySummary, CopyTask, SnapshotError,
 };
 use crate::source::state::{ChunkLedger, StateError};
-use crate::target::replica::copy::ReplicaSink;
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +73,7 @@ pub enum RunError {
     GdnToPg(Box<gdn_to_pg::GdnToPgError>),
     /// The PostgreSQL destination of a PostgreSQL source failed.
     #[error("PostgreSQL destination: {0}")]
-    Replica(Box<crate::target::replica::ReplicaError>),
+    Replica(Box<crate::destination::postgres::ReplicaError>),
 }
 
 impl RunError {
@@ -108,7 +108,7 @@ impl RunError {
             RunError::Source(error) => pg(error),
             RunError::Replica(error) => matches!(
                 error.as_ref(),
-                crate::target::replica::ReplicaError::Postgres { source, .. } if pg(source)
+                crate::destination::postgres::ReplicaError::Postgres { source, .. } if pg(source)
             ),
             RunError::Destination(error) => matches!(
                 error,

@@ -16,7 +16,7 @@ use super::{pg, ReplicaError};
 use crate::metrics::Metrics;
 use crate::pg::query::quote_identifier;
 use crate::pg::{ConnectOptions, Connection};
-use crate::target::copy_encode::push_escaped;
+use crate::singer::target_postgres::copy_encode::push_escaped;
 
 /// Chooses rows of a target table to remove (see [`ReplicaWriter::remove_rows`]).
 pub trait RowPicker {
