@@ -2,4 +2,5 @@
 //! copy as chunks and the stream as flushes of coalesced row changes, and converts rows into
 //! its own form; sources know no destination.
 
+pub mod gdn;
 pub mod postgres;

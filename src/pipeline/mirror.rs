@@ -15,11 +15,11 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use super::RunError;
 use crate::decode::copy_binary::CopyBinaryDecoder;
+use crate::destination::gdn::document::DocumentPlan;
 use crate::destination::postgres::copy::{ReplicaCopy, TEXT_SESSION};
 use crate::destination::postgres::{pg, ReplicaError};
 use crate::gdn::client::{GdnClient, DELETE_BATCH};
 use crate::gdn::cursor::KeysetScan;
-use crate::gdn::document::DocumentPlan;
 use crate::gdn::writer::WriterSettings;
 use crate::pg::catalog::{NumericMode, Table};
 use crate::pg::{ConnectOptions, Connection, PgError};

@@ -19,9 +19,9 @@ use std::time::Duration;
 use crate::config::{
     DestinationConfig, PgSourceConfig, Pipeline, PipelineConfig, ReplicationMethod, TableSelection,
 };
+use crate::destination::gdn::document::{DocumentError, DocumentPlan};
 use crate::destination::postgres::copy::ReplicaSink;
 use crate::gdn::client::{retrying, GdnClient, GdnError};
-use crate::gdn::document::{DocumentError, DocumentPlan};
 use crate::gdn::writer::{BatchTarget, Writer, WriterSettings};
 use crate::metrics::{Labels, Metrics, Phase};
 use crate::pg::catalog::{discover, Table};

@@ -6,9 +6,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::config::{parse_table_name, ReplicaDestinationConfig};
+use crate::destination::gdn::document::DocumentPlan;
 use crate::destination::postgres::copy::{ReplicaCopy, TEXT_SESSION};
 use crate::destination::postgres::{table::ensure, ReplicaError, ReplicaWriter};
-use crate::gdn::document::DocumentPlan;
 use crate::gdn::writer::BatchTarget;
 use crate::pg::catalog::{NumericMode, Table};
 use crate::pg::query::quote_literal;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 use crate::decode::copy_binary::{CopyBinaryDecoder, CopyBinaryError};
-use crate::gdn::document::{DocumentError, DocumentPlan};
+use crate::destination::gdn::document::{DocumentError, DocumentPlan};
 use crate::gdn::writer::{BatchTarget, WriteError, Writer};
 use crate::pg::catalog::Table;
 use crate::pg::query::quote_literal;

@@ -6,7 +6,7 @@
 //! on JSON objects and string keys; giving it these lets PostgreSQL → PostgreSQL share it with
 //! PostgreSQL → GDN. Unlike a GDN `_key`, this key can be read back, which deletes need.
 
-use crate::gdn::document::ImageValue;
+use crate::decode::image::ImageValue;
 
 /// Why an image cannot become a row.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

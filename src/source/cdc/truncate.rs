@@ -236,7 +236,7 @@ impl Streamer<'_> {
 /// Whether `member`'s key columns make the key of the document it was read from (the
 /// document is `plan`'s table's, not another's in a shared collection).
 fn is_own(
-    plan: &crate::gdn::document::DocumentPlan,
+    plan: &crate::destination::gdn::document::DocumentPlan,
     member: &Member,
     document_keys: &[String],
 ) -> bool {

@@ -1,0 +1,4 @@
+//! GDN as a destination: rows become documents (`document`), and the stream's flushes are
+//! written as batched upserts, PATCHes and deletes that return only once GDN durably holds them.
+
+pub mod document;
