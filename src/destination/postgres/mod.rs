@@ -21,6 +21,9 @@ pub use apply::{ReplicaWriter, RowPicker};
 pub use plan::{ImageError, ReplicaPlan};
 pub use sql::ReplicaTable;
 
+use std::sync::Arc;
+
+use crate::destination::{ChangeError, PartitionPicker};
 use crate::pg::PgError;
 
 /// Why replicating into PostgreSQL failed.
@@ -78,5 +81,39 @@ pub(crate) fn pg(during: &'static str, table: &str) -> impl FnOnce(PgError) -> R
         during,
         table,
         source,
+    }
+}
+
+/// Removes the rows of `table`'s target table (`id`) that truncated partitions held, as
+/// `picker` answers from their partition-key `columns`; returns how many.
+pub(crate) async fn remove_partition_rows(
+    writer: &ReplicaWriter,
+    table: &str,
+    id: &Arc<str>,
+    columns: &[&str],
+    picker: &mut (impl PartitionPicker + Send),
+) -> Result<u64, ChangeError> {
+    let mut leaves = LeafRows { picker, table };
+    Ok(writer.remove_rows(id, columns, &mut leaves).await?)
+}
+
+/// Picks the target rows the truncated leaves held, by asking the source.
+struct LeafRows<'a, P> {
+    picker: &'a mut P,
+    table: &'a str,
+}
+
+impl<P: PartitionPicker + Send> RowPicker for LeafRows<'_, P> {
+    async fn pick(&mut self, rows: &str) -> Result<Vec<usize>, ReplicaError> {
+        let members =
+            self.picker
+                .members(rows, &[])
+                .await
+                .map_err(|source| ReplicaError::Postgres {
+                    during: "asking the source which rows a truncated partition held, for",
+                    table: self.table.to_owned(),
+                    source,
+                })?;
+        Ok(members.into_iter().map(|member| member.position).collect())
     }
 }

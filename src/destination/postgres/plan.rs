@@ -67,6 +67,24 @@ impl ReplicaPlan {
         }
     }
 
+    /// The plan of a source table as the catalog (or a change's row shape) describes it.
+    pub fn for_table(table: &crate::pg::catalog::Table) -> ReplicaPlan {
+        ReplicaPlan::new(
+            &table.qualified_name(),
+            table
+                .columns
+                .iter()
+                .map(|column| column.name.clone())
+                .collect(),
+            table.key_columns.clone(),
+        )
+    }
+
+    /// The source table's column names, in catalog order.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
     /// `schema.table` of the source.
     pub fn table(&self) -> &str {
         &self.table
