@@ -19,6 +19,7 @@ use std::time::Duration;
 use crate::config::{
     DestinationConfig, PgSourceConfig, Pipeline, PipelineConfig, ReplicationMethod, TableSelection,
 };
+use crate::destination::gdn::copy::copy_tables;
 use crate::destination::gdn::document::{DocumentError, DocumentPlan};
 use crate::destination::postgres::copy::ReplicaSink;
 use crate::gdn::client::{retrying, GdnClient, GdnError};
@@ -29,7 +30,7 @@ use crate::pg::{Connection, PgError};
 use crate::progress::{spawn_display, CopyProgress};
 use crate::source::cdc::{CdcError, CdcSummary};
 use crate::source::snapshot::{
-    copy_tables, copy_tables_into, BatchLimits, CopyPlan, CopySummary, CopyTask, SnapshotError,
+    copy_tables_into, BatchLimits, CopyPlan, CopySummary, CopyTask, SnapshotError,
 };
 use crate::source::state::{ChunkLedger, StateError};
 

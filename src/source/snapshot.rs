@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use crate::decode::copy_binary::{CopyBinaryDecoder, CopyBinaryError};
+use crate::decode::copy_binary::CopyBinaryError;
 use crate::destination::gdn::document::{DocumentError, DocumentPlan};
-use crate::gdn::writer::{BatchTarget, WriteError, Writer};
+use crate::gdn::writer::{BatchTarget, WriteError};
 use crate::pg::catalog::Table;
 use crate::pg::query::quote_literal;
 use crate::pg::{ConnectOptions, Connection, PgError};
@@ -68,7 +68,8 @@ impl From<crate::destination::postgres::ReplicaError> for SnapshotError {
     }
 }
 
-/// Where copied chunks go: GDN documents through the writer, or rows into another database.
+/// Where copied chunks go: GDN documents through the writer (`destination::gdn::copy`), or
+/// rows into another database (`destination::postgres::copy`).
 pub trait ChunkSink: Send + Sync + 'static {
     /// What each copy worker keeps between chunks (e.g. its connection to the target).
     type Worker: Send;
@@ -100,37 +101,8 @@ pub trait ChunkSink: Send + Sync + 'static {
     fn close_worker(&self, worker: Self::Worker) -> impl std::future::Future<Output = ()> + Send;
 }
 
-/// Chunks become document batches for the GDN writer (or the null destination).
-#[derive(Debug, Clone)]
-pub struct DocumentSink {
-    /// The writer.
-    pub writer: Writer,
-    /// Batch limits.
-    pub limits: BatchLimits,
-}
-
-impl ChunkSink for DocumentSink {
-    type Worker = ();
-
-    async fn open_worker(&self, _worker: usize) -> Result<(), SnapshotError> {
-        Ok(())
-    }
-
-    async fn copy_chunk<'a>(
-        &'a self,
-        _worker: &'a mut (),
-        source: &'a mut Connection,
-        task: &'a CopyTask,
-        chunk: &'a Chunk,
-        progress: &'a CopyProgress,
-    ) -> Result<(), SnapshotError> {
-        copy_chunk(source, task, chunk, self.limits, &self.writer, progress).await
-    }
-
-    async fn close_worker(&self, _worker: ()) {}
-}
-
-fn pg(context: impl Into<String>) -> impl FnOnce(PgError) -> SnapshotError {
+/// A PostgreSQL failure while `context`.
+pub(crate) fn pg(context: impl Into<String>) -> impl FnOnce(PgError) -> SnapshotError {
     let context = context.into();
     move |source| SnapshotError::Postgres { context, source }
 }
@@ -253,20 +225,6 @@ pub struct CopyPlan {
     pub progress: Arc<CopyProgress>,
     /// Chunk plans and completions to record (LOG_BASED), or `None`.
     pub ledger: Option<Arc<ChunkLedger>>,
-}
-
-/// Copies `tasks` under one snapshot with `plan.workers` connections into `writer`.
-pub async fn copy_tables(
-    options: &ConnectOptions,
-    tasks: Vec<CopyTask>,
-    writer: &Writer,
-    plan: CopyPlan,
-) -> Result<CopySummary, SnapshotError> {
-    let sink = Arc::new(DocumentSink {
-        writer: writer.clone(),
-        limits: plan.limits,
-    });
-    copy_tables_into(options, tasks, sink, plan).await
 }
 
 /// Copies `tasks` under one snapshot with `plan.workers` connections into `sink`.
@@ -499,88 +457,6 @@ async fn copy_worker<S: ChunkSink>(
     let _ = connection.execute("COMMIT").await;
     connection.close().await;
     sink.close_worker(state).await;
-    Ok(())
-}
-
-/// A row that could not be decoded or encoded.
-enum RowError {
-    Copy(CopyBinaryError),
-    Document(DocumentError),
-}
-
-impl From<CopyBinaryError> for RowError {
-    fn from(error: CopyBinaryError) -> RowError {
-        RowError::Copy(error)
-    }
-}
-
-/// Copies one chunk and waits until every batch of it is written.
-async fn copy_chunk(
-    connection: &mut Connection,
-    task: &CopyTask,
-    chunk: &Chunk,
-    limits: BatchLimits,
-    writer: &Writer,
-    progress: &CopyProgress,
-) -> Result<(), SnapshotError> {
-    let metrics = writer.metrics();
-    let count = |rows: usize| {
-        progress.add(chunk.table, rows as u64);
-        metrics
-            .rows_read
-            .fetch_add(rows as u64, std::sync::atomic::Ordering::Relaxed);
-    };
-    let table = task.table.qualified_name();
-    let sql = format!(
-        "SELECT {} FROM {}{}",
-        task.plan.select_list(),
-        table,
-        task.chunk_condition(chunk)
-    );
-    let mut copy = connection
-        .copy_out(&format!("COPY ({sql}) TO STDOUT (FORMAT binary)"))
-        .await
-        .map_err(pg(format!("reading {table}")))?;
-    let mut decoder = CopyBinaryDecoder::new(task.plan.width());
-    // Size each batch's buffer like the previous one, so memory follows the real batch size.
-    let mut capacity = (64 * 1024).min(limits.bytes);
-    let mut batch = writer.batch(capacity);
-    let mut pending = Vec::new();
-    while let Some(data) = copy.next().await.map_err(pg(format!("reading {table}")))? {
-        // PostgreSQL sends one row per message: decode it straight into the batch.
-        decoder
-            .decode_chunk_with(data, |row| {
-                batch
-                    .push_with(|out| task.plan.encode(row, out))
-                    .map_err(RowError::Document)
-            })
-            .map_err(|error| match error {
-                RowError::Copy(source) => SnapshotError::Copy {
-                    table: table.clone(),
-                    source,
-                },
-                RowError::Document(error) => SnapshotError::Document(error),
-            })?;
-        if batch.len() >= limits.rows || batch.bytes() >= limits.bytes {
-            count(batch.len());
-            capacity = (batch.bytes() + batch.bytes() / 8).min(limits.bytes + 1024);
-            let full = std::mem::replace(&mut batch, writer.batch(capacity));
-            pending.push(writer.submit(task.target.clone(), full).await);
-        }
-    }
-    decoder.finish().map_err(|source| SnapshotError::Copy {
-        table: table.clone(),
-        source,
-    })?;
-    if !batch.is_empty() {
-        count(batch.len());
-        pending.push(writer.submit(task.target.clone(), batch).await);
-    }
-    for handle in pending {
-        handle
-            .await
-            .map_err(|error| WriteError::Task(error.to_string()))??;
-    }
     Ok(())
 }
 
