@@ -1,4 +1,4 @@
-//! `pgferry run`: wires the source, the document plans and the writer together.
+//! `pgferry run`: wires the source, the one destination of the run and the state file together.
 //!
 //! FULL_TABLE: discovery, collection creation, one consistent parallel copy of every selected
 //! table, and a summary. LOG_BASED (`log_based.rs`): the same copy under the replication slot's

@@ -1,6 +1,6 @@
 //! PostgreSQL → PostgreSQL: the target tables a run creates or checks before copying, and
 //! what streaming needs to apply changes there. The copy and the streaming loop are the ones
-//! PostgreSQL → GDN uses; only the sink differs (`target::replica`).
+//! PostgreSQL → GDN uses; only the destination differs (`destination::postgres`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
