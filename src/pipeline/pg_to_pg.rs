@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use super::TableTask;
 use crate::config::{parse_table_name, ReplicaDestinationConfig};
 use crate::destination::gdn::document::DocumentPlan;
 use crate::destination::postgres::copy::{ReplicaCopy, TEXT_SESSION};
@@ -15,7 +16,6 @@ use crate::pg::query::quote_literal;
 use crate::pg::{ConnectOptions, Connection};
 use crate::pipeline::RunError;
 use crate::singer::target_postgres::naming::TableName;
-use crate::source::snapshot::CopyTask;
 
 /// The target side of a run, ready for the copy and for streaming.
 #[derive(Debug)]
@@ -36,7 +36,7 @@ pub(crate) async fn prepare_targets(
     chosen: &[(&Table, Option<String>)],
     numeric_mode: NumericMode,
     allow_keyless: bool,
-) -> Result<(Vec<CopyTask>, ReplicaPrepared), RunError> {
+) -> Result<(Vec<TableTask>, ReplicaPrepared), RunError> {
     let target = destination.connection.destination_options();
     let replica_error = |error: ReplicaError| RunError::Replica(Box::new(error));
     let mut connection = Connection::connect(&target)
@@ -88,7 +88,7 @@ pub(crate) async fn prepare_targets(
                 ))
                 .map_err(replica_error)?;
         }
-        tasks.push(CopyTask {
+        tasks.push(TableTask {
             target: BatchTarget {
                 table: format!("{}.{}", table.schema, table.name).into(),
                 collection: replica.target.quoted().into(),

@@ -16,8 +16,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 use crate::decode::copy_binary::CopyBinaryError;
-use crate::destination::gdn::document::{DocumentError, DocumentPlan};
-use crate::gdn::writer::{BatchTarget, WriteError};
 use crate::pg::catalog::Table;
 use crate::pg::query::quote_literal;
 use crate::pg::{ConnectOptions, Connection, PgError};
@@ -48,23 +46,50 @@ pub enum SnapshotError {
         /// The error.
         source: CopyBinaryError,
     },
-    /// A row could not become a document.
-    #[error(transparent)]
-    Document(#[from] DocumentError),
-    /// The destination failed.
-    #[error(transparent)]
-    Write(#[from] WriteError),
+    /// A copy worker ended abnormally.
+    #[error("a write task failed: {0}")]
+    Task(String),
     /// Copy progress could not be recorded.
     #[error(transparent)]
     State(StateError),
-    /// A PostgreSQL destination failed.
+    /// The destination failed (its own error, as it words it).
     #[error(transparent)]
-    Replica(Box<crate::destination::postgres::ReplicaError>),
+    Destination(DestinationError),
 }
 
-impl From<crate::destination::postgres::ReplicaError> for SnapshotError {
-    fn from(error: crate::destination::postgres::ReplicaError) -> SnapshotError {
-        SnapshotError::Replica(Box::new(error))
+/// What the copy needs to know of a destination's error.
+pub trait SinkError: std::error::Error + Send + Sync + 'static {
+    /// Whether copying again may succeed without a fix (the destination unreachable or
+    /// restarting).
+    fn is_transient(&self) -> bool;
+}
+
+/// A destination's error, boxed: the source names no destination's types.
+#[derive(Debug)]
+pub struct DestinationError(Box<dyn SinkError>);
+
+impl DestinationError {
+    /// Whether copying again may succeed without a fix.
+    pub fn is_transient(&self) -> bool {
+        self.0.is_transient()
+    }
+}
+
+impl std::fmt::Display for DestinationError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(formatter)
+    }
+}
+
+impl std::error::Error for DestinationError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl<E: SinkError> From<E> for SnapshotError {
+    fn from(error: E) -> SnapshotError {
+        SnapshotError::Destination(DestinationError(Box::new(error)))
     }
 }
 
@@ -151,15 +176,13 @@ pub fn ctid_predicate(start_page: u64, end_page: Option<u64>) -> Option<String> 
     }
 }
 
-/// One table to copy and where its documents go.
+/// One table to copy (where its rows go is the sink's, by the task's number).
 #[derive(Debug, Clone)]
 pub struct CopyTask {
     /// The table from the catalog.
     pub table: Table,
-    /// How rows become documents.
-    pub plan: DocumentPlan,
-    /// Where they are written.
-    pub target: BatchTarget,
+    /// `schema.table`: its name in progress, the copy's summary and the chunk ledger.
+    pub name: Arc<str>,
     /// Only the rows this SQL condition holds for (LOG_BASED through pgoutput: the
     /// publications' row filter, so the copy holds what the stream keeps up to date).
     pub row_filter: Option<String>,
@@ -304,7 +327,7 @@ pub async fn copy_tables_into<S: ChunkSink>(
     order.sort_by_key(|(_, pages)| std::cmp::Reverse(*pages));
     let mut chunks = VecDeque::new();
     for (index, pages) in order {
-        let name = tasks[index].target.table.to_string();
+        let name = tasks[index].name.to_string();
         let proposed = if tasks[index].table.kind.is_view() {
             u64::MAX
         } else {
@@ -360,7 +383,7 @@ pub async fn copy_tables_into<S: ChunkSink>(
     for handle in handles {
         let result = match handle.await {
             Ok(result) => result,
-            Err(error) => Err(SnapshotError::Write(WriteError::Task(error.to_string()))),
+            Err(error) => Err(SnapshotError::Task(error.to_string())),
         };
         if let Err(error) = result {
             // Stop the other workers early: they take no new chunk once the queue is empty.
@@ -380,7 +403,7 @@ pub async fn copy_tables_into<S: ChunkSink>(
             .iter()
             .enumerate()
             .map(|(index, task)| TableCopied {
-                table: task.target.table.to_string(),
+                table: task.name.to_string(),
                 rows: progress.rows(index),
                 elapsed: spans
                     .get(index)
@@ -445,7 +468,7 @@ async fn copy_worker<S: ChunkSink>(
         // Recorded only now that every batch of the chunk is durable: a resumed copy skips it.
         if let Some(ledger) = shared.ledger {
             ledger
-                .chunk_done(&task.target.table, chunk.start_page)
+                .chunk_done(&task.name, chunk.start_page)
                 .map_err(SnapshotError::State)?;
         }
         if let Ok(mut spans) = shared.spans.lock() {

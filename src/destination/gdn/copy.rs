@@ -4,14 +4,23 @@
 use std::sync::Arc;
 
 use crate::decode::copy_binary::{CopyBinaryDecoder, CopyBinaryError};
-use crate::destination::gdn::document::DocumentError;
-use crate::gdn::writer::{WriteError, Writer};
+use crate::destination::gdn::document::{DocumentError, DocumentPlan};
+use crate::gdn::writer::{BatchTarget, WriteError, Writer};
 use crate::pg::{ConnectOptions, Connection};
 use crate::progress::CopyProgress;
 use crate::source::snapshot::{
     copy_tables_into, pg, BatchLimits, Chunk, ChunkSink, CopyPlan, CopySummary, CopyTask,
-    SnapshotError,
+    SinkError, SnapshotError,
 };
+
+/// Where one copied table's rows go in GDN, and how they become documents.
+#[derive(Debug, Clone)]
+pub struct DocumentTable {
+    /// How rows become documents.
+    pub plan: DocumentPlan,
+    /// Where they are written.
+    pub target: BatchTarget,
+}
 
 /// Chunks become document batches for the GDN writer (or the null destination).
 #[derive(Debug, Clone)]
@@ -20,6 +29,23 @@ pub struct DocumentSink {
     pub writer: Writer,
     /// Batch limits.
     pub limits: BatchLimits,
+    /// Per copy task, in task order.
+    pub tables: Vec<DocumentTable>,
+}
+
+impl SinkError for DocumentError {
+    fn is_transient(&self) -> bool {
+        false
+    }
+}
+
+impl SinkError for WriteError {
+    fn is_transient(&self) -> bool {
+        match self {
+            WriteError::Request { source, .. } => source.is_retryable(),
+            _ => false,
+        }
+    }
 }
 
 impl ChunkSink for DocumentSink {
@@ -37,22 +63,40 @@ impl ChunkSink for DocumentSink {
         chunk: &'a Chunk,
         progress: &'a CopyProgress,
     ) -> Result<(), SnapshotError> {
-        copy_chunk(source, task, chunk, self.limits, &self.writer, progress).await
+        let Some(table) = self.tables.get(chunk.table) else {
+            return Err(SnapshotError::Task(format!(
+                "no GDN plan was prepared for {} (a bug in pgferry)",
+                task.name
+            )));
+        };
+        copy_chunk(
+            source,
+            task,
+            table,
+            chunk,
+            self.limits,
+            &self.writer,
+            progress,
+        )
+        .await
     }
 
     async fn close_worker(&self, _worker: ()) {}
 }
 
-/// Copies `tasks` under one snapshot with `plan.workers` connections into `writer`.
+/// Copies `tasks` under one snapshot with `plan.workers` connections into `writer`, each
+/// task's rows as its `tables` entry says.
 pub async fn copy_tables(
     options: &ConnectOptions,
     tasks: Vec<CopyTask>,
+    tables: Vec<DocumentTable>,
     writer: &Writer,
     plan: CopyPlan,
 ) -> Result<CopySummary, SnapshotError> {
     let sink = Arc::new(DocumentSink {
         writer: writer.clone(),
         limits: plan.limits,
+        tables,
     });
     copy_tables_into(options, tasks, sink, plan).await
 }
@@ -73,6 +117,7 @@ impl From<CopyBinaryError> for RowError {
 async fn copy_chunk(
     connection: &mut Connection,
     task: &CopyTask,
+    documents: &DocumentTable,
     chunk: &Chunk,
     limits: BatchLimits,
     writer: &Writer,
@@ -88,7 +133,7 @@ async fn copy_chunk(
     let table = task.table.qualified_name();
     let sql = format!(
         "SELECT {} FROM {}{}",
-        task.plan.select_list(),
+        documents.plan.select_list(),
         table,
         task.chunk_condition(chunk)
     );
@@ -96,7 +141,7 @@ async fn copy_chunk(
         .copy_out(&format!("COPY ({sql}) TO STDOUT (FORMAT binary)"))
         .await
         .map_err(pg(format!("reading {table}")))?;
-    let mut decoder = CopyBinaryDecoder::new(task.plan.width());
+    let mut decoder = CopyBinaryDecoder::new(documents.plan.width());
     // Size each batch's buffer like the previous one, so memory follows the real batch size.
     let mut capacity = (64 * 1024).min(limits.bytes);
     let mut batch = writer.batch(capacity);
@@ -106,7 +151,7 @@ async fn copy_chunk(
         decoder
             .decode_chunk_with(data, |row| {
                 batch
-                    .push_with(|out| task.plan.encode(row, out))
+                    .push_with(|out| documents.plan.encode(row, out))
                     .map_err(RowError::Document)
             })
             .map_err(|error| match error {
@@ -114,13 +159,13 @@ async fn copy_chunk(
                     table: table.clone(),
                     source,
                 },
-                RowError::Document(error) => SnapshotError::Document(error),
+                RowError::Document(error) => error.into(),
             })?;
         if batch.len() >= limits.rows || batch.bytes() >= limits.bytes {
             count(batch.len());
             capacity = (batch.bytes() + batch.bytes() / 8).min(limits.bytes + 1024);
             let full = std::mem::replace(&mut batch, writer.batch(capacity));
-            pending.push(writer.submit(task.target.clone(), full).await);
+            pending.push(writer.submit(documents.target.clone(), full).await);
         }
     }
     decoder.finish().map_err(|source| SnapshotError::Copy {
@@ -129,7 +174,7 @@ async fn copy_chunk(
     })?;
     if !batch.is_empty() {
         count(batch.len());
-        pending.push(writer.submit(task.target.clone(), batch).await);
+        pending.push(writer.submit(documents.target.clone(), batch).await);
     }
     for handle in pending {
         handle

@@ -74,6 +74,12 @@ impl ReplicaError {
     }
 }
 
+impl crate::source::snapshot::SinkError for ReplicaError {
+    fn is_transient(&self) -> bool {
+        ReplicaError::is_transient(self)
+    }
+}
+
 /// An error of `during` on `table`.
 pub(crate) fn pg(during: &'static str, table: &str) -> impl FnOnce(PgError) -> ReplicaError {
     let table = table.to_owned();

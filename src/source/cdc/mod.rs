@@ -49,7 +49,6 @@ mod side;
 mod table;
 mod truncate;
 
-pub use crate::destination::RowPlan;
 pub use row::{Field, FieldData, RowChange};
 pub use side::SideConnection;
 pub use table::{CdcTable, CdcTables, LeafOf};
