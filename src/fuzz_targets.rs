@@ -25,12 +25,12 @@ use crate::gdnlite::json::{parse_body, transcode_batch, TranscodedBody, Transcod
 use crate::gdnlite::keys as gdnlite_keys;
 use crate::gdnlite::params::Query;
 use crate::pg::Lsn;
+use crate::singer::target_postgres::batch::StreamBatch;
+use crate::singer::target_postgres::config::TargetConfig;
+use crate::singer::target_postgres::copy_binary::{binary_type, text_to_binary, BinaryType};
+use crate::singer::target_postgres::schema::StreamSchema;
 use crate::singer::{parse_line, Message};
 use crate::source::cdc::RowChange;
-use crate::target::batch::StreamBatch;
-use crate::target::config::TargetConfig;
-use crate::target::copy_binary::{binary_type, text_to_binary, BinaryType};
-use crate::target::schema::StreamSchema;
 
 /// Replication CopyData frames: XLogData slices stay inside the frame.
 pub fn replication_frame(data: &[u8]) {
@@ -298,13 +298,13 @@ pub fn pgoutput(data: &[u8]) {
 /// Singer input of `pgferry target-gdn` (SCHEMA and RECORD lines) and the tap's state and
 /// catalog files: never a panic, and every document a record makes is a JSON object.
 pub fn singer_target(data: &[u8]) {
+    use crate::singer::target_gdn::{record_effect, Operation, StreamShape};
     use crate::singer::{parse_line, Message};
-    use crate::target_gdn::{record_effect, Operation, StreamShape};
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = crate::tap::state::TapState::parse(text);
-    let _ = crate::tap::catalog::parse_catalog(text);
+    let _ = crate::singer::tap::state::TapState::parse(text);
+    let _ = crate::singer::tap::catalog::parse_catalog(text);
     let mut shape = None;
     for (index, line) in text.lines().enumerate() {
         match parse_line(line, index as u64 + 1) {

@@ -8,6 +8,7 @@ pub mod check;
 pub mod config;
 pub mod console;
 pub mod decode;
+pub mod destination;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod gdn;
@@ -19,7 +20,4 @@ pub mod progress;
 pub mod secret;
 pub mod singer;
 pub mod source;
-pub mod tap;
-pub mod target;
-pub mod target_gdn;
 pub mod verify;

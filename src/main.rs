@@ -358,7 +358,7 @@ async fn discover(args: DiscoverArgs) -> ExitCode {
         Ok(catalog) => match serde_json::to_string_pretty(&catalog) {
             Ok(text) => {
                 // Schema bounds beyond 64 bits with every digit, as `pgferry tap -d` prints them.
-                let exact = pgferry::tap::output::exact_integers(text.as_bytes());
+                let exact = pgferry::singer::tap::output::exact_integers(text.as_bytes());
                 println!("{}", String::from_utf8_lossy(&exact));
                 ExitCode::SUCCESS
             }
@@ -440,7 +440,7 @@ async fn run(args: RunArgs) -> ExitCode {
 }
 
 async fn target(args: TargetArgs) -> ExitCode {
-    let config = match pgferry::target::TargetConfig::from_file(&args.config) {
+    let config = match pgferry::singer::target_postgres::TargetConfig::from_file(&args.config) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error}");
@@ -448,7 +448,7 @@ async fn target(args: TargetArgs) -> ExitCode {
         }
     };
     let mut stdout = std::io::stdout();
-    match pgferry::target::run(&config, std::io::stdin(), &mut stdout).await {
+    match pgferry::singer::target_postgres::run(&config, std::io::stdin(), &mut stdout).await {
         Ok(summary) => {
             tracing::info!(
                 records = summary.records,
@@ -515,13 +515,14 @@ async fn tap(args: TapArgs) -> ExitCode {
         Ok(server) => server,
         Err(code) => return code,
     };
-    let options = pgferry::tap::TapOptions {
+    let options = pgferry::singer::tap::TapOptions {
         config: args.config,
         state: args.state,
         catalog: args.catalog.or(args.properties),
         discover: args.discover,
     };
-    match pgferry::tap::run(&options, std::io::stdout(), &metrics, shutdown_signal()).await {
+    match pgferry::singer::tap::run(&options, std::io::stdout(), &metrics, shutdown_signal()).await
+    {
         Ok(summary) => {
             tracing::info!(
                 records = summary.records,
@@ -540,7 +541,7 @@ async fn tap(args: TapArgs) -> ExitCode {
 }
 
 async fn target_gdn(args: TargetGdnArgs) -> ExitCode {
-    let config = match pgferry::target_gdn::TargetGdnConfig::from_file(&args.config) {
+    let config = match pgferry::singer::target_gdn::TargetGdnConfig::from_file(&args.config) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error}");
@@ -555,7 +556,7 @@ async fn target_gdn(args: TargetGdnArgs) -> ExitCode {
         Err(code) => return code,
     };
     let mut stdout = std::io::stdout();
-    match pgferry::target_gdn::run(
+    match pgferry::singer::target_gdn::run(
         &config,
         std::io::stdin(),
         &mut stdout,
@@ -600,7 +601,7 @@ enum Console {
 }
 
 async fn console(args: ConsoleArgs, which: Console) -> ExitCode {
-    let result = match pgferry::tap::read_config(&args.config) {
+    let result = match pgferry::singer::tap::read_config(&args.config) {
         Err(error) => Err(error),
         Ok(config) => match which {
             Console::Validate => pgferry::console::validate(&config)

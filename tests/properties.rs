@@ -13,7 +13,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use pgferry::gdn::keys::{is_valid_key, DocumentKey};
-use pgferry::target::state::StateTracker;
+use pgferry::singer::target_postgres::state::StateTracker;
 use proptest::prelude::*;
 
 /// Key column text from a small alphabet full of the characters the encoding must escape

@@ -800,7 +800,10 @@ fn binary_and_text_copy_load_identical_tables() {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pgferry"));
     command
         .args(["target", "-c", config.to_str().unwrap_or_default()])
-        .env("PGFERRY_LOG", "pgferry::target::load=debug");
+        .env(
+            "PGFERRY_LOG",
+            "pgferry::singer::target_postgres::load=debug",
+        );
     let output = {
         let mut child = command
             .stdin(Stdio::piped())

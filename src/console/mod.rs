@@ -18,9 +18,9 @@ use serde_json::{json, Value};
 use crate::decode::copy_binary::CopyBinaryDecoder;
 use crate::gdn::keys::document_attribute_names;
 use crate::pg::Connection;
-use crate::tap::catalog::{plan_streams, StreamPlan};
-use crate::tap::full_table::write_row;
-use crate::tap::TapError;
+use crate::singer::tap::catalog::{plan_streams, StreamPlan};
+use crate::singer::tap::full_table::write_row;
+use crate::singer::tap::TapError;
 
 /// Rows per stream in `samples`.
 pub const SAMPLE_ROWS: usize = 10;
@@ -136,7 +136,7 @@ pub async fn samples(config: &crate::config::PgSourceConfig) -> Result<String, T
                     rows += 1;
                     write_row(plan, row, Some(&names), &mut out)
                 })
-                .map_err(|error: crate::tap::full_table::RowError| {
+                .map_err(|error: crate::singer::tap::full_table::RowError| {
                     error.into_tap_error(&plan.stream)
                 })?;
         }

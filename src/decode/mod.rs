@@ -4,6 +4,7 @@
 pub mod civil;
 pub mod commit_time;
 pub mod copy_binary;
+pub mod image;
 pub mod json_out;
 pub mod pgoutput;
 pub mod replication;

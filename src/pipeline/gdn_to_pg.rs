@@ -46,6 +46,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::config::{GdnAuth, GdnToPgConfig};
+use crate::destination::postgres::documents::{
+    document_key, Applied, DocumentBatch, DocumentError, DocumentTable, Encoded, PagedBatch,
+    TableModel,
+};
+use crate::destination::postgres::infer::{DELETED_AT_COLUMN, KEY_COLUMN};
 use crate::gdn::client::{retrying, GdnClient, GdnError};
 use crate::gdn::cursor::{KeysetScan, ScanPage};
 use crate::gdn::stream::{subscription_backlog, ChangeOp, StreamConsumer, StreamError};
@@ -54,13 +59,8 @@ use crate::pg::query::quote_identifier;
 use crate::pg::{Connection, PgError};
 use crate::pipeline::RunControl;
 use crate::progress::{spawn_display, CopyProgress};
+use crate::singer::target_postgres::naming::TableName;
 use crate::source::state::{StateError, StateFile};
-use crate::target::documents::{
-    document_key, Applied, DocumentBatch, DocumentError, DocumentTable, Encoded, PagedBatch,
-    TableModel,
-};
-use crate::target::infer::{DELETED_AT_COLUMN, KEY_COLUMN};
-use crate::target::naming::TableName;
 
 /// The `kind` of a GDN → PostgreSQL state file.
 const STATE_KIND: &str = "gdn_to_postgres";
@@ -602,7 +602,10 @@ impl Follower<'_> {
                         id: "keys".into(),
                         detail: format!("a key page holds {:?}: {error}", raw.get()),
                     })?;
-                crate::target::copy_encode::push_escaped(&mut text, key.as_bytes());
+                crate::singer::target_postgres::copy_encode::push_escaped(
+                    &mut text,
+                    key.as_bytes(),
+                );
                 text.push(b'\n');
             }
             copy.send(&text)

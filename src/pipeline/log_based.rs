@@ -18,6 +18,8 @@ use crate::config::{
     parse_table_name, DestinationConfig, OutputPlugin, PipelineConfig, Wal2JsonFormat,
 };
 use crate::decode::pgoutput::ProtocolVersion;
+use crate::destination::gdn::ChangeWriter;
+use crate::destination::ChangeSink;
 use crate::metrics::Metrics;
 use crate::pg::catalog::{columns_with_missing_values, identity_without_key, RelationKind};
 use crate::pg::partitions;
@@ -275,6 +277,18 @@ pub(crate) async fn run(
         .as_ref()
         .map(|replica| Arc::clone(&replica.writer));
     let client = prepared.client.clone();
+    // The stream's one destination; its knobs are the flush's (below).
+    let destination = match (&client, &replica) {
+        (_, Some(replica)) => ChangeSink::Postgres(replica),
+        (Some(client), None) => ChangeSink::Gdn(ChangeWriter {
+            client,
+            batch_size_rows,
+            max_in_flight,
+            wait_for_sync,
+            max_retries,
+        }),
+        (None, None) => ChangeSink::Null,
+    };
     // Each table streams under its own name and, when partitioned, under its leaf partitions'
     // names (their changes are decoded under those): all into the table's collection, and
     // wal2json is asked for every one of them. A leaf's entry knows its partition constraint,
@@ -287,10 +301,7 @@ pub(crate) async fn run(
         leaf_names.push(Vec::new());
         let plan = task.plan.clone();
         let id = Arc::clone(&task.target.collection);
-        let streamed = match replica {
-            Some(_) => CdcTable::for_replica(&task.table, plan, id),
-            None => CdcTable::new(&task.table, plan, id),
-        };
+        let streamed = CdcTable::new(&task.table, destination.row_plan(&task.table, plan), id);
         let mut names = vec![(task.table.schema.clone(), task.table.name.clone(), None)];
         if task.table.kind == RelationKind::PartitionedTable {
             let leaves = partitions::leaves(replication.connection(), task.table.oid).await?;
@@ -464,9 +475,7 @@ pub(crate) async fn run(
     // copy runs beside the stream skips them all until then.
     if let Some(known) = &state.tables {
         for table in tables.values_mut() {
-            table.copied_at = known
-                .get(table.plan.table())
-                .and_then(|synced| synced.copied_at);
+            table.copied_at = known.get(table.name()).and_then(|synced| synced.copied_at);
         }
     }
     if let Some((copying, _)) = &background {
@@ -477,7 +486,7 @@ pub(crate) async fn run(
             .map(|(name, _)| name)
             .collect();
         for table in tables.values_mut() {
-            table.copying = copying.iter().any(|name| *name == table.plan.table());
+            table.copying = copying.iter().any(|name| *name == table.name());
         }
     }
     // The insert position, not IDENTIFY_SYSTEM's flush position: a transaction committed
@@ -545,8 +554,7 @@ pub(crate) async fn run(
         hold_at: background.as_ref().map(|_| held),
     };
     let context = StreamContext {
-        client: client.as_ref(),
-        replica: replica.as_deref(),
+        destination: &destination,
         settings: &settings,
         state_file: &file,
         metrics: &metrics,

@@ -14,16 +14,16 @@ use std::collections::{BTreeMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use super::RunError;
+use super::TableTask;
 use crate::decode::copy_binary::CopyBinaryDecoder;
+use crate::destination::gdn::document::DocumentPlan;
+use crate::destination::postgres::copy::{ReplicaCopy, TEXT_SESSION};
+use crate::destination::postgres::{pg, ReplicaError};
 use crate::gdn::client::{GdnClient, DELETE_BATCH};
 use crate::gdn::cursor::KeysetScan;
-use crate::gdn::document::DocumentPlan;
 use crate::gdn::writer::WriterSettings;
 use crate::pg::catalog::{NumericMode, Table};
 use crate::pg::{ConnectOptions, Connection, PgError};
-use crate::source::snapshot::CopyTask;
-use crate::target::replica::copy::{ReplicaCopy, TEXT_SESSION};
-use crate::target::replica::{pg, ReplicaError};
 
 /// Keys asked for per page while the collection's keys are read.
 const KEY_PAGE: u64 = 10_000;
@@ -46,7 +46,7 @@ impl Removed {
 /// the preparation before the copy consumes it.
 pub(crate) struct Destination {
     /// The copied tasks.
-    pub(crate) tasks: Vec<CopyTask>,
+    pub(crate) tasks: Vec<TableTask>,
     /// GDN (with its writer settings), when the destination is GDN.
     pub(crate) gdn: Option<(GdnClient, WriterSettings)>,
     /// The target database and tables, when the destination is PostgreSQL.
@@ -131,7 +131,7 @@ fn key_plan(
 /// Adds the fingerprints of `task`'s table's current keys to `keys`.
 async fn source_keys(
     source: &mut Connection,
-    task: &CopyTask,
+    task: &TableTask,
     numeric_mode: NumericMode,
     keys: &mut HashSet<u128>,
 ) -> Result<(), RunError> {
@@ -173,13 +173,13 @@ impl From<crate::decode::copy_binary::CopyBinaryError> for RunError {
 async fn mirror_collections(
     source: &ConnectOptions,
     client: &GdnClient,
-    tasks: &[CopyTask],
+    tasks: &[TableTask],
     numeric_mode: NumericMode,
     max_retries: u32,
     wait_for_sync: bool,
     snapshot: Option<&str>,
 ) -> Result<Removed, RunError> {
-    let mut by_collection: BTreeMap<&str, Vec<&CopyTask>> = BTreeMap::new();
+    let mut by_collection: BTreeMap<&str, Vec<&TableTask>> = BTreeMap::new();
     for task in tasks {
         by_collection
             .entry(&task.target.collection)
@@ -282,7 +282,7 @@ async fn delete(
 async fn mirror_tables(
     source: &ConnectOptions,
     target: &ConnectOptions,
-    tasks: &[CopyTask],
+    tasks: &[TableTask],
     copies: &[ReplicaCopy],
     snapshot: Option<&str>,
 ) -> Result<Removed, RunError> {
@@ -349,7 +349,7 @@ enum Side {
 async fn mirror_table(
     from: &mut Connection,
     into: &mut Connection,
-    task: &CopyTask,
+    task: &TableTask,
     copy: &ReplicaCopy,
 ) -> Result<u64, Side> {
     let table = &copy.table;

@@ -1,21 +1,21 @@
 //! PostgreSQL → PostgreSQL: the target tables a run creates or checks before copying, and
 //! what streaming needs to apply changes there. The copy and the streaming loop are the ones
-//! PostgreSQL → GDN uses; only the sink differs (`target::replica`).
+//! PostgreSQL → GDN uses; only the destination differs (`destination::postgres`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use super::TableTask;
 use crate::config::{parse_table_name, ReplicaDestinationConfig};
-use crate::gdn::document::DocumentPlan;
+use crate::destination::gdn::document::DocumentPlan;
+use crate::destination::postgres::copy::{ReplicaCopy, TEXT_SESSION};
+use crate::destination::postgres::{table::ensure, ReplicaError, ReplicaWriter};
 use crate::gdn::writer::BatchTarget;
 use crate::pg::catalog::{NumericMode, Table};
 use crate::pg::query::quote_literal;
 use crate::pg::{ConnectOptions, Connection};
 use crate::pipeline::RunError;
-use crate::source::snapshot::CopyTask;
-use crate::target::naming::TableName;
-use crate::target::replica::copy::{ReplicaCopy, TEXT_SESSION};
-use crate::target::replica::{table::ensure, ReplicaError, ReplicaWriter};
+use crate::singer::target_postgres::naming::TableName;
 
 /// The target side of a run, ready for the copy and for streaming.
 #[derive(Debug)]
@@ -36,12 +36,12 @@ pub(crate) async fn prepare_targets(
     chosen: &[(&Table, Option<String>)],
     numeric_mode: NumericMode,
     allow_keyless: bool,
-) -> Result<(Vec<CopyTask>, ReplicaPrepared), RunError> {
+) -> Result<(Vec<TableTask>, ReplicaPrepared), RunError> {
     let target = destination.connection.destination_options();
     let replica_error = |error: ReplicaError| RunError::Replica(Box::new(error));
     let mut connection = Connection::connect(&target)
         .await
-        .map_err(crate::target::replica::pg(
+        .map_err(crate::destination::postgres::pg(
             "connecting to the target database for",
             "the tables",
         ))
@@ -82,13 +82,13 @@ pub(crate) async fn prepare_targets(
             connection
                 .execute(&replica.truncate_sql())
                 .await
-                .map_err(crate::target::replica::pg(
+                .map_err(crate::destination::postgres::pg(
                     "emptying",
                     &replica.target.to_string(),
                 ))
                 .map_err(replica_error)?;
         }
-        tasks.push(CopyTask {
+        tasks.push(TableTask {
             target: BatchTarget {
                 table: format!("{}.{}", table.schema, table.name).into(),
                 collection: replica.target.quoted().into(),

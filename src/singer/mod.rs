@@ -6,6 +6,9 @@
 
 mod message;
 mod reader;
+pub mod tap;
+pub mod target_gdn;
+pub mod target_postgres;
 
 pub use message::{object_fields, parse_line, Message, RecordMessage, SchemaMessage, SingerError};
 pub use reader::{LineBlock, LineReader};

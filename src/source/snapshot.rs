@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use crate::decode::copy_binary::{CopyBinaryDecoder, CopyBinaryError};
-use crate::gdn::document::{DocumentError, DocumentPlan};
-use crate::gdn::writer::{BatchTarget, WriteError, Writer};
+use crate::decode::copy_binary::CopyBinaryError;
 use crate::pg::catalog::Table;
 use crate::pg::query::quote_literal;
 use crate::pg::{ConnectOptions, Connection, PgError};
@@ -48,27 +46,55 @@ pub enum SnapshotError {
         /// The error.
         source: CopyBinaryError,
     },
-    /// A row could not become a document.
-    #[error(transparent)]
-    Document(#[from] DocumentError),
-    /// The destination failed.
-    #[error(transparent)]
-    Write(#[from] WriteError),
+    /// A copy worker ended abnormally.
+    #[error("a write task failed: {0}")]
+    Task(String),
     /// Copy progress could not be recorded.
     #[error(transparent)]
     State(StateError),
-    /// A PostgreSQL destination failed.
+    /// The destination failed (its own error, as it words it).
     #[error(transparent)]
-    Replica(Box<crate::target::replica::ReplicaError>),
+    Destination(DestinationError),
 }
 
-impl From<crate::target::replica::ReplicaError> for SnapshotError {
-    fn from(error: crate::target::replica::ReplicaError) -> SnapshotError {
-        SnapshotError::Replica(Box::new(error))
+/// What the copy needs to know of a destination's error.
+pub trait SinkError: std::error::Error + Send + Sync + 'static {
+    /// Whether copying again may succeed without a fix (the destination unreachable or
+    /// restarting).
+    fn is_transient(&self) -> bool;
+}
+
+/// A destination's error, boxed: the source names no destination's types.
+#[derive(Debug)]
+pub struct DestinationError(Box<dyn SinkError>);
+
+impl DestinationError {
+    /// Whether copying again may succeed without a fix.
+    pub fn is_transient(&self) -> bool {
+        self.0.is_transient()
     }
 }
 
-/// Where copied chunks go: GDN documents through the writer, or rows into another database.
+impl std::fmt::Display for DestinationError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(formatter)
+    }
+}
+
+impl std::error::Error for DestinationError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl<E: SinkError> From<E> for SnapshotError {
+    fn from(error: E) -> SnapshotError {
+        SnapshotError::Destination(DestinationError(Box::new(error)))
+    }
+}
+
+/// Where copied chunks go: GDN documents through the writer (`destination::gdn::copy`), or
+/// rows into another database (`destination::postgres::copy`).
 pub trait ChunkSink: Send + Sync + 'static {
     /// What each copy worker keeps between chunks (e.g. its connection to the target).
     type Worker: Send;
@@ -100,37 +126,8 @@ pub trait ChunkSink: Send + Sync + 'static {
     fn close_worker(&self, worker: Self::Worker) -> impl std::future::Future<Output = ()> + Send;
 }
 
-/// Chunks become document batches for the GDN writer (or the null destination).
-#[derive(Debug, Clone)]
-pub struct DocumentSink {
-    /// The writer.
-    pub writer: Writer,
-    /// Batch limits.
-    pub limits: BatchLimits,
-}
-
-impl ChunkSink for DocumentSink {
-    type Worker = ();
-
-    async fn open_worker(&self, _worker: usize) -> Result<(), SnapshotError> {
-        Ok(())
-    }
-
-    async fn copy_chunk<'a>(
-        &'a self,
-        _worker: &'a mut (),
-        source: &'a mut Connection,
-        task: &'a CopyTask,
-        chunk: &'a Chunk,
-        progress: &'a CopyProgress,
-    ) -> Result<(), SnapshotError> {
-        copy_chunk(source, task, chunk, self.limits, &self.writer, progress).await
-    }
-
-    async fn close_worker(&self, _worker: ()) {}
-}
-
-fn pg(context: impl Into<String>) -> impl FnOnce(PgError) -> SnapshotError {
+/// A PostgreSQL failure while `context`.
+pub(crate) fn pg(context: impl Into<String>) -> impl FnOnce(PgError) -> SnapshotError {
     let context = context.into();
     move |source| SnapshotError::Postgres { context, source }
 }
@@ -179,15 +176,13 @@ pub fn ctid_predicate(start_page: u64, end_page: Option<u64>) -> Option<String> 
     }
 }
 
-/// One table to copy and where its documents go.
+/// One table to copy (where its rows go is the sink's, by the task's number).
 #[derive(Debug, Clone)]
 pub struct CopyTask {
     /// The table from the catalog.
     pub table: Table,
-    /// How rows become documents.
-    pub plan: DocumentPlan,
-    /// Where they are written.
-    pub target: BatchTarget,
+    /// `schema.table`: its name in progress, the copy's summary and the chunk ledger.
+    pub name: Arc<str>,
     /// Only the rows this SQL condition holds for (LOG_BASED through pgoutput: the
     /// publications' row filter, so the copy holds what the stream keeps up to date).
     pub row_filter: Option<String>,
@@ -253,20 +248,6 @@ pub struct CopyPlan {
     pub progress: Arc<CopyProgress>,
     /// Chunk plans and completions to record (LOG_BASED), or `None`.
     pub ledger: Option<Arc<ChunkLedger>>,
-}
-
-/// Copies `tasks` under one snapshot with `plan.workers` connections into `writer`.
-pub async fn copy_tables(
-    options: &ConnectOptions,
-    tasks: Vec<CopyTask>,
-    writer: &Writer,
-    plan: CopyPlan,
-) -> Result<CopySummary, SnapshotError> {
-    let sink = Arc::new(DocumentSink {
-        writer: writer.clone(),
-        limits: plan.limits,
-    });
-    copy_tables_into(options, tasks, sink, plan).await
 }
 
 /// Copies `tasks` under one snapshot with `plan.workers` connections into `sink`.
@@ -346,7 +327,7 @@ pub async fn copy_tables_into<S: ChunkSink>(
     order.sort_by_key(|(_, pages)| std::cmp::Reverse(*pages));
     let mut chunks = VecDeque::new();
     for (index, pages) in order {
-        let name = tasks[index].target.table.to_string();
+        let name = tasks[index].name.to_string();
         let proposed = if tasks[index].table.kind.is_view() {
             u64::MAX
         } else {
@@ -402,7 +383,7 @@ pub async fn copy_tables_into<S: ChunkSink>(
     for handle in handles {
         let result = match handle.await {
             Ok(result) => result,
-            Err(error) => Err(SnapshotError::Write(WriteError::Task(error.to_string()))),
+            Err(error) => Err(SnapshotError::Task(error.to_string())),
         };
         if let Err(error) = result {
             // Stop the other workers early: they take no new chunk once the queue is empty.
@@ -422,7 +403,7 @@ pub async fn copy_tables_into<S: ChunkSink>(
             .iter()
             .enumerate()
             .map(|(index, task)| TableCopied {
-                table: task.target.table.to_string(),
+                table: task.name.to_string(),
                 rows: progress.rows(index),
                 elapsed: spans
                     .get(index)
@@ -487,7 +468,7 @@ async fn copy_worker<S: ChunkSink>(
         // Recorded only now that every batch of the chunk is durable: a resumed copy skips it.
         if let Some(ledger) = shared.ledger {
             ledger
-                .chunk_done(&task.target.table, chunk.start_page)
+                .chunk_done(&task.name, chunk.start_page)
                 .map_err(SnapshotError::State)?;
         }
         if let Ok(mut spans) = shared.spans.lock() {
@@ -499,88 +480,6 @@ async fn copy_worker<S: ChunkSink>(
     let _ = connection.execute("COMMIT").await;
     connection.close().await;
     sink.close_worker(state).await;
-    Ok(())
-}
-
-/// A row that could not be decoded or encoded.
-enum RowError {
-    Copy(CopyBinaryError),
-    Document(DocumentError),
-}
-
-impl From<CopyBinaryError> for RowError {
-    fn from(error: CopyBinaryError) -> RowError {
-        RowError::Copy(error)
-    }
-}
-
-/// Copies one chunk and waits until every batch of it is written.
-async fn copy_chunk(
-    connection: &mut Connection,
-    task: &CopyTask,
-    chunk: &Chunk,
-    limits: BatchLimits,
-    writer: &Writer,
-    progress: &CopyProgress,
-) -> Result<(), SnapshotError> {
-    let metrics = writer.metrics();
-    let count = |rows: usize| {
-        progress.add(chunk.table, rows as u64);
-        metrics
-            .rows_read
-            .fetch_add(rows as u64, std::sync::atomic::Ordering::Relaxed);
-    };
-    let table = task.table.qualified_name();
-    let sql = format!(
-        "SELECT {} FROM {}{}",
-        task.plan.select_list(),
-        table,
-        task.chunk_condition(chunk)
-    );
-    let mut copy = connection
-        .copy_out(&format!("COPY ({sql}) TO STDOUT (FORMAT binary)"))
-        .await
-        .map_err(pg(format!("reading {table}")))?;
-    let mut decoder = CopyBinaryDecoder::new(task.plan.width());
-    // Size each batch's buffer like the previous one, so memory follows the real batch size.
-    let mut capacity = (64 * 1024).min(limits.bytes);
-    let mut batch = writer.batch(capacity);
-    let mut pending = Vec::new();
-    while let Some(data) = copy.next().await.map_err(pg(format!("reading {table}")))? {
-        // PostgreSQL sends one row per message: decode it straight into the batch.
-        decoder
-            .decode_chunk_with(data, |row| {
-                batch
-                    .push_with(|out| task.plan.encode(row, out))
-                    .map_err(RowError::Document)
-            })
-            .map_err(|error| match error {
-                RowError::Copy(source) => SnapshotError::Copy {
-                    table: table.clone(),
-                    source,
-                },
-                RowError::Document(error) => SnapshotError::Document(error),
-            })?;
-        if batch.len() >= limits.rows || batch.bytes() >= limits.bytes {
-            count(batch.len());
-            capacity = (batch.bytes() + batch.bytes() / 8).min(limits.bytes + 1024);
-            let full = std::mem::replace(&mut batch, writer.batch(capacity));
-            pending.push(writer.submit(task.target.clone(), full).await);
-        }
-    }
-    decoder.finish().map_err(|source| SnapshotError::Copy {
-        table: table.clone(),
-        source,
-    })?;
-    if !batch.is_empty() {
-        count(batch.len());
-        pending.push(writer.submit(task.target.clone(), batch).await);
-    }
-    for handle in pending {
-        handle
-            .await
-            .map_err(|error| WriteError::Task(error.to_string()))??;
-    }
     Ok(())
 }
 

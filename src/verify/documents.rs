@@ -5,9 +5,9 @@
 //! hashing, so attribute order and number spelling (`1.0`, `1`) do not matter.
 
 use crate::decode::copy_binary::CopyBinaryDecoder;
+use crate::destination::gdn::document::DocumentPlan;
 use crate::gdn::client::{retrying, GdnClient};
 use crate::gdn::cursor::KeysetScan;
-use crate::gdn::document::DocumentPlan;
 use crate::pg::catalog::Table;
 use crate::pg::{ConnectOptions, Connection};
 

@@ -2,8 +2,8 @@
 //! result): what failed, where, and whether the input is at fault.
 
 use crate::decode::copy_binary::CopyBinaryError;
+use crate::destination::gdn::document::DocumentError;
 use crate::gdn::client::GdnError;
-use crate::gdn::document::DocumentError;
 use crate::pg::PgError;
 use crate::pipeline::RunError;
 

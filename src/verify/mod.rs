@@ -49,8 +49,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{DestinationConfig, Pipeline, PipelineConfig, ReplicationMethod};
+use crate::destination::gdn::document::DocumentPlan;
 use crate::gdn::client::GdnClient;
-use crate::gdn::document::DocumentPlan;
 use crate::pg::ConnectOptions;
 use crate::pipeline::collections::{check_names, key_prefixes, TableCollection};
 use crate::pipeline::{discover_selected, selected, RunError};

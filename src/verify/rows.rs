@@ -4,12 +4,12 @@
 //! has the source's column names and types. Under `hard_delete: false` rows marked
 //! `_sdc_deleted_at` are left out: they are deleted rows.
 
+use crate::destination::postgres::copy::TEXT_SESSION;
+use crate::destination::postgres::sql::DELETED_AT;
 use crate::pg::catalog::Table;
 use crate::pg::query::quote_identifier;
 use crate::pg::{ConnectOptions, Connection, PgError};
-use crate::target::naming::TableName;
-use crate::target::replica::copy::TEXT_SESSION;
-use crate::target::replica::sql::DELETED_AT;
+use crate::singer::target_postgres::naming::TableName;
 
 use super::buckets::{hash128, shorten, AttributeDiff};
 use super::contract::where_clause;

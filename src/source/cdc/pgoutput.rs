@@ -331,7 +331,7 @@ async fn adopt_partition(
         .collect();
     for root in roots {
         if let Some((leaf, columns)) = side.leaf_of(root.table().oid, schema, name).await? {
-            tracing::warn!(table = %root.plan.table(), partition = %format!("{schema}.{name}"), "a partition attached while streaming: its changes stream into the table's collection from now on; rows it held when it was attached were not copied (copy the table again to include them)");
+            tracing::warn!(table = %root.name(), partition = %format!("{schema}.{name}"), "a partition attached while streaming: its changes stream into the table's collection from now on; rows it held when it was attached were not copied (copy the table again to include them)");
             tables.insert(
                 schema,
                 name,

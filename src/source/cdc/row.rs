@@ -3,8 +3,8 @@
 
 use std::borrow::Cow;
 
+use crate::decode::image::ImageValue;
 use crate::decode::wal2json::{Action, Change, ColumnValue, Wal2JsonError};
-use crate::gdn::document::ImageValue;
 use crate::pg::Lsn;
 
 /// One column of a row image.

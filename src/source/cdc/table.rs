@@ -1,5 +1,5 @@
-//! The streamed tables and their document plans, which follow the row shape each change
-//! carries (columns added, dropped or retyped since the catalog was read).
+//! The streamed tables and their row plans (the destination's), which follow the row shape
+//! each change carries (columns added, dropped or retyped since the catalog was read).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,29 +8,28 @@ use super::row::{same_type_spelling, Field, RowChange};
 use super::side::SideConnection;
 use super::CdcError;
 use crate::decode::wal2json::Action;
-use crate::gdn::document::DocumentPlan;
+use crate::destination::RowPlan;
 use crate::pg::catalog::{Column, NumericMode, Table};
 use crate::pg::partitions::{LeafPartition, PartitionColumns};
 use crate::pg::Lsn;
-use crate::target::replica::ReplicaPlan;
 
 /// A column of a change's row shape: name, type as the change spelled it, and the type's oid
 /// when the change gave it.
 pub(super) type SpelledColumn = (String, String, Option<u32>);
 
-/// One streamed table: how its rows become documents and where they go.
+/// One streamed table: how its rows become the destination's and where they go.
 ///
 /// The plan follows the row shape the changes carry: wal2json names every column with its
 /// type, so a column added, dropped or retyped since the catalog was read is decoded by the
 /// type it had when the change was made (an INSERT is the whole row as it was then).
 #[derive(Debug, Clone)]
 pub struct CdcTable {
-    /// Rows → documents (same attribute names and keys as the snapshot).
-    pub plan: DocumentPlan,
+    /// Rows → the destination's rows (made by the destination; the same keys as the copy).
+    pub rows: RowPlan,
     /// The collection (or, for a PostgreSQL destination, the target table's id).
     pub collection: Arc<str>,
-    /// For a PostgreSQL destination: rows are kept as text values instead of documents.
-    pub replica: Option<ReplicaPlan>,
+    /// `schema.table`, for messages.
+    name: String,
     /// The catalog entry the plans are built on (its columns replaced as shapes change).
     table: Table,
     /// `(column, type name)` of the current plan, as the changes spell them.
@@ -56,18 +55,18 @@ pub struct LeafOf {
 }
 
 impl CdcTable {
-    /// A streamed table planned from its catalog entry.
-    pub fn new(table: &Table, plan: DocumentPlan, collection: Arc<str>) -> CdcTable {
+    /// A streamed table planned from its catalog entry (`rows`: the destination's plan).
+    pub fn new(table: &Table, rows: RowPlan, collection: Arc<str>) -> CdcTable {
         CdcTable {
+            name: format!("{}.{}", table.schema, table.name),
             shape: table
                 .columns
                 .iter()
                 .map(|column| (column.name.clone(), column.type_name.clone()))
                 .collect(),
             table: table.clone(),
-            plan,
+            rows,
             collection,
-            replica: None,
             partition: None,
             copied_at: None,
             copying: false,
@@ -81,11 +80,9 @@ impl CdcTable {
         entry
     }
 
-    /// A streamed table whose rows go to a PostgreSQL destination.
-    pub fn for_replica(table: &Table, plan: DocumentPlan, id: Arc<str>) -> CdcTable {
-        let mut streamed = CdcTable::new(table, plan, id);
-        streamed.replica = Some(replica_plan(table));
-        streamed
+    /// `schema.table`, for messages.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// `(column, type name)` of the current plan.
@@ -185,11 +182,11 @@ impl CdcTable {
             .map_err(|missing| {
                 CdcError::Unsupported(format!(
                     "a change of {} at {lsn} has no key column {} (the table's key now is ({}); the change's columns are ({})): a key column was renamed or dropped after the change was made, and the change does not say which column took its place\nHINT: the key cannot be read from this change; copy the table again (delete the state file and drop the slot, then run){}",
-                    self.plan.table(),
+                    self.name,
                     missing.join(", "),
                     self.table.key_columns.join(", "),
                     columns.join(", "),
-                    if self.replica.is_some() { "; for a PostgreSQL destination, rename the target's key columns to match the source's first" } else { "" }
+                    self.rows.key_rename_hint()
                 ))
             })?;
         let names: Vec<&str> = shape
@@ -206,7 +203,7 @@ impl CdcTable {
             } else {
                 CdcError::Unsupported(format!(
                     "a change of {} at {lsn} has column types ({}) that cannot be resolved: {error}\nHINT: a type dropped since the change was made cannot be decoded; restart with a fresh copy of this table",
-                    self.plan.table(),
+                    self.name,
                     names.join(", ")
                 ))
             }
@@ -218,7 +215,7 @@ impl CdcTable {
             .collect();
         let mut table = self.table.clone();
         if key_columns != table.key_columns {
-            tracing::info!(table = %self.plan.table(), %lsn, from = ?table.key_columns, to = ?key_columns, "the key columns were renamed: the change keys by their names as of its time");
+            tracing::info!(table = %self.name, %lsn, from = ?table.key_columns, to = ?key_columns, "the key columns were renamed: the change keys by their names as of its time");
             table.key_columns = key_columns;
         }
         table.columns = shape
@@ -235,13 +232,7 @@ impl CdcTable {
                 resolved: named.resolved,
             })
             .collect();
-        let prefix = self.plan.key_prefix().map(str::to_owned);
-        self.plan = DocumentPlan::new(&table, numeric_mode, false)
-            .map_err(|source| CdcError::Document { lsn, source })?
-            .with_key_prefix(prefix);
-        if self.replica.is_some() {
-            self.replica = Some(replica_plan(&table));
-        }
+        self.rows = self.rows.replan(&table, numeric_mode, lsn)?;
         self.table = table;
         self.shape = shape;
         Ok(())
@@ -282,19 +273,6 @@ fn keys_in_shape(
             }
         })
         .collect())
-}
-
-/// The text-value plan of a table replicated into PostgreSQL.
-fn replica_plan(table: &Table) -> ReplicaPlan {
-    ReplicaPlan::new(
-        &table.qualified_name(),
-        table
-            .columns
-            .iter()
-            .map(|column| column.name.clone())
-            .collect(),
-        table.key_columns.clone(),
-    )
 }
 
 /// The streamed tables, found by a change's schema and table name without allocating.

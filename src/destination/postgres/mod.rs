@@ -1,5 +1,7 @@
-//! PostgreSQL → PostgreSQL: the source's tables replicated into another database with their
-//! own column types, by the same snapshot and change data capture that feed GDN.
+//! PostgreSQL as a destination: a PostgreSQL source's tables replicated with their own column
+//! types (by the same snapshot and change data capture that feed GDN), and GDN documents loaded
+//! into inferred tables (`infer` chooses columns from documents, `documents` loads a batch in
+//! one transaction).
 //!
 //! `table` creates or checks the target tables, `copy` moves snapshot chunks with
 //! `COPY … TO STDOUT` piped into `COPY … FROM STDIN` (binary when both sides have the same
@@ -9,6 +11,8 @@
 
 pub mod apply;
 pub mod copy;
+pub mod documents;
+pub mod infer;
 pub mod plan;
 pub mod sql;
 pub mod table;
@@ -17,6 +21,9 @@ pub use apply::{ReplicaWriter, RowPicker};
 pub use plan::{ImageError, ReplicaPlan};
 pub use sql::ReplicaTable;
 
+use std::sync::Arc;
+
+use crate::destination::{ChangeError, PartitionPicker};
 use crate::pg::PgError;
 
 /// Why replicating into PostgreSQL failed.
@@ -67,6 +74,12 @@ impl ReplicaError {
     }
 }
 
+impl crate::source::snapshot::SinkError for ReplicaError {
+    fn is_transient(&self) -> bool {
+        ReplicaError::is_transient(self)
+    }
+}
+
 /// An error of `during` on `table`.
 pub(crate) fn pg(during: &'static str, table: &str) -> impl FnOnce(PgError) -> ReplicaError {
     let table = table.to_owned();
@@ -74,5 +87,39 @@ pub(crate) fn pg(during: &'static str, table: &str) -> impl FnOnce(PgError) -> R
         during,
         table,
         source,
+    }
+}
+
+/// Removes the rows of `table`'s target table (`id`) that truncated partitions held, as
+/// `picker` answers from their partition-key `columns`; returns how many.
+pub(crate) async fn remove_partition_rows(
+    writer: &ReplicaWriter,
+    table: &str,
+    id: &Arc<str>,
+    columns: &[&str],
+    picker: &mut (impl PartitionPicker + Send),
+) -> Result<u64, ChangeError> {
+    let mut leaves = LeafRows { picker, table };
+    Ok(writer.remove_rows(id, columns, &mut leaves).await?)
+}
+
+/// Picks the target rows the truncated leaves held, by asking the source.
+struct LeafRows<'a, P> {
+    picker: &'a mut P,
+    table: &'a str,
+}
+
+impl<P: PartitionPicker + Send> RowPicker for LeafRows<'_, P> {
+    async fn pick(&mut self, rows: &str) -> Result<Vec<usize>, ReplicaError> {
+        let members =
+            self.picker
+                .members(rows, &[])
+                .await
+                .map_err(|source| ReplicaError::Postgres {
+                    during: "asking the source which rows a truncated partition held, for",
+                    table: self.table.to_owned(),
+                    source,
+                })?;
+        Ok(members.into_iter().map(|member| member.position).collect())
     }
 }

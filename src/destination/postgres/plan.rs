@@ -6,7 +6,7 @@
 //! on JSON objects and string keys; giving it these lets PostgreSQL → PostgreSQL share it with
 //! PostgreSQL → GDN. Unlike a GDN `_key`, this key can be read back, which deletes need.
 
-use crate::gdn::document::ImageValue;
+use crate::decode::image::ImageValue;
 
 /// Why an image cannot become a row.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +65,24 @@ impl ReplicaPlan {
             columns,
             keys,
         }
+    }
+
+    /// The plan of a source table as the catalog (or a change's row shape) describes it.
+    pub fn for_table(table: &crate::pg::catalog::Table) -> ReplicaPlan {
+        ReplicaPlan::new(
+            &table.qualified_name(),
+            table
+                .columns
+                .iter()
+                .map(|column| column.name.clone())
+                .collect(),
+            table.key_columns.clone(),
+        )
+    }
+
+    /// The source table's column names, in catalog order.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
     }
 
     /// `schema.table` of the source.

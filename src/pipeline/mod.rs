@@ -1,4 +1,4 @@
-//! `pgferry run`: wires the source, the document plans and the writer together.
+//! `pgferry run`: wires the source, the one destination of the run and the state file together.
 //!
 //! FULL_TABLE: discovery, collection creation, one consistent parallel copy of every selected
 //! table, and a summary. LOG_BASED (`log_based.rs`): the same copy under the replication slot's
@@ -19,8 +19,10 @@ use std::time::Duration;
 use crate::config::{
     DestinationConfig, PgSourceConfig, Pipeline, PipelineConfig, ReplicationMethod, TableSelection,
 };
+use crate::destination::gdn::copy::{copy_tables, DocumentTable};
+use crate::destination::gdn::document::{DocumentError, DocumentPlan};
+use crate::destination::postgres::copy::ReplicaSink;
 use crate::gdn::client::{retrying, GdnClient, GdnError};
-use crate::gdn::document::{DocumentError, DocumentPlan};
 use crate::gdn::writer::{BatchTarget, Writer, WriterSettings};
 use crate::metrics::{Labels, Metrics, Phase};
 use crate::pg::catalog::{discover, Table};
@@ -28,10 +30,9 @@ use crate::pg::{Connection, PgError};
 use crate::progress::{spawn_display, CopyProgress};
 use crate::source::cdc::{CdcError, CdcSummary};
 use crate::source::snapshot::{
-    copy_tables, copy_tables_into, BatchLimits, CopyPlan, CopySummary, CopyTask, SnapshotError,
+    copy_tables_into, BatchLimits, CopyPlan, CopySummary, CopyTask, SnapshotError,
 };
 use crate::source::state::{ChunkLedger, StateError};
-use crate::target::replica::copy::ReplicaSink;
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +74,7 @@ pub enum RunError {
     GdnToPg(Box<gdn_to_pg::GdnToPgError>),
     /// The PostgreSQL destination of a PostgreSQL source failed.
     #[error("PostgreSQL destination: {0}")]
-    Replica(Box<crate::target::replica::ReplicaError>),
+    Replica(Box<crate::destination::postgres::ReplicaError>),
 }
 
 impl RunError {
@@ -88,10 +89,7 @@ impl RunError {
             RunError::Replica(error) => error.is_transient(),
             RunError::Copy(error) => match error.as_ref() {
                 SnapshotError::Postgres { source, .. } => source.is_transient(),
-                SnapshotError::Replica(error) => error.is_transient(),
-                SnapshotError::Write(crate::gdn::writer::WriteError::Request {
-                    source, ..
-                }) => source.is_retryable(),
+                SnapshotError::Destination(error) => error.is_transient(),
                 _ => false,
             },
             _ => false,
@@ -108,7 +106,7 @@ impl RunError {
             RunError::Source(error) => pg(error),
             RunError::Replica(error) => matches!(
                 error.as_ref(),
-                crate::target::replica::ReplicaError::Postgres { source, .. } if pg(source)
+                crate::destination::postgres::ReplicaError::Postgres { source, .. } if pg(source)
             ),
             RunError::Destination(error) => matches!(
                 error,
@@ -352,12 +350,38 @@ pub async fn run(config: &PipelineConfig) -> Result<RunSummary, RunError> {
     .await
 }
 
+/// One table to copy, and how its rows become documents and where they go in GDN (the
+/// copy itself sees only [`CopyTask`]; the GDN plan goes to its sink).
+#[derive(Debug, Clone)]
+pub(crate) struct TableTask {
+    /// The table from the catalog.
+    pub(crate) table: Table,
+    /// How rows become documents.
+    pub(crate) plan: DocumentPlan,
+    /// Where they are written.
+    pub(crate) target: BatchTarget,
+    /// Only the rows this SQL condition holds for (LOG_BASED through pgoutput: the
+    /// publications' row filter, so the copy holds what the stream keeps up to date).
+    pub(crate) row_filter: Option<String>,
+}
+
+impl TableTask {
+    /// What the source's copy needs of it.
+    pub(crate) fn copy_task(&self) -> CopyTask {
+        CopyTask {
+            table: self.table.clone(),
+            name: Arc::clone(&self.target.table),
+            row_filter: self.row_filter.clone(),
+        }
+    }
+}
+
 /// Everything both replication methods need before copying.
 pub(crate) struct Prepared {
     pub(crate) client: Option<GdnClient>,
     pub(crate) settings: WriterSettings,
     pub(crate) limits: BatchLimits,
-    pub(crate) tasks: Vec<CopyTask>,
+    pub(crate) tasks: Vec<TableTask>,
     /// A PostgreSQL destination's tables and writer (then `client` is `None`).
     pub(crate) replica: Option<pg_to_pg::ReplicaPrepared>,
 }
@@ -491,7 +515,7 @@ pub(crate) async fn prepare_chosen(
                 .await?;
             }
         }
-        tasks.push(CopyTask {
+        tasks.push(TableTask {
             target: BatchTarget {
                 table: format!("{}.{}", table.schema, table.name).into(),
                 collection: collection.into(),
@@ -616,14 +640,22 @@ pub(crate) async fn copy_step(
         ledger,
     };
     let source = config.source.connect_options();
+    let copy_tasks = tasks.iter().map(TableTask::copy_task).collect();
     let copy = match replica {
         Some(replica) => {
             let sink = ReplicaSink::new(replica.target, replica.copies, Arc::clone(metrics));
-            copy_tables_into(&source, tasks, Arc::new(sink), plan).await
+            copy_tables_into(&source, copy_tasks, Arc::new(sink), plan).await
         }
         None => {
             let writer = Writer::new(client, settings, Arc::clone(metrics));
-            copy_tables(&source, tasks, &writer, plan).await
+            let tables = tasks
+                .into_iter()
+                .map(|task| DocumentTable {
+                    plan: task.plan,
+                    target: task.target,
+                })
+                .collect();
+            copy_tables(&source, copy_tasks, tables, &writer, plan).await
         }
     };
     progress.finish();

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::target::naming::column_name;
+use crate::singer::target_postgres::naming::column_name;
 
 /// A column type this target creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

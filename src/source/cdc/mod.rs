@@ -1,12 +1,27 @@
-//! Change data capture: wal2json changes from the slot → coalesced document operations → GDN,
-//! with the slot confirmed only up to what GDN durably holds.
+//! Change data capture: changes from the slot (wal2json or pgoutput) → coalesced row
+//! operations → one destination, with the slot confirmed only up to what the destination
+//! durably holds.
 //!
-//! Changes are grouped per collection and coalesced per key (last write wins; an insert then a
-//! delete is a delete; a partial update — unchanged TOASTed columns are absent — merges into a
-//! pending upsert or becomes a PATCH, never a null). A flush writes every pending operation,
-//! waits for GDN's 201s, and only then moves the watermark to the last commit seen: that LSN
-//! goes to PostgreSQL as the flushed position and into the state file. A large transaction is
-//! flushed in pieces (bounded memory) while the watermark waits for its commit.
+//! Changes are grouped per collection (or target table) and coalesced per key (last write
+//! wins; an insert then a delete is a delete; a partial update — unchanged TOASTed columns are
+//! absent — merges into a pending upsert or becomes a PATCH, never a null). Each table's rows
+//! are converted by the destination's [`RowPlan`]; the loop never asks which destination it
+//! writes to.
+//!
+//! # The acknowledgement rule
+//!
+//! It stands here, once ([`Streamer::confirm`]): a flush hands every pending operation to the
+//! destination ([`ChangeSink::apply`]), which returns only once it durably holds them; only
+//! then does the watermark move to the last commit received, and in this order: the state file
+//! is saved, then the LSN goes to PostgreSQL as the flushed position (the standby status
+//! update), so a crash between the two leaves the slot behind (a replay), never ahead. A large
+//! transaction is flushed in pieces (bounded memory) while the watermark waits for its commit;
+//! while joining tables are copied beside the stream it stops at `hold_at` (see
+//! `pipeline::join`).
+//!
+//! One LSN's walk: the slot's XLogData → the decoder (`decode::wal2json`, `decode::pgoutput`)
+//! → [`RowChange`] → `Pending` (coalesced under its key) → at a flush, [`ChangeSink::apply`]
+//! (durable) → `Streamer::confirm` (state file, then the standby status update).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -19,14 +34,12 @@ use crate::decode::pgoutput::ProtocolVersion;
 use crate::decode::replication::ReplicationMessage;
 use crate::decode::wal2json::{is_skipped_change, parse_v2, Action, Change, Wal2JsonError};
 use crate::decode::wal2json_v1::V1Decoder;
-use crate::gdn::client::{GdnClient, GdnError};
-use crate::gdn::document::DocumentError;
+use crate::destination::{ChangeError, ChangeSink};
 use crate::metrics::Metrics;
 use crate::pg::catalog::NumericMode;
 use crate::pg::replication::LogicalStream;
 use crate::pg::{Lsn, PgError};
 use crate::source::state::{CdcState, StateError, StateFile};
-use crate::target::replica::{ReplicaError, ReplicaWriter};
 use pgoutput::PgOutputSource;
 
 mod pending;
@@ -40,7 +53,7 @@ pub use row::{Field, FieldData, RowChange};
 pub use side::SideConnection;
 pub use table::{CdcTable, CdcTables, LeafOf};
 
-use pending::{apply_row, flush, Pending};
+use pending::{apply_row, Pending};
 
 /// Why streaming stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -51,40 +64,9 @@ pub enum CdcError {
     /// A wal2json message could not be decoded.
     #[error(transparent)]
     Decode(#[from] Wal2JsonError),
-    /// A change could not become a document.
-    #[error("change at {lsn}: {source}")]
-    Document {
-        /// The change's LSN.
-        lsn: Lsn,
-        /// The reason.
-        source: DocumentError,
-    },
-    /// GDN failed for good.
-    #[error("writing changes of {table} into collection {collection:?}: {source}")]
-    Gdn {
-        /// `schema.table`.
-        table: String,
-        /// The collection.
-        collection: String,
-        /// The error.
-        source: Box<GdnError>,
-    },
-    /// GDN refused a document on every attempt.
-    #[error("GDN refused {operation} of _key {key:?} in collection {collection:?} (table {table}): errorNum {error_num}: {message}\nHINT: the slot was not confirmed past this change; fix the cause and restart, streaming resumes here")]
-    Refused {
-        /// `upsert`, `patch` or `delete`.
-        operation: &'static str,
-        /// `schema.table`.
-        table: String,
-        /// The collection.
-        collection: String,
-        /// The document key.
-        key: String,
-        /// GDN's error number.
-        error_num: u64,
-        /// GDN's message.
-        message: String,
-    },
+    /// The destination failed, or refused a change.
+    #[error(transparent)]
+    Destination(Box<ChangeError>),
     /// A change arrived for a table pgferry cannot stream.
     #[error("{0}")]
     Unsupported(String),
@@ -95,9 +77,6 @@ pub enum CdcError {
     /// The state file failed.
     #[error(transparent)]
     State(#[from] StateError),
-    /// The PostgreSQL destination failed.
-    #[error("applying changes: {0}")]
-    Replica(Box<ReplicaError>),
     /// Two versions of a document could not be merged (a bug, or a corrupt document in GDN).
     #[error("could not merge a partial update into its document: {0}\nHINT: this is a bug in pgferry or a corrupt document in GDN; the slot was not confirmed past this change, please report it")]
     Merge(String),
@@ -181,19 +160,23 @@ fn in_copy(table: &CdcTable, commit_lsn: Option<Lsn>, at: Lsn) -> Result<bool, C
         // change could be older than the copy and undo it.
         None if at < copied_at => Err(CdcError::Unsupported(format!(
             "a change of {} at {at} does not say where its transaction commits, and the table's copy was taken at {copied_at}: pgferry cannot tell whether the copy already holds it\nHINT: use pgoutput or wal2json with include-lsn (pgferry's own options)",
-            table.plan.table()
+            table.name()
         ))),
         None => Ok(false),
+    }
+}
+
+impl From<ChangeError> for CdcError {
+    fn from(error: ChangeError) -> CdcError {
+        CdcError::Destination(Box::new(error))
     }
 }
 
 /// What the stream writes to and reports into.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamContext<'a> {
-    /// GDN, or `None` for the null destination.
-    pub client: Option<&'a GdnClient>,
-    /// A PostgreSQL destination instead (then `client` is `None`).
-    pub replica: Option<&'a ReplicaWriter>,
+    /// The one destination (GDN, PostgreSQL or null).
+    pub destination: &'a ChangeSink<'a>,
     /// The knobs.
     pub settings: &'a CdcSettings,
     /// Where the watermark is kept.
@@ -209,11 +192,8 @@ impl CdcError {
         match self {
             CdcError::Postgres(error) => error.is_transient(),
             CdcError::Ended => true,
-            CdcError::Gdn { source, .. } => source.is_retryable(),
-            CdcError::Replica(error) => error.is_transient(),
+            CdcError::Destination(error) => error.is_transient(),
             CdcError::Decode(_)
-            | CdcError::Document { .. }
-            | CdcError::Refused { .. }
             | CdcError::Unsupported(_)
             | CdcError::Restart(_)
             | CdcError::Merge(_)
@@ -587,7 +567,7 @@ impl Streamer<'_> {
             return Ok(());
         }
         if let Some(shape) = table.shape_for(row) {
-            tracing::info!(table = %table.plan.table(), lsn = %wal_start, columns = ?shape, "the change has another row shape than the plan (columns added, dropped or retyped): re-planning");
+            tracing::info!(table = %table.name(), lsn = %wal_start, columns = ?shape, "the change has another row shape than the plan (columns added, dropped or retyped): re-planning");
             let added: Vec<String> = shape
                 .iter()
                 .map(|(name, _, _)| name.clone())
@@ -600,7 +580,7 @@ impl Streamer<'_> {
                 if !with_default.is_empty() {
                     // Older rows hold the default without a WAL record of it: copy the table
                     // again (it joins anew), its later changes streamed from that copy on.
-                    let name = table.plan.table().to_owned();
+                    let name = table.name().to_owned();
                     tracing::info!(table = %name, columns = ?with_default, lsn = %wal_start, "columns added with a default: older rows hold it without a change in the WAL, so the table is copied again");
                     self.state.resnapshot.insert(name.clone());
                     self.context.state_file.save(&self.state)?;
@@ -619,23 +599,20 @@ impl Streamer<'_> {
                     wal_start,
                 )
                 .await?;
-            if let (Some(_), Decoding::Wal2Json(_)) =
-                (self.context.replica, &self.context.settings.decoding)
-            {
-                let lossy = wal2json_lossy_columns(table.table());
-                if !lossy.is_empty() {
-                    return Err(CdcError::Unsupported(wal2json_lossy_error(&lossy)));
+            let destination = self.context.destination;
+            if destination.keeps_column_types() {
+                if let Decoding::Wal2Json(_) = &self.context.settings.decoding {
+                    let lossy = wal2json_lossy_columns(table.table());
+                    if !lossy.is_empty() {
+                        return Err(CdcError::Unsupported(wal2json_lossy_error(&lossy)));
+                    }
                 }
-            }
-            if let Some(replica) = self.context.replica {
-                // Rows pending in the old shape are written first, then the target follows.
+                // Rows pending in the old shape are written first, then the destination
+                // follows.
                 let id = std::sync::Arc::clone(&table.collection);
                 let shape = table.shape().to_vec();
                 self.flush().await?;
-                replica
-                    .reshape(&id, &shape)
-                    .await
-                    .map_err(|error| CdcError::Replica(Box::new(error)))?;
+                destination.reshape(&id, &shape).await?;
             }
         }
         apply_row(row, wal_start, table, &mut self.pending)
@@ -663,31 +640,20 @@ impl Streamer<'_> {
         self.confirm(stream, summary).await
     }
 
+    /// Hands everything pending to the destination as one flush; returns once the
+    /// destination durably holds it (the watermark is the caller's to move).
     async fn flush(&mut self) -> Result<(), CdcError> {
-        if let Some(replica) = self.context.replica {
-            if self.pending.is_empty() {
-                return Ok(());
-            }
-            let changes = self
-                .pending
-                .take_changes()
-                .into_iter()
-                .map(|(_, changes)| changes)
-                .collect();
-            let replaying = self.state.lsn < self.state.replay_until;
-            return replica
-                .apply(changes, replaying, self.context.metrics)
-                .await
-                .map_err(|error| CdcError::Replica(Box::new(error)));
+        if self.pending.is_empty() {
+            return Ok(());
         }
-        flush(
-            &mut self.pending,
-            self.context.client,
-            self.context.settings,
-            &self.state,
-            self.context.metrics,
-        )
-        .await
+        let changes = self.pending.take_changes();
+        // Changes older than the latest copy are replayed: a row may not be there yet.
+        let replaying = self.state.lsn < self.state.replay_until;
+        self.context
+            .destination
+            .apply(changes, replaying, self.context.metrics)
+            .await?;
+        Ok(())
     }
 
     /// Records the server's end of WAL for the replication-lag gauge.
@@ -698,10 +664,11 @@ impl Streamer<'_> {
             .store(wal_end.bytes_since(self.state.lsn), Ordering::Relaxed);
     }
 
-    /// Moves the watermark to `self.committed` (the caller made sure everything before it is
-    /// durable): the state file first, then the server, then the lag metrics. While joining
-    /// tables are copied the watermark stops at `hold_at`, and what was written past it is
-    /// recorded as a replay to come (`replay_until`).
+    /// The acknowledgement rule (see the module header): moves the watermark to
+    /// `self.committed`, which the caller made sure the destination durably holds: the state
+    /// file first, then the server, then the lag metrics. While joining tables are copied the
+    /// watermark stops at `hold_at`, and what was written past it is recorded as a replay to
+    /// come (`replay_until`).
     async fn confirm(
         &mut self,
         stream: &mut LogicalStream,

@@ -9,12 +9,12 @@ use std::collections::HashMap;
 
 use serde_json::value::RawValue;
 
-use crate::singer::{object_fields, RecordMessage};
-use crate::target::copy_binary::is_timestamptz;
-use crate::target::copy_encode::{
+use crate::singer::target_postgres::copy_binary::is_timestamptz;
+use crate::singer::target_postgres::copy_encode::{
     encode_value, json_kind, push_escaped, validate_value, EncodeError, JsonKind,
 };
-use crate::target::schema::{StreamSchema, ValueKind, FLATTEN_SEPARATOR};
+use crate::singer::target_postgres::schema::{StreamSchema, ValueKind, FLATTEN_SEPARATOR};
+use crate::singer::{object_fields, RecordMessage};
 
 /// Whether a record is a delete (non-null `_sdc_deleted_at`) that carries nothing but its key
 /// and `_sdc_*` metadata, as log-based taps send deletes.
@@ -38,15 +38,18 @@ fn is_key_only_delete(schema: &StreamSchema, record: &RecordMessage<'_>) -> bool
 /// The JSON a string holds, for a `jsonb` column whose schema does not allow strings: older
 /// taps sent json/jsonb values dumped to strings (`"[]"`), and the old target's COPY stored
 /// the JSON they hold; a string that holds no JSON stays a JSON string.
-fn json_in_string(column: &crate::target::schema::Column, raw: &str) -> Option<String> {
-    if column.pg_type != crate::target::schema::PgType::Jsonb
+fn json_in_string(
+    column: &crate::singer::target_postgres::schema::Column,
+    raw: &str,
+) -> Option<String> {
+    if column.pg_type != crate::singer::target_postgres::schema::PgType::Jsonb
         || column.json_types.string
         || column.json_types.any
         || json_kind(raw) != JsonKind::String
     {
         return None;
     }
-    let contents = crate::target::copy_encode::string_contents(raw).ok()?;
+    let contents = crate::singer::target_postgres::copy_encode::string_contents(raw).ok()?;
     serde_json::from_str::<&RawValue>(&contents).ok()?;
     Some(contents.into_owned())
 }
@@ -54,7 +57,8 @@ fn json_in_string(column: &crate::target::schema::Column, raw: &str) -> Option<S
 /// Whether a JSON value is a string PostgreSQL reads as a `timestamptz` instant (checked
 /// conservatively: ISO 8601 with or without an offset).
 fn is_timestamp_value(raw: &str) -> bool {
-    crate::target::copy_encode::string_contents(raw).is_ok_and(|text| is_timestamp_text(&text))
+    crate::singer::target_postgres::copy_encode::string_contents(raw)
+        .is_ok_and(|text| is_timestamp_text(&text))
 }
 
 /// Whether text reads as a `timestamptz` instant (ISO 8601, with or without an offset; a

@@ -20,10 +20,10 @@ use crate::decode::copy_binary::{CopyBinaryDecoder, CopyBinaryError, RowFields};
 use crate::decode::value::decode;
 use crate::pg::query::quote_literal;
 use crate::pg::{ConnectOptions, Connection};
-use crate::tap::catalog::StreamPlan;
-use crate::tap::output::{singer_timestamp, MessageWriter};
-use crate::tap::state::TapState;
-use crate::tap::TapError;
+use crate::singer::tap::catalog::StreamPlan;
+use crate::singer::tap::output::{singer_timestamp, MessageWriter};
+use crate::singer::tap::state::TapState;
+use crate::singer::tap::TapError;
 
 /// Rows between two STATE messages during a copy (the old tap's `UPDATE_BOOKMARK_PERIOD`).
 pub const STATE_EVERY_ROWS: u64 = 1000;
@@ -90,7 +90,7 @@ pub(crate) fn write_row<R: RowFields + ?Sized>(
                     column: column.name.clone(),
                     detail: error.to_string(),
                 })?;
-                crate::tap::catalog::schema_value(&column.codec, value).write_json(out);
+                crate::singer::tap::catalog::schema_value(&column.codec, value).write_json(out);
             }
         }
     }

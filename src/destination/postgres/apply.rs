@@ -13,10 +13,11 @@ use std::sync::Arc;
 use super::plan::{decode_row, key_values};
 use super::sql::ReplicaTable;
 use super::{pg, ReplicaError};
+use crate::destination::TableChanges;
 use crate::metrics::Metrics;
 use crate::pg::query::quote_identifier;
 use crate::pg::{ConnectOptions, Connection};
-use crate::target::copy_encode::push_escaped;
+use crate::singer::target_postgres::copy_encode::push_escaped;
 
 /// Chooses rows of a target table to remove (see [`ReplicaWriter::remove_rows`]).
 pub trait RowPicker {
@@ -26,21 +27,6 @@ pub trait RowPicker {
         &mut self,
         rows: &str,
     ) -> impl std::future::Future<Output = Result<Vec<usize>, ReplicaError>> + Send;
-}
-
-/// One table's coalesced changes of a flush (each key appears once).
-#[derive(Debug, Default)]
-pub struct TableChanges {
-    /// Which table (the id the writer knows it by).
-    pub id: Arc<str>,
-    /// Whole rows: `(key, row)`.
-    pub upserts: Vec<(String, Vec<u8>)>,
-    /// Partial rows (unchanged TOASTed columns absent): `(key, row)`.
-    pub patches: Vec<(String, Vec<u8>)>,
-    /// Keys to delete.
-    pub deletes: Vec<String>,
-    /// Key changes with partial new rows: `(new key, old key, row)`.
-    pub moves: Vec<(String, String, Vec<u8>)>,
 }
 
 /// The target side of streaming: the replicated tables and one connection that applies.

@@ -40,10 +40,10 @@
 
 use crate::config::OutputPlugin;
 use crate::decode::pgoutput::ProtocolVersion;
+use crate::singer::tap::pgoutput_changes::{OwnedChange, PgOutputChanges};
 use crate::source::plugin::{pgoutput_options, wal2json_options, wal2json_table_name};
 use crate::source::plugin_choice::{AllowList, Chosen};
 use crate::source::slot_setup::refused_plugin_message;
-use crate::tap::pgoutput_changes::{OwnedChange, PgOutputChanges};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -60,10 +60,10 @@ use crate::decode::wal2json_v1::V1Decoder;
 use crate::metrics::Metrics;
 use crate::pg::replication::ReplicationClient;
 use crate::pg::{Connection, Lsn};
-use crate::tap::catalog::{plan_streams, StreamPlan};
-use crate::tap::output::{singer_timestamp, MessageWriter};
-use crate::tap::state::TapState;
-use crate::tap::TapError;
+use crate::singer::tap::catalog::{plan_streams, StreamPlan};
+use crate::singer::tap::output::{singer_timestamp, MessageWriter};
+use crate::singer::tap::state::TapState;
+use crate::singer::tap::TapError;
 
 /// Changes between two STATE messages while streaming (the old tap's period).
 pub const STATE_EVERY_CHANGES: u64 = 10_000;
@@ -151,7 +151,7 @@ fn write_columns(
             .map_err(|detail| value_error(plan, &column.name, detail))?
         {
             None => record.extend_from_slice(b"null"),
-            Some(text) => crate::tap::catalog::schema_value(
+            Some(text) => crate::singer::tap::catalog::schema_value(
                 &sync.codec,
                 from_text(&sync.codec, &text)
                     .map_err(|error| value_error(plan, &column.name, error.to_string()))?,

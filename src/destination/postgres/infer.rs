@@ -21,8 +21,8 @@ use std::borrow::Cow;
 
 use sha2::{Digest, Sha256};
 
-use crate::target::copy_binary::numeric as numeric_binary;
-use crate::target::copy_encode::{
+use crate::singer::target_postgres::copy_binary::numeric as numeric_binary;
+use crate::singer::target_postgres::copy_encode::{
     is_integer_text, json_kind, push_escaped, string_contents, EncodeError, JsonKind,
 };
 

@@ -30,13 +30,13 @@ use crate::metrics::Metrics;
 use crate::pg::query::quote_literal;
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
 use crate::pg::{ConnectOptions, Connection, Lsn};
+use crate::singer::tap::catalog::{plan_streams, read_catalog, StreamPlan};
+use crate::singer::tap::output::MessageWriter;
+use crate::singer::tap::state::TapState;
 use crate::source::slot_setup::{
     ensure_publication, refused_plugin_message, resolve_plugin, slots_exhausted_message,
     wal_senders_exhausted_message, PartitionNames, PublicationError,
 };
-use crate::tap::catalog::{plan_streams, read_catalog, StreamPlan};
-use crate::tap::output::MessageWriter;
-use crate::tap::state::TapState;
 
 /// The tap's command line, as the old tap took it.
 #[derive(Debug, Clone)]

@@ -28,15 +28,15 @@ use std::borrow::Cow;
 use foldhash::{HashMap, HashSet};
 use serde_json::value::RawValue;
 
-use crate::pg::query::{quote_identifier, quote_literal};
-use crate::pg::{Connection, PgError};
-use crate::target::copy_binary::{binary_type, text_to_binary_into};
-use crate::target::copy_encode::{json_kind, string_contents, JsonKind};
-use crate::target::infer::{
+use crate::destination::postgres::infer::{
     column_candidates, encode_field, encode_field_binary, raw_kind, ColumnType, ValueError,
     ValueKind, ATTRIBUTE_COMMENT, DELETED_AT_COLUMN, KEY_COLUMN, OVERFLOW_COLUMN,
 };
-use crate::target::naming::TableName;
+use crate::pg::query::{quote_identifier, quote_literal};
+use crate::pg::{Connection, PgError};
+use crate::singer::target_postgres::copy_binary::{binary_type, text_to_binary_into};
+use crate::singer::target_postgres::copy_encode::{json_kind, string_contents, JsonKind};
+use crate::singer::target_postgres::naming::TableName;
 
 /// COPY data is sent in messages of about this size.
 const COPY_CHUNK_BYTES: usize = 256 * 1024;
@@ -45,7 +45,7 @@ const STAGING: &str = "pgferry_doc_stage";
 /// The session's staging table of deleted keys.
 const STAGING_DELETES: &str = "pgferry_doc_deletes";
 /// Binary COPY's header and trailer.
-const BINARY_HEADER: &[u8] = crate::target::copy_binary::HEADER;
+const BINARY_HEADER: &[u8] = crate::singer::target_postgres::copy_binary::HEADER;
 const BINARY_TRAILER: &[u8] = &(-1i16).to_be_bytes();
 /// The comment on a table pgferry created whose initial load has not finished (it has no
 /// primary key yet): how a later run tells its own half-loaded table from a user's table.
@@ -552,7 +552,7 @@ impl DocumentTable {
             loading: true,
         };
         if rows.is_empty() {
-            crate::target::ensure_schema(connection, &name.schema)
+            crate::singer::target_postgres::ensure_schema(connection, &name.schema)
                 .await
                 .map_err(pg("creating the schema of", name))?;
             // One implicit transaction: the table never exists without its mark.
@@ -1183,7 +1183,10 @@ impl TableModel {
         for (key, change) in &batch.changes {
             let document = match change {
                 Change::Delete => {
-                    crate::target::copy_encode::push_escaped(deletes, key.as_bytes());
+                    crate::singer::target_postgres::copy_encode::push_escaped(
+                        deletes,
+                        key.as_bytes(),
+                    );
                     deletes.push(b'\n');
                     continue;
                 }
@@ -1237,7 +1240,7 @@ impl TableModel {
                 rows.extend_from_slice(&length.to_be_bytes());
                 rows.extend_from_slice(key.as_bytes());
             } else {
-                crate::target::copy_encode::push_escaped(rows, key.as_bytes());
+                crate::singer::target_postgres::copy_encode::push_escaped(rows, key.as_bytes());
             }
             for (index, (field, (_, sql_type))) in fields.iter().zip(columns).enumerate() {
                 let Some(field) = field else {
@@ -1657,7 +1660,7 @@ mod tests {
     #[test]
     fn two_attributes_never_share_a_column() {
         let long = format!("attr_{}", "x".repeat(80));
-        let hashed = crate::target::infer::column_candidates(&long)
+        let hashed = crate::destination::postgres::infer::column_candidates(&long)
             .next()
             .unwrap()
             .into_owned();

@@ -6,7 +6,7 @@
 //! `target_table` when configured, else the stream's table part; table names are lower-cased
 //! and `.` and `-` become `_`. Column names are lower-cased (pipelinewise did the same).
 
-use crate::target::config::TargetConfig;
+use crate::singer::target_postgres::config::TargetConfig;
 
 /// Where a stream's rows go.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

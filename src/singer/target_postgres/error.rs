@@ -3,10 +3,10 @@
 
 use crate::config::ConfigError;
 use crate::pg::PgError;
+use crate::singer::target_postgres::batch::RowError;
+use crate::singer::target_postgres::naming::TableName;
+use crate::singer::target_postgres::schema::SchemaError;
 use crate::singer::SingerError;
-use crate::target::batch::RowError;
-use crate::target::naming::TableName;
-use crate::target::schema::SchemaError;
 
 /// Why `pgferry target` stopped.
 #[derive(Debug, thiserror::Error)]

@@ -7,11 +7,11 @@
 
 use crate::pg::query::{quote_identifier, quote_literal};
 use crate::pg::{Connection, PgError};
-use crate::target::batch::StreamBatch;
-use crate::target::config::SchemaEvolution;
-use crate::target::copy_binary::{binary_type, text_to_binary, BinaryType};
-use crate::target::naming::{folded_identifier, TableName};
-use crate::target::schema::{fit, widened, Fit, StreamSchema, METADATA_COLUMNS};
+use crate::singer::target_postgres::batch::StreamBatch;
+use crate::singer::target_postgres::config::SchemaEvolution;
+use crate::singer::target_postgres::copy_binary::{binary_type, text_to_binary, BinaryType};
+use crate::singer::target_postgres::naming::{folded_identifier, TableName};
+use crate::singer::target_postgres::schema::{fit, widened, Fit, StreamSchema, METADATA_COLUMNS};
 
 /// COPY data is sent in messages of about this size.
 const COPY_CHUNK_BYTES: usize = 256 * 1024;

@@ -8,16 +8,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 use crate::pg::Connection;
-use crate::singer::{parse_line, LineReader, Message, SchemaMessage};
-use crate::target::batch::{Pushed, StreamBatch};
-use crate::target::config::{CopyFormat, TargetConfig};
-use crate::target::error::{LoadError, TargetError};
-use crate::target::load::{
+use crate::singer::target_postgres::batch::{Pushed, StreamBatch};
+use crate::singer::target_postgres::config::{CopyFormat, TargetConfig};
+use crate::singer::target_postgres::error::{LoadError, TargetError};
+use crate::singer::target_postgres::load::{
     load_batch, metadata_as_text, prepare_table, LoadFailure, LoadPath, TableExtras, TableState,
 };
-use crate::target::naming::{split_stream, table_name, target_table};
-use crate::target::schema::StreamSchema;
-use crate::target::state::StateTracker;
+use crate::singer::target_postgres::naming::{split_stream, table_name, target_table};
+use crate::singer::target_postgres::schema::StreamSchema;
+use crate::singer::target_postgres::state::StateTracker;
+use crate::singer::{parse_line, LineReader, Message, SchemaMessage};
 
 /// What a run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -205,7 +205,7 @@ impl Target<'_> {
                 });
                 let table = stream
                     .map(|stream| stream.table.name.clone())
-                    .unwrap_or_else(|| crate::target::naming::TableName {
+                    .unwrap_or_else(|| crate::singer::target_postgres::naming::TableName {
                         schema: String::new(),
                         table: load.stream.clone(),
                     });
@@ -487,7 +487,7 @@ async fn check_grantees(
     config: &TargetConfig,
 ) -> Result<(), TargetError> {
     for (key, role) in config.all_grantees() {
-        let role = crate::target::naming::folded_identifier(&role);
+        let role = crate::singer::target_postgres::naming::folded_identifier(&role);
         let exists = connection
             .query_one(&format!(
                 "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {}",

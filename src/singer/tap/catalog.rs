@@ -18,9 +18,9 @@ use crate::config::{PgSourceConfig, Publications, ReplicationMethod};
 use crate::decode::value::TypeCodec;
 use crate::pg::catalog::{NumericMode, PublishedTable, Table};
 use crate::pg::Connection;
+use crate::singer::tap::TapError;
 use crate::source::discover::{catalog_tables, stream_entry};
 use crate::source::publication_contract::shape_table;
-use crate::tap::TapError;
 
 /// A column's choice in the user's catalog.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -270,9 +270,10 @@ impl TargetConfig {
                                             .ok_or_else(bad_indices)
                                     })
                                     .collect::<Result<Vec<_>, _>>()?;
-                                extras
-                                    .indices
-                                    .insert(crate::target::naming::table_name(table), columns);
+                                extras.indices.insert(
+                                    crate::singer::target_postgres::naming::table_name(table),
+                                    columns,
+                                );
                             }
                         }
                         Some(_) => return Err(bad_indices()),

@@ -5,19 +5,16 @@
 //! STATE messages are echoed on stdout only once every record before them is committed.
 //! The modules: `config` (keys), `naming` (stream → table), `schema` (JSON schema → columns),
 //! `copy_encode` (values → COPY text), `batch` (buffers), `load` (DDL and merge),
-//! `state` (STATE ordering), `run` (the loop). GDN → PostgreSQL pipelines load documents with
-//! `infer` (columns inferred from documents) and `documents` (one transaction per batch).
+//! `state` (STATE ordering), `run` (the loop). GDN → PostgreSQL pipelines load documents
+//! through `destination::postgres` (`infer`, `documents`), which shares the COPY encoders here.
 
 pub mod batch;
 pub mod config;
 pub mod copy_binary;
 pub mod copy_encode;
-pub mod documents;
 mod error;
-pub mod infer;
 pub mod load;
 pub mod naming;
-pub mod replica;
 mod run;
 pub mod schema;
 pub mod state;

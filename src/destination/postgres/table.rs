@@ -6,7 +6,7 @@ use super::{pg, ReplicaError};
 use crate::pg::catalog::Table;
 use crate::pg::query::{quote_identifier, quote_literal, Row};
 use crate::pg::Connection;
-use crate::target::naming::TableName;
+use crate::singer::target_postgres::naming::TableName;
 
 /// The first OID of objects users create (`FirstNormalObjectId`): types below it are built in.
 const FIRST_USER_OID: u32 = 16384;
@@ -50,7 +50,7 @@ pub async fn ensure(
         column.type_oid < FIRST_USER_OID && !OBJECT_REFERENCE_TYPES.contains(&column.type_oid)
     });
     if existing.is_empty() {
-        crate::target::ensure_schema(connection, &table.target.schema)
+        crate::singer::target_postgres::ensure_schema(connection, &table.target.schema)
             .await
             .map_err(pg("creating the schema of", &name))?;
         if let Err(error) = connection.execute(&table.create_sql()).await {

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use serde_json::value::RawValue;
 
-use crate::target::schema::{Column, ValueKind};
+use crate::singer::target_postgres::schema::{Column, ValueKind};
 
 /// Why a value cannot go into its column.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -347,7 +347,7 @@ mod tests {
 
     #[test]
     fn validation_follows_the_schema_types_without_floats() {
-        use crate::target::schema::StreamSchema;
+        use crate::singer::target_postgres::schema::StreamSchema;
         let schema = serde_json::json!({"properties": {
             "amount": {"type": ["null", "number"], "multipleOf": 0.01},
             "qty": {"type": "integer"},

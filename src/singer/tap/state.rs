@@ -9,7 +9,7 @@
 use serde_json::{Map, Value};
 
 use crate::pg::Lsn;
-use crate::tap::TapError;
+use crate::singer::tap::TapError;
 
 /// Which database a state belongs to, as pgferry records it.
 pub const SOURCE_KEY: &str = "pgferry_source";

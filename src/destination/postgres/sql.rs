@@ -5,7 +5,7 @@
 //! (upsert, delete by key, or update of the columns a partial image carries).
 
 use crate::pg::query::{quote_identifier, quote_literal};
-use crate::target::naming::TableName;
+use crate::singer::target_postgres::naming::TableName;
 
 /// The column that marks deleted rows when `hard_delete` is off.
 pub const DELETED_AT: &str = "_sdc_deleted_at";

@@ -1,0 +1,313 @@
+//! Where data goes: GDN, PostgreSQL, or nowhere (null). Each destination takes the snapshot
+//! copy as chunks (`ChunkSink`) and the stream as flushes of coalesced row changes
+//! ([`ChangeSink`]), and converts rows into its own form ([`RowPlan`]).
+//!
+//! The stream's contract with a destination is one sentence: [`ChangeSink::apply`] returns
+//! `Ok` only once the destination durably holds every change of the flush, and an `Err` names
+//! what it refused. What the pipeline does with that answer (move the watermark, save the
+//! state file, confirm the slot) is the acknowledgement rule, which stands in
+//! `source::cdc` (`Streamer::confirm`) and nowhere here: a destination never confirms.
+//!
+//! Dispatch is an enum, not a trait object: a row plan converts every row, and a `match` on a
+//! two-variant enum costs what the `Option` tests it replaced cost, with no boxed future per
+//! flush and no virtual call per row.
+
+pub mod gdn;
+pub mod null;
+pub mod postgres;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::decode::image::ImageValue;
+use crate::metrics::Metrics;
+use crate::pg::catalog::{NumericMode, Table};
+use crate::pg::partitions::Member;
+use crate::pg::{Lsn, PgError};
+use gdn::document::{DocumentError, DocumentPlan};
+use postgres::{ReplicaError, ReplicaPlan, ReplicaWriter};
+
+/// One table's coalesced changes of a flush (each key appears once).
+#[derive(Debug, Default)]
+pub struct TableChanges {
+    /// Which table (the collection, or the id the PostgreSQL writer knows it by).
+    pub id: Arc<str>,
+    /// Whole rows: `(key, row)`.
+    pub upserts: Vec<(String, Vec<u8>)>,
+    /// Partial rows (unchanged TOASTed columns absent): `(key, row)`.
+    pub patches: Vec<(String, Vec<u8>)>,
+    /// Keys to delete.
+    pub deletes: Vec<String>,
+    /// Key changes with partial new rows: `(new key, old key, row)`.
+    pub moves: Vec<(String, String, Vec<u8>)>,
+}
+
+/// Why a destination failed or refused a change of the stream.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// A change could not become a document.
+    #[error("change at {lsn}: {source}")]
+    Document {
+        /// The change's LSN.
+        lsn: Lsn,
+        /// The reason.
+        source: DocumentError,
+    },
+    /// GDN failed for good.
+    #[error("writing changes of {table} into collection {collection:?}: {source}")]
+    Gdn {
+        /// `schema.table`.
+        table: String,
+        /// The collection.
+        collection: String,
+        /// The error.
+        source: Box<crate::gdn::client::GdnError>,
+    },
+    /// GDN refused a document on every attempt.
+    #[error("GDN refused {operation} of _key {key:?} in collection {collection:?} (table {table}): errorNum {error_num}: {message}\nHINT: the slot was not confirmed past this change; fix the cause and restart, streaming resumes here")]
+    Refused {
+        /// `upsert`, `patch` or `delete`.
+        operation: &'static str,
+        /// `schema.table`.
+        table: String,
+        /// The collection.
+        collection: String,
+        /// The document key.
+        key: String,
+        /// GDN's error number.
+        error_num: u64,
+        /// GDN's message.
+        message: String,
+    },
+    /// The PostgreSQL destination failed.
+    #[error("applying changes: {0}")]
+    Replica(Box<ReplicaError>),
+    /// Two versions of a document could not be merged (a bug, or a corrupt document in GDN).
+    #[error("could not merge a partial update into its document: {0}\nHINT: this is a bug in pgferry or a corrupt document in GDN; the slot was not confirmed past this change, please report it")]
+    Merge(String),
+    /// The destination holds something pgferry cannot work with.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The source failed while it answered the destination (which rows a partition held).
+    #[error("replication stream: {0}")]
+    Source(PgError),
+}
+
+impl ChangeError {
+    /// Whether the same flush may succeed after a reconnect.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ChangeError::Gdn { source, .. } => source.is_retryable(),
+            ChangeError::Replica(error) => error.is_transient(),
+            ChangeError::Source(error) => error.is_transient(),
+            ChangeError::Document { .. }
+            | ChangeError::Refused { .. }
+            | ChangeError::Merge(_)
+            | ChangeError::Unsupported(_) => false,
+        }
+    }
+}
+
+impl From<ReplicaError> for ChangeError {
+    fn from(error: ReplicaError) -> ChangeError {
+        ChangeError::Replica(Box::new(error))
+    }
+}
+
+/// Answers which of a page of destination rows a truncated partition held (the source knows,
+/// the destination does not: it holds a partitioned table's rows without their partition).
+pub trait PartitionPicker {
+    /// The members of the truncated leaves among `rows` (a JSON array of objects keyed by
+    /// column name), with the text of their `keys` columns in that order.
+    fn members(
+        &mut self,
+        rows: &str,
+        keys: &[&str],
+    ) -> impl Future<Output = Result<Vec<Member>, PgError>> + Send;
+}
+
+/// How one table's row images become the destination's rows: documents for GDN (and null,
+/// which encodes them as GDN would), text-valued rows for PostgreSQL.
+#[derive(Debug, Clone)]
+pub enum RowPlan {
+    /// Row → GDN document.
+    Document(DocumentPlan),
+    /// Row → PostgreSQL row of text values.
+    Row(ReplicaPlan),
+}
+
+impl RowPlan {
+    /// The key of a row image (new row or old identity).
+    #[inline]
+    pub fn key_from_image(
+        &self,
+        image: &[(&str, Option<ImageValue<'_>>)],
+        lsn: Lsn,
+    ) -> Result<String, ChangeError> {
+        match self {
+            RowPlan::Row(plan) => plan
+                .key_from_image(image)
+                .map_err(|error| ReplicaError::from(error).into()),
+            RowPlan::Document(plan) => plan
+                .key_from_image(image)
+                .map(|key| key.as_str().to_owned())
+                .map_err(|source| ChangeError::Document { lsn, source }),
+        }
+    }
+
+    /// Encodes a new row image into `out` (a JSON object); returns its key and whether it is
+    /// the whole row.
+    #[inline]
+    pub fn encode_image(
+        &self,
+        image: &[(&str, Option<ImageValue<'_>>)],
+        out: &mut Vec<u8>,
+        lsn: Lsn,
+    ) -> Result<(String, bool), ChangeError> {
+        match self {
+            RowPlan::Row(plan) => plan
+                .encode_image(image, out)
+                .map(|row| (row.key, row.complete))
+                .map_err(|error| ReplicaError::from(error).into()),
+            RowPlan::Document(plan) => plan
+                .encode_image(image, out)
+                .map(|document| (document.key.as_str().to_owned(), document.complete))
+                .map_err(|source| ChangeError::Document { lsn, source }),
+        }
+    }
+
+    /// The same kind of plan for `table` (its columns changed while streaming, at `lsn`).
+    pub fn replan(
+        &self,
+        table: &Table,
+        numeric_mode: NumericMode,
+        lsn: Lsn,
+    ) -> Result<RowPlan, ChangeError> {
+        match self {
+            RowPlan::Row(_) => Ok(RowPlan::Row(ReplicaPlan::for_table(table))),
+            RowPlan::Document(plan) => {
+                let prefix = plan.key_prefix().map(str::to_owned);
+                Ok(RowPlan::Document(
+                    DocumentPlan::new(table, numeric_mode, false)
+                        .map_err(|source| ChangeError::Document { lsn, source })?
+                        .with_key_prefix(prefix),
+                ))
+            }
+        }
+    }
+
+    /// The table's column names, in catalog order.
+    pub fn columns(&self) -> &[String] {
+        match self {
+            RowPlan::Row(plan) => plan.columns(),
+            RowPlan::Document(plan) => plan.columns(),
+        }
+    }
+
+    /// What an error about renamed key columns adds for this destination.
+    pub fn key_rename_hint(&self) -> &'static str {
+        match self {
+            RowPlan::Row(_) => "; for a PostgreSQL destination, rename the target's key columns to match the source's first",
+            RowPlan::Document(_) => "",
+        }
+    }
+}
+
+/// The stream's one destination: it applies flushes of coalesced row changes and answers
+/// only once they are durable, empties tables, and follows the source's columns.
+#[derive(Debug)]
+pub enum ChangeSink<'a> {
+    /// GDN: batched document writes.
+    Gdn(gdn::ChangeWriter<'a>),
+    /// PostgreSQL: one target transaction per flush.
+    Postgres(&'a ReplicaWriter),
+    /// Nowhere: what would be written is counted (benchmarks, dry runs).
+    Null,
+}
+
+impl ChangeSink<'_> {
+    /// How `table`'s rows are converted for this destination; `document` is the plan its
+    /// copy used (GDN and null keep it, PostgreSQL keeps the rows' text).
+    pub fn row_plan(&self, table: &Table, document: DocumentPlan) -> RowPlan {
+        match self {
+            ChangeSink::Postgres(_) => RowPlan::Row(ReplicaPlan::for_table(table)),
+            ChangeSink::Gdn(_) | ChangeSink::Null => RowPlan::Document(document),
+        }
+    }
+
+    /// Whether the destination holds the source's columns with their types (PostgreSQL):
+    /// then a new row shape changes its table ([`ChangeSink::reshape`], after what is pending
+    /// in the old shape is written), and wal2json's `null` for NaN would silently change a
+    /// value.
+    pub fn keeps_column_types(&self) -> bool {
+        matches!(self, ChangeSink::Postgres(_))
+    }
+
+    /// Writes one flush; returns once the destination durably holds every change of it.
+    /// `replaying`: changes older than the latest copy of the tables are being replayed, so a
+    /// patch or delete may find its row absent.
+    pub async fn apply(
+        &self,
+        changes: Vec<(String, TableChanges)>,
+        replaying: bool,
+        metrics: &Metrics,
+    ) -> Result<(), ChangeError> {
+        match self {
+            ChangeSink::Gdn(writer) => Box::pin(writer.apply(changes, replaying, metrics)).await,
+            ChangeSink::Postgres(writer) => Ok(writer
+                .apply(
+                    changes.into_iter().map(|(_, changes)| changes).collect(),
+                    replaying,
+                    metrics,
+                )
+                .await?),
+            ChangeSink::Null => {
+                null::apply(&changes, metrics);
+                Ok(())
+            }
+        }
+    }
+
+    /// Empties `table`'s collection or target table (`id`): the source table was truncated.
+    pub async fn truncate(&self, table: &str, id: &Arc<str>) -> Result<(), ChangeError> {
+        match self {
+            ChangeSink::Gdn(writer) => writer.truncate(table, id).await,
+            ChangeSink::Postgres(writer) => Ok(writer.truncate(id).await?),
+            ChangeSink::Null => Ok(()),
+        }
+    }
+
+    /// Removes the rows of `table` (at `id`, converted by `plan`) that truncated partitions
+    /// held, as `picker` answers from their partition-key `columns`; returns how many.
+    pub async fn remove_partition_rows(
+        &self,
+        table: &str,
+        id: &Arc<str>,
+        plan: &RowPlan,
+        columns: &[&str],
+        picker: &mut (impl PartitionPicker + Send),
+    ) -> Result<u64, ChangeError> {
+        match (self, plan) {
+            (ChangeSink::Gdn(writer), RowPlan::Document(plan)) => {
+                Box::pin(writer.remove_partition_rows(id, plan, columns, picker)).await
+            }
+            (ChangeSink::Postgres(writer), _) => {
+                postgres::remove_partition_rows(writer, table, id, columns, picker).await
+            }
+            _ => Ok(0),
+        }
+    }
+
+    /// The source table at `id` has the columns `columns` now (`(name, type)`): a destination
+    /// that keeps column types follows them.
+    pub async fn reshape(
+        &self,
+        id: &Arc<str>,
+        columns: &[(String, String)],
+    ) -> Result<(), ChangeError> {
+        match self {
+            ChangeSink::Postgres(writer) => Ok(writer.reshape(id, columns).await?),
+            ChangeSink::Gdn(_) | ChangeSink::Null => Ok(()),
+        }
+    }
+}
