@@ -6,7 +6,7 @@
 //! `Ok` only once the destination durably holds every change of the flush, and an `Err` names
 //! what it refused. What the pipeline does with that answer (move the watermark, save the
 //! state file, confirm the slot) is the acknowledgement rule, which stands in
-//! `source::cdc` (`Streamer::confirm`) and nowhere here: a destination never confirms.
+//! `pipeline::ack` and nowhere here: a destination never confirms.
 //!
 //! Dispatch is an enum, not a trait object: a row plan converts every row, and a `match` on a
 //! two-variant enum costs what the `Option` tests it replaced cost, with no boxed future per

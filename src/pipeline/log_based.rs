@@ -26,14 +26,15 @@ use crate::pg::partitions;
 use crate::pg::query::{quote_identifier, quote_literal};
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
 use crate::pg::{Lsn, PgError};
+use crate::pipeline::ack::Acknowledger;
 use crate::pipeline::join;
 use crate::pipeline::{
     copy_step, discover_selected, prepare_chosen, selected, RunControl, RunError, RunSummary,
 };
 use crate::progress::spawn_stream_display;
 use crate::source::cdc::{
-    stream_changes, wal2json_lossy_columns, wal2json_lossy_error, CdcError, CdcSettings,
-    CdcSummary, CdcTable, CdcTables, Decoding, LeafOf, SideConnection, StreamContext,
+    stream_changes, wal2json_lossy_columns, wal2json_lossy_error, Acknowledge, CdcError,
+    CdcSettings, CdcSummary, CdcTable, CdcTables, Decoding, LeafOf, SideConnection, StreamContext,
 };
 use crate::source::plugin::{pgoutput_options, wal2json_options, wal2json_table_name};
 use crate::source::publication_contract::shape_table;
@@ -549,16 +550,15 @@ pub(crate) async fn run(
         numeric_mode: config.numeric_mode,
         heartbeat: config.source.heartbeat_interval,
         decoding,
-        // The watermark stays where it is until the joining tables' copy is durable: their
-        // snapshot, taken beside the stream, is no older than it.
-        hold_at: background.as_ref().map(|_| held),
     };
     let context = StreamContext {
         destination: &destination,
         settings: &settings,
-        state_file: &file,
         metrics: &metrics,
     };
+    // The watermark stays where it is until the joining tables' copy is durable: their
+    // snapshot, taken beside the stream, is no older than it.
+    let mut ack = Acknowledger::new(state, &file, background.as_ref().map(|_| held));
     // A run without end looks for tables that joined the selection: the stream then stops
     // cleanly and the run starts again, which copies them (see `join`).
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
@@ -585,7 +585,6 @@ pub(crate) async fn run(
     let mut side = SideConnection::new(options.clone());
     let mut summary = CdcSummary::default();
     let mut connection = Some(replication);
-    let mut state = state;
     let mut failures = 0u32;
     let streaming = async {
         loop {
@@ -596,7 +595,7 @@ pub(crate) async fn run(
                     None => ReplicationClient::connect(&options).await?,
                 };
                 let stream = client
-                    .start_logical(&slot, state.lsn, &plugin_options, STATUS_INTERVAL)
+                    .start_logical(&slot, ack.watermark(), &plugin_options, STATUS_INTERVAL)
                     .await
                     .map_err(
                         |error| match refused_plugin_message(&error, &chosen, &allow) {
@@ -610,7 +609,7 @@ pub(crate) async fn run(
                     &mut tables,
                     &mut side,
                     context,
-                    state.clone(),
+                    &mut ack,
                     stop.clone(),
                     &mut summary,
                 )
@@ -629,7 +628,7 @@ pub(crate) async fn run(
                         tracing::error!(attempts = limit, "giving up after consecutive reconnects");
                         break Err(error);
                     };
-                    tracing::warn!(%error, attempt = failures, retry_in = ?delay, resume_from = %summary.confirmed.max(state.lsn), "streaming interrupted; reconnecting");
+                    tracing::warn!(%error, attempt = failures, retry_in = ?delay, resume_from = %ack.watermark(), "streaming interrupted; reconnecting");
                     metrics
                         .reconnects
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -639,11 +638,8 @@ pub(crate) async fn run(
                         // Nothing is pending that the watermark covers: stopping here loses nothing.
                         break Ok(());
                     }
-                    // The watermark on disk is the truth: pending changes were not confirmed and
-                    // come again from the slot.
-                    if let Some(stored) = file.load()?.filter(|stored| stored.slot == slot) {
-                        state = stored;
-                    }
+                    // Pending changes were not acknowledged: they come again from the slot,
+                    // from the watermark on.
                 }
                 Err(error) => break Err(error),
             }
@@ -689,11 +685,8 @@ pub(crate) async fn run(
                 joined.copied_at
             )));
         }
-        // The stream wrote its watermark last: record the joined tables beside it.
-        let mut state = file
-            .load()?
-            .filter(|stored| stored.slot == slot)
-            .unwrap_or(state);
+        // Recorded beside the watermark the stream left.
+        let mut state = ack.into_state();
         record_joined(
             &mut state,
             (&names, &columns, &leaf_names),

@@ -6,6 +6,7 @@
 //! GDN → PostgreSQL (`gdn_to_pg.rs`): each collection scanned, then followed through its
 //! change stream. [`run_pipeline`] picks by the pipeline's source and destination types.
 
+mod ack;
 pub(crate) mod collections;
 pub mod gdn_to_pg;
 mod join;

@@ -5,23 +5,21 @@
 //! Changes are grouped per collection (or target table) and coalesced per key (last write
 //! wins; an insert then a delete is a delete; a partial update — unchanged TOASTed columns are
 //! absent — merges into a pending upsert or becomes a PATCH, never a null). Each table's rows
-//! are converted by the destination's [`RowPlan`]; the loop never asks which destination it
+//! are converted by the destination's [`RowPlan`](crate::destination::RowPlan); the loop never asks which destination it
 //! writes to.
 //!
-//! # The acknowledgement rule
+//! # Acknowledgements
 //!
-//! It stands here, once ([`Streamer::confirm`]): a flush hands every pending operation to the
-//! destination ([`ChangeSink::apply`]), which returns only once it durably holds them; only
-//! then does the watermark move to the last commit received, and in this order: the state file
-//! is saved, then the LSN goes to PostgreSQL as the flushed position (the standby status
-//! update), so a crash between the two leaves the slot behind (a replay), never ahead. A large
-//! transaction is flushed in pieces (bounded memory) while the watermark waits for its commit;
-//! while joining tables are copied beside the stream it stops at `hold_at` (see
-//! `pipeline::join`).
+//! A flush hands every pending operation to the destination ([`ChangeSink::apply`]), which
+//! returns only once it durably holds them; the stream then reports the last commit received
+//! to the pipeline ([`Acknowledge::durable`]), which keeps the acknowledgement rule
+//! (`pipeline::ack`: the state file first, then the server) and answers with the position to
+//! confirm, which the stream carries to PostgreSQL in a standby status update. A large
+//! transaction is flushed in pieces (bounded memory) while the watermark waits for its commit.
 //!
 //! One LSN's walk: the slot's XLogData → the decoder (`decode::wal2json`, `decode::pgoutput`)
 //! → [`RowChange`] → `Pending` (coalesced under its key) → at a flush, [`ChangeSink::apply`]
-//! (durable) → `Streamer::confirm` (state file, then the standby status update).
+//! (durable) → [`Acknowledge::durable`] (state file) → the standby status update.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -39,7 +37,7 @@ use crate::metrics::Metrics;
 use crate::pg::catalog::NumericMode;
 use crate::pg::replication::LogicalStream;
 use crate::pg::{Lsn, PgError};
-use crate::source::state::{CdcState, StateError, StateFile};
+use crate::source::state::StateError;
 use pgoutput::PgOutputSource;
 
 mod pending;
@@ -110,10 +108,6 @@ pub struct CdcSettings {
     pub heartbeat: Option<Duration>,
     /// The output plugin the slot was started with, and its format.
     pub decoding: Decoding,
-    /// While tables joining the pipeline are copied beside the stream: the watermark stays at
-    /// or before their copy's consistent point, so their changes, skipped meanwhile, come
-    /// again from the slot once the copy is durable.
-    pub hold_at: Option<Lsn>,
 }
 
 /// How the slot's output is decoded.
@@ -148,7 +142,7 @@ pub struct CdcSummary {
 /// transaction that committed before its consistent point (`copied_at`), and none after.
 fn in_copy(table: &CdcTable, commit_lsn: Option<Lsn>, at: Lsn) -> Result<bool, CdcError> {
     if table.copying {
-        // Its copy runs beside the stream: every change comes again after it (see `hold_at`).
+        // Its copy runs beside the stream: every change comes again after it (the pipeline holds its watermark meanwhile: `pipeline::join`).
         return Ok(true);
     }
     let Some(copied_at) = table.copied_at else {
@@ -179,10 +173,24 @@ pub struct StreamContext<'a> {
     pub destination: &'a ChangeSink<'a>,
     /// The knobs.
     pub settings: &'a CdcSettings,
-    /// Where the watermark is kept.
-    pub state_file: &'a StateFile,
     /// Counters.
     pub metrics: &'a Metrics,
+}
+
+/// Where the stream's acknowledgements go: the pipeline keeps the watermark (the
+/// acknowledgement rule); the stream reports what the destination durably holds and carries
+/// the answer to the server.
+pub trait Acknowledge: Send {
+    /// The watermark: every change before it is durable in the destination and saved.
+    fn watermark(&self) -> Lsn;
+    /// Whether changes received now may repeat ones already applied (a replay: a partial
+    /// update of a row the destination does not hold is expected then).
+    fn replaying(&self) -> bool;
+    /// The destination durably holds every change of transactions committed up to `written`:
+    /// the position to confirm to the server, when the watermark moved (already saved).
+    fn durable(&mut self, written: Lsn) -> Result<Option<Lsn>, StateError>;
+    /// Records at once that `table` (`schema.table`) must be copied again at the next start.
+    fn copy_again(&mut self, table: &str) -> Result<(), StateError>;
 }
 
 impl CdcError {
@@ -203,13 +211,13 @@ impl CdcError {
 }
 
 /// Streams changes until `settings.stop_at` is reached, `shutdown` fires, or an error;
-/// `summary` counts across calls (reconnects), and the watermark is always in `state_file`.
+/// `summary` counts across calls (reconnects), and `ack` keeps the watermark.
 pub async fn stream_changes(
     mut stream: LogicalStream,
     tables: &mut CdcTables,
     side: &mut SideConnection,
     context: StreamContext<'_>,
-    state: CdcState,
+    ack: &mut dyn Acknowledge,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     summary: &mut CdcSummary,
 ) -> Result<(), CdcError> {
@@ -219,8 +227,8 @@ pub async fn stream_changes(
     }
     let mut run = Streamer {
         context,
-        committed: state.lsn,
-        state,
+        committed: ack.watermark(),
+        ack,
         pending: Pending::default(),
         commit_times: Vec::new(),
         in_transaction: false,
@@ -228,7 +236,7 @@ pub async fn stream_changes(
         commit_time: None,
         commit_lsn: None,
     };
-    summary.confirmed = summary.confirmed.max(run.state.lsn);
+    summary.confirmed = summary.confirmed.max(run.ack.watermark());
     let mut decoder = match &settings.decoding {
         Decoding::Wal2Json(Wal2JsonFormat::V1) => Decoder::V1(V1Decoder::new()),
         Decoding::Wal2Json(Wal2JsonFormat::V2) => Decoder::V2,
@@ -412,10 +420,10 @@ enum Decoder {
 }
 
 /// The streaming loop's position and pending work.
-struct Streamer<'a> {
+struct Streamer<'a, 'b> {
     context: StreamContext<'a>,
-    /// The watermark: confirmed and saved.
-    state: CdcState,
+    /// The pipeline's watermark.
+    ack: &'b mut dyn Acknowledge,
     /// The last commit received; becomes the watermark once everything before it is written.
     committed: Lsn,
     pending: Pending,
@@ -432,7 +440,7 @@ struct Streamer<'a> {
     commit_lsn: Option<Lsn>,
 }
 
-impl Streamer<'_> {
+impl Streamer<'_, '_> {
     /// Applies one wal2json change: transaction bounds move the watermark, rows become
     /// pending operations, TRUNCATE empties the collection.
     async fn apply(
@@ -582,8 +590,7 @@ impl Streamer<'_> {
                     // again (it joins anew), its later changes streamed from that copy on.
                     let name = table.name().to_owned();
                     tracing::info!(table = %name, columns = ?with_default, lsn = %wal_start, "columns added with a default: older rows hold it without a change in the WAL, so the table is copied again");
-                    self.state.resnapshot.insert(name.clone());
-                    self.context.state_file.save(&self.state)?;
+                    self.ack.copy_again(&name)?;
                     return Err(CdcError::Restart(format!(
                         "{name} gained column(s) {} with a default, which older rows hold without a change in the WAL: copying it again",
                         with_default.join(", ")
@@ -648,7 +655,7 @@ impl Streamer<'_> {
         }
         let changes = self.pending.take_changes();
         // Changes older than the latest copy are replayed: a row may not be there yet.
-        let replaying = self.state.lsn < self.state.replay_until;
+        let replaying = self.ack.replaying();
         self.context
             .destination
             .apply(changes, replaying, self.context.metrics)
@@ -661,33 +668,18 @@ impl Streamer<'_> {
         self.context
             .metrics
             .replication_lag_bytes
-            .store(wal_end.bytes_since(self.state.lsn), Ordering::Relaxed);
+            .store(wal_end.bytes_since(self.ack.watermark()), Ordering::Relaxed);
     }
 
-    /// The acknowledgement rule (see the module header): moves the watermark to
-    /// `self.committed`, which the caller made sure the destination durably holds: the state
-    /// file first, then the server, then the lag metrics. While joining tables are copied the
-    /// watermark stops at `hold_at`, and what was written past it is recorded as a replay to
-    /// come (`replay_until`).
+    /// Everything received up to `self.committed` is durable in the destination: the pipeline
+    /// moves its watermark (and saves it), the server hears the position it answers with, and
+    /// the commit-to-destination lag of those transactions is observed.
     async fn confirm(
         &mut self,
         stream: &mut LogicalStream,
         summary: &mut CdcSummary,
     ) -> Result<(), CdcError> {
-        let written = self.committed;
-        let lsn = watermark(written, self.context.settings.hold_at);
-        let replays = written > lsn && written > self.state.replay_until;
-        let moves = lsn > self.state.lsn;
-        if !moves && !replays {
-            return Ok(());
-        }
-        if replays {
-            self.state.replay_until = written;
-        }
-        // The state file first: if we crash between the two, the slot is behind (a replay), never ahead.
-        self.state.lsn = self.state.lsn.max(lsn);
-        self.context.state_file.save(&self.state)?;
-        if moves {
+        if let Some(lsn) = self.ack.durable(self.committed)? {
             stream.confirm(lsn);
             stream.send_status(false).await?;
             summary.confirmed = lsn;
@@ -695,8 +687,7 @@ impl Streamer<'_> {
         let metrics = self.context.metrics;
         metrics
             .confirmed_lsn
-            .store(self.state.lsn.as_u64(), Ordering::Relaxed);
-        // Written is durable in the destination: that is where the ingest lag ends.
+            .store(self.ack.watermark().as_u64(), Ordering::Relaxed);
         let now = unix_micros();
         for committed_at in self.commit_times.drain(..) {
             let lag = u64::try_from(now.saturating_sub(committed_at)).unwrap_or(0);
@@ -706,32 +697,10 @@ impl Streamer<'_> {
     }
 }
 
-/// Where the watermark may move once everything up to `written` is durable: no further than
-/// `hold` while joining tables are copied beside the stream.
-fn watermark(written: Lsn, hold: Option<Lsn>) -> Lsn {
-    match hold {
-        Some(hold) => written.min(hold),
-        None => written,
-    }
-}
-
 fn unix_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| {
             i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
         })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_watermark_stops_at_the_hold_while_joining_tables_are_copied() {
-        let lsn = Lsn::from_u64;
-        assert_eq!(watermark(lsn(500), None), lsn(500));
-        assert_eq!(watermark(lsn(500), Some(lsn(300))), lsn(300));
-        assert_eq!(watermark(lsn(200), Some(lsn(300))), lsn(200));
-    }
 }

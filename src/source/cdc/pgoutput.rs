@@ -346,7 +346,7 @@ async fn adopt_partition(
     Ok(())
 }
 
-impl Streamer<'_> {
+impl Streamer<'_, '_> {
     /// Applies one pgoutput XLogData payload.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn apply_pgoutput(

@@ -27,7 +27,7 @@ enum Truncation {
     Leaves(CdcTable, Vec<Arc<LeafOf>>),
 }
 
-impl Streamer<'_> {
+impl Streamer<'_, '_> {
     /// The relations `names` (`(schema, table)`) were truncated together: what is pending is
     /// written first, then each streamed table they belong to loses the rows they held.
     pub(super) async fn truncate(
