@@ -1236,3 +1236,82 @@ async fn doubles_in_numeric_hold_their_exact_value() {
         assert_eq!(stored, format!("{exact} {exact} true"), "{key}");
     }
 }
+
+/// `--metrics-addr` readiness of a GDN → PostgreSQL run: ready ("streaming") once it follows
+/// the change stream, not ready ("reconnect backoff") while gdnlite is away, ready again after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_change_stream_through_a_gdn_restart() {
+    let cluster = PgCluster::start_default();
+    let mut server = Server::start().await;
+    let http = Http::h1(&server.url());
+    create_collection(&http, "orders").await;
+    upsert(&http, "orders", (0..50u64).map(order).collect()).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_pipeline(
+        dir.path(),
+        &cluster,
+        &server.url(),
+        json!({"source": {"max_retries": 12}}),
+    );
+    let port = support::free_port();
+    let log = dir.path().join("run.log");
+    let mut child = pgferry(
+        &["run", "--metrics-addr", &format!("127.0.0.1:{port}")],
+        &config,
+    )
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log).expect("log file"))
+    .spawn()
+    .expect("start pgferry");
+    let probes = Http::h1(&format!("http://127.0.0.1:{port}"));
+    let readyz = || async {
+        match probes
+            .try_call_json(Method::GET, "/readyz", Value::Null)
+            .await
+        {
+            Ok(_) => {
+                let answer = probes.call(Method::GET, "/readyz", Value::Null).await;
+                Some((
+                    answer.status.as_u16(),
+                    String::from_utf8_lossy(&answer.raw).trim().to_owned(),
+                ))
+            }
+            Err(_) => None,
+        }
+    };
+    let wait_for = |what: &'static str, want: (u16, &'static str)| {
+        let readyz = &readyz;
+        let log = &log;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let seen = readyz().await;
+                if seen
+                    .as_ref()
+                    .is_some_and(|(status, body)| (*status, body.as_str()) == want)
+                {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: /readyz answered {seen:?}\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_for("ready while following", (200, "streaming")).await;
+    let restart = tokio::spawn(async move {
+        server.restart_in_place(Duration::from_secs(4)).await;
+        server
+    });
+    wait_for(
+        "not ready while gdnlite is away",
+        (503, "reconnect backoff"),
+    )
+    .await;
+    let _server = restart.await.expect("restart");
+    wait_for("ready again", (200, "streaming")).await;
+    assert!(terminate(&mut child).success(), "a clean stop");
+}

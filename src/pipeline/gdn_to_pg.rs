@@ -54,7 +54,7 @@ use crate::destination::postgres::infer::{DELETED_AT_COLUMN, KEY_COLUMN};
 use crate::gdn::client::{retrying, GdnClient, GdnError};
 use crate::gdn::cursor::{KeysetScan, ScanPage};
 use crate::gdn::stream::{subscription_backlog, ChangeOp, StreamConsumer, StreamError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Phase};
 use crate::pg::query::quote_identifier;
 use crate::pg::{Connection, PgError};
 use crate::pipeline::RunControl;
@@ -343,7 +343,7 @@ pub async fn run(
     };
     let display = spawn_display(Arc::clone(&progress), Arc::clone(&metrics));
     // Connected to both ends: scanning and following from here on (`/readyz` is ready).
-    metrics.set_phase(crate::metrics::Phase::Copying);
+    metrics.set_phase(Phase::Copying);
     let context = Context {
         config,
         client: &client,
@@ -642,6 +642,8 @@ impl Follower<'_> {
         self.bytes = 0;
         let context = self.context;
         let source = &context.config.source;
+        // Not ready while the stream is down (`/readyz`), ready again once subscribed.
+        context.metrics.set_phase(Phase::Backoff);
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -657,6 +659,7 @@ impl Follower<'_> {
             {
                 Ok(consumer) => {
                     self.consumer = consumer;
+                    context.metrics.set_phase(Phase::Streaming);
                     return Ok(());
                 }
                 Err(error) if error.is_retryable() && attempt < source.max_retries => {}
@@ -1159,6 +1162,8 @@ async fn follow(
 ) -> Result<(), GdnToPgError> {
     let destination = &follower.context.config.destination;
     let check = follower.context.config.source.truncate_check;
+    // Scanned and subscribed: following the change stream (`/readyz` says "streaming").
+    follower.context.metrics.set_phase(Phase::Streaming);
     let mut seen: HashSet<String> = HashSet::new();
     let mut deadline: Option<tokio::time::Instant> = None;
     // When the stream has been quiet long enough to compare the table with the collection.

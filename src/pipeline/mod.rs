@@ -147,10 +147,13 @@ pub async fn run_pipeline(
         Pipeline::FromPostgres(config) => run_with(config, metrics, control)
             .await
             .map(PipelineSummary::FromPostgres),
-        Pipeline::GdnToPg(config) => gdn_to_pg::run(config, metrics, control)
-            .await
-            .map(PipelineSummary::GdnToPg)
-            .map_err(|error| RunError::GdnToPg(Box::new(error))),
+        Pipeline::GdnToPg(config) => {
+            let outcome = gdn_to_pg::run(config, Arc::clone(&metrics), control).await;
+            metrics.set_phase(Phase::Finished);
+            outcome
+                .map(PipelineSummary::GdnToPg)
+                .map_err(|error| RunError::GdnToPg(Box::new(error)))
+        }
     }
 }
 

@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 pub use error::TapError;
 
 use crate::config::{ConfigError, OutputPlugin, PgSourceConfig, ReplicationMethod};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Phase};
 use crate::pg::query::quote_literal;
 use crate::pg::replication::{ReplicationClient, SlotSnapshot};
 use crate::pg::{ConnectOptions, Connection, Lsn};
@@ -492,6 +492,8 @@ pub async fn run<W: Write>(
         streams: plans.len(),
         ..TapSummary::default()
     };
+    // Connected: copying, then streaming (`/readyz` with --metrics-addr).
+    metrics.set_phase(Phase::Copying);
     for index in order {
         let plan = &plans[index];
         let method = methods[index];
@@ -545,6 +547,7 @@ pub async fn run<W: Write>(
             poll_total: tap_config.logical_poll_total,
             state_path: options.state.clone(),
         };
+        metrics.set_phase(Phase::Streaming);
         let streamed = logical::sync(
             &config, streaming, &mut state, &settings, &mut out, shutdown, metrics,
         )
@@ -553,6 +556,7 @@ pub async fn run<W: Write>(
     }
     out.flush()?;
     summary.records = out.records();
+    metrics.set_phase(Phase::Finished);
     Ok(summary)
 }
 
