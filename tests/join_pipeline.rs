@@ -144,6 +144,42 @@ fn run_ok(config: &Path) -> String {
     run_ok_with(config, &[])
 }
 
+/// A `pgferry run` without end, its log in a file.
+struct Running {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Running {
+    /// Starts `pgferry run -c config`, logging to `log`.
+    fn start(config: &Path, log: PathBuf) -> Running {
+        let child = Command::new(env!("CARGO_BIN_EXE_pgferry"))
+            .args(["run", "-c"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start pgferry");
+        Running { child, log }
+    }
+
+    /// What it logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM: it flushes, confirms and exits 0.
+    fn stop(mut self) {
+        let status = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait");
+        assert!(exit.success(), "{}", self.log());
+    }
+}
+
 /// Writes to `t` and `b` from another thread until stopped: inserts, updates, deletes.
 fn writer(cluster: &PgCluster, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u32> {
     let port = cluster.port();
@@ -299,15 +335,8 @@ fn the_other_tables_keep_streaming_while_a_joining_table_is_copied() {
         assert!(Instant::now() < deadline, "the session never locked b");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let log_path = world.dir.path().join("running.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgferry"))
-        .args(["run", "-c"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).expect("log"))
-        .spawn()
-        .expect("start pgferry");
-    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let running = Running::start(&config, world.dir.path().join("running.log"));
+    let log = || running.log();
     // pgferry's snapshot for b waits for the session's transaction (its lock gave it an xid).
     let waiting = || {
         world.cluster.psql(
@@ -391,12 +420,7 @@ fn the_other_tables_keep_streaming_while_a_joining_table_is_copied() {
     }
     stop.store(true, Ordering::Relaxed);
     assert!(writes.join().expect("writer") > 0, "the writer wrote");
-    let status = Command::new("kill")
-        .arg(child.id().to_string())
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    assert!(child.wait().expect("wait").success(), "{}", log());
+    running.stop();
     run_ok(&config);
     world.assert_equal_to_a_fresh_copy(&["t", "b"], "a table copied beside the stream");
     assert_verified(&config);
@@ -558,15 +582,8 @@ fn a_new_table_joins_a_running_postgresql_pipeline() {
         json!({"plugin": "pgoutput", "table_check_interval": 1}),
     );
     run_ok(&config);
-    let log_path = world.dir.path().join("pg-running.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgferry"))
-        .args(["run", "-c"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).expect("log"))
-        .spawn()
-        .expect("start pgferry");
-    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let running = Running::start(&config, world.dir.path().join("pg-running.log"));
+    let log = || running.log();
     world.cluster.psql(
         "CREATE TABLE public.b (id int PRIMARY KEY, v text);
          INSERT INTO public.b SELECT g, 'b' || g FROM generate_series(1, 20000) g;",
@@ -598,12 +615,7 @@ fn a_new_table_joins_a_running_postgresql_pipeline() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let status = Command::new("kill")
-        .arg(child.id().to_string())
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    assert!(child.wait().expect("wait").success(), "{}", log());
+    running.stop();
     let digest = |database: &str, table: &str| {
         world.cluster.psql_in(
             database,
@@ -631,14 +643,7 @@ fn a_running_pipeline_picks_up_a_new_table() {
         json!({"plugin": "pgoutput", "table_check_interval": 1}),
     );
     run_ok(&config);
-    let log_path = world.dir.path().join("running.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgferry"))
-        .args(["run", "-c"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).expect("log"))
-        .spawn()
-        .expect("start pgferry");
+    let running = Running::start(&config, world.dir.path().join("running.log"));
     world.cluster.psql(
         "CREATE TABLE public.b (id int PRIMARY KEY, v text);
          INSERT INTO public.b SELECT g, 'b' || g FROM generate_series(1, 2000) g;",
@@ -661,7 +666,7 @@ fn a_running_pipeline_picks_up_a_new_table() {
         assert!(
             Instant::now() < deadline,
             "the running pipeline never copied b:\n{}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
+            running.log()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -688,7 +693,7 @@ fn a_running_pipeline_picks_up_a_new_table() {
         assert!(
             Instant::now() < deadline,
             "older rows never got the default:\n{}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
+            running.log()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -713,7 +718,7 @@ fn a_running_pipeline_picks_up_a_new_table() {
         assert!(
             Instant::now() < deadline,
             "the request was never served:\n{}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
+            running.log()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -726,17 +731,7 @@ fn a_running_pipeline_picks_up_a_new_table() {
         "the request is taken"
     );
     // SIGTERM: the run flushes, confirms and exits 0.
-    let status = Command::new("kill")
-        .arg(child.id().to_string())
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let exit = child.wait().expect("wait");
-    assert!(
-        exit.success(),
-        "{}",
-        std::fs::read_to_string(&log_path).unwrap_or_default()
-    );
+    running.stop();
     run_ok(&config);
     world.assert_equal_to_a_fresh_copy(&["t", "b"], "a table picked up while running");
 }

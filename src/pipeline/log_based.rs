@@ -407,11 +407,11 @@ pub(crate) async fn run(
                     .await?;
                 record_joined(
                     &mut state,
+                    &file,
                     (&names, &columns, &leaf_names),
                     &joining,
                     joined.copied_at,
-                );
-                file.save(&state)?;
+                )?;
                 (state, Some(joined.copy), None)
             } else {
                 let subset = prepared.only(&joining);
@@ -689,11 +689,11 @@ pub(crate) async fn run(
         let mut state = ack.into_state();
         record_joined(
             &mut state,
+            &file,
             (&names, &columns, &leaf_names),
             &joining,
             joined.copied_at,
-        );
-        file.save(&state)?;
+        )?;
         tracing::info!(rows = joined.copy.tables.iter().map(|table| table.rows).sum::<u64>(), copied_at = %joined.copied_at, resume_from = %state.lsn, "the joining tables are copied: streaming starts again from the held position, with their changes from the copy on");
         return Err(RunError::Cdc(Box::new(CdcError::Restart(
             "tables joined the pipeline".into(),
@@ -761,13 +761,14 @@ mod tests {
 }
 
 /// Records the tables `joining` marks (of the selected `(names, columns, leaf partitions)`) as
-/// copied at `copied_at`, and their resnapshot requests as done.
+/// copied at `copied_at`, and their resnapshot requests as done, in `file`.
 fn record_joined(
     state: &mut CdcState,
+    file: &StateFile,
     (names, columns, partitions): (&[String], &[Vec<String>], &[Vec<String>]),
     joining: &[bool],
     copied_at: Lsn,
-) {
+) -> Result<(), RunError> {
     let known = state.tables.get_or_insert_with(Default::default);
     for (((name, columns), leaves), _) in names
         .iter()
@@ -786,6 +787,8 @@ fn record_joined(
         );
         state.resnapshot.remove(name);
     }
+    file.save(state)?;
+    Ok(())
 }
 
 /// Every table of `names` (`schema.table`) with its `columns`, as copied under the slot's
