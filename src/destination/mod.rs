@@ -13,6 +13,7 @@
 //! flush and no virtual call per row.
 
 pub mod gdn;
+pub mod mirror;
 pub mod null;
 pub mod postgres;
 
@@ -25,6 +26,7 @@ use crate::pg::catalog::{NumericMode, Table};
 use crate::pg::partitions::Member;
 use crate::pg::{Lsn, PgError};
 use gdn::document::{DocumentError, DocumentPlan};
+use mirror::{Mirrored, Removed, SourceKeys};
 use postgres::{ReplicaError, ReplicaPlan, ReplicaWriter};
 
 /// One table's coalesced changes of a flush (each key appears once).
@@ -308,6 +310,72 @@ impl ChangeSink<'_> {
         match self {
             ChangeSink::Postgres(writer) => Ok(writer.reshape(id, columns).await?),
             ChangeSink::Gdn(_) | ChangeSink::Null => Ok(()),
+        }
+    }
+}
+
+/// The run's one destination, as the pipeline prepared it (collections or target tables
+/// exist): what the copy, the stream and FULL_TABLE mirroring need to reach it. The pipeline
+/// chooses it by the config once; everything after asks it, never the config.
+#[derive(Clone)]
+pub enum Destination {
+    /// GDN: the client and the writer's knobs.
+    Gdn(gdn::GdnTarget),
+    /// PostgreSQL: the target database, each task's target table, the stream's writer.
+    Postgres(postgres::PostgresTarget),
+    /// Nowhere (benchmarks, dry runs).
+    Null,
+}
+
+impl Destination {
+    /// The same destination restricted to the copy tasks `keep` marks (tables joining a
+    /// running pipeline).
+    pub fn only(&self, keep: &[bool]) -> Destination {
+        match self {
+            Destination::Postgres(target) => Destination::Postgres(postgres::PostgresTarget {
+                target: target.target.clone(),
+                copies: target
+                    .copies
+                    .iter()
+                    .enumerate()
+                    .filter(|(index, _)| keep.get(*index).copied().unwrap_or(false))
+                    .map(|(_, copy)| copy.clone())
+                    .collect(),
+                writer: Arc::clone(&target.writer),
+            }),
+            Destination::Gdn(_) | Destination::Null => self.clone(),
+        }
+    }
+
+    /// The GDN client, when the destination is GDN.
+    pub fn gdn_client(&self) -> Option<crate::gdn::client::GdnClient> {
+        match self {
+            Destination::Gdn(gdn) => Some(gdn.client.clone()),
+            Destination::Postgres(_) | Destination::Null => None,
+        }
+    }
+
+    /// The PostgreSQL writer of the stream, when the destination is PostgreSQL.
+    pub fn replica_writer(&self) -> Option<Arc<ReplicaWriter>> {
+        match self {
+            Destination::Postgres(target) => Some(Arc::clone(&target.writer)),
+            Destination::Gdn(_) | Destination::Null => None,
+        }
+    }
+
+    /// Removes what the destination holds of the copied `tables` (in the copy's task order)
+    /// under keys `source` no longer has; the null destination holds nothing.
+    pub async fn remove_stale<K: SourceKeys>(
+        &self,
+        tables: &[Mirrored<'_>],
+        source: &mut K,
+    ) -> Result<Removed, K::Error> {
+        match self {
+            Destination::Gdn(gdn) => Box::pin(gdn::mirror::remove_stale(gdn, tables, source)).await,
+            Destination::Postgres(target) => {
+                Box::pin(postgres::mirror::remove_stale(target, source)).await
+            }
+            Destination::Null => Ok(Removed::default()),
         }
     }
 }
