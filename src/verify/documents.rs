@@ -1,13 +1,13 @@
 //! PostgreSQL → GDN: both sides as documents. The source side is what the copy would write
 //! now (binary COPY of the table, each row through the pipeline's [`DocumentPlan`]); the
-//! destination side is the collection in `_key` order (keyset pages), each document without
-//! GDN's `_id` and `_rev`. Both are put in the canonical form of [`super::canonical`] before
+//! destination side is the collection in `_key` order (keyset pages, read through
+//! `destination::gdn::read`), each document without GDN's `_id` and `_rev`. Both are put in the canonical form of [`super::canonical`] before
 //! hashing, so attribute order and number spelling (`1.0`, `1`) do not matter.
 
 use crate::decode::copy_binary::CopyBinaryDecoder;
 use crate::destination::gdn::document::DocumentPlan;
-use crate::gdn::client::{retrying, GdnClient};
-use crate::gdn::cursor::KeysetScan;
+use crate::destination::gdn::read::documents;
+use crate::gdn::client::GdnClient;
 use crate::pg::catalog::Table;
 use crate::pg::{ConnectOptions, Connection};
 
@@ -15,9 +15,6 @@ use super::buckets::{hash128, shorten, AttributeDiff};
 use super::canonical::{canonical, canonical_with_key, members};
 use super::contract::where_clause;
 use super::error::{source, VerifyError};
-
-/// The most documents a scan page asks for (pages shrink for large documents).
-const SCAN_PAGE: u64 = 10_000;
 
 /// Receives each row of one side: its key (`None` for keyless tables), its hash and its
 /// canonical form.
@@ -124,13 +121,12 @@ impl CollectionUnit {
             collection: self.collection.clone(),
             source: Box::new(source),
         };
-        let exists = retrying(max_retries, || client.has_collection(&self.collection))
+        let Some(mut scan) = documents(client, &self.collection, max_retries)
             .await
-            .map_err(gdn)?;
-        if !exists {
+            .map_err(gdn)?
+        else {
             return Ok(0);
-        }
-        let mut scan = KeysetScan::new(client, &self.collection, SCAN_PAGE, 60, max_retries);
+        };
         let mut rows = 0u64;
         let mut form = Vec::new();
         while let Some(page) = scan.next_page().await.map_err(gdn)? {

@@ -7,6 +7,7 @@ pub mod copy;
 pub mod document;
 pub mod mirror;
 pub mod partitions;
+pub mod read;
 
 pub use changes::ChangeWriter;
 

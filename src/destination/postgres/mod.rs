@@ -16,6 +16,7 @@ pub mod documents;
 pub mod infer;
 pub mod mirror;
 pub mod plan;
+pub mod read;
 pub mod sql;
 pub mod table;
 
