@@ -379,3 +379,103 @@ impl Destination {
         }
     }
 }
+
+/// A destination connected for reading back what a pipeline wrote (`pgferry verify`, which
+/// builds it from the config and compares what it reads).
+pub enum Written {
+    /// GDN, with the retries of the pipeline's config.
+    Gdn {
+        /// The connected client.
+        client: crate::gdn::client::GdnClient,
+        /// Attempts per request.
+        max_retries: u32,
+    },
+    /// The target database.
+    Postgres(crate::pg::ConnectOptions),
+}
+
+/// What of a destination to read back.
+#[derive(Debug, Clone, Copy)]
+pub enum Place<'a> {
+    /// A collection's documents, in `_key` order.
+    Collection(&'a str),
+    /// A target table's live rows as text lines of its `columns` (quoted, comma-separated).
+    Table {
+        /// The target table.
+        table: &'a crate::singer::target_postgres::naming::TableName,
+        /// The columns read, in order.
+        columns: &'a str,
+        /// Rows marked `_sdc_deleted_at` are deleted rows (`hard_delete: false`).
+        soft_delete: bool,
+    },
+}
+
+/// Why reading a destination back failed: the destination, or the reader's own `E`.
+#[derive(Debug)]
+pub enum ReadError<E> {
+    /// GDN failed.
+    Gdn(crate::gdn::client::GdnError),
+    /// The target database failed.
+    Postgres(PgError),
+    /// The reader refused what it was handed.
+    Reader(E),
+    /// The place is not of this destination (a collection of a PostgreSQL target, …).
+    Elsewhere,
+}
+
+impl Written {
+    /// Hands everything `place` holds to `each` (a document's JSON, or a row's text line) and
+    /// returns how many; a missing collection or table holds nothing.
+    pub async fn read<E: Send>(
+        &self,
+        place: Place<'_>,
+        mut each: impl FnMut(&[u8]) -> Result<(), E> + Send,
+    ) -> Result<u64, ReadError<E>> {
+        match (self, place) {
+            (
+                Written::Gdn {
+                    client,
+                    max_retries,
+                },
+                Place::Collection(collection),
+            ) => {
+                let Some(mut scan) = gdn::read::documents(client, collection, *max_retries)
+                    .await
+                    .map_err(ReadError::Gdn)?
+                else {
+                    return Ok(0);
+                };
+                let mut rows = 0u64;
+                while let Some(page) = scan.next_page().await.map_err(ReadError::Gdn)? {
+                    for raw in &page.documents {
+                        rows += 1;
+                        each(raw.get().as_bytes()).map_err(ReadError::Reader)?;
+                    }
+                }
+                Ok(rows)
+            }
+            (
+                Written::Postgres(target),
+                Place::Table {
+                    table,
+                    columns,
+                    soft_delete,
+                },
+            ) => {
+                let mut refused = None;
+                let rows = postgres::read::live_rows(target, table, columns, soft_delete, |line| {
+                    if refused.is_none() {
+                        refused = each(line).err();
+                    }
+                })
+                .await
+                .map_err(ReadError::Postgres)?;
+                match refused {
+                    Some(error) => Err(ReadError::Reader(error)),
+                    None => Ok(rows),
+                }
+            }
+            _ => Err(ReadError::Elsewhere),
+        }
+    }
+}

@@ -21,14 +21,12 @@ use super::RunError;
 use super::TableTask;
 use crate::decode::copy_binary::CopyBinaryDecoder;
 use crate::destination::gdn::document::DocumentPlan;
-use crate::destination::mirror::{MirrorError, Mirrored, SourceKeys};
+use crate::destination::mirror::{MirrorError, Mirrored, Removed, SourceKeys};
 use crate::destination::postgres::copy::TEXT_SESSION;
 use crate::destination::Destination;
 use crate::pg::catalog::{NumericMode, Table};
 use crate::pg::copy::CopyOut;
 use crate::pg::{ConnectOptions, Connection, PgError};
-
-pub(crate) use crate::destination::mirror::Removed;
 
 /// What a copy wrote into, for removing what its tables no longer have afterwards: taken from
 /// the preparation before the copy consumes it.

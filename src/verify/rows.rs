@@ -4,7 +4,10 @@
 //! has the source's column names and types. Under `hard_delete: false` rows marked
 //! `_sdc_deleted_at` are left out: they are deleted rows.
 
-use crate::destination::postgres::read::{live_rows, text_rows};
+use std::convert::Infallible;
+
+use crate::destination::postgres::read::text_rows;
+use crate::destination::{Place, ReadError, Written};
 use crate::pg::catalog::Table;
 use crate::pg::query::quote_identifier;
 use crate::pg::ConnectOptions;
@@ -12,7 +15,7 @@ use crate::singer::target_postgres::naming::TableName;
 
 use super::buckets::{hash128, shorten, AttributeDiff};
 use super::contract::where_clause;
-use super::documents::RowSink;
+use super::documents::{not_connected, RowSink};
 use super::error::{source, target, VerifyError};
 
 /// One source table and its target table.
@@ -73,19 +76,27 @@ impl TableUnit {
     /// returns how many.
     pub async fn destination(
         &self,
-        options: &ConnectOptions,
+        destination: &Written,
         sink: RowSink<'_>,
     ) -> Result<u64, VerifyError> {
         let mut keyed = Keyed::new(self.key_indexes(), sink);
-        live_rows(
-            options,
-            &self.target,
-            &self.columns(),
-            self.soft_delete,
-            |line| keyed.row(line),
-        )
-        .await
-        .map_err(|error| target(format!("reading {}", self.target))(error))
+        let columns = self.columns();
+        let place = Place::Table {
+            table: &self.target,
+            columns: &columns,
+            soft_delete: self.soft_delete,
+        };
+        let read = destination
+            .read(place, |line| {
+                keyed.row(line);
+                Ok::<(), Infallible>(())
+            })
+            .await;
+        read.map_err(|error| match error {
+            ReadError::Postgres(error) => target(format!("reading {}", self.target))(error),
+            ReadError::Reader(never) => match never {},
+            ReadError::Gdn(_) | ReadError::Elsewhere => not_connected(),
+        })
     }
 }
 
