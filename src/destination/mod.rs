@@ -1,6 +1,9 @@
 //! Where data goes: GDN, PostgreSQL, or nowhere (null). Each destination takes the snapshot
 //! copy as chunks (`ChunkSink`) and the stream as flushes of coalesced row changes
-//! ([`ChangeSink`]), and converts rows into its own form ([`RowPlan`]).
+//! ([`ChangeSink`]), and converts rows into its own form ([`RowPlan`]). A run's pipeline
+//! prepares one [`Destination`], from which those are made and through which FULL_TABLE
+//! mirroring removes what the source no longer has (`mirror`); `pgferry verify` reads a
+//! destination back through [`Written`].
 //!
 //! The stream's contract with a destination is one sentence: [`ChangeSink::apply`] returns
 //! `Ok` only once the destination durably holds every change of the flush, and an `Err` names
