@@ -1,6 +1,9 @@
 //! Where data goes: GDN, PostgreSQL, or nowhere (null). Each destination takes the snapshot
 //! copy as chunks (`ChunkSink`) and the stream as flushes of coalesced row changes
-//! ([`ChangeSink`]), and converts rows into its own form ([`RowPlan`]).
+//! ([`ChangeSink`]), and converts rows into its own form ([`RowPlan`]). A run's pipeline
+//! prepares one [`Destination`], from which those are made and through which FULL_TABLE
+//! mirroring removes what the source no longer has (`mirror`); `pgferry verify` reads a
+//! destination back through [`Written`].
 //!
 //! The stream's contract with a destination is one sentence: [`ChangeSink::apply`] returns
 //! `Ok` only once the destination durably holds every change of the flush, and an `Err` names
@@ -13,6 +16,7 @@
 //! flush and no virtual call per row.
 
 pub mod gdn;
+pub mod mirror;
 pub mod null;
 pub mod postgres;
 
@@ -25,6 +29,7 @@ use crate::pg::catalog::{NumericMode, Table};
 use crate::pg::partitions::Member;
 use crate::pg::{Lsn, PgError};
 use gdn::document::{DocumentError, DocumentPlan};
+use mirror::{Mirrored, Removed, SourceKeys};
 use postgres::{ReplicaError, ReplicaPlan, ReplicaWriter};
 
 /// One table's coalesced changes of a flush (each key appears once).
@@ -308,6 +313,172 @@ impl ChangeSink<'_> {
         match self {
             ChangeSink::Postgres(writer) => Ok(writer.reshape(id, columns).await?),
             ChangeSink::Gdn(_) | ChangeSink::Null => Ok(()),
+        }
+    }
+}
+
+/// The run's one destination, as the pipeline prepared it (collections or target tables
+/// exist): what the copy, the stream and FULL_TABLE mirroring need to reach it. The pipeline
+/// chooses it by the config once; everything after asks it, never the config.
+#[derive(Clone)]
+pub enum Destination {
+    /// GDN: the client and the writer's knobs.
+    Gdn(gdn::GdnTarget),
+    /// PostgreSQL: the target database, each task's target table, the stream's writer.
+    Postgres(postgres::PostgresTarget),
+    /// Nowhere (benchmarks, dry runs).
+    Null,
+}
+
+impl Destination {
+    /// The same destination restricted to the copy tasks `keep` marks (tables joining a
+    /// running pipeline).
+    pub fn only(&self, keep: &[bool]) -> Destination {
+        match self {
+            Destination::Postgres(target) => Destination::Postgres(postgres::PostgresTarget {
+                target: target.target.clone(),
+                copies: target
+                    .copies
+                    .iter()
+                    .enumerate()
+                    .filter(|(index, _)| keep.get(*index).copied().unwrap_or(false))
+                    .map(|(_, copy)| copy.clone())
+                    .collect(),
+                writer: Arc::clone(&target.writer),
+            }),
+            Destination::Gdn(_) | Destination::Null => self.clone(),
+        }
+    }
+
+    /// The GDN client, when the destination is GDN.
+    pub fn gdn_client(&self) -> Option<crate::gdn::client::GdnClient> {
+        match self {
+            Destination::Gdn(gdn) => Some(gdn.client.clone()),
+            Destination::Postgres(_) | Destination::Null => None,
+        }
+    }
+
+    /// The PostgreSQL writer of the stream, when the destination is PostgreSQL.
+    pub fn replica_writer(&self) -> Option<Arc<ReplicaWriter>> {
+        match self {
+            Destination::Postgres(target) => Some(Arc::clone(&target.writer)),
+            Destination::Gdn(_) | Destination::Null => None,
+        }
+    }
+
+    /// Removes what the destination holds of the copied `tables` (in the copy's task order)
+    /// under keys `source` no longer has; the null destination holds nothing.
+    pub async fn remove_stale<K: SourceKeys>(
+        &self,
+        tables: &[Mirrored<'_>],
+        source: &mut K,
+    ) -> Result<Removed, K::Error> {
+        match self {
+            Destination::Gdn(gdn) => Box::pin(gdn::mirror::remove_stale(gdn, tables, source)).await,
+            Destination::Postgres(target) => {
+                Box::pin(postgres::mirror::remove_stale(target, source)).await
+            }
+            Destination::Null => Ok(Removed::default()),
+        }
+    }
+}
+
+/// A destination connected for reading back what a pipeline wrote (`pgferry verify`, which
+/// builds it from the config and compares what it reads).
+pub enum Written {
+    /// GDN, with the retries of the pipeline's config.
+    Gdn {
+        /// The connected client.
+        client: crate::gdn::client::GdnClient,
+        /// Attempts per request.
+        max_retries: u32,
+    },
+    /// The target database.
+    Postgres(crate::pg::ConnectOptions),
+}
+
+/// What of a destination to read back.
+#[derive(Debug, Clone, Copy)]
+pub enum Place<'a> {
+    /// A collection's documents, in `_key` order.
+    Collection(&'a str),
+    /// A target table's live rows as text lines of its `columns` (quoted, comma-separated).
+    Table {
+        /// The target table.
+        table: &'a crate::singer::target_postgres::naming::TableName,
+        /// The columns read, in order.
+        columns: &'a str,
+        /// Rows marked `_sdc_deleted_at` are deleted rows (`hard_delete: false`).
+        soft_delete: bool,
+    },
+}
+
+/// Why reading a destination back failed: the destination, or the reader's own `E`.
+#[derive(Debug)]
+pub enum ReadError<E> {
+    /// GDN failed.
+    Gdn(crate::gdn::client::GdnError),
+    /// The target database failed.
+    Postgres(PgError),
+    /// The reader refused what it was handed.
+    Reader(E),
+    /// The place is not of this destination (a collection of a PostgreSQL target, …).
+    Elsewhere,
+}
+
+impl Written {
+    /// Hands everything `place` holds to `each` (a document's JSON, or a row's text line) and
+    /// returns how many; a missing collection or table holds nothing.
+    pub async fn read<E: Send>(
+        &self,
+        place: Place<'_>,
+        mut each: impl FnMut(&[u8]) -> Result<(), E> + Send,
+    ) -> Result<u64, ReadError<E>> {
+        match (self, place) {
+            (
+                Written::Gdn {
+                    client,
+                    max_retries,
+                },
+                Place::Collection(collection),
+            ) => {
+                let Some(mut scan) = gdn::read::documents(client, collection, *max_retries)
+                    .await
+                    .map_err(ReadError::Gdn)?
+                else {
+                    return Ok(0);
+                };
+                let mut rows = 0u64;
+                while let Some(page) = scan.next_page().await.map_err(ReadError::Gdn)? {
+                    for raw in &page.documents {
+                        rows += 1;
+                        each(raw.get().as_bytes()).map_err(ReadError::Reader)?;
+                    }
+                }
+                Ok(rows)
+            }
+            (
+                Written::Postgres(target),
+                Place::Table {
+                    table,
+                    columns,
+                    soft_delete,
+                },
+            ) => {
+                let mut refused = None;
+                let rows = postgres::read::live_rows(target, table, columns, soft_delete, |line| {
+                    if refused.is_none() {
+                        refused = each(line).err();
+                    }
+                })
+                .await
+                .map_err(ReadError::Postgres)?;
+                match refused {
+                    Some(error) => Err(ReadError::Reader(error)),
+                    None => Ok(rows),
+                }
+            }
+            _ => Err(ReadError::Elsewhere),
         }
     }
 }

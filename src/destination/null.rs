@@ -21,3 +21,13 @@ pub fn apply(changes: &[(String, TableChanges)], metrics: &Metrics) {
         .ingested_documents
         .fetch_add(documents as u64, Ordering::Relaxed);
 }
+
+/// How the copy's writer writes into nothing: many batches in flight, none waited on.
+pub fn writer_settings() -> crate::gdn::writer::WriterSettings {
+    crate::gdn::writer::WriterSettings {
+        max_in_flight: 64,
+        wait_for_sync: false,
+        max_retries: 1,
+        initial_backoff: std::time::Duration::from_millis(100),
+    }
+}

@@ -25,7 +25,6 @@
 use std::sync::Arc;
 
 use super::mirror;
-use super::pg_to_pg::ReplicaPrepared;
 use super::{copy_step, Prepared, RunError};
 use crate::config::PipelineConfig;
 use crate::metrics::Metrics;
@@ -47,8 +46,7 @@ impl Prepared {
     pub(crate) fn only(&self, keep: &[bool]) -> Prepared {
         let pick = |index: usize| keep.get(index).copied().unwrap_or(false);
         Prepared {
-            client: self.client.clone(),
-            settings: self.settings.clone(),
+            destination: self.destination.only(keep),
             limits: self.limits,
             tasks: self
                 .tasks
@@ -57,17 +55,6 @@ impl Prepared {
                 .filter(|(index, _)| pick(*index))
                 .map(|(_, task)| task.clone())
                 .collect(),
-            replica: self.replica.as_ref().map(|replica| ReplicaPrepared {
-                target: replica.target.clone(),
-                copies: replica
-                    .copies
-                    .iter()
-                    .enumerate()
-                    .filter(|(index, _)| pick(*index))
-                    .map(|(_, copy)| copy.clone())
-                    .collect(),
-                writer: Arc::clone(&replica.writer),
-            }),
         }
     }
 }
@@ -146,7 +133,7 @@ impl JoinCopy {
             copied_at,
             snapshot,
         } = self;
-        let destination = mirror::Destination::of(&subset);
+        let destination = mirror::Copied::of(&subset);
         let copy = copy_step(config, subset, metrics, snapshot.clone(), None).await?;
         let removed = destination
             .remove_stale(

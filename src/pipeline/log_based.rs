@@ -273,11 +273,8 @@ pub(crate) async fn run(
     for (task, filter) in prepared.tasks.iter_mut().zip(row_filters) {
         task.row_filter = filter;
     }
-    let replica = prepared
-        .replica
-        .as_ref()
-        .map(|replica| Arc::clone(&replica.writer));
-    let client = prepared.client.clone();
+    let replica = prepared.destination.replica_writer();
+    let client = prepared.destination.gdn_client();
     // The stream's one destination; its knobs are the flush's (below).
     let destination = match (&client, &replica) {
         (_, Some(replica)) => ChangeSink::Postgres(replica),

@@ -9,63 +9,40 @@
 //! simply not there yet. Keyless tables need none of this: their collection or target table is
 //! emptied before the reload. `"full_table_mirror": false` keeps the old, append-only
 //! behaviour (the old target ignored ACTIVATE_VERSION).
+//!
+//! This module is the source's side and the rule; listing and removing what the destination
+//! holds is the destination's (`destination::Destination::remove_stale`), which asks for the
+//! source's keys through [`SourceKeys`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use super::RunError;
 use super::TableTask;
 use crate::decode::copy_binary::CopyBinaryDecoder;
 use crate::destination::gdn::document::DocumentPlan;
-use crate::destination::postgres::copy::{ReplicaCopy, TEXT_SESSION};
-use crate::destination::postgres::{pg, ReplicaError};
-use crate::gdn::client::{GdnClient, DELETE_BATCH};
-use crate::gdn::cursor::KeysetScan;
-use crate::gdn::writer::WriterSettings;
+use crate::destination::mirror::{MirrorError, Mirrored, Removed, SourceKeys};
+use crate::destination::postgres::copy::TEXT_SESSION;
+use crate::destination::Destination;
 use crate::pg::catalog::{NumericMode, Table};
+use crate::pg::copy::CopyOut;
 use crate::pg::{ConnectOptions, Connection, PgError};
-
-/// Keys asked for per page while the collection's keys are read.
-const KEY_PAGE: u64 = 10_000;
-
-/// What mirroring removed, per table or collection.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Removed {
-    /// `(collection or target table, what was removed)`.
-    pub per_destination: Vec<(String, u64)>,
-}
-
-impl Removed {
-    /// Everything removed.
-    pub fn total(&self) -> u64 {
-        self.per_destination.iter().map(|(_, count)| count).sum()
-    }
-}
 
 /// What a copy wrote into, for removing what its tables no longer have afterwards: taken from
 /// the preparation before the copy consumes it.
-pub(crate) struct Destination {
+pub(crate) struct Copied {
     /// The copied tasks.
     pub(crate) tasks: Vec<TableTask>,
-    /// GDN (with its writer settings), when the destination is GDN.
-    pub(crate) gdn: Option<(GdnClient, WriterSettings)>,
-    /// The target database and tables, when the destination is PostgreSQL.
-    pub(crate) postgres: Option<(ConnectOptions, Vec<ReplicaCopy>)>,
+    /// Where they were copied to.
+    pub(crate) destination: Destination,
 }
 
-impl Destination {
+impl Copied {
     /// The destination of `prepared`'s copy.
-    pub(crate) fn of(prepared: &super::Prepared) -> Destination {
-        Destination {
+    pub(crate) fn of(prepared: &super::Prepared) -> Copied {
+        Copied {
             tasks: prepared.tasks.clone(),
-            gdn: prepared
-                .client
-                .clone()
-                .map(|client| (client, prepared.settings.clone())),
-            postgres: prepared
-                .replica
-                .as_ref()
-                .map(|replica| (replica.target.clone(), replica.copies.clone())),
+            destination: prepared.destination.clone(),
         }
     }
 
@@ -77,23 +54,117 @@ impl Destination {
         numeric_mode: NumericMode,
         snapshot: Option<&str>,
     ) -> Result<Removed, RunError> {
-        match (&self.postgres, &self.gdn) {
-            (Some((target, copies)), _) => {
-                Box::pin(mirror_tables(source, target, &self.tasks, copies, snapshot)).await
+        let tables: Vec<Mirrored<'_>> = self
+            .tasks
+            .iter()
+            .map(|task| Mirrored {
+                target: &task.target,
+                plan: &task.plan,
+            })
+            .collect();
+        let mut keys = SnapshotKeys {
+            options: source,
+            snapshot,
+            tasks: &self.tasks,
+            numeric_mode,
+            connection: None,
+            keys: HashSet::new(),
+        };
+        let removed = Box::pin(self.destination.remove_stale(&tables, &mut keys)).await?;
+        keys.finish().await?;
+        Ok(removed)
+    }
+}
+
+/// The source's keys as of the copy's snapshot (or now), read on one connection opened when a
+/// destination first asks.
+struct SnapshotKeys<'a> {
+    options: &'a ConnectOptions,
+    snapshot: Option<&'a str>,
+    tasks: &'a [TableTask],
+    numeric_mode: NumericMode,
+    connection: Option<Connection>,
+    /// The fingerprints of the document keys last read.
+    keys: HashSet<u128>,
+}
+
+impl SnapshotKeys<'_> {
+    /// Ends the snapshot's transaction and closes the connection, when one was opened.
+    async fn finish(self) -> Result<(), PgError> {
+        if let Some(mut connection) = self.connection {
+            if self.snapshot.is_some() {
+                connection.execute("COMMIT").await?;
             }
-            (None, Some((client, settings))) => {
-                Box::pin(mirror_collections(
-                    source,
-                    client,
-                    &self.tasks,
-                    numeric_mode,
-                    settings.max_retries,
-                    settings.wait_for_sync,
-                    snapshot,
-                ))
-                .await
-            }
-            (None, None) => Ok(Removed::default()),
+            connection.close().await;
+        }
+        Ok(())
+    }
+}
+
+/// The source connection of `connection`, opened (with the copy's text session settings when
+/// `text`, then under `snapshot`) on first use.
+async fn opened<'c>(
+    connection: &'c mut Option<Connection>,
+    options: &ConnectOptions,
+    snapshot: Option<&str>,
+    text: bool,
+) -> Result<&'c mut Connection, PgError> {
+    if let Some(connection) = connection {
+        return Ok(connection);
+    }
+    let mut opened = Connection::connect(options).await?;
+    if text {
+        opened.execute(TEXT_SESSION).await?;
+    }
+    adopt_snapshot(&mut opened, snapshot).await?;
+    Ok(connection.insert(opened))
+}
+
+impl SourceKeys for SnapshotKeys<'_> {
+    type Error = RunError;
+
+    async fn read_keys(&mut self, tasks: &[usize]) -> Result<(), RunError> {
+        let connection = opened(&mut self.connection, self.options, self.snapshot, false).await?;
+        self.keys.clear();
+        for task in tasks.iter().filter_map(|index| self.tasks.get(*index)) {
+            source_keys(connection, task, self.numeric_mode, &mut self.keys).await?;
+        }
+        Ok(())
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.keys.contains(&fingerprint(key))
+    }
+
+    async fn key_rows<'s>(
+        &'s mut self,
+        task: usize,
+        columns: &'s [String],
+        binary: bool,
+    ) -> Result<CopyOut<'s>, PgError> {
+        let table = self.tasks.get(task).map(|task| task.table.qualified_name());
+        let connection = opened(&mut self.connection, self.options, self.snapshot, true).await?;
+        let keys: Vec<String> = columns
+            .iter()
+            .map(|key| crate::pg::query::quote_identifier(key))
+            .collect();
+        let format = if binary { " (FORMAT binary)" } else { "" };
+        connection
+            .copy_out(&format!(
+                "COPY (SELECT {} FROM {}) TO STDOUT{format}",
+                keys.join(", "),
+                table.unwrap_or_default()
+            ))
+            .await
+    }
+}
+
+impl From<MirrorError> for RunError {
+    fn from(error: MirrorError) -> RunError {
+        match error {
+            MirrorError::Gdn(error) => RunError::Destination(error),
+            MirrorError::Replica(error) => RunError::Replica(error),
+            MirrorError::Refused(message) => RunError::Unsupported(message),
         }
     }
 }
@@ -166,77 +237,6 @@ impl From<crate::decode::copy_binary::CopyBinaryError> for RunError {
     }
 }
 
-/// Removes from each keyed task's collection the documents whose keys its tables no longer
-/// have (tables sharing a collection count together, and only documents whose keys carry one
-/// of their prefixes are considered there). `snapshot` (an exported snapshot) reads the keys
-/// as of that instant instead of now.
-async fn mirror_collections(
-    source: &ConnectOptions,
-    client: &GdnClient,
-    tasks: &[TableTask],
-    numeric_mode: NumericMode,
-    max_retries: u32,
-    wait_for_sync: bool,
-    snapshot: Option<&str>,
-) -> Result<Removed, RunError> {
-    let mut by_collection: BTreeMap<&str, Vec<&TableTask>> = BTreeMap::new();
-    for task in tasks {
-        by_collection
-            .entry(&task.target.collection)
-            .or_default()
-            .push(task);
-    }
-    let mut removed = Removed::default();
-    let mut connection = Connection::connect(source).await?;
-    adopt_snapshot(&mut connection, snapshot).await?;
-    for (collection, tasks) in by_collection {
-        // A keyless table's collection was emptied before its reload: nothing is stale.
-        if tasks.iter().any(|task| task.target.keyless) {
-            continue;
-        }
-        let mut keys = HashSet::new();
-        for task in &tasks {
-            source_keys(&mut connection, task, numeric_mode, &mut keys).await?;
-        }
-        // In a collection tables share, only keys carrying one of these tables' prefixes.
-        let starts: Vec<String> = tasks
-            .iter()
-            .filter_map(|task| task.plan.key_start())
-            .collect();
-        let shared = tasks.iter().any(|task| task.plan.key_prefix().is_some());
-        let mut scan = KeysetScan::new(client, collection, KEY_PAGE, 60, max_retries).keys();
-        let mut stale: Vec<String> = Vec::new();
-        let mut count = 0u64;
-        while let Some(page) = scan.next_page().await? {
-            for raw in &page.documents {
-                let key: String = serde_json::from_str(raw.get()).map_err(|error| {
-                    RunError::Unsupported(format!(
-                        "collection {collection:?} answered a key that is not a string ({error}): {}",
-                        raw.get()
-                    ))
-                })?;
-                let ours = !shared || starts.iter().any(|start| key.starts_with(start.as_str()));
-                if ours && !keys.contains(&fingerprint(&key)) {
-                    stale.push(key);
-                }
-            }
-            if stale.len() >= DELETE_BATCH {
-                count += delete(client, collection, &mut stale, max_retries, wait_for_sync).await?;
-            }
-        }
-        count += delete(client, collection, &mut stale, max_retries, wait_for_sync).await?;
-        if count > 0 {
-            tracing::info!(%collection, removed = count, "removed the documents whose rows the table no longer has");
-        }
-        removed.per_destination.push((collection.to_owned(), count));
-    }
-    if snapshot.is_some() {
-        connection.execute("COMMIT").await?;
-    }
-    connection.close().await;
-    Ok(removed)
-}
-
 /// Reads as of the exported snapshot `snapshot`, when there is one: a repeatable-read
 /// transaction that adopts it (left open for the reads that follow).
 async fn adopt_snapshot(
@@ -252,161 +252,6 @@ async fn adopt_snapshot(
             .await?;
     }
     Ok(())
-}
-
-/// Deletes `keys` from `collection` (a document already gone counts as done).
-async fn delete(
-    client: &GdnClient,
-    collection: &str,
-    keys: &mut Vec<String>,
-    max_retries: u32,
-    wait_for_sync: bool,
-) -> Result<u64, RunError> {
-    if let Some((key, failure)) = client
-        .delete_keys(collection, keys, max_retries, wait_for_sync)
-        .await?
-    {
-        return Err(RunError::Unsupported(format!(
-            "GDN refused to remove document {key:?} of {collection:?}, whose row the table no longer has: errorNum {} ({})\nHINT: set \"full_table_mirror\": false to keep such documents",
-            failure.error_num, failure.message
-        )));
-    }
-    let count = keys.len() as u64;
-    keys.clear();
-    Ok(count)
-}
-
-/// Removes from each keyed target table that held rows before the run the rows whose keys
-/// the source table no longer has (soft-deleted with `hard_delete: false`); `snapshot` (an
-/// exported snapshot) reads the source's keys as of that instant instead of now.
-async fn mirror_tables(
-    source: &ConnectOptions,
-    target: &ConnectOptions,
-    tasks: &[TableTask],
-    copies: &[ReplicaCopy],
-    snapshot: Option<&str>,
-) -> Result<Removed, RunError> {
-    let replica = |error: ReplicaError| RunError::Replica(Box::new(error));
-    let mut removed = Removed::default();
-    let mut from = Connection::connect(source).await?;
-    from.execute(TEXT_SESSION).await?;
-    adopt_snapshot(&mut from, snapshot).await?;
-    let mut into = Connection::connect(target)
-        .await
-        .map_err(pg(
-            "connecting to the target for",
-            "removing rows the source no longer has",
-        ))
-        .map_err(replica)?;
-    into.execute(TEXT_SESSION)
-        .await
-        .map_err(pg("setting up the target session for", "removing rows"))
-        .map_err(replica)?;
-    for (task, copy) in tasks.iter().zip(copies) {
-        // Keyless tables were emptied before the reload; a table empty before the run holds
-        // only what this copy wrote.
-        if copy.table.keys.is_empty() || copy.status.empty {
-            continue;
-        }
-        let name = copy.table.target.to_string();
-        let count = mirror_table(&mut from, &mut into, task, copy)
-            .await
-            .map_err(|error| match error {
-                Side::Source(error) => RunError::Source(error),
-                Side::Target(error) => replica(pg(
-                    "removing rows the source no longer has from",
-                    &name,
-                )(error)),
-            });
-        let count = match count {
-            Ok(count) => count,
-            Err(error) => {
-                let _ = into.execute("ROLLBACK").await;
-                return Err(error);
-            }
-        };
-        if count > 0 {
-            tracing::info!(table = %name, removed = count, "removed the rows the source table no longer has");
-        }
-        removed.per_destination.push((name, count));
-    }
-    if snapshot.is_some() {
-        from.execute("COMMIT").await?;
-    }
-    from.close().await;
-    into.close().await;
-    Ok(removed)
-}
-
-/// Which end failed.
-enum Side {
-    Source(PgError),
-    Target(PgError),
-}
-
-/// Ships the source's key columns into a temporary table beside the target and removes the
-/// target's rows without a match, in one target transaction.
-async fn mirror_table(
-    from: &mut Connection,
-    into: &mut Connection,
-    task: &TableTask,
-    copy: &ReplicaCopy,
-) -> Result<u64, Side> {
-    let table = &copy.table;
-    into.execute("BEGIN").await.map_err(Side::Target)?;
-    into.execute(&table.source_keys_sql())
-        .await
-        .map_err(Side::Target)?;
-    let keys: Vec<String> = table
-        .keys
-        .iter()
-        .map(|key| crate::pg::query::quote_identifier(key))
-        .collect();
-    let format = if copy.status.binary {
-        " (FORMAT binary)"
-    } else {
-        ""
-    };
-    let mut sink = into
-        .copy_in(&format!(
-            "COPY pg_temp.pgferry_source_keys FROM STDIN{format}"
-        ))
-        .await
-        .map_err(Side::Target)?;
-    let mut out = match from
-        .copy_out(&format!(
-            "COPY (SELECT {} FROM {}) TO STDOUT{format}",
-            keys.join(", "),
-            task.table.qualified_name()
-        ))
-        .await
-    {
-        Ok(out) => out,
-        Err(error) => {
-            let _ = sink.abort("the source could not be read").await;
-            return Err(Side::Source(error));
-        }
-    };
-    loop {
-        match out.next().await {
-            Ok(Some(data)) => sink.send(&data).await.map_err(Side::Target)?,
-            Ok(None) => break,
-            Err(error) => {
-                let _ = sink.abort("the source could not be read").await;
-                return Err(Side::Source(error));
-            }
-        }
-    }
-    sink.finish().await.map_err(Side::Target)?;
-    into.execute("ANALYZE pg_temp.pgferry_source_keys")
-        .await
-        .map_err(Side::Target)?;
-    let count = into
-        .execute(&table.remove_unmatched_sql())
-        .await
-        .map_err(Side::Target)?;
-    into.execute("COMMIT").await.map_err(Side::Target)?;
-    Ok(count)
 }
 
 #[cfg(test)]

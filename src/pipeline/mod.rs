@@ -22,12 +22,14 @@ use crate::config::{
 };
 use crate::destination::gdn::copy::{copy_tables, DocumentTable};
 use crate::destination::gdn::document::{DocumentError, DocumentPlan};
+use crate::destination::gdn::GdnTarget;
 use crate::destination::postgres::copy::ReplicaSink;
+use crate::destination::Destination;
 use crate::gdn::client::{retrying, GdnClient, GdnError};
 use crate::gdn::writer::{BatchTarget, Writer, WriterSettings};
 use crate::metrics::{Labels, Metrics, Phase};
 use crate::pg::catalog::{discover, Table};
-use crate::pg::{Connection, PgError};
+use crate::pg::{ConnectOptions, Connection, PgError};
 use crate::progress::{spawn_display, CopyProgress};
 use crate::source::cdc::{CdcError, CdcSummary};
 use crate::source::snapshot::{
@@ -382,12 +384,10 @@ impl TableTask {
 
 /// Everything both replication methods need before copying.
 pub(crate) struct Prepared {
-    pub(crate) client: Option<GdnClient>,
-    pub(crate) settings: WriterSettings,
+    /// The run's one destination, ready for the copy and the stream.
+    pub(crate) destination: Destination,
     pub(crate) limits: BatchLimits,
     pub(crate) tasks: Vec<TableTask>,
-    /// A PostgreSQL destination's tables and writer (then `client` is `None`).
-    pub(crate) replica: Option<pg_to_pg::ReplicaPrepared>,
 }
 
 /// Discovers the selected tables, connects to GDN and makes sure every collection exists
@@ -408,7 +408,7 @@ pub(crate) async fn prepare_chosen(
     allow_keyless: bool,
 ) -> Result<Prepared, RunError> {
     if let DestinationConfig::Postgres(destination) = &config.destination {
-        let (tasks, replica) = pg_to_pg::prepare_targets(
+        let (tasks, target) = pg_to_pg::prepare_targets(
             &config.source.connect_options(),
             destination,
             &chosen,
@@ -417,19 +417,12 @@ pub(crate) async fn prepare_chosen(
         )
         .await?;
         return Ok(Prepared {
-            client: None,
-            settings: WriterSettings {
-                max_in_flight: 1,
-                wait_for_sync: true,
-                max_retries: 1,
-                initial_backoff: Duration::from_millis(100),
-            },
+            destination: Destination::Postgres(target),
             limits: BatchLimits {
                 rows: destination.batch_size_rows,
                 bytes: 16 * 1024 * 1024,
             },
             tasks,
-            replica: Some(replica),
         });
     }
 
@@ -450,12 +443,7 @@ pub(crate) async fn prepare_chosen(
         ),
         DestinationConfig::Null => (
             None,
-            WriterSettings {
-                max_in_flight: 64,
-                wait_for_sync: false,
-                max_retries: 1,
-                initial_backoff: Duration::from_millis(100),
-            },
+            crate::destination::null::writer_settings(),
             BatchLimits {
                 rows: 1000,
                 bytes: 4 * 1024 * 1024,
@@ -530,12 +518,14 @@ pub(crate) async fn prepare_chosen(
             row_filter: None,
         });
     }
+    let destination = match client {
+        Some(client) => Destination::Gdn(GdnTarget { client, settings }),
+        None => Destination::Null,
+    };
     Ok(Prepared {
-        client,
-        settings,
+        destination,
         limits,
         tasks,
-        replica: None,
     })
 }
 
@@ -599,7 +589,7 @@ async fn full_table(
     metrics: &Arc<Metrics>,
 ) -> Result<RunSummary, RunError> {
     let prepared = prepare(config, true).await?;
-    let destination = mirror::Destination::of(&prepared);
+    let destination = mirror::Copied::of(&prepared);
     let copy = copy_step(config, prepared, metrics, None, None).await?;
     let mut summary = RunSummary::new(copy, metrics, None, &config.destination);
     // Only after every table's copy finished: an interrupted copy removes nothing.
@@ -621,11 +611,9 @@ pub(crate) async fn copy_step(
     ledger: Option<Arc<ChunkLedger>>,
 ) -> Result<CopySummary, RunError> {
     let Prepared {
-        client,
-        settings,
+        destination,
         limits,
         tasks,
-        replica,
     } = prepared;
     let progress = Arc::new(CopyProgress::new(tasks.iter().map(|task| {
         (
@@ -645,21 +633,19 @@ pub(crate) async fn copy_step(
     };
     let source = config.source.connect_options();
     let copy_tasks = tasks.iter().map(TableTask::copy_task).collect();
-    let copy = match replica {
-        Some(replica) => {
-            let sink = ReplicaSink::new(replica.target, replica.copies, Arc::clone(metrics));
+    let copy = match destination {
+        Destination::Postgres(target) => {
+            let sink = ReplicaSink::new(target.target, target.copies, Arc::clone(metrics));
             copy_tables_into(&source, copy_tasks, Arc::new(sink), plan).await
         }
-        None => {
-            let writer = Writer::new(client, settings, Arc::clone(metrics));
-            let tables = tasks
-                .into_iter()
-                .map(|task| DocumentTable {
-                    plan: task.plan,
-                    target: task.target,
-                })
-                .collect();
-            copy_tables(&source, copy_tasks, tables, &writer, plan).await
+        Destination::Gdn(GdnTarget { client, settings }) => {
+            let writer = Writer::new(Some(client), settings, Arc::clone(metrics));
+            copy_documents(&source, copy_tasks, tasks, &writer, plan).await
+        }
+        Destination::Null => {
+            let settings = crate::destination::null::writer_settings();
+            let writer = Writer::new(None, settings, Arc::clone(metrics));
+            copy_documents(&source, copy_tasks, tasks, &writer, plan).await
         }
     };
     progress.finish();
@@ -667,4 +653,22 @@ pub(crate) async fn copy_step(
         let _ = display.await;
     }
     copy.map_err(|error| RunError::Copy(Box::new(error)))
+}
+
+/// The copy into documents (GDN, or the null destination through the same writer).
+async fn copy_documents(
+    source: &ConnectOptions,
+    copy_tasks: Vec<CopyTask>,
+    tasks: Vec<TableTask>,
+    writer: &Writer,
+    plan: CopyPlan,
+) -> Result<CopySummary, SnapshotError> {
+    let tables = tasks
+        .into_iter()
+        .map(|task| DocumentTable {
+            plan: task.plan,
+            target: task.target,
+        })
+        .collect();
+    copy_tables(source, copy_tasks, tables, writer, plan).await
 }

@@ -9,24 +9,13 @@ use super::TableTask;
 use crate::config::{parse_table_name, ReplicaDestinationConfig};
 use crate::destination::gdn::document::DocumentPlan;
 use crate::destination::postgres::copy::{ReplicaCopy, TEXT_SESSION};
-use crate::destination::postgres::{table::ensure, ReplicaError, ReplicaWriter};
+use crate::destination::postgres::{table::ensure, PostgresTarget, ReplicaError, ReplicaWriter};
 use crate::gdn::writer::BatchTarget;
 use crate::pg::catalog::{NumericMode, Table};
 use crate::pg::query::quote_literal;
 use crate::pg::{ConnectOptions, Connection};
 use crate::pipeline::RunError;
 use crate::singer::target_postgres::naming::TableName;
-
-/// The target side of a run, ready for the copy and for streaming.
-#[derive(Debug)]
-pub(crate) struct ReplicaPrepared {
-    /// The target database.
-    pub(crate) target: ConnectOptions,
-    /// Per copy task (same order): its target table and how to copy into it.
-    pub(crate) copies: Vec<ReplicaCopy>,
-    /// Applies streamed changes.
-    pub(crate) writer: Arc<ReplicaWriter>,
-}
 
 /// Creates or checks the target table of every chosen source table; keyless tables (only in
 /// FULL_TABLE runs) are emptied first, so a re-run replaces their rows instead of adding them.
@@ -36,7 +25,7 @@ pub(crate) async fn prepare_targets(
     chosen: &[(&Table, Option<String>)],
     numeric_mode: NumericMode,
     allow_keyless: bool,
-) -> Result<(Vec<TableTask>, ReplicaPrepared), RunError> {
+) -> Result<(Vec<TableTask>, PostgresTarget), RunError> {
     let target = destination.connection.destination_options();
     let replica_error = |error: ReplicaError| RunError::Replica(Box::new(error));
     let mut connection = Connection::connect(&target)
@@ -116,7 +105,7 @@ pub(crate) async fn prepare_targets(
     );
     Ok((
         tasks,
-        ReplicaPrepared {
+        PostgresTarget {
             target,
             copies,
             writer: Arc::new(writer),

@@ -1,13 +1,12 @@
 //! PostgreSQL → GDN: both sides as documents. The source side is what the copy would write
 //! now (binary COPY of the table, each row through the pipeline's [`DocumentPlan`]); the
-//! destination side is the collection in `_key` order (keyset pages), each document without
-//! GDN's `_id` and `_rev`. Both are put in the canonical form of [`super::canonical`] before
+//! destination side is the collection in `_key` order (keyset pages, read through
+//! `destination::Written`), each document without GDN's `_id` and `_rev`. Both are put in the canonical form of [`super::canonical`] before
 //! hashing, so attribute order and number spelling (`1.0`, `1`) do not matter.
 
 use crate::decode::copy_binary::CopyBinaryDecoder;
 use crate::destination::gdn::document::DocumentPlan;
-use crate::gdn::client::{retrying, GdnClient};
-use crate::gdn::cursor::KeysetScan;
+use crate::destination::{Place, ReadError, Written};
 use crate::pg::catalog::Table;
 use crate::pg::{ConnectOptions, Connection};
 
@@ -15,9 +14,6 @@ use super::buckets::{hash128, shorten, AttributeDiff};
 use super::canonical::{canonical, canonical_with_key, members};
 use super::contract::where_clause;
 use super::error::{source, VerifyError};
-
-/// The most documents a scan page asks for (pages shrink for large documents).
-const SCAN_PAGE: u64 = 10_000;
 
 /// Receives each row of one side: its key (`None` for keyless tables), its hash and its
 /// canonical form.
@@ -116,39 +112,38 @@ impl CollectionUnit {
     /// returns how many.
     pub async fn destination(
         &self,
-        client: &GdnClient,
-        max_retries: u32,
+        destination: &Written,
         sink: RowSink<'_>,
     ) -> Result<u64, VerifyError> {
-        let gdn = |source| VerifyError::Gdn {
-            collection: self.collection.clone(),
-            source: Box::new(source),
-        };
-        let exists = retrying(max_retries, || client.has_collection(&self.collection))
-            .await
-            .map_err(gdn)?;
-        if !exists {
-            return Ok(0);
-        }
-        let mut scan = KeysetScan::new(client, &self.collection, SCAN_PAGE, 60, max_retries);
-        let mut rows = 0u64;
         let mut form = Vec::new();
-        while let Some(page) = scan.next_page().await.map_err(gdn)? {
-            for raw in &page.documents {
-                let bad = |error| VerifyError::Document {
-                    side: "destination",
-                    place: format!("collection {:?}", self.collection),
-                    source: error,
-                };
+        let read = destination
+            .read(Place::Collection(&self.collection), |raw| {
                 form.clear();
-                let key = canonical_with_key(raw.get().as_bytes(), self.skipped(), &mut form)
-                    .map_err(bad)?;
-                rows += 1;
+                let key = canonical_with_key(raw, self.skipped(), &mut form).map_err(|error| {
+                    VerifyError::Document {
+                        side: "destination",
+                        place: format!("collection {:?}", self.collection),
+                        source: error,
+                    }
+                })?;
                 sink(key.as_deref(), hash128(&form), &form);
-            }
-        }
-        Ok(rows)
+                Ok(())
+            })
+            .await;
+        read.map_err(|error| match error {
+            ReadError::Gdn(source) => VerifyError::Gdn {
+                collection: self.collection.clone(),
+                source: Box::new(source),
+            },
+            ReadError::Reader(error) => error,
+            ReadError::Postgres(_) | ReadError::Elsewhere => not_connected(),
+        })
     }
+}
+
+/// The destination given is not where this comparison's rows are (a bug in `plan`).
+pub(crate) fn not_connected() -> VerifyError {
+    VerifyError::Internal("the destination of this table is not connected".into())
 }
 
 /// The attributes two canonical documents disagree on, values shortened.

@@ -50,6 +50,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{DestinationConfig, Pipeline, PipelineConfig, ReplicationMethod};
 use crate::destination::gdn::document::DocumentPlan;
+use crate::destination::Written;
 use crate::gdn::client::GdnClient;
 use crate::pg::ConnectOptions;
 use crate::pipeline::collections::{check_names, key_prefixes, TableCollection};
@@ -99,8 +100,7 @@ enum Unit {
 /// How to reach both ends.
 struct Ends {
     source: ConnectOptions,
-    gdn: Option<(GdnClient, u32)>,
-    target: Option<ConnectOptions>,
+    destination: Written,
 }
 
 impl Unit {
@@ -150,14 +150,9 @@ impl Unit {
     }
 
     async fn read_destination(&self, ends: &Ends, sink: RowSink<'_>) -> Result<u64, VerifyError> {
-        match (self, &ends.gdn, &ends.target) {
-            (Unit::Documents(unit), Some((client, retries)), _) => {
-                unit.destination(client, *retries, sink).await
-            }
-            (Unit::Rows(unit), _, Some(target)) => unit.destination(target, sink).await,
-            _ => Err(VerifyError::Internal(
-                "the destination of this table is not connected".into(),
-            )),
+        match self {
+            Unit::Documents(unit) => unit.destination(&ends.destination, sink).await,
+            Unit::Rows(unit) => unit.destination(&ends.destination, sink).await,
         }
     }
 
@@ -430,8 +425,7 @@ async fn plan(config: &PipelineConfig) -> Result<(Vec<Unit>, Ends), VerifyError>
             }
             let ends = Ends {
                 source,
-                gdn: None,
-                target: Some(destination.connection.destination_options()),
+                destination: Written::Postgres(destination.connection.destination_options()),
             };
             Ok((units, ends))
         }
@@ -481,8 +475,10 @@ async fn plan(config: &PipelineConfig) -> Result<(Vec<Unit>, Ends), VerifyError>
                 .map_err(|error| VerifyError::GdnConnect(Box::new(error)))?;
             let ends = Ends {
                 source,
-                gdn: Some((client, gdn.max_retries)),
-                target: None,
+                destination: Written::Gdn {
+                    client,
+                    max_retries: gdn.max_retries,
+                },
             };
             Ok((units.into_iter().map(Unit::Documents).collect(), ends))
         }

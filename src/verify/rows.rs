@@ -1,19 +1,21 @@
 //! PostgreSQL → PostgreSQL: both sides as rows of text. Each side is read with
 //! `COPY (SELECT <the source's columns> …) TO STDOUT` under the session settings the copy uses
-//! ([`TEXT_SESSION`], and one TimeZone for both), so equal values print equal text; the target
+//! (`destination::postgres::read`, for both), so equal values print equal text; the target
 //! has the source's column names and types. Under `hard_delete: false` rows marked
 //! `_sdc_deleted_at` are left out: they are deleted rows.
 
-use crate::destination::postgres::copy::TEXT_SESSION;
-use crate::destination::postgres::sql::DELETED_AT;
+use std::convert::Infallible;
+
+use crate::destination::postgres::read::text_rows;
+use crate::destination::{Place, ReadError, Written};
 use crate::pg::catalog::Table;
 use crate::pg::query::quote_identifier;
-use crate::pg::{ConnectOptions, Connection, PgError};
+use crate::pg::ConnectOptions;
 use crate::singer::target_postgres::naming::TableName;
 
 use super::buckets::{hash128, shorten, AttributeDiff};
 use super::contract::where_clause;
-use super::documents::RowSink;
+use super::documents::{not_connected, RowSink};
 use super::error::{source, target, VerifyError};
 
 /// One source table and its target table.
@@ -64,7 +66,8 @@ impl TableUnit {
             self.columns(),
             where_clause(self.row_filter.as_deref())
         );
-        stream(options, &sql, &self.key_indexes(), sink)
+        let mut keyed = Keyed::new(self.key_indexes(), sink);
+        text_rows(options, &sql, |line| keyed.row(line))
             .await
             .map_err(|error| source(format!("reading {name}"))(error))
     }
@@ -73,61 +76,64 @@ impl TableUnit {
     /// returns how many.
     pub async fn destination(
         &self,
-        options: &ConnectOptions,
+        destination: &Written,
         sink: RowSink<'_>,
     ) -> Result<u64, VerifyError> {
-        let name = self.target.quoted();
-        let filter = if self.soft_delete {
-            format!(" WHERE {} IS NULL", quote_identifier(DELETED_AT))
-        } else {
-            String::new()
+        let mut keyed = Keyed::new(self.key_indexes(), sink);
+        let columns = self.columns();
+        let place = Place::Table {
+            table: &self.target,
+            columns: &columns,
+            soft_delete: self.soft_delete,
         };
-        let sql = format!("SELECT {} FROM {name}{filter}", self.columns());
-        match stream(options, &sql, &self.key_indexes(), sink).await {
-            // 42P01: the target table does not exist (yet): it holds no rows.
-            Err(PgError::Server(error)) if error.code == "42P01" => Ok(0),
-            outcome => outcome.map_err(|error| target(format!("reading {}", self.target))(error)),
-        }
+        let read = destination
+            .read(place, |line| {
+                keyed.row(line);
+                Ok::<(), Infallible>(())
+            })
+            .await;
+        read.map_err(|error| match error {
+            ReadError::Postgres(error) => target(format!("reading {}", self.target))(error),
+            ReadError::Reader(never) => match never {},
+            ReadError::Gdn(_) | ReadError::Elsewhere => not_connected(),
+        })
     }
 }
 
-/// Runs `COPY (sql) TO STDOUT` (text) and hands each row to `sink`, keyed by the fields at
-/// `keys` joined by a tab (a tab inside a value is escaped by COPY, so keys stay apart).
-async fn stream(
-    options: &ConnectOptions,
-    sql: &str,
-    keys: &[usize],
-    sink: RowSink<'_>,
-) -> Result<u64, PgError> {
-    let mut connection = Connection::connect(options).await?;
-    connection.execute(TEXT_SESSION).await?;
-    connection.execute("SET TimeZone = 'UTC'").await?;
-    let mut copy = connection
-        .copy_out(&format!("COPY ({sql}) TO STDOUT"))
-        .await?;
-    let mut rows = 0u64;
-    let mut key = String::new();
-    while let Some(data) = copy.next().await? {
-        let line = data.strip_suffix(b"\n").unwrap_or(&data);
-        rows += 1;
-        if keys.is_empty() {
-            sink(None, hash128(line), line);
-            continue;
+/// Hands text rows to a sink keyed by the fields at `keys` joined by a tab (a tab inside a
+/// value is escaped by COPY, so keys stay apart); keyless rows go without a key.
+struct Keyed<'s> {
+    keys: Vec<usize>,
+    key: String,
+    sink: RowSink<'s>,
+}
+
+impl<'s> Keyed<'s> {
+    fn new(keys: Vec<usize>, sink: RowSink<'s>) -> Keyed<'s> {
+        Keyed {
+            keys,
+            key: String::new(),
+            sink,
         }
-        key.clear();
+    }
+
+    fn row(&mut self, line: &[u8]) {
+        if self.keys.is_empty() {
+            (self.sink)(None, hash128(line), line);
+            return;
+        }
+        self.key.clear();
         let fields: Vec<&[u8]> = line.split(|&byte| byte == b'\t').collect();
-        for (position, &index) in keys.iter().enumerate() {
+        for (position, &index) in self.keys.iter().enumerate() {
             if position > 0 {
-                key.push('\t');
+                self.key.push('\t');
             }
-            key.push_str(&String::from_utf8_lossy(
+            self.key.push_str(&String::from_utf8_lossy(
                 fields.get(index).copied().unwrap_or_default(),
             ));
         }
-        sink(Some(&key), hash128(line), line);
+        (self.sink)(Some(&self.key), hash128(line), line);
     }
-    connection.close().await;
-    Ok(rows)
 }
 
 /// How a row's key reads in a report: the key columns' text joined by `, `.

@@ -7,13 +7,16 @@
 //! `COPY … TO STDOUT` piped into `COPY … FROM STDIN` (binary when both sides have the same
 //! built-in types), `plan` turns streamed row images into the coalescing form the streaming
 //! loop shares with GDN, `sql` holds the statements, and `apply` commits a flush of coalesced
-//! changes in one target transaction before the slot may be confirmed past them.
+//! changes in one target transaction before the slot may be confirmed past them. `mirror` removes
+//! what a target table holds that its source table no longer has.
 
 pub mod apply;
 pub mod copy;
 pub mod documents;
 pub mod infer;
+pub mod mirror;
 pub mod plan;
+pub mod read;
 pub mod sql;
 pub mod table;
 
@@ -24,7 +27,20 @@ pub use sql::ReplicaTable;
 use std::sync::Arc;
 
 use crate::destination::{ChangeError, PartitionPicker};
-use crate::pg::PgError;
+use crate::pg::{ConnectOptions, PgError};
+use copy::ReplicaCopy;
+
+/// A run's PostgreSQL destination as the pipeline prepared it: every target table exists,
+/// ready for the copy, for streaming and for mirroring.
+#[derive(Debug, Clone)]
+pub struct PostgresTarget {
+    /// The target database.
+    pub target: ConnectOptions,
+    /// Per copy task (same order): its target table and how to copy into it.
+    pub copies: Vec<ReplicaCopy>,
+    /// Applies streamed changes.
+    pub writer: Arc<ReplicaWriter>,
+}
 
 /// Why replicating into PostgreSQL failed.
 #[derive(Debug, thiserror::Error)]
