@@ -762,27 +762,17 @@ mod tests {
 fn record_joined(
     state: &mut CdcState,
     file: &StateFile,
-    (names, columns, partitions): (&[String], &[Vec<String>], &[Vec<String>]),
+    selected: (&[String], &[Vec<String>], &[Vec<String>]),
     joining: &[bool],
     copied_at: Lsn,
 ) -> Result<(), RunError> {
     let known = state.tables.get_or_insert_with(Default::default);
-    for (((name, columns), leaves), _) in names
-        .iter()
-        .zip(columns)
-        .zip(partitions)
+    for ((name, synced), _) in synced_tables(selected, Some(copied_at))
         .zip(joining)
         .filter(|(_, joins)| **joins)
     {
-        known.insert(
-            name.clone(),
-            SyncedTable {
-                copied_at: Some(copied_at),
-                columns: Some(columns.clone()),
-                partitions: Some(leaves.clone()),
-            },
-        );
-        state.resnapshot.remove(name);
+        state.resnapshot.remove(&name);
+        known.insert(name, synced);
     }
     file.save(state)?;
     Ok(())
@@ -795,21 +785,29 @@ fn all_copied(
     columns: &[Vec<String>],
     partitions: &[Vec<String>],
 ) -> BTreeMap<String, SyncedTable> {
+    synced_tables((names, columns, partitions), None).collect()
+}
+
+/// The state file's record of each selected `(names, columns, leaf partitions)` table, copied
+/// at `copied_at` (`None`: under the slot's own snapshot).
+fn synced_tables<'a>(
+    (names, columns, partitions): (&'a [String], &'a [Vec<String>], &'a [Vec<String>]),
+    copied_at: Option<Lsn>,
+) -> impl Iterator<Item = (String, SyncedTable)> + 'a {
     names
         .iter()
         .zip(columns)
         .zip(partitions)
-        .map(|((name, columns), partitions)| {
+        .map(move |((name, columns), partitions)| {
             (
                 name.clone(),
                 SyncedTable {
-                    copied_at: None,
+                    copied_at,
                     columns: Some(columns.clone()),
                     partitions: Some(partitions.clone()),
                 },
             )
         })
-        .collect()
 }
 
 /// The selected tables as the catalog has them now, in one order.
