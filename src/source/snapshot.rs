@@ -8,6 +8,11 @@
 //! into document batches and on to the writer without the table ever being held in memory.
 //! Page counts are read inside the snapshot, so every row the snapshot can see lies in a
 //! planned chunk; the last chunk of a table is open-ended all the same.
+//!
+//! A worker reads its next chunk while the writes of the one before are still in flight (a
+//! GDN far away answers a chunk's last requests a round trip later; waiting for them before
+//! reading on emptied the link at every chunk boundary) and records a chunk in the ledger
+//! only once its writes are durable.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -110,9 +115,13 @@ pub trait ChunkSink: Send + Sync + 'static {
         worker: usize,
     ) -> impl std::future::Future<Output = Result<Self::Worker, SnapshotError>> + Send;
 
-    /// Copies `chunk` of `task` (the copy's task number `chunk.table`) from `source` (inside
-    /// the snapshot) and returns once the chunk is durable at the destination; counts its rows
-    /// into `progress`.
+    /// A chunk read in full whose writes may still be on their way (GDN requests in flight):
+    /// the worker reads the next chunk meanwhile, so a long link never drains between chunks.
+    type Pending: Send + 'static;
+
+    /// Reads `chunk` of `task` (the copy's task number `chunk.table`) from `source` (inside
+    /// the snapshot) and hands every row to the destination; counts its rows into `progress`.
+    /// The chunk is durable once [`ChunkSink::chunk_durable`] of what this returns is `Ok`.
     fn copy_chunk<'a>(
         &'a self,
         worker: &'a mut Self::Worker,
@@ -120,7 +129,13 @@ pub trait ChunkSink: Send + Sync + 'static {
         task: &'a CopyTask,
         chunk: &'a Chunk,
         progress: &'a CopyProgress,
-    ) -> impl std::future::Future<Output = Result<(), SnapshotError>> + Send + 'a;
+    ) -> impl std::future::Future<Output = Result<Self::Pending, SnapshotError>> + Send + 'a;
+
+    /// Waits until every write of a chunk [`ChunkSink::copy_chunk`] read is durable.
+    fn chunk_durable(
+        &self,
+        pending: Self::Pending,
+    ) -> impl std::future::Future<Output = Result<(), SnapshotError>> + Send + '_;
 
     /// Ends worker `worker` after its last chunk.
     fn close_worker(&self, worker: Self::Worker) -> impl std::future::Future<Output = ()> + Send;
@@ -457,29 +472,50 @@ async fn copy_worker<S: ChunkSink>(
         ))
         .await
         .map_err(pg("adopting the exported snapshot"))?;
+    // At most one chunk is read while the one before it is still being written.
+    let mut writing: Option<(Chunk, Instant, S::Pending)> = None;
     loop {
         let Some(chunk) = shared.queue.lock().await.pop_front() else {
             break;
         };
         let task = &shared.tasks[chunk.table];
         let started = Instant::now();
-        sink.copy_chunk(&mut state, &mut connection, task, &chunk, shared.progress)
-            .await?;
-        // Recorded only now that every batch of the chunk is durable: a resumed copy skips it.
-        if let Some(ledger) = shared.ledger {
-            ledger
-                .chunk_done(&task.name, chunk.start_page)
-                .map_err(SnapshotError::State)?;
-        }
-        if let Ok(mut spans) = shared.spans.lock() {
-            let span = spans[chunk.table].get_or_insert((started, started));
-            span.0 = span.0.min(started);
-            span.1 = span.1.max(Instant::now());
-        }
+        let reading = sink.copy_chunk(&mut state, &mut connection, task, &chunk, shared.progress);
+        let pending = match writing.take() {
+            None => reading.await?,
+            Some((done, done_started, pending)) => {
+                // A failed write ends the worker at once, not after the chunk being read.
+                let durable = async {
+                    sink.chunk_durable(pending).await?;
+                    chunk_durable(shared, &done, done_started)
+                };
+                tokio::try_join!(reading, durable)?.0
+            }
+        };
+        writing = Some((chunk, started, pending));
+    }
+    if let Some((done, started, pending)) = writing {
+        sink.chunk_durable(pending).await?;
+        chunk_durable(shared, &done, started)?;
     }
     let _ = connection.execute("COMMIT").await;
     connection.close().await;
     sink.close_worker(state).await;
+    Ok(())
+}
+
+/// Records a chunk whose every write is durable: a resumed copy skips it.
+fn chunk_durable(shared: Shared<'_>, chunk: &Chunk, started: Instant) -> Result<(), SnapshotError> {
+    if let Some(ledger) = shared.ledger {
+        ledger
+            .chunk_done(&shared.tasks[chunk.table].name, chunk.start_page)
+            .map_err(SnapshotError::State)?;
+    }
+    if let Ok(mut spans) = shared.spans.lock() {
+        let span = spans[chunk.table].get_or_insert((started, started));
+        span.0 = span.0.min(started);
+        span.1 = span.1.max(Instant::now());
+    }
     Ok(())
 }
 

@@ -1,7 +1,10 @@
 //! The copy into GDN: each chunk's COPY rows are decoded straight into document batches for
-//! the writer (or the null destination's), and a chunk is done once every batch is durable.
+//! the writer (or the null destination's), and a chunk is done once every batch is durable;
+//! the worker reads the next chunk while the last batches of one are still in flight.
 
 use std::sync::Arc;
+
+use tokio::task::JoinHandle;
 
 use crate::decode::copy_binary::{CopyBinaryDecoder, CopyBinaryError};
 use crate::destination::gdn::document::{DocumentError, DocumentPlan};
@@ -50,6 +53,7 @@ impl SinkError for WriteError {
 
 impl ChunkSink for DocumentSink {
     type Worker = ();
+    type Pending = Vec<JoinHandle<Result<(), WriteError>>>;
 
     async fn open_worker(&self, _worker: usize) -> Result<(), SnapshotError> {
         Ok(())
@@ -62,7 +66,7 @@ impl ChunkSink for DocumentSink {
         task: &'a CopyTask,
         chunk: &'a Chunk,
         progress: &'a CopyProgress,
-    ) -> Result<(), SnapshotError> {
+    ) -> Result<Self::Pending, SnapshotError> {
         let Some(table) = self.tables.get(chunk.table) else {
             return Err(SnapshotError::Task(format!(
                 "no GDN plan was prepared for {} (a bug in pgferry)",
@@ -79,6 +83,15 @@ impl ChunkSink for DocumentSink {
             progress,
         )
         .await
+    }
+
+    async fn chunk_durable(&self, pending: Self::Pending) -> Result<(), SnapshotError> {
+        for handle in pending {
+            handle
+                .await
+                .map_err(|error| WriteError::Task(error.to_string()))??;
+        }
+        Ok(())
     }
 
     async fn close_worker(&self, _worker: ()) {}
@@ -113,7 +126,7 @@ impl From<CopyBinaryError> for RowError {
     }
 }
 
-/// Copies one chunk and waits until every batch of it is written.
+/// Reads one chunk into batches for the writer; returns the batches' write handles.
 async fn copy_chunk(
     connection: &mut Connection,
     task: &CopyTask,
@@ -122,7 +135,7 @@ async fn copy_chunk(
     limits: BatchLimits,
     writer: &Writer,
     progress: &CopyProgress,
-) -> Result<(), SnapshotError> {
+) -> Result<Vec<JoinHandle<Result<(), WriteError>>>, SnapshotError> {
     let metrics = writer.metrics();
     let count = |rows: usize| {
         progress.add(chunk.table, rows as u64);
@@ -176,10 +189,5 @@ async fn copy_chunk(
         count(batch.len());
         pending.push(writer.submit(documents.target.clone(), batch).await);
     }
-    for handle in pending {
-        handle
-            .await
-            .map_err(|error| WriteError::Task(error.to_string()))??;
-    }
-    Ok(())
+    Ok(pending)
 }

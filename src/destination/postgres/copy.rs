@@ -63,6 +63,8 @@ pub struct TargetWorker {
 
 impl ChunkSink for ReplicaSink {
     type Worker = TargetWorker;
+    /// Nothing: a chunk is committed on the target before `copy_chunk` returns.
+    type Pending = ();
 
     fn source_session(&self) -> Option<&str> {
         Some(TEXT_SESSION)
@@ -119,6 +121,10 @@ impl ChunkSink for ReplicaSink {
                 Err(error)
             }
         }
+    }
+
+    async fn chunk_durable(&self, _pending: ()) -> Result<(), SnapshotError> {
+        Ok(())
     }
 
     async fn close_worker(&self, worker: TargetWorker) {
