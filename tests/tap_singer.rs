@@ -598,18 +598,29 @@ fn streaming_without_an_end_confirms_what_the_saved_state_covers() {
     let lsn = state["bookmarks"]["public-orders"]["lsn"]
         .as_u64()
         .expect("lsn");
-    // The old tap's metrics port convention, here on --metrics-addr, while it streams.
-    let metrics = {
+    // The old tap's metrics port convention, here on --metrics-addr, while it streams; the
+    // probes Kubernetes asks: alive, and ready because it streams.
+    let get = |path: &str| {
         use std::io::{Read, Write};
         let mut connection =
             std::net::TcpStream::connect(("127.0.0.1", metrics_port)).expect("metrics endpoint");
         connection
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
             .expect("request");
         let mut text = String::new();
         connection.read_to_string(&mut text).expect("response");
         text
     };
+    let metrics = get("/metrics");
+    let ready = get("/readyz");
+    assert!(
+        ready.starts_with("HTTP/1.1 200") && ready.trim_end().ends_with("streaming"),
+        "{ready}"
+    );
+    assert!(get("/healthz").starts_with("HTTP/1.1 200"));
     assert!(
         metrics.contains(
             "pgferry_changes{region=\"NA\",tenant=\"NA\",fabric=\"NA\",workflow=\"NA\"} 1"
