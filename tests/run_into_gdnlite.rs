@@ -175,6 +175,42 @@ async fn every_row_arrives_exactly_once_with_parallel_workers_and_a_rerun_change
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_collections_are_made_ready_at_once_and_keyless_reloads_replace_their_content() {
+    // Twenty keyed and twenty keyless tables: every collection is created before the copy
+    // (several at once), and a keyless table's collection is emptied before each reload.
+    let cluster = PgCluster::start_default();
+    let mut sql = String::new();
+    for i in 0..20 {
+        sql.push_str(&format!(
+            "CREATE TABLE public.keyed{i} (id int PRIMARY KEY, v int);
+             INSERT INTO public.keyed{i} SELECT g, g * {i} FROM generate_series(1, {i} + 1) g;
+             CREATE TABLE public.loose{i} (note text);
+             INSERT INTO public.loose{i} SELECT 'n' || g FROM generate_series(1, {i} + 1) g;"
+        ));
+    }
+    cluster.psql(&sql);
+    let server = Server::start().await;
+    let config = pipeline(&cluster, &server.url(), json!({}));
+    let http = Http::h2(&server.url());
+    for run in ["first run", "second run"] {
+        let summary = pgferry::pipeline::run(&config).await.expect(run);
+        assert_eq!(summary.documents, 2 * (1..=20).sum::<u64>(), "{run}");
+        for i in 0..20u64 {
+            for table in ["keyed", "loose"] {
+                let count = http
+                    .call(
+                        Method::GET,
+                        &api(&format!("collection/{table}{i}/count")),
+                        Value::Null,
+                    )
+                    .await;
+                assert_eq!(count.json["count"], json!(i + 1), "{run}: {table}{i}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_gdn_faults_still_end_in_an_exact_copy() {
     const ROWS: u64 = 30_000;
     let cluster = PgCluster::start_default();

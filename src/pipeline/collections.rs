@@ -6,8 +6,13 @@
 //! the config says so (`target_collection`, or one `collection` given to several tables); then
 //! each document's `_key` starts with its table (`<schema>.<table>:<key>`), so equal keys of two
 //! tables stay two documents. A keyless table cannot share: its reload empties the collection.
+//!
+//! Before a copy the collections are made ready (created, or emptied for a keyless table's
+//! reload) several at once: at a distance that is a round trip or two each.
 
 use std::collections::BTreeMap;
+
+use crate::gdn::client::{retrying, GdnClient, GdnError};
 
 /// One table's destination, as the config resolves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +92,57 @@ pub fn key_prefixes(tables: &[TableCollection]) -> Result<Vec<Option<String>>, S
             (by_collection[table.collection.as_str()].len() > 1).then(|| table.prefix.clone())
         })
         .collect())
+}
+
+/// Collections made ready at once: at a distance each takes a round trip or two (does it
+/// exist, create it, empty it), which one table after another added seconds before the copy
+/// of a few dozen tables.
+const READY_AT_ONCE: usize = 16;
+
+/// Creates every collection `tasks` write that does not exist yet (each once, several at
+/// once) and empties those of keyless tables before their reload (a keyless table's collection
+/// is its own: [`key_prefixes`] refuses sharing it).
+pub(crate) async fn make_ready(
+    client: &GdnClient,
+    tasks: &[super::TableTask],
+    create_stream: bool,
+    max_retries: u32,
+) -> Result<(), GdnError> {
+    // Collection → the keyless table that empties it first, if any.
+    let mut collections: BTreeMap<&str, Option<&str>> = BTreeMap::new();
+    for task in tasks {
+        let emptied_for = collections.entry(&task.target.collection).or_default();
+        if task.target.keyless {
+            *emptied_for = Some(&task.target.table);
+        }
+    }
+    let collections: Vec<(&str, Option<&str>)> = collections.into_iter().collect();
+    for group in collections.chunks(READY_AT_ONCE) {
+        let ready = group.iter().map(|&(collection, emptied_for)| {
+            make_one_ready(client, collection, emptied_for, create_stream, max_retries)
+        });
+        futures_util::future::try_join_all(ready).await?;
+    }
+    Ok(())
+}
+
+/// Creates `collection` if it does not exist and, for a keyless table's reload, empties it.
+async fn make_one_ready(
+    client: &GdnClient,
+    collection: &str,
+    emptied_for: Option<&str>,
+    create_stream: bool,
+    max_retries: u32,
+) -> Result<(), GdnError> {
+    retrying(max_retries, || {
+        client.ensure_collection(collection, create_stream)
+    })
+    .await?;
+    if let Some(table) = emptied_for {
+        tracing::info!(%table, %collection, "keyless table: emptying the collection before the reload");
+        retrying(max_retries, || client.truncate_collection(collection)).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use crate::destination::gdn::document::{DocumentError, DocumentPlan};
 use crate::destination::gdn::GdnTarget;
 use crate::destination::postgres::copy::ReplicaSink;
 use crate::destination::Destination;
-use crate::gdn::client::{retrying, GdnClient, GdnError};
+use crate::gdn::client::{GdnClient, GdnError};
 use crate::gdn::writer::{BatchTarget, Writer, WriterSettings};
 use crate::metrics::{Labels, Metrics, Phase};
 use crate::pg::catalog::{discover, Table};
@@ -488,25 +488,10 @@ pub(crate) async fn prepare_chosen(
     };
     let mut tasks = Vec::with_capacity(chosen.len());
     for (((table, _), destination), prefix) in chosen.into_iter().zip(destinations).zip(prefixes) {
-        // FULL_TABLE may copy keyless tables: the collection is emptied first, so a re-run
-        // replaces its content instead of duplicating it. LOG_BASED needs keys.
         let plan =
             DocumentPlan::new(table, config.numeric_mode, allow_keyless)?.with_key_prefix(prefix);
         let keyless = destination.keyless;
         let collection = destination.collection;
-        if let Some(client) = &client {
-            retrying(settings.max_retries, || {
-                client.ensure_collection(&collection, create_stream)
-            })
-            .await?;
-            if keyless {
-                tracing::info!(table = %table.qualified_name(), %collection, "keyless table: emptying the collection before the reload");
-                retrying(settings.max_retries, || {
-                    client.truncate_collection(&collection)
-                })
-                .await?;
-            }
-        }
         tasks.push(TableTask {
             target: BatchTarget {
                 table: format!("{}.{}", table.schema, table.name).into(),
@@ -517,6 +502,9 @@ pub(crate) async fn prepare_chosen(
             table: table.clone(),
             row_filter: None,
         });
+    }
+    if let Some(client) = &client {
+        collections::make_ready(client, &tasks, create_stream, settings.max_retries).await?;
     }
     let destination = match client {
         Some(client) => Destination::Gdn(GdnTarget { client, settings }),
