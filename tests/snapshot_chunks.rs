@@ -1,5 +1,5 @@
-//! The chunked copy keeps a distant destination busy: a worker reads its next chunk while the
-//! writes of the one before are still in flight, and stops at once when one of those writes
+//! The chunked copy keeps a distant destination busy: a worker reads its next chunks while the
+//! writes of the ones before are still in flight, and stops at once when one of those writes
 //! fails for good. Driven through `copy_tables_into` with a scripted destination.
 
 mod support;
@@ -11,20 +11,23 @@ use pgferry::pg::catalog::discover;
 use pgferry::pg::Connection;
 use pgferry::progress::CopyProgress;
 use pgferry::source::snapshot::{
-    copy_tables_into, BatchLimits, Chunk, ChunkSink, CopyPlan, CopyTask, SnapshotError,
+    copy_tables_into, pages_per_chunk, plan_ranges, BatchLimits, Chunk, ChunkSink, CopyPlan,
+    CopyTask, SnapshotError,
 };
 use support::PgCluster;
 use tokio::sync::watch;
 
-/// How long a chunk's writes wait for the next chunk to be read before giving up on it.
+/// How long a chunk's writes wait for the other chunks to be read before giving up on it.
 const OVERLAP_WAIT: Duration = Duration::from_secs(5);
 
-/// A destination whose writes finish only once the worker has read the next chunk (or after
-/// [`OVERLAP_WAIT`]), and which can fail the first chunk's writes.
+/// A destination whose writes finish only once the worker has read every chunk of the table
+/// (or after [`OVERLAP_WAIT`]), and which can fail the first chunk's writes.
 struct Scripted {
     /// Chunks read so far.
     read: watch::Sender<usize>,
-    /// Per chunk, in reading order: its rows, and whether another chunk was read before its
+    /// The table's chunks.
+    total: usize,
+    /// Per chunk, in reading order: its rows, and whether every chunk was read before its
     /// writes finished.
     chunks: Mutex<Vec<(u64, Option<bool>)>>,
     /// Fail the first chunk's writes, and never finish reading the second.
@@ -32,9 +35,10 @@ struct Scripted {
 }
 
 impl Scripted {
-    fn new(fail_first: bool) -> Scripted {
+    fn new(total: usize, fail_first: bool) -> Scripted {
         Scripted {
             read: watch::Sender::new(0),
+            total,
             chunks: Mutex::default(),
             fail_first,
         }
@@ -94,7 +98,7 @@ impl ChunkSink for Scripted {
         }
         let mut read = self.read.subscribe();
         let overlapped =
-            tokio::time::timeout(OVERLAP_WAIT, read.wait_for(|read| *read > place + 1))
+            tokio::time::timeout(OVERLAP_WAIT, read.wait_for(|read| *read == self.total))
                 .await
                 .is_ok();
         self.chunks.lock().unwrap()[place].1 = Some(overlapped);
@@ -104,13 +108,18 @@ impl ChunkSink for Scripted {
     async fn close_worker(&self, _worker: ()) {}
 }
 
-/// A table of about 2,600 pages: three chunks for one worker.
-fn big_table(cluster: &PgCluster) -> u64 {
+/// A table of about 2,600 pages (three chunks for one worker): its rows and chunks.
+fn big_table(cluster: &PgCluster) -> (u64, usize) {
     cluster.psql(
         "CREATE TABLE public.big (id bigint PRIMARY KEY, payload text);
          INSERT INTO public.big SELECT g, repeat('x', 200) FROM generate_series(1, 90000) g;",
     );
-    90_000
+    let pages: u64 = cluster
+        .psql("SELECT pg_relation_size('public.big') / current_setting('block_size')::bigint")
+        .parse()
+        .expect("pages");
+    let chunks = plan_ranges(pages, pages_per_chunk(pages, 1)).len();
+    (90_000, chunks)
 }
 
 async fn copy(cluster: &PgCluster, sink: Arc<Scripted>) -> Result<(), SnapshotError> {
@@ -140,36 +149,30 @@ async fn copy(cluster: &PgCluster, sink: Arc<Scripted>) -> Result<(), SnapshotEr
 }
 
 #[tokio::test]
-async fn a_worker_reads_the_next_chunk_while_the_last_ones_writes_are_in_flight() {
+async fn a_worker_reads_every_chunk_while_the_first_ones_writes_are_still_in_flight() {
     let cluster = PgCluster::start_default();
-    let rows = big_table(&cluster);
-    let sink = Arc::new(Scripted::new(false));
+    let (rows, total) = big_table(&cluster);
+    assert!(total >= 3, "the table is cut in {total} chunk(s)");
+    let sink = Arc::new(Scripted::new(total, false));
     copy(&cluster, Arc::clone(&sink)).await.expect("the copy");
 
     let chunks = sink.chunks.lock().unwrap().clone();
-    assert!(
-        chunks.len() >= 2,
-        "the table was cut in {} chunk(s)",
-        chunks.len()
-    );
+    assert_eq!(chunks.len(), total);
     assert_eq!(chunks.iter().map(|(rows, _)| rows).sum::<u64>(), rows);
-    let (last, earlier) = chunks.split_last().unwrap();
-    for (place, (_, overlapped)) in earlier.iter().enumerate() {
+    for (place, (_, overlapped)) in chunks.iter().enumerate() {
         assert_eq!(
             *overlapped,
             Some(true),
-            "chunk {place}'s writes finished before the next chunk was read: {chunks:?}"
+            "chunk {place}'s writes had to finish before the other chunks were read: {chunks:?}"
         );
     }
-    // Nothing is read after the last chunk: its writes are waited for on their own.
-    assert_eq!(last.1, Some(false));
 }
 
 #[tokio::test]
 async fn a_failed_write_ends_the_copy_while_the_next_chunk_is_still_being_read() {
     let cluster = PgCluster::start_default();
-    big_table(&cluster);
-    let sink = Arc::new(Scripted::new(true));
+    let (_, total) = big_table(&cluster);
+    let sink = Arc::new(Scripted::new(total, true));
     let result = tokio::time::timeout(Duration::from_secs(60), copy(&cluster, sink))
         .await
         .expect("the copy ended instead of waiting for the chunk being read");

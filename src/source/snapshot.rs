@@ -9,15 +9,16 @@
 //! Page counts are read inside the snapshot, so every row the snapshot can see lies in a
 //! planned chunk; the last chunk of a table is open-ended all the same.
 //!
-//! A worker reads its next chunk while the writes of the one before are still in flight (a
+//! A worker reads its next chunks while the writes of the ones before are still in flight (a
 //! GDN far away answers a chunk's last requests a round trip later; waiting for them before
-//! reading on emptied the link at every chunk boundary) and records a chunk in the ledger
-//! only once its writes are durable.
+//! reading on emptied the link at every chunk boundary, and cost a round trip per small
+//! table) and records a chunk in the ledger only once its writes are durable.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::Mutex;
 
 use crate::decode::copy_binary::CopyBinaryError;
@@ -472,36 +473,48 @@ async fn copy_worker<S: ChunkSink>(
         ))
         .await
         .map_err(pg("adopting the exported snapshot"))?;
-    // At most one chunk is read while the one before it is still being written.
-    let mut writing: Option<(Chunk, Instant, S::Pending)> = None;
+    // Chunks read whose writes are still in flight: the worker reads on meanwhile (the
+    // writer's bound on batches held keeps memory flat) and records each once durable.
+    let mut writing = FuturesUnordered::new();
     loop {
         let Some(chunk) = shared.queue.lock().await.pop_front() else {
             break;
         };
         let task = &shared.tasks[chunk.table];
         let started = Instant::now();
-        let reading = sink.copy_chunk(&mut state, &mut connection, task, &chunk, shared.progress);
-        let pending = match writing.take() {
-            None => reading.await?,
-            Some((done, done_started, pending)) => {
-                // A failed write ends the worker at once, not after the chunk being read.
-                let durable = async {
-                    sink.chunk_durable(pending).await?;
-                    chunk_durable(shared, &done, done_started)
-                };
-                tokio::try_join!(reading, durable)?.0
+        let pending = {
+            let reading =
+                sink.copy_chunk(&mut state, &mut connection, task, &chunk, shared.progress);
+            tokio::pin!(reading);
+            loop {
+                tokio::select! {
+                    pending = &mut reading => break pending?,
+                    // A failed write ends the worker at once, not after the chunk being read.
+                    Some(durable) = writing.next(), if !writing.is_empty() => durable?,
+                }
             }
         };
-        writing = Some((chunk, started, pending));
+        writing.push(finish_chunk(sink, shared, chunk, started, pending));
     }
-    if let Some((done, started, pending)) = writing {
-        sink.chunk_durable(pending).await?;
-        chunk_durable(shared, &done, started)?;
+    while let Some(durable) = writing.next().await {
+        durable?;
     }
     let _ = connection.execute("COMMIT").await;
     connection.close().await;
     sink.close_worker(state).await;
     Ok(())
+}
+
+/// Waits until every write of `chunk` is durable, then records it.
+async fn finish_chunk<S: ChunkSink>(
+    sink: &S,
+    shared: Shared<'_>,
+    chunk: Chunk,
+    started: Instant,
+    pending: S::Pending,
+) -> Result<(), SnapshotError> {
+    sink.chunk_durable(pending).await?;
+    chunk_durable(shared, &chunk, started)
 }
 
 /// Records a chunk whose every write is durable: a resumed copy skips it.

@@ -1,6 +1,6 @@
 //! The copy into GDN: each chunk's COPY rows are decoded straight into document batches for
 //! the writer (or the null destination's), and a chunk is done once every batch is durable;
-//! the worker reads the next chunk while the last batches of one are still in flight.
+//! the worker reads the next chunks while the last batches of one are still in flight.
 
 use std::sync::Arc;
 
