@@ -13,6 +13,7 @@
 #   WAN_PARALLELISM     copy workers (default: cores)
 #   WAN_SKIP_429=1      leave out the 30% 429 rows (they take the longest)
 #   WAN_STEADY_RTTS     round trips for the steady-load latency runs (default "0 50"; "" skips)
+#   WAN_TABLES          one-row tables copied at WAN_TABLES_RTT ms (default 50 at 150; 0 skips)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
@@ -220,6 +221,34 @@ for rtt in $STEADY_RTTS; do
 done
 stop_relay
 
+# Many small tables: what is per table (collections made ready, one chunk each) at a distance.
+TABLES="${WAN_TABLES:-50}"
+TABLES_RTT="${WAN_TABLES_RTT:-150}"
+STARTUP="$WORK/startup.txt"
+: >"$STARTUP"
+if [ "$TABLES" -gt 0 ]; then
+    log "$TABLES one-row tables through $TABLES_RTT ms"
+    for i in $(seq 1 "$TABLES"); do
+        echo "CREATE TABLE many.t$i (id int PRIMARY KEY, v text); INSERT INTO many.t$i VALUES (1, 'x');"
+    done | { echo "CREATE SCHEMA many;"; cat; } | cluster_psql -d postgres -q
+    start_relay "${CLEAN_URL#http://}" "$TABLES_RTT"
+    cat >"$WORK/many.json" <<JSON
+{
+  "source": {"host": "127.0.0.1", "port": $PG_PORT, "user": "postgres", "password": "x",
+             "dbname": "postgres", "sslmode": "disable", "filter_schemas": "many"},
+  "destination": $(destination "$RELAY_URL"),
+  "full_table_mirror": false
+}
+JSON
+    start=$(seconds)
+    GDN_API_KEY=bench "$PGFERRY" run -c "$WORK/many.json" --once >"$WORK/many.out" 2>"$WORK/many.err" \
+        || { cat "$WORK/many.err"; die "the many-tables run failed"; }
+    took=$(elapsed "$start" "$(seconds)")
+    copy=$(sed -n 's/^copied .* in \([0-9.]*\) s:.*/\1/p' "$WORK/many.out")
+    echo "$TABLES one-row tables at $TABLES_RTT ms: $took s in all, the copy $copy s of it" >>"$STARTUP"
+    stop_relay
+fi
+
 echo
 echo "snapshot rows: $ROWS, CDC changes: $CHANGES, max_in_flight: $MAX_IN_FLIGHT, parallelism: $PARALLELISM, cores: $(nproc)"
 printf '%-9s %-16s %12s %10s %12s %9s %14s %10s\n' "workload" "link" "per second" "seconds" "vs 0 ms" "retries" "limit med/max" "mean RTT"
@@ -231,4 +260,4 @@ awk -F'\t' '
             printf "%-9s %-16s %12.0f %10.2f %11.2fx %9s %14s %10s\n", f[1], f[2], r[i], f[4], r[i] / base[f[1]], f[5], f[6], f[7]
         }
     }' "$RESULTS"
-cat "$LATENCY"
+cat "$LATENCY" "$STARTUP"
