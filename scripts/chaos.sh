@@ -32,12 +32,13 @@ PGFERRY_CHAOS_ITERATIONS="$ITERATIONS" PGFERRY_CHAOS_SEED="$SEED" \
     cargo test "${PROFILE_FLAG[@]}" --test chaos -- ${CHAOS_FILTER:+"$CHAOS_FILTER"} --nocapture --test-threads="${CHAOS_THREADS:-4}" \
     >"$OUT" 2>&1 || status=$?
 
-grep -E 'panicked|lost|extra ' "$OUT" | grep -v '^CHAOS|' | head -40 >&2 || true
+grep -E 'panicked|lost|extra ' "$OUT" | grep -v 'CHAOS|' | head -40 >&2 || true
 echo
 echo "seed ${SEED} (full output: $OUT)"
-# Every scenario is one #[test] in tests/chaos.rs that prints a CHAOS| line.
+# Every scenario is one #[test] in tests/chaos.rs that prints a CHAOS| line (after the test
+# name when one thread runs them, so it is matched anywhere on the line).
 EXPECTED=$(grep -A1 '^#\[test\]' tests/chaos.rs | grep '^fn ' | grep -c -- "${CHAOS_FILTER:-}")
-grep '^CHAOS|' "$OUT" | sort | awk -F'|' -v expected="$EXPECTED" '
+grep -o 'CHAOS|.*' "$OUT" | sort | awk -F'|' -v expected="$EXPECTED" '
     BEGIN {
         printf "| %-24s | %10s | %9s | %10s | %15s | %s\n", "scenario", "iterations", "lost rows", "extra rows", "divergent rows", "faults"
         printf "|%s|%s|%s|%s|%s|%s\n", "--------------------------", "------------", "-----------", "------------", "-----------------", "---"
