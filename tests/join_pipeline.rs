@@ -652,13 +652,7 @@ fn a_running_pipeline_picks_up_a_new_table() {
     let count = |collection: &str| {
         world
             .runtime
-            .block_on(http.call(
-                Method::GET,
-                &api(&format!("collection/{collection}/count")),
-                Value::Null,
-            ))
-            .json["count"]
-            .as_u64()
+            .block_on(gdnlite_support::document_count(&http, collection))
             .unwrap_or(0)
     };
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -32,8 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gdnlite_support::{api, Http, Server, KEY};
-use hyper::Method;
+use gdnlite_support::{Http, Server, KEY};
 use serde_json::{json, Value};
 use support::{run_to_completion, PgCluster};
 
@@ -228,16 +227,8 @@ impl Gdn<'_> {
 
     /// The document count, `None` while the collection does not exist.
     fn count(&self, collection: &str) -> Option<u64> {
-        let answer = self.runtime.block_on(self.http.call(
-            Method::GET,
-            &api(&format!("collection/{collection}/count")),
-            Value::Null,
-        ));
-        answer
-            .status
-            .is_success()
-            .then(|| answer.json["count"].as_u64())
-            .flatten()
+        self.runtime
+            .block_on(gdnlite_support::document_count(&self.http, collection))
     }
 }
 

@@ -7,8 +7,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use gdnlite_support::{api, Http, Server, KEY};
-use hyper::Method;
+use gdnlite_support::{Http, Server, KEY};
 use pgferry::config::PipelineConfig;
 use serde_json::{json, Value};
 use support::PgCluster;
@@ -168,10 +167,10 @@ async fn every_row_arrives_exactly_once_with_parallel_workers_and_a_rerun_change
     // A second run upserts the same keys: the collection does not change.
     let summary = pgferry::pipeline::run(&config).await.expect("second run");
     assert_eq!(summary.documents, ROWS);
-    let count = http
-        .call(Method::GET, &api("collection/events/count"), Value::Null)
-        .await;
-    assert_eq!(count.json["count"], json!(ROWS));
+    assert_eq!(
+        gdnlite_support::document_count(&http, "events").await,
+        Some(ROWS)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,14 +196,8 @@ async fn forty_collections_are_made_ready_at_once_and_keyless_reloads_replace_th
         assert_eq!(summary.documents, 2 * (1..=20).sum::<u64>(), "{run}");
         for i in 0..20u64 {
             for table in ["keyed", "loose"] {
-                let count = http
-                    .call(
-                        Method::GET,
-                        &api(&format!("collection/{table}{i}/count")),
-                        Value::Null,
-                    )
-                    .await;
-                assert_eq!(count.json["count"], json!(i + 1), "{run}: {table}{i}");
+                let count = gdnlite_support::document_count(&http, &format!("{table}{i}")).await;
+                assert_eq!(count, Some(i + 1), "{run}: {table}{i}");
             }
         }
     }

@@ -36,10 +36,9 @@ fn fill(cluster: &PgCluster, rows: u64) {
 }
 
 async fn count(http: &Http) -> u64 {
-    let answer = http
-        .call(Method::GET, &api("collection/events/count"), Value::Null)
-        .await;
-    answer.json["count"].as_u64().unwrap_or(0)
+    gdnlite_support::document_count(http, "events")
+        .await
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -375,6 +375,22 @@ pub fn collections(
         .collect()
 }
 
+/// The number of documents in `collection`; `None` while it does not exist.
+pub async fn document_count(http: &Http, collection: &str) -> Option<u64> {
+    let answer = http
+        .call(
+            Method::GET,
+            &api(&format!("collection/{collection}/count")),
+            Value::Null,
+        )
+        .await;
+    answer
+        .status
+        .is_success()
+        .then(|| answer.json["count"].as_u64())
+        .flatten()
+}
+
 /// Every document of `collection`, by `_key`, read page by page with the cursor API; fails if
 /// a key comes twice. `_id` and `_rev` are removed when `strip_meta` (for comparisons).
 pub async fn all_documents(
