@@ -259,3 +259,109 @@ async fn readiness_follows_the_run_from_start_through_a_reconnect_backoff_to_the
     metrics_server.abort();
     drop(cluster);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_a_flush_is_on_a_long_link_the_slot_is_not_confirmed_past_it() {
+    // The stream reads on while a flush crosses a 2 s link; transactions on a table outside
+    // the pipeline commit meanwhile (each would confirm the slot were nothing in flight).
+    // Whenever the slot's confirmed position reaches a change, gdnlite (read directly, not
+    // through the link) must already hold it.
+    let cluster = PgCluster::start_default();
+    fill(&cluster, 10);
+    cluster.psql("CREATE TABLE public.other (id bigint PRIMARY KEY)");
+    let server = Server::start().await;
+    let relay = Relay::start(
+        "127.0.0.1:0".parse().expect("address"),
+        server.handle.as_ref().expect("running").addr(),
+        LinkConfig {
+            round_trip: Duration::from_secs(2),
+            ..LinkConfig::default()
+        },
+    )
+    .await
+    .expect("relay starts");
+    let state = tempfile::tempdir().expect("temp dir");
+    let config = json!({
+        "source": {
+            "host": "127.0.0.1", "port": cluster.port(), "user": "postgres",
+            "password": "trust", "dbname": "postgres", "sslmode": "disable",
+            "replication_method": "LOG_BASED", "replication_slot": "wan_flight"
+        },
+        "destination": {"gdn_url": format!("http://{}", relay.addr()), "api_key": KEY,
+                        "request_timeout": 30},
+        "tables": ["public.events"],
+        "state_file": state.path().join("state.json").to_str().expect("utf-8 path")
+    });
+    let config = match config {
+        Value::Object(map) => PipelineConfig::from_object(&map).expect("valid pipeline"),
+        _ => unreachable!("a JSON object"),
+    };
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(async move {
+        pgferry::pipeline::run_with(
+            &config,
+            Arc::new(Metrics::new(Labels::from_env())),
+            RunControl {
+                shutdown,
+                once: false,
+                resnapshot: Vec::new(),
+            },
+        )
+        .await
+    });
+    let direct = Http::h1(&server.url());
+    gdnlite_support::wait_for("the copy", Duration::from_secs(120), || async {
+        gdnlite_support::document_count(&direct, "events").await == Some(10)
+    })
+    .await;
+
+    let confirmed = || -> u64 {
+        cluster
+            .psql("SELECT (confirmed_flush_lsn - '0/0')::text FROM pg_replication_slots WHERE slot_name = 'wan_flight'")
+            .parse()
+            .expect("confirmed position")
+    };
+    let mut checked = 0;
+    for id in 100..103u64 {
+        let at: u64 = cluster
+            .psql(&format!(
+                "INSERT INTO public.events VALUES ({id}, 'in flight', 1);
+                 SELECT (pg_current_wal_insert_lsn() - '0/0')::text"
+            ))
+            .lines()
+            .last()
+            .and_then(|line| line.parse().ok())
+            .expect("the position after the insert");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            cluster.psql(&format!(
+                "INSERT INTO public.other VALUES ({}) ON CONFLICT DO NOTHING",
+                id * 1000 + checked
+            ));
+            checked += 1;
+            if confirmed() >= at {
+                let answer = direct
+                    .call(
+                        hyper::Method::GET,
+                        &gdnlite_support::api(&format!("document/events/{id}")),
+                        Value::Null,
+                    )
+                    .await;
+                assert_eq!(
+                    answer.status.as_u16(),
+                    200,
+                    "the slot was confirmed past row {id} before gdnlite held it"
+                );
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "row {id} was never confirmed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    stop.send(true).expect("the run listens");
+    run.await.expect("run task").expect("a clean stop");
+    drop(relay);
+}

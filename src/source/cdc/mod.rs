@@ -17,6 +17,11 @@
 //! confirm, which the stream carries to PostgreSQL in a standby status update. A large
 //! transaction is flushed in pieces (bounded memory) while the watermark waits for its commit.
 //!
+//! The flushes the thresholds and the timer call for are launched, not awaited: the stream
+//! reads on while one flush is in flight (a `Flight`, at most one, so a key's operations
+//! reach the destination in commit order), and when it lands the watermark moves to the last
+//! commit received when it left. While it is in flight no confirmation moves the watermark.
+//!
 //! One LSN's walk: the slot's XLogData → the decoder (`decode::wal2json`, `decode::pgoutput`)
 //! → [`RowChange`] → `Pending` (coalesced under its key) → at a flush, [`ChangeSink::apply`]
 //! (durable) → [`Acknowledge::durable`] (state file) → the standby status update.
@@ -235,6 +240,8 @@ pub async fn stream_changes(
         transaction_rows: 0,
         commit_time: None,
         commit_lsn: None,
+        in_flight: None,
+        unsent: None,
     };
     summary.confirmed = summary.confirmed.max(run.ack.watermark());
     let mut decoder = match &settings.decoding {
@@ -269,15 +276,19 @@ pub async fn stream_changes(
         let caught_up = settings
             .stop_at
             .is_some_and(|stop| !run.in_transaction && run.committed >= stop);
-        if caught_up
-            || run.pending.documents >= settings.flush_documents
+        if caught_up {
+            run.checkpoint(&mut stream, summary).await?;
+            stream.stop().await?;
+            return Ok(());
+        }
+        if run.pending.documents >= settings.flush_documents
             || run.pending.bytes >= settings.flush_bytes
         {
-            run.checkpoint(&mut stream, summary).await?;
-            if caught_up {
-                stream.stop().await?;
-                return Ok(());
+            // One flush in flight at a time: the next waits for the one before to land.
+            if run.in_flight.is_some() {
+                run.land(&mut stream, summary).await?;
             }
+            run.launch();
         }
         let message = tokio::select! {
             biased;
@@ -291,8 +302,12 @@ pub async fn stream_changes(
                 stream.stop().await?;
                 return Ok(());
             }
-            _ = &mut flush_timer, if flush_due.is_some() => {
-                run.checkpoint(&mut stream, summary).await?;
+            written = async { match run.in_flight.as_mut() { Some(flight) => flight.written.as_mut().await, None => std::future::pending().await } } => {
+                run.landed(written, &mut stream, summary).await?;
+                continue;
+            }
+            _ = &mut flush_timer, if flush_due.is_some() && run.in_flight.is_none() => {
+                run.launch();
                 continue;
             }
             _ = async { match heartbeat.as_mut() { Some(interval) => interval.tick().await, None => std::future::pending().await } } => {
@@ -438,6 +453,23 @@ struct Streamer<'a, 'b> {
     /// Where the open transaction's commit record starts, when reported: a table that joined
     /// the pipeline takes only changes of transactions committing at or after its copy.
     commit_lsn: Option<Lsn>,
+    /// The flush on its way to the destination while the stream reads on (one at a time, so
+    /// a key's operations still reach the destination in commit order).
+    in_flight: Option<Flight<'a>>,
+    /// A position the watermark reached while no status update could be sent: the next
+    /// confirmation carries it to the server.
+    unsent: Option<Lsn>,
+}
+
+/// A flush handed to the destination whose answer the stream does not wait for.
+struct Flight<'a> {
+    /// Resolves once the destination durably holds every operation of the flush.
+    written:
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ChangeError>> + Send + 'a>>,
+    /// Every transaction committed up to here is in this flush or already durable.
+    upto: Lsn,
+    /// Commit times (Unix µs) of the transactions this flush completes.
+    commit_times: Vec<i64>,
 }
 
 impl Streamer<'_, '_> {
@@ -648,8 +680,13 @@ impl Streamer<'_, '_> {
     }
 
     /// Hands everything pending to the destination as one flush; returns once the
-    /// destination durably holds it (the watermark is the caller's to move).
+    /// destination durably holds it and the flush in flight before it (the watermark is the
+    /// caller's to move).
     async fn flush(&mut self) -> Result<(), CdcError> {
+        if let Some(flight) = self.in_flight.take() {
+            flight.written.await?;
+            self.moved(flight.upto, flight.commit_times)?;
+        }
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -660,6 +697,85 @@ impl Streamer<'_, '_> {
             .destination
             .apply(changes, replaying, self.context.metrics)
             .await?;
+        Ok(())
+    }
+
+    /// Hands everything pending to the destination without waiting for it: the stream reads
+    /// on, and the watermark moves to the last commit received now once it lands. Only when
+    /// nothing is in flight.
+    fn launch(&mut self) {
+        if self.pending.is_empty() || self.in_flight.is_some() {
+            return;
+        }
+        let changes = self.pending.take_changes();
+        let replaying = self.ack.replaying();
+        let destination = self.context.destination;
+        let metrics = self.context.metrics;
+        self.in_flight = Some(Flight {
+            written: Box::pin(async move { destination.apply(changes, replaying, metrics).await }),
+            upto: self.committed,
+            commit_times: std::mem::take(&mut self.commit_times),
+        });
+    }
+
+    /// Waits for the flush in flight and moves the watermark to what it completes.
+    async fn land(
+        &mut self,
+        stream: &mut LogicalStream,
+        summary: &mut CdcSummary,
+    ) -> Result<(), CdcError> {
+        let written = match self.in_flight.as_mut() {
+            Some(flight) => flight.written.as_mut().await,
+            None => return Ok(()),
+        };
+        self.landed(written, stream, summary).await
+    }
+
+    /// The flush in flight answered `written`: on success the watermark moves to what it
+    /// completes and the server hears it.
+    async fn landed(
+        &mut self,
+        written: Result<(), ChangeError>,
+        stream: &mut LogicalStream,
+        summary: &mut CdcSummary,
+    ) -> Result<(), CdcError> {
+        let flight = self.in_flight.take();
+        written?;
+        if let Some(flight) = flight {
+            self.moved(flight.upto, flight.commit_times)?;
+        }
+        self.send_confirmation(stream, summary).await
+    }
+
+    /// Everything of transactions committed up to `upto` is durable: the pipeline moves (and
+    /// saves) its watermark; the position for the server waits for the next status update.
+    fn moved(&mut self, upto: Lsn, commit_times: Vec<i64>) -> Result<(), CdcError> {
+        if let Some(lsn) = self.ack.durable(upto)? {
+            self.unsent = Some(self.unsent.map_or(lsn, |unsent| unsent.max(lsn)));
+        }
+        let metrics = self.context.metrics;
+        metrics
+            .confirmed_lsn
+            .store(self.ack.watermark().as_u64(), Ordering::Relaxed);
+        let now = unix_micros();
+        for committed_at in commit_times {
+            let lag = u64::try_from(now.saturating_sub(committed_at)).unwrap_or(0);
+            metrics.ingest_lag.observe(Duration::from_micros(lag));
+        }
+        Ok(())
+    }
+
+    /// Sends the server the position the watermark reached, if it has not heard it yet.
+    async fn send_confirmation(
+        &mut self,
+        stream: &mut LogicalStream,
+        summary: &mut CdcSummary,
+    ) -> Result<(), CdcError> {
+        if let Some(lsn) = self.unsent.take() {
+            stream.confirm(lsn);
+            stream.send_status(false).await?;
+            summary.confirmed = lsn;
+        }
         Ok(())
     }
 
@@ -674,26 +790,19 @@ impl Streamer<'_, '_> {
     /// Everything received up to `self.committed` is durable in the destination: the pipeline
     /// moves its watermark (and saves it), the server hears the position it answers with, and
     /// the commit-to-destination lag of those transactions is observed.
+    ///
+    /// While a flush is in flight nothing more is durable than what it will complete: the
+    /// watermark then waits for it to land.
     async fn confirm(
         &mut self,
         stream: &mut LogicalStream,
         summary: &mut CdcSummary,
     ) -> Result<(), CdcError> {
-        if let Some(lsn) = self.ack.durable(self.committed)? {
-            stream.confirm(lsn);
-            stream.send_status(false).await?;
-            summary.confirmed = lsn;
+        if self.in_flight.is_none() {
+            let commit_times = std::mem::take(&mut self.commit_times);
+            self.moved(self.committed, commit_times)?;
         }
-        let metrics = self.context.metrics;
-        metrics
-            .confirmed_lsn
-            .store(self.ack.watermark().as_u64(), Ordering::Relaxed);
-        let now = unix_micros();
-        for committed_at in self.commit_times.drain(..) {
-            let lag = u64::try_from(now.saturating_sub(committed_at)).unwrap_or(0);
-            metrics.ingest_lag.observe(Duration::from_micros(lag));
-        }
-        Ok(())
+        self.send_confirmation(stream, summary).await
     }
 }
 
