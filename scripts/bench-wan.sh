@@ -14,6 +14,7 @@
 #   WAN_SKIP_429=1      leave out the 30% 429 rows (they take the longest)
 #   WAN_STEADY_RTTS     round trips for the steady-load latency runs (default "0 50"; "" skips)
 #   WAN_TABLES          one-row tables copied at WAN_TABLES_RTT ms (default 50 at 150; 0 skips)
+#   WAN_PGFERRY         the pgferry binary to measure (default: this tree's release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
@@ -27,7 +28,8 @@ ensure_postgres
 ensure_command curl curl
 log "building pgferry and pgferry-relay (release)"
 cargo build --release --quiet --bins
-PGFERRY="$PWD/target/release/pgferry"
+# WAN_PGFERRY: another build to measure (e.g. the one before a change), same relay and scripts.
+PGFERRY="${WAN_PGFERRY:-$PWD/target/release/pgferry}"
 RELAY="$PWD/target/release/pgferry-relay"
 
 WORK="$(mktemp -d /tmp/pgferry-bench-wan.XXXXXX)"

@@ -744,6 +744,11 @@ impl Streamer<'_, '_> {
         if let Some(flight) = flight {
             self.moved(flight.upto, flight.commit_times)?;
         }
+        // Transactions committed while it was in flight with nothing of ours are done too.
+        if self.pending.is_empty() {
+            let commit_times = std::mem::take(&mut self.commit_times);
+            self.moved(self.committed, commit_times)?;
+        }
         self.send_confirmation(stream, summary).await
     }
 
