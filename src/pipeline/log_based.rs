@@ -532,10 +532,12 @@ pub(crate) async fn run(
     let held = state.lsn;
     let settings = CdcSettings {
         // A PostgreSQL destination commits a flush in one transaction: batch_size_rows caps it.
+        // Into GDN a flush may fill every request the adaptive limit allows (at least 8): with
+        // one flush in flight at a time, a link of round trip R passes at most a flush per R.
         flush_documents: if replica.is_some() {
             batch_size_rows.max(1)
         } else {
-            batch_size_rows.max(1) * 8
+            batch_size_rows.max(1) * max_in_flight.max(8)
         },
         flush_bytes: 16 * 1024 * 1024,
         flush_after,
