@@ -31,7 +31,7 @@
 //! waiting, and 10-25 ms of waiting is harmless next to the commit-to-GDN latency goal while
 //! doubling a 5 ms round trip is not a sign of overload. A latency-sensitive stream that does
 //! not fill the limit never queues: the bands only matter when the server is the bottleneck.
-
+//!
 //! The limit never exceeds `max_in_flight` (the configured bound) and never drops below 1. The
 //! floor is the smallest window mean seen, except that a window with one request in flight
 //! (our own load at its least) sets it afresh: a path whose latency rises for good shrinks the
@@ -44,7 +44,7 @@
 //! window boundaries fall, and a 150 ms link reaches 64 requests in four round trips instead
 //! of sixty. (Doubling per window took one and a half round trips per step: a window ends only
 //! at an answer a full mean round trip after its first, often the next round's.)
-
+//!
 //! The [`Controller`] is pure (time is passed in) so tests drive it with a scripted server;
 //! [`RequestLimiter`] wraps it for async callers, one per [`crate::gdn::client::GdnClient`].
 
@@ -60,8 +60,8 @@ pub const GROW_QUEUEING: Duration = Duration::from_millis(10);
 /// Queueing beyond which the limit shrinks, on a short link.
 pub const SHRINK_QUEUEING: Duration = Duration::from_millis(25);
 
-/// Queueing above `floor` (seconds) that still lets the limit grow: 30% of the floor on a long
-/// link, [`GROW_QUEUEING`] on a short one.
+/// Queueing above `floor` (seconds) that still lets the limit grow: three quarters of the
+/// floor on a long link, [`GROW_QUEUEING`] on a short one.
 fn grow_band(floor: f64) -> f64 {
     (floor * 0.75).max(GROW_QUEUEING.as_secs_f64())
 }

@@ -16,8 +16,8 @@
 //! waits for transactions in progress) and the copy runs: the stream skips every change of the
 //! joining tables, and the pipeline holds the watermark where it was when the join began,
 //! `W ≤ J` (`hold_at` of [`super::ack::Acknowledger`]), while the others' changes are written
-//! as usual and how far they were written is recorded (`replay_until`). Once the copy is durable the joined tables are recorded with `J` and
-//! the stream starts again from `W`: the joined tables' changes from `J` on arrive in commit
+//! as usual and how far they were written is recorded (`replay_until`). Once the copy is
+//! durable the joined tables are recorded with `J` and the stream starts again from `W`: the joined tables' changes from `J` on arrive in commit
 //! order, and the others' changes since `W` are applied a second time, which leaves them as
 //! they were (a replay, as after a reconnect). A batch run (`--once`) copies first, then
 //! streams.

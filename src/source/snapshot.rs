@@ -117,7 +117,7 @@ pub trait ChunkSink: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<Self::Worker, SnapshotError>> + Send;
 
     /// A chunk read in full whose writes may still be on their way (GDN requests in flight):
-    /// the worker reads the next chunk meanwhile, so a long link never drains between chunks.
+    /// the worker reads the next chunks meanwhile, so a long link never drains between chunks.
     type Pending: Send + 'static;
 
     /// Reads `chunk` of `task` (the copy's task number `chunk.table`) from `source` (inside
@@ -505,7 +505,8 @@ async fn copy_worker<S: ChunkSink>(
     Ok(())
 }
 
-/// Waits until every write of `chunk` is durable, then records it.
+/// Waits until every write of `chunk` is durable, then records it in the ledger and the
+/// table's span.
 async fn finish_chunk<S: ChunkSink>(
     sink: &S,
     shared: Shared<'_>,
@@ -514,11 +515,7 @@ async fn finish_chunk<S: ChunkSink>(
     pending: S::Pending,
 ) -> Result<(), SnapshotError> {
     sink.chunk_durable(pending).await?;
-    chunk_durable(shared, &chunk, started)
-}
-
-/// Records a chunk whose every write is durable: a resumed copy skips it.
-fn chunk_durable(shared: Shared<'_>, chunk: &Chunk, started: Instant) -> Result<(), SnapshotError> {
+    // Recorded only now that every write of the chunk is durable: a resumed copy skips it.
     if let Some(ledger) = shared.ledger {
         ledger
             .chunk_done(&shared.tasks[chunk.table].name, chunk.start_page)

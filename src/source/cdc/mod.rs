@@ -5,8 +5,8 @@
 //! Changes are grouped per collection (or target table) and coalesced per key (last write
 //! wins; an insert then a delete is a delete; a partial update — unchanged TOASTed columns are
 //! absent — merges into a pending upsert or becomes a PATCH, never a null). Each table's rows
-//! are converted by the destination's [`RowPlan`](crate::destination::RowPlan); the loop never asks which destination it
-//! writes to.
+//! are converted by the destination's [`RowPlan`](crate::destination::RowPlan); the loop never
+//! asks which destination it writes to.
 //!
 //! # Acknowledgements
 //!
@@ -147,7 +147,8 @@ pub struct CdcSummary {
 /// transaction that committed before its consistent point (`copied_at`), and none after.
 fn in_copy(table: &CdcTable, commit_lsn: Option<Lsn>, at: Lsn) -> Result<bool, CdcError> {
     if table.copying {
-        // Its copy runs beside the stream: every change comes again after it (the pipeline holds its watermark meanwhile: `pipeline::join`).
+        // Its copy runs beside the stream: every change comes again after it (the pipeline
+        // holds its watermark meanwhile: `pipeline::join`).
         return Ok(true);
     }
     let Some(copied_at) = table.copied_at else {
@@ -683,9 +684,14 @@ impl Streamer<'_, '_> {
     /// destination durably holds it and the flush in flight before it (the watermark is the
     /// caller's to move).
     async fn flush(&mut self) -> Result<(), CdcError> {
-        if let Some(flight) = self.in_flight.take() {
-            flight.written.await?;
-            self.moved(flight.upto, flight.commit_times)?;
+        if let Some(Flight {
+            written,
+            upto,
+            commit_times,
+        }) = self.in_flight.take()
+        {
+            written.await?;
+            self.settle(upto, commit_times)?;
         }
         if self.pending.is_empty() {
             return Ok(());
@@ -742,14 +748,21 @@ impl Streamer<'_, '_> {
         let flight = self.in_flight.take();
         written?;
         if let Some(flight) = flight {
-            self.moved(flight.upto, flight.commit_times)?;
-        }
-        // Transactions committed while it was in flight with nothing of ours are done too.
-        if self.pending.is_empty() {
-            let commit_times = std::mem::take(&mut self.commit_times);
-            self.moved(self.committed, commit_times)?;
+            self.settle(flight.upto, flight.commit_times)?;
         }
         self.send_confirmation(stream, summary).await
+    }
+
+    /// A flight that left at `upto` landed: the watermark moves there or, with nothing
+    /// pending since, to the last commit received (transactions committed meanwhile without
+    /// rows of ours are done too), in one save.
+    fn settle(&mut self, upto: Lsn, mut commit_times: Vec<i64>) -> Result<(), CdcError> {
+        if self.pending.is_empty() {
+            commit_times.append(&mut self.commit_times);
+            self.moved(self.committed, commit_times)
+        } else {
+            self.moved(upto, commit_times)
+        }
     }
 
     /// Everything of transactions committed up to `upto` is durable: the pipeline moves (and

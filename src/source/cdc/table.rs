@@ -41,7 +41,8 @@ pub struct CdcTable {
     /// transactions committed before it are in the copy and are skipped.
     pub copied_at: Option<Lsn>,
     /// For a table joining the pipeline whose copy runs beside the stream: every change is
-    /// skipped, and comes again from the slot once the copy is durable (the pipeline holds the watermark until then).
+    /// skipped, and comes again from the slot once the copy is durable (the pipeline holds the
+    /// watermark until then).
     pub copying: bool,
 }
 
